@@ -1,0 +1,1 @@
+from perfusion.version import __version__
