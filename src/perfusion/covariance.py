@@ -1,0 +1,75 @@
+"""C = E[e e^T] over a caption corpus, estimated with the pipeline's own text encoder and cached per model."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from perfusion.files import atomic_save_safetensors
+from perfusion.fingerprint import text_encoder_fingerprint
+from perfusion.text import content_mask, encode
+
+# Keeps C invertible when a small corpus or a tiny encoder leaves a direction unseen; relative to mean(diag C).
+RIDGE = 1e-6
+DEFAULT_CAPTIONS = 10_000
+
+
+def cache_root() -> Path:
+    """$PERFUSION_CACHE, else $XDG_CACHE_HOME/perfusion, else ~/.cache/perfusion."""
+    if os.environ.get("PERFUSION_CACHE"):
+        return Path(os.environ["PERFUSION_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "perfusion"
+
+
+@torch.no_grad()
+def estimate_covariance(text_encoder, tokenizer, captions: list[str], batch_size: int = 64, progress: bool = False):
+    """The uncentered covariance of token encodings, padding excluded, accumulated in float64."""
+    if not captions:
+        raise ValueError("the caption corpus is empty")
+    width = text_encoder.config.hidden_size
+    covariance = torch.zeros(width, width, dtype=torch.float64, device=text_encoder.device)
+    count = 0
+    batches = range(0, len(captions), batch_size)
+    for start in tqdm(batches, desc="covariance", disable=not progress, unit="batch"):
+        # Pad to the batch's longest caption only: a causal encoder's content positions ignore the padding.
+        ids = tokenizer(
+            captions[start : start + batch_size],
+            padding="longest",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        keep = content_mask(ids, tokenizer.eos_token_id).to(text_encoder.device)
+        encodings = encode(text_encoder, ids)[keep].to(torch.float64)
+        covariance += encodings.T @ encodings
+        count += encodings.shape[0]
+    covariance /= count
+    covariance += RIDGE * covariance.diagonal().mean() * torch.eye(width, dtype=torch.float64, device=covariance.device)
+    return covariance.cpu()
+
+
+def corpus_digest(captions: list[str]) -> str:
+    return hashlib.sha256("\n".join(captions).encode()).hexdigest()[:16]
+
+
+def inverse_covariance(text_encoder, tokenizer, captions: list[str] | None = None, progress: bool = False):
+    """C^-1 in float64 (CPU), from the disk cache when this text encoder and corpus were seen before."""
+    if captions is None:
+        from perfusion.corpus import default_captions
+
+        captions = default_captions(DEFAULT_CAPTIONS)
+    key = f"{text_encoder_fingerprint(text_encoder, tokenizer.vocab_size)[:24]}-{corpus_digest(captions)}"
+    path = cache_root() / "covariance" / f"{key}.safetensors"
+    if path.exists():
+        return load_file(path)["inverse_covariance"]
+    covariance = estimate_covariance(text_encoder, tokenizer, captions, progress=progress)
+    inverse = torch.linalg.inv(covariance)
+    atomic_save_safetensors(
+        {"covariance": covariance, "inverse_covariance": inverse}, path, {"captions": str(len(captions))}
+    )
+    return inverse

@@ -1,0 +1,127 @@
+"""Loading concepts into a diffusers pipeline and taking them out again (the load_*/unload_* pair)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from perfusion.concept import Concept, ConceptFileError
+from perfusion.covariance import inverse_covariance
+from perfusion.fingerprint import base_model_fingerprint, cross_attention_modules
+from perfusion.processor import PerfusionAttnProcessor
+from perfusion.runtime import PerfusionRuntime
+
+
+def find_runtime(pipe) -> PerfusionRuntime | None:
+    for processor in pipe.unet.attn_processors.values():
+        if isinstance(processor, PerfusionAttnProcessor):
+            return processor.runtime
+    return None
+
+
+def pipeline_fingerprint(pipe) -> str:
+    return base_model_fingerprint(pipe.text_encoder, pipe.unet, pipe.tokenizer.vocab_size)
+
+
+def install(pipe, captions: list[str] | None = None, progress: bool = False) -> PerfusionRuntime:
+    """Put the edit processors on every cross-attention layer (self-attention keeps its own) and attach hooks."""
+    runtime = find_runtime(pipe)
+    if runtime is not None:
+        return runtime
+    inverse = inverse_covariance(pipe.text_encoder, pipe.tokenizer, captions, progress=progress)
+    runtime = PerfusionRuntime(pipe.text_encoder, pipe.tokenizer, inverse, pipeline_fingerprint(pipe))
+    processors = {
+        name: PerfusionAttnProcessor(processor, runtime, name.removesuffix(".processor"))
+        if name.endswith("attn2.processor")
+        else processor
+        for name, processor in pipe.unet.attn_processors.items()
+    }
+    pipe.unet.set_attn_processor(processors)
+    runtime.attach(pipe.text_encoder, pipe.unet)
+    return runtime
+
+
+def check_compatible(concept: Concept, runtime: PerfusionRuntime, pipe, source: str) -> None:
+    if concept.base_fingerprint != runtime.base_fingerprint:
+        raise ConceptFileError(
+            f"{source}: trained on another base model (fingerprint {concept.base_fingerprint[:12]}, "
+            f"this pipeline is {runtime.base_fingerprint[:12]})"
+        )
+    layers = set(cross_attention_modules(pipe.unet))
+    if set(concept.value_targets) != layers:
+        raise ConceptFileError(f"{source}: its layers do not match this pipeline's cross-attention layers")
+
+
+def load_concepts(
+    pipe, concepts, *, captions: list[str] | None = None, progress: bool = False, check: bool = True
+) -> list[Concept]:
+    """Load concept files (paths or ``Concept`` objects) into ``pipe``; their tokens become usable in prompts.
+
+    ``captions`` replaces the packaged corpus for estimating C (computed once per base model, then cached).
+    """
+    if isinstance(concepts, (str, Path, Concept)):
+        concepts = [concepts]
+    loaded = [(item, str(item)) if isinstance(item, Concept) else (Concept.load(item), str(item)) for item in concepts]
+    runtime = install(pipe, captions, progress)
+    device = pipe.unet.device
+    for concept, source in loaded:
+        if check:
+            check_compatible(concept, runtime, pipe, source)
+        if concept.token in runtime.concepts:
+            raise ConceptFileError(f"{source}: the token {concept.token} is already loaded")
+        if concept.token in pipe.tokenizer.get_vocab():
+            raise ConceptFileError(f"{source}: the token {concept.token} is already a word of this tokenizer")
+        embedding = concept.token_embedding.detach().to(pipe.text_encoder.dtype)
+        pipe.load_textual_inversion(embedding, token=concept.token, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)
+        concept.value_targets = {layer: target.to(device) for layer, target in concept.value_targets.items()}
+        token_id = pipe.tokenizer.convert_tokens_to_ids(concept.token)
+        supercategory_ids = pipe.tokenizer(concept.supercategory, add_special_tokens=False).input_ids
+        runtime.add(concept, token_id, supercategory_ids)
+    return [concept for concept, _ in loaded]
+
+
+def unload_concepts(pipe, tokens: str | list[str] | None = None) -> None:
+    """Remove concepts (all by default); with none left, restore the stock processors and drop the hooks."""
+    runtime = find_runtime(pipe)
+    if runtime is None:
+        return
+    tokens = list(runtime.concepts) if tokens is None else [tokens] if isinstance(tokens, str) else list(tokens)
+    for token in tokens:
+        if token not in runtime.concepts:
+            raise KeyError(f"{token} is not loaded")
+    if tokens:
+        pipe.unload_textual_inversion(tokens, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)
+    for token in tokens:
+        runtime.remove(token)
+    if not runtime.concepts:
+        runtime.detach()
+        originals = {
+            name: processor.original if isinstance(processor, PerfusionAttnProcessor) else processor
+            for name, processor in pipe.unet.attn_processors.items()
+        }
+        pipe.unet.set_attn_processor(originals)
+
+
+def set_concept_options(pipe, token: str, *, beta: float | None = None, tau: float | None = None) -> None:
+    """Per-concept gate settings: lower beta follows the concept more, higher beta the prompt more."""
+    runtime = _require_runtime(pipe)
+    if token not in runtime.concepts:
+        raise KeyError(f"{token} is not loaded")
+    runtime.set_options(token, beta=beta, tau=tau)
+
+
+def set_global_lock(pipe, enabled: bool) -> None:
+    """Global key locking: keys read the prompt with every concept token replaced by its supercategory."""
+    _require_runtime(pipe).global_lock = bool(enabled)
+
+
+def loaded_tokens(pipe) -> list[str]:
+    runtime = find_runtime(pipe)
+    return [] if runtime is None else list(runtime.concepts)
+
+
+def _require_runtime(pipe) -> PerfusionRuntime:
+    runtime = find_runtime(pipe)
+    if runtime is None:
+        raise RuntimeError("no perfusion concepts are loaded in this pipeline")
+    return runtime
+

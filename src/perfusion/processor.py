@@ -1,0 +1,92 @@
+"""The diffusers attention processor that applies Perfusion's gated rank-one edit to K and V."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from perfusion.method import rank_one_edit
+
+
+class PerfusionAttnProcessor:
+    """Cross-attention with the edit of every concept whose token is in the row's prompt.
+
+    Rows without a concept token (and every call outside a prompt that uses one) go through the
+    layer's original processor untouched, so such prompts give exactly the stock output.
+    """
+
+    def __init__(self, original, runtime, layer: str):
+        self.original = original
+        self.runtime = runtime
+        self.layer = layer
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args,
+        **kwargs,
+    ) -> torch.Tensor:
+        context = self.runtime.context
+        if encoder_hidden_states is None or context is None or not context.groups:
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        if getattr(attn, "fused_projections", False):
+            raise RuntimeError("perfusion edits to_k and to_v separately: call unfuse_qkv_projections() first")
+
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+        batch_size, sequence_length, _ = encoder_hidden_states.shape
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = attn.to_q(hidden_states)
+        key_states = context.key_encodings if context.key_encodings is not None else encoder_hidden_states
+        if attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+            key_states = attn.norm_encoder_hidden_states(key_states)
+        key, value = self.edit(attn, encoder_hidden_states, attn.to_k(key_states), attn.to_v(encoder_hidden_states))
+
+        head_dim = key.shape[-1] // attn.heads
+        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0)
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+    def edit(self, attn, encodings: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
+        """Apply each row group's edit; keys only under local locking (global locking re-encoded them)."""
+        context = self.runtime.context
+        for tokens, rows in context.groups:
+            plan = self.runtime.layer_plan(tokens, self.layer, attn, encodings.device)
+
+            def edited(projected, projected_basis, targets):
+                return rank_one_edit(
+                    projected[rows], encodings[rows], plan.basis_readout, projected_basis,
+                    plan.similarity_readouts, plan.betas, plan.taus, targets,
+                )  # fmt: skip
+
+            value = value.index_copy(0, rows, edited(value, plan.value_basis, self.runtime.value_targets(tokens, self.layer, encodings.device)))
+            if context.key_encodings is None:
+                key = key.index_copy(0, rows, edited(key, plan.key_basis, plan.key_targets))
+        return key, value

@@ -1,0 +1,221 @@
+"""The state Perfusion keeps inside a pipeline: installed concepts, their settings, and which prompt rows use them.
+
+The text encoder's forward hook remembers every encoded prompt that holds a concept token; the UNet's
+forward pre-hook matches the rows it is given against them (so classifier-free guidance, repeated
+images and any pipeline's batching are handled without knowing how a pipeline builds its batch) and
+tells the cross-attention processors which concepts act on which rows.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+from perfusion.concept import Concept
+from perfusion.method import composition_basis, similarity_readout
+from perfusion.text import encode, supercategory_substitution
+
+REGISTRY_ROWS = 64  # prompts remembered between text encoding and denoising
+PROBE_FEATURES = 4  # features per position compared before a full equality check
+
+
+@dataclass
+class InstalledConcept:
+    concept: Concept
+    token_id: int
+    supercategory_ids: list[int]
+    beta: float
+    tau: float
+
+
+@dataclass
+class EncodedPrompt:
+    encodings: torch.Tensor  # (T, d), detached
+    tokens: tuple[str, ...]
+    key_encodings: torch.Tensor | None  # the supercategory re-encoding, under global key locking
+
+
+@dataclass
+class CallContext:
+    groups: list[tuple[tuple[str, ...], torch.Tensor]]  # (concept tokens, batch rows using exactly them)
+    key_encodings: torch.Tensor | None  # (B, T, d) keys' input under global locking
+
+
+@dataclass
+class SpanPlan:
+    basis: torch.Tensor  # u_n, (k, d) float64
+    basis_readout: torch.Tensor  # C^-1 u_n, (d, k)
+    similarity_readouts: torch.Tensor  # (d, N)
+    betas: torch.Tensor
+    taus: torch.Tensor
+
+
+@dataclass
+class LayerPlan:
+    basis_readout: torch.Tensor
+    similarity_readouts: torch.Tensor
+    betas: torch.Tensor
+    taus: torch.Tensor
+    key_basis: torch.Tensor  # W_K u_n, (out, k)
+    value_basis: torch.Tensor  # W_V u_n, (out, k)
+    key_targets: torch.Tensor  # o*_K = W_K i*_super, (out, N)
+
+
+def linear_part(projection: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """W x for a projection that may carry a bias or a LoRA wrapper: f(x) - f(0), as (out, n) float32."""
+    weight = next(projection.parameters())
+    inputs = inputs.to(weight.device, weight.dtype)
+    return (projection(inputs) - projection(torch.zeros_like(inputs[:1]))).float().T
+
+
+class PerfusionRuntime:
+    def __init__(self, text_encoder, tokenizer, inverse_covariance: torch.Tensor, base_fingerprint: str):
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.inverse_covariance = inverse_covariance.to(torch.float64).cpu()
+        self.base_fingerprint = base_fingerprint
+        self.concepts: dict[str, InstalledConcept] = {}
+        self.global_lock = False
+        self.context: CallContext | None = None
+        self.registry: deque[EncodedPrompt] = deque(maxlen=REGISTRY_ROWS)
+        self.hooks: list = []
+        self._span_plans: dict = {}
+        self._layer_plans: dict = {}
+
+    # -- concepts and their settings --------------------------------------------------------------
+    def add(self, concept: Concept, token_id: int, supercategory_ids: list[int]) -> None:
+        self.concepts[concept.token] = InstalledConcept(concept, token_id, supercategory_ids, concept.beta, concept.tau)
+        self.invalidate()
+
+    def remove(self, token: str) -> None:
+        del self.concepts[token]
+        self.invalidate()
+
+    def set_options(self, token: str, beta: float | None = None, tau: float | None = None) -> None:
+        installed = self.concepts[token]
+        installed.beta = installed.beta if beta is None else float(beta)
+        installed.tau = installed.tau if tau is None else float(tau)
+        self.invalidate()
+
+    def set_concept_encoding(self, token: str, encoding: torch.Tensor) -> None:
+        """Training moves i* every step (EMA); every plan built from it is stale then."""
+        self.concepts[token].concept.concept_encoding = encoding.detach()
+        self.invalidate()
+
+    def invalidate(self) -> None:
+        self._span_plans.clear()
+        self._layer_plans.clear()
+
+    # -- which rows use which concepts ----------------------------------------------------------
+    def remember(self, input_ids: torch.Tensor, encodings: torch.Tensor) -> None:
+        """Text encoder hook body: keep every encoded row that holds a concept token."""
+        by_id = {installed.token_id: token for token, installed in self.concepts.items()}
+        rows = [tuple(by_id[i] for i in row if i in by_id) for row in input_ids.tolist()]
+        wanted = [index for index, tokens in enumerate(rows) if tokens]
+        if not wanted:
+            return
+        key_encodings = self.supercategory_encodings(input_ids[wanted]) if self.global_lock else None
+        for position, index in enumerate(wanted):
+            tokens = tuple(token for token in self.concepts if token in rows[index])
+            keys = None if key_encodings is None else key_encodings[position]
+            self.registry.append(EncodedPrompt(encodings[index].detach(), tokens, keys))
+
+    @torch.no_grad()
+    def supercategory_encodings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Global key locking: encode with each concept token replaced by its supercategory word."""
+        replacements = {installed.token_id: installed.supercategory_ids for installed in self.concepts.values()}
+        super_ids, index = supercategory_substitution(input_ids, replacements, self.tokenizer.eos_token_id)
+        encodings = encode(self.text_encoder, super_ids)
+        return torch.gather(encodings, 1, index.to(encodings.device)[..., None].expand(-1, -1, encodings.shape[-1]))
+
+    def match(self, states: torch.Tensor | None) -> CallContext | None:
+        """UNet pre-hook body: find each row of ``states`` among the remembered prompts."""
+        if states is None or not self.registry or states.ndim != 3:
+            return None
+        entries = list(self.registry)
+        probes = states[..., :PROBE_FEATURES]
+        groups: dict[tuple[str, ...], list[int]] = {}
+        keys: list[torch.Tensor | None] = [None] * states.shape[0]
+        for row in range(states.shape[0]):
+            for entry in reversed(entries):
+                candidate = entry.encodings.to(states.device, states.dtype)
+                if candidate.shape == states[row].shape and torch.equal(candidate[..., :PROBE_FEATURES], probes[row]):
+                    if torch.equal(candidate, states[row].detach()):
+                        groups.setdefault(entry.tokens, []).append(row)
+                        keys[row] = entry.key_encodings
+                        break
+        if not groups:
+            return None
+        key_encodings = None
+        if any(key is not None for key in keys):
+            key_encodings = torch.stack(
+                [states[row] if key is None else key.to(states.device, states.dtype) for row, key in enumerate(keys)]
+            )
+        rows = [(tokens, torch.tensor(indices, device=states.device)) for tokens, indices in groups.items()]
+        return CallContext(rows, key_encodings)
+
+    # -- precomputed pieces of the edit ---------------------------------------------------------
+    def span_plan(self, tokens: tuple[str, ...], device) -> SpanPlan:
+        key = (tokens, str(device))
+        if key not in self._span_plans:
+            installed = [self.concepts[token] for token in tokens]
+            encodings = torch.stack([item.concept.concept_encoding.detach().cpu() for item in installed]).double()
+            basis = composition_basis(encodings, self.inverse_covariance)
+            self._span_plans[key] = SpanPlan(
+                basis=basis,
+                basis_readout=(basis @ self.inverse_covariance).T.float().to(device),
+                similarity_readouts=similarity_readout(encodings, self.inverse_covariance).float().to(device),
+                betas=torch.tensor([item.beta for item in installed], device=device),
+                taus=torch.tensor([item.tau for item in installed], device=device),
+            )
+        return self._span_plans[key]
+
+    @torch.no_grad()
+    def layer_plan(self, tokens: tuple[str, ...], layer: str, attn, device) -> LayerPlan:
+        key = (tokens, layer, str(device))
+        if key not in self._layer_plans:
+            span = self.span_plan(tokens, device)
+            supercategory = torch.stack([self.concepts[token].concept.supercategory_encoding for token in tokens])
+            self._layer_plans[key] = LayerPlan(
+                basis_readout=span.basis_readout,
+                similarity_readouts=span.similarity_readouts,
+                betas=span.betas,
+                taus=span.taus,
+                key_basis=linear_part(attn.to_k, span.basis),
+                value_basis=linear_part(attn.to_v, span.basis),
+                key_targets=linear_part(attn.to_k, supercategory),
+            )
+        return self._layer_plans[key]
+
+    def value_targets(self, tokens: tuple[str, ...], layer: str, device) -> torch.Tensor:
+        """o*_V of each concept, (out, N); read live, since training updates them."""
+        return torch.stack([self.concepts[token].concept.value_targets[layer].to(device) for token in tokens], -1)
+
+    # -- hooks ----------------------------------------------------------------------------------
+    def attach(self, text_encoder, unet) -> None:
+        self.hooks = [
+            text_encoder.register_forward_hook(self._after_text_encoder, with_kwargs=True),
+            unet.register_forward_pre_hook(self._before_unet, with_kwargs=True),
+            unet.register_forward_hook(self._after_unet),
+        ]
+
+    def detach(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+        self.hooks = []
+        self.context = None
+        self.registry.clear()
+
+    def _after_text_encoder(self, module, args, kwargs, output):
+        input_ids = args[0] if args else kwargs.get("input_ids")
+        if input_ids is not None and self.concepts:
+            self.remember(input_ids, output[0])
+
+    def _before_unet(self, module, args, kwargs):
+        states = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+        self.context = self.match(states)
+
+    def _after_unet(self, module, args, output):
+        self.context = None

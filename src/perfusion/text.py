@@ -1,0 +1,72 @@
+"""Text-side glue: tokenising prompts, encoding them as the pipeline does, finding concept tokens."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+CONCEPT_TOKEN_PATTERN = re.compile(r"<[^<>\s]+>")
+
+
+def prompt_tokens(prompt: str) -> list[str]:
+    """The ``<token>``-shaped words of a prompt, in order."""
+    return CONCEPT_TOKEN_PATTERN.findall(prompt)
+
+
+def tokenize(tokenizer, prompts: list[str], padding: str = "max_length") -> torch.Tensor:
+    """Token ids exactly as diffusers' Stable Diffusion pipelines make them (padded and truncated to 77)."""
+    return tokenizer(
+        prompts, padding=padding, max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
+def encode(text_encoder, input_ids: torch.Tensor) -> torch.Tensor:
+    """The encodings a Stable Diffusion UNet is conditioned on: the text encoder's last hidden state."""
+    return text_encoder(input_ids.to(text_encoder.device))[0]
+
+
+def content_mask(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """True at every position up to and including the first end-of-text token; HF CLIP pads with EOS, not 0."""
+    is_eos = input_ids == eos_token_id
+    after_first_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0
+    return ~after_first_eos
+
+
+def supercategory_substitution(
+    input_ids: torch.Tensor, replacements: dict[int, list[int]], eos_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace each concept token id by its supercategory's ids, keeping the length.
+
+    Returns the new ids (B, T) and, for every original position, the index of its counterpart in them
+    (a concept token maps to its supercategory's last token), so that keys computed from the new ids
+    line up with values computed from the original ones.
+    """
+    length = input_ids.shape[-1]
+    new_rows, index_rows = [], []
+    for row in input_ids.tolist():
+        new_row, index_row = [], []
+        for token_id in row:
+            new_row.extend(replacements.get(token_id, [token_id]))
+            index_row.append(len(new_row) - 1)
+        if len(new_row) > length:  # a longer supercategory pushed the tail out: keep the end-of-text token
+            new_row = new_row[: length - 1] + [eos_token_id]
+        new_row += [eos_token_id] * (length - len(new_row))
+        new_rows.append(new_row)
+        index_rows.append([min(index, length - 1) for index in index_row])
+    return torch.tensor(new_rows, dtype=input_ids.dtype), torch.tensor(index_rows, dtype=torch.long)
+
+
+
+def word_positions(input_ids: torch.Tensor, word_ids: list[int], last_only: bool = False) -> torch.Tensor:
+    """(B, T) bool on each occurrence of a word (a run of ``word_ids``).
+
+    ``last_only`` marks just its last token: what a causal encoder's encoding of the whole word sits on.
+    """
+    positions = torch.zeros_like(input_ids, dtype=torch.bool)
+    width = len(word_ids)
+    for row, sequence in enumerate(input_ids.tolist()):
+        for start in range(len(sequence) - width + 1):
+            if sequence[start : start + width] == word_ids:
+                positions[row, start + width - 1 if last_only else start : start + width] = True
+    return positions

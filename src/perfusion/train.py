@@ -1,0 +1,319 @@
+"""Training a concept: v* and one o*_V per layer, K locked to the supercategory, i* tracked by EMA."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from perfusion.concept import DEFAULT_BETA, DEFAULT_TAU, Concept
+from perfusion.files import atomic_torch_save
+from perfusion.images import TrainingImage, image_tensor, mask_tensor
+from perfusion.loader import find_runtime, load_concepts, pipeline_fingerprint, unload_concepts
+from perfusion.masks import attention_masks
+from perfusion.method import ema_update, masked_mse
+from perfusion.runtime import linear_part
+from perfusion.text import CONCEPT_TOKEN_PATTERN, encode, tokenize, word_positions
+
+DEFAULT_TEMPLATES = (
+    "a photo of a {}",
+    "a rendering of a {}",
+    "a cropped photo of the {}",
+    "the photo of a {}",
+    "a close-up photo of a {}",
+    "a bright photo of the {}",
+    "a good photo of a {}",
+    "a photo of one {}",
+    "a photo of the small {}",
+    "a photo of the large {}",
+)
+
+
+@dataclass
+class TrainingConfig:
+    """Perfusion training settings; the defaults are METHOD.md's SD1.5 recipe."""
+
+    steps: int = 400  # optimizer steps
+    batch_size: int = 4  # images per micro-batch
+    gradient_accumulation: int = 4  # micro-batches per optimizer step (batch 16 in all)
+    lr_embedding: float = 6e-3  # v*, the token's input embedding
+    lr_values: float = 3e-2  # o*_V, one per cross-attention layer
+    weight_decay: float = 0.0
+    train_beta: float = 0.75  # the gate while training ("higher training beta, better Pareto front")
+    train_tau: float = 0.1
+    ema_decay: float = 0.99  # i* <- decay i* + (1 - decay) e_concept
+    beta: float = DEFAULT_BETA  # the defaults written into the concept file for generation
+    tau: float = DEFAULT_TAU
+    resolution: int | None = None  # default: the pipeline's native size
+    flip: bool = True
+    seed: int = 0
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    mask_prompt: str = "a photo of a {}"  # read for the supercategory's attention map when no mask is given
+    mask_timestep: float = 0.4  # fraction of the noise schedule at which that map is read
+    mixed_precision: str = "no"  # "fp16" or "bf16" on a GPU: frozen modules cast down, trained tensors fp32
+    checkpoint_every: int = 50  # optimizer steps between resumable checkpoints
+
+
+@dataclass
+class TrainingResult:
+    concept: Concept
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class TrainingError(ValueError):
+    """Training inputs that cannot be used."""
+
+
+@dataclass
+class ImageBank:
+    """Latent distributions of every image (and its mirror), computed once, with the masks on the latent grid."""
+
+    means: torch.Tensor  # (n, 4, h, w) scaled
+    stds: torch.Tensor
+    masks: torch.Tensor  # (n, 1, h, w), normalised per image in the loss
+    mask_source: str
+
+
+class ConceptTrainer:
+    def __init__(self, pipe, images: list[TrainingImage], token: str, supercategory: str, config: TrainingConfig):
+        if not images:
+            raise TrainingError("no training images")
+        if not CONCEPT_TOKEN_PATTERN.fullmatch(token):
+            raise TrainingError(f"the token must look like <name>, got {token!r}")
+        if token in pipe.tokenizer.get_vocab():
+            raise TrainingError(f"{token} is already a word of this tokenizer")
+        if not supercategory.strip():
+            raise TrainingError("the supercategory word is empty")
+        self.pipe, self.images, self.token, self.supercategory, self.config = pipe, images, token, supercategory, config
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision)
+        self.device = self.accelerator.device
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
+        for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+            module.requires_grad_(False)
+            module.to(self.device)
+            if self.weight_dtype != torch.float32:  # trained tensors stay fp32 (no "unscale FP16 gradients")
+                module.to(dtype=self.weight_dtype)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.fingerprint = pipeline_fingerprint(pipe)
+        self.bank = self.encode_images()
+        self.concept = self.initial_concept()
+        self.start_step = 0
+        self.losses: list[float] = []
+
+    # -- set-up -------------------------------------------------------------------------------
+    @property
+    def resolution(self) -> int:
+        return self.config.resolution or self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+
+    @torch.no_grad()
+    def encode_images(self) -> ImageBank:
+        size = self.resolution
+        pixels = torch.stack([image_tensor(item.image, size) for item in self.images])
+        if self.config.flip:
+            pixels = torch.cat([pixels, pixels.flip(-1)])
+        distribution = self.pipe.vae.encode(pixels.to(self.device, self.weight_dtype)).latent_dist
+        scale = self.pipe.vae.config.scaling_factor
+        means, stds = distribution.mean.float() * scale, distribution.std.float() * scale
+        latent_size = means.shape[-1]
+        if all(item.mask is not None for item in self.images):
+            masks = torch.stack([mask_tensor(item.mask, size, latent_size) for item in self.images])
+            masks = torch.cat([masks, masks.flip(-1)]) if self.config.flip else masks
+            source = "given"
+        elif any(item.mask is not None for item in self.images):
+            raise TrainingError("some images have masks and some do not: give a mask for every image or for none")
+        else:
+            masks = attention_masks(
+                self.pipe, means.to(self.weight_dtype), self.supercategory, self.config.mask_prompt,
+                self.config.mask_timestep, self.config.seed,
+            ).float()  # fmt: skip
+            source = "attention"
+        return ImageBank(means, stds, masks.to(self.device), source)
+
+    def prompts_ids(self, word: str, count: int | None = None) -> torch.Tensor:
+        templates = self.config.templates
+        if count is None:
+            chosen = list(templates)
+        else:
+            chosen = [templates[i] for i in torch.randint(len(templates), (count,), generator=self.generator)]
+        return tokenize(self.pipe.tokenizer, [template.format(word) for template in chosen])
+
+    @torch.no_grad()
+    def mean_encoding(self, ids: torch.Tensor, word_ids: list[int]) -> torch.Tensor:
+        """The word's encoding (its last token) averaged over prompts: one prompt per template."""
+        positions = word_positions(ids, word_ids, last_only=True)
+        return encode(self.pipe.text_encoder, ids)[positions.to(self.device)].float().mean(0)
+
+    def initial_concept(self) -> Concept:
+        pipe = self.pipe
+        supercategory_ids = pipe.tokenizer(self.supercategory, add_special_tokens=False).input_ids
+        embeddings = pipe.text_encoder.get_input_embeddings().weight
+        # Local key locking: i*_super is the supercategory word's encoding in the first batch of prompts.
+        supercategory_encoding = self.mean_encoding(self.prompts_ids(self.supercategory), supercategory_ids)
+        layers = {name: module for name, module in pipe.unet.named_modules() if name.endswith("attn2")}
+        return Concept(
+            token=self.token,
+            supercategory=self.supercategory,
+            token_embedding=torch.nn.Parameter(embeddings[supercategory_ids].float().mean(0)),
+            concept_encoding=supercategory_encoding,
+            supercategory_encoding=supercategory_encoding,
+            value_targets={  # o*_V starts at W_V i*_super
+                name: torch.nn.Parameter(linear_part(attention.to_v, supercategory_encoding[None])[:, 0])
+                for name, attention in layers.items()
+            },
+            base_fingerprint=self.fingerprint,
+            beta=self.config.beta,
+            tau=self.config.tau,
+        )
+
+    def install(self, captions: list[str] | None) -> None:
+        pipe = self.pipe
+        load_concepts(pipe, self.concept, captions=captions, check=False)
+        self.runtime = find_runtime(pipe)
+        self.runtime.set_options(self.token, beta=self.config.train_beta, tau=self.config.train_tau)
+        self.token_id = pipe.tokenizer.convert_tokens_to_ids(self.token)
+        token_embedding = self.concept.token_embedding
+
+        def substitute_v_star(module, args, output):  # v* enters through the token's embedding row
+            return torch.where((args[0] == self.token_id)[..., None], token_embedding.to(output.dtype), output)
+
+        self.embedding_hook = pipe.text_encoder.get_input_embeddings().register_forward_hook(substitute_v_star)
+        if self.start_step == 0:
+            concept_ids = self.prompts_ids(self.token)
+            self.runtime.set_concept_encoding(self.token, self.mean_encoding(concept_ids, [self.token_id]))
+        trainable = [
+            {"params": [token_embedding], "lr": self.config.lr_embedding},
+            {"params": list(self.concept.value_targets.values()), "lr": self.config.lr_values},
+        ]
+        self.optimizer = self.accelerator.prepare(torch.optim.AdamW(trainable, weight_decay=self.config.weight_decay))
+
+    def uninstall(self) -> None:
+        self.embedding_hook.remove()
+        unload_concepts(self.pipe, self.token)
+
+    # -- one optimizer step -------------------------------------------------------------------
+    def micro_batch(self):
+        config, bank, scheduler = self.config, self.bank, self.pipe.scheduler
+        index = torch.randint(bank.means.shape[0], (config.batch_size,), generator=self.generator)
+        means, stds = bank.means[index.to(bank.means.device)], bank.stds[index.to(bank.stds.device)]
+        latents = means + stds * torch.randn(means.shape, generator=self.generator).to(self.device)
+        noise = torch.randn(latents.shape, generator=self.generator).to(self.device)  # Gaussian, never uniform
+        timesteps = torch.randint(scheduler.config.num_train_timesteps, (config.batch_size,), generator=self.generator)
+        timesteps = timesteps.to(self.device)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        if scheduler.config.prediction_type == "v_prediction":
+            target = scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        return noisy, timesteps, target, bank.masks[index.to(bank.masks.device)], self.prompts_ids(self.token, config.batch_size)
+
+    def step(self) -> float:
+        config, pipe = self.config, self.pipe
+        observed, total = [], 0.0
+        for _ in range(config.gradient_accumulation):
+            noisy, timesteps, target, masks, ids = self.micro_batch()
+            with self.accelerator.autocast():
+                encodings = encode(pipe.text_encoder, ids)
+                prediction = pipe.unet(noisy.to(self.weight_dtype), timesteps, encoder_hidden_states=encodings).sample
+            loss = masked_mse(prediction, target, masks)
+            self.accelerator.backward(loss / config.gradient_accumulation)
+            observed.append(encodings[(ids == self.token_id).to(self.device)].detach().float().mean(0))
+            total += loss.item() / config.gradient_accumulation
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        concept_encoding = ema_update(self.concept.concept_encoding, torch.stack(observed).mean(0), config.ema_decay)
+        self.runtime.set_concept_encoding(self.token, concept_encoding)
+        return total
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def save_checkpoint(self, path: Path, step: int) -> None:
+        atomic_torch_save(
+            {
+                "token": self.token,
+                "supercategory": self.supercategory,
+                "step": step,
+                "token_embedding": self.concept.token_embedding.detach().cpu(),
+                "concept_encoding": self.concept.concept_encoding.detach().cpu(),
+                "supercategory_encoding": self.concept.supercategory_encoding.detach().cpu(),
+                "value_targets": {k: v.detach().cpu() for k, v in self.concept.value_targets.items()},
+                "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state(),
+                "losses": self.losses,
+                "config": asdict(self.config),
+            },
+            path,
+        )
+
+    def load_checkpoint(self, path: Path) -> dict:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if (state["token"], state["supercategory"]) != (self.token, self.supercategory):
+            raise TrainingError(f"{path}: a checkpoint of {state['token']} ({state['supercategory']}), not of {self.token}")
+        with torch.no_grad():
+            self.concept.token_embedding.copy_(state["token_embedding"])
+            for name, target in self.concept.value_targets.items():
+                target.copy_(state["value_targets"][name])
+        self.concept.concept_encoding = state["concept_encoding"].to(self.device)
+        self.concept.supercategory_encoding = state["supercategory_encoding"].to(self.device)
+        self.generator.set_state(state["generator"])
+        self.losses = list(state["losses"])
+        self.start_step = state["step"]
+        return state
+
+    # -- the whole run --------------------------------------------------------------------------
+    def run(self, checkpoint: Path | None = None, resume: bool = False, captions=None, progress: bool = True):
+        started = time.perf_counter()
+        state = self.load_checkpoint(checkpoint) if resume and checkpoint and checkpoint.exists() else None
+        self.install(captions)
+        if state is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            bar = tqdm(range(self.start_step, self.config.steps), desc=f"training {self.token}", disable=not progress,
+                       initial=self.start_step, total=self.config.steps)  # fmt: skip
+            for step in bar:
+                self.losses.append(self.step())
+                bar.set_postfix(loss=f"{self.losses[-1]:.4f}")
+                done = step + 1
+                if checkpoint is not None and done % self.config.checkpoint_every == 0 and done < self.config.steps:
+                    self.save_checkpoint(checkpoint, done)
+        finally:
+            self.uninstall()
+        return TrainingResult(self.finished_concept(), self.losses, time.perf_counter() - started)
+
+    def finished_concept(self) -> Concept:
+        concept = self.concept
+        settings = asdict(self.config)
+        settings.update(images=len(self.images), resolution=self.resolution, mask=self.bank.mask_source,
+                        final_loss=self.losses[-1] if self.losses else None)  # fmt: skip
+        return Concept(
+            token=concept.token,
+            supercategory=concept.supercategory,
+            token_embedding=concept.token_embedding.detach().float().cpu(),
+            concept_encoding=concept.concept_encoding.detach().float().cpu(),
+            supercategory_encoding=concept.supercategory_encoding.detach().float().cpu(),
+            value_targets={k: v.detach().float().cpu() for k, v in concept.value_targets.items()},
+            base_fingerprint=concept.base_fingerprint,
+            beta=self.config.beta,
+            tau=self.config.tau,
+            training=settings,
+        )
+
+
+def train_concept(
+    pipe,
+    images: list[TrainingImage],
+    token: str,
+    supercategory: str,
+    config: TrainingConfig | None = None,
+    *,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    captions: list[str] | None = None,
+    progress: bool = True,
+) -> TrainingResult:
+    """Train ``token`` (e.g. "<mycat>") from images of one thing; the pipeline is left as it was."""
+    trainer = ConceptTrainer(pipe, images, token, supercategory, config or TrainingConfig())
+    return trainer.run(Path(checkpoint) if checkpoint else None, resume, captions, progress)

@@ -1,0 +1,19 @@
+import pytest
+
+from tiny import build_tiny_pipeline, load_pipeline
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Covariance caches go to a per-session folder, never to the user's home."""
+    monkeypatch.setenv("PERFUSION_CACHE", str(tmp_path_factory.getbasetemp() / "perfusion-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory):
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def tiny_pipe(tiny_pipeline_dir):
+    return load_pipeline(tiny_pipeline_dir)
