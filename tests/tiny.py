@@ -103,3 +103,58 @@ def load_pipeline(folder: Path) -> StableDiffusionPipeline:
     pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def small_corpus(count: int = 300, seed: int = 0) -> list[str]:
+    """Captions from WORDS, for a fast covariance of the tiny text encoder."""
+    import random
+
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) for _ in range(count)]
+
+
+def handmade_concept(pipe, token: str = "<mycat>", supercategory: str = "cat", seed: int = 0):
+    """A concept with plausible numbers (i* near the supercategory's encoding) and random targets."""
+    from perfusion.concept import Concept
+    from perfusion.fingerprint import cross_attention_modules
+    from perfusion.loader import pipeline_fingerprint
+    from perfusion.text import encode, tokenize, word_positions
+
+    generator = torch.Generator().manual_seed(seed)
+    word = pipe.tokenizer(supercategory, add_special_tokens=False).input_ids
+    ids = tokenize(pipe.tokenizer, [f"a photo of a {supercategory}"])
+    with torch.no_grad():
+        supercategory_encoding = encode(pipe.text_encoder, ids)[word_positions(ids, word, last_only=True)][0]
+        embedding = pipe.text_encoder.get_input_embeddings().weight[word].mean(0)
+    width = supercategory_encoding.numel()
+    layers = cross_attention_modules(pipe.unet)
+    return Concept(
+        token=token,
+        supercategory=supercategory,
+        token_embedding=embedding + 0.5 * torch.randn(width, generator=generator) * embedding.std(),
+        concept_encoding=supercategory_encoding + 0.3 * torch.randn(width, generator=generator) * supercategory_encoding.std(),
+        supercategory_encoding=supercategory_encoding.clone(),
+        value_targets={name: torch.randn(module.to_v.out_features, generator=generator) for name, module in layers.items()},
+        base_fingerprint=pipeline_fingerprint(pipe),
+    )
+
+
+def write_concept_images(directory: Path, count: int = 4, size: int = 16, alpha: bool = True) -> Path:
+    """A red disc on varied backgrounds, in varied places; the alpha channel marks the disc."""
+    import numpy as np
+    from PIL import Image
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.RandomState(0)
+    yy, xx = np.mgrid[:size, :size]
+    for index in range(count):
+        centre = rng.randint(size // 4, 3 * size // 4, size=2)
+        disc = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= (size // 4) ** 2
+        pixels = np.empty((size, size, 3), np.uint8)
+        pixels[:] = rng.randint(0, 255, size=3)
+        pixels[disc] = (220, 30, 30)
+        image = Image.fromarray(pixels)
+        if alpha:
+            image.putalpha(Image.fromarray(np.where(disc, 255, 40).astype(np.uint8)))
+        image.save(directory / f"{index:02d}.png")
+    return directory

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from perfusion.concept import Concept, ConceptFileError
@@ -20,6 +21,14 @@ def find_runtime(pipe) -> PerfusionRuntime | None:
 
 def pipeline_fingerprint(pipe) -> str:
     return base_model_fingerprint(pipe.text_encoder, pipe.unet, pipe.tokenizer.vocab_size)
+
+
+@contextmanager
+def embedding_frozen_state_kept(text_encoder):
+    """Resizing the token embedding makes a new, trainable weight: keep a frozen encoder frozen."""
+    requires_grad = text_encoder.get_input_embeddings().weight.requires_grad
+    yield
+    text_encoder.get_input_embeddings().weight.requires_grad_(requires_grad)
 
 
 def install(pipe, captions: list[str] | None = None, progress: bool = False) -> PerfusionRuntime:
@@ -71,7 +80,8 @@ def load_concepts(
         if concept.token in pipe.tokenizer.get_vocab():
             raise ConceptFileError(f"{source}: the token {concept.token} is already a word of this tokenizer")
         embedding = concept.token_embedding.detach().to(pipe.text_encoder.dtype)
-        pipe.load_textual_inversion(embedding, token=concept.token, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)
+        with embedding_frozen_state_kept(pipe.text_encoder):
+            pipe.load_textual_inversion(embedding, token=concept.token, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)
         concept.value_targets = {layer: target.to(device) for layer, target in concept.value_targets.items()}
         token_id = pipe.tokenizer.convert_tokens_to_ids(concept.token)
         supercategory_ids = pipe.tokenizer(concept.supercategory, add_special_tokens=False).input_ids
@@ -89,7 +99,8 @@ def unload_concepts(pipe, tokens: str | list[str] | None = None) -> None:
         if token not in runtime.concepts:
             raise KeyError(f"{token} is not loaded")
     if tokens:
-        pipe.unload_textual_inversion(tokens, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)
+        with embedding_frozen_state_kept(pipe.text_encoder):
+            pipe.unload_textual_inversion(tokens, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)
     for token in tokens:
         runtime.remove(token)
     if not runtime.concepts:

@@ -61,8 +61,9 @@ class TrainingConfig:
 @dataclass
 class TrainingResult:
     concept: Concept
-    losses: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)  # one per optimizer step
     seconds: float = 0.0
+    held_out_loss: tuple[float, float] = (float("nan"), float("nan"))  # fixed noise and timesteps: before, after
 
 
 class TrainingError(ValueError):
@@ -211,6 +212,22 @@ class ConceptTrainer:
             target = noise
         return noisy, timesteps, target, bank.masks[index.to(bank.masks.device)], self.prompts_ids(self.token, config.batch_size)
 
+    @torch.no_grad()
+    def held_out_loss(self, batches: int = 8, seed: int = 12345) -> float:
+        """The loss on a fixed draw of images, noise, timesteps and prompts: comparable across training."""
+        training_generator, self.generator = self.generator, torch.Generator().manual_seed(seed)
+        try:
+            total = 0.0
+            for _ in range(batches):
+                noisy, timesteps, target, masks, ids = self.micro_batch()
+                with self.accelerator.autocast():
+                    encodings = encode(self.pipe.text_encoder, ids)
+                    prediction = self.pipe.unet(noisy.to(self.weight_dtype), timesteps, encoder_hidden_states=encodings)
+                total += masked_mse(prediction.sample, target, masks).item() / batches
+            return total
+        finally:
+            self.generator = training_generator
+
     def step(self) -> float:
         config, pipe = self.config, self.pipe
         observed, total = [], 0.0
@@ -271,6 +288,7 @@ class ConceptTrainer:
         if state is not None:
             self.optimizer.load_state_dict(state["optimizer"])
         try:
+            loss_before = self.held_out_loss()
             bar = tqdm(range(self.start_step, self.config.steps), desc=f"training {self.token}", disable=not progress,
                        initial=self.start_step, total=self.config.steps)  # fmt: skip
             for step in bar:
@@ -279,9 +297,11 @@ class ConceptTrainer:
                 done = step + 1
                 if checkpoint is not None and done % self.config.checkpoint_every == 0 and done < self.config.steps:
                     self.save_checkpoint(checkpoint, done)
+            loss_after = self.held_out_loss()
         finally:
             self.uninstall()
-        return TrainingResult(self.finished_concept(), self.losses, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        return TrainingResult(self.finished_concept(), self.losses, seconds, (loss_before, loss_after))
 
     def finished_concept(self) -> Concept:
         concept = self.concept

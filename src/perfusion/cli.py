@@ -1,0 +1,205 @@
+"""The `perfusion` command: train, generate, inspect."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+from perfusion.concept import Concept, ConceptFileError
+from perfusion.generate import GenerationConfig, GenerationError, check_gate, check_prompt, generate
+from perfusion.images import ImageInputError, load_training_images
+from perfusion.models import ModelError, open_pipeline
+from perfusion.train import TrainingConfig, TrainingError, train_concept
+
+USER_ERRORS = (ConceptFileError, GenerationError, ImageInputError, ModelError, TrainingError, FileExistsError)
+
+
+class CommandError(ValueError):
+    """A command line that cannot be carried out."""
+
+
+def refuse_existing(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} exists (use --force to overwrite)")
+
+
+# -- train --------------------------------------------------------------------------------------
+def add_train(commands) -> None:
+    parser = commands.add_parser("train", help="train a concept from a folder of images")
+    parser.add_argument("--model", required=True, help="base model folder (diffusers format)")
+    parser.add_argument("--images", required=True, help="folder of 4-8 images of the concept")
+    parser.add_argument("--token", required=True, help='the new word, e.g. "<mycat>"')
+    parser.add_argument("--supercategory", required=True, help='what it is, e.g. "cat"')
+    parser.add_argument("--out", required=True, help="concept file to write (.safetensors)")
+    parser.add_argument("--mask-dir", help="masks with the images' file names (white = object)")
+    parser.add_argument("--steps", type=int, default=TrainingConfig.steps)
+    parser.add_argument("--batch-size", type=int, default=TrainingConfig.batch_size)
+    parser.add_argument("--gradient-accumulation", type=int, default=TrainingConfig.gradient_accumulation)
+    parser.add_argument("--lr-embedding", type=float, default=TrainingConfig.lr_embedding, help="learning rate of v*")
+    parser.add_argument("--lr-values", type=float, default=TrainingConfig.lr_values, help="learning rate of o*_V")
+    parser.add_argument("--train-beta", type=float, default=TrainingConfig.train_beta)
+    parser.add_argument("--train-tau", type=float, default=TrainingConfig.train_tau)
+    parser.add_argument("--resolution", type=int, default=None)
+    parser.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    parser.add_argument("--seed", type=int, default=TrainingConfig.seed)
+    parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    parser.add_argument("--captions", help="caption file (one per line) for the covariance, instead of the packaged corpus")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint (OUT.ckpt)")
+    parser.add_argument("--half", action="store_true", help="store fp16 (half the size)")
+    parser.add_argument("--force", action="store_true", help="overwrite OUT")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(run=run_train)
+
+
+def run_train(args) -> None:
+    out = Path(args.out)
+    refuse_existing(out, args.force)
+    for name in ("steps", "batch_size", "gradient_accumulation"):
+        if getattr(args, name) < 1:
+            raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
+    images = load_training_images(args.images, args.mask_dir)
+    config = TrainingConfig(
+        steps=args.steps, batch_size=args.batch_size, gradient_accumulation=args.gradient_accumulation,
+        lr_embedding=args.lr_embedding, lr_values=args.lr_values, train_beta=args.train_beta,
+        train_tau=args.train_tau, resolution=args.resolution, flip=not args.no_flip, seed=args.seed,
+        mixed_precision=args.mixed_precision,
+    )  # fmt: skip
+    check_gate(config.train_beta, config.train_tau)
+    pipe = open_pipeline(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    captions = read_captions(args.captions)
+    checkpoint = out.with_name(out.name + ".ckpt")
+    result = train_concept(pipe, images, args.token, args.supercategory, config, checkpoint=checkpoint,
+                           resume=args.resume, captions=captions, progress=not args.quiet)  # fmt: skip
+    result.concept.save(out, half=args.half)
+    checkpoint.unlink(missing_ok=True)
+    print(f"{out}: {args.token} ({args.supercategory}), {out.stat().st_size / 1000:.1f} KB, "
+          f"{len(images)} images, {config.steps} steps in {result.seconds:.0f} s, final loss {result.losses[-1]:.4f}")  # fmt: skip
+
+
+def read_captions(path: str | None):
+    if path is None:
+        return None
+    from perfusion.corpus import load_captions
+
+    try:
+        return load_captions(path)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+
+
+# -- generate ------------------------------------------------------------------------------------
+def add_generate(commands) -> None:
+    parser = commands.add_parser("generate", help="generate images with one or more concepts")
+    parser.add_argument("--model", required=True, help="base model folder the concepts were trained on")
+    parser.add_argument("--concept", action="append", default=[], help="concept file (repeat for several)")
+    parser.add_argument("--prompt", required=True, help='e.g. "<mycat> sleeping on a red sofa"')
+    parser.add_argument("--negative-prompt", default=None)
+    parser.add_argument("--beta", type=float, action="append", help="gate bias; once for all concepts or once per concept")
+    parser.add_argument("--tau", type=float, action="append", help="gate temperature; once or once per concept")
+    parser.add_argument("--global-lock", action="store_true", help="global key locking (suggested beta 0.4-0.6)")
+    parser.add_argument("--seed", type=int, default=GenerationConfig.seed)
+    parser.add_argument("--steps", type=int, default=GenerationConfig.steps)
+    parser.add_argument("--guidance", type=float, default=GenerationConfig.guidance)
+    parser.add_argument("--num-images", type=int, default=GenerationConfig.num_images)
+    parser.add_argument("--out", default="perfusion-out", help="output folder")
+    parser.add_argument("--captions", help="caption file for the covariance, instead of the packaged corpus")
+    parser.add_argument("--force", action="store_true", help="overwrite existing images")
+    parser.set_defaults(run=run_generate)
+
+
+def per_concept(values: list[float] | None, count: int, name: str) -> list[float | None]:
+    if not values:
+        return [None] * count
+    if len(values) == 1:
+        return values * count
+    if len(values) != count:
+        raise CommandError(f"give --{name} once, or once per concept ({count}), not {len(values)} times")
+    return values
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "image"
+
+
+def run_generate(args) -> None:
+    from perfusion.loader import load_concepts
+
+    concepts = [Concept.load(path) for path in args.concept]
+    betas = per_concept(args.beta, len(concepts), "beta")
+    taus = per_concept(args.tau, len(concepts), "tau")
+    for beta, tau in zip(betas, taus):
+        check_gate(beta, tau)
+    if args.num_images < 1 or args.steps < 1:
+        raise CommandError("--num-images and --steps must be at least 1")
+    out = Path(args.out)
+    names = [out / f"{slug(args.prompt)}-s{args.seed}-{index}.png" for index in range(args.num_images)]
+    for path in names:
+        refuse_existing(path, args.force)
+    pipe = open_pipeline(args.model)
+    if concepts:
+        load_concepts(pipe, concepts, captions=read_captions(args.captions))
+    check_prompt(pipe, args.prompt)
+    config = GenerationConfig(steps=args.steps, guidance=args.guidance, num_images=args.num_images,
+                              seed=args.seed, global_lock=args.global_lock)  # fmt: skip
+    settings = {concept.token: (beta, tau) for concept, beta, tau in zip(concepts, betas, taus)}
+    images = generate(pipe, args.prompt, config, settings, negative_prompt=args.negative_prompt)
+    from perfusion.files import atomic_write
+
+    for image, path in zip(images, names):
+        atomic_write(path, lambda temporary, image=image: image.save(temporary, format="PNG"))
+        print(path)
+
+
+# -- inspect -------------------------------------------------------------------------------------
+def add_inspect(commands) -> None:
+    parser = commands.add_parser("inspect", help="show a concept file's metadata and sizes")
+    parser.add_argument("file")
+    parser.set_defaults(run=run_inspect)
+
+
+def run_inspect(args) -> None:
+    concept = Concept.load(args.file)
+    tensors = concept.tensors()
+    print(f"file            {args.file} ({os.path.getsize(args.file):,} bytes)")
+    print(f"token           {concept.token}")
+    print(f"supercategory   {concept.supercategory}")
+    print(f"default gate    beta {concept.beta}, tau {concept.tau}")
+    print(f"base model      {concept.base_fingerprint}")
+    print(f"encoding width  {concept.concept_encoding.numel()}")
+    print(f"layers          {len(concept.value_targets)} (value targets: "
+          f"{sum(t.numel() for t in concept.value_targets.values()):,} numbers)")  # fmt: skip
+    print(f"numbers         {sum(t.numel() for t in tensors.values()):,}")
+    for key, value in sorted(concept.training.items()):
+        if key != "templates":
+            print(f"training.{key:<24} {value}")
+
+
+# -- entry point ---------------------------------------------------------------------------------
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="perfusion", description="Perfusion personalisation for Stable Diffusion")
+    commands = root.add_subparsers(dest="command", required=True)
+    add_train(commands)
+    add_generate(commands)
+    add_inspect(commands)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (*USER_ERRORS, CommandError) as error:
+        print(f"perfusion: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("perfusion: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

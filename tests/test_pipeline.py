@@ -1,0 +1,156 @@
+"""Perfusion inside a real diffusers pipeline (tiny, random, loaded with from_pretrained)."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
+from tiny import handmade_concept, small_corpus
+
+from perfusion.concept import ConceptFileError
+from perfusion.generate import GenerationConfig, GenerationError, generate
+from perfusion.loader import find_runtime, load_concepts, set_concept_options, unload_concepts
+from perfusion.processor import PerfusionAttnProcessor
+from perfusion.text import encode, tokenize
+
+CAPTIONS = small_corpus()
+
+
+def images(pipe, prompt, seed=0, **kwargs):
+    config = GenerationConfig(
+        steps=3, guidance=5.0, num_images=kwargs.pop("num_images", 1), seed=seed,
+        global_lock=kwargs.pop("global_lock", False),
+    )  # fmt: skip
+    return np.stack([np.asarray(image) for image in generate(pipe, prompt, config, **kwargs)])
+
+
+def test_prompt_without_a_concept_gives_exactly_the_stock_output(tiny_pipe):
+    stock = images(tiny_pipe, "a photo of a cat next to a cat", num_images=2)
+    load_concepts(tiny_pipe, handmade_concept(tiny_pipe), captions=CAPTIONS)
+    assert np.array_equal(images(tiny_pipe, "a photo of a cat next to a cat", num_images=2), stock)
+
+
+def test_only_cross_attention_gets_the_edit_processor(tiny_pipe):
+    load_concepts(tiny_pipe, handmade_concept(tiny_pipe), captions=CAPTIONS)
+    for name, processor in tiny_pipe.unet.attn_processors.items():
+        assert isinstance(processor, PerfusionAttnProcessor) == name.endswith("attn2.processor")
+        if name.endswith("attn1.processor"):
+            assert isinstance(processor, AttnProcessor2_0)
+
+
+def test_unload_restores_processors_tokenizer_and_output(tiny_pipe):
+    originals = dict(tiny_pipe.unet.attn_processors)
+    vocabulary = len(tiny_pipe.tokenizer)
+    stock = images(tiny_pipe, "a photo of a cat")
+    load_concepts(tiny_pipe, handmade_concept(tiny_pipe), captions=CAPTIONS)
+    assert not np.array_equal(images(tiny_pipe, "a photo of a <mycat>"), stock)
+    unload_concepts(tiny_pipe)
+    assert all(tiny_pipe.unet.attn_processors[name] is processor for name, processor in originals.items())
+    assert len(tiny_pipe.tokenizer) == vocabulary
+    assert find_runtime(tiny_pipe) is None
+    assert np.array_equal(images(tiny_pipe, "a photo of a cat"), stock)
+
+
+def test_negative_rows_and_other_prompts_in_a_batch_stay_stock(tiny_pipe):
+    load_concepts(tiny_pipe, handmade_concept(tiny_pipe), captions=CAPTIONS)
+    runtime = find_runtime(tiny_pipe)
+    ids = tokenize(tiny_pipe.tokenizer, ["", "a photo of a <mycat>", "a cat", "a photo of a <mycat>"])
+    with torch.no_grad():
+        encodings = encode(tiny_pipe.text_encoder, ids)
+    context = runtime.match(encodings)
+    assert [(tokens, rows.tolist()) for tokens, rows in context.groups] == [(("<mycat>",), [1, 3])]
+
+
+def test_local_key_lock_gives_the_concept_the_supercategory_keys(tiny_pipe):
+    """At e = i* with a saturated gate, K' i* = W_K i*_super and V' i* = o*_V."""
+    concept = handmade_concept(tiny_pipe)
+    load_concepts(tiny_pipe, concept, captions=CAPTIONS)
+    set_concept_options(tiny_pipe, "<mycat>", beta=0.5, tau=1e-4)
+    runtime = find_runtime(tiny_pipe)
+    from perfusion.runtime import CallContext
+
+    runtime.context = CallContext([(("<mycat>",), torch.tensor([0]))], None)
+    for name, processor in tiny_pipe.unet.attn_processors.items():
+        if not isinstance(processor, PerfusionAttnProcessor):
+            continue
+        attn = tiny_pipe.unet.get_submodule(processor.layer)
+        e = concept.concept_encoding[None, None]
+        with torch.no_grad():
+            key, value = processor.edit(attn, e, attn.to_k(e), attn.to_v(e))
+            supercategory_key = attn.to_k(concept.supercategory_encoding[None, None])
+        torch.testing.assert_close(key, supercategory_key, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(value[0, 0], concept.value_targets[processor.layer], atol=1e-5, rtol=1e-5)
+
+
+def test_global_lock_keys_read_the_prompt_with_the_supercategory(tiny_pipe):
+    """Only the concept token is replaced: the ordinary "cat" in the same prompt stays a cat."""
+    load_concepts(tiny_pipe, handmade_concept(tiny_pipe), captions=CAPTIONS)
+    runtime = find_runtime(tiny_pipe)
+    ids = tokenize(tiny_pipe.tokenizer, ["<mycat> next to a cat"])
+    with torch.no_grad():
+        expected = encode(tiny_pipe.text_encoder, tokenize(tiny_pipe.tokenizer, ["cat next to a cat"]))
+    torch.testing.assert_close(runtime.supercategory_encodings(ids), expected)
+    local = images(tiny_pipe, "<mycat> next to a cat")
+    assert not np.array_equal(images(tiny_pipe, "<mycat> next to a cat", global_lock=True), local)
+
+
+def test_a_concept_leaves_prompts_of_another_concept_exactly_unchanged(tiny_pipe):
+    load_concepts(tiny_pipe, handmade_concept(tiny_pipe, "<mycat>", "cat", seed=1), captions=CAPTIONS)
+    alone = images(tiny_pipe, "a photo of a <mycat> on red")
+    load_concepts(tiny_pipe, handmade_concept(tiny_pipe, "<mymug>", "mug", seed=2))
+    assert np.array_equal(images(tiny_pipe, "a photo of a <mycat> on red"), alone)
+    both = images(tiny_pipe, "a <mycat> next to a <mymug>")
+    assert both.shape == alone.shape and not np.array_equal(both, alone)
+
+
+def test_beta_is_a_generation_time_knob(tiny_pipe):
+    load_concepts(tiny_pipe, handmade_concept(tiny_pipe), captions=CAPTIONS)
+    low = images(tiny_pipe, "a photo of a <mycat>", settings={"<mycat>": (0.3, 0.15)})
+    high = images(tiny_pipe, "a photo of a <mycat>", settings={"<mycat>": (0.9, 0.15)})
+    assert not np.array_equal(low, high)
+
+
+def test_foreign_concept_is_refused(tiny_pipe, tmp_path):
+    concept = handmade_concept(tiny_pipe)
+    concept.base_fingerprint = "0" * 32
+    with pytest.raises(ConceptFileError, match="another base model"):
+        load_concepts(tiny_pipe, concept, captions=CAPTIONS)
+
+
+def test_unknown_token_in_the_prompt_is_refused(tiny_pipe):
+    load_concepts(tiny_pipe, handmade_concept(tiny_pipe), captions=CAPTIONS)
+    with pytest.raises(GenerationError, match="unknown token <mydog>"):
+        images(tiny_pipe, "a <mydog> on a sofa")
+
+
+def test_fused_projections_are_refused(tiny_pipe):
+    load_concepts(tiny_pipe, handmade_concept(tiny_pipe), captions=CAPTIONS)
+    for module in tiny_pipe.unet.modules():
+        if hasattr(module, "fused_projections"):
+            module.fused_projections = True
+    with pytest.raises(RuntimeError, match="unfuse_qkv_projections"):
+        images(tiny_pipe, "a photo of a <mycat>")
+
+
+def test_edit_composes_with_a_peft_lora_on_the_projections(tiny_pipe):
+    """The edit is a correction on top of to_k/to_v, so W i* includes the LoRA's delta."""
+    from peft import LoraConfig
+
+    tiny_pipe.unet.add_adapter(LoraConfig(r=2, target_modules=["to_k", "to_v"], init_lora_weights="gaussian"))
+    with torch.no_grad():
+        for name, parameter in tiny_pipe.unet.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    concept = handmade_concept(tiny_pipe)
+    load_concepts(tiny_pipe, concept, captions=CAPTIONS, check=False)
+    set_concept_options(tiny_pipe, "<mycat>", beta=0.5, tau=1e-4)
+    runtime = find_runtime(tiny_pipe)
+    from perfusion.runtime import CallContext
+
+    runtime.context = CallContext([(("<mycat>",), torch.tensor([0]))], None)
+    processor = next(p for p in tiny_pipe.unet.attn_processors.values() if isinstance(p, PerfusionAttnProcessor))
+    attn = tiny_pipe.unet.get_submodule(processor.layer)
+    e = concept.concept_encoding[None, None]
+    with torch.no_grad():
+        key, value = processor.edit(attn, e, attn.to_k(e), attn.to_v(e))
+        torch.testing.assert_close(key, attn.to_k(concept.supercategory_encoding[None, None]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(value[0, 0], concept.value_targets[processor.layer], atol=1e-5, rtol=1e-5)
