@@ -1,6 +1,6 @@
 import pytest
 
-from tiny import build_tiny_pipeline, load_pipeline
+from perfusion.testing import build_tiny_pipeline, load_pipeline
 
 
 @pytest.fixture(autouse=True)

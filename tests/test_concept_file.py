@@ -9,19 +9,14 @@ from safetensors.torch import save_file
 
 from perfusion.concept import Concept, ConceptFileError
 from perfusion.fingerprint import cross_attention_modules
+from perfusion.testing import SD15_UNET
 
-SD15_UNET = dict(  # Stable Diffusion 1.5's UNet config (the fields that shape cross-attention)
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=768, attention_head_dim=8,
-)  # fmt: skip
 KB = 100_000
 
 
 def sd15_concept(seed=0) -> Concept:
     with torch.device("meta"):  # shapes only, no memory
-        unet = UNet2DConditionModel(**SD15_UNET)
+        unet = UNet2DConditionModel(cross_attention_dim=768, **SD15_UNET)
     layers = cross_attention_modules(unet)
     generator = torch.Generator().manual_seed(seed)
     return Concept(

@@ -1,7 +1,7 @@
 """C from the pipeline's own text encoder: padding excluded, float64, cached per model and corpus."""
 
 import torch
-from tiny import small_corpus
+from perfusion.testing import small_corpus
 
 from perfusion.covariance import cache_root, estimate_covariance, inverse_covariance
 from perfusion.text import content_mask, encode, tokenize

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
-from tiny import handmade_concept, small_corpus
+from perfusion.testing import handmade_concept, small_corpus
 
 from perfusion.concept import ConceptFileError
 from perfusion.generate import GenerationConfig, GenerationError, generate

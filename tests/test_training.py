@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny import small_corpus, write_concept_images
+from perfusion.testing import build_tiny_pipeline, load_pipeline, small_corpus, write_concept_images
 
 from perfusion.images import load_training_images
 from perfusion.runtime import linear_part
@@ -90,8 +90,6 @@ def test_default_mask_is_the_supercategory_attention_map(tiny_pipe, tmp_path):
 
 
 def test_v_prediction_models_train_on_velocity(tmp_path, concept_images):
-    from tiny import build_tiny_pipeline, load_pipeline
-
     pipe = load_pipeline(build_tiny_pipeline(tmp_path / "v", prediction_type="v_prediction"))
     trainer = ConceptTrainer(pipe, concept_images, "<mydisc>", "cat", TrainingConfig(**QUICK))
     noisy, timesteps, target, _, _ = trainer.micro_batch()

@@ -5,8 +5,10 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+
 from perfusion.concept import Concept, ConceptFileError
-from perfusion.covariance import inverse_covariance
+from perfusion import covariance
 from perfusion.fingerprint import base_model_fingerprint, cross_attention_modules
 from perfusion.processor import PerfusionAttnProcessor
 from perfusion.runtime import PerfusionRuntime
@@ -31,12 +33,13 @@ def embedding_frozen_state_kept(text_encoder):
     text_encoder.get_input_embeddings().weight.requires_grad_(requires_grad)
 
 
-def install(pipe, captions: list[str] | None = None, progress: bool = False) -> PerfusionRuntime:
+def install(pipe, captions=None, progress: bool = False, inverse: torch.Tensor | None = None) -> PerfusionRuntime:
     """Put the edit processors on every cross-attention layer (self-attention keeps its own) and attach hooks."""
     runtime = find_runtime(pipe)
     if runtime is not None:
         return runtime
-    inverse = inverse_covariance(pipe.text_encoder, pipe.tokenizer, captions, progress=progress)
+    if inverse is None:
+        inverse = covariance.inverse_covariance(pipe.text_encoder, pipe.tokenizer, captions, progress=progress)
     runtime = PerfusionRuntime(pipe.text_encoder, pipe.tokenizer, inverse, pipeline_fingerprint(pipe))
     processors = {
         name: PerfusionAttnProcessor(processor, runtime, name.removesuffix(".processor"))
@@ -61,16 +64,23 @@ def check_compatible(concept: Concept, runtime: PerfusionRuntime, pipe, source: 
 
 
 def load_concepts(
-    pipe, concepts, *, captions: list[str] | None = None, progress: bool = False, check: bool = True
+    pipe,
+    concepts,
+    *,
+    captions: list[str] | None = None,
+    inverse_covariance: torch.Tensor | None = None,
+    progress: bool = False,
+    check: bool = True,
 ) -> list[Concept]:
     """Load concept files (paths or ``Concept`` objects) into ``pipe``; their tokens become usable in prompts.
 
-    ``captions`` replaces the packaged corpus for estimating C (computed once per base model, then cached).
+    ``captions`` replaces the packaged corpus for estimating C (computed once per base model, then cached);
+    ``inverse_covariance`` gives C^-1 directly.
     """
     if isinstance(concepts, (str, Path, Concept)):
         concepts = [concepts]
     loaded = [(item, str(item)) if isinstance(item, Concept) else (Concept.load(item), str(item)) for item in concepts]
-    runtime = install(pipe, captions, progress)
+    runtime = install(pipe, captions, progress, inverse_covariance)
     device = pipe.unet.device
     for concept, source in loaded:
         if check:

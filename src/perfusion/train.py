@@ -171,9 +171,9 @@ class ConceptTrainer:
             tau=self.config.tau,
         )
 
-    def install(self, captions: list[str] | None) -> None:
+    def install(self, captions: list[str] | None = None, inverse_covariance: torch.Tensor | None = None) -> None:
         pipe = self.pipe
-        load_concepts(pipe, self.concept, captions=captions, check=False)
+        load_concepts(pipe, self.concept, captions=captions, inverse_covariance=inverse_covariance, check=False)
         self.runtime = find_runtime(pipe)
         self.runtime.set_options(self.token, beta=self.config.train_beta, tau=self.config.train_tau)
         self.token_id = pipe.tokenizer.convert_tokens_to_ids(self.token)

@@ -1,4 +1,4 @@
-"""Tiny Stable Diffusion pipelines built from configs, saved, and loaded back through from_pretrained."""
+"""Tiny Stable Diffusion pipelines built from configs (for tests and benchmarks): offline, seconds to build."""
 
 from __future__ import annotations
 
@@ -48,55 +48,61 @@ def write_tokenizer(directory: Path) -> CLIPTokenizer:
     return CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=77)
 
 
-def build_tiny_pipeline(path: Path, width: int = 32, seed: int = 0, prediction_type: str = "epsilon") -> Path:
-    """Random tiny SD-1.x-shaped pipeline with cross-attention at two resolutions; returns the folder."""
-    torch.manual_seed(seed)
-    tokenizer = write_tokenizer(path / "_tokenizer_source")
+SD15_UNET = dict(  # Stable Diffusion 1.5's UNet: 16 cross-attention layers of widths 320/640/1280
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    attention_head_dim=8,
+)  # fmt: skip
+SD15_TEXT = dict(  # CLIP ViT-L/14's text tower, as SD 1.x conditions on it
+    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, hidden_act="quick_gelu",
+)  # fmt: skip
+TINY_UNET = dict(
+    sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=4, norm_num_groups=8,
+)  # fmt: skip
+
+
+def assemble_pipeline(tokenizer, text_config: dict, unet_config: dict, vae_blocks: int, prediction_type: str):
+    """A StableDiffusionPipeline of random weights from configs, in memory."""
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=width,
-            intermediate_size=2 * width,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
+            vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **text_config,
         )
-    )
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=width,
-        attention_head_dim=4,
-        norm_num_groups=8,
-    )
+    )  # fmt: skip
+    unet = UNet2DConditionModel(cross_attention_dim=text_config["hidden_size"], **unet_config)
     vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=16,
-    )
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * vae_blocks,
+        up_block_types=("UpDecoderBlock2D",) * vae_blocks, block_out_channels=(8, 16, 16, 16)[:vae_blocks],
+        latent_channels=4, norm_num_groups=8, sample_size=16,
+    )  # fmt: skip
     scheduler = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
         set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type,
     )  # fmt: skip
-    pipe = StableDiffusionPipeline(
+    return StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )  # fmt: skip
+
+
+def build_tiny_pipeline(path: Path, width: int = 32, seed: int = 0, prediction_type: str = "epsilon") -> Path:
+    """Random tiny SD-1.x-shaped pipeline with cross-attention at two resolutions, saved; returns the folder."""
+    torch.manual_seed(seed)
+    tokenizer = write_tokenizer(path / "_tokenizer_source")
+    text_config = dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2, num_attention_heads=4)
+    pipe = assemble_pipeline(tokenizer, text_config, TINY_UNET, vae_blocks=2, prediction_type=prediction_type)
     pipe.save_pretrained(path / "pipeline")
     return path / "pipeline"
+
+
+def sd15_shaped_pipeline(directory: Path, seed: int = 0) -> StableDiffusionPipeline:
+    """SD 1.5's UNet and text encoder shapes with random weights (a small VAE with the same 8x factor)."""
+    torch.manual_seed(seed)
+    tokenizer = write_tokenizer(directory / "_tokenizer_source")
+    return assemble_pipeline(tokenizer, SD15_TEXT, SD15_UNET, vae_blocks=4, prediction_type="epsilon")
 
 
 def load_pipeline(folder: Path) -> StableDiffusionPipeline:

@@ -1,0 +1,108 @@
+"""The command line: train, generate, inspect, and one clear line for every bad input."""
+
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+from perfusion.testing import build_tiny_pipeline, handmade_concept, load_pipeline, small_corpus, write_concept_images
+
+from perfusion.cli import main
+
+
+@pytest.fixture(scope="module")
+def captions_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("captions") / "captions.txt"
+    path.write_text("\n".join(small_corpus()))
+    return path
+
+
+@pytest.fixture
+def concept_file(tiny_pipeline_dir, tmp_path):
+    return handmade_concept(load_pipeline(tiny_pipeline_dir)).save(tmp_path / "mycat.safetensors")
+
+
+def run(argv, capsys):
+    code = main([str(part) for part in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def expect_refusal(argv, capsys, message):
+    code, _, err = run(argv, capsys)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("perfusion: error:")]
+    assert len(lines) == 1 and message in lines[0], err
+    assert "Traceback" not in err
+
+
+def train_args(model, images, out, captions, *extra):
+    return ["train", "--model", model, "--images", images, "--token", "<mydisc>", "--supercategory", "cat",
+            "--out", out, "--steps", "3", "--batch-size", "2", "--gradient-accumulation", "1",
+            "--captions", captions, "--quiet", *extra]  # fmt: skip
+
+
+def test_train_then_inspect_then_generate(tiny_pipeline_dir, tmp_path, captions_file, capsys):
+    images = write_concept_images(tmp_path / "disc")
+    out = tmp_path / "disc.safetensors"
+    code, stdout, _ = run(train_args(tiny_pipeline_dir, images, out, captions_file), capsys)
+    assert code == 0 and out.exists() and "KB" in stdout
+    assert not (tmp_path / "disc.safetensors.ckpt").exists()
+
+    code, stdout, _ = run(["inspect", out], capsys)
+    assert code == 0 and "<mydisc>" in stdout and "cat" in stdout and "layers" in stdout
+
+    code, stdout, _ = run(["generate", "--model", tiny_pipeline_dir, "--concept", out, "--prompt", "a photo of a <mydisc>",
+                           "--steps", "2", "--num-images", "2", "--out", tmp_path / "gen", "--captions", captions_file],
+                          capsys)  # fmt: skip
+    written = sorted((tmp_path / "gen").glob("*.png"))
+    assert code == 0 and len(written) == 2 and Image.open(written[0]).size == (16, 16)
+
+
+def test_bad_training_inputs(tiny_pipeline_dir, tmp_path, captions_file, capsys):
+    out = tmp_path / "x.safetensors"
+    expect_refusal(train_args(tiny_pipeline_dir, tmp_path / "absent", out, captions_file), capsys, "no such directory")
+    (tmp_path / "empty").mkdir()
+    expect_refusal(train_args(tiny_pipeline_dir, tmp_path / "empty", out, captions_file), capsys, "no images")
+    broken = write_concept_images(tmp_path / "broken")
+    (broken / "99.png").write_bytes(b"not a png")
+    expect_refusal(train_args(tiny_pipeline_dir, broken, out, captions_file), capsys, "99.png: not a readable image")
+    images = write_concept_images(tmp_path / "good")
+    expect_refusal(train_args(tmp_path, images, out, captions_file), capsys, "not a diffusers pipeline folder")
+    expect_refusal(train_args(tiny_pipeline_dir, images, out, captions_file, "--mask-dir", tmp_path / "empty"),
+                   capsys, "no mask for 00.png")  # fmt: skip
+    out.write_text("precious")
+    expect_refusal(train_args(tiny_pipeline_dir, images, out, captions_file), capsys, "exists (use --force")
+    assert out.read_text() == "precious"
+
+
+def test_bad_generation_inputs(tiny_pipeline_dir, tmp_path, concept_file, captions_file, capsys):
+    base = ["generate", "--model", tiny_pipeline_dir, "--steps", "1", "--out", tmp_path / "gen", "--captions", captions_file]
+    expect_refusal([*base, "--concept", concept_file, "--prompt", "a <mydog>"], capsys, "unknown token <mydog>")
+    expect_refusal([*base, "--concept", concept_file, "--prompt", "a <mycat>", "--beta", "1.5"], capsys, "beta must be in")
+    expect_refusal([*base, "--concept", concept_file, "--prompt", "a <mycat>", "--tau", "0"], capsys, "tau must be in")
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"garbage")
+    expect_refusal([*base, "--concept", corrupt, "--prompt", "a <mycat>"], capsys, "not a readable safetensors")
+    expect_refusal(["inspect", tmp_path / "absent.safetensors"], capsys, "no such concept file")
+    assert not (tmp_path / "gen").exists()
+
+
+def test_concept_from_another_base_model_is_refused(tmp_path, concept_file, captions_file, capsys):
+    other = build_tiny_pipeline(tmp_path / "other", seed=1)
+    expect_refusal(["generate", "--model", other, "--concept", concept_file, "--prompt", "a <mycat>", "--steps", "1",
+                    "--out", tmp_path / "gen", "--captions", captions_file], capsys, "another base model")  # fmt: skip
+
+
+def test_existing_images_are_kept_without_force(tiny_pipeline_dir, tmp_path, captions_file, capsys):
+    argv = ["generate", "--model", tiny_pipeline_dir, "--prompt", "a cat", "--steps", "1", "--out", tmp_path]
+    assert run(argv, capsys)[0] == 0
+    expect_refusal(argv, capsys, "exists (use --force")
+    assert run([*argv, "--force"], capsys)[0] == 0
+
+
+def test_console_script_reports_one_line_and_exit_code(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "perfusion.cli", "inspect", str(tmp_path / "nope.safetensors")],
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"perfusion: error: {tmp_path / 'nope.safetensors'}: no such concept file"]
