@@ -154,3 +154,31 @@ def test_edit_composes_with_a_peft_lora_on_the_projections(tiny_pipe):
         key, value = processor.edit(attn, e, attn.to_k(e), attn.to_v(e))
         torch.testing.assert_close(key, attn.to_k(concept.supercategory_encoding[None, None]), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(value[0, 0], concept.value_targets[processor.layer], atol=1e-5, rtol=1e-5)
+
+
+def test_raising_beta_moves_the_unet_output_steadily_away_from_the_concept(tiny_pipe):
+    """One UNet call per beta on fixed inputs: the distance from the beta=0 output never falls as beta rises."""
+    load_concepts(tiny_pipe, handmade_concept(tiny_pipe), captions=CAPTIONS)
+    with torch.no_grad():
+        states = encode(tiny_pipe.text_encoder, tokenize(tiny_pipe.tokenizer, ["a photo of a <mycat> on red"]))
+    sample = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    outputs = []
+    for beta in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0):
+        set_concept_options(tiny_pipe, "<mycat>", beta=beta, tau=0.15)
+        with torch.no_grad():
+            outputs.append(tiny_pipe.unet(sample, torch.tensor([500]), encoder_hidden_states=states).sample)
+    distances = [(output - outputs[0]).norm().item() for output in outputs]
+    assert all(later > earlier for earlier, later in zip(distances, distances[1:])), distances
+
+
+def test_fingerprint_is_the_same_for_fp32_and_fp16_loads_and_fp16_generation_runs(tiny_pipeline_dir):
+    from perfusion.loader import pipeline_fingerprint
+    from perfusion.testing import load_pipeline
+
+    full = load_pipeline(tiny_pipeline_dir)
+    concept = handmade_concept(full)
+    half = load_pipeline(tiny_pipeline_dir).to(torch.float16)
+    assert pipeline_fingerprint(half) == pipeline_fingerprint(full) == concept.base_fingerprint
+    load_concepts(half, concept, captions=CAPTIONS)
+    picture = images(half, "a photo of a <mycat>")
+    assert picture.shape == (1, 16, 16, 3)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from tokenizers.pre_tokenizers import ByteLevel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 WORDS = (
@@ -15,22 +16,9 @@ WORDS = (
 ).split()
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """CLIP's reversible byte-to-character table (the base alphabet of its BPE)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    characters = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            characters.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, characters)))
-
-
 def write_tokenizer(directory: Path) -> CLIPTokenizer:
     """A CLIP BPE tokenizer whose merges spell WORDS whole; any other text falls back to characters."""
-    alphabet = list(bytes_to_unicode().values())
+    alphabet = sorted(ByteLevel.alphabet())  # CLIP's byte-level base alphabet
     vocab = alphabet + [character + "</w>" for character in alphabet]
     merges = []
     for word in WORDS:
