@@ -1,0 +1,97 @@
+"""Settings of the embedded base model: its architecture and its two training stages."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass
+class TokenizerConfig:
+    """The CLIP-style BPE tokenizer learned from the world's captions plus general English."""
+
+    vocab_size: int = 2048  # including the 512 byte symbols and the two special tokens
+    world_word_weight: int = 1000  # count given to each world word, so that BPE spells it as one token
+    model_max_length: int = 77
+
+
+@dataclass
+class ArchitectureConfig:
+    """Widths and depths of the three networks (SD1.5 family, sized for a 2-core CPU)."""
+
+    image_size: int = 64
+    # Autoencoder: three encoder blocks, two downsamplings: 64x64x3 -> 16x16x4.
+    vae_block_out_channels: tuple[int, ...] = (32, 64, 128)
+    vae_layers_per_block: int = 1
+    latent_channels: int = 4
+    # UNet on 16x16 latents, cross-attention at 16x16 and 8x8 and in the 4x4 middle block (SD1.5's layout, one
+    # level shorter): 12.8M parameters, ~1.2 s per batch of 64 on 2 cores.
+    unet_block_out_channels: tuple[int, ...] = (64, 128, 256)
+    unet_layers_per_block: int = 1
+    unet_down_block_types: tuple[str, ...] = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
+    unet_up_block_types: tuple[str, ...] = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
+    unet_attention_heads: tuple[int, ...] = (2, 4, 8)  # 32 channels per head at every resolution
+    unet_norm_num_groups: int = 32
+    # CLIP text tower.
+    text_hidden_size: int = 256
+    text_intermediate_size: int = 1024
+    text_layers: int = 4
+    text_heads: int = 4
+    prediction_type: str = "epsilon"  # as SD1.5 (and METHOD.md's loss); min-SNR weighting makes up for it
+    num_train_timesteps: int = 1000
+
+
+@dataclass
+class VaeTrainingConfig:
+    """Stage 1: the autoencoder, on rendered scenes (no captions)."""
+
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    warmup_steps: int = 200
+    max_steps: int = 6000
+    kl_weight: float = 1e-6
+    edge_weight: float = 0.5  # L1 on image gradients: keeps glyph outlines sharp
+    checkpoint_minutes: float = 5.0
+    log_every: int = 50
+
+
+@dataclass
+class UnetTrainingConfig:
+    """Stage 2: UNet and text encoder jointly, on cached latents of captioned scenes."""
+
+    batch_size: int = 64
+    unet_learning_rate: float = 4e-4
+    text_learning_rate: float = 4e-4
+    weight_decay: float = 1e-2
+    warmup_steps: int = 500
+    max_steps: int = 400_000  # the cosine decay horizon; training may be stopped earlier
+    min_learning_rate_ratio: float = 0.1
+    ema_decay: float = 0.999
+    ema_warmup_steps: int = 2000  # the EMA starts as a copy: early EMA is not 0.999 of random weights
+    caption_dropout: float = 0.1  # empty caption, for classifier-free guidance
+    min_snr_gamma: float = 5.0
+    pool_size: int = 100_000  # scenes whose latents are cached once
+    checkpoint_minutes: float = 10.0
+    log_every: int = 50
+    eval_every: int = 5000  # judge scores on the fixed prompt set, once the judge exists
+
+
+@dataclass
+class SamplingConfig:
+    """How the shipped pipeline samples (the speed bar is measured with these)."""
+
+    num_inference_steps: int = 25
+    guidance_scale: float = 4.0
+
+
+def to_dict(config) -> dict:
+    return asdict(config)
+
+
+def from_dict(cls, values: dict):
+    """Build a config from a saved dict, keeping defaults for fields added since (tuples restored)."""
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key in known:
+            kwargs[key] = tuple(value) if isinstance(value, list) else value
+    return cls(**kwargs)

@@ -1,0 +1,121 @@
+"""Build the base model's networks from an ArchitectureConfig and write them as a diffusers pipeline folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from .config import ArchitectureConfig
+
+BETA_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")  # SD1.x's
+
+
+def build_vae(arch: ArchitectureConfig) -> AutoencoderKL:
+    blocks = len(arch.vae_block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        block_out_channels=arch.vae_block_out_channels,
+        layers_per_block=arch.vae_layers_per_block,
+        latent_channels=arch.latent_channels,
+        norm_num_groups=min(32, arch.vae_block_out_channels[0]),
+        sample_size=arch.image_size,
+    )
+
+
+def latent_size(arch: ArchitectureConfig) -> int:
+    return arch.image_size // 2 ** (len(arch.vae_block_out_channels) - 1)
+
+
+def build_unet(arch: ArchitectureConfig) -> UNet2DConditionModel:
+    # diffusers' `attention_head_dim` is, for SD1.x-style UNets, the number of heads (a known misnomer).
+    return UNet2DConditionModel(
+        sample_size=latent_size(arch),
+        in_channels=arch.latent_channels,
+        out_channels=arch.latent_channels,
+        block_out_channels=arch.unet_block_out_channels,
+        layers_per_block=arch.unet_layers_per_block,
+        down_block_types=arch.unet_down_block_types,
+        up_block_types=arch.unet_up_block_types,
+        attention_head_dim=arch.unet_attention_heads,
+        norm_num_groups=arch.unet_norm_num_groups,
+        cross_attention_dim=arch.text_hidden_size,
+    )
+
+
+def build_text_encoder(arch: ArchitectureConfig, tokenizer: CLIPTokenizer) -> CLIPTextModel:
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=arch.text_hidden_size,
+        intermediate_size=arch.text_intermediate_size,
+        num_hidden_layers=arch.text_layers,
+        num_attention_heads=arch.text_heads,
+        max_position_embeddings=tokenizer.model_max_length,
+        hidden_act="quick_gelu",
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(config)
+
+
+def build_training_scheduler(arch: ArchitectureConfig) -> DDPMScheduler:
+    return DDPMScheduler(
+        num_train_timesteps=arch.num_train_timesteps,
+        prediction_type=arch.prediction_type,
+        clip_sample=False,
+        steps_offset=1,
+        **BETA_SCHEDULE,
+    )
+
+
+def build_sampling_scheduler(arch: ArchitectureConfig) -> DPMSolverMultistepScheduler:
+    return DPMSolverMultistepScheduler(
+        num_train_timesteps=arch.num_train_timesteps,
+        prediction_type=arch.prediction_type,
+        steps_offset=1,
+        **BETA_SCHEDULE,
+    )
+
+
+def assemble_pipeline(vae, unet, text_encoder, tokenizer, arch: ArchitectureConfig) -> StableDiffusionPipeline:
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=build_sampling_scheduler(arch),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def save_pipeline(pipeline: StableDiffusionPipeline, directory: Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Write the pipeline folder (safetensors in `dtype`); it loads with from_pretrained(dir, local_files_only=True)."""
+    directory = Path(directory)
+    pipeline = pipeline.to(dtype=dtype) if dtype is not None else pipeline
+    pipeline.save_pretrained(directory, safe_serialization=True)
+    # transformers loads with dtype "auto" (the saved dtype) while diffusers loads in fp32: declaring fp32 in the
+    # text encoder's config makes a plain from_pretrained(path) give one consistent fp32 pipeline on the CPU.
+    config_path = directory / "text_encoder" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["dtype"] = "float32"
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return directory
+
+
+def parameter_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,391 @@
+"""Train the embedded base model in stages, resumably, on a CPU:
+
+    python -m perfusion.world.basemodel.train --stage tokenizer
+    python -m perfusion.world.basemodel.train --stage vae --resume --max-minutes 30
+    python -m perfusion.world.basemodel.train --stage latents          # cache the latent pool (once per autoencoder)
+    python -m perfusion.world.basemodel.train --stage unet --resume    # hours; stop any time, --resume continues
+
+Everything lives in --run-dir (default checkpoints/basemodel): tokenizer/, vae.ckpt and vae/ (the finished
+autoencoder with its latent scaling factor), latents/, unet.ckpt, log.jsonl. Checkpoints hold optimizer, EMA,
+step and RNG state and are written atomically every few minutes and on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import random
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from transformers import CLIPTokenizer
+
+from . import model as models
+from .config import ArchitectureConfig, TokenizerConfig, UnetTrainingConfig, VaeTrainingConfig, from_dict, to_dict
+from .data import VAE_SEED_RANGE, LatentPool, SceneSource, atomic_torch_save, file_fingerprint, render_batch, world_source
+from .tokenizer import build_tokenizer, words_split
+
+DEFAULT_RUN_DIR = Path("checkpoints/basemodel")
+TOKENIZER_CAPTIONS = 5000  # captions added to the BPE corpus
+SCALING_SAMPLES = 512  # scenes whose latent std sets the scaling factor
+SCALING_FIRST_SEED = 50_000_000
+
+
+class RunLog:
+    """Append-only JSON-lines log plus a terse line on stdout."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "log.jsonl"
+
+    def __call__(self, message: str | None = None, **record):
+        if record:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps({"time": time.time(), **record}) + "\n")
+        text = message or " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
+        print(text, flush=True)
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT or a time limit: the loop saves a checkpoint and returns."""
+
+    def __init__(self, max_minutes: float | None):
+        self.deadline = time.time() + max_minutes * 60 if max_minutes else math.inf
+        self.signalled = False
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signalled = True
+
+    def __bool__(self) -> bool:
+        return self.signalled or time.time() > self.deadline
+
+
+def learning_rate_factor(step: int, warmup: int, horizon: int, floor: float) -> float:
+    """Linear warm-up, then cosine decay to `floor` at `horizon` steps (and flat after)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, horizon - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def rng_state(generator: torch.Generator, py_rng: random.Random) -> dict:
+    return {"torch": torch.get_rng_state(), "generator": generator.get_state(), "python": py_rng.getstate()}
+
+
+def restore_rng_state(state: dict, generator: torch.Generator, py_rng: random.Random) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    py_rng.setstate(state["python"])
+
+
+# ---- stage: tokenizer
+
+
+def train_tokenizer(run_dir: Path, source: SceneSource, config: TokenizerConfig, log, force: bool = False):
+    directory = run_dir / "tokenizer"
+    if (directory / "vocab.json").exists() and not force:
+        log(f"tokenizer exists at {directory} (use --force to rebuild)")
+        return CLIPTokenizer.from_pretrained(directory)
+    rng = random.Random(0)
+    captions = [source.make_scene(seed).caption for seed in range(SCALING_FIRST_SEED, SCALING_FIRST_SEED + 500)]
+    specs = [source.make_scene(seed).spec for seed in range(SCALING_FIRST_SEED, SCALING_FIRST_SEED + 100)]
+    captions += [source.caption(specs[i % len(specs)], rng) for i in range(TOKENIZER_CAPTIONS)]
+    words = list(source.vocabulary())
+    tokenizer = build_tokenizer(directory, words, captions, config)
+    split = words_split(tokenizer, words)
+    log(f"tokenizer: {len(tokenizer)} tokens; world words split into pieces: {split or 'none'}")
+    return tokenizer
+
+
+# ---- stage: vae
+
+
+def vae_loss(vae: AutoencoderKL, images: torch.Tensor, config: VaeTrainingConfig) -> tuple[torch.Tensor, dict]:
+    """L1 + L1 on image gradients (keeps outlines sharp) + a small KL, as in SD's autoencoder minus the GAN."""
+    posterior = vae.encode(images).latent_dist
+    reconstruction = vae.decode(posterior.sample()).sample
+    l1 = (reconstruction - images).abs().mean()
+    edge = sum(
+        (reconstruction.diff(dim=d) - images.diff(dim=d)).abs().mean() for d in (2, 3)
+    )
+    kl = posterior.kl().mean()
+    loss = l1 + config.edge_weight * edge + config.kl_weight * kl
+    return loss, {"l1": l1.item(), "edge": edge.item(), "kl": kl.item(), "mse": F.mse_loss(reconstruction, images).item()}
+
+
+@torch.no_grad()
+def scaling_factor(vae: AutoencoderKL, source: SceneSource) -> float:
+    """1 / std of latents over fixed scenes, so the diffusion model sees unit-variance latents (SD's 0.18215)."""
+    seeds = range(SCALING_FIRST_SEED, SCALING_FIRST_SEED + SCALING_SAMPLES)
+    latents = torch.cat([vae.encode(render_batch(source, seeds[i : i + 64])).latent_dist.mean for i in range(0, len(seeds), 64)])
+    return float(1.0 / latents.std())
+
+
+def export_vae(vae: AutoencoderKL, source: SceneSource, directory: Path) -> float:
+    factor = scaling_factor(vae, source)
+    exported = copy.deepcopy(vae)
+    exported.register_to_config(scaling_factor=factor)
+    exported.save_pretrained(directory, safe_serialization=True)
+    return factor
+
+
+def train_vae(run_dir: Path, source: SceneSource, arch: ArchitectureConfig, config: VaeTrainingConfig, resume: bool, stop, log):
+    checkpoint_path = run_dir / "vae.ckpt"
+    vae = models.build_vae(arch)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    generator, py_rng, step = torch.Generator().manual_seed(0), random.Random(0), 0
+    if resume and checkpoint_path.exists():
+        state = torch.load(checkpoint_path, weights_only=False)
+        vae.load_state_dict(state["vae"])
+        optimizer.load_state_dict(state["optimizer"])
+        restore_rng_state(state["rng"], generator, py_rng)
+        step = state["step"]
+        log(f"vae: resumed at step {step}")
+    log(f"vae: {models.parameter_count(vae) / 1e6:.2f}M parameters")
+
+    def save():
+        state = {"vae": vae.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(generator, py_rng),
+                 "step": step, "arch": to_dict(arch), "config": to_dict(config)}  # fmt: skip
+        atomic_torch_save(state, checkpoint_path)
+        vae.eval()
+        factor = export_vae(vae, source, run_dir / "vae")
+        vae.train()
+        log(f"vae: checkpoint at step {step}, scaling factor {factor:.4f}")
+
+    vae.train()
+    last_save, window, started = time.time(), [], time.time()
+    while step < config.max_steps and not stop:
+        for group in optimizer.param_groups:
+            group["lr"] = config.learning_rate * learning_rate_factor(step, config.warmup_steps, config.max_steps, 0.1)
+        seeds = [py_rng.randint(*VAE_SEED_RANGE) for _ in range(config.batch_size)]
+        loss, parts = vae_loss(vae, render_batch(source, seeds), config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        window.append(parts)
+        if step % config.log_every == 0:
+            mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+            log(stage="vae", step=step, **mean, images_per_s=len(window) * config.batch_size / (time.time() - started))
+            window, started = [], time.time()
+        if time.time() - last_save > config.checkpoint_minutes * 60:
+            save()
+            last_save = time.time()
+    save()
+
+
+# ---- stage: latents
+
+
+def load_exported_vae(run_dir: Path) -> AutoencoderKL:
+    return AutoencoderKL.from_pretrained(run_dir / "vae").eval()
+
+
+def vae_fingerprint(run_dir: Path) -> str:
+    return file_fingerprint(run_dir / "vae" / "diffusion_pytorch_model.safetensors")
+
+
+def fill_latent_pool(run_dir: Path, source: SceneSource, config: UnetTrainingConfig, log):
+    vae = load_exported_vae(run_dir)
+    pool = LatentPool(run_dir / "latents", vae_fingerprint(run_dir))
+    pool.fill(source, vae, vae.config.scaling_factor, config.pool_size, log=log)
+    return pool
+
+
+# ---- stage: unet
+
+
+class ExponentialMovingAverage:
+    """EMA of a module's parameters; the decay ramps up as (1 + n) / (10 + n) so early averages are not stale."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {name: p.detach().clone() for name, p in module.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for name, parameter in module.named_parameters():
+            self.shadow[name].lerp_(parameter.detach(), 1 - decay)
+
+    def copy_to(self, module: torch.nn.Module) -> None:
+        with torch.no_grad():
+            for name, parameter in module.named_parameters():
+                parameter.copy_(self.shadow[name])
+
+
+def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights for epsilon prediction (Hang et al. 2023): min(SNR, gamma) / SNR."""
+    snr = alphas_cumprod[timesteps] / (1 - alphas_cumprod[timesteps])
+    return torch.clamp(snr, max=gamma) / snr
+
+
+class UnetTrainer:
+    """UNet and text encoder trained jointly on the latent pool; the EMA copies are what gets shipped."""
+
+    def __init__(self, run_dir: Path, source: SceneSource, arch: ArchitectureConfig, config: UnetTrainingConfig, log):
+        self.run_dir, self.source, self.arch, self.config, self.log = run_dir, source, arch, config, log
+        self.tokenizer = CLIPTokenizer.from_pretrained(run_dir / "tokenizer")
+        self.unet = models.build_unet(arch)
+        self.text_encoder = models.build_text_encoder(arch, self.tokenizer)
+        self.scheduler = models.build_training_scheduler(arch)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": self.unet.parameters(), "lr": config.unet_learning_rate, "base_lr": config.unet_learning_rate},
+             {"params": self.text_encoder.parameters(), "lr": config.text_learning_rate, "base_lr": config.text_learning_rate}],
+            weight_decay=config.weight_decay,
+        )  # fmt: skip
+        self.ema_unet = ExponentialMovingAverage(self.unet, config.ema_decay)
+        self.ema_text = ExponentialMovingAverage(self.text_encoder, config.ema_decay)
+        self.generator, self.py_rng, self.step = torch.Generator().manual_seed(0), random.Random(0), 0
+        self.checkpoint_path = run_dir / "unet.ckpt"
+
+    def state(self) -> dict:
+        return {
+            "unet": self.unet.state_dict(), "text_encoder": self.text_encoder.state_dict(),
+            "ema_unet": self.ema_unet.shadow, "ema_text": self.ema_text.shadow,
+            "optimizer": self.optimizer.state_dict(), "rng": rng_state(self.generator, self.py_rng), "step": self.step,
+            "arch": to_dict(self.arch), "config": to_dict(self.config), "vae": vae_fingerprint(self.run_dir),
+        }  # fmt: skip
+
+    def load(self, state: dict) -> None:
+        self.unet.load_state_dict(state["unet"])
+        self.text_encoder.load_state_dict(state["text_encoder"])
+        self.ema_unet.shadow, self.ema_text.shadow = state["ema_unet"], state["ema_text"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        unet_group, text_group = self.optimizer.param_groups  # a resumed run takes the current config's rates
+        unet_group["base_lr"], text_group["base_lr"] = self.config.unet_learning_rate, self.config.text_learning_rate
+        restore_rng_state(state["rng"], self.generator, self.py_rng)
+        self.step = state["step"]
+
+    def save(self) -> None:
+        atomic_torch_save(self.state(), self.checkpoint_path)
+        self.log(f"unet: checkpoint at step {self.step}")
+
+    def encode_captions(self, captions: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids  # fmt: skip
+        return self.text_encoder(ids)[0]
+
+    def batch(self, latents: torch.Tensor, specs: list) -> tuple[torch.Tensor, list[str]]:
+        indices = torch.randint(len(specs), (self.config.batch_size,), generator=self.generator)
+        captions = [
+            "" if self.py_rng.random() < self.config.caption_dropout else self.source.caption(specs[i], self.py_rng)
+            for i in indices.tolist()
+        ]
+        return latents[indices].float(), captions
+
+    def training_step(self, latents: torch.Tensor, captions: list[str]) -> float:
+        config = self.config
+        noise = torch.randn(latents.shape, generator=self.generator)
+        timesteps = torch.randint(self.scheduler.config.num_train_timesteps, (len(latents),), generator=self.generator)
+        noisy = self.scheduler.add_noise(latents, noise, timesteps)
+        prediction = self.unet(noisy, timesteps, self.encode_captions(captions)).sample
+        weights = min_snr_weights(self.scheduler.alphas_cumprod, timesteps, config.min_snr_gamma)
+        loss = (weights * (prediction - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(self.unet.parameters()) + list(self.text_encoder.parameters()), 1.0)
+        factor = learning_rate_factor(self.step, config.warmup_steps, config.max_steps, config.min_learning_rate_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        self.optimizer.step()
+        self.step += 1
+        self.ema_unet.update(self.unet, self.step)
+        self.ema_text.update(self.text_encoder, self.step)
+        return loss.item()
+
+    def run(self, resume: bool, stop, on_eval=None) -> None:
+        if resume and self.checkpoint_path.exists():
+            state = torch.load(self.checkpoint_path, weights_only=False)
+            if state["vae"] != vae_fingerprint(self.run_dir):
+                raise ValueError("unet.ckpt was trained on another autoencoder's latents")
+            self.load(state)
+            self.log(f"unet: resumed at step {self.step}")
+        pool = LatentPool(self.run_dir / "latents", vae_fingerprint(self.run_dir))
+        latents, specs = pool.load()
+        self.log(f"unet: {models.parameter_count(self.unet) / 1e6:.2f}M, text encoder "
+                 f"{models.parameter_count(self.text_encoder) / 1e6:.2f}M parameters; pool of {len(specs)} scenes")  # fmt: skip
+        self.unet.train()
+        self.text_encoder.train()
+        last_save, losses, started = time.time(), [], time.time()
+        while not stop:
+            losses.append(self.training_step(*self.batch(latents, specs)))
+            if self.step % self.config.log_every == 0:
+                self.log(stage="unet", step=self.step, loss=float(np.mean(losses)), lr=self.optimizer.param_groups[0]["lr"],
+                         samples_per_s=len(losses) * self.config.batch_size / (time.time() - started))  # fmt: skip
+                losses, started = [], time.time()
+            if time.time() - last_save > self.config.checkpoint_minutes * 60:
+                self.save()
+                last_save = time.time()
+            if on_eval and self.step % self.config.eval_every == 0:
+                on_eval(self)
+        self.save()
+
+
+# ---- command line
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """One --option per scalar field of a config dataclass (default None: keep the saved or default value); a name
+    shared by two stages' configs (--batch-size) is one option that sets it for the stage being run."""
+    taken = {action.dest for action in parser._actions}
+    for field in dataclasses.fields(cls):
+        if field.name not in taken and field.type in ("int", "float", "str", int, float, str):
+            kind = {"int": int, "float": float, "str": str}.get(field.type, field.type)
+            parser.add_argument("--" + field.name.replace("_", "-"), type=kind, default=None, help=f"{cls.__name__}.{field.name}")
+
+
+def config_from_arguments(cls, arguments: argparse.Namespace, saved: dict | None = None):
+    config = from_dict(cls, saved) if saved else cls()
+    overrides = {f.name: getattr(arguments, f.name) for f in dataclasses.fields(cls) if getattr(arguments, f.name, None) is not None}
+    return dataclasses.replace(config, **overrides)
+
+
+def saved_config(path: Path, key: str) -> dict | None:
+    return torch.load(path, weights_only=False)[key] if path.exists() else None
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", required=True, choices=["tokenizer", "vae", "latents", "unet"])
+    parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
+    parser.add_argument("--resume", action="store_true", help="continue from the stage's checkpoint")
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    parser.add_argument("--force", action="store_true", help="tokenizer: rebuild even if it exists")
+    parser.add_argument("--threads", type=int, default=2)
+    add_config_arguments(parser, VaeTrainingConfig)
+    add_config_arguments(parser, UnetTrainingConfig)
+    arguments = parser.parse_args(argv)
+    torch.set_num_threads(arguments.threads)
+    run_dir = arguments.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log, source, stop = RunLog(run_dir), world_source(), StopFlag(arguments.max_minutes)
+    if arguments.stage == "tokenizer":
+        train_tokenizer(run_dir, source, TokenizerConfig(), log, force=arguments.force)
+    elif arguments.stage == "vae":
+        checkpoint = run_dir / "vae.ckpt"
+        saved = saved_config(checkpoint, "config") if arguments.resume else None
+        arch = from_dict(ArchitectureConfig, saved_config(checkpoint, "arch")) if arguments.resume and checkpoint.exists() else ArchitectureConfig()
+        train_vae(run_dir, source, arch, config_from_arguments(VaeTrainingConfig, arguments, saved), arguments.resume, stop, log)
+    elif arguments.stage == "latents":
+        fill_latent_pool(run_dir, source, config_from_arguments(UnetTrainingConfig, arguments), log)
+    else:
+        checkpoint = run_dir / "unet.ckpt"
+        saved = saved_config(checkpoint, "config") if arguments.resume else None
+        arch = from_dict(ArchitectureConfig, saved_config(checkpoint, "arch")) if arguments.resume and checkpoint.exists() else ArchitectureConfig()
+        config = config_from_arguments(UnetTrainingConfig, arguments, saved)
+        UnetTrainer(run_dir, source, arch, config, log).run(arguments.resume, stop)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The embedded base model's tooling: tokenizer, model building, export/load, resumable training (tiny configs)."""
+
+import dataclasses
+import random
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+from transformers import CLIPTokenizer
+
+from perfusion.world.basemodel import model as models
+from perfusion.world.basemodel import train
+from perfusion.world.basemodel.config import ArchitectureConfig, TokenizerConfig, UnetTrainingConfig, VaeTrainingConfig
+from perfusion.world.basemodel.data import LatentPool, SceneSource
+from perfusion.world.basemodel.export import export
+from perfusion.world.basemodel.tokenizer import build_tokenizer, words_split
+
+WORDS = "a photo of the cat kitten tabby dog cup on blue red background small large left right centre".split()
+TINY = ArchitectureConfig(
+    vae_block_out_channels=(8, 16, 16), unet_block_out_channels=(16, 16, 32), unet_attention_heads=(1, 1, 2),
+    unet_norm_num_groups=8, text_hidden_size=32, text_intermediate_size=64, text_layers=1, text_heads=2,
+)  # fmt: skip
+COLOURS = {"red": (220, 40, 40), "blue": (40, 60, 220)}
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tokenizer")
+    build_tokenizer(directory, WORDS, ["a small cat on the left, blue background"] * 10, TokenizerConfig(vocab_size=600))
+    return directory
+
+
+def test_every_world_word_is_one_token(tokenizer_dir):
+    assert words_split(CLIPTokenizer.from_pretrained(tokenizer_dir), WORDS) == []
+
+
+def test_any_text_tokenizes_without_unknowns_and_round_trips(tokenizer_dir):
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    text = "A Zebra-crossing, 42 ünïcode 🐱 words!"
+    ids = tokenizer(text).input_ids
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.eos_token_id not in ids[1:-1]  # the unknown token is <|endoftext|>: it must not appear inside
+    assert tokenizer.decode(ids, skip_special_tokens=True).replace(" ", "") == text.lower().replace(" ", "")
+
+
+def test_pads_with_end_of_text_like_sd1(tokenizer_dir):
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    ids = tokenizer("a cat", padding="max_length", max_length=tokenizer.model_max_length).input_ids
+    assert len(ids) == 77 and ids[-1] == tokenizer.eos_token_id == tokenizer.pad_token_id
+
+
+def test_new_concept_token_is_one_token(tokenizer_dir):
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    size = len(tokenizer)
+    assert tokenizer.add_tokens("<mycat>") == 1
+    ids = tokenizer("a <mycat> on blue", add_special_tokens=False).input_ids
+    assert ids[1] == size and len(ids) == 4
+
+
+def tiny_pipeline(tokenizer_dir) -> StableDiffusionPipeline:
+    torch.manual_seed(0)
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    return models.assemble_pipeline(
+        models.build_vae(TINY), models.build_unet(TINY), models.build_text_encoder(TINY, tokenizer), tokenizer, TINY
+    )
+
+
+def test_saved_fp16_pipeline_loads_as_fp32_and_generates(tokenizer_dir, tmp_path):
+    models.save_pipeline(tiny_pipeline(tokenizer_dir), tmp_path / "pipe")
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "pipe", local_files_only=True)
+    assert {pipe.unet.dtype, pipe.text_encoder.dtype, pipe.vae.dtype} == {torch.float32}
+    assert pipe.safety_checker is None and pipe.feature_extractor is None
+    image = pipe("a cat", num_inference_steps=2, height=64, width=64, output_type="pil").images[0]
+    assert image.size == (64, 64)
+
+
+def test_unet_has_cross_attention_at_two_resolutions():
+    unet = models.build_unet(ArchitectureConfig())
+    widths = {m.to_k.in_features for n, m in unet.named_modules() if n.endswith("attn2")}
+    resolutions = {n.split(".")[0] + n.split(".")[1] for n, m in unet.named_modules() if n.endswith("attn2")}
+    assert widths == {ArchitectureConfig().text_hidden_size} and len(resolutions) >= 3  # down, mid, up blocks
+
+
+class Scene:
+    def __init__(self, seed):
+        rng = random.Random(seed)
+        self.spec = (rng.choice(list(COLOURS)), rng.choice(list(COLOURS)))
+        self.image = Image.new("RGB", (64, 64), COLOURS[self.spec[0]])
+        self.image.paste(COLOURS[self.spec[1]], (16, 16, 48, 48))
+        self.caption = caption(self.spec, rng)
+
+
+def caption(spec, rng):
+    return f"a {spec[1]} cup on {spec[0]} background"
+
+
+SOURCE = SceneSource(make_scene=Scene, caption=caption, vocabulary=lambda: WORDS)
+
+
+class StopAfter:
+    """A stop flag that turns true after n checks (one check per training step)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __bool__(self):
+        self.n -= 1
+        return self.n < 0
+
+
+def test_training_stages_resume_and_export(tmp_path):
+    torch.manual_seed(0)
+    log = train.RunLog(tmp_path)
+    train.train_tokenizer(tmp_path, SOURCE, TokenizerConfig(vocab_size=600), log)
+    vae_config = VaeTrainingConfig(batch_size=4, max_steps=2)
+    train.train_vae(tmp_path, SOURCE, TINY, vae_config, False, StopAfter(10), log)
+    train.train_vae(tmp_path, SOURCE, TINY, dataclasses.replace(vae_config, max_steps=3), True, StopAfter(10), log)
+    assert torch.load(tmp_path / "vae.ckpt", weights_only=False)["step"] == 3
+    vae = train.load_exported_vae(tmp_path)
+    LatentPool(tmp_path / "latents", train.vae_fingerprint(tmp_path), chunk_size=8).fill(SOURCE, vae, vae.config.scaling_factor, 16)
+    config = UnetTrainingConfig(batch_size=4, warmup_steps=2)
+    train.UnetTrainer(tmp_path, SOURCE, TINY, config, log).run(False, StopAfter(2))
+    resumed = train.UnetTrainer(tmp_path, SOURCE, TINY, config, log)
+    resumed.run(True, StopAfter(1))
+    assert resumed.step == 3
+    pipe = StableDiffusionPipeline.from_pretrained(export(tmp_path, tmp_path / "model"), local_files_only=True)
+    image = pipe("a red cup on blue background", num_inference_steps=2, height=64, width=64).images[0]
+    assert np.asarray(image).shape == (64, 64, 3)
+
+
+def test_shipped_model_loads_and_generates():
+    from perfusion.world.model_path import MODEL_DIR, default_model_path
+
+    if not (MODEL_DIR / "model_index.json").exists():
+        pytest.skip("the embedded base model has not been exported yet")
+    pipe = StableDiffusionPipeline.from_pretrained(default_model_path(), local_files_only=True)
+    image = pipe("a cat", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64)
