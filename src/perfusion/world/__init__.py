@@ -1,0 +1,10 @@
+"""The micro world: procedural emoji scenes with captions, held-out example concepts, a judge CNN, and metrics.
+
+Submodules: `catalog` (objects, colours, positions, sizes, vocabulary), `scenes` (SceneSpec, sample_spec, render,
+caption, make_scene), `examples` (the shipped example concepts), `judge`, `metrics`. Importing this package is cheap:
+it loads no torch.
+"""
+
+from .examples import example_concepts, examples_dir
+
+__all__ = ["example_concepts", "examples_dir"]
