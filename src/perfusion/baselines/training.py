@@ -1,0 +1,263 @@
+"""The training loop every baseline shares: latents once, Gaussian noise, (masked) MSE, prior preservation.
+
+A method subclasses ``BaselineTrainer`` and says what it trains (``setup``), how the token reads in a prompt
+(``phrase``), what it ships (``artifact``) and how it leaves the pipeline as it found it (``teardown``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from perfusion.images import TrainingImage, image_tensor, mask_tensor
+from perfusion.loader import embedding_frozen_state_kept, pipeline_fingerprint
+from perfusion.method import masked_mse
+from perfusion.text import CONCEPT_TOKEN_PATTERN, encode, tokenize
+
+CLASS_IMAGE_BATCH = 8  # class images generated per pipeline call (bounds memory, not results)
+
+
+class BaselineError(ValueError):
+    """Inputs or artifacts a baseline cannot use."""
+
+
+@dataclass
+class BaselineConfig:
+    """Settings every baseline has; each method's subclass sets its own published defaults (SD1.5 scale)."""
+
+    steps: int = 400  # optimizer steps
+    batch_size: int = 1  # instance images per micro-batch
+    gradient_accumulation: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-4  # AdamW learning rate of everything the method trains
+    weight_decay: float = 1e-2  # AdamW weight decay (diffusers' training scripts' default)
+    max_grad_norm: float = 1.0  # gradient clipping, as in diffusers' training scripts
+    resolution: int | None = None  # default: the pipeline's native size
+    flip: bool = True  # random horizontal flips (each image and its mirror are both in the latent bank)
+    seed: int = 0
+    templates: tuple[str, ...] = ("a photo of a {}",)  # training prompts; {} is the method's phrase for the token
+    use_masks: bool = False  # weight the loss by the images' masks as Perfusion does (the methods' own recipes: off)
+    prior_preservation: bool = False  # also fit images the base model makes for the class prompt
+    prior_loss_weight: float = 1.0
+    class_prompt: str = "a photo of a {}"  # {} is the supercategory word
+    num_class_images: int = 100
+    class_inference_steps: int = 25
+    class_guidance: float = 7.5
+    mixed_precision: str = "no"  # "fp16"/"bf16" on a GPU: frozen modules cast down, trained tensors stay fp32
+
+    def settings(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class BaselineResult:
+    """What a baseline's training produced: the artifact in memory (``tensors``) until ``save`` writes it."""
+
+    method: str
+    token: str  # the name prompts use, e.g. "<mycat>"; ``phrase`` is what the method reads in its place
+    supercategory: str
+    phrase: str
+    tensors: dict[str, torch.Tensor]  # exactly what ``save`` ships
+    metadata: dict[str, str]
+    seconds: float
+    steps: int
+    losses: list[float] = field(default_factory=list)  # one per optimizer step
+    path: Path | None = None  # set by ``save``
+    size_bytes: int | None = None  # the saved file's size
+
+
+@dataclass
+class LatentBank:
+    """Latent distributions of every image (and its mirror), computed once, with masks on the latent grid."""
+
+    means: torch.Tensor  # (n, 4, h, w), scaled
+    stds: torch.Tensor
+    masks: torch.Tensor  # (n, 1, h, w); all ones when the loss is not masked
+
+
+@torch.no_grad()
+def latent_bank(pipe, images: list[TrainingImage], size: int, flip: bool, use_masks: bool, dtype) -> LatentBank:
+    pixels = torch.stack([image_tensor(item.image, size) for item in images])
+    pixels = torch.cat([pixels, pixels.flip(-1)]) if flip else pixels
+    distribution = pipe.vae.encode(pixels.to(pipe.vae.device, dtype)).latent_dist
+    scale = pipe.vae.config.scaling_factor
+    means, stds = distribution.mean.float() * scale, distribution.std.float() * scale
+    if not use_masks:
+        return LatentBank(means, stds, torch.ones_like(means[:, :1]))
+    if any(item.mask is None for item in images):
+        raise BaselineError("use_masks needs a mask (alpha channel or mask file) for every image")
+    masks = torch.stack([mask_tensor(item.mask, size, means.shape[-1]) for item in images])
+    masks = torch.cat([masks, masks.flip(-1)]) if flip else masks
+    return LatentBank(means, stds, masks.to(means.device))
+
+
+@torch.no_grad()
+def class_latent_bank(pipe, prompt: str, config: BaselineConfig) -> LatentBank:
+    """Prior-preservation images made by the base model, kept as latents (a VAE round trip adds only its error)."""
+    generator = torch.Generator().manual_seed(config.seed)
+    batches = []
+    for start in range(0, config.num_class_images, CLASS_IMAGE_BATCH):
+        count = min(CLASS_IMAGE_BATCH, config.num_class_images - start)
+        batches.append(pipe(prompt, num_inference_steps=config.class_inference_steps, guidance_scale=config.class_guidance,
+                            num_images_per_prompt=count, generator=generator, output_type="latent").images)  # fmt: skip
+    means = torch.cat(batches).float()
+    return LatentBank(means, torch.zeros_like(means), torch.ones_like(means[:, :1]))
+
+
+class NewTokenEmbedding:
+    """A new token's embedding row as a trained Parameter; the encoder's own rows stay frozen and unchanged.
+
+    The token is added to the tokenizer (diffusers' textual-inversion loader) and a forward hook puts the
+    Parameter in its row, so only that vector gets a gradient. ``remove`` takes the token out again.
+    """
+
+    def __init__(self, pipe, token: str, initializer: str):
+        self.pipe, self.token = pipe, token
+        embeddings = pipe.text_encoder.get_input_embeddings()
+        initializer_ids = pipe.tokenizer(initializer, add_special_tokens=False).input_ids
+        self.vector = torch.nn.Parameter(embeddings.weight[initializer_ids].detach().float().mean(0).clone())
+        with embedding_frozen_state_kept(pipe.text_encoder):
+            pipe.load_textual_inversion(self.vector.detach().to(embeddings.weight.dtype), token=token,
+                                        tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)  # fmt: skip
+        self.token_id = pipe.tokenizer.convert_tokens_to_ids(token)
+        vector = self.vector
+
+        def substitute(module, args, output):
+            return torch.where((args[0] == self.token_id)[..., None], vector.to(output.dtype), output)
+
+        self.hook = pipe.text_encoder.get_input_embeddings().register_forward_hook(substitute)
+
+    def remove(self) -> None:
+        self.hook.remove()
+        with embedding_frozen_state_kept(self.pipe.text_encoder):
+            self.pipe.unload_textual_inversion(self.token, tokenizer=self.pipe.tokenizer, text_encoder=self.pipe.text_encoder)
+
+
+def check_new_token(pipe, token: str) -> None:
+    if not CONCEPT_TOKEN_PATTERN.fullmatch(token):
+        raise BaselineError(f"the token must look like <name>, got {token!r}")
+    if token in pipe.tokenizer.get_vocab():
+        raise BaselineError(f"{token} is already a word of this tokenizer")
+
+
+class BaselineTrainer:
+    method = ""
+    text_trainable = False  # True when gradients flow back through the text encoder (a trained token row)
+
+    def __init__(self, pipe, images: list[TrainingImage], token: str, supercategory: str, config: BaselineConfig):
+        if not images:
+            raise BaselineError("no training images")
+        if not supercategory.strip():
+            raise BaselineError("the supercategory word is empty")
+        self.pipe, self.images, self.token, self.supercategory, self.config = pipe, images, token, supercategory, config
+        self.check_token()
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision)
+        self.device = self.accelerator.device
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
+        for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+            module.requires_grad_(False)
+            module.to(self.device)
+            if self.weight_dtype != torch.float32:  # trained tensors stay fp32 (no "unscale FP16 gradients")
+                module.to(dtype=self.weight_dtype)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.fingerprint = pipeline_fingerprint(pipe)
+        size = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+        self.bank = latent_bank(pipe, images, size, config.flip, config.use_masks, self.weight_dtype)
+        self.class_bank = None
+        if config.prior_preservation:  # made before ``setup``: by the base model itself
+            self.class_bank = class_latent_bank(pipe, config.class_prompt.format(supercategory), config)
+        self.losses: list[float] = []
+
+    # -- what a method defines --------------------------------------------------------------------
+    def check_token(self) -> None:
+        check_new_token(self.pipe, self.token)
+
+    @property
+    def phrase(self) -> str:
+        """What stands for the concept in the method's prompts (the token itself, or e.g. "sks cat")."""
+        raise NotImplementedError
+
+    @property
+    def unet(self):
+        return self.pipe.unet
+
+    def setup(self) -> list[dict]:
+        """Install what is trained; return the optimizer's parameter groups."""
+        raise NotImplementedError
+
+    def teardown(self) -> None:
+        """Leave the pipeline as it was given."""
+
+    def artifact(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    # -- the shared loop ----------------------------------------------------------------------------
+    def sample(self, bank: LatentBank, count: int, prompts: list[str]):
+        index = torch.randint(bank.means.shape[0], (count,), generator=self.generator).to(bank.means.device)
+        latents = bank.means[index] + bank.stds[index] * torch.randn(bank.means[index].shape, generator=self.generator).to(self.device)
+        return latents, bank.masks[index], tokenize(self.pipe.tokenizer, prompts)
+
+    def instance_prompts(self, count: int) -> list[str]:
+        templates = self.config.templates
+        chosen = torch.randint(len(templates), (count,), generator=self.generator).tolist()
+        return [templates[i].format(self.phrase) for i in chosen]
+
+    def micro_batch_loss(self) -> torch.Tensor:
+        config, scheduler = self.config, self.pipe.scheduler
+        latents, masks, ids = self.sample(self.bank, config.batch_size, self.instance_prompts(config.batch_size))
+        if self.class_bank is not None:  # DreamBooth's prior preservation: one batch, two losses
+            class_prompt = config.class_prompt.format(self.supercategory)
+            class_latents, class_masks, class_ids = self.sample(self.class_bank, config.batch_size, [class_prompt] * config.batch_size)
+            latents, masks, ids = torch.cat([latents, class_latents]), torch.cat([masks, class_masks]), torch.cat([ids, class_ids])
+        noise = torch.randn(latents.shape, generator=self.generator).to(self.device)  # Gaussian, never uniform
+        timesteps = torch.randint(scheduler.config.num_train_timesteps, (latents.shape[0],), generator=self.generator)
+        timesteps = timesteps.to(self.device)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        target = scheduler.get_velocity(latents, noise, timesteps) if scheduler.config.prediction_type == "v_prediction" else noise
+        with self.accelerator.autocast():
+            with torch.set_grad_enabled(self.text_trainable):
+                encodings = encode(self.pipe.text_encoder, ids)
+            prediction = self.unet(noisy.to(self.weight_dtype), timesteps, encoder_hidden_states=encodings).sample
+        if self.class_bank is None:
+            return masked_mse(prediction, target, masks)
+        (instance, prior), (instance_target, prior_target) = prediction.chunk(2), target.chunk(2)
+        instance_masks, prior_masks = masks.chunk(2)
+        return masked_mse(instance, instance_target, instance_masks) + config.prior_loss_weight * masked_mse(prior, prior_target, prior_masks)
+
+    def step(self) -> float:
+        total = 0.0
+        for _ in range(self.config.gradient_accumulation):
+            loss = self.micro_batch_loss() / self.config.gradient_accumulation
+            self.accelerator.backward(loss)
+            total += loss.item()
+        if self.config.max_grad_norm:
+            self.accelerator.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total
+
+    def run(self, progress: bool = True) -> BaselineResult:
+        started = time.perf_counter()
+        groups = self.setup()
+        try:
+            self.parameters = [parameter for group in groups for parameter in group["params"]]
+            optimizer = torch.optim.AdamW(groups, lr=self.config.lr, weight_decay=self.config.weight_decay)
+            self.optimizer = self.accelerator.prepare(optimizer)
+            bar = tqdm(range(self.config.steps), desc=f"{self.method} {self.token}", disable=not progress)
+            for _ in bar:
+                self.losses.append(self.step())
+                bar.set_postfix(loss=f"{self.losses[-1]:.4f}")
+            tensors = {name: tensor.detach().float().cpu().contiguous() for name, tensor in self.artifact().items()}
+        finally:
+            self.teardown()
+        metadata = {
+            "method": self.method, "token": self.token, "supercategory": self.supercategory, "phrase": self.phrase,
+            "base_fingerprint": self.fingerprint, "settings": json.dumps(self.config.settings()),
+        }  # fmt: skip
+        return BaselineResult(self.method, self.token, self.supercategory, self.phrase, tensors, metadata,
+                              time.perf_counter() - started, self.config.steps, self.losses)  # fmt: skip

@@ -1,0 +1,172 @@
+"""Baselines on a tiny pipeline: what each trains, what it leaves alone, what it ships, and how it loads back."""
+
+import pytest
+import torch
+from perfusion.testing import load_pipeline, write_concept_images
+
+from perfusion import baselines
+from perfusion.baselines.measure import run_isolated
+from perfusion.images import load_training_images
+
+TOKEN, SUPERCATEGORY = "<mydisc>", "cat"
+QUICK = dict(steps=3, batch_size=1, gradient_accumulation=1, num_class_images=2, class_inference_steps=2)
+VARIANTS = {  # name -> (method, config overrides)
+    "textual-inversion": ("textual-inversion", {}),
+    "dreambooth": ("dreambooth", {}),
+    "lora-r4": ("lora", {"rank": 4}),
+    "lora-r16": ("lora", {"rank": 16}),
+    "custom-diffusion": ("custom-diffusion", {}),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two torch threads on this shared 2-core machine make tiny-model steps ~50x slower (oversubscription)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def weights(pipe) -> dict[str, torch.Tensor]:
+    return {f"{part}.{name}": tensor.detach().clone() for part in ("unet", "vae", "text_encoder")
+            for name, tensor in getattr(pipe, part).state_dict().items()}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_pipeline_dir, tmp_path_factory):
+    """Each variant trained once for 3 steps on its own fresh pipeline and saved; the pipeline kept for checks."""
+    folder = tmp_path_factory.mktemp("baselines")
+    images = load_training_images(write_concept_images(folder / "disc", count=2))
+    runs = {}
+    for variant, (name, overrides) in VARIANTS.items():
+        module = baselines.method(name)
+        pipe = load_pipeline(tiny_pipeline_dir)
+        before = weights(pipe)
+        result = module.train(pipe, images, TOKEN, SUPERCATEGORY, module.CONFIG(**QUICK, **overrides), progress=False)
+        baselines.save(result, folder / f"{variant}.safetensors")
+        runs[variant] = dict(module=module, pipe=pipe, before=before, result=result)
+    return runs
+
+
+def applied(run, tiny_pipeline_dir):
+    pipe = load_pipeline(tiny_pipeline_dir)
+    return pipe, run["module"].apply(pipe, run["result"].path)
+
+
+def embedding_key(base: dict) -> str:
+    (name,) = [name for name in base if name.startswith("text_encoder.") and name.endswith("token_embedding.weight")]
+    return name
+
+
+def changed(base: dict, pipe) -> set[str]:
+    after = weights(pipe)
+    return {name for name in after if name not in base or not torch.equal(after[name], base[name])}
+
+
+def image(pipe, prompt: str, **kwargs):
+    generator = torch.Generator().manual_seed(0)
+    return pipe(prompt, num_inference_steps=2, height=16, width=16, generator=generator, output_type="np", **kwargs).images
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_training_leaves_the_pipeline_as_it_was(trained, variant):
+    run = trained[variant]
+    pipe, result = run["pipe"], run["result"]
+    assert changed(run["before"], pipe) == set() and weights(pipe).keys() == run["before"].keys()
+    assert TOKEN not in pipe.tokenizer.get_vocab()
+    for part in (pipe.unet, pipe.vae, pipe.text_encoder):
+        assert all(not p.requires_grad and p.grad is None for p in part.parameters())
+    assert not any("lora" in name for name in pipe.unet.state_dict())  # peft layers unloaded
+    assert not any("CustomDiffusion" in type(p).__name__ for p in pipe.unet.attn_processors.values())
+    assert len(result.losses) == result.steps == 3 and all(loss > 0 for loss in result.losses)
+    assert result.size_bytes == result.path.stat().st_size
+
+
+def test_textual_inversion_ships_one_trained_row(trained, tiny_pipeline_dir):
+    run = trained["textual-inversion"]
+    tensors = run["result"].tensors
+    assert list(tensors) == [TOKEN]
+    pipe, handle = applied(run, tiny_pipeline_dir)
+    token_id = pipe.tokenizer.convert_tokens_to_ids(TOKEN)
+    rows = pipe.text_encoder.get_input_embeddings().weight
+    assert changed(run["before"], pipe) == {embedding_key(run["before"])}
+    old_rows = run["before"][embedding_key(run["before"])]
+    assert torch.equal(rows[: len(old_rows)], old_rows)  # every existing row as it was; one new row
+    assert rows.shape[0] == len(old_rows) + 1 and torch.equal(rows[token_id], tensors[TOKEN])
+    word = pipe.tokenizer(SUPERCATEGORY, add_special_tokens=False).input_ids
+    assert not torch.allclose(tensors[TOKEN], old_rows[word].mean(0))  # moved from its initializer
+    assert handle.prompt(f"a photo of a {TOKEN}") == f"a photo of a {TOKEN}"
+    assert image(pipe, handle.prompt(f"a photo of a {TOKEN}")).shape == (1, 16, 16, 3)
+
+
+def test_dreambooth_ships_the_whole_unet_and_changes_only_it(trained, tiny_pipeline_dir):
+    run = trained["dreambooth"]
+    pipe, handle = applied(run, tiny_pipeline_dir)
+    assert set(run["result"].tensors) == set(pipe.unet.state_dict())
+    moved = changed(run["before"], pipe)
+    assert moved and all(name.startswith("unet.") for name in moved)
+    assert handle.prompt(f"a photo of a {TOKEN}") == f"a photo of a sks {SUPERCATEGORY}"
+    assert image(pipe, handle.prompt(f"a photo of a {TOKEN}")).shape == (1, 16, 16, 3)
+
+
+@pytest.mark.parametrize("variant", ["lora-r4", "lora-r16"])
+def test_lora_trains_only_adapters_of_the_attention_projections(trained, tiny_pipeline_dir, variant):
+    run = trained[variant]
+    tensors = run["result"].tensors
+    projections = {name.split(".lora")[0].rsplit(".", 1)[-1] for name in tensors}
+    assert all(name.startswith("unet.") and ".lora" in name for name in tensors)
+    assert projections == {"to_q", "to_k", "to_v", "0"}  # to_out.0 ends in "0"
+    ups = [tensor for name, tensor in tensors.items() if "lora_B" in name or "lora.up" in name]
+    assert ups and all(tensor.abs().sum() > 0 for tensor in ups)  # B starts at zero: every adapter trained
+    pipe, handle = applied(run, tiny_pipeline_dir)
+    plain = {name.replace(".base_layer", ""): tensor for name, tensor in weights(pipe).items() if "lora" not in name}
+    assert plain.keys() == run["before"].keys() and all(torch.equal(plain[k], run["before"][k]) for k in plain)
+    prompt = handle.prompt(f"a photo of a {TOKEN}")
+    handle.set_strength(0.0)
+    off = image(pipe, prompt)
+    handle.set_strength(1.0)
+    on = image(pipe, prompt)
+    stock = image(load_pipeline(tiny_pipeline_dir), prompt)
+    assert torch.allclose(torch.from_numpy(off), torch.from_numpy(stock), atol=1e-6)  # scale 0 is the base model
+    assert not torch.allclose(torch.from_numpy(on), torch.from_numpy(stock), atol=1e-6)
+
+
+def test_custom_diffusion_trains_cross_attention_kv_and_the_token(trained, tiny_pipeline_dir):
+    run = trained["custom-diffusion"]
+    tensors = run["result"].tensors
+    layers = [name for name in run["before"] if name.startswith("unet.") and ".attn2.to_k." in name]
+    expected = {f"{name[len('unet.'):].replace('.to_k.weight', '')}.processor.{p}_custom_diffusion.weight"
+                for name in layers for p in ("to_k", "to_v")}  # fmt: skip
+    assert set(tensors) == expected | {TOKEN}
+    for key in expected:  # every K and V moved from the base weight it started at
+        base_name = "unet." + key.replace(".processor.", ".").replace("_custom_diffusion", "")
+        assert not torch.equal(tensors[key], run["before"][base_name]), key
+    pipe, handle = applied(run, tiny_pipeline_dir)
+    moved = changed(run["before"], pipe)  # the processors are submodules: their weights are new UNet keys
+    assert moved == {embedding_key(run["before"])} | {f"unet.{key}" for key in expected}
+    prompt = handle.prompt(f"a photo of a {TOKEN}")
+    assert prompt == f"a photo of a {TOKEN} {SUPERCATEGORY}"
+    stock = torch.from_numpy(image(load_pipeline(tiny_pipeline_dir), f"a photo of a {SUPERCATEGORY}"))
+    handle.set_strength(0.0)  # base K/V: a prompt without the token is the base model's image
+    assert torch.allclose(torch.from_numpy(image(pipe, f"a photo of a {SUPERCATEGORY}")), stock, atol=1e-5)
+    handle.set_strength(1.0)
+    assert not torch.allclose(torch.from_numpy(image(pipe, f"a photo of a {SUPERCATEGORY}")), stock, atol=1e-5)
+    assert image(pipe, prompt).shape == (1, 16, 16, 3)
+
+
+def test_artifact_sizes_are_ordered(trained):
+    size = {variant: run["result"].size_bytes for variant, run in trained.items()}
+    assert size["textual-inversion"] < size["custom-diffusion"] < size["dreambooth"], size
+    assert size["lora-r4"] < size["lora-r16"], size
+
+
+def test_an_artifact_of_another_method_is_refused(trained, tiny_pipeline_dir):
+    with pytest.raises(baselines.BaselineError, match="not a lora artifact"):
+        baselines.lora.apply(load_pipeline(tiny_pipeline_dir), trained["dreambooth"]["result"].path)
+
+
+def test_peak_memory_is_measured_in_a_fresh_process():
+    measured = run_isolated(eval, "len(bytearray(300_000_000))")
+    assert measured.value == 300_000_000
+    assert measured.peak_rss_bytes >= 300_000_000 and measured.peak_gpu_bytes is None
