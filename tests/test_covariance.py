@@ -34,3 +34,11 @@ def test_inverse_is_cached_on_disk_per_corpus(tiny_pipe):
     assert len(list((cache_root() / "covariance").glob("*.safetensors"))) == len(files) + 1
     covariance = estimate_covariance(tiny_pipe.text_encoder, tiny_pipe.tokenizer, captions)
     torch.testing.assert_close(first @ covariance, torch.eye(covariance.shape[0], dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def test_a_damaged_cache_entry_is_recomputed(tiny_pipe):
+    captions = small_corpus(30)
+    first = inverse_covariance(tiny_pipe.text_encoder, tiny_pipe.tokenizer, captions)
+    for path in (cache_root() / "covariance").glob("*.safetensors"):
+        path.write_bytes(b"damaged")
+    assert torch.equal(inverse_covariance(tiny_pipe.text_encoder, tiny_pipe.tokenizer, captions), first)

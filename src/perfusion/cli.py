@@ -140,8 +140,8 @@ def run_generate(args) -> None:
     for path in names:
         refuse_existing(path, args.force)
     pipe = open_pipeline(args.model)
-    if concepts:
-        load_concepts(pipe, concepts, captions=read_captions(args.captions))
+    if concepts:  # by path, so that errors name the file
+        load_concepts(pipe, args.concept, captions=read_captions(args.captions))
     check_prompt(pipe, args.prompt)
     config = GenerationConfig(steps=args.steps, guidance=args.guidance, num_images=args.num_images,
                               seed=args.seed, global_lock=args.global_lock)  # fmt: skip

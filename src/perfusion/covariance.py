@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
@@ -66,7 +67,10 @@ def inverse_covariance(text_encoder, tokenizer, captions: list[str] | None = Non
     key = f"{text_encoder_fingerprint(text_encoder, tokenizer.vocab_size)[:24]}-{corpus_digest(captions)}"
     path = cache_root() / "covariance" / f"{key}.safetensors"
     if path.exists():
-        return load_file(path)["inverse_covariance"]
+        try:
+            return load_file(path)["inverse_covariance"]
+        except (SafetensorError, KeyError):  # a damaged cache entry is recomputed and replaced
+            pass
     covariance = estimate_covariance(text_encoder, tokenizer, captions, progress=progress)
     inverse = torch.linalg.inv(covariance)
     atomic_save_safetensors(

@@ -79,7 +79,7 @@ def load_concepts(
     """
     if isinstance(concepts, (str, Path, Concept)):
         concepts = [concepts]
-    loaded = [(item, str(item)) if isinstance(item, Concept) else (Concept.load(item), str(item)) for item in concepts]
+    loaded = [(item, f"concept {item.token}") if isinstance(item, Concept) else (Concept.load(item), str(item)) for item in concepts]
     runtime = install(pipe, captions, progress, inverse_covariance)
     device = pipe.unet.device
     for concept, source in loaded:
