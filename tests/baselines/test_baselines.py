@@ -170,3 +170,27 @@ def test_peak_memory_is_measured_in_a_fresh_process():
     measured = run_isolated(eval, "len(bytearray(300_000_000))")
     assert measured.value == 300_000_000
     assert measured.peak_rss_bytes >= 300_000_000 and measured.peak_gpu_bytes is None
+
+
+def test_the_comparison_runs_end_to_end_on_a_tiny_pipeline(tiny_pipeline_dir, tmp_path, monkeypatch):
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "compare.py"
+    spec = importlib.util.spec_from_file_location("compare", path)
+    compare = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "compare", compare)  # its dataclasses look their module up there
+    spec.loader.exec_module(compare)
+    concept = write_concept_images(tmp_path / "concepts" / "mydisc", count=2)
+    (concept / "concept.json").write_text(json.dumps({"token": TOKEN, "supercategory": SUPERCATEGORY}))
+    out = tmp_path / "out"
+    rows = compare.main(["--model", str(tiny_pipeline_dir), "--concepts", str(tmp_path / "concepts"), "--out", str(out),
+                         "--quick", "--steps", "2", "--prompts", "2", "--inference-steps", "2", "--no-isolate",
+                         "--variants", "perfusion", "lora-r4"])  # fmt: skip
+    assert [row.variant for row in rows] == ["perfusion", "lora-r4"]
+    assert all(row.size_bytes > 0 and len(row.sweep) == 3 for row in rows)
+    assert rows[0].size_bytes < rows[1].size_bytes
+    table = (out / "table.csv").read_text().splitlines()
+    assert len(table) == 3 and (out / "sweep.csv").exists() and (out / "pareto_mydisc.png").stat().st_size > 0

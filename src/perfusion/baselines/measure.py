@@ -34,5 +34,9 @@ def measured_call(function, args, kwargs) -> Measured:
 
 def run_isolated(function, *args, **kwargs) -> Measured:
     """``function(*args, **kwargs)`` in a fresh spawned process; ``function`` must be importable by name."""
-    with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+    pool = multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1)
+    try:
         return pool.apply(measured_call, (function, args, kwargs))
+    finally:
+        pool.close()
+        pool.join()

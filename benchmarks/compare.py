@@ -1,0 +1,395 @@
+"""Perfusion against Textual Inversion, DreamBooth, LoRA (rank 4 and 16) and Custom Diffusion, side by side.
+
+    python benchmarks/compare.py --out benchmarks/results/compare [--model PATH] [--concepts DIR] [--quick]
+        [--variants perfusion lora-r4 ...] [--steps N] [--threads N] [--no-isolate]
+
+For every concept folder (images, optional masks/, concept.json with token, supercategory and, for the micro
+world's judge, object) and every variant: train on the same images in a fresh process (wall time, peak memory),
+save what a user would ship (its size), then on a fresh pipeline generate the evaluation prompts over the
+variant's knob sweep (Perfusion: beta; LoRA and Custom Diffusion: scale; Textual Inversion and DreamBooth:
+guidance) with the same seeds, and score fidelity and alignment. Writes results.json, table.csv (each variant at
+its default setting), sweep.csv and pareto_<concept>.png under --out.
+
+Scoring (``make_scorer``) is the micro world's judge (perfusion.world.metrics) when its weights and the
+concept's catalog object exist; otherwise a clearly labelled pixel placeholder, so the runner also works end to
+end on a tiny random pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from perfusion import baselines
+from perfusion.baselines.measure import run_isolated
+from perfusion.generate import GenerationConfig, generate
+from perfusion.images import load_training_images
+from perfusion.loader import load_concepts
+from perfusion.models import open_pipeline
+from perfusion.train import TrainingConfig, train_concept
+
+PERFUSION = "perfusion"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the comparison: a method, its training settings, and the knob it sweeps at generation."""
+
+    name: str
+    method: str  # "perfusion" or a name in perfusion.baselines.METHOD_MODULES
+    training: dict  # overrides of the method's config (on top of ``for_small_model`` for baselines)
+    knob: str  # "beta", "scale" or "guidance"
+    sweep: tuple[float, ...]
+    default: float  # the knob's value for the table
+
+
+# Settings for the embedded micro-world model: starting points, to tune on a held-out concept (unverified).
+VARIANTS = (
+    Variant(PERFUSION, PERFUSION, dict(steps=200, batch_size=4, gradient_accumulation=1), "beta", (0.5, 0.6, 0.7, 0.8, 0.9), 0.7),
+    Variant("textual-inversion", "textual-inversion", {}, "guidance", (3.0, 5.0, 7.5, 10.0), 7.5),
+    Variant("dreambooth", "dreambooth", {}, "guidance", (3.0, 5.0, 7.5, 10.0), 7.5),
+    Variant("lora-r4", "lora", dict(rank=4), "scale", (0.25, 0.5, 0.75, 1.0), 1.0),
+    Variant("lora-r16", "lora", dict(rank=16), "scale", (0.25, 0.5, 0.75, 1.0), 1.0),
+    Variant("custom-diffusion", "custom-diffusion", {}, "scale", (0.25, 0.5, 0.75, 1.0), 1.0),
+)  # fmt: skip
+QUICK_TRAINING = dict(steps=30, num_class_images=8, class_inference_steps=10)  # --quick: every method, same budget
+QUICK_SWEEP = 3  # --quick: knob values kept (spread over the sweep, the default among them)
+
+
+@dataclass
+class RunSettings:
+    model: str
+    out: str
+    quick: bool = False
+    steps: int | None = None  # every method's training steps (overrides the variant's)
+    prompts: int = 12  # evaluation prompts per concept
+    images_per_prompt: int = 2
+    inference_steps: int = 25
+    guidance: float = 7.5  # for variants whose knob is not guidance
+    seed: int = 0
+    threads: int | None = None
+    isolate: bool = True  # train in a fresh process (peak memory); off: in this process, no memory figure
+
+    def quickened(self) -> RunSettings:
+        return replace(self, prompts=min(self.prompts, 4), images_per_prompt=1, inference_steps=min(self.inference_steps, 10))
+
+
+@dataclass(frozen=True)
+class ConceptSpec:
+    name: str
+    token: str
+    supercategory: str
+    directory: str
+    object: str | None = None  # the micro world's catalog name, for the judge's identity scores
+
+    @property
+    def mask_dir(self) -> str | None:
+        masks = Path(self.directory) / "masks"
+        return str(masks) if masks.is_dir() else None
+
+
+def find_concepts(directory: Path) -> list[ConceptSpec]:
+    concepts = []
+    for meta_path in sorted(directory.glob("*/concept.json")):
+        meta = json.loads(meta_path.read_text())
+        concepts.append(ConceptSpec(meta_path.parent.name, meta["token"], meta["supercategory"], str(meta_path.parent),
+                                    meta.get("object")))  # fmt: skip
+    if not concepts:
+        raise SystemExit(f"{directory}: no concept folders (*/concept.json)")
+    return concepts
+
+
+def training_settings(variant: Variant, settings: RunSettings) -> dict:
+    overrides = dict(variant.training)
+    if settings.quick:
+        overrides.update(QUICK_TRAINING if variant.method != PERFUSION else {"steps": QUICK_TRAINING["steps"]})
+    if settings.steps is not None:
+        overrides["steps"] = settings.steps
+    return overrides
+
+
+def sweep_values(variant: Variant, quick: bool) -> list[float]:
+    values = list(variant.sweep)
+    if quick and len(values) > QUICK_SWEEP:
+        picks = {values[round(i * (len(values) - 1) / (QUICK_SWEEP - 1))] for i in range(QUICK_SWEEP)}
+        values = sorted(picks | {variant.default})
+    return values
+
+
+# -- training (runs in a fresh process) ----------------------------------------------------------------------
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def load_job(model: str, concept: ConceptSpec, threads: int | None) -> None:
+    """What every training job does before it trains (imports included): its peak is the table's memory baseline."""
+    for name in baselines.METHOD_MODULES:
+        baselines.method(name)
+    set_threads(threads)
+    open_pipeline(model, half=False)
+    load_training_images(concept.directory, concept.mask_dir)
+
+
+def train_job(model: str, concept: ConceptSpec, variant: Variant, overrides: dict, artifact: str, threads: int | None) -> dict:
+    set_threads(threads)
+    pipe = open_pipeline(model, half=False)  # trained in fp32 (mixed precision is a config setting)
+    pipe.set_progress_bar_config(disable=True)
+    images = load_training_images(concept.directory, concept.mask_dir)
+    if variant.method == PERFUSION:
+        result = train_concept(pipe, images, concept.token, concept.supercategory, TrainingConfig(**overrides), progress=False)
+        result.concept.save(artifact)
+        seconds, steps, losses = result.seconds, result.concept.training["steps"], result.losses
+    else:
+        module = baselines.method(variant.method)
+        config = module.CONFIG.for_small_model(**overrides)
+        result = module.train(pipe, images, concept.token, concept.supercategory, config, progress=False)
+        baselines.save(result, artifact)
+        seconds, steps, losses = result.seconds, result.steps, result.losses
+    return dict(seconds=seconds, steps=steps, losses=losses, size_bytes=Path(artifact).stat().st_size)
+
+
+def train(model: str, concept: ConceptSpec, variant: Variant, settings: RunSettings, artifact: Path) -> dict:
+    args = (model, concept, variant, training_settings(variant, settings), str(artifact), settings.threads)
+    if not settings.isolate:
+        return {**train_job(*args), "peak_rss_bytes": None, "peak_gpu_bytes": None}
+    measured = run_isolated(train_job, *args)
+    return {**measured.value, "peak_rss_bytes": measured.peak_rss_bytes, "peak_gpu_bytes": measured.peak_gpu_bytes}
+
+
+# -- generation --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EvalPrompt:
+    """A prompt for the concept ("a photo of a <mycat> on a red background") and its text without the concept."""
+
+    spec: object  # a perfusion.world.prompts.PromptSpec, or None outside the micro world
+    template: str  # "{}" stands for the subject
+
+    def text(self, subject: str) -> str:
+        return self.spec.text(subject) if self.spec is not None else self.template.format(subject)
+
+
+GENERIC_TEMPLATES = ("a photo of a {}", "a painting of a {}", "a photo of a {} on a red sofa", "a {} next to a cup")
+
+
+def evaluation_prompts(concept: ConceptSpec, count: int, seed: int) -> list[EvalPrompt]:
+    try:
+        from perfusion.world.prompts import standard_prompts
+
+        return [EvalPrompt(spec, "") for spec in standard_prompts(concept.supercategory, count, seed)]
+    except ValueError:  # not a micro-world category
+        return [EvalPrompt(None, template) for template in (GENERIC_TEMPLATES * count)[:count]]
+
+
+def fresh_pipeline(model: str):
+    pipe = open_pipeline(model, half=False)  # trained in fp32 (mixed precision is a config setting)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate_sweep(model, concept, variant, artifact, prompts, settings) -> dict[float, dict[EvalPrompt, list]]:
+    """Images per knob value and prompt, with the same seeds for every variant."""
+    pipe = fresh_pipeline(model)
+    if variant.method == PERFUSION:
+        load_concepts(pipe, artifact)
+        to_prompt, set_strength = (lambda text: text), None
+    else:
+        handle = baselines.method(variant.method).apply(pipe, artifact)
+        to_prompt, set_strength = handle.prompt, handle.set_strength
+    images = {}
+    for value in sweep_values(variant, settings.quick):
+        guidance = value if variant.knob == "guidance" else settings.guidance
+        config = GenerationConfig(steps=settings.inference_steps, guidance=guidance, num_images=settings.images_per_prompt,
+                                  seed=settings.seed)  # fmt: skip
+        gate = {concept.token: (value, None)} if variant.knob == "beta" else None
+        if variant.knob == "scale":
+            set_strength(value)
+        images[value] = {prompt: generate(pipe, to_prompt(prompt.text(concept.token)), config, settings=gate) for prompt in prompts}
+    return images
+
+
+# -- scoring: the one place to plug metrics in -------------------------------------------------------------
+class JudgeScorer:
+    """The micro world's judge: identity fidelity (embedding cosine to the concept's photos) and text alignment
+    (share of the prompt's stated attributes found), as perfusion.world.metrics.score_concept computes them."""
+
+    name = "judge"
+    labels = ("identity fidelity (judge embedding cosine)", "text alignment (share of stated attributes)")
+
+    def __init__(self, judge, concept: ConceptSpec, references):
+        self.judge, self.concept, self.references = judge, concept, references
+
+    def __call__(self, images: dict[EvalPrompt, list]) -> dict[str, float]:
+        from perfusion.world.metrics import score_concept
+
+        scores = score_concept(self.judge, {prompt.spec: batch for prompt, batch in images.items()}, self.references,
+                               self.concept.object)  # fmt: skip
+        return dict(fidelity=scores.fidelity, alignment=scores.alignment, top1=scores.top1)
+
+
+class PixelScorer:
+    """PLACEHOLDER when no judge can score (no judge weights, or a concept outside the micro world): fidelity is
+    the cosine of 16x16 thumbnails to the nearest concept photo, alignment the cosine to the base model's own
+    image for the prompt with the supercategory in place of the concept (same seed). A smoke-test signal only."""
+
+    name = "pixel-placeholder"
+    labels = ("placeholder fidelity (thumbnail cosine to the photos)", "placeholder alignment (thumbnail cosine to the base image)")
+    side = 16
+
+    def __init__(self, concept: ConceptSpec, references, base_images: dict[EvalPrompt, list]):
+        self.references = self.thumbnails(references)
+        self.base = {prompt: self.thumbnails(batch) for prompt, batch in base_images.items()}
+
+    @classmethod
+    def thumbnails(cls, images) -> torch.Tensor:
+        rows = [np.asarray(image.convert("RGB").resize((cls.side, cls.side)), dtype=np.float32).ravel() / 127.5 - 1 for image in images]
+        return torch.nn.functional.normalize(torch.from_numpy(np.stack(rows)), dim=-1)
+
+    def __call__(self, images: dict[EvalPrompt, list]) -> dict[str, float]:
+        fidelity, alignment = [], []
+        for prompt, batch in images.items():
+            generated = self.thumbnails(batch)
+            fidelity.append(float((generated @ self.references.T).max(-1).values.mean()))
+            alignment.append(float((generated * self.base[prompt]).sum(-1).mean()))
+        return dict(fidelity=float(np.mean(fidelity)), alignment=float(np.mean(alignment)), top1=float("nan"))
+
+
+def make_scorer(model: str, concept: ConceptSpec, prompts: list[EvalPrompt], settings: RunSettings):
+    """The judge when it can score this concept, else the pixel placeholder (and a note on stderr)."""
+    references = [image.image for image in load_training_images(concept.directory, concept.mask_dir)]
+    try:
+        from perfusion.world.judge import Judge
+        from perfusion.world.catalog import OBJECTS
+
+        if concept.object in OBJECTS and all(prompt.spec is not None for prompt in prompts):
+            return JudgeScorer(Judge.load(), concept, references)
+        reason = f"{concept.name} is not a micro-world object"
+    except (FileNotFoundError, ImportError) as error:
+        reason = str(error)
+    print(f"note: scoring {concept.name} with the pixel placeholder ({reason})", file=sys.stderr)
+    pipe = fresh_pipeline(model)
+    config = GenerationConfig(steps=settings.inference_steps, guidance=settings.guidance,
+                              num_images=settings.images_per_prompt, seed=settings.seed)  # fmt: skip
+    base_images = {prompt: generate(pipe, prompt.text(concept.supercategory), config) for prompt in prompts}
+    return PixelScorer(concept, references, base_images)
+
+
+# -- the run --------------------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    concept: str
+    variant: str
+    method: str
+    knob: str
+    default: float
+    size_bytes: int
+    train_seconds: float
+    steps: int
+    final_loss: float
+    peak_rss_bytes: int | None
+    peak_rss_over_load_bytes: int | None  # the training's own memory: peak minus that of only loading
+    peak_gpu_bytes: int | None
+    scorer: str
+    score_labels: tuple[str, str]  # (fidelity, alignment): what the scorer measures
+    sweep: list[dict] = field(default_factory=list)  # {knob value, fidelity, alignment, top1}
+
+    def at_default(self) -> dict:
+        return next(point for point in self.sweep if point["value"] == self.default)
+
+
+def run(concepts: list[ConceptSpec], variants: list[Variant], settings: RunSettings) -> list[Row]:
+    out = Path(settings.out)
+    (out / "artifacts").mkdir(parents=True, exist_ok=True)
+    set_threads(settings.threads)
+    rows = []
+    for concept in concepts:
+        load_peak = run_isolated(load_job, settings.model, concept, settings.threads).peak_rss_bytes if settings.isolate else None
+        prompts = evaluation_prompts(concept, settings.prompts, settings.seed)
+        scorer = make_scorer(settings.model, concept, prompts, settings)
+        for variant in variants:
+            started = time.perf_counter()
+            artifact = out / "artifacts" / f"{concept.name}-{variant.name}.safetensors"
+            trained = train(settings.model, concept, variant, settings, artifact)
+            images = generate_sweep(settings.model, concept, variant, artifact, prompts, settings)
+            sweep = [{"value": value, **scorer(batches)} for value, batches in images.items()]
+            peak = trained["peak_rss_bytes"]
+            rows.append(Row(concept.name, variant.name, variant.method, variant.knob, variant.default, trained["size_bytes"],
+                            trained["seconds"], trained["steps"], trained["losses"][-1] if trained["losses"] else float("nan"),
+                            peak, None if peak is None or load_peak is None else peak - load_peak, trained["peak_gpu_bytes"],
+                            scorer.name, scorer.labels, sweep))  # fmt: skip
+            print(f"{concept.name:>12} {variant.name:<18} {trained['size_bytes']:>12,d} B  train {trained['seconds']:7.1f} s  "
+                  f"all {time.perf_counter() - started:7.1f} s", flush=True)  # fmt: skip
+        write_outputs(rows, settings)
+    return rows
+
+
+def write_outputs(rows: list[Row], settings: RunSettings) -> None:
+    out = Path(settings.out)
+    (out / "results.json").write_text(json.dumps({"settings": asdict(settings), "rows": [asdict(row) for row in rows]}, indent=1))
+    columns = ["concept", "variant", "method", "knob", "default", "size_bytes", "train_seconds", "steps", "final_loss",
+               "peak_rss_bytes", "peak_rss_over_load_bytes", "peak_gpu_bytes", "scorer"]  # fmt: skip
+    with open(out / "table.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns + ["fidelity", "alignment", "top1"])
+        for row in rows:
+            point = row.at_default()
+            writer.writerow([getattr(row, column) for column in columns] + [point["fidelity"], point["alignment"], point["top1"]])
+    with open(out / "sweep.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["concept", "variant", "knob", "value", "fidelity", "alignment", "top1"])
+        for row in rows:
+            for point in row.sweep:
+                writer.writerow([row.concept, row.variant, row.knob, point["value"], point["fidelity"], point["alignment"], point["top1"]])
+    from perfusion.world.pareto import SweepPoint, pareto_plot
+
+    for concept in dict.fromkeys(row.concept for row in rows):
+        points = [SweepPoint(f"{row.variant} ({row.knob})", point["fidelity"], point["alignment"], point["value"])
+                  for row in rows if row.concept == concept for point in row.sweep]  # fmt: skip
+        first = next(row for row in rows if row.concept == concept)
+        pareto_plot(points, out / f"pareto_{concept}.png", title=f"{concept}: each method's knob sweep ({first.scorer})",
+                    fidelity_label=first.score_labels[0], alignment_label=first.score_labels[1])  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> list[Row]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="folder for results.json, table.csv, sweep.csv, pareto_*.png, artifacts/")
+    parser.add_argument("--model", help="diffusers pipeline folder (default: the embedded micro-world model)")
+    parser.add_argument("--concepts", help="folder of concept folders (default: the shipped example concepts)")
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_TRAINING['steps']} training steps, 4 prompts, 1 image each, 10 sampling steps, 3 knob values")  # fmt: skip
+    parser.add_argument("--variants", nargs="+", choices=[variant.name for variant in VARIANTS])
+    parser.add_argument("--concept", nargs="+", help="only these concept folder names")
+    parser.add_argument("--steps", type=int, help="training steps for every method")
+    parser.add_argument("--prompts", type=int, default=12)
+    parser.add_argument("--images-per-prompt", type=int, default=2)
+    parser.add_argument("--inference-steps", type=int, default=25)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch threads in every process (default: torch's own)")
+    parser.add_argument("--no-isolate", action="store_true", help="train in this process (no peak-memory figures)")
+    args = parser.parse_args(argv)
+    if args.model is None:
+        from perfusion.world.model_path import default_model_path
+
+        args.model = str(default_model_path())
+    if args.concepts is None:
+        from perfusion.world.examples import examples_dir
+
+        args.concepts = str(examples_dir())
+    settings = RunSettings(model=args.model, out=args.out, quick=args.quick, steps=args.steps, prompts=args.prompts,
+                           images_per_prompt=args.images_per_prompt, inference_steps=args.inference_steps,
+                           seed=args.seed, threads=args.threads, isolate=not args.no_isolate)  # fmt: skip
+    settings = settings.quickened() if settings.quick else settings
+    concepts = [concept for concept in find_concepts(Path(args.concepts)) if not args.concept or concept.name in args.concept]
+    variants = [variant for variant in VARIANTS if not args.variants or variant.name in args.variants]
+    return run(concepts, variants, settings)
+
+
+if __name__ == "__main__":
+    main()
