@@ -17,6 +17,13 @@ from perfusion.train import TrainingConfig, TrainingError, train_concept
 USER_ERRORS = (ConceptFileError, GenerationError, ImageInputError, ModelError, TrainingError, FileExistsError)
 
 
+def user_errors() -> tuple[type[Exception], ...]:
+    from perfusion.experiments.prompts import PromptFileError
+    from perfusion.experiments.sweep import SweepError
+
+    return (*USER_ERRORS, CommandError, PromptFileError, SweepError)
+
+
 class CommandError(ValueError):
     """A command line that cannot be carried out."""
 
@@ -185,6 +192,9 @@ def parser() -> argparse.ArgumentParser:
     add_train(commands)
     add_generate(commands)
     add_inspect(commands)
+    from perfusion.experiments.cli import add_commands  # sweep, eval, demo: built on the micro world
+
+    add_commands(commands)
     return root
 
 
@@ -192,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.run(args)
-    except (*USER_ERRORS, CommandError) as error:
+    except user_errors() as error:
         print(f"perfusion: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,138 @@
+"""The experiment verbs of the `perfusion` command: sweep, eval, demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from perfusion.train import TrainingConfig
+
+
+def add_commands(commands) -> None:
+    sweep = commands.add_parser("sweep", help="generate a prompt set over a range of beta, score it, plot the Pareto front")
+    add_scoring_arguments(sweep)
+    sweep.add_argument("--betas", default="0.5:0.9:9", help="start:stop:count or a comma list (default 0.5:0.9:9)")
+    sweep.set_defaults(run=run_sweep_command)
+
+    evaluate = commands.add_parser("eval", help="score a concept on a prompt set at one beta")
+    add_scoring_arguments(evaluate)
+    evaluate.add_argument("--beta", type=float, default=None, help="default: the concept's own")
+    evaluate.set_defaults(run=run_eval_command)
+
+    demo = commands.add_parser("demo", help="train, generate, sweep and compose on the embedded micro-world model")
+    demo.add_argument("--model", default=None, help="default: the embedded model")
+    demo.add_argument("--out", default="demo-out")
+    demo.add_argument("--steps", type=int, default=None, help="training steps per concept")
+    demo.add_argument("--quick", action="store_true", help="a smoke-test budget (minutes become seconds)")
+    demo.add_argument("--force", action="store_true", help="write into an existing output folder")
+    demo.set_defaults(run=run_demo_command)
+
+
+def add_scoring_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="base model folder the concept was trained on")
+    parser.add_argument("--concept", required=True, help="concept file")
+    parser.add_argument("--prompts", help="prompt file (.txt with {} or .jsonl); default: the micro-world prompt set")
+    parser.add_argument("--images", help="the concept's own images (fidelity references); default: the shipped example's")
+    parser.add_argument("--object", help="micro-world object name of the concept, for identity top-1")
+    parser.add_argument("--clip", help="a local CLIP model folder: score with CLIP-I / CLIP-T instead of the world judge")
+    parser.add_argument("--tau", type=float, default=None)
+    parser.add_argument("--images-per-prompt", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--global-lock", action="store_true")
+    parser.add_argument("--out", required=True, help="output folder (images, metrics.csv, metrics.json, pareto.png)")
+    parser.add_argument("--force", action="store_true", help="write into an existing output folder")
+
+
+def prepare(args, betas):
+    """Everything a sweep needs, checked before the model is loaded."""
+    from PIL import Image
+
+    from perfusion.cli import CommandError
+    from perfusion.concept import Concept
+    from perfusion.experiments.prompts import read_prompts, world_prompts
+    from perfusion.experiments.scoring import ClipScoring, WorldScorer
+    from perfusion.experiments.sweep import SweepConfig
+    from perfusion.images import load_training_images
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise FileExistsError(f"{out} exists and is not empty (use --force to write into it)")
+    concept = Concept.load(args.concept)
+    example = matching_example(concept)
+    object_name = args.object or (example.object if example else None)
+    if args.images:
+        references = [item.image for item in load_training_images(args.images)]
+    elif example is not None:
+        references = [Image.open(path).convert("RGB") for path in example.image_paths()]
+    else:
+        raise CommandError("--images is needed: the concept's own images, for fidelity")
+    if args.prompts:
+        prompts = read_prompts(args.prompts, concept.supercategory if args.clip is None else None)
+    else:
+        prompts = world_prompts(concept.supercategory)
+    scorer = ClipScoring(args.clip) if args.clip else WorldScorer(object_name)
+    config = SweepConfig(betas=betas, tau=args.tau, images_per_prompt=args.images_per_prompt, seed=args.seed,
+                         steps=args.steps, guidance=args.guidance, global_lock=args.global_lock)  # fmt: skip
+    return out, concept, references, prompts, scorer, config
+
+
+def matching_example(concept):
+    from perfusion.world.examples import example_concepts
+
+    return next((example for example in example_concepts() if example.token == concept.token
+                 and example.supercategory == concept.supercategory), None)  # fmt: skip
+
+
+def run_sweep_command(args) -> None:
+    from perfusion.experiments.sweep import parse_betas
+
+    run_scored(args, parse_betas(args.betas))
+
+
+def run_eval_command(args) -> None:
+    run_scored(args, None)
+
+
+def run_scored(args, betas) -> None:
+    from perfusion.experiments.sweep import run_sweep
+    from perfusion.loader import load_concepts
+    from perfusion.models import open_pipeline
+
+    out, concept, references, prompts, scorer, config = prepare(args, betas or (0.0,))
+    if betas is None:
+        config.betas = (concept.beta if args.beta is None else args.beta,)
+    pipe = open_pipeline(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    load_concepts(pipe, args.concept)
+    rows = run_sweep(pipe, concept, prompts, config, scorer, references, out)
+    print(f"{'beta':>6} {'alignment':>10} {'fidelity':>9} {'top-1':>6}  ({scorer.name}; {len(prompts)} prompts x "
+          f"{config.images_per_prompt} images)")  # fmt: skip
+    for row in rows:
+        top1 = "" if row.top1 is None else f"{row.top1:.3f}"
+        print(f"{row.beta:6.3f} {row.alignment:10.3f} {row.fidelity:9.3f} {top1:>6}")
+    print(f"{out / 'metrics.csv'}, {out / 'pareto.png'}")
+
+
+def run_demo_command(args) -> None:
+    from perfusion.experiments.demo import DemoConfig, quick, run_demo
+    from perfusion.models import ModelError, open_pipeline
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise FileExistsError(f"{out} exists and is not empty (use --force to write into it)")
+    if args.model is None:
+        from perfusion.world.model_path import default_model_path
+
+        try:
+            model = default_model_path()
+        except FileNotFoundError as error:
+            raise ModelError(str(error)) from None
+    else:
+        model = args.model
+    config = quick(DemoConfig()) if args.quick else DemoConfig()
+    if args.steps is not None:
+        config.training = TrainingConfig(**{**config.training.__dict__, "steps": args.steps})
+    pipe = open_pipeline(model)
+    pipe.set_progress_bar_config(disable=True)
+    run_demo(pipe, out, config)

@@ -1,0 +1,142 @@
+"""`perfusion demo`: the whole job on the embedded micro-world model, with a report a person can look at.
+
+1. train a concept from a shipped example (4-6 images and a supercategory word), print the file size;
+2. generate it in contexts it never saw (backgrounds, positions, sizes, other objects), several seeds each;
+3. sweep beta and plot fidelity against alignment;
+4. train a second concept and compose both in one prompt;
+5. write report.html (training images, grids with prompts, the Pareto plot, metrics, sizes, timings).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from perfusion.experiments.prompts import EvalPrompt, world_prompts
+from perfusion.experiments.report import ImageRow, Section, write_report
+from perfusion.experiments.scoring import WorldScorer
+from perfusion.experiments.sweep import SweepConfig, generate_prompts, run_sweep, slug
+from perfusion.files import atomic_write
+from perfusion.train import TrainingConfig
+
+
+@dataclass
+class DemoConfig:
+    concepts: tuple[str, str] = ("<mycat>", "<mymug>")  # shipped examples: the first is swept, both are composed
+    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(steps=150, batch_size=4, gradient_accumulation=1))
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    prompts: int = 8  # new-context prompts per concept
+    composition_backgrounds: tuple[str, ...] = ("red", "blue", "green", "yellow")
+
+
+def quick(config: DemoConfig) -> DemoConfig:
+    """A smoke-test budget: a few steps, two betas, two prompts."""
+    config.training.steps = 4
+    config.sweep = SweepConfig(betas=(0.6, 0.8), images_per_prompt=1, steps=4)
+    config.prompts = 2
+    config.composition_backgrounds = config.composition_backgrounds[:1]
+    return config
+
+
+def save_images(images: list[Image.Image], directory: Path, stem: str) -> list[Path]:
+    paths = []
+    for number, image in enumerate(images):
+        path = directory / f"{stem}-{number}.png"
+        atomic_write(path, lambda temporary, image=image: image.save(temporary, format="PNG"))
+        paths.append(path)
+    return paths
+
+
+def train_example(pipe, token: str, config: DemoConfig, out: Path, log):
+    from perfusion.images import load_training_images
+    from perfusion.train import train_concept
+    from perfusion.world.examples import example_concept
+
+    example = example_concept(token)
+    images = load_training_images(example.directory, example.mask_dir)
+    result = train_concept(pipe, images, example.token, example.supercategory, config.training)
+    path = result.concept.save(out / "concepts" / f"{example.directory.name}.safetensors")
+    log(f"{example.token} ({example.supercategory}, {example.object}): {len(images)} images, "
+        f"{config.training.steps} steps in {result.seconds:.0f} s, {path.stat().st_size / 1000:.1f} KB -> {path}")  # fmt: skip
+    return example, images, result, path
+
+
+def run_demo(pipe, out: Path, config: DemoConfig, log=print) -> Path:
+    from perfusion.loader import load_concepts
+
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    sections, summary = [], {"config": asdict(config), "concepts": {}}
+    trained = []
+    for token in config.concepts:
+        example, images, result, path = train_example(pipe, token, config, out, log)
+        trained.append((example, images, result, path))
+        summary["concepts"][token] = {"object": example.object, "bytes": path.stat().st_size, "seconds": result.seconds,
+                                      "held_out_loss": result.held_out_loss}  # fmt: skip
+        sections.append(Section(
+            f"Training images of {token} (supercategory '{example.supercategory}')",
+            f"{len(images)} images; {config.training.steps} steps in {result.seconds:.0f} s; concept file "
+            f"{path.stat().st_size / 1000:.1f} KB; loss on fixed noise {result.held_out_loss[0]:.4f} -> {result.held_out_loss[1]:.4f}",
+            rows=[ImageRow("", [(p, p.name) for p in example.image_paths()])],
+        ))  # fmt: skip
+    load_concepts(pipe, [item[3] for item in trained])
+
+    example, images, result, _ = trained[0]
+    concept = result.concept
+    scorer = WorldScorer(example.object)
+    prompts = world_prompts(example.supercategory, config.prompts)
+    generated = generate_prompts(pipe, concept, prompts, config.sweep, None, out / "contexts")
+    rows = []
+    for index, (prompt, batch) in enumerate(generated.items()):
+        paths = sorted((out / "contexts").glob(f"{index:02d}-*.png"))
+        rows.append(ImageRow(prompt.text(concept.token), [(p, f"seed {n}") for n, p in enumerate(paths)]))
+    scores = scorer.score(generated, images_of(example), example.supercategory)
+    summary["new_contexts"] = asdict(scores)
+    sections.append(Section(
+        f"{concept.token} in new contexts (beta {concept.beta}, tau {concept.tau})",
+        f"judge: alignment {scores.alignment:.2f}, fidelity {scores.fidelity:.2f}, identity top-1 {scores.top1:.2f}",
+        rows=rows,
+    ))  # fmt: skip
+
+    sweep_rows = run_sweep(pipe, concept, prompts, config.sweep, scorer, images_of(example), out / "sweep")
+    summary["sweep"] = [asdict(row) for row in sweep_rows]
+    sections.append(Section("Beta sweep: fidelity against alignment", "Lower beta: more like the concept; higher beta: "
+                            "more like the prompt.", table=[asdict(row) for row in sweep_rows], plot=out / "sweep" / "pareto.png"))  # fmt: skip
+
+    sections.append(composition_section(pipe, trained, config, out, summary))
+    summary["seconds"] = time.perf_counter() - started
+    atomic_write(out / "summary.json", lambda t: t.write_text(json.dumps(summary, indent=2, default=str)))
+    report = write_report(out / "report.html", "perfusion demo on the embedded micro-world model", sections)
+    log(f"report: {report} ({summary['seconds'] / 60:.1f} min in all)")
+    return report
+
+
+def images_of(example) -> list[Image.Image]:
+    return [Image.open(path).convert("RGB") for path in example.image_paths()]
+
+
+def composition_section(pipe, trained, config: DemoConfig, out: Path, summary: dict) -> Section:
+    """Both concepts in one prompt, and a concept beside an ordinary member of its own supercategory."""
+    from perfusion.world.judge import Judge
+
+    (first, _, first_result, _), (second, _, _, _) = trained[:2]
+    judge = Judge.load()
+    cases = [(f"a photo of a {first.token} next to a {second.token} on a {bg} background", {first.object, second.object})
+             for bg in config.composition_backgrounds]  # fmt: skip
+    cases.append((f"a photo of a {first.token} next to a {first.supercategory} on a blue background", {first.object}))
+    rows, successes = [], []
+    for index, (text, wanted) in enumerate(cases):
+        template = EvalPrompt(text.replace(first.token, "{}"))
+        batch = generate_prompts(pipe, first_result.concept, [template], config.sweep, None, None)[template]
+        paths = save_images(batch, out / "composition", f"{index:02d}-{slug(text)}")
+        verdicts = judge.predict([image.resize((64, 64)) for image in batch])
+        hits = [wanted <= set(v.present) and (len(wanted) == 2 or len(v.present) == 2) for v in verdicts]
+        successes.extend(hits)
+        rows.append(ImageRow(text, [(p, "both found" if hit else "not both") for p, hit in zip(paths, hits)]))
+    rate = sum(successes) / len(successes)
+    summary["composition_success"] = rate
+    return Section("Composition", f"share of images in which the judge finds every asked-for object: {rate:.2f}", rows=rows)

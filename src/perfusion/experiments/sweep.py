@@ -1,0 +1,124 @@
+"""A beta sweep: generate every prompt at every beta with fixed seeds, score, tabulate, plot the Pareto front."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from perfusion.concept import Concept
+from perfusion.experiments.prompts import EvalPrompt
+from perfusion.experiments.scoring import Scores
+from perfusion.files import atomic_write
+from perfusion.generate import GenerationConfig, generate
+
+
+class SweepError(ValueError):
+    """Sweep settings that cannot be used."""
+
+
+@dataclass
+class SweepConfig:
+    betas: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
+    tau: float | None = None  # None: the concept's own default
+    images_per_prompt: int = 2
+    seed: int = 0  # prompt i uses seeds seed + i * images_per_prompt ...
+    steps: int = 25
+    guidance: float = 7.5
+    global_lock: bool = False
+
+
+@dataclass
+class SweepRow:
+    beta: float
+    alignment: float
+    fidelity: float
+    top1: float | None
+    images: int
+    seconds: float
+
+
+def parse_betas(text: str) -> tuple[float, ...]:
+    """ "0.5:0.9:9" (start:stop:count, inclusive) or "0.5,0.7,0.9"."""
+    try:
+        if ":" in text:
+            start, stop, count = text.split(":")
+            count = int(count)
+            if count < 1:
+                raise ValueError
+            step = (float(stop) - float(start)) / max(count - 1, 1)
+            return tuple(round(float(start) + index * step, 6) for index in range(count))
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise SweepError(f"--betas {text!r}: expected start:stop:count or a comma-separated list") from None
+
+
+def slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "prompt"
+
+
+def generate_prompts(pipe, concept: Concept, prompts: list[EvalPrompt], config: SweepConfig, beta: float | None,
+                     out_dir: Path | None, subject: str | None = None) -> dict[EvalPrompt, list[Image.Image]]:  # fmt: skip
+    """Images for every prompt at one beta (None: the concept's default), saved under ``out_dir`` if given."""
+    settings = {concept.token: (beta, config.tau)}
+    images_by_prompt = {}
+    for index, prompt in enumerate(prompts):
+        generation = GenerationConfig(steps=config.steps, guidance=config.guidance, num_images=config.images_per_prompt,
+                                      seed=config.seed + index * config.images_per_prompt, global_lock=config.global_lock)  # fmt: skip
+        text = prompt.text(subject or concept.token)
+        images = generate(pipe, text, generation, settings)
+        images_by_prompt[prompt] = images
+        if out_dir is not None:
+            for number, image in enumerate(images):
+                path = out_dir / f"{index:02d}-{slug(text)}-{number}.png"
+                atomic_write(path, lambda temporary, image=image: image.save(temporary, format="PNG"))
+    return images_by_prompt
+
+
+def run_sweep(pipe, concept: Concept, prompts: list[EvalPrompt], config: SweepConfig, scorer, references, out_dir: Path,
+              progress: bool = True) -> list[SweepRow]:  # fmt: skip
+    """The concept must be loaded in ``pipe``. Writes images, metrics.csv, metrics.json and pareto.png."""
+    from perfusion.generate import check_gate
+
+    for beta in config.betas:
+        check_gate(beta, config.tau)
+    rows = []
+    for beta in tqdm(config.betas, desc="beta sweep", disable=not progress):
+        started = time.perf_counter()
+        images = generate_prompts(pipe, concept, prompts, config, beta, out_dir / f"beta-{beta:.3f}")
+        scores: Scores = scorer.score(images, references, concept.supercategory)
+        count = sum(len(batch) for batch in images.values())
+        rows.append(SweepRow(beta, scores.alignment, scores.fidelity, scores.top1, count, time.perf_counter() - started))
+    write_table(rows, out_dir, {"concept": concept.token, "scorer": scorer.name, "config": asdict(config)})
+    plot_sweep({f"perfusion {concept.token}": rows}, out_dir / "pareto.png", scorer.name)
+    return rows
+
+
+def write_table(rows: list[SweepRow], out_dir: Path, about: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = [asdict(row) for row in rows]
+    atomic_write(out_dir / "metrics.json", lambda t: t.write_text(json.dumps({**about, "rows": records}, indent=2)))
+
+    def write_csv(temporary: Path) -> None:
+        with temporary.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(records[0]))
+            writer.writeheader()
+            writer.writerows(records)
+
+    atomic_write(out_dir / "metrics.csv", write_csv)
+
+
+def plot_sweep(series: dict[str, list[SweepRow]], path: Path, scorer_name: str) -> Path:
+    from perfusion.world.pareto import SweepPoint, pareto_plot
+
+    points = [SweepPoint(name, row.fidelity, row.alignment, row.beta) for name, rows in series.items() for row in rows]
+    labels = {"CLIP": ("CLIP-I (image-image)", "CLIP-T (image-text)")}.get(scorer_name)
+    kwargs = {"fidelity_label": labels[0], "alignment_label": labels[1]} if labels else {}
+    return pareto_plot(points, path, title="fidelity vs alignment, one point per beta", **kwargs)
