@@ -8,7 +8,8 @@ world's judge, object) and every variant: train on the same images in a fresh pr
 save what a user would ship (its size), then on a fresh pipeline generate the evaluation prompts over the
 variant's knob sweep (Perfusion: beta; LoRA and Custom Diffusion: scale; Textual Inversion and DreamBooth:
 guidance) with the same seeds, and score fidelity and alignment. Writes results.json, table.csv (each variant at
-its default setting), sweep.csv and pareto_<concept>.png under --out.
+its default setting), sweep.csv, pareto_<concept>.png and composition.csv (two concepts in one image, for the
+methods that can load two: Perfusion, Textual Inversion, LoRA) under --out.
 
 Scoring (``make_scorer``) is the micro world's judge (perfusion.world.metrics) when its weights and the
 concept's catalog object exist; otherwise a clearly labelled pixel placeholder, so the runner also works end to
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import sys
 import time
@@ -262,24 +264,90 @@ class PixelScorer:
         return dict(fidelity=float(np.mean(fidelity)), alignment=float(np.mean(alignment)), top1=float("nan"))
 
 
+def load_judge(concepts: list[ConceptSpec]):
+    """(the micro world's judge, None) when it can score these concepts, else (None, why not)."""
+    try:
+        from perfusion.world.catalog import OBJECTS
+        from perfusion.world.judge import Judge
+
+        unknown = [concept.name for concept in concepts if concept.object not in OBJECTS]
+        if unknown:
+            return None, f"{', '.join(unknown)}: not a micro-world object"
+        return Judge.load(), None
+    except (FileNotFoundError, ImportError) as error:
+        return None, str(error)
+
+
 def make_scorer(model: str, concept: ConceptSpec, prompts: list[EvalPrompt], settings: RunSettings):
     """The judge when it can score this concept, else the pixel placeholder (and a note on stderr)."""
     references = [image.image for image in load_training_images(concept.directory, concept.mask_dir)]
-    try:
-        from perfusion.world.judge import Judge
-        from perfusion.world.catalog import OBJECTS
-
-        if concept.object in OBJECTS and all(prompt.spec is not None for prompt in prompts):
-            return JudgeScorer(Judge.load(), concept, references)
-        reason = f"{concept.name} is not a micro-world object"
-    except (FileNotFoundError, ImportError) as error:
-        reason = str(error)
+    judge, reason = load_judge([concept])
+    if judge is not None and all(prompt.spec is not None for prompt in prompts):
+        return JudgeScorer(judge, concept, references)
+    reason = reason or "prompts outside the micro world"
     print(f"note: scoring {concept.name} with the pixel placeholder ({reason})", file=sys.stderr)
     pipe = fresh_pipeline(model)
     config = GenerationConfig(steps=settings.inference_steps, guidance=settings.guidance,
                               num_images=settings.images_per_prompt, seed=settings.seed)  # fmt: skip
     base_images = {prompt: generate(pipe, prompt.text(concept.supercategory), config) for prompt in prompts}
     return PixelScorer(concept, references, base_images)
+
+
+# -- two concepts in one image ------------------------------------------------------------------------------
+COMPOSITION_TEMPLATES = ("a photo of a {} next to a {}", "a photo of a {} to the left of a {}")
+# Perfusion, TI and LoRA load two separately trained concepts into one pipeline. Custom Diffusion combines concepts
+# by a joint optimisation of their K/V (not run here) and DreamBooth not at all: they get no composition figure.
+COMPOSABLE = (PERFUSION, "textual-inversion", "lora-r4", "lora-r16")
+
+
+def composition_images(model: str, pair: tuple[ConceptSpec, ConceptSpec], variant: Variant, artifacts, settings):
+    """Both concepts loaded at the variant's default setting; every template, the same seeds for every variant."""
+    pipe = fresh_pipeline(model)
+    gate = None
+    if variant.method == PERFUSION:
+        load_concepts(pipe, [str(path) for path in artifacts])
+        gate = {concept.token: (variant.default, None) for concept in pair}
+        phrases = []
+    else:
+        module = baselines.method(variant.method)
+        phrases = [module.apply(pipe, path) for path in artifacts]
+        if variant.method == "lora":
+            pipe.set_adapters([module.adapter_name(concept.token) for concept in pair], adapter_weights=[variant.default] * 2)
+    guidance = variant.default if variant.knob == "guidance" else settings.guidance
+    config = GenerationConfig(steps=settings.inference_steps, guidance=guidance, num_images=settings.images_per_prompt,
+                              seed=settings.seed)  # fmt: skip
+    images = []
+    for template in COMPOSITION_TEMPLATES:
+        prompt = template.format(*(concept.token for concept in pair))
+        for handle in phrases:
+            prompt = handle.prompt(prompt)
+        images += generate(pipe, prompt, config, settings=gate)
+    return images
+
+
+def composition_success(judge, images, pair: tuple[ConceptSpec, ConceptSpec]) -> float:
+    """Share of images in which the judge sees exactly the two concepts' objects (NaN without a judge)."""
+    if judge is None:
+        return float("nan")
+    wanted = sorted(concept.object for concept in pair)
+    verdicts = judge.predict(images)
+    return sum(verdict.count == 2 and sorted((verdict.left_object, verdict.right_object)) == wanted
+               for verdict in verdicts) / len(verdicts)  # fmt: skip
+
+
+def run_compositions(concepts: list[ConceptSpec], variants: list[Variant], settings: RunSettings) -> list[dict]:
+    pairs = list(itertools.combinations(concepts, 2))[: 1 if settings.quick else None]
+    judge, reason = load_judge(concepts)
+    if judge is None and pairs:
+        print(f"note: composition is generated but not scored ({reason})", file=sys.stderr)
+    results = []
+    for pair in pairs:
+        for variant in (variant for variant in variants if variant.name in COMPOSABLE):
+            artifacts = [artifact_path(settings, concept, variant) for concept in pair]
+            images = composition_images(settings.model, pair, variant, artifacts, settings)
+            results.append(dict(pair=f"{pair[0].name}+{pair[1].name}", variant=variant.name, images=len(images),
+                                success=composition_success(judge, images, pair), scorer="judge" if judge else "none"))  # fmt: skip
+    return results
 
 
 # -- the run --------------------------------------------------------------------------------------------------
@@ -305,7 +373,11 @@ class Row:
         return next(point for point in self.sweep if point["value"] == self.default)
 
 
-def run(concepts: list[ConceptSpec], variants: list[Variant], settings: RunSettings) -> list[Row]:
+def artifact_path(settings: RunSettings, concept: ConceptSpec, variant: Variant) -> Path:
+    return Path(settings.out) / "artifacts" / f"{concept.name}-{variant.name}.safetensors"
+
+
+def run(concepts: list[ConceptSpec], variants: list[Variant], settings: RunSettings) -> tuple[list[Row], list[dict]]:
     out = Path(settings.out)
     (out / "artifacts").mkdir(parents=True, exist_ok=True)
     set_threads(settings.threads)
@@ -316,7 +388,7 @@ def run(concepts: list[ConceptSpec], variants: list[Variant], settings: RunSetti
         scorer = make_scorer(settings.model, concept, prompts, settings)
         for variant in variants:
             started = time.perf_counter()
-            artifact = out / "artifacts" / f"{concept.name}-{variant.name}.safetensors"
+            artifact = artifact_path(settings, concept, variant)
             trained = train(settings.model, concept, variant, settings, artifact)
             images = generate_sweep(settings.model, concept, variant, artifact, prompts, settings)
             sweep = [{"value": value, **scorer(batches)} for value, batches in images.items()]
@@ -327,13 +399,21 @@ def run(concepts: list[ConceptSpec], variants: list[Variant], settings: RunSetti
                             scorer.name, scorer.labels, sweep))  # fmt: skip
             print(f"{concept.name:>12} {variant.name:<18} {trained['size_bytes']:>12,d} B  train {trained['seconds']:7.1f} s  "
                   f"all {time.perf_counter() - started:7.1f} s", flush=True)  # fmt: skip
-        write_outputs(rows, settings)
-    return rows
+        write_outputs(rows, [], settings)
+    compositions = run_compositions(concepts, variants, settings)
+    write_outputs(rows, compositions, settings)
+    return rows, compositions
 
 
-def write_outputs(rows: list[Row], settings: RunSettings) -> None:
+def write_outputs(rows: list[Row], compositions: list[dict], settings: RunSettings) -> None:
     out = Path(settings.out)
-    (out / "results.json").write_text(json.dumps({"settings": asdict(settings), "rows": [asdict(row) for row in rows]}, indent=1))
+    results = {"settings": asdict(settings), "rows": [asdict(row) for row in rows], "composition": compositions}
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    if compositions:
+        with open(out / "composition.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(compositions[0]))
+            writer.writeheader()
+            writer.writerows(compositions)
     columns = ["concept", "variant", "method", "knob", "default", "size_bytes", "train_seconds", "steps", "final_loss",
                "peak_rss_bytes", "peak_rss_over_load_bytes", "peak_gpu_bytes", "scorer"]  # fmt: skip
     with open(out / "table.csv", "w", newline="") as handle:
@@ -358,7 +438,7 @@ def write_outputs(rows: list[Row], settings: RunSettings) -> None:
                     fidelity_label=first.score_labels[0], alignment_label=first.score_labels[1])  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> list[Row]:
+def main(argv: list[str] | None = None) -> tuple[list[Row], list[dict]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder for results.json, table.csv, sweep.csv, pareto_*.png, artifacts/")
     parser.add_argument("--model", help="diffusers pipeline folder (default: the embedded micro-world model)")

@@ -166,6 +166,18 @@ def test_an_artifact_of_another_method_is_refused(trained, tiny_pipeline_dir):
         baselines.lora.apply(load_pipeline(tiny_pipeline_dir), trained["dreambooth"]["result"].path)
 
 
+def test_prior_preservation_images_come_from_the_base_model_and_masks_are_optional(tiny_pipe, tmp_path):
+    from perfusion.baselines.dreambooth import DreamBoothTrainer
+
+    with_alpha = load_training_images(write_concept_images(tmp_path / "alpha", count=2))
+    trainer = DreamBoothTrainer(tiny_pipe, with_alpha, TOKEN, SUPERCATEGORY, baselines.dreambooth.CONFIG(**QUICK, use_masks=True))
+    assert trainer.class_bank.means.shape == (2, 4, 8, 8) and torch.all(trainer.class_bank.stds == 0)
+    assert trainer.bank.masks.shape == (4, 1, 8, 8) and 0 < trainer.bank.masks.mean() < 1  # images and mirrors
+    plain = load_training_images(write_concept_images(tmp_path / "plain", count=2, alpha=False))
+    with pytest.raises(baselines.BaselineError, match="use_masks needs a mask"):
+        DreamBoothTrainer(tiny_pipe, plain, TOKEN, SUPERCATEGORY, baselines.dreambooth.CONFIG(**QUICK, use_masks=True))
+
+
 def test_peak_memory_is_measured_in_a_fresh_process():
     measured = run_isolated(eval, "len(bytearray(300_000_000))")
     assert measured.value == 300_000_000
@@ -183,14 +195,19 @@ def test_the_comparison_runs_end_to_end_on_a_tiny_pipeline(tiny_pipeline_dir, tm
     compare = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "compare", compare)  # its dataclasses look their module up there
     spec.loader.exec_module(compare)
-    concept = write_concept_images(tmp_path / "concepts" / "mydisc", count=2)
-    (concept / "concept.json").write_text(json.dumps({"token": TOKEN, "supercategory": SUPERCATEGORY}))
+    for name, supercategory in (("mydisc", SUPERCATEGORY), ("myring", "cup")):
+        concept = write_concept_images(tmp_path / "concepts" / name, count=2)
+        (concept / "concept.json").write_text(json.dumps({"token": f"<{name}>", "supercategory": supercategory}))
     out = tmp_path / "out"
-    rows = compare.main(["--model", str(tiny_pipeline_dir), "--concepts", str(tmp_path / "concepts"), "--out", str(out),
-                         "--quick", "--steps", "2", "--prompts", "2", "--inference-steps", "2", "--no-isolate",
-                         "--variants", "perfusion", "lora-r4"])  # fmt: skip
-    assert [row.variant for row in rows] == ["perfusion", "lora-r4"]
+    rows, compositions = compare.main(["--model", str(tiny_pipeline_dir), "--concepts", str(tmp_path / "concepts"), "--out", str(out),
+                         "--quick", "--steps", "2", "--prompts", "1", "--inference-steps", "2", "--no-isolate",
+                         "--variants", "perfusion", "lora-r4", "--concept", "mydisc", "myring"])  # fmt: skip
+    assert [(row.concept, row.variant) for row in rows] == [(concept, variant) for concept in ("mydisc", "myring")
+                                                            for variant in ("perfusion", "lora-r4")]  # fmt: skip
     assert all(row.size_bytes > 0 and len(row.sweep) == 3 for row in rows)
     assert rows[0].size_bytes < rows[1].size_bytes
     table = (out / "table.csv").read_text().splitlines()
-    assert len(table) == 3 and (out / "sweep.csv").exists() and (out / "pareto_mydisc.png").stat().st_size > 0
+    assert len(table) == 5 and (out / "sweep.csv").exists() and (out / "pareto_mydisc.png").stat().st_size > 0
+    assert [(row["pair"], row["variant"], row["images"]) for row in compositions] == [
+        ("mydisc+myring", "perfusion", 2), ("mydisc+myring", "lora-r4", 2)]  # unscored: no judge for these concepts
+    assert (out / "composition.csv").exists()

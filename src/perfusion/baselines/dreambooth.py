@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from perfusion.baselines.artifact import check_base, personalised, read
-from perfusion.baselines.training import BaselineConfig, BaselineError, BaselineResult, BaselineTrainer
+from perfusion.baselines.training import BaselineConfig, BaselineResult, RareWordTrainer
 from perfusion.images import TrainingImage
 
 METHOD = "dreambooth"
@@ -40,16 +40,8 @@ class DreamBoothConfig(BaselineConfig):
         return cls(**{"steps": 400, "lr": 5e-5, "num_class_images": 50, "class_inference_steps": 20, **overrides})
 
 
-class DreamBoothTrainer(BaselineTrainer):
+class DreamBoothTrainer(RareWordTrainer):
     method = METHOD
-
-    def check_token(self) -> None:  # the token only names the concept in prompts; "sks cat" is what is trained
-        if not self.config.identifier.strip():
-            raise BaselineError("the DreamBooth identifier is empty")
-
-    @property
-    def phrase(self) -> str:
-        return f"{self.config.identifier} {self.supercategory}"
 
     @property
     def unet(self):

@@ -9,6 +9,7 @@ scale, set through peft's adapter weights.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,12 +19,12 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
 from perfusion.baselines.artifact import check_base, personalised, read
-from perfusion.baselines.training import BaselineConfig, BaselineError, BaselineResult, BaselineTrainer
+from perfusion.baselines.training import BaselineConfig, BaselineResult, RareWordTrainer
 from perfusion.images import TrainingImage
 
 METHOD = "lora"
 KNOB = "scale"
-ADAPTER = "baseline"
+ADAPTER = "baseline"  # the adapter's name while training
 
 
 @dataclass
@@ -47,16 +48,8 @@ class LoraBaselineConfig(BaselineConfig):
                           target_modules=list(self.target_modules))  # fmt: skip
 
 
-class LoraTrainer(BaselineTrainer):
+class LoraTrainer(RareWordTrainer):
     method = METHOD
-
-    def check_token(self) -> None:
-        if not self.config.identifier.strip():
-            raise BaselineError("the LoRA identifier is empty")
-
-    @property
-    def phrase(self) -> str:
-        return f"{self.config.identifier} {self.supercategory}"
 
     def setup(self) -> list[dict]:
         self.pipe.unet.add_adapter(self.config.peft_config(), adapter_name=ADAPTER)
@@ -89,14 +82,21 @@ def train(pipe, images: list[TrainingImage], token: str, supercategory: str,
     return LoraTrainer(pipe, images, token, supercategory, config or LoraBaselineConfig()).run(progress)
 
 
+def adapter_name(token: str) -> str:
+    """The adapter's name once loaded: from the token ("<mycat>" -> "mycat"), so several LoRAs can be loaded."""
+    return re.sub(r"\W", "", token) or ADAPTER
+
+
 def apply(pipe, path: str | Path):
-    """Load the LoRA into ``pipe`` (diffusers' loader, peft backend); the handle's ``set_strength`` is its scale."""
+    """Load the LoRA into ``pipe`` (diffusers' loader, peft backend) as ``adapter_name(token)``; the handle's
+    ``set_strength`` is its scale (and makes it the only active adapter: combine several with ``pipe.set_adapters``)."""
     path = Path(path)
     _, metadata = read(path, METHOD)
     check_base(pipe, metadata, path)
-    pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=ADAPTER)
+    name = adapter_name(metadata["token"])
+    pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
 
     def set_strength(scale: float) -> None:
-        pipe.set_adapters([ADAPTER], adapter_weights=[scale])
+        pipe.set_adapters([name], adapter_weights=[scale])
 
     return personalised(metadata, set_strength)

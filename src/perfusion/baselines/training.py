@@ -261,3 +261,18 @@ class BaselineTrainer:
         }  # fmt: skip
         return BaselineResult(self.method, self.token, self.supercategory, self.phrase, tensors, metadata,
                               time.perf_counter() - started, self.config.steps, self.losses)  # fmt: skip
+
+
+class RareWordTrainer(BaselineTrainer):
+    """DreamBooth-style prompts: a rare word the tokenizer already has before the class word ("a photo of sks cat").
+
+    The token (e.g. "<mycat>") only names the concept in the benchmark's prompts; ``config.identifier`` is trained.
+    """
+
+    def check_token(self) -> None:
+        if not self.config.identifier.strip():
+            raise BaselineError(f"the {self.method} identifier is empty")
+
+    @property
+    def phrase(self) -> str:
+        return f"{self.config.identifier} {self.supercategory}"
