@@ -110,6 +110,13 @@ class StopAfter:
         return self.n < 0
 
 
+def test_random_crops_are_on_the_latent_grid():
+    images = torch.arange(2 * 64 * 64, dtype=torch.float32).reshape(2, 1, 64, 64)
+    crops = train.random_crops(images, 32, random.Random(0))
+    assert crops.shape == (2, 1, 32, 32)
+    assert all(int(crop[0, 0, 0]) % 64 % 4 == 0 and int(crop[0, 0, 0]) // 64 % 64 % 4 == 0 for crop in crops)
+
+
 def test_training_stages_resume_and_export(tmp_path):
     torch.manual_seed(0)
     log = train.RunLog(tmp_path)
@@ -128,6 +135,10 @@ def test_training_stages_resume_and_export(tmp_path):
     pipe = StableDiffusionPipeline.from_pretrained(export(tmp_path, tmp_path / "model"), local_files_only=True)
     image = pipe("a red cup on blue background", num_inference_steps=2, height=64, width=64).images[0]
     assert np.asarray(image).shape == (64, 64, 3)
+    fingerprint = train.vae_fingerprint(tmp_path)
+    train.train_vae(tmp_path, SOURCE, TINY, vae_config, False, StopAfter(10), log, decoder_only=True)
+    assert train.vae_fingerprint(tmp_path) == fingerprint  # decoder fine-tuning keeps the latent space
+    train.UnetTrainer(tmp_path, SOURCE, TINY, config, log).run(True, StopAfter(1))  # so the UNet still resumes
 
 
 def test_shipped_model_loads_and_generates():

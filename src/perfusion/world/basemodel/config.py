@@ -22,6 +22,7 @@ class ArchitectureConfig:
     # Autoencoder: three encoder blocks, two downsamplings: 64x64x3 -> 16x16x4.
     vae_block_out_channels: tuple[int, ...] = (32, 64, 128)
     vae_layers_per_block: int = 1
+    vae_mid_attention: bool = False  # fully convolutional, so training on crops matches full images
     latent_channels: int = 4
     # UNet on 16x16 latents, cross-attention at 16x16 and 8x8 and in the 4x4 middle block (SD1.5's layout, one
     # level shorter): 12.8M parameters, ~1.2 s per batch of 64 on 2 cores.
@@ -45,9 +46,10 @@ class VaeTrainingConfig:
     """Stage 1: the autoencoder, on rendered scenes (no captions)."""
 
     batch_size: int = 32
-    learning_rate: float = 1e-3
-    warmup_steps: int = 200
-    max_steps: int = 6000
+    crop_size: int = 32  # train on random crops (4x cheaper; the network is fully convolutional); 0: whole images
+    learning_rate: float = 6e-4
+    warmup_steps: int = 100
+    max_steps: int = 1500  # the decoder can be fine-tuned later (--stage decoder) without touching the UNet
     kl_weight: float = 1e-6
     edge_weight: float = 0.5  # L1 on image gradients: keeps glyph outlines sharp
     checkpoint_minutes: float = 5.0
@@ -72,7 +74,7 @@ class UnetTrainingConfig:
     pool_size: int = 100_000  # scenes whose latents are cached once
     checkpoint_minutes: float = 10.0
     log_every: int = 50
-    eval_every: int = 5000  # judge scores on the fixed prompt set, once the judge exists
+    eval_every: int = 2000  # judge scores of the EMA weights on a fixed prompt set, once the judge exists
 
 
 @dataclass

@@ -7,7 +7,6 @@ flipped, since captions name left and right.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import random
@@ -50,10 +49,6 @@ def images_to_tensor(images: Sequence) -> torch.Tensor:
 
 def render_batch(source: SceneSource, seeds: Sequence[int]) -> torch.Tensor:
     return images_to_tensor([source.make_scene(int(seed)).image for seed in seeds])
-
-
-def file_fingerprint(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def atomic_torch_save(obj, path: Path) -> None:

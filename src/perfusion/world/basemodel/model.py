@@ -32,6 +32,7 @@ def build_vae(arch: ArchitectureConfig) -> AutoencoderKL:
         latent_channels=arch.latent_channels,
         norm_num_groups=min(32, arch.vae_block_out_channels[0]),
         sample_size=arch.image_size,
+        mid_block_add_attention=arch.vae_mid_attention,
     )
 
 

@@ -4,6 +4,9 @@
     python -m perfusion.world.basemodel.train --stage vae --resume --max-minutes 30
     python -m perfusion.world.basemodel.train --stage latents          # cache the latent pool (once per autoencoder)
     python -m perfusion.world.basemodel.train --stage unet --resume    # hours; stop any time, --resume continues
+    python -m perfusion.world.basemodel.train --stage decoder --resume # optional: sharpen the decoder, any time
+
+Run with OMP_WAIT_POLICY=PASSIVE when the CPU is shared: spinning OpenMP threads halve throughput under contention.
 
 Everything lives in --run-dir (default checkpoints/basemodel): tokenizer/, vae.ckpt and vae/ (the finished
 autoencoder with its latent scaling factor), latents/, unet.ckpt, log.jsonl. Checkpoints hold optimizer, EMA,
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import random
@@ -30,7 +34,7 @@ from transformers import CLIPTokenizer
 
 from . import model as models
 from .config import ArchitectureConfig, TokenizerConfig, UnetTrainingConfig, VaeTrainingConfig, from_dict, to_dict
-from .data import VAE_SEED_RANGE, LatentPool, SceneSource, atomic_torch_save, file_fingerprint, render_batch, world_source
+from .data import VAE_SEED_RANGE, LatentPool, SceneSource, atomic_torch_save, render_batch, world_source
 from .tokenizer import build_tokenizer, words_split
 
 DEFAULT_RUN_DIR = Path("checkpoints/basemodel")
@@ -109,16 +113,33 @@ def train_tokenizer(run_dir: Path, source: SceneSource, config: TokenizerConfig,
 # ---- stage: vae
 
 
-def vae_loss(vae: AutoencoderKL, images: torch.Tensor, config: VaeTrainingConfig) -> tuple[torch.Tensor, dict]:
-    """L1 + L1 on image gradients (keeps outlines sharp) + a small KL, as in SD's autoencoder minus the GAN."""
-    posterior = vae.encode(images).latent_dist
-    reconstruction = vae.decode(posterior.sample()).sample
+def random_crops(images: torch.Tensor, size: int, rng: random.Random, align: int = 4) -> torch.Tensor:
+    """One random size x size crop per image, at offsets on the latent grid (multiples of `align`)."""
+    if not size or size >= images.shape[-1]:
+        return images
+    offsets = range(0, images.shape[-1] - size + 1, align)
+    crops = []
+    for image in images:
+        top, left = rng.choice(offsets), rng.choice(offsets)
+        crops.append(image[:, top : top + size, left : left + size])
+    return torch.stack(crops)
+
+
+def vae_loss(vae: AutoencoderKL, images: torch.Tensor, config: VaeTrainingConfig, decoder_only: bool = False):
+    """L1 + L1 on image gradients (keeps outlines sharp) + a small KL, as SD's autoencoder minus the GAN. With
+    `decoder_only` the frozen encoder's mean latent is decoded (what the diffusion model produces)."""
+    if decoder_only:
+        with torch.no_grad():
+            posterior = vae.encode(images).latent_dist
+        latents = posterior.mean
+    else:
+        posterior = vae.encode(images).latent_dist
+        latents = posterior.sample()
+    reconstruction = vae.decode(latents).sample
     l1 = (reconstruction - images).abs().mean()
-    edge = sum(
-        (reconstruction.diff(dim=d) - images.diff(dim=d)).abs().mean() for d in (2, 3)
-    )
+    edge = sum((reconstruction.diff(dim=d) - images.diff(dim=d)).abs().mean() for d in (2, 3))
     kl = posterior.kl().mean()
-    loss = l1 + config.edge_weight * edge + config.kl_weight * kl
+    loss = l1 + config.edge_weight * edge + (0.0 if decoder_only else config.kl_weight * kl)
     return loss, {"l1": l1.item(), "edge": edge.item(), "kl": kl.item(), "mse": F.mse_loss(reconstruction, images).item()}
 
 
@@ -130,18 +151,30 @@ def scaling_factor(vae: AutoencoderKL, source: SceneSource) -> float:
     return float(1.0 / latents.std())
 
 
-def export_vae(vae: AutoencoderKL, source: SceneSource, directory: Path) -> float:
-    factor = scaling_factor(vae, source)
+def export_vae(vae: AutoencoderKL, source: SceneSource, directory: Path, factor: float | None = None) -> float:
+    """Write the diffusers VAE folder; the scaling factor is measured unless given (a fine-tuned decoder keeps it)."""
+    factor = scaling_factor(vae, source) if factor is None else factor
     exported = copy.deepcopy(vae)
     exported.register_to_config(scaling_factor=factor)
     exported.save_pretrained(directory, safe_serialization=True)
     return factor
 
 
-def train_vae(run_dir: Path, source: SceneSource, arch: ArchitectureConfig, config: VaeTrainingConfig, resume: bool, stop, log):
-    checkpoint_path = run_dir / "vae.ckpt"
-    vae = models.build_vae(arch)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate, weight_decay=0.0)
+def train_vae(run_dir: Path, source: SceneSource, arch: ArchitectureConfig, config: VaeTrainingConfig, resume: bool,
+              stop, log, decoder_only: bool = False):  # fmt: skip
+    """Stage 1 (encoder and decoder), or with `decoder_only` a later fine-tuning of the decoder alone, which keeps
+    the latent space, hence the latent pool and the UNet, valid."""
+    name = "decoder" if decoder_only else "vae"
+    checkpoint_path = run_dir / f"{name}.ckpt"
+    if decoder_only:
+        vae = load_exported_vae(run_dir)
+        factor = vae.config.scaling_factor
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+    else:
+        vae, factor = models.build_vae(arch), None
+    trained = [p for p in vae.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=config.learning_rate, weight_decay=0.0)
     generator, py_rng, step = torch.Generator().manual_seed(0), random.Random(0), 0
     if resume and checkpoint_path.exists():
         state = torch.load(checkpoint_path, weights_only=False)
@@ -149,17 +182,17 @@ def train_vae(run_dir: Path, source: SceneSource, arch: ArchitectureConfig, conf
         optimizer.load_state_dict(state["optimizer"])
         restore_rng_state(state["rng"], generator, py_rng)
         step = state["step"]
-        log(f"vae: resumed at step {step}")
-    log(f"vae: {models.parameter_count(vae) / 1e6:.2f}M parameters")
+        log(f"{name}: resumed at step {step}")
+    log(f"{name}: {models.parameter_count(vae) / 1e6:.2f}M parameters, {sum(p.numel() for p in trained) / 1e6:.2f}M trained")
 
     def save():
         state = {"vae": vae.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(generator, py_rng),
                  "step": step, "arch": to_dict(arch), "config": to_dict(config)}  # fmt: skip
         atomic_torch_save(state, checkpoint_path)
         vae.eval()
-        factor = export_vae(vae, source, run_dir / "vae")
+        written = export_vae(vae, source, run_dir / "vae", factor)
         vae.train()
-        log(f"vae: checkpoint at step {step}, scaling factor {factor:.4f}")
+        log(f"{name}: checkpoint at step {step}, scaling factor {written:.4f}")
 
     vae.train()
     last_save, window, started = time.time(), [], time.time()
@@ -167,16 +200,17 @@ def train_vae(run_dir: Path, source: SceneSource, arch: ArchitectureConfig, conf
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate * learning_rate_factor(step, config.warmup_steps, config.max_steps, 0.1)
         seeds = [py_rng.randint(*VAE_SEED_RANGE) for _ in range(config.batch_size)]
-        loss, parts = vae_loss(vae, render_batch(source, seeds), config)
+        images = random_crops(render_batch(source, seeds), config.crop_size, py_rng)
+        loss, parts = vae_loss(vae, images, config, decoder_only)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         step += 1
         window.append(parts)
         if step % config.log_every == 0:
             mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-            log(stage="vae", step=step, **mean, images_per_s=len(window) * config.batch_size / (time.time() - started))
+            log(stage=name, step=step, **mean, images_per_s=len(window) * config.batch_size / (time.time() - started))
             window, started = [], time.time()
         if time.time() - last_save > config.checkpoint_minutes * 60:
             save()
@@ -192,7 +226,14 @@ def load_exported_vae(run_dir: Path) -> AutoencoderKL:
 
 
 def vae_fingerprint(run_dir: Path) -> str:
-    return file_fingerprint(run_dir / "vae" / "diffusion_pytorch_model.safetensors")
+    """Identifies the latent space: the encoder's weights and the scaling factor. The decoder may be fine-tuned
+    later without invalidating the cached latents or the UNet."""
+    vae = load_exported_vae(run_dir)
+    digest = hashlib.sha256(repr(vae.config.scaling_factor).encode())
+    for name, tensor in sorted(vae.state_dict().items()):
+        if name.startswith(("encoder.", "quant_conv.")):
+            digest.update(tensor.float().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def fill_latent_pool(run_dir: Path, source: SceneSource, config: UnetTrainingConfig, log):
@@ -313,6 +354,7 @@ class UnetTrainer:
             self.log(f"unet: resumed at step {self.step}")
         pool = LatentPool(self.run_dir / "latents", vae_fingerprint(self.run_dir))
         latents, specs = pool.load()
+        chunks = len(specs) // pool.chunk_size
         self.log(f"unet: {models.parameter_count(self.unet) / 1e6:.2f}M, text encoder "
                  f"{models.parameter_count(self.text_encoder) / 1e6:.2f}M parameters; pool of {len(specs)} scenes")  # fmt: skip
         self.unet.train()
@@ -327,9 +369,28 @@ class UnetTrainer:
             if time.time() - last_save > self.config.checkpoint_minutes * 60:
                 self.save()
                 last_save = time.time()
+                if pool.chunks_done() > chunks:  # the pool may be filled by another process while training runs
+                    latents, specs = pool.load()
+                    chunks = len(specs) // pool.chunk_size
+                    self.log(f"unet: pool grown to {len(specs)} scenes")
             if on_eval and self.step % self.config.eval_every == 0:
                 on_eval(self)
         self.save()
+
+
+def judge_scores(trainer: UnetTrainer, prompts: int = 32) -> None:
+    """Log the judge's scores of the EMA weights on a fixed prompt set (skipped until the judge exists)."""
+    from perfusion.world.judge import JUDGE_PATH
+
+    from .evaluate import EvaluationConfig, evaluate
+    from .export import pipeline_from_checkpoint
+
+    if not JUDGE_PATH.exists():
+        return
+    trainer.save()
+    pipe, _ = pipeline_from_checkpoint(trainer.run_dir)
+    results = evaluate(pipe, EvaluationConfig(prompts=prompts, seeds=1))["results"]
+    trainer.log(stage="eval", step=trainer.step, **results)
 
 
 # ---- command line
@@ -357,7 +418,7 @@ def saved_config(path: Path, key: str) -> dict | None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", required=True, choices=["tokenizer", "vae", "latents", "unet"])
+    parser.add_argument("--stage", required=True, choices=["tokenizer", "vae", "latents", "unet", "decoder"])
     parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
     parser.add_argument("--resume", action="store_true", help="continue from the stage's checkpoint")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
@@ -372,11 +433,13 @@ def main(argv=None) -> None:
     log, source, stop = RunLog(run_dir), world_source(), StopFlag(arguments.max_minutes)
     if arguments.stage == "tokenizer":
         train_tokenizer(run_dir, source, TokenizerConfig(), log, force=arguments.force)
-    elif arguments.stage == "vae":
-        checkpoint = run_dir / "vae.ckpt"
+    elif arguments.stage in ("vae", "decoder"):
+        checkpoint = run_dir / f"{arguments.stage}.ckpt"
         saved = saved_config(checkpoint, "config") if arguments.resume else None
-        arch = from_dict(ArchitectureConfig, saved_config(checkpoint, "arch")) if arguments.resume and checkpoint.exists() else ArchitectureConfig()
-        train_vae(run_dir, source, arch, config_from_arguments(VaeTrainingConfig, arguments, saved), arguments.resume, stop, log)
+        continuing = arguments.resume or arguments.stage == "decoder"  # the decoder stage keeps stage 1's network
+        arch = from_dict(ArchitectureConfig, (continuing and saved_config(run_dir / "vae.ckpt", "arch")) or {})
+        config = config_from_arguments(VaeTrainingConfig, arguments, saved)
+        train_vae(run_dir, source, arch, config, arguments.resume, stop, log, decoder_only=arguments.stage == "decoder")
     elif arguments.stage == "latents":
         fill_latent_pool(run_dir, source, config_from_arguments(UnetTrainingConfig, arguments), log)
     else:
@@ -384,7 +447,7 @@ def main(argv=None) -> None:
         saved = saved_config(checkpoint, "config") if arguments.resume else None
         arch = from_dict(ArchitectureConfig, saved_config(checkpoint, "arch")) if arguments.resume and checkpoint.exists() else ArchitectureConfig()
         config = config_from_arguments(UnetTrainingConfig, arguments, saved)
-        UnetTrainer(run_dir, source, arch, config, log).run(arguments.resume, stop)
+        UnetTrainer(run_dir, source, arch, config, log).run(arguments.resume, stop, on_eval=judge_scores)
 
 
 if __name__ == "__main__":
