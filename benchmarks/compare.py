@@ -11,9 +11,9 @@ guidance) with the same seeds, and score fidelity and alignment. Writes results.
 its default setting), sweep.csv, pareto_<concept>.png and composition.csv (two concepts in one image, for the
 methods that can load two: Perfusion, Textual Inversion, LoRA) under --out.
 
-Scoring (``make_scorer``) is the micro world's judge (perfusion.world.metrics) when its weights and the
-concept's catalog object exist; otherwise a clearly labelled pixel placeholder, so the runner also works end to
-end on a tiny random pipeline.
+Scoring (``make_scorer``, perfusion.experiments.scoring): CLIP-I/CLIP-T with --clip PATH; else the micro
+world's judge when its weights and the concept's catalog object exist; otherwise a clearly labelled pixel
+placeholder, so the runner also works end to end on a tiny random pipeline.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ import torch
 
 from perfusion import baselines
 from perfusion.baselines.measure import run_isolated
+from perfusion.experiments.prompts import EvalPrompt, read_prompts, world_prompts
+from perfusion.experiments.scoring import ClipScoring, Scores, WorldScorer, mean
 from perfusion.generate import GenerationConfig, generate
 from perfusion.images import load_training_images
 from perfusion.loader import load_concepts
@@ -73,6 +75,8 @@ class RunSettings:
     quick: bool = False
     steps: int | None = None  # every method's training steps (overrides the variant's)
     prompts: int = 12  # evaluation prompts per concept
+    prompts_file: str | None = None  # .txt or .jsonl (perfusion.experiments.prompts); default: the world's prompts
+    clip: str | None = None  # a local CLIP folder: score with CLIP-I / CLIP-T instead of the world judge
     images_per_prompt: int = 2
     inference_steps: int = 25
     guidance: float = 7.5  # for variants whose knob is not guidance
@@ -168,27 +172,11 @@ def train(model: str, concept: ConceptSpec, variant: Variant, settings: RunSetti
 
 
 # -- generation --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class EvalPrompt:
-    """A prompt for the concept ("a photo of a <mycat> on a red background") and its text without the concept."""
-
-    spec: object  # a perfusion.world.prompts.PromptSpec, or None outside the micro world
-    template: str  # "{}" stands for the subject
-
-    def text(self, subject: str) -> str:
-        return self.spec.text(subject) if self.spec is not None else self.template.format(subject)
-
-
-GENERIC_TEMPLATES = ("a photo of a {}", "a painting of a {}", "a photo of a {} on a red sofa", "a {} next to a cup")
-
-
-def evaluation_prompts(concept: ConceptSpec, count: int, seed: int) -> list[EvalPrompt]:
-    try:
-        from perfusion.world.prompts import standard_prompts
-
-        return [EvalPrompt(spec, "") for spec in standard_prompts(concept.supercategory, count, seed)]
-    except ValueError:  # not a micro-world category
-        return [EvalPrompt(None, template) for template in (GENERIC_TEMPLATES * count)[:count]]
+def evaluation_prompts(concept: ConceptSpec, settings: RunSettings) -> list[EvalPrompt]:
+    """A --prompts-file, else the micro world's standard prompts for the concept's category."""
+    if settings.prompts_file:
+        return read_prompts(settings.prompts_file, concept.supercategory)[: settings.prompts]
+    return world_prompts(concept.supercategory, settings.prompts, settings.seed)
 
 
 def fresh_pipeline(model: str):
@@ -219,35 +207,24 @@ def generate_sweep(model, concept, variant, artifact, prompts, settings) -> dict
 
 
 # -- scoring: the one place to plug metrics in -------------------------------------------------------------
-class JudgeScorer:
-    """The micro world's judge: identity fidelity (embedding cosine to the concept's photos) and text alignment
-    (share of the prompt's stated attributes found), as perfusion.world.metrics.score_concept computes them."""
-
-    name = "judge"
-    labels = ("identity fidelity (judge embedding cosine)", "text alignment (share of stated attributes)")
-
-    def __init__(self, judge, concept: ConceptSpec, references):
-        self.judge, self.concept, self.references = judge, concept, references
-
-    def __call__(self, images: dict[EvalPrompt, list]) -> dict[str, float]:
-        from perfusion.world.metrics import score_concept
-
-        scores = score_concept(self.judge, {prompt.spec: batch for prompt, batch in images.items()}, self.references,
-                               self.concept.object)  # fmt: skip
-        return dict(fidelity=scores.fidelity, alignment=scores.alignment, top1=scores.top1)
+AXES = {  # Pareto chart axis labels per scorer
+    "world judge": dict(fidelity_label="identity fidelity (judge embedding cosine)",
+                        alignment_label="text alignment (share of stated attributes)"),
+    "CLIP": dict(fidelity_label="CLIP-I (image-image)", alignment_label="CLIP-T (image-text, supercategory prompt)"),
+    "pixel placeholder": dict(fidelity_label="PLACEHOLDER fidelity (thumbnail cosine to the photos)",
+                              alignment_label="PLACEHOLDER alignment (thumbnail cosine to the base image)"),
+}  # fmt: skip
 
 
 class PixelScorer:
-    """PLACEHOLDER when no judge can score (no judge weights, or a concept outside the micro world): fidelity is
-    the cosine of 16x16 thumbnails to the nearest concept photo, alignment the cosine to the base model's own
-    image for the prompt with the supercategory in place of the concept (same seed). A smoke-test signal only."""
+    """PLACEHOLDER when neither the judge nor CLIP can score (no judge weights, a concept outside the micro world):
+    fidelity is the cosine of 16x16 thumbnails to the nearest concept photo, alignment the cosine to the base
+    model's own image for the prompt with the supercategory in place of the concept (same seed). Smoke tests only."""
 
-    name = "pixel-placeholder"
-    labels = ("placeholder fidelity (thumbnail cosine to the photos)", "placeholder alignment (thumbnail cosine to the base image)")
+    name = "pixel placeholder"
     side = 16
 
-    def __init__(self, concept: ConceptSpec, references, base_images: dict[EvalPrompt, list]):
-        self.references = self.thumbnails(references)
+    def __init__(self, base_images: dict[EvalPrompt, list]):
         self.base = {prompt: self.thumbnails(batch) for prompt, batch in base_images.items()}
 
     @classmethod
@@ -255,42 +232,47 @@ class PixelScorer:
         rows = [np.asarray(image.convert("RGB").resize((cls.side, cls.side)), dtype=np.float32).ravel() / 127.5 - 1 for image in images]
         return torch.nn.functional.normalize(torch.from_numpy(np.stack(rows)), dim=-1)
 
-    def __call__(self, images: dict[EvalPrompt, list]) -> dict[str, float]:
+    def score(self, images_by_prompt: dict[EvalPrompt, list], references: list, supercategory: str) -> Scores:
+        references = self.thumbnails(references)
         fidelity, alignment = [], []
-        for prompt, batch in images.items():
+        for prompt, batch in images_by_prompt.items():
             generated = self.thumbnails(batch)
-            fidelity.append(float((generated @ self.references.T).max(-1).values.mean()))
+            fidelity.append(float((generated @ references.T).max(-1).values.mean()))
             alignment.append(float((generated * self.base[prompt]).sum(-1).mean()))
-        return dict(fidelity=float(np.mean(fidelity)), alignment=float(np.mean(alignment)), top1=float("nan"))
+        return Scores(mean(alignment), mean(fidelity))
 
 
-def load_judge(concepts: list[ConceptSpec]):
-    """(the micro world's judge, None) when it can score these concepts, else (None, why not)."""
+def world_judge(concepts: list[ConceptSpec], prompts: list[EvalPrompt], object_name: str | None = None):
+    """(the micro world's judge, None) when it can score these concepts and prompts, else (None, why not)."""
+    from perfusion.world.catalog import OBJECTS
+
+    unknown = [concept.name for concept in concepts if concept.object not in OBJECTS]
+    if unknown:
+        return None, f"{unknown[0]} is not a micro-world object"
+    if any(prompt.spec is None for prompt in prompts):
+        return None, "the prompts state no micro-world attributes"
     try:
-        from perfusion.world.catalog import OBJECTS
-        from perfusion.world.judge import Judge
-
-        unknown = [concept.name for concept in concepts if concept.object not in OBJECTS]
-        if unknown:
-            return None, f"{', '.join(unknown)}: not a micro-world object"
-        return Judge.load(), None
-    except (FileNotFoundError, ImportError) as error:
+        return WorldScorer(object_name), None
+    except FileNotFoundError as error:
         return None, str(error)
 
 
 def make_scorer(model: str, concept: ConceptSpec, prompts: list[EvalPrompt], settings: RunSettings):
-    """The judge when it can score this concept, else the pixel placeholder (and a note on stderr)."""
-    references = [image.image for image in load_training_images(concept.directory, concept.mask_dir)]
-    judge, reason = load_judge([concept])
-    if judge is not None and all(prompt.spec is not None for prompt in prompts):
-        return JudgeScorer(judge, concept, references)
-    reason = reason or "prompts outside the micro world"
+    """CLIP with --clip; else the world judge when it can score this concept; else the placeholder (noted on stderr)."""
+    if settings.clip:
+        return ClipScoring(settings.clip)
+    scorer, reason = world_judge([concept], prompts, concept.object)
+    if scorer is not None:
+        return scorer
     print(f"note: scoring {concept.name} with the pixel placeholder ({reason})", file=sys.stderr)
     pipe = fresh_pipeline(model)
     config = GenerationConfig(steps=settings.inference_steps, guidance=settings.guidance,
                               num_images=settings.images_per_prompt, seed=settings.seed)  # fmt: skip
-    base_images = {prompt: generate(pipe, prompt.text(concept.supercategory), config) for prompt in prompts}
-    return PixelScorer(concept, references, base_images)
+    return PixelScorer({prompt: generate(pipe, prompt.text(concept.supercategory), config) for prompt in prompts})
+
+
+def references(concept: ConceptSpec) -> list:
+    return [image.image for image in load_training_images(concept.directory, concept.mask_dir)]
 
 
 # -- two concepts in one image ------------------------------------------------------------------------------
@@ -325,19 +307,19 @@ def composition_images(model: str, pair: tuple[ConceptSpec, ConceptSpec], varian
     return images
 
 
-def composition_success(judge, images, pair: tuple[ConceptSpec, ConceptSpec]) -> float:
+def composition_success(scorer: WorldScorer | None, images, pair: tuple[ConceptSpec, ConceptSpec]) -> float:
     """Share of images in which the judge sees exactly the two concepts' objects (NaN without a judge)."""
-    if judge is None:
+    if scorer is None:
         return float("nan")
     wanted = sorted(concept.object for concept in pair)
-    verdicts = judge.predict(images)
+    verdicts = scorer.judge.predict(scorer.fit(images))
     return sum(verdict.count == 2 and sorted((verdict.left_object, verdict.right_object)) == wanted
                for verdict in verdicts) / len(verdicts)  # fmt: skip
 
 
 def run_compositions(concepts: list[ConceptSpec], variants: list[Variant], settings: RunSettings) -> list[dict]:
     pairs = list(itertools.combinations(concepts, 2))[: 1 if settings.quick else None]
-    judge, reason = load_judge(concepts)
+    judge, reason = world_judge([concept for pair in pairs for concept in pair], []) if pairs else (None, None)
     if judge is None and pairs:
         print(f"note: composition is generated but not scored ({reason})", file=sys.stderr)
     results = []
@@ -346,7 +328,7 @@ def run_compositions(concepts: list[ConceptSpec], variants: list[Variant], setti
             artifacts = [artifact_path(settings, concept, variant) for concept in pair]
             images = composition_images(settings.model, pair, variant, artifacts, settings)
             results.append(dict(pair=f"{pair[0].name}+{pair[1].name}", variant=variant.name, images=len(images),
-                                success=composition_success(judge, images, pair), scorer="judge" if judge else "none"))  # fmt: skip
+                                success=composition_success(judge, images, pair), scorer=judge.name if judge else "none"))  # fmt: skip
     return results
 
 
@@ -365,8 +347,7 @@ class Row:
     peak_rss_bytes: int | None
     peak_rss_over_load_bytes: int | None  # the training's own memory: peak minus that of only loading
     peak_gpu_bytes: int | None
-    scorer: str
-    score_labels: tuple[str, str]  # (fidelity, alignment): what the scorer measures
+    scorer: str  # "world judge", "CLIP" or "pixel placeholder"
     sweep: list[dict] = field(default_factory=list)  # {knob value, fidelity, alignment, top1}
 
     def at_default(self) -> dict:
@@ -384,19 +365,20 @@ def run(concepts: list[ConceptSpec], variants: list[Variant], settings: RunSetti
     rows = []
     for concept in concepts:
         load_peak = run_isolated(load_job, settings.model, concept, settings.threads).peak_rss_bytes if settings.isolate else None
-        prompts = evaluation_prompts(concept, settings.prompts, settings.seed)
-        scorer = make_scorer(settings.model, concept, prompts, settings)
+        prompts = evaluation_prompts(concept, settings)
+        scorer, photos = make_scorer(settings.model, concept, prompts, settings), references(concept)
         for variant in variants:
             started = time.perf_counter()
             artifact = artifact_path(settings, concept, variant)
             trained = train(settings.model, concept, variant, settings, artifact)
             images = generate_sweep(settings.model, concept, variant, artifact, prompts, settings)
-            sweep = [{"value": value, **scorer(batches)} for value, batches in images.items()]
+            sweep = [{"value": value, **asdict(scorer.score(batches, photos, concept.supercategory))}
+                     for value, batches in images.items()]  # fmt: skip
             peak = trained["peak_rss_bytes"]
             rows.append(Row(concept.name, variant.name, variant.method, variant.knob, variant.default, trained["size_bytes"],
                             trained["seconds"], trained["steps"], trained["losses"][-1] if trained["losses"] else float("nan"),
                             peak, None if peak is None or load_peak is None else peak - load_peak, trained["peak_gpu_bytes"],
-                            scorer.name, scorer.labels, sweep))  # fmt: skip
+                            scorer.name, sweep))  # fmt: skip
             print(f"{concept.name:>12} {variant.name:<18} {trained['size_bytes']:>12,d} B  train {trained['seconds']:7.1f} s  "
                   f"all {time.perf_counter() - started:7.1f} s", flush=True)  # fmt: skip
         write_outputs(rows, [], settings)
@@ -433,9 +415,8 @@ def write_outputs(rows: list[Row], compositions: list[dict], settings: RunSettin
     for concept in dict.fromkeys(row.concept for row in rows):
         points = [SweepPoint(f"{row.variant} ({row.knob})", point["fidelity"], point["alignment"], point["value"])
                   for row in rows if row.concept == concept for point in row.sweep]  # fmt: skip
-        first = next(row for row in rows if row.concept == concept)
-        pareto_plot(points, out / f"pareto_{concept}.png", title=f"{concept}: each method's knob sweep ({first.scorer})",
-                    fidelity_label=first.score_labels[0], alignment_label=first.score_labels[1])  # fmt: skip
+        scorer = next(row.scorer for row in rows if row.concept == concept)
+        pareto_plot(points, out / f"pareto_{concept}.png", title=f"{concept}: each method's knob sweep", **AXES[scorer])
 
 
 def main(argv: list[str] | None = None) -> tuple[list[Row], list[dict]]:
@@ -447,7 +428,9 @@ def main(argv: list[str] | None = None) -> tuple[list[Row], list[dict]]:
     parser.add_argument("--variants", nargs="+", choices=[variant.name for variant in VARIANTS])
     parser.add_argument("--concept", nargs="+", help="only these concept folder names")
     parser.add_argument("--steps", type=int, help="training steps for every method")
-    parser.add_argument("--prompts", type=int, default=12)
+    parser.add_argument("--prompts", type=int, default=12, help="evaluation prompts per concept")
+    parser.add_argument("--prompts-file", help=".txt or .jsonl prompt file (default: the micro world's standard prompts)")
+    parser.add_argument("--clip", help="a local CLIP model folder: score with CLIP-I / CLIP-T (the paper's protocol)")
     parser.add_argument("--images-per-prompt", type=int, default=2)
     parser.add_argument("--inference-steps", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
@@ -463,6 +446,7 @@ def main(argv: list[str] | None = None) -> tuple[list[Row], list[dict]]:
 
         args.concepts = str(examples_dir())
     settings = RunSettings(model=args.model, out=args.out, quick=args.quick, steps=args.steps, prompts=args.prompts,
+                           prompts_file=args.prompts_file, clip=args.clip,
                            images_per_prompt=args.images_per_prompt, inference_steps=args.inference_steps,
                            seed=args.seed, threads=args.threads, isolate=not args.no_isolate)  # fmt: skip
     settings = settings.quickened() if settings.quick else settings

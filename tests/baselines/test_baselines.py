@@ -184,6 +184,7 @@ def test_peak_memory_is_measured_in_a_fresh_process():
     assert measured.peak_rss_bytes >= 300_000_000 and measured.peak_gpu_bytes is None
 
 
+@pytest.mark.filterwarnings("ignore:Already found a `peft_config`")  # two LoRAs in one UNet, on purpose (composition)
 def test_the_comparison_runs_end_to_end_on_a_tiny_pipeline(tiny_pipeline_dir, tmp_path, monkeypatch):
     import importlib.util
     import json
