@@ -1,6 +1,11 @@
 import pytest
+import torch
 
 from perfusion.testing import build_tiny_pipeline, load_pipeline
+
+
+# Tests use tiny models: one thread is as fast, and several oversubscribe a small shared machine badly.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -12,9 +12,10 @@ from perfusion.concept import Concept, ConceptFileError
 from perfusion.generate import GenerationConfig, GenerationError, check_gate, check_prompt, generate
 from perfusion.images import ImageInputError, load_training_images
 from perfusion.models import ModelError, open_pipeline
+from perfusion.tokens import TokenError
 from perfusion.train import TrainingConfig, TrainingError, train_concept
 
-USER_ERRORS = (ConceptFileError, GenerationError, ImageInputError, ModelError, TrainingError, FileExistsError)
+USER_ERRORS = (ConceptFileError, GenerationError, ImageInputError, ModelError, TokenError, TrainingError, FileExistsError)
 
 
 def user_errors() -> tuple[type[Exception], ...]:

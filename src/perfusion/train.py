@@ -7,17 +7,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from perfusion.concept import DEFAULT_BETA, DEFAULT_TAU, Concept
 from perfusion.files import atomic_torch_save
-from perfusion.images import TrainingImage, image_tensor, mask_tensor
+from perfusion.images import TrainingImage
+from perfusion.latents import LatentBank, encode_images, freeze, given_masks, noised
 from perfusion.loader import find_runtime, load_concepts, pipeline_fingerprint, unload_concepts
 from perfusion.masks import attention_masks
 from perfusion.method import ema_update, masked_mse
 from perfusion.runtime import linear_part
-from perfusion.text import CONCEPT_TOKEN_PATTERN, encode, tokenize, word_positions
+from perfusion.text import encode, tokenize, word_positions
+from perfusion.tokens import check_new_token, substitute_token_embedding
 
 DEFAULT_TEMPLATES = (
     "a photo of a {}",
@@ -70,35 +71,16 @@ class TrainingError(ValueError):
     """Training inputs that cannot be used."""
 
 
-@dataclass
-class ImageBank:
-    """Latent distributions of every image (and its mirror), computed once, with the masks on the latent grid."""
-
-    means: torch.Tensor  # (n, 4, h, w) scaled
-    stds: torch.Tensor
-    masks: torch.Tensor  # (n, 1, h, w), normalised per image in the loss
-    mask_source: str
-
-
 class ConceptTrainer:
     def __init__(self, pipe, images: list[TrainingImage], token: str, supercategory: str, config: TrainingConfig):
         if not images:
             raise TrainingError("no training images")
-        if not CONCEPT_TOKEN_PATTERN.fullmatch(token):
-            raise TrainingError(f"the token must look like <name>, got {token!r}")
-        if token in pipe.tokenizer.get_vocab():
-            raise TrainingError(f"{token} is already a word of this tokenizer")
+        check_new_token(pipe.tokenizer, token)
         if not supercategory.strip():
             raise TrainingError("the supercategory word is empty")
         self.pipe, self.images, self.token, self.supercategory, self.config = pipe, images, token, supercategory, config
-        self.accelerator = Accelerator(mixed_precision=config.mixed_precision)
-        self.device = self.accelerator.device
-        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
-        for module in (pipe.unet, pipe.vae, pipe.text_encoder):
-            module.requires_grad_(False)
-            module.to(self.device)
-            if self.weight_dtype != torch.float32:  # trained tensors stay fp32 (no "unscale FP16 gradients")
-                module.to(dtype=self.weight_dtype)
+        frozen = freeze(pipe, config.mixed_precision)
+        self.accelerator, self.device, self.weight_dtype = frozen.accelerator, frozen.device, frozen.weight_dtype
         self.generator = torch.Generator().manual_seed(config.seed)
         self.fingerprint = pipeline_fingerprint(pipe)
         self.bank = self.encode_images()
@@ -111,29 +93,22 @@ class ConceptTrainer:
     def resolution(self) -> int:
         return self.config.resolution or self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
 
-    @torch.no_grad()
-    def encode_images(self) -> ImageBank:
+    def encode_images(self) -> LatentBank:
+        """Latents once; the masks the images bring, else the supercategory's cross-attention map."""
         size = self.resolution
-        pixels = torch.stack([image_tensor(item.image, size) for item in self.images])
-        if self.config.flip:
-            pixels = torch.cat([pixels, pixels.flip(-1)])
-        distribution = self.pipe.vae.encode(pixels.to(self.device, self.weight_dtype)).latent_dist
-        scale = self.pipe.vae.config.scaling_factor
-        means, stds = distribution.mean.float() * scale, distribution.std.float() * scale
-        latent_size = means.shape[-1]
-        if all(item.mask is not None for item in self.images):
-            masks = torch.stack([mask_tensor(item.mask, size, latent_size) for item in self.images])
-            masks = torch.cat([masks, masks.flip(-1)]) if self.config.flip else masks
-            source = "given"
+        bank = encode_images(self.pipe, self.images, size, self.config.flip, self.weight_dtype)
+        masks = given_masks(self.images, size, bank.means.shape[-1], self.config.flip)
+        if masks is not None:
+            bank.masks, bank.mask_source = masks.to(self.device), "given"
         elif any(item.mask is not None for item in self.images):
             raise TrainingError("some images have masks and some do not: give a mask for every image or for none")
         else:
-            masks = attention_masks(
-                self.pipe, means.to(self.weight_dtype), self.supercategory, self.config.mask_prompt,
+            bank.masks = attention_masks(
+                self.pipe, bank.means.to(self.weight_dtype), self.supercategory, self.config.mask_prompt,
                 self.config.mask_timestep, self.config.seed,
             ).float()  # fmt: skip
-            source = "attention"
-        return ImageBank(means, stds, masks.to(self.device), source)
+            bank.mask_source = "attention"
+        return bank
 
     def prompts_ids(self, word: str, count: int | None = None) -> torch.Tensor:
         templates = self.config.templates
@@ -177,12 +152,8 @@ class ConceptTrainer:
         self.runtime = find_runtime(pipe)
         self.runtime.set_options(self.token, beta=self.config.train_beta, tau=self.config.train_tau)
         self.token_id = pipe.tokenizer.convert_tokens_to_ids(self.token)
-        token_embedding = self.concept.token_embedding
-
-        def substitute_v_star(module, args, output):  # v* enters through the token's embedding row
-            return torch.where((args[0] == self.token_id)[..., None], token_embedding.to(output.dtype), output)
-
-        self.embedding_hook = pipe.text_encoder.get_input_embeddings().register_forward_hook(substitute_v_star)
+        token_embedding = self.concept.token_embedding  # v* enters through the token's embedding row
+        self.embedding_hook = substitute_token_embedding(pipe.text_encoder, self.token_id, token_embedding)
         if self.start_step == 0:
             concept_ids = self.prompts_ids(self.token)
             self.runtime.set_concept_encoding(self.token, self.mean_encoding(concept_ids, [self.token_id]))
@@ -198,19 +169,9 @@ class ConceptTrainer:
 
     # -- one optimizer step -------------------------------------------------------------------
     def micro_batch(self):
-        config, bank, scheduler = self.config, self.bank, self.pipe.scheduler
-        index = torch.randint(bank.means.shape[0], (config.batch_size,), generator=self.generator)
-        means, stds = bank.means[index.to(bank.means.device)], bank.stds[index.to(bank.stds.device)]
-        latents = means + stds * torch.randn(means.shape, generator=self.generator).to(self.device)
-        noise = torch.randn(latents.shape, generator=self.generator).to(self.device)  # Gaussian, never uniform
-        timesteps = torch.randint(scheduler.config.num_train_timesteps, (config.batch_size,), generator=self.generator)
-        timesteps = timesteps.to(self.device)
-        noisy = scheduler.add_noise(latents, noise, timesteps)
-        if scheduler.config.prediction_type == "v_prediction":
-            target = scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = noise
-        return noisy, timesteps, target, bank.masks[index.to(bank.masks.device)], self.prompts_ids(self.token, config.batch_size)
+        latents, masks = self.bank.sample(self.config.batch_size, self.generator)
+        noisy, timesteps, target = noised(self.pipe.scheduler, latents, self.generator)
+        return noisy, timesteps, target, masks, self.prompts_ids(self.token, self.config.batch_size)
 
     @torch.no_grad()
     def held_out_loss(self, batches: int = 8, seed: int = 12345) -> float:

@@ -19,15 +19,6 @@ VARIANTS = {  # name -> (method, config overrides)
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two torch threads on this shared 2-core machine make tiny-model steps ~50x slower (oversubscription)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def weights(pipe) -> dict[str, torch.Tensor]:
     return {f"{part}.{name}": tensor.detach().clone() for part in ("unet", "vae", "text_encoder")
             for name, tensor in getattr(pipe, part).state_dict().items()}  # fmt: skip

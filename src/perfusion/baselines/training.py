@@ -12,13 +12,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from perfusion.images import TrainingImage, image_tensor, mask_tensor
+from perfusion.images import TrainingImage
+from perfusion.latents import LatentBank, encode_images, freeze, given_masks, noised
 from perfusion.loader import embedding_frozen_state_kept, pipeline_fingerprint
 from perfusion.method import masked_mse
-from perfusion.text import CONCEPT_TOKEN_PATTERN, encode, tokenize
+from perfusion.text import encode, tokenize
+from perfusion.tokens import check_new_token, substitute_token_embedding
 
 CLASS_IMAGE_BATCH = 8  # class images generated per pipeline call (bounds memory, not results)
 
@@ -71,29 +72,14 @@ class BaselineResult:
     size_bytes: int | None = None  # the saved file's size
 
 
-@dataclass
-class LatentBank:
-    """Latent distributions of every image (and its mirror), computed once, with masks on the latent grid."""
-
-    means: torch.Tensor  # (n, 4, h, w), scaled
-    stds: torch.Tensor
-    masks: torch.Tensor  # (n, 1, h, w); all ones when the loss is not masked
-
-
-@torch.no_grad()
 def latent_bank(pipe, images: list[TrainingImage], size: int, flip: bool, use_masks: bool, dtype) -> LatentBank:
-    pixels = torch.stack([image_tensor(item.image, size) for item in images])
-    pixels = torch.cat([pixels, pixels.flip(-1)]) if flip else pixels
-    distribution = pipe.vae.encode(pixels.to(pipe.vae.device, dtype)).latent_dist
-    scale = pipe.vae.config.scaling_factor
-    means, stds = distribution.mean.float() * scale, distribution.std.float() * scale
-    if not use_masks:
-        return LatentBank(means, stds, torch.ones_like(means[:, :1]))
-    if any(item.mask is None for item in images):
-        raise BaselineError("use_masks needs a mask (alpha channel or mask file) for every image")
-    masks = torch.stack([mask_tensor(item.mask, size, means.shape[-1]) for item in images])
-    masks = torch.cat([masks, masks.flip(-1)]) if flip else masks
-    return LatentBank(means, stds, masks.to(means.device))
+    bank = encode_images(pipe, images, size, flip, dtype)
+    if use_masks:
+        masks = given_masks(images, size, bank.means.shape[-1], flip)
+        if masks is None:
+            raise BaselineError("use_masks needs a mask (alpha channel or mask file) for every image")
+        bank.masks, bank.mask_source = masks.to(bank.means.device), "given"
+    return bank
 
 
 @torch.no_grad()
@@ -125,24 +111,12 @@ class NewTokenEmbedding:
             pipe.load_textual_inversion(self.vector.detach().to(embeddings.weight.dtype), token=token,
                                         tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)  # fmt: skip
         self.token_id = pipe.tokenizer.convert_tokens_to_ids(token)
-        vector = self.vector
-
-        def substitute(module, args, output):
-            return torch.where((args[0] == self.token_id)[..., None], vector.to(output.dtype), output)
-
-        self.hook = pipe.text_encoder.get_input_embeddings().register_forward_hook(substitute)
+        self.hook = substitute_token_embedding(pipe.text_encoder, self.token_id, self.vector)
 
     def remove(self) -> None:
         self.hook.remove()
         with embedding_frozen_state_kept(self.pipe.text_encoder):
             self.pipe.unload_textual_inversion(self.token, tokenizer=self.pipe.tokenizer, text_encoder=self.pipe.text_encoder)
-
-
-def check_new_token(pipe, token: str) -> None:
-    if not CONCEPT_TOKEN_PATTERN.fullmatch(token):
-        raise BaselineError(f"the token must look like <name>, got {token!r}")
-    if token in pipe.tokenizer.get_vocab():
-        raise BaselineError(f"{token} is already a word of this tokenizer")
 
 
 class BaselineTrainer:
@@ -156,14 +130,8 @@ class BaselineTrainer:
             raise BaselineError("the supercategory word is empty")
         self.pipe, self.images, self.token, self.supercategory, self.config = pipe, images, token, supercategory, config
         self.check_token()
-        self.accelerator = Accelerator(mixed_precision=config.mixed_precision)
-        self.device = self.accelerator.device
-        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
-        for module in (pipe.unet, pipe.vae, pipe.text_encoder):
-            module.requires_grad_(False)
-            module.to(self.device)
-            if self.weight_dtype != torch.float32:  # trained tensors stay fp32 (no "unscale FP16 gradients")
-                module.to(dtype=self.weight_dtype)
+        frozen = freeze(pipe, config.mixed_precision)
+        self.accelerator, self.device, self.weight_dtype = frozen.accelerator, frozen.device, frozen.weight_dtype
         self.generator = torch.Generator().manual_seed(config.seed)
         self.fingerprint = pipeline_fingerprint(pipe)
         size = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -175,7 +143,7 @@ class BaselineTrainer:
 
     # -- what a method defines --------------------------------------------------------------------
     def check_token(self) -> None:
-        check_new_token(self.pipe, self.token)
+        check_new_token(self.pipe.tokenizer, self.token)
 
     @property
     def phrase(self) -> str:
@@ -198,9 +166,8 @@ class BaselineTrainer:
 
     # -- the shared loop ----------------------------------------------------------------------------
     def sample(self, bank: LatentBank, count: int, prompts: list[str]):
-        index = torch.randint(bank.means.shape[0], (count,), generator=self.generator).to(bank.means.device)
-        latents = bank.means[index] + bank.stds[index] * torch.randn(bank.means[index].shape, generator=self.generator).to(self.device)
-        return latents, bank.masks[index], tokenize(self.pipe.tokenizer, prompts)
+        latents, masks = bank.sample(count, self.generator)
+        return latents, masks, tokenize(self.pipe.tokenizer, prompts)
 
     def instance_prompts(self, count: int) -> list[str]:
         templates = self.config.templates
@@ -214,11 +181,7 @@ class BaselineTrainer:
             class_prompt = config.class_prompt.format(self.supercategory)
             class_latents, class_masks, class_ids = self.sample(self.class_bank, config.batch_size, [class_prompt] * config.batch_size)
             latents, masks, ids = torch.cat([latents, class_latents]), torch.cat([masks, class_masks]), torch.cat([ids, class_ids])
-        noise = torch.randn(latents.shape, generator=self.generator).to(self.device)  # Gaussian, never uniform
-        timesteps = torch.randint(scheduler.config.num_train_timesteps, (latents.shape[0],), generator=self.generator)
-        timesteps = timesteps.to(self.device)
-        noisy = scheduler.add_noise(latents, noise, timesteps)
-        target = scheduler.get_velocity(latents, noise, timesteps) if scheduler.config.prediction_type == "v_prediction" else noise
+        noisy, timesteps, target = noised(scheduler, latents, self.generator)
         with self.accelerator.autocast():
             with torch.set_grad_enabled(self.text_trainable):
                 encodings = encode(self.pipe.text_encoder, ids)

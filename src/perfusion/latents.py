@@ -1,0 +1,77 @@
+"""What every diffusion fine-tuning here shares: a frozen pipeline on its device, latents encoded once, noising."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+
+from perfusion.images import TrainingImage, image_tensor, mask_tensor
+
+WEIGHT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class FrozenPipeline:
+    accelerator: Accelerator
+    device: torch.device
+    weight_dtype: torch.dtype
+
+
+def freeze(pipe, mixed_precision: str = "no") -> FrozenPipeline:
+    """Every base weight frozen (no gradients at all) and placed by accelerate; cast down under mixed precision."""
+    accelerator = Accelerator(mixed_precision=mixed_precision)
+    weight_dtype = WEIGHT_DTYPES.get(mixed_precision, torch.float32)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False)
+        module.to(accelerator.device)
+        if weight_dtype != torch.float32:  # trained tensors stay fp32 (no "unscale FP16 gradients")
+            module.to(dtype=weight_dtype)
+    return FrozenPipeline(accelerator, accelerator.device, weight_dtype)
+
+
+@dataclass
+class LatentBank:
+    """Latent distributions of every image (and its mirror), computed once, with masks on the latent grid."""
+
+    means: torch.Tensor  # (n, 4, h, w), scaled
+    stds: torch.Tensor
+    masks: torch.Tensor  # (n, 1, h, w)
+    mask_source: str = "none"
+
+    def sample(self, count: int, generator: torch.Generator):
+        """Latents of ``count`` random images (fresh VAE posterior noise) and their masks."""
+        index = torch.randint(self.means.shape[0], (count,), generator=generator).to(self.means.device)
+        noise = torch.randn(self.means[index].shape, generator=generator).to(self.means.device)
+        return self.means[index] + self.stds[index] * noise, self.masks[index]
+
+
+@torch.no_grad()
+def encode_images(pipe, images: list[TrainingImage], size: int, flip: bool, dtype) -> LatentBank:
+    """The VAE posterior (mean, std) of each image and, with ``flip``, of its mirror; masks all ones."""
+    pixels = torch.stack([image_tensor(item.image, size) for item in images])
+    pixels = torch.cat([pixels, pixels.flip(-1)]) if flip else pixels
+    distribution = pipe.vae.encode(pixels.to(pipe.vae.device, dtype)).latent_dist
+    scale = pipe.vae.config.scaling_factor
+    means = distribution.mean.float() * scale
+    return LatentBank(means, distribution.std.float() * scale, torch.ones_like(means[:, :1]))
+
+
+def given_masks(images: list[TrainingImage], size: int, latent_size: int, flip: bool) -> torch.Tensor | None:
+    """The images' own masks on the latent grid (mirrored like the images), or None when any image has none."""
+    if any(item.mask is None for item in images):
+        return None
+    masks = torch.stack([mask_tensor(item.mask, size, latent_size) for item in images])
+    return torch.cat([masks, masks.flip(-1)]) if flip else masks
+
+
+def noised(scheduler, latents: torch.Tensor, generator: torch.Generator):
+    """Gaussian noise (never uniform) at uniform timesteps; the target the scheduler's model predicts."""
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+    timesteps = torch.randint(scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
+    timesteps = timesteps.to(latents.device)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    if scheduler.config.prediction_type == "v_prediction":
+        return noisy, timesteps, scheduler.get_velocity(latents, noise, timesteps)
+    return noisy, timesteps, noise
