@@ -19,7 +19,7 @@ from perfusion.world.basemodel.tokenizer import build_tokenizer, words_split
 
 WORDS = "a photo of the cat kitten tabby dog cup on blue red background small large left right centre".split()
 TINY = ArchitectureConfig(
-    vae_block_out_channels=(8, 16, 16), unet_block_out_channels=(16, 16, 32), unet_attention_heads=(1, 1, 2),
+    vae_block_out_channels=(8, 16, 16), vae_norm_num_groups=4, unet_block_out_channels=(16, 16, 32), unet_attention_heads=(1, 1, 2),
     unet_norm_num_groups=8, text_hidden_size=32, text_intermediate_size=64, text_layers=1, text_heads=2,
 )  # fmt: skip
 COLOURS = {"red": (220, 40, 40), "blue": (40, 60, 220)}

@@ -23,6 +23,9 @@ class ArchitectureConfig:
     vae_block_out_channels: tuple[int, ...] = (32, 64, 128)
     vae_layers_per_block: int = 1
     vae_mid_attention: bool = False  # fully convolutional, so training on crops matches full images
+    # GroupNorm removes each group's mean: with one channel per group a flat background's colour cannot pass the
+    # last norm before conv_out. Four or more channels per group keep it.
+    vae_norm_num_groups: int = 8
     latent_channels: int = 4
     # UNet on 16x16 latents, cross-attention at 16x16 and 8x8 and in the 4x4 middle block (SD1.5's layout, one
     # level shorter): 12.8M parameters, ~1.2 s per batch of 64 on 2 cores.
@@ -31,7 +34,7 @@ class ArchitectureConfig:
     unet_down_block_types: tuple[str, ...] = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
     unet_up_block_types: tuple[str, ...] = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
     unet_attention_heads: tuple[int, ...] = (2, 4, 8)  # 32 channels per head at every resolution
-    unet_norm_num_groups: int = 32
+    unet_norm_num_groups: int = 16
     # CLIP text tower.
     text_hidden_size: int = 256
     text_intermediate_size: int = 1024
@@ -60,9 +63,9 @@ class VaeTrainingConfig:
 class UnetTrainingConfig:
     """Stage 2: UNet and text encoder jointly, on cached latents of captioned scenes."""
 
-    batch_size: int = 64
-    unet_learning_rate: float = 4e-4
-    text_learning_rate: float = 4e-4
+    batch_size: int = 32  # small batches, more updates: the CPU budget is counted in samples
+    unet_learning_rate: float = 5e-4
+    text_learning_rate: float = 5e-4
     weight_decay: float = 1e-2
     warmup_steps: int = 500
     max_steps: int = 400_000  # the cosine decay horizon; training may be stopped earlier

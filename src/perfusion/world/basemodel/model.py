@@ -30,7 +30,7 @@ def build_vae(arch: ArchitectureConfig) -> AutoencoderKL:
         block_out_channels=arch.vae_block_out_channels,
         layers_per_block=arch.vae_layers_per_block,
         latent_channels=arch.latent_channels,
-        norm_num_groups=min(32, arch.vae_block_out_channels[0]),
+        norm_num_groups=arch.vae_norm_num_groups,
         sample_size=arch.image_size,
         mid_block_add_attention=arch.vae_mid_attention,
     )
