@@ -17,12 +17,15 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .config import ArchitectureConfig
 
+INITIAL_LOGVAR = -8.0  # posterior std exp(-4) ~ 0.02 at initialisation
 BETA_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")  # SD1.x's
 
 
 def build_vae(arch: ArchitectureConfig) -> AutoencoderKL:
+    """SD's AutoencoderKL, with the posterior's log-variance starting at INITIAL_LOGVAR: from-scratch training with
+    std ~1 sampling noise on latents of std ~1 blurs everything; the tiny KL weight would take long to undo it."""
     blocks = len(arch.vae_block_out_channels)
-    return AutoencoderKL(
+    vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * blocks,
@@ -34,6 +37,10 @@ def build_vae(arch: ArchitectureConfig) -> AutoencoderKL:
         sample_size=arch.image_size,
         mid_block_add_attention=arch.vae_mid_attention,
     )
+    with torch.no_grad():
+        vae.quant_conv.weight[arch.latent_channels :].zero_()
+        vae.quant_conv.bias[arch.latent_channels :].fill_(INITIAL_LOGVAR)
+    return vae
 
 
 def latent_size(arch: ArchitectureConfig) -> int:
