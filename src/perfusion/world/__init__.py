@@ -6,5 +6,6 @@ it loads no torch.
 """
 
 from .examples import example_concepts, examples_dir
+from .model_path import default_model_path
 
-__all__ = ["example_concepts", "examples_dir"]
+__all__ = ["default_model_path", "example_concepts", "examples_dir"]

@@ -166,6 +166,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, default=EvaluationConfig.seeds)
     parser.add_argument("--guidance-scale", type=float, default=EvaluationConfig.guidance_scale)
     parser.add_argument("--grid", type=Path, default=None, help="write a grid of samples (16 prompts) here")
+    parser.add_argument("--reference", action="store_true", help="also score the judge on true renders of the prompts")
     parser.add_argument("--threads", type=int, default=2)
     arguments = parser.parse_args(argv)
     torch.set_num_threads(arguments.threads)
@@ -179,6 +180,13 @@ def main(argv=None) -> None:
     seen = seen_combinations_of(arguments.run_dir) if arguments.run_dir else None
     outcome = evaluate(pipe, config, seen_combinations=seen)
     print(table(outcome["results"], seconds_for_eight(pipe, config)))
+    if arguments.reference:  # the judge's own ceiling on these prompts
+        from perfusion.world.judge import Judge
+        from perfusion.world.scenes import render
+
+        specs = [spec for spec, _ in outcome["prompts"]]
+        hits = score(Judge.load().predict([render(spec) for spec in specs]), specs)
+        print("judge on true renders:", {key: f"{np.mean(values):.1%}" for key, values in hits.items() if values})
     if arguments.grid:
         rows = min(16, len(outcome["prompts"]))
         texts = [text for _, text in outcome["prompts"][:rows]]
