@@ -50,6 +50,52 @@ def export(run_dir: Path, out: Path, dtype: torch.dtype = torch.float16, use_ema
     return out
 
 
+MODEL_CARD = """# Embedded base model: a tiny Stable Diffusion of the micro world
+
+Trained from scratch on `perfusion.world` scenes (held-out objects never shown) with
+`python -m perfusion.world.basemodel.train`; written by `python -m perfusion.world.basemodel.export`.
+Load with `StableDiffusionPipeline.from_pretrained(perfusion.world.default_model_path(), local_files_only=True)`.
+
+- UNet2DConditionModel {unet:.2f}M parameters, blocks {blocks}, cross-attention width {width}, 16x16x4 latents
+- CLIPTextModel {text:.2f}M parameters, CLIPTokenizer with {vocab} tokens (CLIP-format BPE)
+- AutoencoderKL {vae:.2f}M parameters, 64x64 RGB <-> 16x16x4, scaling factor {scaling:.4f}
+- {prediction} prediction, SD1.x beta schedule; sampler DPMSolverMultistepScheduler
+- UNet training step {step} (batch {batch}), EMA weights, fp16 files
+
+## Measured (judge; {prompts} prompts x {seeds} seeds, 25 steps, guidance {guidance})
+
+{table}
+
+![samples](samples.png)
+"""
+
+
+def write_model_card(out: Path, pipe, info: dict, table_text: str, config) -> None:
+    arch = info["arch"]
+    (out / "README.md").write_text(MODEL_CARD.format(
+        unet=models.parameter_count(pipe.unet) / 1e6, blocks=tuple(arch["unet_block_out_channels"]),
+        width=arch["text_hidden_size"], text=models.parameter_count(pipe.text_encoder) / 1e6, vocab=len(pipe.tokenizer),
+        vae=models.parameter_count(pipe.vae) / 1e6, scaling=pipe.vae.config.scaling_factor,
+        prediction=arch["prediction_type"], step=info["unet_step"], batch=info["config"]["batch_size"],
+        prompts=config.prompts, seeds=config.seeds, guidance=config.guidance_scale, table=table_text,
+    ))  # fmt: skip
+
+
+def evaluate_export(out: Path, info: dict) -> str:
+    """Score the exported folder itself (as users load it), write its model card and a sample grid."""
+    from .evaluate import EvaluationConfig, evaluate, sample_grid, seconds_for_eight, table
+
+    pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True)
+    config = EvaluationConfig()
+    outcome = evaluate(pipe, config)
+    text = table(outcome["results"], seconds_for_eight(pipe, config))
+    rows = 16
+    texts = [caption for _, caption in outcome["prompts"][:rows]]
+    sample_grid(outcome["images"][: rows * config.seeds], texts, config.seeds).save(out / "samples.png")
+    write_model_card(out, pipe, info, text, config)
+    return text
+
+
 def main(argv=None) -> None:
     from perfusion.world.model_path import MODEL_DIR
 
@@ -58,10 +104,14 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=MODEL_DIR)
     parser.add_argument("--no-ema", action="store_true")
     parser.add_argument("--fp32", action="store_true")
+    parser.add_argument("--evaluate", action="store_true", help="score the export; write README.md and samples.png")
     arguments = parser.parse_args(argv)
     out = export(arguments.run_dir, arguments.out, torch.float32 if arguments.fp32 else torch.float16, not arguments.no_ema)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote {out} ({size / 1e6:.1f} MB)")
+    if arguments.evaluate:
+        torch.set_num_threads(2)
+        print(evaluate_export(out, json.loads((out / INFO_FILE).read_text())))
 
 
 if __name__ == "__main__":
