@@ -46,7 +46,7 @@ def test_verdicts_name_the_scene(judge):
 
 def test_accepts_tensors_and_larger_images(judge):
     image = render(SceneSpec("rose", "yellow", "bottom", "small"))
-    from_tensor = judge.predict(torch.from_numpy(np.asarray(image)).permute(2, 0, 1)[None].float() / 255)
+    from_tensor = judge.predict(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255)
     from_large = judge.predict([image.resize((128, 128), Image.BICUBIC)])
     assert from_tensor[0].object == from_large[0].object == "rose"
     with pytest.raises(ValueError, match="non-empty"):

@@ -12,7 +12,7 @@ from perfusion.world.catalog import BACKGROUNDS
 from perfusion.world.clip_metrics import ClipScorer
 from perfusion.world.judge import JudgeOutput
 from perfusion.world.judge_data import spec_labels
-from perfusion.world.judge_model import HEAD_CLASSES, OBJECT_NAMES
+from perfusion.world.judge_model import HEAD_CLASSES
 from perfusion.world.metrics import alignment_per_image
 from perfusion.world.pareto import SweepPoint, pareto_front, pareto_plot
 from perfusion.world.prompts import PromptSpec, standard_prompts
@@ -22,12 +22,9 @@ from perfusion.world.scenes import SceneSpec, make_scene
 def oracle_output(specs):
     """What a perfect judge would output for these scenes: one-hot probabilities from the true labels."""
     probabilities = {name: torch.full((len(specs), len(classes)), 1e-3) for name, classes in HEAD_CLASSES.items()}
-    probabilities["present"] = torch.zeros(len(specs), len(OBJECT_NAMES))
     for row, spec in enumerate(specs):
         for name, index in spec_labels(spec).items():
             probabilities[name][row, max(index, 0)] = 1.0
-        for name in spec.objects:
-            probabilities["present"][row, OBJECT_NAMES.index(name)] = 1.0
     return JudgeOutput(probabilities, torch.nn.functional.normalize(torch.randn(len(specs), 8), dim=-1))
 
 

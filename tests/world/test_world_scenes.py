@@ -130,3 +130,17 @@ def test_example_concepts_are_held_out_objects_with_photos_and_masks():
     assert example_concept("<mycat>").object == "black cat"
     with pytest.raises(KeyError, match="shipped"):
         example_concept("<nothing>")
+
+
+def test_committed_glyphs_match_the_font():
+    from perfusion.world.build_glyphs import DEFAULT_FONT, FONT_SIZE, render_emoji
+    from perfusion.world.glyphs import glyph
+
+    if not DEFAULT_FONT.exists():
+        pytest.skip("Noto Color Emoji is not installed (Debian: fonts-noto-color-emoji)")
+    from PIL import ImageFont
+
+    font = ImageFont.truetype(str(DEFAULT_FONT), FONT_SIZE)
+    for name in ("tulip", catalog.HELD_OUT[0]):
+        fresh = np.asarray(render_emoji(font, catalog.OBJECTS[name].emoji), dtype=int)
+        assert np.abs(fresh - np.asarray(glyph(name), dtype=int)).max() <= 1

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 
 from .judge_data import images_tensor
-from .judge_model import COUNTS, HEAD_CLASSES, OBJECT_NAMES, JudgeNet, JudgeNetConfig
+from .judge_model import HEAD_CLASSES, JudgeNet, JudgeNetConfig
 
 JUDGE_PATH = Path(__file__).resolve().parent / "assets" / "judge.safetensors"
 
@@ -34,7 +34,7 @@ class Verdict:
     position: str | None  # of a one-object image
     left_object: str | None  # of a two-object image
     right_object: str | None
-    present: tuple[str, ...]  # objects the multi-label head finds (probability > 0.5)
+    present: tuple[str, ...]  # the object, or the left and right objects
     background: str
     size: str
     embedding: np.ndarray  # (embedding_dim,) L2-normalised identity features
@@ -44,7 +44,7 @@ class Verdict:
 class JudgeOutput:
     """Batched raw output: probabilities per head and embeddings, for metrics that need numbers, not names."""
 
-    probabilities: dict[str, torch.Tensor]  # head -> (N, classes); "present" holds independent sigmoid probabilities
+    probabilities: dict[str, torch.Tensor]  # head -> (N, classes), softmax probabilities
     embeddings: torch.Tensor  # (N, embedding_dim), L2-normalised
 
     def label(self, head: str, row: int):
@@ -92,7 +92,6 @@ class Judge:
         probabilities = {
             name: torch.cat([logits[name] for logits, _ in outputs]).softmax(-1) for name in HEAD_CLASSES
         }  # fmt: skip
-        probabilities["present"] = torch.cat([logits["present"] for logits, _ in outputs]).sigmoid()
         return JudgeOutput(probabilities, torch.cat([embedding for _, embedding in outputs]))
 
     def predict(self, images) -> list[Verdict]:
@@ -100,15 +99,15 @@ class Judge:
         verdicts = []
         for row in range(len(output.embeddings)):
             single = output.label("count", row) == 1
-            present = output.probabilities["present"][row]
+            left, right = output.label("left_object", row), output.label("right_object", row)
             verdicts.append(Verdict(
                 count=output.label("count", row),
                 object=output.label("object", row) if single else None,
                 object_confidence=float(output.probabilities["object"][row].max()) if single else None,
                 position=output.label("position", row) if single else None,
-                left_object=None if single else output.label("left_object", row),
-                right_object=None if single else output.label("right_object", row),
-                present=tuple(OBJECT_NAMES[index] for index in torch.nonzero(present > 0.5).flatten().tolist()),
+                left_object=None if single else left,
+                right_object=None if single else right,
+                present=(output.label("object", row),) if single else (left, right),
                 background=output.label("background", row),
                 size=output.label("size", row),
                 embedding=output.embeddings[row].numpy(),

@@ -67,7 +67,9 @@ class JudgeNet(nn.Module):
             nn.Linear(width * config.spatial_grid**2, config.spatial_features), nn.ReLU(inplace=True),
         )  # fmt: skip
         self.identity = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, config.embedding_dim))
-        self.present = nn.Linear(config.embedding_dim, len(OBJECT_NAMES))  # multi-label: which objects are in the image
+        # Multi-label "which objects are in the image": an auxiliary training target that makes the identity embedding
+        # see both objects of a pair. Too weak to read (about 81% exact sets); predictions use the left/right heads.
+        self.present = nn.Linear(config.embedding_dim, len(OBJECT_NAMES))
         self.heads = nn.ModuleDict({
             name: nn.Linear(config.embedding_dim if name in IDENTITY_HEADS else config.spatial_features, len(classes))
             for name, classes in HEAD_CLASSES.items()

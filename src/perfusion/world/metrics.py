@@ -73,9 +73,11 @@ def identity_fidelity(judge: Judge, images, reference_images) -> float:
 
 
 def identity_scores(output: JudgeOutput, row: int) -> torch.Tensor:
-    """Per-object evidence in one image: the identity head for one-object images, "present" for two-object ones."""
-    head = "object" if output.label("count", row) == 1 else "present"
-    return output.probabilities[head][row]
+    """Per-object evidence in one image: the identity head for one-object images, the better of the left and right
+    heads for two-object ones."""
+    if output.label("count", row) == 1:
+        return output.probabilities["object"][row]
+    return torch.maximum(output.probabilities["left_object"][row], output.probabilities["right_object"][row])
 
 
 def identity_top1(judge: Judge, images, object_name: str) -> float:

@@ -57,7 +57,8 @@ def learning_rate(step: int, config: JudgeTrainingConfig) -> float:
 
 @torch.no_grad()
 def evaluate(net: JudgeNet, size: int, degrade: bool, batch_size: int = 200) -> dict[str, float]:
-    """Accuracy per head on fresh scenes (only scenes where the head applies), plus exact "present" sets."""
+    """Accuracy per head on fresh scenes (only scenes where the head applies), plus exact sets of the auxiliary
+    "present" head (reported, never read by predictions)."""
     net.eval()
     correct: dict[str, int] = {}
     total: dict[str, int] = {}
