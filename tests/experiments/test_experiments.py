@@ -87,3 +87,21 @@ def test_report_links_its_images_relatively(tmp_path):
     ])  # fmt: skip
     html = report.read_text()
     assert "src='grid/a.png'" in html and "caption &lt;b&gt;" in html and "<td>0.500</td>" in html
+
+
+def test_demo_quick_writes_a_report_whose_links_resolve(tiny_pipeline_dir, tmp_path, capsys):
+    """The demo's whole path on a tiny random pipeline (the numbers mean nothing here; the files must be there)."""
+    import re
+
+    from perfusion.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", str(tiny_pipeline_dir), "--out", str(out), "--quick"]) == 0
+    report = (out / "report.html").read_text()
+    links = re.findall(r"src='([^']+)'", report)
+    assert len(links) > 10 and all((out / link).is_file() for link in links)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["concepts"]) == {"<mycat>", "<mymug>"} and len(summary["sweep"]) == 2
+    assert 0.0 <= summary["composition_success"] <= 1.0
+    assert main(["demo", "--model", str(tiny_pipeline_dir), "--out", str(out), "--quick"]) == 2  # no silent overwrite
+    assert "exists" in capsys.readouterr().err

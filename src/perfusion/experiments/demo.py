@@ -81,7 +81,7 @@ def run_demo(pipe, out: Path, config: DemoConfig, log=print) -> Path:
             f"Training images of {token} (supercategory '{example.supercategory}')",
             f"{len(images)} images; {config.training.steps} steps in {result.seconds:.0f} s; concept file "
             f"{path.stat().st_size / 1000:.1f} KB; loss on fixed noise {result.held_out_loss[0]:.4f} -> {result.held_out_loss[1]:.4f}",
-            rows=[ImageRow("", [(p, p.name) for p in example.image_paths()])],
+            rows=[ImageRow("", [(p, p.name) for p in copy_images(example.image_paths(), out / "training" / example.directory.name)])],
         ))  # fmt: skip
     load_concepts(pipe, [item[3] for item in trained])
 
@@ -113,6 +113,15 @@ def run_demo(pipe, out: Path, config: DemoConfig, log=print) -> Path:
     report = write_report(out / "report.html", "perfusion demo on the embedded micro-world model", sections)
     log(f"report: {report} ({summary['seconds'] / 60:.1f} min in all)")
     return report
+
+
+def copy_images(paths: list[Path], directory: Path) -> list[Path]:
+    """The report links only what lies in its own folder."""
+    directory.mkdir(parents=True, exist_ok=True)
+    copies = [directory / path.name for path in paths]
+    for path, copy in zip(paths, copies):
+        copy.write_bytes(path.read_bytes())
+    return copies
 
 
 def images_of(example) -> list[Image.Image]:
