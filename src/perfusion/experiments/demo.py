@@ -95,10 +95,15 @@ def run_demo(pipe, out: Path, config: DemoConfig, log=print) -> Path:
         paths = sorted((out / "contexts").glob(f"{index:02d}-*.png"))
         rows.append(ImageRow(prompt.text(concept.token), [(p, f"seed {n}") for n, p in enumerate(paths)]))
     scores = scorer.score(generated, images_of(example), example.supercategory)
-    summary["new_contexts"] = asdict(scores)
+    # The same prompts and seeds with the plain supercategory word: what the base model gives without the concept.
+    plain = generate_prompts(pipe, concept, prompts, config.sweep, None, None, subject=example.supercategory)
+    plain_scores = scorer.score(plain, images_of(example), example.supercategory)
+    summary["new_contexts"], summary["supercategory_only"] = asdict(scores), asdict(plain_scores)
     sections.append(Section(
         f"{concept.token} in new contexts (beta {concept.beta}, tau {concept.tau})",
-        f"judge: alignment {scores.alignment:.2f}, fidelity {scores.fidelity:.2f}, identity top-1 {scores.top1:.2f}",
+        f"judge: alignment {scores.alignment:.2f}, fidelity {scores.fidelity:.2f}, identity top-1 {scores.top1:.2f}; "
+        f"the same prompts and seeds with '{example.supercategory}' instead of {concept.token}: alignment "
+        f"{plain_scores.alignment:.2f}, fidelity {plain_scores.fidelity:.2f}, identity top-1 {plain_scores.top1:.2f}",
         rows=rows,
     ))  # fmt: skip
 
