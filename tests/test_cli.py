@@ -4,10 +4,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from PIL import Image
+from safetensors import safe_open
 from perfusion.testing import build_tiny_pipeline, handmade_concept, load_pipeline, small_corpus, write_concept_images
 
 from perfusion.cli import main
+from perfusion.concept import Concept
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +77,26 @@ def test_bad_training_inputs(tiny_pipeline_dir, tmp_path, captions_file, capsys)
     out.write_text("precious")
     expect_refusal(train_args(tiny_pipeline_dir, images, out, captions_file), capsys, "exists (use --force")
     assert out.read_text() == "precious"
+
+
+def test_half_precision_with_mask_files_and_resume(tiny_pipeline_dir, tmp_path, captions_file, capsys):
+    images = write_concept_images(tmp_path / "disc", alpha=False)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for path in sorted(images.glob("*.png")):
+        Image.new("L", (16, 16), 255).save(masks / path.name)
+    full, half = tmp_path / "full.safetensors", tmp_path / "half.safetensors"
+    assert run(train_args(tiny_pipeline_dir, images, full, captions_file, "--mask-dir", masks), capsys)[0] == 0
+    assert run(train_args(tiny_pipeline_dir, images, half, captions_file, "--mask-dir", masks, "--half"), capsys)[0] == 0
+    with safe_open(str(half), framework="pt") as handle:  # tiny tensors: the metadata dominates the size, so read dtypes
+        assert {handle.get_tensor(name).dtype for name in handle.keys()} == {torch.float16}
+    assert Concept.load(half).token == Concept.load(full).token == "<mydisc>"
+    # --resume with no checkpoint beside OUT is a mistake, not a silent fresh start.
+    expect_refusal(train_args(tiny_pipeline_dir, images, tmp_path / "new.safetensors", captions_file, "--resume"),
+                   capsys, "no checkpoint to resume from")  # fmt: skip
+    (tmp_path / "bad.safetensors.ckpt").write_bytes(b"torn")
+    expect_refusal(train_args(tiny_pipeline_dir, images, tmp_path / "bad.safetensors", captions_file, "--resume"),
+                   capsys, "unreadable checkpoint")  # fmt: skip
 
 
 def test_bad_generation_inputs(tiny_pipeline_dir, tmp_path, concept_file, captions_file, capsys):

@@ -11,7 +11,7 @@ from perfusion.concept import Concept, ConceptFileError
 from perfusion.fingerprint import cross_attention_modules
 from perfusion.testing import SD15_UNET
 
-KB = 100_000
+KB = 1000  # the 100KB: 100,000 bytes
 
 
 def sd15_concept(seed=0) -> Concept:

@@ -112,8 +112,13 @@ def test_beta_is_a_generation_time_knob(tiny_pipe):
 def test_foreign_concept_is_refused(tiny_pipe, tmp_path):
     concept = handmade_concept(tiny_pipe)
     concept.base_fingerprint = "0" * 32
+    originals = dict(tiny_pipe.unet.attn_processors)
     with pytest.raises(ConceptFileError, match="another base model"):
         load_concepts(tiny_pipe, concept, captions=CAPTIONS)
+    # Refused before anything changed: no runtime, stock processors, no new token.
+    assert find_runtime(tiny_pipe) is None
+    assert all(tiny_pipe.unet.attn_processors[name] is processor for name, processor in originals.items())
+    assert "<mycat>" not in tiny_pipe.tokenizer.get_vocab()
 
 
 def test_unknown_token_in_the_prompt_is_refused(tiny_pipe):

@@ -149,7 +149,7 @@ def run_generate(args) -> None:
         refuse_existing(path, args.force)
     pipe = open_pipeline(args.model)
     if concepts:  # by path, so that errors name the file
-        load_concepts(pipe, args.concept, captions=read_captions(args.captions))
+        load_concepts(pipe, args.concept, captions=read_captions(args.captions), progress=True)
     check_prompt(pipe, args.prompt)
     config = GenerationConfig(steps=args.steps, guidance=args.guidance, num_images=args.num_images,
                               seed=args.seed, global_lock=args.global_lock)  # fmt: skip

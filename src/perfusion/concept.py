@@ -80,10 +80,11 @@ class Concept:
             raise ConceptFileError(f"{path}: not a readable safetensors file ({error})") from None
         if metadata.get("format") != FORMAT:
             raise ConceptFileError(f"{path}: not a perfusion concept file")
-        if int(metadata.get("format_version", "0")) > FORMAT_VERSION:
-            raise ConceptFileError(
-                f"{path}: format version {metadata['format_version']} is newer than this perfusion reads ({FORMAT_VERSION})"
-            )
+        version = metadata.get("format_version", "0")
+        if not version.isdigit():
+            raise ConceptFileError(f"{path}: unreadable format version {version!r}")
+        if int(version) > FORMAT_VERSION:
+            raise ConceptFileError(f"{path}: format version {version} is newer than this perfusion reads ({FORMAT_VERSION})")
         try:
             return cls(
                 token=metadata["token"],

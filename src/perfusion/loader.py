@@ -33,14 +33,15 @@ def embedding_frozen_state_kept(text_encoder):
     text_encoder.get_input_embeddings().weight.requires_grad_(requires_grad)
 
 
-def install(pipe, captions=None, progress: bool = False, inverse: torch.Tensor | None = None) -> PerfusionRuntime:
+def install(pipe, captions=None, progress: bool = False, inverse: torch.Tensor | None = None,
+            fingerprint: str | None = None) -> PerfusionRuntime:  # fmt: skip
     """Put the edit processors on every cross-attention layer (self-attention keeps its own) and attach hooks."""
     runtime = find_runtime(pipe)
     if runtime is not None:
         return runtime
     if inverse is None:
         inverse = covariance.inverse_covariance(pipe.text_encoder, pipe.tokenizer, captions, progress=progress)
-    runtime = PerfusionRuntime(pipe.text_encoder, pipe.tokenizer, inverse, pipeline_fingerprint(pipe))
+    runtime = PerfusionRuntime(pipe.text_encoder, pipe.tokenizer, inverse, fingerprint or pipeline_fingerprint(pipe))
     processors = {
         name: PerfusionAttnProcessor(processor, runtime, name.removesuffix(".processor"))
         if name.endswith("attn2.processor")
@@ -52,11 +53,11 @@ def install(pipe, captions=None, progress: bool = False, inverse: torch.Tensor |
     return runtime
 
 
-def check_compatible(concept: Concept, runtime: PerfusionRuntime, pipe, source: str) -> None:
-    if concept.base_fingerprint != runtime.base_fingerprint:
+def check_compatible(concept: Concept, fingerprint: str, pipe, source: str) -> None:
+    if concept.base_fingerprint != fingerprint:
         raise ConceptFileError(
             f"{source}: trained on another base model (fingerprint {concept.base_fingerprint[:12]}, "
-            f"this pipeline is {runtime.base_fingerprint[:12]})"
+            f"this pipeline is {fingerprint[:12]})"
         )
     layers = set(cross_attention_modules(pipe.unet))
     if set(concept.value_targets) != layers:
@@ -80,15 +81,20 @@ def load_concepts(
     if isinstance(concepts, (str, Path, Concept)):
         concepts = [concepts]
     loaded = [(item, f"concept {item.token}") if isinstance(item, Concept) else (Concept.load(item), str(item)) for item in concepts]
-    runtime = install(pipe, captions, progress, inverse_covariance)
-    device = pipe.unet.device
-    for concept, source in loaded:
+    runtime = find_runtime(pipe)
+    fingerprint = runtime.base_fingerprint if runtime is not None else pipeline_fingerprint(pipe)
+    taken = set(runtime.concepts) if runtime is not None else set()
+    for concept, source in loaded:  # refuse bad files before the (slow) covariance and before any change to pipe
         if check:
-            check_compatible(concept, runtime, pipe, source)
-        if concept.token in runtime.concepts:
+            check_compatible(concept, fingerprint, pipe, source)
+        if concept.token in taken:
             raise ConceptFileError(f"{source}: the token {concept.token} is already loaded")
         if concept.token in pipe.tokenizer.get_vocab():
             raise ConceptFileError(f"{source}: the token {concept.token} is already a word of this tokenizer")
+        taken.add(concept.token)
+    runtime = install(pipe, captions, progress, inverse_covariance, fingerprint)
+    device = pipe.unet.device
+    for concept, source in loaded:
         embedding = concept.token_embedding.detach().to(pipe.text_encoder.dtype)
         with embedding_frozen_state_kept(pipe.text_encoder):
             pipe.load_textual_inversion(embedding, token=concept.token, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)

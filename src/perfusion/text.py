@@ -51,7 +51,7 @@ def supercategory_substitution(
             index_row.append(len(new_row) - 1)
         if len(new_row) > length:  # a longer supercategory pushed the tail out: keep the end-of-text token
             new_row = new_row[: length - 1] + [eos_token_id]
-        new_row += [eos_token_id] * (length - len(new_row))
+        new_row += [row[-1]] * (length - len(new_row))  # pad as the original row was padded (EOS on SD1, "!" on SD2)
         new_rows.append(new_row)
         index_rows.append([min(index, length - 1) for index in index_row])
     return torch.tensor(new_rows, dtype=input_ids.dtype), torch.tensor(index_rows, dtype=torch.long)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -146,9 +147,11 @@ class ConceptTrainer:
             tau=self.config.tau,
         )
 
-    def install(self, captions: list[str] | None = None, inverse_covariance: torch.Tensor | None = None) -> None:
+    def install(self, captions: list[str] | None = None, inverse_covariance: torch.Tensor | None = None,
+                progress: bool = False) -> None:  # fmt: skip
         pipe = self.pipe
-        load_concepts(pipe, self.concept, captions=captions, inverse_covariance=inverse_covariance, check=False)
+        load_concepts(pipe, self.concept, captions=captions, inverse_covariance=inverse_covariance, check=False,
+                      progress=progress)  # fmt: skip
         self.runtime = find_runtime(pipe)
         self.runtime.set_options(self.token, beta=self.config.train_beta, tau=self.config.train_tau)
         self.token_id = pipe.tokenizer.convert_tokens_to_ids(self.token)
@@ -227,7 +230,12 @@ class ConceptTrainer:
         )
 
     def load_checkpoint(self, path: Path) -> dict:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        if not path.is_file():
+            raise TrainingError(f"{path}: no checkpoint to resume from")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+            raise TrainingError(f"{path}: unreadable checkpoint ({error})") from None
         if (state["token"], state["supercategory"]) != (self.token, self.supercategory):
             raise TrainingError(f"{path}: a checkpoint of {state['token']} ({state['supercategory']}), not of {self.token}")
         with torch.no_grad():
@@ -244,8 +252,10 @@ class ConceptTrainer:
     # -- the whole run --------------------------------------------------------------------------
     def run(self, checkpoint: Path | None = None, resume: bool = False, captions=None, progress: bool = True):
         started = time.perf_counter()
-        state = self.load_checkpoint(checkpoint) if resume and checkpoint and checkpoint.exists() else None
-        self.install(captions)
+        if resume and checkpoint is None:
+            raise TrainingError("resuming needs a checkpoint path")
+        state = self.load_checkpoint(checkpoint) if resume else None
+        self.install(captions, progress=progress)
         if state is not None:
             self.optimizer.load_state_dict(state["optimizer"])
         try:

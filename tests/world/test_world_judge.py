@@ -76,6 +76,13 @@ def test_fidelity_prefers_the_concept_over_its_category_mates(judge):
     assert identity_top1(judge, impostors, concept.object) == 0.0
 
 
+def test_fidelity_of_an_image_to_itself_is_one(judge):
+    # The embedding is L2-normalised: an image against itself is a cosine of 1 up to float rounding.
+    images = [render(sample_spec(random.Random(seed))) for seed in range(4)]
+    for image in images:
+        assert identity_fidelity(judge, [image], [image]) == pytest.approx(1.0, abs=1e-4)
+
+
 def test_load_refuses_a_file_that_is_not_a_judge(tmp_path):
     from safetensors.torch import save_file
 
