@@ -140,6 +140,20 @@ def test_training_stages_resume_and_export(tmp_path):
     assert train.vae_fingerprint(tmp_path) == fingerprint  # decoder fine-tuning keeps the latent space
     train.UnetTrainer(tmp_path, SOURCE, TINY, config, log).run(True, StopAfter(1))  # so the UNet still resumes
 
+    # With the run directory lost, training continues from the shipped folder: same weights, same step.
+    fresh = tmp_path / "fresh-run"
+    fresh.mkdir()
+    train.adopt_shipped_parts(tmp_path / "model", fresh, log)
+    LatentPool(fresh / "latents", train.vae_fingerprint(fresh), chunk_size=8).fill(SOURCE, train.load_exported_vae(fresh),
+                                                                                  vae.config.scaling_factor, 8)  # fmt: skip
+    continued = train.UnetTrainer(fresh, SOURCE, TINY, config, log)
+    continued.initialise_from(tmp_path / "model")
+    assert continued.step == 3
+    shipped = StableDiffusionPipeline.from_pretrained(tmp_path / "model", local_files_only=True).unet.state_dict()
+    assert all(torch.equal(continued.unet.state_dict()[name], tensor) for name, tensor in shipped.items())
+    continued.run(False, StopAfter(1))
+    assert continued.step == 4
+
 
 def test_shipped_model_loads_and_generates():
     from perfusion.world.model_path import MODEL_DIR, default_model_path

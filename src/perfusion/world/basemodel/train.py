@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import random
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -29,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL
-from transformers import CLIPTokenizer
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from . import model as models
 from .config import ArchitectureConfig, TokenizerConfig, UnetTrainingConfig, VaeTrainingConfig, from_dict, to_dict
@@ -308,6 +309,19 @@ class UnetTrainer:
         restore_rng_state(state["rng"], self.generator, self.py_rng)
         self.step = state["step"]
 
+    def initialise_from(self, model_dir: Path) -> None:
+        """Start from a shipped pipeline folder's (EMA) weights when the full checkpoint is gone: the weights and
+        the step count carry on, the optimizer state starts afresh (Adam's moments rebuild within a few hundred
+        steps)."""
+        model_dir = Path(model_dir)
+        self.unet.load_state_dict(UNet2DConditionModel.from_pretrained(model_dir / "unet").float().state_dict())
+        self.text_encoder.load_state_dict(CLIPTextModel.from_pretrained(model_dir / "text_encoder").float().state_dict())
+        self.ema_unet = ExponentialMovingAverage(self.unet, self.config.ema_decay)
+        self.ema_text = ExponentialMovingAverage(self.text_encoder, self.config.ema_decay)
+        info_path = model_dir / "basemodel.json"
+        self.step = json.loads(info_path.read_text())["unet_step"] if info_path.exists() else 0
+        self.log(f"unet: initialised from {model_dir} at step {self.step}")
+
     def save(self) -> None:
         atomic_torch_save(self.state(), self.checkpoint_path)
         self.log(f"unet: checkpoint at step {self.step}")
@@ -345,7 +359,9 @@ class UnetTrainer:
         self.ema_text.update(self.text_encoder, self.step)
         return loss.item()
 
-    def run(self, resume: bool, stop, on_eval=None) -> None:
+    def run(self, resume: bool, stop, on_eval=None, init_from: Path | None = None) -> None:
+        if init_from is not None and not (resume and self.checkpoint_path.exists()):
+            self.initialise_from(init_from)
         if resume and self.checkpoint_path.exists():
             state = torch.load(self.checkpoint_path, weights_only=False)
             if state["vae"] != vae_fingerprint(self.run_dir):
@@ -393,6 +409,15 @@ def judge_scores(trainer: UnetTrainer, prompts: int = 32) -> None:
     trainer.log(stage="eval", step=trainer.step, **results)
 
 
+def adopt_shipped_parts(model_dir: Path, run_dir: Path, log) -> None:
+    """Copy a shipped pipeline's tokenizer and autoencoder into an empty run directory, so that the latent pool
+    and the UNet stage continue in the shipped model's own latent space."""
+    for part in ("tokenizer", "vae"):
+        if not (run_dir / part).exists():
+            shutil.copytree(Path(model_dir) / part, run_dir / part)
+            log(f"{part}: taken from {model_dir}")
+
+
 # ---- command line
 
 
@@ -424,6 +449,9 @@ def main(argv=None) -> None:
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
     parser.add_argument("--force", action="store_true", help="tokenizer: rebuild even if it exists")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="unet: start from a shipped pipeline folder (its tokenizer, autoencoder and weights) when "
+                        "the run directory has no checkpoint, e.g. after losing checkpoints/")  # fmt: skip
     add_config_arguments(parser, VaeTrainingConfig)
     add_config_arguments(parser, UnetTrainingConfig)
     arguments = parser.parse_args(argv)
@@ -431,6 +459,8 @@ def main(argv=None) -> None:
     run_dir = arguments.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     log, source, stop = RunLog(run_dir), world_source(), StopFlag(arguments.max_minutes)
+    if arguments.init_from is not None:
+        adopt_shipped_parts(arguments.init_from, run_dir, log)
     if arguments.stage == "tokenizer":
         train_tokenizer(run_dir, source, TokenizerConfig(), log, force=arguments.force)
     elif arguments.stage in ("vae", "decoder"):
@@ -445,9 +475,15 @@ def main(argv=None) -> None:
     else:
         checkpoint = run_dir / "unet.ckpt"
         saved = saved_config(checkpoint, "config") if arguments.resume else None
-        arch = from_dict(ArchitectureConfig, saved_config(checkpoint, "arch")) if arguments.resume and checkpoint.exists() else ArchitectureConfig()
+        if arguments.resume and checkpoint.exists():
+            arch = from_dict(ArchitectureConfig, saved_config(checkpoint, "arch"))
+        elif arguments.init_from is not None:
+            arch = from_dict(ArchitectureConfig, json.loads((arguments.init_from / "basemodel.json").read_text())["arch"])
+        else:
+            arch = ArchitectureConfig()
         config = config_from_arguments(UnetTrainingConfig, arguments, saved)
-        UnetTrainer(run_dir, source, arch, config, log).run(arguments.resume, stop, on_eval=judge_scores)
+        trainer = UnetTrainer(run_dir, source, arch, config, log)
+        trainer.run(arguments.resume, stop, on_eval=judge_scores, init_from=arguments.init_from)
 
 
 if __name__ == "__main__":
