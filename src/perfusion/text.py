@@ -15,7 +15,7 @@ def prompt_tokens(prompt: str) -> list[str]:
 
 
 def tokenize(tokenizer, prompts: list[str], padding: str = "max_length") -> torch.Tensor:
-    """Token ids exactly as diffusers' Stable Diffusion pipelines make them (padded and truncated to 77)."""
+    """Token ids exactly as diffusers' Stable Diffusion pipelines make them (padded and truncated to the tokenizer's model_max_length: 77 on SD)."""
     return tokenizer(
         prompts, padding=padding, max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids

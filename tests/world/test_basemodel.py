@@ -45,10 +45,10 @@ def test_any_text_tokenizes_without_unknowns_and_round_trips(tokenizer_dir):
     assert tokenizer.decode(ids, skip_special_tokens=True).replace(" ", "") == text.lower().replace(" ", "")
 
 
-def test_pads_with_end_of_text_like_sd1(tokenizer_dir):
+def test_pads_to_its_max_length_with_end_of_text_like_sd1(tokenizer_dir):
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
     ids = tokenizer("a cat", padding="max_length", max_length=tokenizer.model_max_length).input_ids
-    assert len(ids) == 77 and ids[-1] == tokenizer.eos_token_id == tokenizer.pad_token_id
+    assert len(ids) == TokenizerConfig().model_max_length and ids[-1] == tokenizer.eos_token_id == tokenizer.pad_token_id
 
 
 def test_new_concept_token_is_one_token(tokenizer_dir):
