@@ -175,3 +175,11 @@ def test_evaluation_scores_true_renders_perfectly():
     specs = [spec for spec, _ in prompt_set(16)]
     hits = score(Judge.load().predict([render(spec) for spec in specs]), specs)
     assert all(all(values) for values in hits.values())  # the judge is exact on renders (its reported accuracy)
+
+
+def test_autoencoder_round_trip_keeps_size_and_count(tokenizer_dir):
+    from perfusion.world.basemodel.evaluate import autoencoded
+
+    images = [Image.new("RGB", (64, 64), colour) for colour in COLOURS.values()]
+    round_trips = autoencoded(tiny_pipeline(tokenizer_dir), images)
+    assert len(round_trips) == 2 and all(image.size == (64, 64) and image.mode == "RGB" for image in round_trips)

@@ -104,6 +104,14 @@ def evaluate(pipe, config: EvaluationConfig, judge=None, seen_combinations: set 
     return {"results": results, "images": images, "prompts": prompts}
 
 
+@torch.no_grad()
+def autoencoded(pipe: StableDiffusionPipeline, images: list[Image.Image]) -> list[Image.Image]:
+    """Images encoded and decoded by the pipeline's autoencoder: the best the diffusion model could give."""
+    pixels = pipe.image_processor.preprocess(images).to(pipe.vae.device, pipe.vae.dtype)
+    decoded = pipe.vae.decode(pipe.vae.encode(pixels).latent_dist.mean).sample
+    return pipe.image_processor.postprocess(decoded, output_type="pil")
+
+
 def seconds_for_eight(pipe, config: EvaluationConfig) -> float:
     """Wall time of one batch of 8 images at the shipped sampling settings (after a warm-up call)."""
     texts = [text for _, text in prompt_set(8)]
@@ -167,7 +175,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, default=EvaluationConfig.seeds)
     parser.add_argument("--guidance-scale", type=float, default=EvaluationConfig.guidance_scale)
     parser.add_argument("--grid", type=Path, default=None, help="write a grid of samples (16 prompts) here")
-    parser.add_argument("--reference", action="store_true", help="also score the judge on true renders of the prompts")
+    parser.add_argument("--reference", action="store_true", help="also score the judge on true renders of the prompts and on their autoencoder round trips")
     parser.add_argument("--threads", type=int, default=2)
     arguments = parser.parse_args(argv)
     torch.set_num_threads(arguments.threads)
@@ -186,8 +194,10 @@ def main(argv=None) -> None:
         from perfusion.world.scenes import render
 
         specs = [spec for spec, _ in outcome["prompts"]]
-        hits = score(Judge.load().predict([render(spec) for spec in specs]), specs)
-        print("judge on true renders:", {key: f"{np.mean(values):.1%}" for key, values in hits.items() if values})
+        renders = [render(spec) for spec in specs]
+        for name, images in (("true renders", renders), ("renders through the autoencoder", autoencoded(pipe, renders))):
+            hits = score(Judge.load().predict(images), specs)
+            print(f"judge on {name}:", {key: f"{np.mean(values):.1%}" for key, values in hits.items() if values})
     if arguments.grid:
         rows = min(16, len(outcome["prompts"]))
         texts = [text for _, text in outcome["prompts"][:rows]]
