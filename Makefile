@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # The exact pin takes the CPU build that lies on this kind of machine's disk; the package itself asks only torch>=2.1.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup test demo benchmark clean
+.PHONY: setup test demo benchmark basemodel clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,6 +23,14 @@ demo: $(VENV)/.installed
 
 benchmark: $(VENV)/.installed
 	$(PY) benchmarks/overhead.py
+
+# Train the embedded base model from scratch, or continue it: every stage resumes from checkpoints/basemodel
+# (hours on 2 CPU cores; stop it any time). Then `$(PY) -m perfusion.world.basemodel.export --evaluate`.
+basemodel: $(VENV)/.installed
+	$(PY) -m perfusion.world.basemodel.train --stage tokenizer
+	$(PY) -m perfusion.world.basemodel.train --stage vae --resume
+	$(PY) -m perfusion.world.basemodel.train --stage latents
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m perfusion.world.basemodel.train --stage unet --resume
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

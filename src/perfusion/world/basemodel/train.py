@@ -184,6 +184,9 @@ def train_vae(run_dir: Path, source: SceneSource, arch: ArchitectureConfig, conf
         restore_rng_state(state["rng"], generator, py_rng)
         step = state["step"]
         log(f"{name}: resumed at step {step}")
+        if step >= config.max_steps:  # finished: re-exporting would overwrite a decoder fine-tuned since
+            log(f"{name}: already trained ({step} steps)")
+            return
     log(f"{name}: {models.parameter_count(vae) / 1e6:.2f}M parameters, {sum(p.numel() for p in trained) / 1e6:.2f}M trained")
 
     def save():
