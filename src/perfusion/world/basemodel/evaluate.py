@@ -194,9 +194,9 @@ def main(argv=None) -> None:
         from perfusion.world.scenes import render
 
         specs = [spec for spec, _ in outcome["prompts"]]
-        renders = [render(spec) for spec in specs]
+        renders, judge = [render(spec) for spec in specs], Judge.load()
         for name, images in (("true renders", renders), ("renders through the autoencoder", autoencoded(pipe, renders))):
-            hits = score(Judge.load().predict(images), specs)
+            hits = score(judge.predict(images), specs)
             print(f"judge on {name}:", {key: f"{np.mean(values):.1%}" for key, values in hits.items() if values})
     if arguments.grid:
         rows = min(16, len(outcome["prompts"]))

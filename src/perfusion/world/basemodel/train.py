@@ -363,14 +363,14 @@ class UnetTrainer:
         return loss.item()
 
     def run(self, resume: bool, stop, on_eval=None, init_from: Path | None = None) -> None:
-        if init_from is not None and not (resume and self.checkpoint_path.exists()):
-            self.initialise_from(init_from)
         if resume and self.checkpoint_path.exists():
             state = torch.load(self.checkpoint_path, weights_only=False)
             if state["vae"] != vae_fingerprint(self.run_dir):
                 raise ValueError("unet.ckpt was trained on another autoencoder's latents")
             self.load(state)
             self.log(f"unet: resumed at step {self.step}")
+        elif init_from is not None:
+            self.initialise_from(init_from)
         pool = LatentPool(self.run_dir / "latents", vae_fingerprint(self.run_dir))
         latents, specs = pool.load()
         chunks = len(specs) // pool.chunk_size
@@ -453,8 +453,8 @@ def main(argv=None) -> None:
     parser.add_argument("--force", action="store_true", help="tokenizer: rebuild even if it exists")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--init-from", type=Path, default=None,
-                        help="unet: start from a shipped pipeline folder (its tokenizer, autoencoder and weights) when "
-                        "the run directory has no checkpoint, e.g. after losing checkpoints/")  # fmt: skip
+                        help="take the tokenizer and autoencoder of a shipped pipeline folder where the run directory lacks "
+                        "them, and (unet stage) its weights when there is no checkpoint, e.g. after losing checkpoints/")  # fmt: skip
     add_config_arguments(parser, VaeTrainingConfig)
     add_config_arguments(parser, UnetTrainingConfig)
     arguments = parser.parse_args(argv)
