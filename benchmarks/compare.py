@@ -39,6 +39,7 @@ from perfusion.images import load_training_images
 from perfusion.loader import load_concepts
 from perfusion.models import open_pipeline
 from perfusion.train import TrainingConfig, train_concept
+from perfusion.world import recipe
 
 PERFUSION = "perfusion"
 
@@ -55,11 +56,16 @@ class Variant:
     default: float  # the knob's value for the table
 
 
-# Settings for the embedded micro-world model: starting points, to tune on a held-out concept (unverified).
+# Settings for the embedded micro-world model: Perfusion's are measured (perfusion.world.recipe); the baselines' are
+# starting points scaled to the model, not tuned.
 VARIANTS = (
-    Variant(PERFUSION, PERFUSION, dict(steps=200, batch_size=4, gradient_accumulation=1), "beta", (0.5, 0.6, 0.7, 0.8, 0.9), 0.7),
-    Variant("textual-inversion", "textual-inversion", {}, "guidance", (3.0, 5.0, 7.5, 10.0), 7.5),
-    Variant("dreambooth", "dreambooth", {}, "guidance", (3.0, 5.0, 7.5, 10.0), 7.5),
+    Variant(PERFUSION, PERFUSION, dict(recipe.TRAINING), "beta", (0.5, 0.6, 0.7, 0.8, 0.9), 0.7),
+    # The same with METHOD.md's SD1.5 learning rate for o*_V: what the embedded model's recipe changed, and why.
+    Variant("perfusion-sd-lr", PERFUSION, dict(recipe.TRAINING, lr_values=TrainingConfig.lr_values), "beta",
+            (0.5, 0.6, 0.7, 0.8, 0.9), 0.7),
+    # Methods without a knob of their own sweep guidance; their default is the embedded model's (recipe.GUIDANCE).
+    Variant("textual-inversion", "textual-inversion", {}, "guidance", (2.0, 4.0, 6.0, 8.0), 4.0),
+    Variant("dreambooth", "dreambooth", {}, "guidance", (2.0, 4.0, 6.0, 8.0), 4.0),
     Variant("lora-r4", "lora", dict(rank=4), "scale", (0.25, 0.5, 0.75, 1.0), 1.0),
     Variant("lora-r16", "lora", dict(rank=16), "scale", (0.25, 0.5, 0.75, 1.0), 1.0),
     Variant("custom-diffusion", "custom-diffusion", {}, "scale", (0.25, 0.5, 0.75, 1.0), 1.0),
@@ -79,7 +85,7 @@ class RunSettings:
     clip: str | None = None  # a local CLIP folder: score with CLIP-I / CLIP-T instead of the world judge
     images_per_prompt: int = 2
     inference_steps: int = 25
-    guidance: float = 7.5  # for variants whose knob is not guidance
+    guidance: float = recipe.GUIDANCE  # for variants whose knob is not guidance (7.5 is SD1.5's)
     seed: int = 0
     threads: int | None = None
     isolate: bool = True  # train in a fresh process (peak memory); off: in this process, no memory figure
@@ -433,6 +439,8 @@ def main(argv: list[str] | None = None) -> tuple[list[Row], list[dict]]:
     parser.add_argument("--clip", help="a local CLIP model folder: score with CLIP-I / CLIP-T (the paper's protocol)")
     parser.add_argument("--images-per-prompt", type=int, default=2)
     parser.add_argument("--inference-steps", type=int, default=25)
+    parser.add_argument("--guidance", type=float, default=recipe.GUIDANCE,
+                        help="guidance of the methods that sweep another knob (default: the embedded model's; SD1.5: 7.5)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads in every process (default: torch's own)")
     parser.add_argument("--no-isolate", action="store_true", help="train in this process (no peak-memory figures)")
@@ -448,7 +456,7 @@ def main(argv: list[str] | None = None) -> tuple[list[Row], list[dict]]:
     settings = RunSettings(model=args.model, out=args.out, quick=args.quick, steps=args.steps, prompts=args.prompts,
                            prompts_file=args.prompts_file, clip=args.clip,
                            images_per_prompt=args.images_per_prompt, inference_steps=args.inference_steps,
-                           seed=args.seed, threads=args.threads, isolate=not args.no_isolate)  # fmt: skip
+                           guidance=args.guidance, seed=args.seed, threads=args.threads, isolate=not args.no_isolate)  # fmt: skip
     settings = settings.quickened() if settings.quick else settings
     concepts = [concept for concept in find_concepts(Path(args.concepts)) if not args.concept or concept.name in args.concept]
     variants = [variant for variant in VARIANTS if not args.variants or variant.name in args.variants]

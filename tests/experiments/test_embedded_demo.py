@@ -8,7 +8,7 @@ import pytest
 
 from perfusion.experiments.demo import DemoConfig, run_demo
 from perfusion.experiments.sweep import SweepConfig
-from perfusion.train import TrainingConfig
+from perfusion.world import recipe
 from perfusion.world.model_path import MODEL_DIR
 
 
@@ -20,8 +20,8 @@ def demo_out(tmp_path_factory):
 
     pipe = open_pipeline(str(MODEL_DIR))
     config = DemoConfig(
-        training=TrainingConfig(steps=80, batch_size=4, gradient_accumulation=1, seed=0),
-        sweep=SweepConfig(betas=(0.5, 0.9), images_per_prompt=4, steps=12),
+        training=recipe.training_config(steps=80, seed=0),
+        sweep=SweepConfig(betas=(0.5, 0.9), images_per_prompt=4, steps=12, guidance=recipe.GUIDANCE),
         prompts=3,
         composition_backgrounds=("blue",),
     )  # fmt: skip
@@ -50,7 +50,7 @@ def test_sweep_files_and_plot(demo_out):
 
 def test_report_exists_and_its_links_resolve(demo_out):
     html = (demo_out / "report.html").read_text()
-    links = re.findall(r'(?:src|href)="([^"]+)"', html)
+    links = re.findall(r"(?:src|href)=['\"]([^'\"]+)['\"]", html)
     assert any(link.endswith("pareto.png") for link in links)
     assert any(link.startswith("training/") for link in links)
     for link in links:

@@ -22,13 +22,14 @@ from perfusion.experiments.scoring import WorldScorer
 from perfusion.experiments.sweep import SweepConfig, generate_prompts, run_sweep, slug
 from perfusion.files import atomic_write
 from perfusion.train import TrainingConfig
+from perfusion.world import recipe
 
 
 @dataclass
 class DemoConfig:
     concepts: tuple[str, str] = ("<mycat>", "<mymug>")  # shipped examples: the first is swept, both are composed
-    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(steps=150, batch_size=4, gradient_accumulation=1))
-    sweep: SweepConfig = field(default_factory=SweepConfig)
+    training: TrainingConfig = field(default_factory=recipe.training_config)
+    sweep: SweepConfig = field(default_factory=lambda: SweepConfig(guidance=recipe.GUIDANCE))
     prompts: int = 8  # new-context prompts per concept
     composition_backgrounds: tuple[str, ...] = ("red", "blue", "green", "yellow")
 
@@ -36,7 +37,7 @@ class DemoConfig:
 def quick(config: DemoConfig) -> DemoConfig:
     """A smoke-test budget: a few steps, two betas, two prompts."""
     config.training.steps = 4
-    config.sweep = SweepConfig(betas=(0.6, 0.8), images_per_prompt=1, steps=4)
+    config.sweep = SweepConfig(betas=(0.6, 0.8), images_per_prompt=1, steps=4, guidance=recipe.GUIDANCE)
     config.prompts = 2
     config.composition_backgrounds = config.composition_backgrounds[:1]
     return config
