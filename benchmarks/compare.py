@@ -64,8 +64,8 @@ VARIANTS = (
     Variant("perfusion-sd-lr", PERFUSION, dict(recipe.TRAINING, lr_values=TrainingConfig.lr_values), "beta",
             (0.5, 0.6, 0.7, 0.8, 0.9), 0.7),
     # Methods without a knob of their own sweep guidance; their default is the embedded model's (recipe.GUIDANCE).
-    Variant("textual-inversion", "textual-inversion", {}, "guidance", (2.0, 4.0, 6.0, 8.0), 4.0),
-    Variant("dreambooth", "dreambooth", {}, "guidance", (2.0, 4.0, 6.0, 8.0), 4.0),
+    Variant("textual-inversion", "textual-inversion", {}, "guidance", (2.0, 4.0, 6.0, 8.0), recipe.GUIDANCE),
+    Variant("dreambooth", "dreambooth", {}, "guidance", (2.0, 4.0, 6.0, 8.0), recipe.GUIDANCE),
     Variant("lora-r4", "lora", dict(rank=4), "scale", (0.25, 0.5, 0.75, 1.0), 1.0),
     Variant("lora-r16", "lora", dict(rank=16), "scale", (0.25, 0.5, 0.75, 1.0), 1.0),
     Variant("custom-diffusion", "custom-diffusion", {}, "scale", (0.25, 0.5, 0.75, 1.0), 1.0),
@@ -439,7 +439,7 @@ def main(argv: list[str] | None = None) -> tuple[list[Row], list[dict]]:
     parser.add_argument("--clip", help="a local CLIP model folder: score with CLIP-I / CLIP-T (the paper's protocol)")
     parser.add_argument("--images-per-prompt", type=int, default=2)
     parser.add_argument("--inference-steps", type=int, default=25)
-    parser.add_argument("--guidance", type=float, default=recipe.GUIDANCE,
+    parser.add_argument("--guidance", type=float, default=RunSettings.guidance,
                         help="guidance of the methods that sweep another knob (default: the embedded model's; SD1.5: 7.5)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads in every process (default: torch's own)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from PIL import Image
@@ -37,7 +37,7 @@ class DemoConfig:
 def quick(config: DemoConfig) -> DemoConfig:
     """A smoke-test budget: a few steps, two betas, two prompts."""
     config.training.steps = 4
-    config.sweep = SweepConfig(betas=(0.6, 0.8), images_per_prompt=1, steps=4, guidance=recipe.GUIDANCE)
+    config.sweep = replace(config.sweep, betas=(0.6, 0.8), images_per_prompt=1, steps=4)
     config.prompts = 2
     config.composition_backgrounds = config.composition_backgrounds[:1]
     return config
