@@ -22,6 +22,7 @@ import argparse
 import csv
 import itertools
 import json
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -65,6 +66,9 @@ VARIANTS = (
             (0.5, 0.6, 0.7, 0.8, 0.9), 0.7),
     # Methods without a knob of their own sweep guidance; their default is the embedded model's (recipe.GUIDANCE).
     Variant("textual-inversion", "textual-inversion", {}, "guidance", (2.0, 4.0, 6.0, 8.0), recipe.GUIDANCE),
+    # Textual Inversion at Perfusion's learning rate for v*: how much of Perfusion's result v* alone gives.
+    Variant("textual-inversion-6e-3", "textual-inversion", dict(lr=TrainingConfig.lr_embedding), "guidance",
+            (2.0, 4.0, 6.0, 8.0), recipe.GUIDANCE),
     Variant("dreambooth", "dreambooth", {}, "guidance", (2.0, 4.0, 6.0, 8.0), recipe.GUIDANCE),
     Variant("lora-r4", "lora", dict(rank=4), "scale", (0.25, 0.5, 0.75, 1.0), 1.0),
     Variant("lora-r16", "lora", dict(rank=16), "scale", (0.25, 0.5, 0.75, 1.0), 1.0),
@@ -89,6 +93,7 @@ class RunSettings:
     seed: int = 0
     threads: int | None = None
     isolate: bool = True  # train in a fresh process (peak memory); off: in this process, no memory figure
+    command: str = ""  # the command line that produced the results (written into results.json)
 
     def quickened(self) -> RunSettings:
         return replace(self, prompts=min(self.prompts, 4), images_per_prompt=1, inference_steps=min(self.inference_steps, 10))
@@ -456,7 +461,8 @@ def main(argv: list[str] | None = None) -> tuple[list[Row], list[dict]]:
     settings = RunSettings(model=args.model, out=args.out, quick=args.quick, steps=args.steps, prompts=args.prompts,
                            prompts_file=args.prompts_file, clip=args.clip,
                            images_per_prompt=args.images_per_prompt, inference_steps=args.inference_steps,
-                           guidance=args.guidance, seed=args.seed, threads=args.threads, isolate=not args.no_isolate)  # fmt: skip
+                           guidance=args.guidance, seed=args.seed, threads=args.threads, isolate=not args.no_isolate,
+                           command=shlex.join(["python", "benchmarks/compare.py", *(sys.argv[1:] if argv is None else argv)]))  # fmt: skip
     settings = settings.quickened() if settings.quick else settings
     concepts = [concept for concept in find_concepts(Path(args.concepts)) if not args.concept or concept.name in args.concept]
     variants = [variant for variant in VARIANTS if not args.variants or variant.name in args.variants]
