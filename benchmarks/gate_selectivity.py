@@ -1,0 +1,77 @@
+"""How selective Perfusion's similarity s(e) is on a base model: the premise is s = 1 at the concept, ~0 elsewhere.
+
+    python benchmarks/gate_selectivity.py --concept mycat.safetensors [--model PATH] [--prompts 12]
+
+Encodes the micro world's standard prompts with the concept in them and prints, for C estimated from the
+packaged caption corpus (what `load_concepts` uses) and from the world's own training captions, the mean |s| of
+the tokens before the concept, of the concept token, of the content tokens after it, and of the padding. Where
+the tokens after the concept reach s >= beta, the gate opens on them too (README, "Where the identity lives").
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+
+import torch
+
+from perfusion.concept import Concept, ConceptFileError
+from perfusion.corpus import default_captions
+from perfusion.covariance import DEFAULT_CAPTIONS, estimate_covariance
+from perfusion.experiments.prompts import world_prompts
+from perfusion.loader import load_concepts
+from perfusion.method import similarity
+from perfusion.models import open_pipeline
+from perfusion.text import content_mask, encode, tokenize
+
+
+def world_captions(count: int, seed: int = 0) -> list[str]:
+    from perfusion.world.captions import caption
+    from perfusion.world.scenes import sample_spec
+
+    rng = random.Random(seed)
+    return [caption(sample_spec(rng), rng) for _ in range(count)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--concept", required=True, help="concept file trained on --model")
+    parser.add_argument("--model", help="base model folder (default: the embedded micro-world model)")
+    parser.add_argument("--prompts", type=int, default=12, help="world prompts to encode")
+    args = parser.parse_args(argv)
+    if args.model is None:
+        from perfusion.world.model_path import default_model_path
+
+        args.model = str(default_model_path())
+    try:
+        concept = Concept.load(args.concept)
+        pipe = open_pipeline(args.model)
+        load_concepts(pipe, concept)
+    except (ConceptFileError, OSError) as error:
+        sys.exit(f"gate_selectivity: {error}")
+    tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
+    ids = tokenize(tokenizer, [p.text(concept.token) for p in world_prompts(concept.supercategory, args.prompts)])
+    with torch.no_grad():
+        encodings = encode(text_encoder, ids).double()
+    at_concept = ids == tokenizer.convert_tokens_to_ids(concept.token)
+    after = at_concept.cumsum(-1).bool() & ~at_concept
+    content = content_mask(ids, tokenizer.eos_token_id)
+    groups = {
+        "before": ~at_concept.cumsum(-1).bool(),
+        "concept": at_concept,
+        "content after": after & content,
+        "padding": after & ~content,
+    }
+    corpora = {"packaged corpus": default_captions(DEFAULT_CAPTIONS), "world captions": world_captions(DEFAULT_CAPTIONS)}
+    print(f"{concept.token} on {args.model}, {len(ids)} prompts; mean |s| (max |s|) per token group")
+    for name, captions in corpora.items():
+        with torch.no_grad():
+            inverse = torch.linalg.inv(estimate_covariance(text_encoder, tokenizer, captions))
+        s = similarity(encodings, concept.concept_encoding.double(), inverse).abs()
+        cells = [f"{group} {s[mask].mean():.2f} ({s[mask].max():.2f})" for group, mask in groups.items()]
+        print(f"  C from {name:16s} " + "   ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
