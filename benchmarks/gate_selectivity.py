@@ -17,10 +17,9 @@ import sys
 import torch
 
 from perfusion.concept import Concept, ConceptFileError
-from perfusion.corpus import default_captions
-from perfusion.covariance import DEFAULT_CAPTIONS, estimate_covariance
+from perfusion.covariance import DEFAULT_CAPTIONS, inverse_covariance
 from perfusion.experiments.prompts import world_prompts
-from perfusion.loader import load_concepts
+from perfusion.loader import find_runtime, load_concepts
 from perfusion.method import similarity
 from perfusion.models import open_pipeline
 from perfusion.text import content_mask, encode, tokenize
@@ -55,19 +54,21 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         encodings = encode(text_encoder, ids).double()
     at_concept = ids == tokenizer.convert_tokens_to_ids(concept.token)
-    after = at_concept.cumsum(-1).bool() & ~at_concept
+    from_concept = at_concept.cumsum(-1).bool()
+    after = from_concept & ~at_concept
     content = content_mask(ids, tokenizer.eos_token_id)
     groups = {
-        "before": ~at_concept.cumsum(-1).bool(),
+        "before": ~from_concept,
         "concept": at_concept,
         "content after": after & content,
         "padding": after & ~content,
     }
-    corpora = {"packaged corpus": default_captions(DEFAULT_CAPTIONS), "world captions": world_captions(DEFAULT_CAPTIONS)}
+    inverses = {  # the first is the C^-1 that load_concepts installed; both come from the per-model disk cache
+        "packaged corpus": find_runtime(pipe).inverse_covariance,
+        "world captions": inverse_covariance(text_encoder, tokenizer, world_captions(DEFAULT_CAPTIONS)),
+    }
     print(f"{concept.token} on {args.model}, {len(ids)} prompts; mean |s| (max |s|) per token group")
-    for name, captions in corpora.items():
-        with torch.no_grad():
-            inverse = torch.linalg.inv(estimate_covariance(text_encoder, tokenizer, captions))
+    for name, inverse in inverses.items():
         s = similarity(encodings, concept.concept_encoding.double(), inverse).abs()
         cells = [f"{group} {s[mask].mean():.2f} ({s[mask].max():.2f})" for group, mask in groups.items()]
         print(f"  C from {name:16s} " + "   ".join(cells))
