@@ -2,9 +2,11 @@
 
 import pytest
 import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from perfusion.testing import build_tiny_pipeline, load_pipeline, small_corpus, write_concept_images
 
 from perfusion.images import load_training_images
+from perfusion.latents import noised
 from perfusion.runtime import linear_part
 from perfusion.train import ConceptTrainer, TrainingConfig, train_concept
 
@@ -89,8 +91,15 @@ def test_default_mask_is_the_supercategory_attention_map(tiny_pipe, tmp_path):
     assert masks.min() >= 0 and masks.amax(dim=(1, 2, 3)).allclose(torch.ones(4))
 
 
-def test_v_prediction_models_train_on_velocity(tmp_path, concept_images):
+@pytest.mark.parametrize("sampler", [DDIMScheduler, DPMSolverMultistepScheduler])
+def test_v_prediction_models_train_on_velocity(tmp_path, concept_images, sampler):
     pipe = load_pipeline(build_tiny_pipeline(tmp_path / "v", prediction_type="v_prediction"))
+    pipe.scheduler = sampler.from_config(pipe.scheduler.config)  # DPM-Solver has no get_velocity of its own
+    latents = torch.randn(3, 4, 8, 8)
+    noisy, timesteps, target = noised(pipe.scheduler, latents, torch.Generator().manual_seed(0))
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
+    abar = DDPMScheduler.from_config(pipe.scheduler.config).alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    assert torch.allclose(target, abar.sqrt() * noise - (1 - abar).sqrt() * latents, atol=1e-5)  # v (Salimans & Ho)
     trainer = ConceptTrainer(pipe, concept_images, "<mydisc>", "cat", TrainingConfig(**QUICK))
     noisy, timesteps, target, _, _ = trainer.micro_batch()
     assert not torch.equal(target, noisy)  # sanity: the target is the velocity, not the input

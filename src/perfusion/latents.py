@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
+from diffusers import DDPMScheduler
 
 from perfusion.images import TrainingImage, image_tensor, mask_tensor
 
@@ -66,8 +67,14 @@ def given_masks(images: list[TrainingImage], size: int, latent_size: int, flip: 
     return torch.cat([masks, masks.flip(-1)]) if flip else masks
 
 
+def forward_process(scheduler) -> DDPMScheduler:
+    """The noising a model was trained with, from any sampler's config (DPM-Solver and others lack get_velocity)."""
+    return scheduler if isinstance(scheduler, DDPMScheduler) else DDPMScheduler.from_config(scheduler.config)
+
+
 def noised(scheduler, latents: torch.Tensor, generator: torch.Generator):
     """Gaussian noise (never uniform) at uniform timesteps; the target the scheduler's model predicts."""
+    scheduler = forward_process(scheduler)
     noise = torch.randn(latents.shape, generator=generator).to(latents.device)
     timesteps = torch.randint(scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
     timesteps = timesteps.to(latents.device)

@@ -110,6 +110,16 @@ class StopAfter:
         return self.n < 0
 
 
+def test_min_snr_weights_keep_the_noisiest_steps_under_v_prediction():
+    scheduler = models.build_training_scheduler(TINY)
+    timesteps = torch.tensor([0, 500, 999])
+    v = train.min_snr_weights(scheduler.alphas_cumprod, timesteps, 5.0, "v_prediction")
+    assert v[0] < 0.01 and v[2] == 1.0  # low noise capped; zero SNR at t=999 keeps full weight
+    eps = train.min_snr_weights(models.build_training_scheduler(dataclasses.replace(TINY, prediction_type="epsilon",
+                                zero_terminal_snr=False)).alphas_cumprod, timesteps, 5.0, "epsilon")  # fmt: skip
+    assert eps[0] < 0.01 and eps[2] == 1.0
+
+
 def test_random_crops_are_on_the_latent_grid():
     images = torch.arange(2 * 64 * 64, dtype=torch.float32).reshape(2, 1, 64, 64)
     crops = train.random_crops(images, 32, random.Random(0))
@@ -128,11 +138,15 @@ def test_training_stages_resume_and_export(tmp_path):
     vae = train.load_exported_vae(tmp_path)
     LatentPool(tmp_path / "latents", train.vae_fingerprint(tmp_path), chunk_size=8).fill(SOURCE, vae, vae.config.scaling_factor, 16)
     config = UnetTrainingConfig(batch_size=4, warmup_steps=2)
-    train.UnetTrainer(tmp_path, SOURCE, TINY, config, log).run(False, StopAfter(2))
-    resumed = train.UnetTrainer(tmp_path, SOURCE, TINY, config, log)
+    epsilon = dataclasses.replace(TINY, prediction_type="epsilon", zero_terminal_snr=False)  # as the first shipped model
+    train.UnetTrainer(tmp_path, SOURCE, epsilon, config, log).run(False, StopAfter(2))
+    resumed = train.UnetTrainer(tmp_path, SOURCE, TINY, config, log)  # switched to v on the zero-terminal-SNR schedule
     resumed.run(True, StopAfter(1))
-    assert resumed.step == 3
+    assert (resumed.step, resumed.ema_start) == (3, 2)  # the EMA restarted at the switch
     pipe = StableDiffusionPipeline.from_pretrained(export(tmp_path, tmp_path / "model"), local_files_only=True)
+    assert pipe.scheduler.config.prediction_type == "v_prediction" and pipe.scheduler.config.rescale_betas_zero_snr
+    pipe.scheduler.set_timesteps(2)
+    assert pipe.scheduler.timesteps[0] == 999  # sampling starts from pure noise
     image = pipe("a red cup on blue background", num_inference_steps=2, height=64, width=64).images[0]
     assert np.asarray(image).shape == (64, 64, 3)
     fingerprint = train.vae_fingerprint(tmp_path)

@@ -15,7 +15,7 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline
 from transformers import CLIPTokenizer
 
 from . import model as models
-from .config import ArchitectureConfig, from_dict
+from .config import saved_architecture
 from .train import DEFAULT_RUN_DIR
 
 INFO_FILE = "basemodel.json"  # training provenance, next to model_index.json
@@ -25,7 +25,7 @@ def pipeline_from_checkpoint(run_dir: Path, use_ema: bool = True) -> tuple[Stabl
     """The fp32 pipeline of a training checkpoint (EMA weights by default), and its provenance."""
     run_dir = Path(run_dir)
     state = torch.load(run_dir / "unet.ckpt", weights_only=False, map_location="cpu")
-    arch = from_dict(ArchitectureConfig, state["arch"])
+    arch = saved_architecture(state["arch"])
     tokenizer = CLIPTokenizer.from_pretrained(run_dir / "tokenizer")
     unet, text_encoder = models.build_unet(arch), models.build_text_encoder(arch, tokenizer)
     if use_ema:
@@ -59,7 +59,7 @@ Load with `StableDiffusionPipeline.from_pretrained(perfusion.world.default_model
 - UNet2DConditionModel {unet:.2f}M parameters, blocks {blocks}, cross-attention width {width}, 16x16x4 latents
 - CLIPTextModel {text:.2f}M parameters, CLIPTokenizer with {vocab} tokens (CLIP-format BPE)
 - AutoencoderKL {vae:.2f}M parameters, 64x64 RGB <-> 16x16x4, scaling factor {scaling:.4f}
-- {prediction} prediction, SD1.x beta schedule; sampler DPMSolverMultistepScheduler
+- {prediction} prediction, SD1.x beta schedule{rescaled}; sampler DPMSolverMultistepScheduler
 - UNet training step {step} (batch {batch}), EMA weights, fp16 files
 
 ## Measured (judge; {prompts} prompts x {seeds} seeds, 25 steps, guidance {guidance})
@@ -76,7 +76,9 @@ def write_model_card(out: Path, pipe, info: dict, table_text: str, config) -> No
         unet=models.parameter_count(pipe.unet) / 1e6, blocks=tuple(arch["unet_block_out_channels"]),
         width=arch["text_hidden_size"], text=models.parameter_count(pipe.text_encoder) / 1e6, vocab=len(pipe.tokenizer),
         vae=models.parameter_count(pipe.vae) / 1e6, scaling=pipe.vae.config.scaling_factor,
-        prediction=arch["prediction_type"], step=info["unet_step"], batch=info["config"]["batch_size"],
+        prediction=arch["prediction_type"],
+        rescaled=" rescaled to zero terminal SNR, trailing timesteps" if arch.get("zero_terminal_snr") else "",
+        step=info["unet_step"], batch=info["config"]["batch_size"],
         prompts=config.prompts, seeds=config.seeds, guidance=config.guidance_scale, table=table_text,
     ))  # fmt: skip
 

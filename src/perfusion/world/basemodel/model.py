@@ -79,23 +79,24 @@ def build_text_encoder(arch: ArchitectureConfig, tokenizer: CLIPTokenizer) -> CL
     return CLIPTextModel(config)
 
 
-def build_training_scheduler(arch: ArchitectureConfig) -> DDPMScheduler:
-    return DDPMScheduler(
+def noise_schedule(arch: ArchitectureConfig) -> dict:
+    """The scheduler settings training and sampling share."""
+    return dict(
         num_train_timesteps=arch.num_train_timesteps,
         prediction_type=arch.prediction_type,
-        clip_sample=False,
-        steps_offset=1,
+        rescale_betas_zero_snr=arch.zero_terminal_snr,
+        timestep_spacing="trailing" if arch.zero_terminal_snr else "linspace",  # start sampling at t=999
+        steps_offset=0 if arch.zero_terminal_snr else 1,
         **BETA_SCHEDULE,
     )
+
+
+def build_training_scheduler(arch: ArchitectureConfig) -> DDPMScheduler:
+    return DDPMScheduler(clip_sample=False, **noise_schedule(arch))
 
 
 def build_sampling_scheduler(arch: ArchitectureConfig) -> DPMSolverMultistepScheduler:
-    return DPMSolverMultistepScheduler(
-        num_train_timesteps=arch.num_train_timesteps,
-        prediction_type=arch.prediction_type,
-        steps_offset=1,
-        **BETA_SCHEDULE,
-    )
+    return DPMSolverMultistepScheduler(**noise_schedule(arch))
 
 
 def assemble_pipeline(vae, unet, text_encoder, tokenizer, arch: ArchitectureConfig) -> StableDiffusionPipeline:

@@ -34,7 +34,15 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from . import model as models
-from .config import ArchitectureConfig, TokenizerConfig, UnetTrainingConfig, VaeTrainingConfig, from_dict, to_dict
+from .config import (
+    ArchitectureConfig,
+    TokenizerConfig,
+    UnetTrainingConfig,
+    VaeTrainingConfig,
+    from_dict,
+    saved_architecture,
+    to_dict,
+)
 from .data import VAE_SEED_RANGE, LatentPool, SceneSource, atomic_torch_save, render_batch, world_source
 from .tokenizer import build_tokenizer, words_split
 
@@ -269,9 +277,13 @@ class ExponentialMovingAverage:
                 parameter.copy_(self.shadow[name])
 
 
-def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma loss weights for epsilon prediction (Hang et al. 2023): min(SNR, gamma) / SNR."""
+def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023). Epsilon: min(SNR, gamma) / SNR, i.e. min(SNR, gamma) on the
+    x0 error. v: min(SNR + 1, gamma) / (SNR + 1), so the noisiest steps, where the layout is decided, keep weight 1
+    on the x0 error (min(SNR, gamma) / (SNR + 1) would give the zero-SNR step no weight at all)."""
     snr = alphas_cumprod[timesteps] / (1 - alphas_cumprod[timesteps])
+    if prediction_type == "v_prediction":
+        snr = snr + 1
     return torch.clamp(snr, max=gamma) / snr
 
 
@@ -292,6 +304,7 @@ class UnetTrainer:
         self.ema_unet = ExponentialMovingAverage(self.unet, config.ema_decay)
         self.ema_text = ExponentialMovingAverage(self.text_encoder, config.ema_decay)
         self.generator, self.py_rng, self.step = torch.Generator().manual_seed(0), random.Random(0), 0
+        self.ema_start = 0  # the step the EMA last started from a copy of the weights
         self.checkpoint_path = run_dir / "unet.ckpt"
 
     def state(self) -> dict:
@@ -299,7 +312,7 @@ class UnetTrainer:
             "unet": self.unet.state_dict(), "text_encoder": self.text_encoder.state_dict(),
             "ema_unet": self.ema_unet.shadow, "ema_text": self.ema_text.shadow,
             "optimizer": self.optimizer.state_dict(), "rng": rng_state(self.generator, self.py_rng), "step": self.step,
-            "arch": to_dict(self.arch), "config": to_dict(self.config), "vae": vae_fingerprint(self.run_dir),
+            "ema_start": self.ema_start, "arch": to_dict(self.arch), "config": to_dict(self.config), "vae": vae_fingerprint(self.run_dir),
         }  # fmt: skip
 
     def load(self, state: dict) -> None:
@@ -310,7 +323,17 @@ class UnetTrainer:
         unet_group, text_group = self.optimizer.param_groups  # a resumed run takes the current config's rates
         unet_group["base_lr"], text_group["base_lr"] = self.config.unet_learning_rate, self.config.text_learning_rate
         restore_rng_state(state["rng"], self.generator, self.py_rng)
-        self.step = state["step"]
+        self.step, self.ema_start = state["step"], state.get("ema_start", 0)
+        saved = saved_architecture(state["arch"])
+        if (saved.prediction_type, saved.zero_terminal_snr) != (self.arch.prediction_type, self.arch.zero_terminal_snr):
+            self.restart_ema()  # an average over both parameterisations would predict neither
+            self.log(f"unet: from step {self.step} trained as {self.arch.prediction_type}, zero terminal SNR "
+                     f"{self.arch.zero_terminal_snr} (was {saved.prediction_type}, {saved.zero_terminal_snr}); EMA restarted")
+
+    def restart_ema(self) -> None:
+        self.ema_unet = ExponentialMovingAverage(self.unet, self.config.ema_decay)
+        self.ema_text = ExponentialMovingAverage(self.text_encoder, self.config.ema_decay)
+        self.ema_start = self.step
 
     def initialise_from(self, model_dir: Path) -> None:
         """Start from a shipped pipeline folder's (EMA) weights when the full checkpoint is gone: the weights and
@@ -319,10 +342,9 @@ class UnetTrainer:
         model_dir = Path(model_dir)
         self.unet.load_state_dict(UNet2DConditionModel.from_pretrained(model_dir / "unet").float().state_dict())
         self.text_encoder.load_state_dict(CLIPTextModel.from_pretrained(model_dir / "text_encoder").float().state_dict())
-        self.ema_unet = ExponentialMovingAverage(self.unet, self.config.ema_decay)
-        self.ema_text = ExponentialMovingAverage(self.text_encoder, self.config.ema_decay)
         info_path = model_dir / "basemodel.json"
         self.step = json.loads(info_path.read_text())["unet_step"] if info_path.exists() else 0
+        self.restart_ema()
         self.log(f"unet: initialised from {model_dir} at step {self.step}")
 
     def save(self) -> None:
@@ -347,9 +369,11 @@ class UnetTrainer:
         noise = torch.randn(latents.shape, generator=self.generator)
         timesteps = torch.randint(self.scheduler.config.num_train_timesteps, (len(latents),), generator=self.generator)
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
+        prediction_type = self.scheduler.config.prediction_type
+        target = self.scheduler.get_velocity(latents, noise, timesteps) if prediction_type == "v_prediction" else noise
         prediction = self.unet(noisy, timesteps, self.encode_captions(captions)).sample
-        weights = min_snr_weights(self.scheduler.alphas_cumprod, timesteps, config.min_snr_gamma)
-        loss = (weights * (prediction - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        weights = min_snr_weights(self.scheduler.alphas_cumprod, timesteps, config.min_snr_gamma, prediction_type)
+        loss = (weights * (prediction - target).pow(2).mean(dim=(1, 2, 3))).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(self.unet.parameters()) + list(self.text_encoder.parameters()), 1.0)
@@ -358,8 +382,8 @@ class UnetTrainer:
             group["lr"] = group["base_lr"] * factor
         self.optimizer.step()
         self.step += 1
-        self.ema_unet.update(self.unet, self.step)
-        self.ema_text.update(self.text_encoder, self.step)
+        self.ema_unet.update(self.unet, self.step - self.ema_start)
+        self.ema_text.update(self.text_encoder, self.step - self.ema_start)
         return loss.item()
 
     def run(self, resume: bool, stop, on_eval=None, init_from: Path | None = None) -> None:
@@ -455,6 +479,9 @@ def main(argv=None) -> None:
     parser.add_argument("--init-from", type=Path, default=None,
                         help="take the tokenizer and autoencoder of a shipped pipeline folder where the run directory lacks "
                         "them, and (unet stage) its weights when there is no checkpoint, e.g. after losing checkpoints/")  # fmt: skip
+    parser.add_argument("--v-prediction", action="store_true",
+                        help="unet stage: go on training a resumed epsilon model as v-prediction on the zero-terminal-SNR "
+                        "schedule (new runs start so); the EMA restarts at the switch")  # fmt: skip
     add_config_arguments(parser, VaeTrainingConfig)
     add_config_arguments(parser, UnetTrainingConfig)
     arguments = parser.parse_args(argv)
@@ -470,7 +497,8 @@ def main(argv=None) -> None:
         checkpoint = run_dir / f"{arguments.stage}.ckpt"
         saved = saved_config(checkpoint, "config") if arguments.resume else None
         continuing = arguments.resume or arguments.stage == "decoder"  # the decoder stage keeps stage 1's network
-        arch = from_dict(ArchitectureConfig, (continuing and saved_config(run_dir / "vae.ckpt", "arch")) or {})
+        saved_arch = continuing and saved_config(run_dir / "vae.ckpt", "arch")
+        arch = saved_architecture(saved_arch) if saved_arch else ArchitectureConfig()
         config = config_from_arguments(VaeTrainingConfig, arguments, saved)
         train_vae(run_dir, source, arch, config, arguments.resume, stop, log, decoder_only=arguments.stage == "decoder")
     elif arguments.stage == "latents":
@@ -479,11 +507,13 @@ def main(argv=None) -> None:
         checkpoint = run_dir / "unet.ckpt"
         saved = saved_config(checkpoint, "config") if arguments.resume else None
         if arguments.resume and checkpoint.exists():
-            arch = from_dict(ArchitectureConfig, saved_config(checkpoint, "arch"))
+            arch = saved_architecture(saved_config(checkpoint, "arch"))
         elif arguments.init_from is not None:
-            arch = from_dict(ArchitectureConfig, json.loads((arguments.init_from / "basemodel.json").read_text())["arch"])
+            arch = saved_architecture(json.loads((arguments.init_from / "basemodel.json").read_text())["arch"])
         else:
             arch = ArchitectureConfig()
+        if arguments.v_prediction:
+            arch = dataclasses.replace(arch, prediction_type="v_prediction", zero_terminal_snr=True)
         config = config_from_arguments(UnetTrainingConfig, arguments, saved)
         trainer = UnetTrainer(run_dir, source, arch, config, log)
         trainer.run(arguments.resume, stop, on_eval=judge_scores, init_from=arguments.init_from)
