@@ -86,7 +86,7 @@ def noise_schedule(arch: ArchitectureConfig) -> dict:
         prediction_type=arch.prediction_type,
         rescale_betas_zero_snr=arch.zero_terminal_snr,
         timestep_spacing="trailing" if arch.zero_terminal_snr else "linspace",  # start sampling at t=999
-        steps_offset=0 if arch.zero_terminal_snr else 1,
+        steps_offset=1,  # "trailing" ignores it; StableDiffusionPipeline rewrites any other value, with a warning
         **BETA_SCHEDULE,
     )
 
