@@ -120,6 +120,13 @@ def test_min_snr_weights_keep_the_noisiest_steps_under_v_prediction():
     assert eps[0] < 0.01 and eps[2] == 1.0
 
 
+def test_timestep_sampling_can_favour_the_noisiest_steps():
+    generator = torch.Generator().manual_seed(0)
+    assert train.sample_timesteps(1000, 1000, generator, 0.0, 700).lt(700).float().mean() > 0.6  # uniform
+    favoured = train.sample_timesteps(1000, 1000, generator, 0.5, 700)
+    assert 0.6 < favoured.ge(700).float().mean() < 0.7 and favoured.max() < 1000  # 0.5 + 0.5 * 0.3 at or above 700
+
+
 def test_random_crops_are_on_the_latent_grid():
     images = torch.arange(2 * 64 * 64, dtype=torch.float32).reshape(2, 1, 64, 64)
     crops = train.random_crops(images, 32, random.Random(0))

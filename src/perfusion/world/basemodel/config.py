@@ -83,6 +83,10 @@ class UnetTrainingConfig:
     ema_warmup_steps: int = 2000  # the EMA starts as a copy: early EMA is not 0.999 of random weights
     caption_dropout: float = 0.1  # empty caption, for classifier-free guidance
     min_snr_gamma: float = 5.0
+    # Extra draws of the noisiest timesteps, where the layout (position) is decided: this fraction of each batch
+    # takes its timestep uniformly from [high_noise_from, num_train_timesteps) instead of from the whole range.
+    high_noise_fraction: float = 0.0
+    high_noise_from: int = 700
     pool_size: int = 20_000  # scenes whose latents are cached once (~1 min per 5,000 on 2 cores); grow it any time
     checkpoint_minutes: float = 10.0
     log_every: int = 50

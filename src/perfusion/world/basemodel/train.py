@@ -287,6 +287,15 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma
     return torch.clamp(snr, max=gamma) / snr
 
 
+def sample_timesteps(count: int, total: int, generator: torch.Generator, high_fraction: float, high_from: int) -> torch.Tensor:
+    """Uniform timesteps, except that a `high_fraction` of them are drawn from [high_from, total) only."""
+    timesteps = torch.randint(total, (count,), generator=generator)
+    if high_fraction > 0:
+        high = torch.rand(count, generator=generator) < high_fraction
+        timesteps[high] = torch.randint(high_from, total, (int(high.sum()),), generator=generator)
+    return timesteps
+
+
 class UnetTrainer:
     """UNet and text encoder trained jointly on the latent pool; the EMA copies are what gets shipped."""
 
@@ -367,7 +376,8 @@ class UnetTrainer:
     def training_step(self, latents: torch.Tensor, captions: list[str]) -> float:
         config = self.config
         noise = torch.randn(latents.shape, generator=self.generator)
-        timesteps = torch.randint(self.scheduler.config.num_train_timesteps, (len(latents),), generator=self.generator)
+        timesteps = sample_timesteps(len(latents), self.scheduler.config.num_train_timesteps, self.generator,
+                                     config.high_noise_fraction, config.high_noise_from)  # fmt: skip
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
         prediction_type = self.scheduler.config.prediction_type
         target = self.scheduler.get_velocity(latents, noise, timesteps) if prediction_type == "v_prediction" else noise
