@@ -204,3 +204,25 @@ def test_autoencoder_round_trip_keeps_size_and_count(tokenizer_dir):
     images = [Image.new("RGB", (64, 64), colour) for colour in COLOURS.values()]
     round_trips = autoencoded(tiny_pipeline(tokenizer_dir), images)
     assert len(round_trips) == 2 and all(image.size == (64, 64) and image.mode == "RGB" for image in round_trips)
+
+
+def test_layout_measures_find_the_object_and_read_the_unet(tmp_path):
+    from perfusion.testing import build_tiny_pipeline, load_pipeline
+    from PIL import Image
+
+    from perfusion.world.basemodel import layout
+
+    image = Image.new("RGB", (64, 64), "white")
+    image.paste((200, 0, 0), (4, 20, 20, 36))  # a red square centred at (11.5, 27.5)
+    assert layout.object_centre(image) == pytest.approx((11.5, 27.5))
+    assert np.isnan(layout.object_centre(Image.new("RGB", (64, 64), "white"))[0])
+    pipe = load_pipeline(build_tiny_pipeline(tmp_path / "v", prediction_type="v_prediction"))
+    noise = torch.randn(4, 4, pipe.unet.config.sample_size, pipe.unet.config.sample_size, generator=torch.Generator().manual_seed(0))
+    x0 = layout.predicted_x0(pipe, "a photo of a cat", noise)
+    with torch.no_grad():  # x0 = sqrt(abar) x_t - sqrt(1 - abar) v at the last timestep
+        ids = pipe.tokenizer(["a photo of a cat"], padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                             return_tensors="pt").input_ids  # fmt: skip
+        v = pipe.unet(noise, torch.full((4,), 999), pipe.text_encoder(ids)[0].expand(4, -1, -1)).sample
+    abar = pipe.scheduler.alphas_cumprod[999]
+    assert torch.allclose(x0, abar.sqrt() * noise - (1 - abar).sqrt() * v, atol=1e-5)
+    assert layout.middle_block_x_probe(pipe, noise, "a photo of a cat") <= 1.0
