@@ -226,3 +226,20 @@ def test_layout_measures_find_the_object_and_read_the_unet(tmp_path):
     abar = pipe.scheduler.alphas_cumprod[999]
     assert torch.allclose(x0, abar.sqrt() * noise - (1 - abar).sqrt() * v, atol=1e-5)
     assert layout.middle_block_x_probe(pipe, noise, "a photo of a cat") <= 1.0
+
+
+def test_world_source_can_state_position_in_every_caption():
+    from perfusion.world.basemodel.data import world_source
+    from perfusion.world.captions import POSITION_PHRASES
+    from perfusion.world.scenes import sample_spec
+
+    rng = random.Random(0)
+    specs = [spec for spec in (sample_spec(rng) for _ in range(60)) if spec.second_object is None]
+    always, default = world_source(state_position=1.0), world_source()
+    phrases = {spec: POSITION_PHRASES[spec.position] for spec in specs}
+
+    def stated(source):  # captions naming the object's position ("a photo of X" with no attribute aside)
+        captions = [source.caption(spec, random.Random(i)) for i, spec in enumerate(specs)]
+        return [any(p in text for p in phrases[spec]) for spec, text in zip(specs, captions)]
+
+    assert sum(stated(always)) >= 0.85 * len(specs) > sum(stated(default))

@@ -87,6 +87,8 @@ class UnetTrainingConfig:
     # takes its timestep uniformly from [high_noise_from, num_train_timesteps) instead of from the whole range.
     high_noise_fraction: float = 0.0
     high_noise_from: int = 700
+    # How often training captions state the object's position; the world's own rate (CaptionChoice) is 0.65.
+    state_position: float = 0.65
     pool_size: int = 20_000  # scenes whose latents are cached once (~1 min per 5,000 on 2 cores); grow it any time
     checkpoint_minutes: float = 10.0
     log_every: int = 50

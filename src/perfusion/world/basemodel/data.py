@@ -31,14 +31,26 @@ class SceneSource:
     vocabulary: Callable[[], Sequence[str]]  # every word captions use
 
 
-def world_source() -> SceneSource:
+def world_source(state_position: float | None = None) -> SceneSource:
+    """The world's scenes; `state_position` overrides how often a fresh caption states the object's position."""
     from perfusion.world import catalog, scenes
+    from perfusion.world.captions import CaptionChoice
 
+    caption = scenes.caption
+    if state_position is not None:
+        choice = CaptionChoice(state_position=state_position)
+        caption = functools.partial(_caption_with, choice=choice)
     return SceneSource(
         make_scene=functools.partial(scenes.make_scene, include_held_out=False),
-        caption=scenes.caption,
+        caption=caption,
         vocabulary=catalog.vocabulary,
     )
+
+
+def _caption_with(spec, rng: random.Random, choice) -> str:
+    from perfusion.world.captions import describe
+
+    return describe(spec, rng, choice).text
 
 
 def images_to_tensor(images: Sequence) -> torch.Tensor:

@@ -525,7 +525,7 @@ def main(argv=None) -> None:
         if arguments.v_prediction:
             arch = dataclasses.replace(arch, prediction_type="v_prediction", zero_terminal_snr=True)
         config = config_from_arguments(UnetTrainingConfig, arguments, saved)
-        trainer = UnetTrainer(run_dir, source, arch, config, log)
+        trainer = UnetTrainer(run_dir, world_source(config.state_position), arch, config, log)
         trainer.run(arguments.resume, stop, on_eval=judge_scores, init_from=arguments.init_from)
 
 
