@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 
+from perfusion.text import encode, tokenize
+
 PROMPT = "a photo of a small {object} {position} on a {colour} background"
 
 
@@ -45,9 +47,7 @@ def sampled_positions(pipe, obj: str, seeds: int, steps: int, guidance: float) -
 def predicted_x0(pipe, prompt: str, noise: torch.Tensor) -> torch.Tensor:
     """The x0 the UNet predicts at the last training timestep from `noise` (pure noise there under zero terminal SNR)."""
     timestep = pipe.scheduler.config.num_train_timesteps - 1
-    ids = pipe.tokenizer([prompt], padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt").input_ids  # fmt: skip
-    encoding = pipe.text_encoder(ids)[0].expand(len(noise), -1, -1)
+    encoding = encode(pipe.text_encoder, tokenize(pipe.tokenizer, [prompt])).expand(len(noise), -1, -1)
     output = pipe.unet(noise, torch.full((len(noise),), timestep), encoding).sample
     abar = pipe.scheduler.alphas_cumprod[timestep]
     if pipe.scheduler.config.prediction_type == "v_prediction":
