@@ -6,7 +6,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from perfusion.testing import build_tiny_pipeline, load_pipeline, small_corpus, write_concept_images
 
 from perfusion.images import load_training_images
-from perfusion.latents import noised
+from perfusion.latents import forward_process, noised
 from perfusion.runtime import linear_part
 from perfusion.train import ConceptTrainer, TrainingConfig, train_concept
 
@@ -96,7 +96,7 @@ def test_v_prediction_models_train_on_velocity(tmp_path, concept_images, sampler
     pipe = load_pipeline(build_tiny_pipeline(tmp_path / "v", prediction_type="v_prediction"))
     pipe.scheduler = sampler.from_config(pipe.scheduler.config)  # DPM-Solver has no get_velocity of its own
     latents = torch.randn(3, 4, 8, 8)
-    noisy, timesteps, target = noised(pipe.scheduler, latents, torch.Generator().manual_seed(0))
+    noisy, timesteps, target = noised(forward_process(pipe.scheduler), latents, torch.Generator().manual_seed(0))
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
     abar = DDPMScheduler.from_config(pipe.scheduler.config).alphas_cumprod[timesteps].view(-1, 1, 1, 1)
     assert torch.allclose(target, abar.sqrt() * noise - (1 - abar).sqrt() * latents, atol=1e-5)  # v (Salimans & Ho)

@@ -72,9 +72,9 @@ def forward_process(scheduler) -> DDPMScheduler:
     return scheduler if isinstance(scheduler, DDPMScheduler) else DDPMScheduler.from_config(scheduler.config)
 
 
-def noised(scheduler, latents: torch.Tensor, generator: torch.Generator):
-    """Gaussian noise (never uniform) at uniform timesteps; the target the scheduler's model predicts."""
-    scheduler = forward_process(scheduler)
+def noised(scheduler: DDPMScheduler, latents: torch.Tensor, generator: torch.Generator):
+    """Gaussian noise (never uniform) at uniform timesteps; the target the model predicts. `scheduler` is the
+    forward process (``forward_process(pipe.scheduler)``, built once per training run)."""
     noise = torch.randn(latents.shape, generator=generator).to(latents.device)
     timesteps = torch.randint(scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
     timesteps = timesteps.to(latents.device)

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from perfusion.concept import DEFAULT_BETA, DEFAULT_TAU, Concept
 from perfusion.files import atomic_torch_save
 from perfusion.images import TrainingImage
-from perfusion.latents import LatentBank, encode_images, freeze, given_masks, noised
+from perfusion.latents import LatentBank, encode_images, forward_process, freeze, given_masks, noised
 from perfusion.loader import find_runtime, load_concepts, pipeline_fingerprint, unload_concepts
 from perfusion.masks import attention_masks
 from perfusion.method import ema_update, masked_mse
@@ -83,6 +83,7 @@ class ConceptTrainer:
         frozen = freeze(pipe, config.mixed_precision)
         self.accelerator, self.device, self.weight_dtype = frozen.accelerator, frozen.device, frozen.weight_dtype
         self.generator = torch.Generator().manual_seed(config.seed)
+        self.forward_process = forward_process(pipe.scheduler)  # built once: noised() runs every step
         self.fingerprint = pipeline_fingerprint(pipe)
         self.bank = self.encode_images()
         self.concept = self.initial_concept()
@@ -173,7 +174,7 @@ class ConceptTrainer:
     # -- one optimizer step -------------------------------------------------------------------
     def micro_batch(self):
         latents, masks = self.bank.sample(self.config.batch_size, self.generator)
-        noisy, timesteps, target = noised(self.pipe.scheduler, latents, self.generator)
+        noisy, timesteps, target = noised(self.forward_process, latents, self.generator)
         return noisy, timesteps, target, masks, self.prompts_ids(self.token, self.config.batch_size)
 
     @torch.no_grad()

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from perfusion.images import TrainingImage
-from perfusion.latents import LatentBank, encode_images, freeze, given_masks, noised
+from perfusion.latents import LatentBank, encode_images, forward_process, freeze, given_masks, noised
 from perfusion.loader import embedding_frozen_state_kept, pipeline_fingerprint
 from perfusion.method import masked_mse
 from perfusion.text import encode, tokenize
@@ -133,6 +133,7 @@ class BaselineTrainer:
         frozen = freeze(pipe, config.mixed_precision)
         self.accelerator, self.device, self.weight_dtype = frozen.accelerator, frozen.device, frozen.weight_dtype
         self.generator = torch.Generator().manual_seed(config.seed)
+        self.forward_process = forward_process(pipe.scheduler)  # built once: noised() runs every step
         self.fingerprint = pipeline_fingerprint(pipe)
         size = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
         self.bank = latent_bank(pipe, images, size, config.flip, config.use_masks, self.weight_dtype)
@@ -175,13 +176,13 @@ class BaselineTrainer:
         return [templates[i].format(self.phrase) for i in chosen]
 
     def micro_batch_loss(self) -> torch.Tensor:
-        config, scheduler = self.config, self.pipe.scheduler
+        config = self.config
         latents, masks, ids = self.sample(self.bank, config.batch_size, self.instance_prompts(config.batch_size))
         if self.class_bank is not None:  # DreamBooth's prior preservation: one batch, two losses
             class_prompt = config.class_prompt.format(self.supercategory)
             class_latents, class_masks, class_ids = self.sample(self.class_bank, config.batch_size, [class_prompt] * config.batch_size)
             latents, masks, ids = torch.cat([latents, class_latents]), torch.cat([masks, class_masks]), torch.cat([ids, class_ids])
-        noisy, timesteps, target = noised(scheduler, latents, self.generator)
+        noisy, timesteps, target = noised(self.forward_process, latents, self.generator)
         with self.accelerator.autocast():
             with torch.set_grad_enabled(self.text_trainable):
                 encodings = encode(self.pipe.text_encoder, ids)
