@@ -89,6 +89,9 @@ class UnetTrainingConfig:
     high_noise_from: int = 700
     # How often training captions state the object's position; the world's own rate (CaptionChoice) is 0.65.
     state_position: float = 0.65
+    # Weight of the token-grounding loss (grounding.py: each object's noun tokens, and a one-object caption's position
+    # word, attend to the object's box) added to the diffusion loss; 0 trains on the diffusion loss alone.
+    grounding_weight: float = 0.0
     pool_size: int = 20_000  # scenes whose latents are cached once (~1 min per 5,000 on 2 cores); grow it any time
     checkpoint_minutes: float = 10.0
     log_every: int = 50

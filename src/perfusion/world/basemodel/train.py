@@ -16,6 +16,7 @@ step and RNG state and are written atomically every few minutes and on SIGTERM/S
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -44,6 +45,7 @@ from .config import (
     to_dict,
 )
 from .data import VAE_SEED_RANGE, LatentPool, SceneSource, atomic_torch_save, render_batch, world_source
+from .grounding import AttentionRecorder, CaptionGrounding, token_grounding_loss
 from .tokenizer import build_tokenizer, words_split
 
 DEFAULT_RUN_DIR = Path("checkpoints/basemodel")
@@ -315,6 +317,9 @@ class UnetTrainer:
         self.generator, self.py_rng, self.step = torch.Generator().manual_seed(0), random.Random(0), 0
         self.ema_start = 0  # the step the EMA last started from a copy of the weights
         self.checkpoint_path = run_dir / "unet.ckpt"
+        self.grounding = CaptionGrounding(self.tokenizer) if config.grounding_weight > 0 else None
+        self.attention = AttentionRecorder(self.unet) if self.grounding else None
+        self.attention_resolutions = tuple(models.latent_size(arch) // 2**level for level in range(len(arch.unet_block_out_channels)))
 
     def state(self) -> dict:
         return {
@@ -365,15 +370,15 @@ class UnetTrainer:
                              truncation=True, return_tensors="pt").input_ids  # fmt: skip
         return self.text_encoder(ids)[0]
 
-    def batch(self, latents: torch.Tensor, specs: list) -> tuple[torch.Tensor, list[str]]:
+    def batch(self, latents: torch.Tensor, specs: list) -> tuple[torch.Tensor, list[str], list]:
         indices = torch.randint(len(specs), (self.config.batch_size,), generator=self.generator)
         captions = [
             "" if self.py_rng.random() < self.config.caption_dropout else self.source.caption(specs[i], self.py_rng)
             for i in indices.tolist()
         ]
-        return latents[indices].float(), captions
+        return latents[indices].float(), captions, [specs[i] for i in indices.tolist()]
 
-    def training_step(self, latents: torch.Tensor, captions: list[str]) -> float:
+    def training_step(self, latents: torch.Tensor, captions: list[str], specs: list | None = None) -> dict[str, float]:
         config = self.config
         noise = torch.randn(latents.shape, generator=self.generator)
         timesteps = sample_timesteps(len(latents), self.scheduler.config.num_train_timesteps, self.generator,
@@ -381,9 +386,16 @@ class UnetTrainer:
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
         prediction_type = self.scheduler.config.prediction_type
         target = self.scheduler.get_velocity(latents, noise, timesteps) if prediction_type == "v_prediction" else noise
-        prediction = self.unet(noisy, timesteps, self.encode_captions(captions)).sample
+        recording = self.attention.recording() if self.grounding else contextlib.nullcontext()
+        with recording:
+            prediction = self.unet(noisy, timesteps, self.encode_captions(captions)).sample
         weights = min_snr_weights(self.scheduler.alphas_cumprod, timesteps, config.min_snr_gamma, prediction_type)
-        loss = (weights * (prediction - target).pow(2).mean(dim=(1, 2, 3))).mean()
+        diffusion = (weights * (prediction - target).pow(2).mean(dim=(1, 2, 3))).mean()
+        losses = {"loss": diffusion}
+        if self.grounding:
+            targets = self.grounding.targets(specs, captions, self.attention_resolutions)
+            losses["grounding"] = token_grounding_loss(self.attention.maps, targets)
+        loss = diffusion + config.grounding_weight * losses.get("grounding", 0.0)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(self.unet.parameters()) + list(self.text_encoder.parameters()), 1.0)
@@ -394,7 +406,7 @@ class UnetTrainer:
         self.step += 1
         self.ema_unet.update(self.unet, self.step - self.ema_start)
         self.ema_text.update(self.text_encoder, self.step - self.ema_start)
-        return loss.item()
+        return {name: value.item() for name, value in losses.items()}
 
     def run(self, resume: bool, stop, on_eval=None, init_from: Path | None = None) -> None:
         if resume and self.checkpoint_path.exists():
@@ -416,7 +428,8 @@ class UnetTrainer:
         while not stop:
             losses.append(self.training_step(*self.batch(latents, specs)))
             if self.step % self.config.log_every == 0:
-                self.log(stage="unet", step=self.step, loss=float(np.mean(losses)), lr=self.optimizer.param_groups[0]["lr"],
+                means = {name: float(np.mean([step[name] for step in losses])) for name in losses[0]}
+                self.log(stage="unet", step=self.step, **means, lr=self.optimizer.param_groups[0]["lr"],
                          samples_per_s=len(losses) * self.config.batch_size / (time.time() - started))  # fmt: skip
                 losses, started = [], time.time()
             if time.time() - last_save > self.config.checkpoint_minutes * 60:

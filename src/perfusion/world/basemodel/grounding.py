@@ -1,0 +1,182 @@
+"""Token grounding for the base model: a loss that puts each grounded caption token's cross-attention on the object
+it names (TokenCompose, Wang et al. CVPR 2024, L_token), from the boxes the world's layout gives for free.
+
+The diffusion loss alone taught the UNet to follow position words only slowly: from pure noise it must decide where
+the object goes, and the words' share of that MSE is small. Attention decides where a token's value is written
+(METHOD.md: keys decide where a word acts), so grounding the object's noun tokens and, for one-object scenes, the
+position word ("left", "top", ...) on the object's box teaches that directly, at every noise level.
+
+    grounding = CaptionGrounding(tokenizer)
+    targets = grounding.targets(specs, captions, resolutions=(16, 8, 4))
+    with recorder.recording(): prediction = unet(...)
+    loss = token_grounding_loss(recorder.maps, targets)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass
+
+import torch
+
+from perfusion.world.catalog import world_object
+from perfusion.world.render import OUTPUT_SIDE, object_placements
+
+# The word of each position phrase that says where (captions.POSITION_PHRASES); one-object captions only.
+POSITION_WORDS = frozenset({"left", "right", "top", "bottom", "upper", "lower", "centre", "middle", "centered"})
+PAIR_SIDES_STATED = "on the left and"  # "X on the left and Y on the right": each side word belongs to one object
+WORD_PATTERN = re.compile(r"[a-z]+|[^\sa-z]+")  # what CLIP's pre-tokenizer splits our lower-case captions into
+
+
+@dataclass(frozen=True)
+class GroundingTargets:
+    """Which caption tokens are grounded, and on what: token (sample, index) pairs and each one's box mask per
+    attention resolution (side -> (tokens, side * side), the share of each cell the box covers)."""
+
+    samples: torch.Tensor  # (tokens,) long
+    indices: torch.Tensor  # (tokens,) long, position in the padded token sequence
+    masks: dict[int, torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+def box_coverage(centre_x: float, centre_y: float, side: float, resolution: int) -> torch.Tensor:
+    """(resolution, resolution): the share of each cell covered by the axis-aligned square of `side` pixels around
+    the centre (image of OUTPUT_SIDE pixels)."""
+    cell = OUTPUT_SIDE / resolution
+    edges = torch.arange(resolution, dtype=torch.float32) * cell
+
+    def overlap(centre: float) -> torch.Tensor:
+        low, high = centre - side / 2, centre + side / 2
+        return ((torch.clamp(edges + cell, max=high) - torch.clamp(edges, min=low)).clamp(min=0)) / cell
+
+    return overlap(centre_y)[:, None] * overlap(centre_x)[None, :]
+
+
+def word_objects(spec, words: list[str]) -> list[int | None]:
+    """For each word of a caption, the index of the object (in spec.objects) it grounds on, or None.
+
+    Object names first ("lovestruck cat" holds the category word "cat"), then category words where only one object
+    has that category, then position words: in one-object captions, and in pairs only the "X on the left and Y on the
+    right" form (in "X to the left of Y", "left" is about both)."""
+    owners: list[int | None] = [None] * len(words)
+    for index, name in enumerate(spec.objects):
+        name_words = name.split()
+        for start in range(len(words) - len(name_words) + 1):
+            if words[start : start + len(name_words)] == name_words and all(o is None for o in owners[start : start + len(name_words)]):
+                owners[start : start + len(name_words)] = [index] * len(name_words)
+    categories = [world_object(name).category for name in spec.objects]
+    for index, category in enumerate(categories):
+        if categories.count(category) == 1:
+            owners = [index if owner is None and word == category else owner for word, owner in zip(words, owners)]
+    if spec.second_object is None:
+        return [0 if owner is None and word in POSITION_WORDS else owner for word, owner in zip(words, owners)]
+    if PAIR_SIDES_STATED in " ".join(words):
+        left_object = 0 if spec.position == "left" else 1
+        sides = {"left": left_object, "right": 1 - left_object}
+        owners = [sides.get(word, owner) if owner is None else owner for word, owner in zip(words, owners)]
+    return owners
+
+
+class CaptionGrounding:
+    """Maps captions to grounded token positions for one tokenizer (BOS first; each word's BPE pieces in order)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self._pieces: dict[str, int] = {}
+
+    def word_token_counts(self, words: list[str]) -> list[int]:
+        counts = []
+        for word in words:
+            if word not in self._pieces:
+                self._pieces[word] = len(self.tokenizer.tokenize(word))
+            counts.append(self._pieces[word])
+        return counts
+
+    def token_objects(self, spec, caption: str) -> list[tuple[int, int]]:
+        """(token index, object index) for every grounded token of the caption (truncated at the tokenizer's
+        length, after BOS; EOS and padding are never grounded)."""
+        words = WORD_PATTERN.findall(caption.lower())
+        owners = word_objects(spec, words)
+        limit = self.tokenizer.model_max_length - 1  # the last position holds EOS
+        pairs, position = [], 1  # position 0 is BOS
+        for owner, count in zip(owners, self.word_token_counts(words)):
+            if owner is not None:
+                pairs += [(token, owner) for token in range(position, min(position + count, limit))]
+            position += count
+        return pairs
+
+    def targets(self, specs: list, captions: list[str], resolutions: tuple[int, ...]) -> GroundingTargets:
+        samples, indices, masks = [], [], {r: [] for r in resolutions}
+        for sample, (spec, caption) in enumerate(zip(specs, captions)):
+            if not caption:
+                continue  # dropped for classifier-free guidance
+            placements = object_placements(spec)
+            boxes = {r: [box_coverage(x, y, side, r).flatten() for _, x, y, side, _, _ in placements] for r in resolutions}
+            for token, owner in self.token_objects(spec, caption):
+                samples.append(sample)
+                indices.append(token)
+                for r in resolutions:
+                    masks[r].append(boxes[r][owner])
+        stacked = {r: torch.stack(m) if m else torch.zeros(0, r * r) for r, m in masks.items()}
+        return GroundingTargets(torch.tensor(samples, dtype=torch.long), torch.tensor(indices, dtype=torch.long), stacked)
+
+
+class RecordingCrossAttention:
+    """Cross-attention with explicit probabilities (as diffusers' AttnProcessor), keeping their mean over heads,
+    (batch, queries, tokens), in `maps` while recording. For the plain attention blocks of SD-style UNets: no
+    spatial or group norm, no residual inside the attention, output rescale 1."""
+
+    def __init__(self, recorder: AttentionRecorder):
+        self.recorder = recorder
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        if attention_mask is not None:
+            raise ValueError("token grounding: cross-attention masks are not supported (SD passes none)")
+        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
+        value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
+        probabilities = attn.get_attention_scores(query, key, None)  # (batch * heads, queries, tokens)
+        if self.recorder.active:
+            batch = hidden_states.shape[0]
+            self.recorder.maps.append(probabilities.view(batch, attn.heads, *probabilities.shape[1:]).mean(1))
+        output = attn.batch_to_head_dim(torch.bmm(probabilities, value))
+        return attn.to_out[1](attn.to_out[0](output)) / attn.rescale_output_factor
+
+
+class AttentionRecorder:
+    """Installs RecordingCrossAttention on every cross-attention (attn2) of a UNet; self-attention keeps its own."""
+
+    def __init__(self, unet):
+        processors = dict(unet.attn_processors)
+        for name, module in unet.named_modules():
+            if name.endswith("attn2") and (module.spatial_norm is not None or module.group_norm is not None or module.residual_connection):
+                raise ValueError(f"{name}: token grounding supports plain cross-attention blocks only")
+        unet.set_attn_processor({name: RecordingCrossAttention(self) if name.endswith("attn2.processor") else processor
+                                 for name, processor in processors.items()})  # fmt: skip
+        self.maps: list[torch.Tensor] = []
+        self.active = False
+
+    @contextlib.contextmanager
+    def recording(self):
+        self.maps, self.active = [], True
+        try:
+            yield self
+        finally:
+            self.active = False
+
+
+def token_grounding_loss(maps: list[torch.Tensor], targets: GroundingTargets) -> torch.Tensor:
+    """Mean over grounded tokens and cross-attention layers of (1 - the share of the token's attention map that falls
+    on its object's box)^2 (TokenCompose's L_token, with a soft box)."""
+    if not len(targets):
+        return maps[0].new_zeros(())
+    losses = []
+    for layer in maps:
+        resolution = int(round(layer.shape[1] ** 0.5))
+        token_maps = layer[targets.samples, :, targets.indices]  # (tokens, queries)
+        inside = (token_maps * targets.masks[resolution]).sum(1) / token_maps.sum(1).clamp(min=1e-8)
+        losses.append((1 - inside).pow(2).mean())
+    return torch.stack(losses).mean()

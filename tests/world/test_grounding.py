@@ -1,0 +1,124 @@
+"""Token grounding of the base model's training: which tokens are grounded, on which box, and the loss."""
+
+import dataclasses
+import random
+import shutil
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+from transformers import CLIPTokenizer
+
+from perfusion.world.basemodel import model as models
+from perfusion.world.basemodel import train
+from perfusion.world.basemodel.config import ArchitectureConfig, UnetTrainingConfig
+from perfusion.world.basemodel.data import world_source
+from perfusion.world.basemodel.grounding import (
+    AttentionRecorder,
+    CaptionGrounding,
+    GroundingTargets,
+    POSITION_WORDS,
+    box_coverage,
+    token_grounding_loss,
+    word_objects,
+)
+from perfusion.world.catalog import world_object
+from perfusion.world.model_path import MODEL_DIR
+from perfusion.world.scenes import SceneSpec
+
+TINY = ArchitectureConfig(
+    unet_block_out_channels=(16, 16, 32), unet_attention_heads=(1, 1, 2), unet_norm_num_groups=8, text_hidden_size=32,
+    text_intermediate_size=64, text_layers=1, text_heads=2,
+)  # fmt: skip
+ONE = SceneSpec(object="lovestruck cat", background="red", position="left", size="small")
+PAIR = SceneSpec(object="teacup", background="red", position="right", size="small", second_object="coffee cup")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    if not (MODEL_DIR / "tokenizer").exists():
+        pytest.skip("the embedded model's tokenizer is not shipped")
+    return CLIPTokenizer.from_pretrained(MODEL_DIR / "tokenizer")
+
+
+def test_object_names_come_before_their_category_words():
+    words = "a lovestruck cat on the left or a cat".split()
+    assert word_objects(ONE, words) == [None, 0, 0, None, None, 0, None, None, 0]
+
+
+def test_a_category_shared_by_both_objects_is_not_grounded():
+    words = "a cup on the left and a cup on the right".split()
+    assert word_objects(PAIR, words) == [None, None, None, None, 1, None, None, None, None, None, 0]
+
+
+def test_pair_side_words_are_grounded_only_where_each_names_one_object():
+    assert word_objects(PAIR, "a coffee cup on the left and a teacup on the right".split()) == [
+        None, 1, 1, None, None, 1, None, None, 0, None, None, 0]  # fmt: skip
+    assert word_objects(PAIR, "a teacup to the right of a coffee cup".split()) == [None, 0, None, None, None, None, None, 1, 1]
+
+
+def test_grounded_tokens_are_the_named_words_tokens(tokenizer):
+    source, rng = world_source(), random.Random(0)
+    grounding = CaptionGrounding(tokenizer)
+    for seed in range(200):
+        spec = source.make_scene(seed).spec
+        caption = source.caption(spec, rng)
+        ids = tokenizer(caption, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
+        for token, owner in grounding.token_objects(spec, caption):
+            piece = tokenizer.convert_ids_to_tokens(ids[token]).removesuffix("</w>")
+            name = spec.objects[owner]
+            allowed = [*name.split(), world_object(name).category, *POSITION_WORDS]
+            assert any(piece in word for word in allowed), (caption, piece)
+
+
+def test_box_coverage_is_the_share_of_each_cell_inside_the_box():
+    coverage = box_coverage(16.0, 16.0, 16.0, resolution=4)  # a 16 px square centred on a cell corner
+    assert coverage.sum() == pytest.approx(1.0)  # one cell's area, spread over four
+    assert coverage[0:2, 0:2].flatten().tolist() == pytest.approx([0.25] * 4)
+    assert box_coverage(0.0, 32.0, 16.0, resolution=4).sum() == pytest.approx(0.5)  # half of it off the image
+
+
+def test_recording_processor_keeps_the_unet_output_and_records_normalised_maps():
+    torch.manual_seed(0)
+    unet = models.build_unet(TINY).eval()
+    latents, encoding = torch.randn(2, 4, 16, 16), torch.randn(2, 7, 32)
+    with torch.no_grad():
+        reference = unet(latents, 10, encoding).sample
+        recorder = AttentionRecorder(unet)
+        with recorder.recording():
+            recorded = unet(latents, 10, encoding).sample
+        unrecorded = unet(latents, 10, encoding).sample
+    torch.testing.assert_close(recorded, reference, rtol=1e-4, atol=1e-5)  # SDPA against explicit softmax
+    assert torch.equal(recorded, unrecorded)
+    assert sorted(m.shape[1] for m in recorder.maps) == [16, 64, 64, 64, 256, 256, 256]
+    assert all(m.shape[::2] == (2, 7) and torch.allclose(m.sum(-1), torch.ones(())) for m in recorder.maps)
+    assert all(isinstance(p, type(unet.attn_processors["mid_block.attentions.0.transformer_blocks.0.attn1.processor"]))
+               for name, p in unet.attn_processors.items() if "attn1" in name)  # fmt: skip
+
+
+def test_loss_is_zero_inside_the_box_and_the_outside_share_squared_for_a_uniform_map():
+    mask = box_coverage(16.0, 16.0, 32.0, resolution=4).flatten()  # the top-left quarter
+    targets = GroundingTargets(torch.tensor([0]), torch.tensor([1]), {4: mask[None]})
+    inside = torch.zeros(1, 16, 3)
+    inside[0, :, 1] = mask
+    assert token_grounding_loss([inside], targets) == pytest.approx(0.0)
+    assert token_grounding_loss([torch.full((1, 16, 3), 1 / 3)], targets) == pytest.approx(0.75**2)
+
+
+def test_training_step_with_grounding_moves_the_named_tokens_attention_to_their_boxes(tmp_path):
+    if not (MODEL_DIR / "tokenizer").exists():
+        pytest.skip("the embedded model's tokenizer is not shipped")
+    shutil.copytree(MODEL_DIR / "tokenizer", tmp_path / "tokenizer")
+    torch.manual_seed(0)
+    config = UnetTrainingConfig(batch_size=4, grounding_weight=1.0, unet_learning_rate=1e-2, text_learning_rate=1e-2,
+                                warmup_steps=0)  # fmt: skip
+    trainer = train.UnetTrainer(tmp_path, world_source(), TINY, config, print)
+    specs = [dataclasses.replace(ONE, position=p) for p in ("left", "right", "top", "bottom")]
+    captions = [f"a lovestruck cat {p}" for p in ("on the left", "on the right", "at the top", "at the bottom")]
+    latents = torch.randn(4, 4, 16, 16)
+    first = trainer.training_step(latents, captions, specs)
+    for _ in range(15):
+        last = trainer.training_step(latents, captions, specs)
+    assert set(first) == {"loss", "grounding"}
+    assert last["grounding"] < 0.8 * first["grounding"]
+    assert isinstance(trainer.unet, UNet2DConditionModel)
