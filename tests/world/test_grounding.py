@@ -122,3 +122,19 @@ def test_training_step_with_grounding_moves_the_named_tokens_attention_to_their_
     assert set(first) == {"loss", "grounding"}
     assert last["grounding"] < 0.8 * first["grounding"]
     assert isinstance(trainer.unet, UNet2DConditionModel)
+
+
+def test_layout_reads_the_grounded_tokens_attention_and_restores_the_processors():
+    from diffusers import StableDiffusionPipeline
+
+    from perfusion.world.basemodel import layout
+
+    if not (MODEL_DIR / "model_index.json").exists():
+        pytest.skip("the embedded model is not shipped")
+    pipe = StableDiffusionPipeline.from_pretrained(MODEL_DIR, local_files_only=True)
+    before = {name: type(p) for name, p in pipe.unet.attn_processors.items()}
+    noise = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    shares = layout.attention_on_box(pipe, "teacup", noise)
+    assert set(shares) == {"left", "right"}
+    assert all(0 <= share <= 1 and 0 < even < 0.2 for share, even in shares.values())  # a small box: under a fifth
+    assert {name: type(p) for name, p in pipe.unet.attn_processors.items()} == before

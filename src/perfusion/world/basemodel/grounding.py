@@ -147,15 +147,16 @@ class RecordingCrossAttention:
 
 
 class AttentionRecorder:
-    """Installs RecordingCrossAttention on every cross-attention (attn2) of a UNet; self-attention keeps its own."""
+    """Installs RecordingCrossAttention on every cross-attention (attn2) of a UNet; self-attention keeps its own.
+    `remove()` puts the original processors back."""
 
     def __init__(self, unet):
-        processors = dict(unet.attn_processors)
+        self.unet, self.original = unet, dict(unet.attn_processors)
         for name, module in unet.named_modules():
             if name.endswith("attn2") and (module.spatial_norm is not None or module.group_norm is not None or module.residual_connection):
                 raise ValueError(f"{name}: token grounding supports plain cross-attention blocks only")
         unet.set_attn_processor({name: RecordingCrossAttention(self) if name.endswith("attn2.processor") else processor
-                                 for name, processor in processors.items()})  # fmt: skip
+                                 for name, processor in self.original.items()})  # fmt: skip
         self.maps: list[torch.Tensor] = []
         self.active = False
 
@@ -167,16 +168,24 @@ class AttentionRecorder:
         finally:
             self.active = False
 
+    def remove(self) -> None:
+        self.unet.set_attn_processor(dict(self.original))
 
-def token_grounding_loss(maps: list[torch.Tensor], targets: GroundingTargets) -> torch.Tensor:
-    """Mean over grounded tokens and cross-attention layers of (1 - the share of the token's attention map that falls
-    on its object's box)^2 (TokenCompose's L_token, with a soft box)."""
-    if not len(targets):
-        return maps[0].new_zeros(())
-    losses = []
+
+def box_shares(maps: list[torch.Tensor], targets: GroundingTargets) -> list[torch.Tensor]:
+    """Per cross-attention layer, (tokens,): the share of each grounded token's attention map that falls on its
+    object's box (soft box: each cell counts by the share of it the box covers)."""
+    shares = []
     for layer in maps:
         resolution = int(round(layer.shape[1] ** 0.5))
         token_maps = layer[targets.samples, :, targets.indices]  # (tokens, queries)
-        inside = (token_maps * targets.masks[resolution]).sum(1) / token_maps.sum(1).clamp(min=1e-8)
-        losses.append((1 - inside).pow(2).mean())
-    return torch.stack(losses).mean()
+        shares.append((token_maps * targets.masks[resolution]).sum(1) / token_maps.sum(1).clamp(min=1e-8))
+    return shares
+
+
+def token_grounding_loss(maps: list[torch.Tensor], targets: GroundingTargets) -> torch.Tensor:
+    """Mean over grounded tokens and cross-attention layers of (1 - the token's share on its box)^2 (TokenCompose's
+    L_token, with a soft box)."""
+    if not len(targets):
+        return maps[0].new_zeros(())
+    return torch.stack([(1 - share).pow(2).mean() for share in box_shares(maps, targets)]).mean()

@@ -8,6 +8,9 @@
    "right" against how much it changes between two background colours.
 3. A linear probe: how well a cell's x can be read from the UNet's middle-block features (is position information
    there at all?).
+4. Attention from pure noise: the share of the object noun's and the position word's cross-attention that falls on
+   the box the world would draw for "left" and for "right", against the box's share of the image (what attention
+   spread evenly would give). The UNet can only write the object where those tokens attend.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from perfusion.text import encode, tokenize
+from perfusion.world.scenes import SceneSpec
+
+from .grounding import AttentionRecorder, CaptionGrounding, box_shares
 
 PROMPT = "a photo of a small {object} {position} on a {colour} background"
 
@@ -75,6 +81,28 @@ def middle_block_x_probe(pipe, noise: torch.Tensor, prompt: str) -> float:
     return float(1 - residual / target[half:].var())
 
 
+@torch.no_grad()
+def attention_on_box(pipe, obj: str, noise: torch.Tensor) -> dict[str, tuple[float, float]]:
+    """For "on the left" and "on the right": (mean share of the grounded tokens' attention on the object's box over
+    layers and noises, the box's share of the image) at the noisiest step."""
+    recorder, grounding = AttentionRecorder(pipe.unet), CaptionGrounding(pipe.tokenizer)
+    side = pipe.unet.config.sample_size
+    resolutions = tuple(side // 2**level for level in range(len(pipe.unet.config.block_out_channels)))
+    results = {}
+    try:
+        for position in ("left", "right"):
+            spec = SceneSpec(object=obj, background="blue", position=position, size="small")
+            prompt = PROMPT.format(object=obj, position=f"on the {position}", colour="blue")
+            targets = grounding.targets([spec] * len(noise), [prompt] * len(noise), resolutions)
+            with recorder.recording():
+                predicted_x0(pipe, prompt, noise)
+            shares = torch.cat(box_shares(recorder.maps, targets))
+            results[position] = (float(shares.mean()), float(targets.masks[side][0].mean()))
+    finally:
+        recorder.remove()
+    return results
+
+
 def main(argv=None) -> None:
     from .export import pipeline_from_checkpoint
 
@@ -113,6 +141,9 @@ def main(argv=None) -> None:
           f"blue vs red background by {(x0['left'] - x0['red']).abs().mean():.4f} (mean absolute)")  # fmt: skip
     prompt = PROMPT.format(object=arguments.object, position="", colour="blue").replace("  ", " ")
     print(f"linear probe of a cell's x from the middle block's features: R^2 {middle_block_x_probe(pipe, noise, prompt):.3f}")
+    shares = attention_on_box(pipe, arguments.object, noise)
+    print("attention of the noun and position word on the object's box from pure noise: " + ", ".join(
+        f"{position} {share:.3f} (even spread: {even:.3f})" for position, (share, even) in shares.items()))  # fmt: skip
 
 
 if __name__ == "__main__":
