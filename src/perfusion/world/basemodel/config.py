@@ -92,6 +92,9 @@ class UnetTrainingConfig:
     # Weight of the token-grounding loss (grounding.py: each object's noun tokens, and a one-object caption's position
     # word, attend to the object's box) added to the diffusion loss; 0 trains on the diffusion loss alone.
     grounding_weight: float = 0.0
+    # Weight of the pixel-level term (grounding.token_pixel_loss): the grounded tokens hold the attention of their box's
+    # cells, instead of EOS and padding holding most of it everywhere.
+    grounding_pixel_weight: float = 0.0
     pool_size: int = 20_000  # scenes whose latents are cached once (~1 min per 5,000 on 2 cores); grow it any time
     checkpoint_minutes: float = 10.0
     log_every: int = 50

@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from perfusion.world.catalog import world_object
 from perfusion.world.render import OUTPUT_SIDE, object_placements
@@ -175,12 +176,28 @@ class AttentionRecorder:
 def box_shares(maps: list[torch.Tensor], targets: GroundingTargets) -> list[torch.Tensor]:
     """Per cross-attention layer, (tokens,): the share of each grounded token's attention map that falls on its
     object's box (soft box: each cell counts by the share of it the box covers)."""
-    shares = []
+    return [(attention * mask).sum(1) / attention.sum(1).clamp(min=1e-8) for attention, mask in box_attention(maps, targets)]
+
+
+def box_attention(maps: list[torch.Tensor], targets: GroundingTargets) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per cross-attention layer: each grounded token's attention (its share of every query's softmax over tokens),
+    (tokens, queries), and its box mask."""
+    pairs = []
     for layer in maps:
         resolution = int(round(layer.shape[1] ** 0.5))
-        token_maps = layer[targets.samples, :, targets.indices]  # (tokens, queries)
-        shares.append((token_maps * targets.masks[resolution]).sum(1) / token_maps.sum(1).clamp(min=1e-8))
-    return shares
+        pairs.append((layer[targets.samples, :, targets.indices], targets.masks[resolution]))
+    return pairs
+
+
+def token_pixel_loss(maps: list[torch.Tensor], targets: GroundingTargets) -> torch.Tensor:
+    """Mean over layers of the binary cross-entropy between each grounded token's attention and its (soft) box
+    (TokenCompose's L_pixel): unlike L_token, which shapes a token's map but not its mass, this asks the token to
+    hold the attention of the cells its object covers, so that its value, which knows the object and where it is,
+    writes the object there. EOS and padding otherwise take most of the attention everywhere."""
+    if not len(targets):
+        return maps[0].new_zeros(())
+    losses = [F.binary_cross_entropy(attention.clamp(1e-6, 1 - 1e-6), mask) for attention, mask in box_attention(maps, targets)]
+    return torch.stack(losses).mean()
 
 
 def token_grounding_loss(maps: list[torch.Tensor], targets: GroundingTargets) -> torch.Tensor:

@@ -45,7 +45,7 @@ from .config import (
     to_dict,
 )
 from .data import VAE_SEED_RANGE, LatentPool, SceneSource, atomic_torch_save, render_batch, world_source
-from .grounding import AttentionRecorder, CaptionGrounding, token_grounding_loss
+from .grounding import AttentionRecorder, CaptionGrounding, token_grounding_loss, token_pixel_loss
 from .tokenizer import build_tokenizer, words_split
 
 DEFAULT_RUN_DIR = Path("checkpoints/basemodel")
@@ -317,7 +317,7 @@ class UnetTrainer:
         self.generator, self.py_rng, self.step = torch.Generator().manual_seed(0), random.Random(0), 0
         self.ema_start = 0  # the step the EMA last started from a copy of the weights
         self.checkpoint_path = run_dir / "unet.ckpt"
-        self.grounding = CaptionGrounding(self.tokenizer) if config.grounding_weight > 0 else None
+        self.grounding = CaptionGrounding(self.tokenizer) if config.grounding_weight or config.grounding_pixel_weight else None
         self.attention = AttentionRecorder(self.unet) if self.grounding else None
         self.attention_resolutions = tuple(models.latent_size(arch) // 2**level for level in range(len(arch.unet_block_out_channels)))
 
@@ -395,7 +395,8 @@ class UnetTrainer:
         if self.grounding:
             targets = self.grounding.targets(specs, captions, self.attention_resolutions)
             losses["grounding"] = token_grounding_loss(self.attention.maps, targets)
-        loss = diffusion + config.grounding_weight * losses.get("grounding", 0.0)
+            losses["pixel"] = token_pixel_loss(self.attention.maps, targets)
+        loss = diffusion + config.grounding_weight * losses.get("grounding", 0.0) + config.grounding_pixel_weight * losses.get("pixel", 0.0)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(self.unet.parameters()) + list(self.text_encoder.parameters()), 1.0)
