@@ -134,3 +134,19 @@ def test_training_step_with_grounding_moves_the_named_tokens_attention_to_their_
         last = trainer.training_step(latents, captions, specs)
     assert set(first) == {"loss", "grounding", "pixel"}  # both are logged whichever is trained
     assert last[term] < 0.8 * first[term]
+
+
+def test_layout_reads_the_grounded_tokens_attention_and_restores_the_processors():
+    from diffusers import StableDiffusionPipeline
+
+    from perfusion.world.basemodel import layout
+
+    if not (MODEL_DIR / "model_index.json").exists():
+        pytest.skip("the embedded model is not shipped")
+    pipe = StableDiffusionPipeline.from_pretrained(MODEL_DIR, local_files_only=True)
+    before = {name: type(p) for name, p in pipe.unet.attn_processors.items()}
+    noise = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    shares = layout.attention_on_box(pipe, "teacup", noise)
+    assert set(shares) == {"left", "right"}
+    assert all(0 <= share <= 1 and 0 < even < 0.2 and 0 <= held <= 1 for share, even, held in shares.values())  # small box
+    assert {name: type(p) for name, p in pipe.unet.attn_processors.items()} == before

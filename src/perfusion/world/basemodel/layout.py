@@ -8,9 +8,10 @@
    "right" against how much it changes between two background colours.
 3. A linear probe: how well a cell's x can be read from the UNet's middle-block features (is position information
    there at all?).
-4. Attention from pure noise: the share of the object noun's and the position word's cross-attention that falls on
-   the box the world would draw for "left" and for "right", against the box's share of the image (what attention
-   spread evenly would give). The UNet can only write the object where those tokens attend.
+4. Attention from pure noise: the share of the object noun's and the position word's cross-attention map that falls
+   on the box the world would draw for "left" and for "right", against the box's share of the image (what attention
+   spread evenly would give), and how much of the box cells' attention those tokens hold (EOS and padding hold the
+   rest). The UNet writes the object through the tokens that know it and where it goes only where they attend.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from diffusers import StableDiffusionPipeline
 from perfusion.text import encode, tokenize
 from perfusion.world.scenes import SceneSpec
 
-from .grounding import AttentionRecorder, CaptionGrounding, box_shares
+from .grounding import AttentionRecorder, CaptionGrounding, box_attention, box_shares
 
 PROMPT = "a photo of a small {object} {position} on a {colour} background"
 
@@ -82,9 +83,10 @@ def middle_block_x_probe(pipe, noise: torch.Tensor, prompt: str) -> float:
 
 
 @torch.no_grad()
-def attention_on_box(pipe, obj: str, noise: torch.Tensor) -> dict[str, tuple[float, float]]:
-    """For "on the left" and "on the right": (mean share of the grounded tokens' attention on the object's box over
-    layers and noises, the box's share of the image) at the noisiest step."""
+def attention_on_box(pipe, obj: str, noise: torch.Tensor) -> dict[str, tuple[float, float, float]]:
+    """For "on the left" and "on the right", at the noisiest step, means over grounded tokens, layers and noises of:
+    the share of a token's attention map on the object's box, the box's share of the image (an even spread's
+    share), and the token's own attention in the box's cells (how much of what is written there it writes)."""
     recorder, grounding = AttentionRecorder(pipe.unet), CaptionGrounding(pipe.tokenizer)
     side = pipe.unet.config.sample_size
     resolutions = tuple(side // 2**level for level in range(len(pipe.unet.config.block_out_channels)))
@@ -97,7 +99,8 @@ def attention_on_box(pipe, obj: str, noise: torch.Tensor) -> dict[str, tuple[flo
             with recorder.recording():
                 predicted_x0(pipe, prompt, noise)
             shares = torch.cat(box_shares(recorder.maps, targets))
-            results[position] = (float(shares.mean()), float(targets.masks[side][0].mean()))
+            held = torch.cat([(a * m).sum(1) / m.sum(1) for a, m in box_attention(recorder.maps, targets)])
+            results[position] = (float(shares.mean()), float(targets.masks[side][0].mean()), float(held.mean()))
     finally:
         recorder.remove()
     return results
@@ -142,8 +145,9 @@ def main(argv=None) -> None:
     prompt = PROMPT.format(object=arguments.object, position="", colour="blue").replace("  ", " ")
     print(f"linear probe of a cell's x from the middle block's features: R^2 {middle_block_x_probe(pipe, noise, prompt):.3f}")
     shares = attention_on_box(pipe, arguments.object, noise)
-    print("attention of the noun and position word on the object's box from pure noise: " + ", ".join(
-        f"{position} {share:.3f} (even spread: {even:.3f})" for position, (share, even) in shares.items()))  # fmt: skip
+    print("the noun's and position word's attention from pure noise: share of their map on the object's box " + ", ".join(
+        f"{position} {share:.3f}" for position, (share, _, _) in shares.items()) + f" (even spread: {shares['left'][1]:.3f}); "
+        "their share of each box cell's attention " + ", ".join(f"{position} {held:.3f}" for position, (_, _, held) in shares.items()))  # fmt: skip
 
 
 if __name__ == "__main__":
