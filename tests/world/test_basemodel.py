@@ -165,6 +165,9 @@ def test_training_stages_resume_and_export(tmp_path):
     fresh = tmp_path / "fresh-run"
     fresh.mkdir()
     train.adopt_shipped_parts(tmp_path / "model", fresh, log)
+    adopted = train.vae_fingerprint(fresh)
+    train.train_vae(fresh, SOURCE, TINY, vae_config, True, StopAfter(10), log)  # make basemodel's vae stage: a no-op
+    assert not (fresh / "vae.ckpt").exists() and train.vae_fingerprint(fresh) == adopted
     LatentPool(fresh / "latents", train.vae_fingerprint(fresh), chunk_size=8).fill(SOURCE, train.load_exported_vae(fresh),
                                                                                   vae.config.scaling_factor, 8)  # fmt: skip
     continued = train.UnetTrainer(fresh, SOURCE, TINY, config, log)

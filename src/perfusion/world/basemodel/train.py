@@ -177,6 +177,10 @@ def train_vae(run_dir: Path, source: SceneSource, arch: ArchitectureConfig, conf
     the latent space, hence the latent pool and the UNet, valid."""
     name = "decoder" if decoder_only else "vae"
     checkpoint_path = run_dir / f"{name}.ckpt"
+    if not decoder_only and not checkpoint_path.exists() and (run_dir / "vae").exists():
+        # taken from a shipped folder (--init-from): a new autoencoder would void the latent pool and the UNet
+        log(f"vae: {run_dir / 'vae'} has no checkpoint (taken from a shipped folder); kept, not trained again")
+        return
     if decoder_only:
         vae = load_exported_vae(run_dir)
         factor = vae.config.scaling_factor
