@@ -43,6 +43,11 @@ class GroundingTargets:
         return len(self.samples)
 
 
+def attention_resolutions(unet) -> tuple[int, ...]:
+    """The side of the latent grid at each UNet level, where its cross-attention maps live (16, 8, 4 here)."""
+    return tuple(unet.config.sample_size // 2**level for level in range(len(unet.config.block_out_channels)))
+
+
 def box_coverage(centre_x: float, centre_y: float, side: float, resolution: int) -> torch.Tensor:
     """(resolution, resolution): the share of each cell covered by the axis-aligned square of `side` pixels around
     the centre (image of OUTPUT_SIDE pixels)."""
@@ -77,7 +82,7 @@ def word_objects(spec, words: list[str]) -> list[int | None]:
     if PAIR_SIDES_STATED in " ".join(words):
         left_object = 0 if spec.position == "left" else 1
         sides = {"left": left_object, "right": 1 - left_object}
-        owners = [sides.get(word, owner) if owner is None else owner for word, owner in zip(words, owners)]
+        owners = [sides.get(word) if owner is None else owner for word, owner in zip(words, owners)]
     return owners
 
 

@@ -26,7 +26,7 @@ from diffusers import StableDiffusionPipeline
 from perfusion.text import encode, tokenize
 from perfusion.world.scenes import SceneSpec
 
-from .grounding import AttentionRecorder, CaptionGrounding, box_attention, box_shares
+from .grounding import AttentionRecorder, CaptionGrounding, attention_resolutions, box_attention, box_shares
 
 PROMPT = "a photo of a small {object} {position} on a {colour} background"
 
@@ -88,8 +88,8 @@ def attention_on_box(pipe, obj: str, noise: torch.Tensor) -> dict[str, tuple[flo
     the share of a token's attention map on the object's box, the box's share of the image (an even spread's
     share), and the token's own attention in the box's cells (how much of what is written there it writes)."""
     recorder, grounding = AttentionRecorder(pipe.unet), CaptionGrounding(pipe.tokenizer)
-    side = pipe.unet.config.sample_size
-    resolutions = tuple(side // 2**level for level in range(len(pipe.unet.config.block_out_channels)))
+    resolutions = attention_resolutions(pipe.unet)
+    side = resolutions[0]
     results = {}
     try:
         for position in ("left", "right"):

@@ -45,7 +45,7 @@ from .config import (
     to_dict,
 )
 from .data import VAE_SEED_RANGE, LatentPool, SceneSource, atomic_torch_save, render_batch, world_source
-from .grounding import AttentionRecorder, CaptionGrounding, token_grounding_loss, token_pixel_loss
+from .grounding import AttentionRecorder, CaptionGrounding, attention_resolutions, token_grounding_loss, token_pixel_loss
 from .tokenizer import build_tokenizer, words_split
 
 DEFAULT_RUN_DIR = Path("checkpoints/basemodel")
@@ -323,7 +323,7 @@ class UnetTrainer:
         self.checkpoint_path = run_dir / "unet.ckpt"
         self.grounding = CaptionGrounding(self.tokenizer) if config.grounding_weight or config.grounding_pixel_weight else None
         self.attention = AttentionRecorder(self.unet) if self.grounding else None
-        self.attention_resolutions = tuple(models.latent_size(arch) // 2**level for level in range(len(arch.unet_block_out_channels)))
+        self.attention_resolutions = attention_resolutions(self.unet)
 
     def state(self) -> dict:
         return {
