@@ -79,6 +79,9 @@ class UnetTrainingConfig:
     warmup_steps: int = 500
     max_steps: int = 400_000  # the cosine decay horizon; training may be stopped earlier
     min_learning_rate_ratio: float = 0.1
+    # The step the cosine decay starts from (0: right after the warm-up). A late value gives a cool-down: the rate
+    # stays flat, then falls to min_learning_rate_ratio over [decay_from, max_steps] (--decay-from 12400 --max-steps 15000).
+    decay_from: int = 0
     ema_decay: float = 0.999
     ema_warmup_steps: int = 2000  # the EMA starts as a copy: early EMA is not 0.999 of random weights
     caption_dropout: float = 0.1  # empty caption, for classifier-free guidance

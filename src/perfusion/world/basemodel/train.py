@@ -84,11 +84,12 @@ class StopFlag:
         return self.signalled or time.time() > self.deadline
 
 
-def learning_rate_factor(step: int, warmup: int, horizon: int, floor: float) -> float:
-    """Linear warm-up, then cosine decay to `floor` at `horizon` steps (and flat after)."""
+def learning_rate_factor(step: int, warmup: int, horizon: int, floor: float, decay_from: int = 0) -> float:
+    """Linear warm-up, flat until `decay_from` (if later), then cosine decay to `floor` at `horizon` (flat after)."""
     if step < warmup:
         return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, horizon - warmup))
+    start = max(warmup, decay_from)
+    progress = min(1.0, max(0, step - start) / max(1, horizon - start))
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -404,7 +405,8 @@ class UnetTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(self.unet.parameters()) + list(self.text_encoder.parameters()), 1.0)
-        factor = learning_rate_factor(self.step, config.warmup_steps, config.max_steps, config.min_learning_rate_ratio)
+        factor = learning_rate_factor(self.step, config.warmup_steps, config.max_steps, config.min_learning_rate_ratio,
+                                      config.decay_from)  # fmt: skip
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         self.optimizer.step()
