@@ -35,6 +35,7 @@ from perfusion import baselines
 from perfusion.baselines.measure import run_isolated
 from perfusion.experiments.prompts import EvalPrompt, read_prompts, world_prompts
 from perfusion.experiments.scoring import ClipScoring, Scores, WorldScorer, mean
+from perfusion.experiments.trend import sweep_trends
 from perfusion.generate import GenerationConfig, generate
 from perfusion.images import load_training_images
 from perfusion.loader import load_concepts
@@ -250,7 +251,7 @@ class PixelScorer:
             generated = self.thumbnails(batch)
             fidelity.append(float((generated @ references.T).max(-1).values.mean()))
             alignment.append(float((generated * self.base[prompt]).sum(-1).mean()))
-        return Scores(mean(alignment), mean(fidelity))
+        return Scores(mean(alignment), mean(fidelity), per_prompt={"alignment": tuple(alignment), "fidelity": tuple(fidelity)})
 
 
 def world_judge(concepts: list[ConceptSpec], prompts: list[EvalPrompt], object_name: str | None = None):
@@ -359,10 +360,23 @@ class Row:
     peak_rss_over_load_bytes: int | None  # the training's own memory: peak minus that of only loading
     peak_gpu_bytes: int | None
     scorer: str  # "world judge", "CLIP" or "pixel placeholder"
-    sweep: list[dict] = field(default_factory=list)  # {knob value, fidelity, alignment, top1}
+    sweep: list[dict] = field(default_factory=list)  # {knob value, fidelity, alignment, top1, per_prompt}
+    trends: list[dict] = field(default_factory=list)  # experiments.trend over the knob (beta and scale only)
 
     def at_default(self) -> dict:
         return next(point for point in self.sweep if point["value"] == self.default)
+
+
+# Which way each knob moves the images: a higher beta shuts the gate (toward the prompt), a higher LoRA or Custom
+# Diffusion scale applies more of the concept; guidance has no expected direction on the concept.
+KNOB_TOWARD_PROMPT = {"beta": 1, "scale": -1}
+
+
+def knob_trends(variant: Variant, sweep: list[dict]) -> list[dict]:
+    if variant.knob not in KNOB_TOWARD_PROMPT:
+        return []
+    trends = sweep_trends([point["value"] for point in sweep], [point["per_prompt"] for point in sweep], KNOB_TOWARD_PROMPT[variant.knob])
+    return [asdict(trend) for trend in trends]
 
 
 def artifact_path(settings: RunSettings, concept: ConceptSpec, variant: Variant) -> Path:
@@ -385,11 +399,12 @@ def run(concepts: list[ConceptSpec], variants: list[Variant], settings: RunSetti
             images = generate_sweep(settings.model, concept, variant, artifact, prompts, settings)
             sweep = [{"value": value, **asdict(scorer.score(batches, photos, concept.supercategory))}
                      for value, batches in images.items()]  # fmt: skip
+            trends = knob_trends(variant, sweep)
             peak = trained["peak_rss_bytes"]
             rows.append(Row(concept.name, variant.name, variant.method, variant.knob, variant.default, trained["size_bytes"],
                             trained["seconds"], trained["steps"], trained["losses"][-1] if trained["losses"] else float("nan"),
                             peak, None if peak is None or load_peak is None else peak - load_peak, trained["peak_gpu_bytes"],
-                            scorer.name, sweep))  # fmt: skip
+                            scorer.name, sweep, trends))  # fmt: skip
             print(f"{concept.name:>12} {variant.name:<18} {trained['size_bytes']:>12,d} B  train {trained['seconds']:7.1f} s  "
                   f"all {time.perf_counter() - started:7.1f} s", flush=True)  # fmt: skip
         write_outputs(rows, [], settings)
@@ -421,6 +436,12 @@ def write_outputs(rows: list[Row], compositions: list[dict], settings: RunSettin
         for row in rows:
             for point in row.sweep:
                 writer.writerow([row.concept, row.variant, row.knob, point["value"], point["fidelity"], point["alignment"], point["top1"]])
+    with open(out / "trends.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["concept", "variant", "knob", "metric", "slope", "stderr", "prompts", "verdict"])
+        for row in rows:
+            for trend in row.trends:
+                writer.writerow([row.concept, row.variant, row.knob, *trend.values()])
     from perfusion.world.pareto import SweepPoint, pareto_plot
 
     for concept in dict.fromkeys(row.concept for row in rows):

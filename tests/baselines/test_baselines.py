@@ -203,3 +203,6 @@ def test_the_comparison_runs_end_to_end_on_a_tiny_pipeline(tiny_pipeline_dir, tm
     assert [(row["pair"], row["variant"], row["images"]) for row in compositions] == [
         ("mydisc+myring", "perfusion", 2), ("mydisc+myring", "lora-r4", 2)]  # unscored: no judge for these concepts
     assert (out / "composition.csv").exists()
+    # one prompt gives each knob's slope but no noise estimate across prompts
+    assert [(t["metric"], t["verdict"]) for t in rows[1].trends] == [("fidelity", "unmeasured"), ("alignment", "unmeasured")]
+    assert len((out / "trends.csv").read_text().splitlines()) == 1 + 2 * 4

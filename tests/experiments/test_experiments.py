@@ -61,7 +61,8 @@ class CountingScorer:
 
     def score(self, images_by_prompt, references, supercategory):
         self.calls.append((len(images_by_prompt), sum(len(v) for v in images_by_prompt.values()), supercategory))
-        return Scores(alignment=0.5, fidelity=0.25, top1=None)
+        count = len(images_by_prompt)
+        return Scores(alignment=0.5, fidelity=0.25, top1=None, per_prompt={"alignment": (0.5,) * count, "fidelity": (0.25,) * count})
 
 
 def test_sweep_writes_images_table_and_plot(tiny_pipe, tmp_path):
@@ -70,12 +71,14 @@ def test_sweep_writes_images_table_and_plot(tiny_pipe, tmp_path):
     prompts = [EvalPrompt("a photo of a {} on red"), EvalPrompt("a {} next to a cup")]
     scorer = CountingScorer()
     config = SweepConfig(betas=(0.5, 0.9), images_per_prompt=2, steps=2)
-    rows = run_sweep(tiny_pipe, concept, prompts, config, scorer, [], tmp_path, progress=False)
-    assert [row.beta for row in rows] == [0.5, 0.9] and scorer.calls == [(2, 4, "cat")] * 2
+    sweep = run_sweep(tiny_pipe, concept, prompts, config, scorer, [], tmp_path, progress=False)
+    assert [row.beta for row in sweep.rows] == [0.5, 0.9] and scorer.calls == [(2, 4, "cat")] * 2
     assert len(list((tmp_path / "beta-0.500").glob("*.png"))) == 4
     assert json.loads((tmp_path / "metrics.json").read_text())["rows"][1]["beta"] == 0.9
     assert (tmp_path / "metrics.csv").read_text().splitlines()[0].startswith("beta,alignment,fidelity")
     assert (tmp_path / "pareto.png").stat().st_size > 1000
+    metrics = json.loads((tmp_path / "metrics.json").read_text())  # the stand-in scores are flat: no trend
+    assert [t["verdict"] for t in metrics["trends"]] == ["flat within noise"] * 2 and metrics["monotone_within_noise"]
 
 
 def test_report_links_its_images_relatively(tmp_path):

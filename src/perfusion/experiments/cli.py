@@ -105,12 +105,15 @@ def run_scored(args, betas) -> None:
     pipe = open_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     load_concepts(pipe, args.concept)
-    rows = run_sweep(pipe, concept, prompts, config, scorer, references, out)
+    sweep = run_sweep(pipe, concept, prompts, config, scorer, references, out)
     print(f"{'beta':>6} {'alignment':>10} {'fidelity':>9} {'top-1':>6}  ({scorer.name}; {len(prompts)} prompts x "
           f"{config.images_per_prompt} images)")  # fmt: skip
-    for row in rows:
+    for row in sweep.rows:
         top1 = "" if row.top1 is None else f"{row.top1:.3f}"
         print(f"{row.beta:6.3f} {row.alignment:10.3f} {row.fidelity:9.3f} {top1:>6}")
+    if sweep.trends:
+        print("trend as beta rises (paired over prompts, +- one standard error): "
+              + "; ".join(trend.describe() for trend in sweep.trends))  # fmt: skip
     print(f"{out / 'metrics.csv'}, {out / 'pareto.png'}")
 
 

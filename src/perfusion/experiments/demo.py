@@ -108,10 +108,13 @@ def run_demo(pipe, out: Path, config: DemoConfig, log=print) -> Path:
         rows=rows,
     ))  # fmt: skip
 
-    sweep_rows = run_sweep(pipe, concept, prompts, config.sweep, scorer, images_of(example), out / "sweep")
-    summary["sweep"] = [asdict(row) for row in sweep_rows]
+    sweep = run_sweep(pipe, concept, prompts, config.sweep, scorer, images_of(example), out / "sweep")
+    summary["sweep"] = [asdict(row) for row in sweep.rows]
+    summary["sweep_trends"], summary["sweep_monotone_within_noise"] = [asdict(t) for t in sweep.trends], sweep.monotone
+    trends = "; ".join(trend.describe() for trend in sweep.trends)
     sections.append(Section("Beta sweep: fidelity against alignment", "Lower beta: more like the concept; higher beta: "
-                            "more like the prompt.", table=[asdict(row) for row in sweep_rows], plot=out / "sweep" / "pareto.png"))  # fmt: skip
+                            f"more like the prompt. Measured trend as beta rises (paired over prompts): {trends or 'none'}.",
+                            table=[asdict(row) for row in sweep.rows], plot=out / "sweep" / "pareto.png"))  # fmt: skip
 
     sections.append(composition_section(pipe, trained, config, out, summary))
     summary["seconds"] = time.perf_counter() - started

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL import Image
 
@@ -14,6 +14,8 @@ class Scores:
     alignment: float  # world: share of stated attributes found; CLIP: CLIP-T with the supercategory word
     fidelity: float  # world: judge-embedding cosine to the concept images; CLIP: CLIP-I
     top1: float | None = None  # world only: identity top-1 among the members of the concept's category
+    # Each metric per prompt, in prompt order (what the means above average; a sweep's trend needs them paired).
+    per_prompt: dict[str, tuple[float, ...]] = field(default_factory=dict, compare=False)
 
 
 def mean(values) -> float:
@@ -50,7 +52,8 @@ class WorldScorer:
             fidelity.append(embedding_similarity(output.embeddings, reference_embeddings))
             if self.object_name:
                 top1.append(identity_top1(self.judge, self.fit(images), self.object_name))
-        return Scores(mean(alignment), mean(fidelity), mean(top1) if top1 else None)
+        per_prompt = {"alignment": tuple(alignment), "fidelity": tuple(fidelity), **({"top1": tuple(top1)} if top1 else {})}
+        return Scores(mean(alignment), mean(fidelity), mean(top1) if top1 else None, per_prompt)
 
 
 class ClipScoring:

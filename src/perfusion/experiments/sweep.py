@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from perfusion.concept import Concept
 from perfusion.experiments.prompts import EvalPrompt
 from perfusion.experiments.scoring import Scores
+from perfusion.experiments.trend import Trend, monotone_within_noise, sweep_trends
 from perfusion.files import atomic_write
 from perfusion.generate import GenerationConfig, generate
 
@@ -41,6 +42,16 @@ class SweepRow:
     top1: float | None
     images: int
     seconds: float
+
+
+@dataclass
+class SweepResult:
+    rows: list[SweepRow]
+    trends: list[Trend]  # each metric's paired slope over beta, with its noise (experiments.trend)
+
+    @property
+    def monotone(self) -> bool | None:
+        return monotone_within_noise(self.trends)
 
 
 def parse_betas(text: str) -> tuple[float, ...]:
@@ -83,22 +94,26 @@ def generate_prompts(pipe, concept: Concept, prompts: list[EvalPrompt], config: 
 
 
 def run_sweep(pipe, concept: Concept, prompts: list[EvalPrompt], config: SweepConfig, scorer, references, out_dir: Path,
-              progress: bool = True) -> list[SweepRow]:  # fmt: skip
-    """The concept must be loaded in ``pipe``. Writes images, metrics.csv, metrics.json and pareto.png."""
+              progress: bool = True) -> SweepResult:  # fmt: skip
+    """The concept must be loaded in ``pipe``. Writes images, metrics.csv, metrics.json (with the trends) and pareto.png."""
     from perfusion.generate import check_gate
 
     for beta in config.betas:
         check_gate(beta, config.tau)
-    rows = []
+    rows, per_prompt = [], []
     for beta in tqdm(config.betas, desc="beta sweep", disable=not progress):
         started = time.perf_counter()
         images = generate_prompts(pipe, concept, prompts, config, beta, out_dir / f"beta-{beta:.3f}")
         scores: Scores = scorer.score(images, references, concept.supercategory)
         count = sum(len(batch) for batch in images.values())
         rows.append(SweepRow(beta, scores.alignment, scores.fidelity, scores.top1, count, time.perf_counter() - started))
-    write_table(rows, out_dir, {"concept": concept.token, "scorer": scorer.name, "config": asdict(config)})
+        per_prompt.append(scores.per_prompt)
+    result = SweepResult(rows, sweep_trends(list(config.betas), per_prompt))
+    about = {"concept": concept.token, "scorer": scorer.name, "config": asdict(config),
+             "trends": [asdict(trend) for trend in result.trends], "monotone_within_noise": result.monotone}  # fmt: skip
+    write_table(rows, out_dir, about)
     plot_sweep({f"perfusion {concept.token}": rows}, out_dir / "pareto.png", scorer.name)
-    return rows
+    return result
 
 
 def write_table(rows: list[SweepRow], out_dir: Path, about: dict) -> None:
