@@ -186,6 +186,10 @@ def test_training_stages_resume_and_export(tmp_path):
     assert all(torch.equal(continued.unet.state_dict()[name], tensor) for name, tensor in shipped.items())
     continued.run(False, StopAfter(1))
     assert continued.step == 4
+    cool_down = dataclasses.replace(config, decay_from=4, max_steps=6)  # resumed with a cool-down: stops at its end
+    cooled = train.UnetTrainer(fresh, SOURCE, TINY, cool_down, log)
+    cooled.run(True, StopAfter(10))
+    assert cooled.step == 6 and cooled.optimizer.param_groups[0]["lr"] < config.unet_learning_rate
 
 
 def test_shipped_model_loads_and_generates():

@@ -77,7 +77,7 @@ class UnetTrainingConfig:
     text_learning_rate: float = 5e-4
     weight_decay: float = 1e-2
     warmup_steps: int = 500
-    max_steps: int = 400_000  # the cosine decay horizon; training may be stopped earlier
+    max_steps: int = 400_000  # the cosine decay's end, where training stops; it may be stopped earlier
     min_learning_rate_ratio: float = 0.1
     # The step the cosine decay starts from (0: right after the warm-up). A late value gives a cool-down: the rate
     # stays flat, then falls to min_learning_rate_ratio over [decay_from, max_steps] (--decay-from 12400 --max-steps 15000).

@@ -424,6 +424,10 @@ class UnetTrainer:
             self.log(f"unet: resumed at step {self.step}")
         elif init_from is not None:
             self.initialise_from(init_from)
+        if self.step >= self.config.max_steps:
+            self.log(f"unet: step {self.step} has reached max_steps {self.config.max_steps}, the end of the learning-rate "
+                     "decay; pass a larger --max-steps (and --decay-from) to go on")  # fmt: skip
+            return
         pool = LatentPool(self.run_dir / "latents", vae_fingerprint(self.run_dir))
         latents, specs = pool.load()
         chunks = len(specs) // pool.chunk_size
@@ -432,7 +436,7 @@ class UnetTrainer:
         self.unet.train()
         self.text_encoder.train()
         last_save, losses, started = time.time(), [], time.time()
-        while not stop:
+        while not stop and self.step < self.config.max_steps:
             losses.append(self.training_step(*self.batch(latents, specs)))
             if self.step % self.config.log_every == 0:
                 means = {name: float(np.mean([step[name] for step in losses])) for name in losses[0]}
