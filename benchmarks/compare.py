@@ -36,7 +36,7 @@ from perfusion.baselines.measure import run_isolated
 from perfusion.experiments.prompts import EvalPrompt, read_prompts, world_prompts
 from perfusion.experiments.scoring import ClipScoring, Scores, WorldScorer, mean
 from perfusion.experiments.trend import sweep_trends
-from perfusion.generate import GenerationConfig, generate
+from perfusion.generation import GenerationConfig, generate
 from perfusion.images import load_training_images
 from perfusion.loader import load_concepts
 from perfusion.models import open_pipeline

@@ -7,7 +7,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from perfusion.testing import handmade_concept, small_corpus
 
 from perfusion.concept import ConceptFileError
-from perfusion.generate import GenerationConfig, GenerationError, generate
+from perfusion.generation import GenerationConfig, GenerationError, generate
 from perfusion.loader import find_runtime, load_concepts, set_concept_options, unload_concepts
 from perfusion.processor import PerfusionAttnProcessor
 from perfusion.text import encode, tokenize
@@ -187,3 +187,16 @@ def test_fingerprint_is_the_same_for_fp32_and_fp16_loads_and_fp16_generation_run
     load_concepts(half, concept, captions=CAPTIONS)
     picture = images(half, "a photo of a <mycat>")
     assert picture.shape == (1, 16, 16, 3)
+
+
+def test_every_top_level_name_is_what_the_readme_calls_even_after_its_module_is_imported():
+    """`from perfusion import GenerationConfig` imports the module that holds `generate`; a submodule of the same
+    name as an exported function would then shadow the function (perfusion.generate was the module)."""
+    import subprocess
+    import sys
+
+    code = ("import perfusion\nfrom perfusion import GenerationConfig, TrainingConfig\n"
+            "for name in perfusion.__all__:\n    value = getattr(perfusion, name)\n"
+            "    assert not type(value).__name__ == 'module', name\n"
+            "assert callable(perfusion.generate) and callable(perfusion.train_concept)\n")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True)  # a fresh interpreter: no module imported before

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from perfusion.concept import Concept, ConceptFileError
-from perfusion.generate import GenerationConfig, GenerationError, check_gate, check_prompt, generate
+from perfusion.generation import GenerationConfig, GenerationError, check_gate, check_prompt, generate
 from perfusion.images import ImageInputError, load_training_images
 from perfusion.models import ModelError, open_pipeline
 from perfusion.tokens import TokenError

@@ -16,7 +16,7 @@ from perfusion.experiments.prompts import EvalPrompt
 from perfusion.experiments.scoring import Scores
 from perfusion.experiments.trend import Trend, monotone_within_noise, sweep_trends
 from perfusion.files import atomic_write
-from perfusion.generate import GenerationConfig, generate
+from perfusion.generation import GenerationConfig, generate
 
 
 class SweepError(ValueError):
@@ -96,7 +96,7 @@ def generate_prompts(pipe, concept: Concept, prompts: list[EvalPrompt], config: 
 def run_sweep(pipe, concept: Concept, prompts: list[EvalPrompt], config: SweepConfig, scorer, references, out_dir: Path,
               progress: bool = True) -> SweepResult:  # fmt: skip
     """The concept must be loaded in ``pipe``. Writes images, metrics.csv, metrics.json (with the trends) and pareto.png."""
-    from perfusion.generate import check_gate
+    from perfusion.generation import check_gate
 
     for beta in config.betas:
         check_gate(beta, config.tau)
