@@ -34,7 +34,7 @@ import torch
 from perfusion import baselines
 from perfusion.baselines.measure import run_isolated
 from perfusion.experiments.prompts import EvalPrompt, read_prompts, world_prompts
-from perfusion.experiments.scoring import ClipScoring, Scores, WorldScorer, mean
+from perfusion.experiments.scoring import ClipScoring, Scores, WorldScorer
 from perfusion.experiments.trend import sweep_trends
 from perfusion.generation import GenerationConfig, generate
 from perfusion.images import load_training_images
@@ -251,7 +251,7 @@ class PixelScorer:
             generated = self.thumbnails(batch)
             fidelity.append(float((generated @ references.T).max(-1).values.mean()))
             alignment.append(float((generated * self.base[prompt]).sum(-1).mean()))
-        return Scores(mean(alignment), mean(fidelity), per_prompt={"alignment": tuple(alignment), "fidelity": tuple(fidelity)})
+        return Scores.from_prompts(alignment, fidelity)
 
 
 def world_judge(concepts: list[ConceptSpec], prompts: list[EvalPrompt], object_name: str | None = None):

@@ -108,3 +108,10 @@ def test_demo_quick_writes_a_report_whose_links_resolve(tiny_pipeline_dir, tmp_p
     assert 0.0 <= summary["composition_success"] <= 1.0
     assert main(["demo", "--model", str(tiny_pipeline_dir), "--out", str(out), "--quick"]) == 2  # no silent overwrite
     assert "exists" in capsys.readouterr().err
+
+
+def test_scores_keep_each_prompts_values_beside_their_means():
+    scores = Scores.from_prompts([0.5, 1.0], [0.2, 0.4], top1=[1.0, 0.0])
+    assert (scores.alignment, scores.fidelity, scores.top1) == (0.75, pytest.approx(0.3), 0.5)
+    assert scores.per_prompt == {"alignment": (0.5, 1.0), "fidelity": (0.2, 0.4), "top1": (1.0, 0.0)}
+    assert Scores.from_prompts([0.5], [0.2]).top1 is None and "top1" not in Scores.from_prompts([0.5], [0.2]).per_prompt

@@ -127,7 +127,6 @@ def test_timestep_sampling_can_favour_the_noisiest_steps():
     assert 0.6 < favoured.ge(700).float().mean() < 0.7 and favoured.max() < 1000  # 0.5 + 0.5 * 0.3 at or above 700
 
 
-
 def test_learning_rate_can_stay_flat_then_cool_down():
     factor = train.learning_rate_factor
     assert factor(0, 10, 100, 0.1) == pytest.approx(0.1) and factor(9, 10, 100, 0.1) == 1.0  # warm-up
@@ -135,6 +134,7 @@ def test_learning_rate_can_stay_flat_then_cool_down():
     assert factor(60, 10, 100, 0.1, decay_from=60) == 1.0 and factor(40, 10, 100, 0.1, decay_from=60) == 1.0
     assert factor(80, 10, 100, 0.1, decay_from=60) == pytest.approx(0.55)  # halfway through [60, 100]
     assert factor(100, 10, 100, 0.1, decay_from=60) == pytest.approx(0.1) == factor(500, 10, 100, 0.1, decay_from=60)
+
 
 def test_random_crops_are_on_the_latent_grid():
     images = torch.arange(2 * 64 * 64, dtype=torch.float32).reshape(2, 1, 64, 64)

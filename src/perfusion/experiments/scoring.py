@@ -17,6 +17,12 @@ class Scores:
     # Each metric per prompt, in prompt order (what the means above average; a sweep's trend needs them paired).
     per_prompt: dict[str, tuple[float, ...]] = field(default_factory=dict, compare=False)
 
+    @classmethod
+    def from_prompts(cls, alignment: list[float], fidelity: list[float], top1: list[float] | None = None) -> Scores:
+        """Means of per-prompt values, keeping those values (top1 left out when empty or None)."""
+        per_prompt = {"alignment": tuple(alignment), "fidelity": tuple(fidelity), **({"top1": tuple(top1)} if top1 else {})}
+        return cls(mean(alignment), mean(fidelity), mean(top1) if top1 else None, per_prompt)
+
 
 def mean(values) -> float:
     values = list(values)
@@ -52,8 +58,7 @@ class WorldScorer:
             fidelity.append(embedding_similarity(output.embeddings, reference_embeddings))
             if self.object_name:
                 top1.append(identity_top1(self.judge, self.fit(images), self.object_name))
-        per_prompt = {"alignment": tuple(alignment), "fidelity": tuple(fidelity), **({"top1": tuple(top1)} if top1 else {})}
-        return Scores(mean(alignment), mean(fidelity), mean(top1) if top1 else None, per_prompt)
+        return Scores.from_prompts(alignment, fidelity, top1)
 
 
 class ClipScoring:
@@ -69,4 +74,4 @@ class ClipScoring:
     def score(self, images_by_prompt: dict[EvalPrompt, list[Image.Image]], references: list[Image.Image], supercategory: str):
         alignment = [self.clip.clip_t(images, prompt.text(supercategory)) for prompt, images in images_by_prompt.items()]
         fidelity = [self.clip.clip_i(images, references) for images in images_by_prompt.values()]
-        return Scores(mean(alignment), mean(fidelity))
+        return Scores.from_prompts(alignment, fidelity)
