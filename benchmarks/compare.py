@@ -62,8 +62,8 @@ class Variant:
 # starting points scaled to the model, not tuned.
 VARIANTS = (
     Variant(PERFUSION, PERFUSION, dict(recipe.TRAINING), "beta", (0.5, 0.6, 0.7, 0.8, 0.9), 0.7),
-    # The same with METHOD.md's SD1.5 learning rate for o*_V: what the embedded model's recipe changed, and why.
-    Variant("perfusion-sd-lr", PERFUSION, dict(recipe.TRAINING, lr_values=TrainingConfig.lr_values), "beta",
+    # The same with the o*_V rate the earlier (epsilon-prediction) embedded models needed, 10x below SD1.5's.
+    Variant("perfusion-3e-3", PERFUSION, dict(recipe.TRAINING, lr_values=recipe.EARLIER_LR_VALUES), "beta",
             (0.5, 0.6, 0.7, 0.8, 0.9), 0.7),
     # Methods without a knob of their own sweep guidance; their default is the embedded model's (recipe.GUIDANCE).
     Variant("textual-inversion", "textual-inversion", {}, "guidance", (2.0, 4.0, 6.0, 8.0), recipe.GUIDANCE),

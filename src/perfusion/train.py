@@ -17,6 +17,7 @@ from perfusion.latents import LatentBank, encode_images, forward_process, freeze
 from perfusion.loader import find_runtime, load_concepts, pipeline_fingerprint, unload_concepts
 from perfusion.masks import attention_masks
 from perfusion.method import ema_update, masked_mse
+from perfusion.pairs import pair_caption, paired_images
 from perfusion.runtime import linear_part
 from perfusion.text import encode, tokenize, word_positions
 from perfusion.tokens import check_new_token, substitute_token_embedding
@@ -54,6 +55,12 @@ class TrainingConfig:
     flip: bool = True
     seed: int = 0
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    # Paired images (perfusion.pairs): the object beside an empty half, captioned "<token> next to a <word>"; off in
+    # METHOD.md's recipe. Needs masks; each training sample is a paired one with this probability.
+    pair_probability: float = 0.0
+    pair_words: tuple[str, ...] = ()  # the other object's word, one drawn per paired sample
+    pair_side: float = 0.4  # the object's longer side, as a fraction of the image width
+    pair_template: str = "a photo of a {} next to a {}"
     mask_prompt: str = "a photo of a {}"  # read for the supercategory's attention map when no mask is given
     mask_timestep: float = 0.4  # fraction of the noise schedule at which that map is read
     mixed_precision: str = "no"  # "fp16" or "bf16" on a GPU: frozen modules cast down, trained tensors fp32
@@ -86,6 +93,7 @@ class ConceptTrainer:
         self.forward_process = forward_process(pipe.scheduler)  # built once: noised() runs every step
         self.fingerprint = pipeline_fingerprint(pipe)
         self.bank = self.encode_images()
+        self.pair_bank = self.encode_pairs() if config.pair_probability > 0 else None
         self.concept = self.initial_concept()
         self.start_step = 0
         self.losses: list[float] = []
@@ -111,6 +119,27 @@ class ConceptTrainer:
             ).float()  # fmt: skip
             bank.mask_source = "attention"
         return bank
+
+    def encode_pairs(self) -> LatentBank:
+        """Latents and masks of the paired images (perfusion.pairs), built from the given masks."""
+        if self.bank.mask_source != "given":
+            raise TrainingError("paired images need the objects' masks (an alpha channel or --mask-dir)")
+        if not self.config.pair_words:
+            raise TrainingError("paired images need at least one word for the other object (pair_words)")
+        size = self.resolution
+        paired = paired_images(self.images, self.config.pair_side)
+        bank = encode_images(self.pipe, paired, size, self.config.flip, self.weight_dtype)
+        bank.masks = given_masks(paired, size, bank.means.shape[-1], self.config.flip).to(self.device)
+        bank.mask_source = "given"
+        return bank
+
+    def pair_prompts_ids(self, count: int) -> torch.Tensor:
+        words = self.config.pair_words
+        chosen = torch.randint(len(words), (count,), generator=self.generator)
+        concept_first = torch.rand(count, generator=self.generator) < 0.5
+        texts = [pair_caption(self.config.pair_template, self.token, words[i], bool(first))
+                 for i, first in zip(chosen, concept_first)]  # fmt: skip
+        return tokenize(self.pipe.tokenizer, texts)
 
     def prompts_ids(self, word: str, count: int | None = None) -> torch.Tensor:
         templates = self.config.templates
@@ -173,9 +202,18 @@ class ConceptTrainer:
 
     # -- one optimizer step -------------------------------------------------------------------
     def micro_batch(self):
-        latents, masks = self.bank.sample(self.config.batch_size, self.generator)
+        """Latents, noise and prompts of one micro-batch; the paired samples (if any) come last."""
+        count, paired = self.config.batch_size, 0
+        if self.pair_bank is not None:
+            paired = int((torch.rand(count, generator=self.generator) < self.config.pair_probability).sum())
+        latents, masks = self.bank.sample(count - paired, self.generator)
+        if paired:
+            pair_latents, pair_masks = self.pair_bank.sample(paired, self.generator)
+            latents, masks = torch.cat([latents, pair_latents]), torch.cat([masks, pair_masks])
         noisy, timesteps, target = noised(self.forward_process, latents, self.generator)
-        return noisy, timesteps, target, masks, self.prompts_ids(self.token, self.config.batch_size)
+        ids = [self.prompts_ids(self.token, count - paired)] if paired < count else []
+        ids += [self.pair_prompts_ids(paired)] if paired else []
+        return noisy, timesteps, target, masks, torch.cat(ids)
 
     @torch.no_grad()
     def held_out_loss(self, batches: int = 8, seed: int = 12345) -> float:
