@@ -129,3 +129,19 @@ def test_console_script_reports_one_line_and_exit_code(tmp_path):
                             capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"perfusion: error: {tmp_path / 'nope.safetensors'}: no such concept file"]
+
+
+def test_paired_training_from_the_command_line(tiny_pipeline_dir, tmp_path, captions_file, capsys):
+    images = write_concept_images(tmp_path / "disc")
+    out = tmp_path / "disc.safetensors"
+    code, _, _ = run(train_args(tiny_pipeline_dir, images, out, captions_file, "--pair-words", "dog", "cup"), capsys)
+    training = Concept.load(out).training
+    assert code == 0 and training["pair_probability"] == 0.5 and list(training["pair_words"]) == ["dog", "cup"]
+    other = tmp_path / "other.safetensors"
+    expect_refusal(train_args(tiny_pipeline_dir, images, other, captions_file, "--pair-probability", "0.3"),
+                   capsys, "needs --pair-words")  # fmt: skip
+    too_many = ["--pair-words", "dog", "--pair-probability", "2"]
+    expect_refusal(train_args(tiny_pipeline_dir, images, other, captions_file, *too_many), capsys, "must lie in [0, 1]")
+    plain = write_concept_images(tmp_path / "plain", alpha=False)
+    expect_refusal(train_args(tiny_pipeline_dir, plain, other, captions_file, "--pair-words", "dog"), capsys, "masks")
+    assert not other.exists()

@@ -53,6 +53,10 @@ def add_train(commands) -> None:
     parser.add_argument("--resolution", type=int, default=None)
     parser.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
     parser.add_argument("--seed", type=int, default=TrainingConfig.seed)
+    parser.add_argument("--pair-words", nargs="+", default=[], metavar="WORD",
+                        help='also train "TOKEN next to a WORD" on the object cut onto one half (needs masks)')
+    parser.add_argument("--pair-probability", type=float, default=None,
+                        help="share of training samples that are paired (default 0.5 with --pair-words)")
     parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
     parser.add_argument("--captions", help="caption file (one per line) for the covariance, instead of the packaged corpus")
     parser.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint (OUT.ckpt)")
@@ -68,12 +72,19 @@ def run_train(args) -> None:
     for name in ("steps", "batch_size", "gradient_accumulation"):
         if getattr(args, name) < 1:
             raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
+    pair_probability = args.pair_probability
+    if pair_probability is None:
+        pair_probability = 0.5 if args.pair_words else 0.0
+    if not 0.0 <= pair_probability <= 1.0:
+        raise CommandError("--pair-probability must lie in [0, 1]")
+    if pair_probability > 0 and not args.pair_words:
+        raise CommandError("--pair-probability needs --pair-words")
     images = load_training_images(args.images, args.mask_dir)
     config = TrainingConfig(
         steps=args.steps, batch_size=args.batch_size, gradient_accumulation=args.gradient_accumulation,
         lr_embedding=args.lr_embedding, lr_values=args.lr_values, train_beta=args.train_beta,
         train_tau=args.train_tau, resolution=args.resolution, flip=not args.no_flip, seed=args.seed,
-        mixed_precision=args.mixed_precision,
+        mixed_precision=args.mixed_precision, pair_probability=pair_probability, pair_words=tuple(args.pair_words),
     )  # fmt: skip
     check_gate(config.train_beta, config.train_tau)
     pipe = open_pipeline(args.model)
