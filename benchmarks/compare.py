@@ -60,17 +60,20 @@ class Variant:
 
 # Settings for the embedded micro-world model: Perfusion's are measured (perfusion.world.recipe); the baselines' are
 # starting points scaled to the model, not tuned.
+GUIDANCE_SWEEP = tuple(sorted({2.0, recipe.GUIDANCE, 4.0, 6.0, 8.0}))
 VARIANTS = (
     Variant(PERFUSION, PERFUSION, dict(recipe.TRAINING), "beta", (0.5, 0.6, 0.7, 0.8, 0.9), 0.7),
     # The same with the o*_V rate the earlier (epsilon-prediction) embedded models needed, 10x below SD1.5's.
     Variant("perfusion-3e-3", PERFUSION, dict(recipe.TRAINING, lr_values=recipe.EARLIER_LR_VALUES), "beta",
             (0.5, 0.6, 0.7, 0.8, 0.9), 0.7),
     # Methods without a knob of their own sweep guidance; their default is the embedded model's (recipe.GUIDANCE).
-    Variant("textual-inversion", "textual-inversion", {}, "guidance", (2.0, 4.0, 6.0, 8.0), recipe.GUIDANCE),
+    Variant("textual-inversion", "textual-inversion", {}, "guidance", GUIDANCE_SWEEP, recipe.GUIDANCE),
     # Textual Inversion at Perfusion's learning rate for v*: how much of Perfusion's result v* alone gives.
     Variant("textual-inversion-6e-3", "textual-inversion", dict(lr=TrainingConfig.lr_embedding), "guidance",
-            (2.0, 4.0, 6.0, 8.0), recipe.GUIDANCE),
-    Variant("dreambooth", "dreambooth", {}, "guidance", (2.0, 4.0, 6.0, 8.0), recipe.GUIDANCE),
+            GUIDANCE_SWEEP, recipe.GUIDANCE),
+    # Prior-preservation class images at the base model's own guidance (7.5 gives this model's worst samples).
+    Variant("dreambooth", "dreambooth", dict(class_guidance=recipe.GUIDANCE), "guidance", GUIDANCE_SWEEP,
+            recipe.GUIDANCE),
     Variant("lora-r4", "lora", dict(rank=4), "scale", (0.25, 0.5, 0.75, 1.0), 1.0),
     Variant("lora-r16", "lora", dict(rank=16), "scale", (0.25, 0.5, 0.75, 1.0), 1.0),
     Variant("custom-diffusion", "custom-diffusion", {}, "scale", (0.25, 0.5, 0.75, 1.0), 1.0),

@@ -109,7 +109,9 @@ class SamplingConfig:
     """How the shipped pipeline samples (the speed bar is measured with these)."""
 
     num_inference_steps: int = 25
-    guidance_scale: float = 4.0
+    # Chosen on step 15126 (judge, 64 prompts x 4 seeds): category 87.8% at 2.5 against 85.6% at 3 and 83.5% at 4;
+    # confirmed on 64 fresh prompts (seeds from 900_000): 89.8% at 2.5, 88.1% at 2, 86.9% at 4.
+    guidance_scale: float = 2.5
 
 
 # What runs saved before a field of ArchitectureConfig existed had in its place.
