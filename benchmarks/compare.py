@@ -63,6 +63,9 @@ class Variant:
 GUIDANCE_SWEEP = tuple(sorted({2.0, recipe.GUIDANCE, 4.0, 6.0, 8.0}))
 VARIANTS = (
     Variant(PERFUSION, PERFUSION, dict(recipe.TRAINING), "beta", (0.5, 0.6, 0.7, 0.8, 0.9), 0.7),
+    # The same without paired images (perfusion.pairs): what "<token> next to a <word>" training adds.
+    Variant("perfusion-no-pairs", PERFUSION, dict(recipe.TRAINING, pair_probability=0.0), "beta",
+            (0.5, 0.6, 0.7, 0.8, 0.9), 0.7),
     # The same with the o*_V rate the earlier (epsilon-prediction) embedded models needed, 10x below SD1.5's.
     Variant("perfusion-3e-3", PERFUSION, dict(recipe.TRAINING, lr_values=recipe.EARLIER_LR_VALUES), "beta",
             (0.5, 0.6, 0.7, 0.8, 0.9), 0.7),
@@ -92,6 +95,7 @@ class RunSettings:
     prompts_file: str | None = None  # .txt or .jsonl (perfusion.experiments.prompts); default: the world's prompts
     clip: str | None = None  # a local CLIP folder: score with CLIP-I / CLIP-T instead of the world judge
     images_per_prompt: int = 2
+    composition_images_per_prompt: int = 8  # per composition template (two templates): 16 images per method
     inference_steps: int = 25
     guidance: float = recipe.GUIDANCE  # for variants whose knob is not guidance (7.5 is SD1.5's)
     seed: int = 0
@@ -100,7 +104,8 @@ class RunSettings:
     command: str = ""  # the command line that produced the results (written into results.json)
 
     def quickened(self) -> RunSettings:
-        return replace(self, prompts=min(self.prompts, 4), images_per_prompt=1, inference_steps=min(self.inference_steps, 10))
+        return replace(self, prompts=min(self.prompts, 4), images_per_prompt=1, composition_images_per_prompt=1,
+                       inference_steps=min(self.inference_steps, 10))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -292,9 +297,10 @@ def references(concept: ConceptSpec) -> list:
 
 # -- two concepts in one image ------------------------------------------------------------------------------
 COMPOSITION_TEMPLATES = ("a photo of a {} next to a {}", "a photo of a {} to the left of a {}")
-# Perfusion, TI and LoRA load two separately trained concepts into one pipeline. Custom Diffusion combines concepts
-# by a joint optimisation of their K/V (not run here) and DreamBooth not at all: they get no composition figure.
-COMPOSABLE = (PERFUSION, "textual-inversion", "lora-r4", "lora-r16")
+# Perfusion, TI and LoRA load two separately trained concepts into one pipeline (every variant of those methods).
+# Custom Diffusion combines concepts by a joint optimisation of their K/V (not run here) and DreamBooth not at all:
+# they get no composition figure.
+COMPOSABLE = (PERFUSION, "textual-inversion", "lora")
 
 
 def composition_images(model: str, pair: tuple[ConceptSpec, ConceptSpec], variant: Variant, artifacts, settings):
@@ -311,8 +317,8 @@ def composition_images(model: str, pair: tuple[ConceptSpec, ConceptSpec], varian
         if variant.method == "lora":
             pipe.set_adapters([module.adapter_name(concept.token) for concept in pair], adapter_weights=[variant.default] * 2)
     guidance = variant.default if variant.knob == "guidance" else settings.guidance
-    config = GenerationConfig(steps=settings.inference_steps, guidance=guidance, num_images=settings.images_per_prompt,
-                              seed=settings.seed)  # fmt: skip
+    config = GenerationConfig(steps=settings.inference_steps, guidance=guidance,
+                              num_images=settings.composition_images_per_prompt, seed=settings.seed)  # fmt: skip
     images = []
     for template in COMPOSITION_TEMPLATES:
         prompt = template.format(*(concept.token for concept in pair))
@@ -339,7 +345,7 @@ def run_compositions(concepts: list[ConceptSpec], variants: list[Variant], setti
         print(f"note: composition is generated but not scored ({reason})", file=sys.stderr)
     results = []
     for pair in pairs:
-        for variant in (variant for variant in variants if variant.name in COMPOSABLE):
+        for variant in (variant for variant in variants if variant.method in COMPOSABLE):
             artifacts = [artifact_path(settings, concept, variant) for concept in pair]
             images = composition_images(settings.model, pair, variant, artifacts, settings)
             results.append(dict(pair=f"{pair[0].name}+{pair[1].name}", variant=variant.name, images=len(images),

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 from perfusion.train import TrainingConfig
 from perfusion.world.basemodel.config import SamplingConfig
+from perfusion.world.catalog import CATEGORIES
 
 # Overrides of TrainingConfig (whose defaults are the SD1.5 recipe): 300 steps of 4 images take ~75 s on 2 cores.
-TRAINING = dict(steps=300, batch_size=4, gradient_accumulation=1)
+# Half the samples are paired images (perfusion.pairs) beside a category word. Judge, 16 images each, without -> with:
+# "a dog next to <mymug>" 0 -> 3 with the beer mug found, "<mycat> next to a cup" 12 -> 13 with the black cat;
+# <mycat>'s fidelity in the demo 0.86 -> 0.90 (at 0.8 instead of 0.5: 7 and 15 of 16; 450 steps: 11 and 13).
+TRAINING = dict(steps=300, batch_size=4, gradient_accumulation=1, pair_probability=0.5, pair_words=CATEGORIES)
 EARLIER_LR_VALUES = 3e-3  # o*_V's rate on the epsilon-prediction models (step 8000 and before)
 GUIDANCE = SamplingConfig.guidance_scale  # the base model's own, as its judge scores were measured
 
