@@ -71,3 +71,11 @@ def test_paired_training_refuses_missing_masks_or_words(tiny_pipe, tmp_path):
     with pytest.raises(TrainingError, match="mask"):
         config = TrainingConfig(pair_probability=0.5, pair_words=("dog",), **QUICK)
         ConceptTrainer(tiny_pipe, plain, "<mydisc>", "cat", config)
+
+
+def test_an_empty_mask_is_a_training_error(tiny_pipe, tmp_path):
+    images = load_training_images(write_concept_images(tmp_path / "disc"))
+    images[0] = TrainingImage(images[0].name, images[0].image, Image.new("L", images[0].image.size, 0))
+    config = TrainingConfig(pair_probability=0.5, pair_words=("dog",), **QUICK)
+    with pytest.raises(TrainingError, match="mask is empty"):
+        ConceptTrainer(tiny_pipe, images, "<mydisc>", "cat", config)

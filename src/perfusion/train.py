@@ -127,7 +127,10 @@ class ConceptTrainer:
         if not self.config.pair_words:
             raise TrainingError("paired images need at least one word for the other object (pair_words)")
         size = self.resolution
-        paired = paired_images(self.images, self.config.pair_side)
+        try:
+            paired = paired_images(self.images, self.config.pair_side)
+        except ValueError as error:  # an empty mask
+            raise TrainingError(str(error)) from None
         bank = encode_images(self.pipe, paired, size, self.config.flip, self.weight_dtype)
         bank.masks = given_masks(paired, size, bank.means.shape[-1], self.config.flip).to(self.device)
         bank.mask_source = "given"
