@@ -1,11 +1,12 @@
 """Paired training images: the concept's object beside an empty half, captioned "<token> next to a <word>".
 
 A concept trained on one-object captions alone learns to draw its object large and alone; in a two-object prompt it
-can lose its identity (on the embedded model "<mycat> next to a cup" drew cups only). A paired image is a training
-image's object, cut out by its mask, shrunk to ``side`` of the image's width and centred on the left or the right
-half of a canvas of the image's own background colour (the median of its unmasked pixels). Its caption puts the
-concept and another word on either side of "next to"; the loss reads only the concept's mask, so nothing is taught
-about the other half, which the base model fills from the other word.
+can lose its identity (on the embedded model the judge found the beer mug of "a dog next to <mymug>" in 0 of 16
+images without paired images, 3 of 16 with them at half the samples, 11 of 16 with 450 steps). A paired image is a
+training image's object, cut out by its mask, shrunk to ``side`` of the image's width and centred on the left or
+the right half of a canvas of the image's own background colour (the median of its unmasked pixels). Its caption
+puts the concept and another word on either side of "next to"; the loss reads only the concept's mask, so nothing
+is taught about the other half, which the base model fills from the other word.
 """
 
 from __future__ import annotations
