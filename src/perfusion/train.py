@@ -103,14 +103,15 @@ class ConceptTrainer:
     def resolution(self) -> int:
         return self.config.resolution or self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
 
-    def encode_images(self) -> LatentBank:
-        """Latents once; the masks the images bring, else the supercategory's cross-attention map."""
-        size = self.resolution
-        bank = encode_images(self.pipe, self.images, size, self.config.flip, self.weight_dtype)
-        masks = given_masks(self.images, size, bank.means.shape[-1], self.config.flip)
+    def encode_images(self, images: list[TrainingImage] | None = None) -> LatentBank:
+        """Latents once (of ``images``, default the training images); the masks the images bring, else the
+        supercategory's cross-attention map."""
+        images, size = images or self.images, self.resolution
+        bank = encode_images(self.pipe, images, size, self.config.flip, self.weight_dtype)
+        masks = given_masks(images, size, bank.means.shape[-1], self.config.flip)
         if masks is not None:
             bank.masks, bank.mask_source = masks.to(self.device), "given"
-        elif any(item.mask is not None for item in self.images):
+        elif any(item.mask is not None for item in images):
             raise TrainingError("some images have masks and some do not: give a mask for every image or for none")
         else:
             bank.masks = attention_masks(
@@ -126,15 +127,11 @@ class ConceptTrainer:
             raise TrainingError("paired images need the objects' masks (an alpha channel or --mask-dir)")
         if not self.config.pair_words:
             raise TrainingError("paired images need at least one word for the other object (pair_words)")
-        size = self.resolution
         try:
             paired = paired_images(self.images, self.config.pair_side)
         except ValueError as error:  # an empty mask
             raise TrainingError(str(error)) from None
-        bank = encode_images(self.pipe, paired, size, self.config.flip, self.weight_dtype)
-        bank.masks = given_masks(paired, size, bank.means.shape[-1], self.config.flip).to(self.device)
-        bank.mask_source = "given"
-        return bank
+        return self.encode_images(paired)  # every paired image has its mask
 
     def pair_prompts_ids(self, count: int) -> torch.Tensor:
         words = self.config.pair_words

@@ -1,11 +1,12 @@
 """Perfusion's settings for the embedded micro-world model, where they differ from METHOD.md's SD1.5 recipe.
 
 The learning rates are SD1.5's (v* 6e-3, o*_V 3e-2); the batch (4 images, no accumulation), the step count
-(300, ~75 s on 2 cores), the guidance (the base model's own) and paired images (below) differ. Measured with benchmarks/compare.py, 12
-world prompts x 2 seeds, judge-scored, on the shipped model (UNet step 15126): o*_V at 3e-2 gave <mycat> fidelity
-0.82, alignment 0.94, top-1 1.00 and <mymug> 0.63 / 0.92 / 0.67, against 0.66 / 0.94 / 0.92 and 0.67 / 0.95 / 0.42
-at 3e-3. The earlier epsilon-prediction models had needed 3e-3 (at 3e-2 their images turned to noise); compare's
-``perfusion-3e-3`` variant keeps that rate so the difference stays measured.
+(300, ~75 s on 2 cores), the guidance (the base model's own) and paired images (below) differ. Measured with
+benchmarks/compare.py, 12 world prompts x 2 seeds, judge-scored, on the shipped model (UNet step 15126) at guidance
+4 without paired images: o*_V at 3e-2 gave <mycat> fidelity 0.82, alignment 0.94, top-1 1.00 and <mymug> 0.63 /
+0.92 / 0.67, against 0.66 / 0.94 / 0.92 and 0.67 / 0.95 / 0.42 at 3e-3. The earlier epsilon-prediction models had
+needed 3e-3 (at 3e-2 their images turned to noise); compare's ``perfusion-3e-3`` variant keeps that rate so the
+difference stays measured.
 """
 
 from __future__ import annotations
