@@ -56,7 +56,7 @@ class Variant:
     knob: str  # "beta", "scale" or "guidance"
     sweep: tuple[float, ...]
     default: float  # the knob's value for the table
-    role: str = "method"  # "method": the method at its settings; "ablation": one change to it; "candidate": another recipe
+    role: str = "method"  # "method": as the method comes; "ablation": one change to it; "candidate": another recipe
 
 
 # Settings for the embedded micro-world model: Perfusion's are measured (perfusion.world.recipe); the baselines' are
