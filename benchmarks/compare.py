@@ -70,9 +70,9 @@ VARIANTS = (
     # The same with the o*_V rate the earlier (epsilon-prediction) embedded models needed, 10x below SD1.5's.
     Variant("perfusion-3e-3", PERFUSION, dict(recipe.TRAINING, lr_values=recipe.EARLIER_LR_VALUES), "beta",
             (0.5, 0.6, 0.7, 0.8, 0.9), 0.7, "candidate"),
-    # The same with v* learning 20x slower (3e-4): v* then stays near a word embedding's norm instead of 2-3x it, and
-    # more of the identity must go through the gated o*_V. A candidate for the recipe, measured here.
-    Variant("perfusion-v-3e-4", PERFUSION, dict(recipe.TRAINING, lr_embedding=3e-4), "beta",
+    # The same with SD1.5's rate for v* (6e-3, the recipe until commit 424d60f): v* ends at 2-3x a word embedding's
+    # norm instead of near it, and the identity rides on v* more than on the gated o*_V.
+    Variant("perfusion-v-6e-3", PERFUSION, dict(recipe.TRAINING, lr_embedding=TrainingConfig.lr_embedding), "beta",
             (0.5, 0.6, 0.7, 0.8, 0.9), 0.7, "candidate"),
     # Methods without a knob of their own sweep guidance; their default is the embedded model's (recipe.GUIDANCE).
     Variant("textual-inversion", "textual-inversion", {}, "guidance", GUIDANCE_SWEEP, recipe.GUIDANCE),
@@ -111,6 +111,7 @@ class RunSettings:
     threads: int | None = None
     isolate: bool = True  # train in a fresh process (peak memory); off: in this process, no memory figure
     command: str = ""  # the command line that produced the results (written into results.json)
+    update: bool = False  # keep --out's earlier rows and compositions for what this run does not redo
 
     def quickened(self) -> RunSettings:
         return replace(self, prompts=min(self.prompts, 4), images_per_prompt=1, composition_images_per_prompt=1,
@@ -387,6 +388,7 @@ class Row:
     scorer: str  # "world judge", "CLIP" or "pixel placeholder"
     sweep: list[dict] = field(default_factory=list)  # {knob value, fidelity, alignment, top1, per_prompt}
     trends: list[dict] = field(default_factory=list)  # experiments.trend over the knob (beta and scale only)
+    command: str = ""  # the compare.py command line that measured this row
 
     def at_default(self) -> dict:
         return next(point for point in self.sweep if point["value"] == self.default)
@@ -408,8 +410,47 @@ def artifact_path(settings: RunSettings, concept: ConceptSpec, variant: Variant)
     return Path(settings.out) / "artifacts" / f"{concept.name}-{variant.name}.safetensors"
 
 
+# Settings that change what a row measures: --update keeps earlier rows only when all of them match.
+MEASURING_SETTINGS = ("model", "quick", "steps", "prompts", "prompts_file", "clip", "images_per_prompt",
+                      "composition_images_per_prompt", "inference_steps", "guidance", "seed")  # fmt: skip
+
+
+def earlier_results(settings: RunSettings) -> tuple[list[Row], list[dict]]:
+    """--update: the rows and compositions already in --out, each row with the command that measured it."""
+    path = Path(settings.out) / "results.json"
+    if not path.is_file():
+        raise SystemExit(f"error: --update needs an earlier run's {path}")
+    earlier = json.loads(path.read_text())
+    differing = [key for key in MEASURING_SETTINGS if earlier["settings"].get(key) != asdict(settings)[key]]
+    if differing:
+        raise SystemExit(f"error: {path} was measured with other {', '.join(differing)}; run without --update")
+    rows = [Row(**{"command": earlier["settings"]["command"], **row}) for row in earlier["rows"]]
+    return rows, earlier["composition"]
+
+
+def merged(earlier: list, later: list, key) -> list:
+    """``earlier`` without the entries ``later`` redoes (same ``key``), then ``later``."""
+    redone = {key(entry) for entry in later}
+    return [entry for entry in earlier if key(entry) not in redone] + later
+
+
+def row_key(row: Row) -> tuple[str, str]:
+    return row.concept, row.variant
+
+
+def row_order(row: Row) -> tuple[str, int]:
+    """By concept, then in VARIANTS order (a variant since removed last)."""
+    names = [variant.name for variant in VARIANTS]
+    return row.concept, names.index(row.variant) if row.variant in names else len(names)
+
+
+def composition_key(composition: dict) -> tuple[str, str]:
+    return composition["pair"], composition["variant"]
+
+
 def run(concepts: list[ConceptSpec], variants: list[Variant], settings: RunSettings) -> tuple[list[Row], list[dict]]:
     out = Path(settings.out)
+    kept_rows, kept_compositions = earlier_results(settings) if settings.update else ([], [])
     (out / "artifacts").mkdir(parents=True, exist_ok=True)
     set_threads(settings.threads)
     rows = []
@@ -429,11 +470,12 @@ def run(concepts: list[ConceptSpec], variants: list[Variant], settings: RunSetti
             rows.append(Row(concept.name, variant.name, variant.method, variant.knob, variant.default, trained["size_bytes"],
                             trained["seconds"], trained["steps"], trained["losses"][-1] if trained["losses"] else float("nan"),
                             peak, None if peak is None or load_peak is None else peak - load_peak, trained["peak_gpu_bytes"],
-                            scorer.name, sweep, trends))  # fmt: skip
+                            scorer.name, sweep, trends, settings.command))  # fmt: skip
             print(f"{concept.name:>12} {variant.name:<18} {trained['size_bytes']:>12,d} B  train {trained['seconds']:7.1f} s  "
                   f"all {time.perf_counter() - started:7.1f} s", flush=True)  # fmt: skip
-        write_outputs(rows, [], settings)
-    compositions = run_compositions(concepts, variants, settings)
+        write_outputs(sorted(merged(kept_rows, rows, row_key), key=row_order), kept_compositions, settings)
+    compositions = merged(kept_compositions, run_compositions(concepts, variants, settings), composition_key)
+    rows = sorted(merged(kept_rows, rows, row_key), key=row_order)
     write_outputs(rows, compositions, settings)
     return rows, compositions
 
@@ -496,6 +538,8 @@ def main(argv: list[str] | None = None) -> tuple[list[Row], list[dict]]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads in every process (default: torch's own)")
     parser.add_argument("--no-isolate", action="store_true", help="train in this process (no peak-memory figures)")
+    parser.add_argument("--update", action="store_true",
+                        help="redo only the chosen variants and concepts; keep --out's other rows (same settings only)")
     args = parser.parse_args(argv)
     if args.model is None:
         from perfusion.world.model_path import default_model_path
@@ -509,6 +553,7 @@ def main(argv: list[str] | None = None) -> tuple[list[Row], list[dict]]:
                            prompts_file=args.prompts_file, clip=args.clip,
                            images_per_prompt=args.images_per_prompt, inference_steps=args.inference_steps,
                            guidance=args.guidance, seed=args.seed, threads=args.threads, isolate=not args.no_isolate,
+                           update=args.update,
                            command=shlex.join(["python", "benchmarks/compare.py", *(sys.argv[1:] if argv is None else argv)]))  # fmt: skip
     settings = settings.quickened() if settings.quick else settings
     concepts = [concept for concept in find_concepts(Path(args.concepts)) if not args.concept or concept.name in args.concept]

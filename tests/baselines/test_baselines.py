@@ -225,3 +225,16 @@ def test_the_comparison_runs_end_to_end_on_a_tiny_pipeline(tiny_pipeline_dir, tm
     # one prompt gives each knob's slope but no noise estimate across prompts
     assert [(t["metric"], t["verdict"]) for t in rows[1].trends] == [("fidelity", "unmeasured"), ("alignment", "unmeasured")]
     assert len((out / "trends.csv").read_text().splitlines()) == 1 + 2 * 4
+
+    # --update redoes one row and keeps the others (and the compositions), each with the command that measured it
+    redo = ["--model", str(tiny_pipeline_dir), "--concepts", str(tmp_path / "concepts"), "--out", str(out), "--quick",
+            "--steps", "2", "--prompts", "1", "--inference-steps", "2", "--no-isolate", "--variants", "perfusion",
+            "--concept", "myring", "--update"]  # fmt: skip
+    updated, kept = compare.main(redo)
+    assert [(row.concept, row.variant) for row in updated] == [(row.concept, row.variant) for row in rows]
+    assert [row.command.endswith("--update") for row in updated] == [False, False, True, False]
+    assert list(map(compare.composition_key, kept)) == list(map(compare.composition_key, compositions))
+    assert len((out / "table.csv").read_text().splitlines()) == 5
+    assert json.loads((out / "results.json").read_text())["rows"][2]["command"] == updated[2].command
+    with pytest.raises(SystemExit, match="other prompts"):  # rows measured on other prompts are not mixed in
+        compare.main([*redo, "--prompts", "2"])
