@@ -429,23 +429,24 @@ def earlier_results(settings: RunSettings) -> tuple[list[Row], list[dict]]:
 
 
 def merged(earlier: list, later: list, key) -> list:
-    """``earlier`` without the entries ``later`` redoes (same ``key``), then ``later``."""
+    """``earlier`` without the entries ``later`` redoes (same ``key``), and ``later``, in listed_order."""
     redone = {key(entry) for entry in later}
-    return [entry for entry in earlier if key(entry) not in redone] + later
+    entries = [entry for entry in earlier if key(entry) not in redone] + later
+    return sorted(entries, key=lambda entry: listed_order(key(entry)))
 
 
 def row_key(row: Row) -> tuple[str, str]:
     return row.concept, row.variant
 
 
-def row_order(row: Row) -> tuple[str, int]:
-    """By concept, then in VARIANTS order (a variant since removed last)."""
-    names = [variant.name for variant in VARIANTS]
-    return row.concept, names.index(row.variant) if row.variant in names else len(names)
-
-
 def composition_key(composition: dict) -> tuple[str, str]:
     return composition["pair"], composition["variant"]
+
+
+def listed_order(key: tuple[str, str]) -> tuple[str, int]:
+    """(concept or pair, variant) by concept, then in VARIANTS order (a variant since removed last)."""
+    names = [variant.name for variant in VARIANTS]
+    return key[0], names.index(key[1]) if key[1] in names else len(names)
 
 
 def run(concepts: list[ConceptSpec], variants: list[Variant], settings: RunSettings) -> tuple[list[Row], list[dict]]:
@@ -473,9 +474,9 @@ def run(concepts: list[ConceptSpec], variants: list[Variant], settings: RunSetti
                             scorer.name, sweep, trends, settings.command))  # fmt: skip
             print(f"{concept.name:>12} {variant.name:<18} {trained['size_bytes']:>12,d} B  train {trained['seconds']:7.1f} s  "
                   f"all {time.perf_counter() - started:7.1f} s", flush=True)  # fmt: skip
-        write_outputs(sorted(merged(kept_rows, rows, row_key), key=row_order), kept_compositions, settings)
+        write_outputs(merged(kept_rows, rows, row_key), kept_compositions, settings)
     compositions = merged(kept_compositions, run_compositions(concepts, variants, settings), composition_key)
-    rows = sorted(merged(kept_rows, rows, row_key), key=row_order)
+    rows = merged(kept_rows, rows, row_key)
     write_outputs(rows, compositions, settings)
     return rows, compositions
 
