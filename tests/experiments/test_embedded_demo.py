@@ -55,3 +55,27 @@ def test_report_exists_and_its_links_resolve(demo_out):
     assert any(link.startswith("training/") for link in links)
     for link in links:
         assert (demo_out / link).is_file(), link
+
+
+def test_the_composition_benchmark_judges_every_block(demo_out, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "composition.py"
+    spec = importlib.util.spec_from_file_location("composition_benchmark", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    concepts = [str(demo_out / "concepts" / f"{name}.safetensors") for name in ("mycat", "mymug")]
+    out = tmp_path / "composition.json"
+    report = benchmark.main(["--concepts", *concepts, "--seeds", "1", "--steps", "4", "--out", str(out)])
+    blocks = report["blocks"]
+    counts = {name: [(result["hits"], result["images"]) for result in results] for name, results in blocks.items()}
+    assert [len(counts[name]) for name in ("alone", "beside an object", "pairs", "control: seen objects")] == [
+        2, 2, 1, 1]
+    assert all(images == 4 and 0 <= hits <= images for results in counts.values() for hits, images in results)
+    written = json.loads(out.read_text())["blocks"]["pairs"][0]["prompt"]
+    assert written.startswith("a photo of a <mycat> next to a <mymug>")
+    with pytest.raises(SystemExit, match="exists"):  # never overwrites
+        benchmark.main(["--concepts", *concepts, "--out", str(out)])
+    with pytest.raises(SystemExit, match="not a micro-world object"):
+        benchmark.main(["--concepts", *concepts, "--object", "unicorn"])
