@@ -57,7 +57,7 @@ def test_report_exists_and_its_links_resolve(demo_out):
         assert (demo_out / link).is_file(), link
 
 
-def test_the_composition_benchmark_judges_every_block(demo_out, tmp_path, capsys):
+def test_the_composition_benchmark_judges_every_block(demo_out, tmp_path):
     import importlib.util
     from pathlib import Path
 
