@@ -1,3 +1,7 @@
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -22,3 +26,18 @@ def tiny_pipeline_dir(tmp_path_factory):
 @pytest.fixture
 def tiny_pipe(tiny_pipeline_dir):
     return load_pipeline(tiny_pipeline_dir)
+
+
+@pytest.fixture
+def benchmark_script(monkeypatch):
+    """``load(name)``: benchmarks/<name>.py as a module (the benchmarks are scripts, not part of the package)."""
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        return module
+
+    return load

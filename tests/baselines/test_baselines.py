@@ -175,22 +175,8 @@ def test_peak_memory_is_measured_in_a_fresh_process():
     assert measured.peak_rss_bytes >= 300_000_000 and measured.peak_gpu_bytes is None
 
 
-def load_compare(monkeypatch):
-    """benchmarks/compare.py as a module (it is a script, not part of the package)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "compare.py"
-    spec = importlib.util.spec_from_file_location("compare", path)
-    compare = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "compare", compare)  # its dataclasses look their module up there
-    spec.loader.exec_module(compare)
-    return compare
-
-
-def test_the_comparison_runs_methods_and_ablations_by_default_and_only_the_methods_when_quick(monkeypatch):
-    compare = load_compare(monkeypatch)
+def test_the_comparison_runs_methods_and_ablations_by_default_and_only_the_methods_when_quick(benchmark_script):
+    compare = benchmark_script("compare")
     full = [variant.name for variant in compare.chosen_variants(None, quick=False)]
     quick = [variant.name for variant in compare.chosen_variants(None, quick=True)]
     assert quick == ["perfusion", "textual-inversion", "dreambooth", "lora-r4", "lora-r16", "custom-diffusion"]
@@ -202,10 +188,10 @@ def test_the_comparison_runs_methods_and_ablations_by_default_and_only_the_metho
 
 
 @pytest.mark.filterwarnings("ignore:Already found a `peft_config`")  # two LoRAs in one UNet, on purpose (composition)
-def test_the_comparison_runs_end_to_end_on_a_tiny_pipeline(tiny_pipeline_dir, tmp_path, monkeypatch):
+def test_the_comparison_runs_end_to_end_on_a_tiny_pipeline(tiny_pipeline_dir, tmp_path, benchmark_script):
     import json
 
-    compare = load_compare(monkeypatch)
+    compare = benchmark_script("compare")
     for name, supercategory in (("mydisc", SUPERCATEGORY), ("myring", "cup")):
         concept = write_concept_images(tmp_path / "concepts" / name, count=2)
         (concept / "concept.json").write_text(json.dumps({"token": f"<{name}>", "supercategory": supercategory}))

@@ -57,14 +57,8 @@ def test_report_exists_and_its_links_resolve(demo_out):
         assert (demo_out / link).is_file(), link
 
 
-def test_the_composition_benchmark_judges_every_block(demo_out, tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "composition.py"
-    spec = importlib.util.spec_from_file_location("composition_benchmark", path)
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+def test_the_composition_benchmark_judges_every_block(demo_out, tmp_path, benchmark_script):
+    benchmark = benchmark_script("composition")
     concepts = [str(demo_out / "concepts" / f"{name}.safetensors") for name in ("mycat", "mymug")]
     out = tmp_path / "composition.json"
     report = benchmark.main(["--concepts", *concepts, "--seeds", "1", "--steps", "4", "--out", str(out)])
