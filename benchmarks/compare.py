@@ -421,7 +421,7 @@ def earlier_results(settings: RunSettings) -> tuple[list[Row], list[dict]]:
     if not path.is_file():
         raise SystemExit(f"error: --update needs an earlier run's {path}")
     earlier = json.loads(path.read_text())
-    differing = [key for key in MEASURING_SETTINGS if earlier["settings"].get(key) != asdict(settings)[key]]
+    differing = [key for key in MEASURING_SETTINGS if earlier["settings"].get(key) != getattr(settings, key)]
     if differing:
         raise SystemExit(f"error: {path} was measured with other {', '.join(differing)}; run without --update")
     rows = [Row(**{"command": earlier["settings"]["command"], **row}) for row in earlier["rows"]]
