@@ -8,8 +8,9 @@ concept.json). Every prompt runs on 4 backgrounds x --seeds seeds. A success is 
 exactly the wanted objects: the concept's object alone, the concept's and the ordinary object, or both concepts'
 (what compare.py's composition counts). Composition asks each concept to be recognised among *all* objects, which
 the single-concept top-1 (within the supercategory) does not; the first block shows how far each concept gets.
-The control block asks the base model for two *seen* objects of the same two categories ("a ginger cat next to a
-coffee cup"): what the model itself composes, without any concept.
+Two control blocks ask the base model, without any concept, for two *seen* objects of the same two categories ("a
+ginger cat next to a coffee cup"), and for the category words themselves ("a cat next to a cup", and each category
+word beside the ordinary object), judged by category: what a concept's locked keys ask the model for.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ TEMPLATE = "a photo of a {} on a {} background"
 PAIR_TEMPLATE = "a photo of a {} next to a {} on a {} background"
 
 
-def judged(pipe, judge, subjects: tuple[str, ...], wanted: list[str], args) -> dict:
-    """Images of ``subjects`` (one or two) on every background; how many show exactly ``wanted``."""
+def judged(pipe, judge, subjects: tuple[str, ...], wanted: list[str], args, read=lambda name: name) -> dict:
+    """Images of ``subjects`` (one or two) on every background; how many show exactly ``wanted`` (as ``read`` names
+    an object: itself, or its category)."""
     hits, seen = 0, []
     settings = {token: (args.beta, None) for token in args.tokens}
     config = GenerationConfig(steps=args.steps, guidance=args.guidance, num_images=args.seeds,
@@ -42,8 +44,8 @@ def judged(pipe, judge, subjects: tuple[str, ...], wanted: list[str], args) -> d
     for background in BACKGROUNDS:
         prompt = (TEMPLATE if len(subjects) == 1 else PAIR_TEMPLATE).format(*subjects, background)
         for verdict in judge.predict(generate(pipe, prompt, config, settings=settings)):
-            named = sorted(verdict.present) if verdict.count == len(wanted) else []
-            hits += named == sorted(wanted)
+            named = sorted(map(read, verdict.present)) if verdict.count == len(wanted) else []
+            hits += named == sorted(map(read, wanted))
             seen.append("/".join(verdict.present))
     template = TEMPLATE if len(subjects) == 1 else PAIR_TEMPLATE
     return dict(prompt=template.format(*subjects, "{}"), hits=hits, images=len(seen), seen=seen)
@@ -87,15 +89,26 @@ def main(argv: list[str] | None = None) -> dict:
     pipe.set_progress_bar_config(disable=True)
     judge = Judge.load()
     tokens = args.tokens = [concept.token for concept in concepts]
-    blocks: dict[str, list[dict]] = {"alone": [], "beside an object": [], "pairs": [], "control: seen objects": []}
+    blocks: dict[str, list[dict]] = {"alone": [], "beside an object": [], "pairs": [], "control: seen objects": [],
+                                     "control: category words": []}  # fmt: skip
+    category = {token: OBJECTS[objects[token]].category for token in tokens}
+
+    def by_category(name: str) -> str:
+        return OBJECTS[name].category
+
     for token in tokens:
         blocks["alone"].append(judged(pipe, judge, (token,), [objects[token]], args))
         beside = judged(pipe, judge, (token, args.object), [objects[token], args.object], args)
         blocks["beside an object"].append(beside)
+        words = judged(pipe, judge, (category[token], args.object), [objects[token], args.object], args, by_category)
+        blocks["control: category words"].append(words)
     for first, second in itertools.combinations(tokens, 2):
         blocks["pairs"].append(judged(pipe, judge, (first, second), [objects[first], objects[second]], args))
-        seen = [members(OBJECTS[objects[token]].category, include_held_out=False)[0] for token in (first, second)]
+        seen = [members(category[token], include_held_out=False)[0] for token in (first, second)]
         blocks["control: seen objects"].append(judged(pipe, judge, tuple(seen), seen, args))
+        words = judged(pipe, judge, (category[first], category[second]), [objects[first], objects[second]], args,
+                       by_category)  # fmt: skip
+        blocks["control: category words"].append(words)
     for name, results in blocks.items():
         total = sum(result["hits"] for result in results)
         print(f"{name}: {total} of {sum(result['images'] for result in results)}")

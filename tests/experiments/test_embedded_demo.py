@@ -64,11 +64,12 @@ def test_the_composition_benchmark_judges_every_block(demo_out, tmp_path, benchm
     report = benchmark.main(["--concepts", *concepts, "--seeds", "1", "--steps", "4", "--out", str(out)])
     blocks = report["blocks"]
     counts = {name: [(result["hits"], result["images"]) for result in results] for name, results in blocks.items()}
-    assert [len(counts[name]) for name in ("alone", "beside an object", "pairs", "control: seen objects")] == [
-        2, 2, 1, 1]
+    names = ("alone", "beside an object", "pairs", "control: seen objects", "control: category words")
+    assert [len(counts[name]) for name in names] == [2, 2, 1, 1, 3]
     assert all(images == 4 and 0 <= hits <= images for results in counts.values() for hits, images in results)
     written = json.loads(out.read_text())["blocks"]["pairs"][0]["prompt"]
     assert written.startswith("a photo of a <mycat> next to a <mymug>")
+    assert blocks["control: category words"][-1]["prompt"].startswith("a photo of a cat next to a cup")
     with pytest.raises(SystemExit, match="exists"):  # never overwrites
         benchmark.main(["--concepts", *concepts, "--out", str(out)])
     with pytest.raises(SystemExit, match="not a micro-world object"):
