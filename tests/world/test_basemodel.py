@@ -2,6 +2,7 @@
 
 import dataclasses
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -259,3 +260,39 @@ def test_world_source_can_state_position_in_every_caption():
         return [any(p in text for p in phrases[spec]) for spec, text in zip(specs, captions)]
 
     assert sum(stated(always)) >= 0.85 * len(specs) > sum(stated(default))
+
+
+def test_world_source_can_name_every_object_by_its_category():
+    from perfusion.world.basemodel.data import world_source
+    from perfusion.world.catalog import world_object
+    from perfusion.world.scenes import sample_spec
+
+    rng = random.Random(0)
+    specs = [sample_spec(rng) for _ in range(40)]
+    source = world_source(category_word=1.0)
+    for index, spec in enumerate(specs):
+        text = source.caption(spec, random.Random(index))
+        assert spec.object not in text or spec.object == world_object(spec.object).category
+        assert f" {world_object(spec.object).category}" in f" {text}"
+
+
+def test_unet_batches_can_draw_more_two_object_scenes(tmp_path):
+    from perfusion.world.basemodel.data import world_source
+    from perfusion.world.model_path import MODEL_DIR
+    from perfusion.world.scenes import sample_spec
+
+    if not (MODEL_DIR / "tokenizer").exists():
+        pytest.skip("the embedded model's tokenizer is not shipped")
+    shutil.copytree(MODEL_DIR / "tokenizer", tmp_path / "tokenizer")
+    rng = random.Random(0)
+    specs = [sample_spec(rng) for _ in range(200)]
+    latents = torch.zeros(len(specs), 1)
+    drawn = {}
+    for share in (0.0, 0.75):
+        config = UnetTrainingConfig(batch_size=32, two_object_share=share)
+        trainer = train.UnetTrainer(tmp_path, world_source(), TINY, config, lambda message: None)
+        batches = [trainer.batch(latents, specs)[2] for _ in range(10)]
+        drawn[share] = sum(spec.second_object is not None for batch in batches for spec in batch) / 320
+    pool_share = sum(spec.second_object is not None for spec in specs) / len(specs)
+    assert abs(drawn[0.0] - pool_share) < 0.1
+    assert drawn[0.75] >= 0.75

@@ -92,6 +92,11 @@ class UnetTrainingConfig:
     high_noise_from: int = 700
     # How often training captions state the object's position; the world's own rate (CaptionChoice) is 0.65.
     state_position: float = 0.65
+    # How often a training caption names an object by its category word ("a cat"), the world's own rate by default:
+    # what a Perfusion concept's locked keys ask for, in two-object prompts too.
+    category_word: float = 0.25
+    # The share of each batch drawn from the pool's two-object scenes (0: the pool's own share, about a quarter).
+    two_object_share: float = 0.0
     # Weight of the token-grounding loss (grounding.py: each object's noun tokens, and a one-object caption's position
     # word, attend to the object's box) added to the diffusion loss; 0 trains on the diffusion loss alone.
     grounding_weight: float = 0.0

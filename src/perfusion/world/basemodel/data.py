@@ -31,15 +31,17 @@ class SceneSource:
     vocabulary: Callable[[], Sequence[str]]  # every word captions use
 
 
-def world_source(state_position: float | None = None) -> SceneSource:
-    """The world's scenes; `state_position` overrides how often a fresh caption states the object's position."""
+def world_source(state_position: float | None = None, category_word: float | None = None) -> SceneSource:
+    """The world's scenes; `state_position` and `category_word` override how often a fresh caption states the
+    object's position and names an object by its category word (captions.CaptionChoice)."""
     from perfusion.world import catalog, scenes
     from perfusion.world.captions import CaptionChoice
 
     caption = scenes.caption
-    if state_position is not None:
-        choice = CaptionChoice(state_position=state_position)
-        caption = functools.partial(_caption_with, choice=choice)
+    overrides = {name: value for name, value in (("state_position", state_position), ("category_word", category_word))
+                 if value is not None}  # fmt: skip
+    if overrides:
+        caption = functools.partial(_caption_with, choice=CaptionChoice(**overrides))
     return SceneSource(
         make_scene=functools.partial(scenes.make_scene, include_held_out=False),
         caption=caption,

@@ -376,7 +376,12 @@ class UnetTrainer:
         return self.text_encoder(ids)[0]
 
     def batch(self, latents: torch.Tensor, specs: list) -> tuple[torch.Tensor, list[str], list]:
-        indices = torch.randint(len(specs), (self.config.batch_size,), generator=self.generator)
+        count = self.config.batch_size
+        indices = torch.randint(len(specs), (count,), generator=self.generator)
+        paired = round(self.config.two_object_share * count)
+        if paired:  # that many from the two-object scenes, the rest from the whole pool
+            two_objects = torch.tensor([i for i, spec in enumerate(specs) if spec.second_object is not None])
+            indices[:paired] = two_objects[torch.randint(len(two_objects), (paired,), generator=self.generator)]
         captions = [
             "" if self.py_rng.random() < self.config.caption_dropout else self.source.caption(specs[i], self.py_rng)
             for i in indices.tolist()
@@ -549,7 +554,7 @@ def main(argv=None) -> None:
         if arguments.v_prediction:
             arch = dataclasses.replace(arch, prediction_type="v_prediction", zero_terminal_snr=True)
         config = config_from_arguments(UnetTrainingConfig, arguments, saved)
-        trainer = UnetTrainer(run_dir, world_source(config.state_position), arch, config, log)
+        trainer = UnetTrainer(run_dir, world_source(config.state_position, config.category_word), arch, config, log)
         trainer.run(arguments.resume, stop, on_eval=judge_scores, init_from=arguments.init_from)
 
 
