@@ -41,13 +41,13 @@ def judged(pipe, judge, subjects: tuple[str, ...], wanted: list[str], args, read
     settings = {token: (args.beta, None) for token in args.tokens}
     config = GenerationConfig(steps=args.steps, guidance=args.guidance, num_images=args.seeds,
                               global_lock=args.global_lock)  # fmt: skip
+    template = TEMPLATE if len(subjects) == 1 else PAIR_TEMPLATE
     for background in BACKGROUNDS:
-        prompt = (TEMPLATE if len(subjects) == 1 else PAIR_TEMPLATE).format(*subjects, background)
+        prompt = template.format(*subjects, background)
         for verdict in judge.predict(generate(pipe, prompt, config, settings=settings)):
             named = sorted(map(read, verdict.present)) if verdict.count == len(wanted) else []
             hits += named == sorted(map(read, wanted))
             seen.append("/".join(verdict.present))
-    template = TEMPLATE if len(subjects) == 1 else PAIR_TEMPLATE
     return dict(prompt=template.format(*subjects, "{}"), hits=hits, images=len(seen), seen=seen)
 
 
