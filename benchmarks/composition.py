@@ -1,7 +1,8 @@
 """Why two concepts do or do not compose: each concept alone, beside an ordinary object, and every pair, judged.
 
     python benchmarks/composition.py --concepts mycat.safetensors mymug.safetensors ... [--model PATH]
-        [--object "soccer ball"] [--seeds 4] [--beta B] [--global-lock] [--out results.json]
+        [--object "soccer ball"] [--seeds 4] [--beta B] [--global-lock] [--composition joint|regions]
+        [--out results.json]
 
 For the micro world's example concepts on the embedded model (their objects come from the shipped examples'
 concept.json). Every prompt runs on 4 backgrounds x --seeds seeds. A success is an image in which the judge names
@@ -28,6 +29,7 @@ from perfusion.files import atomic_write
 from perfusion.generation import GenerationConfig, GenerationError, check_gate, generate
 from perfusion.loader import load_concepts
 from perfusion.models import open_pipeline
+from perfusion.regions import MODES
 
 BACKGROUNDS = ("red", "blue", "green", "yellow")
 TEMPLATE = "a photo of a {} on a {} background"
@@ -40,7 +42,7 @@ def judged(pipe, judge, subjects: tuple[str, ...], wanted: list[str], args, read
     hits, seen = 0, []
     settings = {token: (args.beta, None) for token in args.tokens}
     config = GenerationConfig(steps=args.steps, guidance=args.guidance, num_images=args.seeds,
-                              global_lock=args.global_lock)  # fmt: skip
+                              global_lock=args.global_lock, composition=args.composition)  # fmt: skip
     template = TEMPLATE if len(subjects) == 1 else PAIR_TEMPLATE
     for background in BACKGROUNDS:
         prompt = template.format(*subjects, background)
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--beta", type=float, help="every concept's beta (default: each file's own)")
     parser.add_argument("--global-lock", action="store_true", help="global key locking (METHOD.md)")
+    parser.add_argument("--composition", choices=MODES, help="two concepts: joint edit or regions (default: recipe's)")
     parser.add_argument("--out", help="write the counts and every verdict here (JSON)")
     args = parser.parse_args(argv)
     from perfusion.world import recipe
@@ -69,6 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     from perfusion.world.model_path import default_model_path
 
     args.guidance = recipe.GUIDANCE
+    args.composition = args.composition or recipe.COMPOSITION
     if args.object not in OBJECTS:
         sys.exit(f"composition: {args.object!r} is not a micro-world object")
     if args.out and Path(args.out).exists():
@@ -115,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
         for result in results:
             print(f"  {result['hits']:3d} of {result['images']}  {result['prompt']}")
     report = dict(concepts=args.concepts, model=args.model, beta=args.beta, global_lock=args.global_lock,
+                  composition=args.composition,
                   seeds=args.seeds, steps=args.steps, guidance=args.guidance, blocks=blocks)  # fmt: skip
     if args.out:
         atomic_write(args.out, lambda path: path.write_text(json.dumps(report, indent=1)))

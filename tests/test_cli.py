@@ -99,6 +99,16 @@ def test_half_precision_with_mask_files_and_resume(tiny_pipeline_dir, tmp_path, 
                    capsys, "unreadable checkpoint")  # fmt: skip
 
 
+def test_two_concepts_each_in_its_own_region(tiny_pipeline_dir, tmp_path, concept_file, captions_file, capsys):
+    mug = handmade_concept(load_pipeline(tiny_pipeline_dir), "<mymug>", "mug", seed=2)
+    mug = mug.save(tmp_path / "mymug.safetensors")
+    code, stdout, _ = run(["generate", "--model", tiny_pipeline_dir, "--concept", concept_file, "--concept", mug,
+                           "--prompt", "a <mycat> next to a <mymug>", "--composition", "regions", "--steps", "2",
+                           "--num-images", "2", "--out", tmp_path / "gen", "--captions", captions_file],
+                          capsys)  # fmt: skip
+    assert code == 0 and len(sorted((tmp_path / "gen").glob("*.png"))) == 2 == len(stdout.split())
+
+
 def test_bad_generation_inputs(tiny_pipeline_dir, tmp_path, concept_file, captions_file, capsys):
     base = ["generate", "--model", tiny_pipeline_dir, "--steps", "1", "--out", tmp_path / "gen", "--captions", captions_file]
     expect_refusal([*base, "--concept", concept_file, "--prompt", "a <mydog>"], capsys, "unknown token <mydog>")

@@ -18,6 +18,7 @@ _EXPORTS = {
     "unload_concepts": "perfusion.loader",
     "set_concept_options": "perfusion.loader",
     "set_global_lock": "perfusion.loader",
+    "set_composition": "perfusion.loader",
     "loaded_tokens": "perfusion.loader",
     "generate": "perfusion.generation",
     "GenerationConfig": "perfusion.generation",

@@ -12,6 +12,7 @@ from perfusion.concept import Concept, ConceptFileError
 from perfusion.generation import GenerationConfig, GenerationError, check_gate, check_prompt, generate
 from perfusion.images import ImageInputError, load_training_images
 from perfusion.models import ModelError, open_pipeline
+from perfusion.regions import MODES
 from perfusion.tokens import TokenError
 from perfusion.train import TrainingConfig, TrainingError, train_concept
 
@@ -120,6 +121,8 @@ def add_generate(commands) -> None:
     parser.add_argument("--beta", type=float, action="append", help="gate bias; once for all concepts or once per concept")
     parser.add_argument("--tau", type=float, action="append", help="gate temperature; once or once per concept")
     parser.add_argument("--global-lock", action="store_true", help="global key locking (suggested beta 0.4-0.6)")
+    parser.add_argument("--composition", choices=MODES, default=GenerationConfig.composition,
+                        help="several concepts: one joint edit (the paper's) or each in its own region")
     parser.add_argument("--seed", type=int, default=GenerationConfig.seed)
     parser.add_argument("--steps", type=int, default=GenerationConfig.steps)
     parser.add_argument("--guidance", type=float, default=GenerationConfig.guidance)
@@ -163,7 +166,7 @@ def run_generate(args) -> None:
         load_concepts(pipe, args.concept, captions=read_captions(args.captions), progress=True)
     check_prompt(pipe, args.prompt)
     config = GenerationConfig(steps=args.steps, guidance=args.guidance, num_images=args.num_images,
-                              seed=args.seed, global_lock=args.global_lock)  # fmt: skip
+                              seed=args.seed, global_lock=args.global_lock, composition=args.composition)  # fmt: skip
     settings = {concept.token: (beta, tau) for concept, beta, tau in zip(concepts, betas, taus)}
     images = generate(pipe, args.prompt, config, settings, negative_prompt=args.negative_prompt)
     from perfusion.files import atomic_write

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from perfusion.loader import loaded_tokens, set_concept_options, set_global_lock
+from perfusion.loader import loaded_tokens, set_composition, set_concept_options, set_global_lock
 from perfusion.text import prompt_tokens
 
 BETA_RANGE = (0.0, 1.0)  # s(i*) = 1, s(unrelated) ~ 0: a threshold outside [0, 1] opens or closes every gate
@@ -24,6 +24,8 @@ class GenerationConfig:
     num_images: int = 1
     seed: int = 0
     global_lock: bool = False  # keys read the prompt with concepts replaced by their supercategory
+    composition: str = "joint"  # or "regions": each concept denoised in its own region (perfusion.regions)
+    regions: dict | None = None  # RegionsConfig's fields under "regions" (layout, threshold, min_concepts)
 
 
 def check_gate(beta: float | None, tau: float | None) -> None:
@@ -42,12 +44,17 @@ def check_prompt(pipe, prompt: str) -> None:
         raise GenerationError(f"unknown token {unknown[0]} in the prompt (loaded concepts: {loaded})")
 
 
-def configure(pipe, settings: dict[str, tuple[float | None, float | None]], global_lock: bool) -> None:
-    """Apply per-concept (beta, tau) and the key-locking mode; None keeps a concept's own default."""
+def configure(pipe, settings: dict[str, tuple[float | None, float | None]], config: GenerationConfig) -> None:
+    """Apply per-concept (beta, tau), the key-locking mode and the composition mode; None keeps a concept's own
+    default."""
     for token, (beta, tau) in settings.items():
         check_gate(beta, tau)
         set_concept_options(pipe, token, beta=beta, tau=tau)
-    set_global_lock(pipe, global_lock)
+    set_global_lock(pipe, config.global_lock)
+    try:
+        set_composition(pipe, config.composition, **(config.regions or {}))
+    except (ValueError, TypeError) as error:
+        raise GenerationError(str(error)) from None
 
 
 def generate(pipe, prompt: str, config: GenerationConfig | None = None, settings=None, **pipeline_kwargs):
@@ -55,7 +62,7 @@ def generate(pipe, prompt: str, config: GenerationConfig | None = None, settings
     config = config or GenerationConfig()
     check_prompt(pipe, prompt)
     if loaded_tokens(pipe):
-        configure(pipe, settings or {}, config.global_lock)
+        configure(pipe, settings or {}, config)
     generator = torch.Generator().manual_seed(config.seed)  # CPU generator: the same images on every device
     return pipe(
         prompt,

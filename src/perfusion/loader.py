@@ -11,6 +11,7 @@ from perfusion.concept import Concept, ConceptFileError
 from perfusion import covariance
 from perfusion.fingerprint import base_model_fingerprint, cross_attention_modules
 from perfusion.processor import PerfusionAttnProcessor
+from perfusion.regions import MODES, RegionalCall, RegionsConfig
 from perfusion.runtime import PerfusionRuntime
 
 
@@ -139,6 +140,19 @@ def set_concept_options(pipe, token: str, *, beta: float | None = None, tau: flo
 def set_global_lock(pipe, enabled: bool) -> None:
     """Global key locking: keys read the prompt with every concept token replaced by its supercategory."""
     _require_runtime(pipe).global_lock = bool(enabled)
+
+
+def set_composition(pipe, mode: str, **options) -> None:
+    """How prompts with several concepts are denoised: "joint" (the paper's edit, every concept in one pass) or
+    "regions" (each concept in its own region; ``options`` are RegionsConfig's fields)."""
+    runtime = _require_runtime(pipe)
+    if mode not in MODES:
+        raise ValueError(f"composition must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "joint":
+        runtime.regional = None
+        return
+    timesteps = getattr(getattr(pipe, "scheduler", None), "config", {}).get("num_train_timesteps", 1000)
+    runtime.regional = RegionalCall(RegionsConfig(**{"num_train_timesteps": timesteps, **options}))
 
 
 def loaded_tokens(pipe) -> list[str]:

@@ -31,7 +31,7 @@ class PerfusionAttnProcessor:
         **kwargs,
     ) -> torch.Tensor:
         context = self.runtime.context
-        if encoder_hidden_states is None or context is None or not context.groups:
+        if encoder_hidden_states is None or context is None or not (context.groups or context.regional):
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         if getattr(attn, "fused_projections", False):
             raise RuntimeError("perfusion edits to_k and to_v separately: call unfuse_qkv_projections() first")
@@ -65,6 +65,8 @@ class PerfusionAttnProcessor:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
+        if context.regional is not None:
+            context.regional.record(query, key, attn.scale)
         hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0)
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))

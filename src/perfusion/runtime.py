@@ -15,6 +15,7 @@ import torch
 
 from perfusion.concept import Concept
 from perfusion.method import composition_basis, similarity_readout
+from perfusion.regions import RegionalCall, RegionsConfig, SplitRow
 from perfusion.text import encode, supercategory_substitution
 
 REGISTRY_ROWS = 64  # prompts remembered between text encoding and denoising
@@ -35,12 +36,14 @@ class EncodedPrompt:
     encodings: torch.Tensor  # (T, d), detached
     tokens: tuple[str, ...]
     key_encodings: torch.Tensor | None  # the supercategory re-encoding, under global key locking
+    split: SplitRow | None = None  # the plain and per-concept rows, under regional composition
 
 
 @dataclass
 class CallContext:
     groups: list[tuple[tuple[str, ...], torch.Tensor]]  # (concept tokens, batch rows using exactly them)
     key_encodings: torch.Tensor | None  # (B, T, d) keys' input under global locking
+    regional: RegionalCall | None = None  # regional composition's plan for this call
 
 
 @dataclass
@@ -78,6 +81,8 @@ class PerfusionRuntime:
         self.base_fingerprint = base_fingerprint
         self.concepts: dict[str, InstalledConcept] = {}
         self.global_lock = False
+        self.regional: RegionalCall | None = None  # None: the paper's joint edit
+        self._encoding_internally = False
         self.context: CallContext | None = None
         self.registry: deque[EncodedPrompt] = deque(maxlen=REGISTRY_ROWS)
         self.hooks: list = []
@@ -120,7 +125,34 @@ class PerfusionRuntime:
         for position, index in enumerate(wanted):
             tokens = tuple(token for token in self.concepts if token in rows[index])
             keys = None if key_encodings is None else key_encodings[position]
-            self.registry.append(EncodedPrompt(encodings[index].detach(), tokens, keys))
+            split = None
+            if self.regional is not None and len(tokens) >= self.regional.config.min_concepts:
+                split = self.split(input_ids[index], tokens)
+            self.registry.append(EncodedPrompt(encodings[index].detach(), tokens, keys, split))
+
+    @torch.no_grad()
+    def split(self, input_ids: torch.Tensor, tokens: tuple[str, ...]) -> SplitRow:
+        """Regional composition's rows for one prompt row: the plain row, and each concept's own row."""
+        replacements = {item.token_id: item.supercategory_ids for item in self.concepts.values()}
+        token_ids = [self.concepts[token].token_id for token in tokens]
+        at = [input_ids.tolist().index(token_id) for token_id in token_ids]
+        variants = [replacements] + [{key: ids for key, ids in replacements.items() if key != own} for own in token_ids]
+        eos = self.tokenizer.eos_token_id
+        substituted = [supercategory_substitution(input_ids[None], variant, eos) for variant in variants]
+        ids = torch.cat([new_ids for new_ids, _ in substituted])
+        self._encoding_internally = True
+        try:
+            encodings = encode(self.text_encoder, ids).detach()
+            key_encodings = self.supercategory_encodings(ids[1:]) if self.global_lock else [None] * len(tokens)
+        finally:
+            self._encoding_internally = False
+        own_rows = [EncodedPrompt(encodings[1 + n], (token,), key_encodings[n]) for n, token in enumerate(tokens)]
+        return SplitRow(
+            plain=encodings[0],
+            rows=own_rows,
+            plain_positions=[int(substituted[0][1][0, position]) for position in at],
+            own_positions=[int(substituted[1 + n][1][0, position]) for n, position in enumerate(at)],
+        )
 
     @torch.no_grad()
     def supercategory_encodings(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -130,31 +162,40 @@ class PerfusionRuntime:
         encodings = encode(self.text_encoder, super_ids)
         return torch.gather(encodings, 1, index.to(encodings.device)[..., None].expand(-1, -1, encodings.shape[-1]))
 
-    def match(self, states: torch.Tensor | None) -> CallContext | None:
-        """UNet pre-hook body: find each row of ``states`` among the remembered prompts."""
+    def find(self, states: torch.Tensor | None) -> list[EncodedPrompt | None] | None:
+        """Each row of ``states`` among the remembered prompts (None where it is not one); None when none is."""
         if states is None or not self.registry or states.ndim != 3:
             return None
         entries = list(self.registry)
         probes = states[..., :PROBE_FEATURES]
-        groups: dict[tuple[str, ...], list[int]] = {}
-        keys: list[torch.Tensor | None] = [None] * states.shape[0]
+        found: list[EncodedPrompt | None] = [None] * states.shape[0]
         for row in range(states.shape[0]):
             for entry in reversed(entries):
                 candidate = entry.encodings.to(states.device, states.dtype)
                 if candidate.shape == states[row].shape and torch.equal(candidate[..., :PROBE_FEATURES], probes[row]):
                     if torch.equal(candidate, states[row].detach()):
-                        groups.setdefault(entry.tokens, []).append(row)
-                        keys[row] = entry.key_encodings
+                        found[row] = entry
                         break
-        if not groups:
-            return None
+        return found if any(entry is not None for entry in found) else None
+
+    def context_for(self, entries: list[EncodedPrompt | None], states: torch.Tensor, regional=None) -> CallContext:
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for row, entry in enumerate(entries):
+            if entry is not None:
+                groups.setdefault(entry.tokens, []).append(row)
         key_encodings = None
-        if any(key is not None for key in keys):
+        if any(entry is not None and entry.key_encodings is not None for entry in entries):
             key_encodings = torch.stack(
-                [states[row] if key is None else key.to(states.device, states.dtype) for row, key in enumerate(keys)]
-            )
+                [states[row] if entry is None or entry.key_encodings is None
+                 else entry.key_encodings.to(states.device, states.dtype) for row, entry in enumerate(entries)]
+            )  # fmt: skip
         rows = [(tokens, torch.tensor(indices, device=states.device)) for tokens, indices in groups.items()]
-        return CallContext(rows, key_encodings)
+        return CallContext(rows, key_encodings, regional)
+
+    def match(self, states: torch.Tensor | None) -> CallContext | None:
+        """UNet pre-hook body: find each row of ``states`` among the remembered prompts."""
+        entries = self.find(states)
+        return None if entries is None else self.context_for(entries, states)
 
     # -- precomputed pieces of the edit ---------------------------------------------------------
     def span_plan(self, tokens: tuple[str, ...], device) -> SpanPlan:
@@ -210,12 +251,25 @@ class PerfusionRuntime:
 
     def _after_text_encoder(self, module, args, kwargs, output):
         input_ids = args[0] if args else kwargs.get("input_ids")
-        if input_ids is not None and self.concepts:
+        if input_ids is not None and self.concepts and not self._encoding_internally:
             self.remember(input_ids, output[0])
 
     def _before_unet(self, module, args, kwargs):
         states = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
-        self.context = self.match(states)
+        entries = self.find(states)
+        if entries is None:
+            self.context = None
+            return None
+        if self.regional is None or all(entry is None or entry.split is None for entry in entries):
+            self.context = self.context_for(entries, states)
+            return None
+        args, kwargs, entries = self.regional.expand(args, kwargs, entries, states)
+        states = kwargs["encoder_hidden_states"] if "encoder_hidden_states" in kwargs else args[2]
+        self.context = self.context_for(entries, states, self.regional)
+        return args, kwargs
 
     def _after_unet(self, module, args, output):
-        self.context = None
+        context, self.context = self.context, None
+        if context is not None and context.regional is not None:
+            return context.regional.merge(output)
+        return None

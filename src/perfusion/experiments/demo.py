@@ -29,7 +29,9 @@ from perfusion.world import recipe
 class DemoConfig:
     concepts: tuple[str, str] = ("<mycat>", "<mymug>")  # shipped examples: the first is swept, both are composed
     training: TrainingConfig = field(default_factory=recipe.training_config)
-    sweep: SweepConfig = field(default_factory=lambda: SweepConfig(guidance=recipe.GUIDANCE))
+    sweep: SweepConfig = field(
+        default_factory=lambda: SweepConfig(guidance=recipe.GUIDANCE, composition=recipe.COMPOSITION)
+    )
     prompts: int = 8  # new-context prompts per concept
     composition_backgrounds: tuple[str, ...] = ("red", "blue", "green", "yellow")
 

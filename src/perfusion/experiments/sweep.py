@@ -32,6 +32,7 @@ class SweepConfig:
     steps: int = 25
     guidance: float = 7.5
     global_lock: bool = False
+    composition: str = "joint"  # prompts with several concepts (perfusion.regions)
 
 
 @dataclass
@@ -82,7 +83,8 @@ def generate_prompts(pipe, concept: Concept, prompts: list[EvalPrompt], config: 
     images_by_prompt = {}
     for index, prompt in enumerate(prompts):
         generation = GenerationConfig(steps=config.steps, guidance=config.guidance, num_images=config.images_per_prompt,
-                                      seed=config.seed + index * config.images_per_prompt, global_lock=config.global_lock)  # fmt: skip
+                                      seed=config.seed + index * config.images_per_prompt,
+                                      global_lock=config.global_lock, composition=config.composition)  # fmt: skip
         text = prompt.text(subject or concept.token)
         images = generate(pipe, text, generation, settings)
         images_by_prompt[prompt] = images

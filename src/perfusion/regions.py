@@ -1,0 +1,157 @@
+"""Regional composition: with concepts in a prompt, each concept is denoised only in its own region of the image.
+
+The paper's joint edit lets a concept take over its neighbour on a small base model (README, "Composition"). Here
+every prompt row that holds concepts is split, inside the UNet call, into the *plain* row (each concept token replaced
+by its supercategory word) and one row per concept (its own token kept, the others replaced). While the noise is
+high (the layout part of the schedule) only the plain row is denoised, and its cross-attention to each concept's
+word is summed per image. After it, inside each concept's region (its summed map, smoothed, above ``threshold`` of
+its peak and the highest of the concepts' there) the prediction is that concept's row's, elsewhere the plain row's;
+each concept row's attention to its own token keeps adding to its map. So no concept's edit acts on another's
+region, whatever the UNet's convolutions and self-attention carry across the image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+MODES = ("joint", "regions")
+
+
+@dataclass
+class RegionsConfig:
+    layout: float = 0.48  # share of the noise schedule, from pure noise, denoised with the plain row alone
+    threshold: float = 0.3  # a cell joins a concept's region above this share of its map's peak
+    min_concepts: int = 2  # prompts with fewer concepts keep the joint edit
+    num_train_timesteps: int = 1000  # the scheduler's, to place ``layout`` on the timestep axis
+
+    def __post_init__(self):
+        if not 0.0 <= self.layout <= 1.0:
+            raise ValueError(f"layout must be in [0, 1], got {self.layout}")
+        if not 0.0 <= self.threshold < 1.0:
+            raise ValueError(f"threshold must be in [0, 1), got {self.threshold}")
+
+
+@dataclass
+class SplitRow:
+    """One prompt row with concepts, as regional composition denoises it."""
+
+    plain: torch.Tensor  # (T, d): every concept token replaced by its supercategory
+    rows: list  # EncodedPrompt of each concept's own row, in the order of ``plain_positions``
+    plain_positions: list[int]  # each concept's word in the plain row (its supercategory's last token)
+    own_positions: list[int]  # each concept's token in its own row
+
+
+@dataclass
+class Recording:
+    row: int  # batch row whose cross-attention is read
+    position: int  # token position read
+    owner: int  # the original batch row whose map it adds to
+    channel: int  # which concept of that row
+
+
+@dataclass
+class Expansion:
+    row: int  # the original batch row (now the plain row)
+    extra: list[int]  # batch rows of its concepts' own rows (none during the layout part)
+
+
+def region_masks(maps: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(n, h, w) summed attention maps -> {0, 1} masks: m_j = [j = argmax_i a_i and a_j > threshold], a = smoothed / peak."""
+    smooth = F.avg_pool2d(maps[None].float(), 3, stride=1, padding=1, count_include_pad=False)[0]
+    share = smooth / smooth.flatten(1).amax(-1).clamp_min(1e-12)[:, None, None]
+    winner = F.one_hot(share.argmax(0), share.shape[0]).permute(2, 0, 1).bool()  # ties go to the first concept
+    return (winner & (share > threshold)).to(maps.dtype)
+
+
+def attention_to(query: torch.Tensor, key: torch.Tensor, scale: float, position: int) -> torch.Tensor:
+    """softmax(q k^T * scale) at one token position, averaged over heads: (heads, N, d), (heads, T, d) -> (N,)."""
+    return torch.softmax((query @ key.transpose(-1, -2)).float() * scale, dim=-1)[..., position].mean(0)
+
+
+def batch_indexed(value, size: int, index: torch.Tensor):
+    """A UNet argument with one row per batch row, re-indexed; anything else as it is."""
+    if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == size:
+        return value[index.to(value.device)]
+    if isinstance(value, dict):
+        return {name: batch_indexed(item, size, index) for name, item in value.items()}
+    return value
+
+
+@dataclass
+class RegionalCall:
+    """The state of one denoising trajectory: each split row's summed attention maps, and this call's plan."""
+
+    config: RegionsConfig
+    maps: dict[int, torch.Tensor] = field(default_factory=dict)  # original row -> (n, h, w)
+    last_timestep: float | None = None
+    batch_size: int = 0
+    expansions: list[Expansion] = field(default_factory=list)
+    recordings: list[Recording] = field(default_factory=list)
+    grid: tuple[int, int] = (0, 0)
+
+    def expand(self, args: tuple, kwargs: dict, entries: list, states: torch.Tensor):
+        """Rebuild the UNet call: split rows read the plain row; after the layout part their concept rows are
+        appended. Returns the new args, kwargs and the entry of every new row (None: no concept)."""
+        sample = args[0] if args else kwargs["sample"]
+        timestep = args[1] if len(args) > 1 else kwargs["timestep"]
+        now = float(torch.as_tensor(timestep).flatten()[0])
+        if self.last_timestep is None or now > self.last_timestep or sample.shape[0] != self.batch_size:
+            self.maps.clear()  # a new trajectory
+        self.last_timestep, self.batch_size, self.grid = now, sample.shape[0], tuple(sample.shape[-2:])
+        layout = now >= (1.0 - self.config.layout) * self.config.num_train_timesteps
+        states = states.clone()
+        index, extra_states, new_entries = list(range(sample.shape[0])), [], list(entries)
+        self.expansions, self.recordings = [], []
+        for row, entry in enumerate(entries):
+            split = getattr(entry, "split", None)
+            if split is None:
+                continue
+            states[row] = split.plain.to(states.device, states.dtype)
+            self.maps.setdefault(row, torch.zeros(len(split.rows), *self.grid, device=sample.device))
+            new_entries[row] = None
+            extra = []
+            for channel, own in enumerate(split.rows):
+                if layout:
+                    self.recordings.append(Recording(row, split.plain_positions[channel], row, channel))
+                    continue
+                extra.append(len(index))
+                self.recordings.append(Recording(len(index), split.own_positions[channel], row, channel))
+                index.append(row)
+                extra_states.append(own.encodings.to(states.device, states.dtype))
+                new_entries.append(own)
+            self.expansions.append(Expansion(row, extra))
+        rows = torch.tensor(index)
+        args = tuple(batch_indexed(value, sample.shape[0], rows) for value in args)
+        kwargs = {name: batch_indexed(value, sample.shape[0], rows) for name, value in kwargs.items()}
+        kwargs["encoder_hidden_states"] = torch.cat([states, *[item[None] for item in extra_states]])
+        if len(args) > 2:  # encoder_hidden_states given by position
+            args = args[:2] + (kwargs.pop("encoder_hidden_states"),) + args[3:]
+        return args, kwargs, new_entries
+
+    def record(self, query: torch.Tensor, key: torch.Tensor, scale: float) -> None:
+        """Processor hook: add this layer's attention of each recorded row to its owner's map (on the latent grid);
+        ``query`` (B, heads, N, d), ``key`` (B, heads, T, d)."""
+        for item in self.recordings:
+            attention = attention_to(query[item.row], key[item.row], scale, item.position)
+            side = round((attention.numel() * self.grid[1] / self.grid[0]) ** 0.5)
+            layer_map = attention.view(1, 1, attention.numel() // side, side)
+            layer_map = F.interpolate(layer_map, size=self.grid, mode="bilinear", align_corners=False)[0, 0]
+            self.maps[item.owner][item.channel] += layer_map.to(self.maps[item.owner].device)
+
+    def merge(self, output):
+        """UNet forward-hook body: each split row's prediction from its regions; back to the caller's batch size."""
+        sample = output[0] if isinstance(output, tuple) else output.sample
+        merged = sample[: self.batch_size].clone()
+        for expansion in self.expansions:
+            if not expansion.extra:
+                continue
+            masks = region_masks(self.maps[expansion.row], self.config.threshold).to(sample.dtype)[:, None]
+            parts = sample[expansion.extra]  # (n, C, h, w)
+            merged[expansion.row] = (1 - masks.sum(0)) * sample[expansion.row] + (masks * parts).sum(0)
+        if isinstance(output, tuple):
+            return (merged, *output[1:])
+        output.sample = merged
+        return output

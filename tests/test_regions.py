@@ -1,0 +1,146 @@
+"""Regional composition: each concept denoised only in its own region (perfusion.regions)."""
+
+import numpy as np
+import pytest
+import torch
+from perfusion.testing import handmade_concept, small_corpus
+
+from perfusion.generation import GenerationConfig, GenerationError, generate
+from perfusion.loader import find_runtime, load_concepts, set_composition
+from perfusion.regions import RegionsConfig, region_masks
+from perfusion.text import encode, tokenize
+
+CAPTIONS = small_corpus()
+PAIR = "a <mycat> next to a <mymug>"
+
+
+def two_concepts(pipe):
+    load_concepts(pipe, handmade_concept(pipe, "<mycat>", "cat", seed=1), captions=CAPTIONS)
+    load_concepts(pipe, handmade_concept(pipe, "<mymug>", "mug", seed=2))
+
+
+def images(pipe, prompt, composition="joint", num_images=1, global_lock=False):
+    config = GenerationConfig(steps=3, guidance=5.0, num_images=num_images, composition=composition,
+                              global_lock=global_lock)  # fmt: skip
+    return np.stack([np.asarray(image) for image in generate(pipe, prompt, config)])
+
+
+def test_masks_give_each_cell_to_at_most_one_concept_and_only_above_the_threshold():
+    maps = torch.zeros(2, 6, 6)
+    maps[0, :, :3] = 1.0  # the first concept attends to the left, the second to the right, weaker
+    maps[1, :, 3:] = 0.5
+    maps[1, 0, 0] = 0.1  # a faint trace of the second concept on the left
+    masks = region_masks(maps, threshold=0.3)
+    assert set(masks.unique().tolist()) <= {0.0, 1.0}
+    assert masks.sum(0).max() == 1
+    assert masks[0, :, 0].all() and masks[1, :, 5].all()  # away from the border each side is its concept's
+    assert not masks[1, :, :2].any() and not masks[0, :, 4:].any()
+    assert not region_masks(torch.zeros(2, 6, 6).index_fill_(2, torch.tensor([0]), 1.0), 0.5)[:, :, 3:].any()
+
+
+def test_regions_config_refuses_settings_outside_their_range():
+    with pytest.raises(ValueError, match="layout"):
+        RegionsConfig(layout=1.5)
+    with pytest.raises(ValueError, match="threshold"):
+        RegionsConfig(threshold=1.0)
+
+
+def test_while_laying_out_the_split_row_is_exactly_the_plain_prompt(tiny_pipe):
+    """With the whole schedule as layout, the two concepts' prompt draws what the supercategory words draw."""
+    stock = images(tiny_pipe, "a cat next to a mug")
+    two_concepts(tiny_pipe)
+    set_composition(tiny_pipe, "regions", layout=1.0)
+    runtime = find_runtime(tiny_pipe)
+    ids = tokenize(tiny_pipe.tokenizer, [PAIR])
+    with torch.no_grad():
+        runtime.remember(ids, encode(tiny_pipe.text_encoder, ids))
+    split = runtime.registry[-1].split
+    with torch.no_grad():
+        plain = encode(tiny_pipe.text_encoder, tokenize(tiny_pipe.tokenizer, ["a cat next to a mug"]))[0]
+    torch.testing.assert_close(split.plain, plain)
+    assert [row.tokens for row in split.rows] == [("<mycat>",), ("<mymug>",)]
+    assert split.plain_positions == split.own_positions == [2, 6]  # after BOS: a, <mycat>; next, to, a, <mymug>
+
+    config = GenerationConfig(steps=3, guidance=5.0, composition="regions", regions=dict(layout=1.0))
+    layout_only = np.asarray(generate(tiny_pipe, PAIR, config)[0])
+    assert np.abs(layout_only.astype(int) - stock[0].astype(int)).max() <= 1
+
+
+def test_after_the_layout_each_concept_row_predicts_inside_its_own_region(tiny_pipe):
+    """The merged prediction is (1 - sum_j m_j) plain + sum_j m_j own_j, with each row run on its own."""
+    two_concepts(tiny_pipe)
+    set_composition(tiny_pipe, "regions", layout=0.0, threshold=0.3)
+    runtime = find_runtime(tiny_pipe)
+    ids = tokenize(tiny_pipe.tokenizer, ["", PAIR])
+    with torch.no_grad():
+        states = encode(tiny_pipe.text_encoder, ids)
+    size = tiny_pipe.unet.config.sample_size
+    sample = torch.randn(2, 4, size, size, generator=torch.Generator().manual_seed(0))
+    timestep = torch.tensor(500)
+    with torch.no_grad():
+        merged = tiny_pipe.unet(sample, timestep, encoder_hidden_states=states).sample
+        maps = runtime.regional.maps[1].clone()
+        split = runtime.registry[-1].split
+        set_composition(tiny_pipe, "joint")
+        runtime.registry.extend(split.rows)  # each concept's own row, edited as any prompt with that concept
+        plain = tiny_pipe.unet(sample[1:], timestep, encoder_hidden_states=split.plain[None]).sample[0]
+        own = [tiny_pipe.unet(sample[1:], timestep, encoder_hidden_states=row.encodings[None]).sample[0]
+               for row in split.rows]  # fmt: skip
+        stock_negative = tiny_pipe.unet(sample[:1], timestep, encoder_hidden_states=states[:1]).sample[0]
+    assert merged.shape == sample.shape
+    assert maps.shape == (2, size, size) and (maps.sum((1, 2)) > 0).all()
+    masks = region_masks(maps, 0.3)[:, None]
+    assert masks.sum(0).max() == 1 and (masks.sum((1, 2, 3)) > 0).all()
+    expected = (1 - masks.sum(0)) * plain + masks[0] * own[0] + masks[1] * own[1]
+    torch.testing.assert_close(merged[1], expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(merged[0], stock_negative, atol=1e-5, rtol=1e-4)
+
+
+def test_a_prompt_with_one_concept_keeps_the_joint_edit(tiny_pipe):
+    two_concepts(tiny_pipe)
+    joint = images(tiny_pipe, "a photo of a <mycat>")
+    assert np.array_equal(images(tiny_pipe, "a photo of a <mycat>", composition="regions"), joint)
+    pair = images(tiny_pipe, PAIR, num_images=2)
+    regional = images(tiny_pipe, PAIR, composition="regions", num_images=2)
+    assert regional.shape == pair.shape and not np.array_equal(regional, pair)
+
+
+def test_regions_under_global_key_locking_lock_each_concept_row_to_the_supercategory(tiny_pipe):
+    two_concepts(tiny_pipe)
+    set_composition(tiny_pipe, "regions")
+    find_runtime(tiny_pipe).global_lock = True
+    ids = tokenize(tiny_pipe.tokenizer, [PAIR])
+    with torch.no_grad():
+        find_runtime(tiny_pipe).remember(ids, encode(tiny_pipe.text_encoder, ids))
+        plain = encode(tiny_pipe.text_encoder, tokenize(tiny_pipe.tokenizer, ["a cat next to a mug"]))[0]
+    for row in find_runtime(tiny_pipe).registry[-1].split.rows:
+        torch.testing.assert_close(row.key_encodings, plain)  # every concept read as its supercategory
+    locked = images(tiny_pipe, PAIR, composition="regions", global_lock=True)
+    assert not np.array_equal(locked, images(tiny_pipe, PAIR, composition="regions"))
+
+
+def test_maps_add_up_along_a_trajectory_and_start_again_when_the_timestep_rises(tiny_pipe):
+    two_concepts(tiny_pipe)
+    set_composition(tiny_pipe, "regions")
+    runtime = find_runtime(tiny_pipe)
+    ids = tokenize(tiny_pipe.tokenizer, [PAIR])
+    size = tiny_pipe.unet.config.sample_size
+    sample = torch.randn(1, 4, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        states = encode(tiny_pipe.text_encoder, ids)
+
+        def total(timestep):
+            tiny_pipe.unet(sample, torch.tensor(timestep), encoder_hidden_states=states)
+            return runtime.regional.maps[0].sum().item()
+
+        first = total(999)
+        assert total(500) > first  # the same trajectory: the maps add up
+        assert total(999) == pytest.approx(first)  # noisier again: a new trajectory
+
+
+def test_an_unknown_composition_mode_is_refused(tiny_pipe):
+    two_concepts(tiny_pipe)
+    with pytest.raises(ValueError, match="composition"):
+        set_composition(tiny_pipe, "blend")
+    with pytest.raises(GenerationError, match="composition"):
+        images(tiny_pipe, PAIR, composition="blend")
