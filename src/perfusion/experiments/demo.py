@@ -159,4 +159,6 @@ def composition_section(pipe, trained, config: DemoConfig, out: Path, summary: d
         rows.append(ImageRow(text, [(p, "both found" if hit else "not both") for p, hit in zip(paths, hits)]))
     rate = sum(successes) / len(successes)
     summary["composition_success"] = rate
-    return Section("Composition", f"share of images in which the judge finds every asked-for object: {rate:.2f}", rows=rows)
+    mode = "each concept in its own region" if config.sweep.composition == "regions" else "one joint edit"
+    text = f"share of images in which the judge finds every asked-for object: {rate:.2f} (two concepts: {mode})"
+    return Section("Composition", text, rows=rows)
