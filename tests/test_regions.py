@@ -43,6 +43,8 @@ def test_regions_config_refuses_settings_outside_their_range():
         RegionsConfig(layout=1.5)
     with pytest.raises(ValueError, match="threshold"):
         RegionsConfig(threshold=1.0)
+    with pytest.raises(ValueError, match="min_concepts"):
+        RegionsConfig(min_concepts=0)
 
 
 def test_while_laying_out_the_split_row_is_exactly_the_plain_prompt(tiny_pipe):

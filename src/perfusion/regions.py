@@ -32,6 +32,8 @@ class RegionsConfig:
             raise ValueError(f"layout must be in [0, 1], got {self.layout}")
         if not 0.0 <= self.threshold < 1.0:
             raise ValueError(f"threshold must be in [0, 1), got {self.threshold}")
+        if self.min_concepts < 1:
+            raise ValueError(f"min_concepts must be at least 1, got {self.min_concepts}")
 
 
 @dataclass
@@ -59,7 +61,7 @@ class Expansion:
 
 
 def region_masks(maps: torch.Tensor, threshold: float) -> torch.Tensor:
-    """(n, h, w) summed attention maps -> {0, 1} masks: m_j = [j = argmax_i a_i and a_j > threshold], a = smoothed / peak."""
+    """(n, h, w) summed maps -> {0, 1} masks: m_j = [j = argmax_i a_i and a_j > threshold], a = smoothed map / peak."""
     smooth = F.avg_pool2d(maps[None].float(), 3, stride=1, padding=1, count_include_pad=False)[0]
     share = smooth / smooth.flatten(1).amax(-1).clamp_min(1e-12)[:, None, None]
     winner = F.one_hot(share.argmax(0), share.shape[0]).permute(2, 0, 1).bool()  # ties go to the first concept
