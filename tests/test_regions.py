@@ -140,6 +140,15 @@ def test_maps_add_up_along_a_trajectory_and_start_again_when_the_timestep_rises(
         assert total(999) == pytest.approx(first)  # noisier again: a new trajectory
 
 
+def test_regions_run_in_half_precision(tiny_pipeline_dir):
+    from perfusion.testing import load_pipeline
+
+    half = load_pipeline(tiny_pipeline_dir).to(torch.float16)
+    two_concepts(half)
+    picture = images(half, PAIR, composition="regions")
+    assert picture.shape == (1, 16, 16, 3) and picture.std() > 0
+
+
 def test_an_unknown_composition_mode_is_refused(tiny_pipe):
     two_concepts(tiny_pipe)
     with pytest.raises(ValueError, match="composition"):
