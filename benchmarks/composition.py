@@ -22,8 +22,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from perfusion.concept import Concept, ConceptFileError
 from perfusion.files import atomic_write
 from perfusion.generation import GenerationConfig, GenerationError, check_gate, generate

@@ -3,7 +3,9 @@
 The text encoder's forward hook remembers every encoded prompt that holds a concept token; the UNet's
 forward pre-hook matches the rows it is given against them (so classifier-free guidance, repeated
 images and any pipeline's batching are handled without knowing how a pipeline builds its batch) and
-tells the cross-attention processors which concepts act on which rows.
+tells the cross-attention processors which concepts act on which rows. Under regional composition
+(perfusion.regions) the pre-hook also splits each row with concepts into its plain and per-concept rows, and the
+forward hook merges them back.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 
 from perfusion.concept import Concept
 from perfusion.method import composition_basis, similarity_readout
-from perfusion.regions import RegionalCall, RegionsConfig, SplitRow
+from perfusion.regions import RegionalCall, SplitRow
 from perfusion.text import encode, supercategory_substitution
 
 REGISTRY_ROWS = 64  # prompts remembered between text encoding and denoising

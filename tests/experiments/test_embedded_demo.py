@@ -70,6 +70,7 @@ def test_the_composition_benchmark_judges_every_block(demo_out, tmp_path, benchm
     written = json.loads(out.read_text())["blocks"]["pairs"][0]["prompt"]
     assert written.startswith("a photo of a <mycat> next to a <mymug>")
     assert blocks["control: category words"][-1]["prompt"].startswith("a photo of a cat next to a cup")
+    assert report["composition"] == json.loads(out.read_text())["composition"] == "regions"  # the recipe's
     with pytest.raises(SystemExit, match="exists"):  # never overwrites
         benchmark.main(["--concepts", *concepts, "--out", str(out)])
     with pytest.raises(SystemExit, match="not a micro-world object"):
