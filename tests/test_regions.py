@@ -149,9 +149,21 @@ def test_regions_run_in_half_precision(tiny_pipeline_dir):
     assert picture.shape == (1, 16, 16, 3) and picture.std() > 0
 
 
+def test_generate_keeps_the_pipelines_composition_unless_its_config_sets_one(tiny_pipe):
+    two_concepts(tiny_pipe)
+    regional = images(tiny_pipe, PAIR, composition="regions")
+    joint = images(tiny_pipe, PAIR, composition="joint")
+    set_composition(tiny_pipe, "regions")
+    kept = generate(tiny_pipe, PAIR, GenerationConfig(steps=3, guidance=5.0))  # no composition given
+    assert np.array_equal(np.asarray(kept[0]), regional[0])
+    assert np.array_equal(images(tiny_pipe, PAIR, composition="joint"), joint)
+
+
 def test_an_unknown_composition_mode_is_refused(tiny_pipe):
     two_concepts(tiny_pipe)
     with pytest.raises(ValueError, match="composition"):
         set_composition(tiny_pipe, "blend")
     with pytest.raises(GenerationError, match="composition"):
         images(tiny_pipe, PAIR, composition="blend")
+    with pytest.raises(GenerationError, match="regions settings"):
+        generate(tiny_pipe, PAIR, GenerationConfig(steps=1, regions=dict(layout=0.5)))

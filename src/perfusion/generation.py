@@ -23,9 +23,10 @@ class GenerationConfig:
     guidance: float = 7.5
     num_images: int = 1
     seed: int = 0
-    global_lock: bool = False  # keys read the prompt with concepts replaced by their supercategory
-    composition: str = "joint"  # or "regions": each concept denoised in its own region (perfusion.regions)
-    regions: dict | None = None  # RegionsConfig's fields under "regions" (layout, threshold, min_concepts)
+    # None keeps the pipeline's own setting (set_global_lock, set_composition; off and "joint" until set)
+    global_lock: bool | None = None  # keys read the prompt with concepts replaced by their supercategory
+    composition: str | None = None  # "joint" or "regions": each concept denoised in its own region (perfusion.regions)
+    regions: dict | None = None  # RegionsConfig's fields with composition "regions" (layout, threshold, min_concepts)
 
 
 def check_gate(beta: float | None, tau: float | None) -> None:
@@ -50,11 +51,15 @@ def configure(pipe, settings: dict[str, tuple[float | None, float | None]], conf
     for token, (beta, tau) in settings.items():
         check_gate(beta, tau)
         set_concept_options(pipe, token, beta=beta, tau=tau)
-    set_global_lock(pipe, config.global_lock)
-    try:
-        set_composition(pipe, config.composition, **(config.regions or {}))
-    except (ValueError, TypeError) as error:
-        raise GenerationError(str(error)) from None
+    if config.global_lock is not None:
+        set_global_lock(pipe, config.global_lock)
+    if config.regions and config.composition != "regions":
+        raise GenerationError('regions settings need composition="regions"')
+    if config.composition is not None:
+        try:
+            set_composition(pipe, config.composition, **(config.regions or {}))
+        except (ValueError, TypeError) as error:
+            raise GenerationError(str(error)) from None
 
 
 def generate(pipe, prompt: str, config: GenerationConfig | None = None, settings=None, **pipeline_kwargs):
