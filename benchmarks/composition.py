@@ -1,7 +1,7 @@
 """Why two concepts do or do not compose: each concept alone, beside an ordinary object, and every pair, judged.
 
     python benchmarks/composition.py --concepts mycat.safetensors mymug.safetensors ... [--model PATH]
-        [--object "soccer ball"] [--seeds 4] [--beta B] [--global-lock] [--composition joint|regions]
+        [--object "soccer ball"] [--seeds 4] [--seed 0] [--beta B] [--global-lock] [--composition joint|regions]
         [--out results.json]
 
 For the micro world's example concepts on the embedded model (their objects come from the shipped examples'
@@ -39,7 +39,7 @@ def judged(pipe, judge, subjects: tuple[str, ...], wanted: list[str], args, read
     an object: itself, or its category)."""
     hits, seen = 0, []
     settings = {token: (args.beta, None) for token in args.tokens}
-    config = GenerationConfig(steps=args.steps, guidance=args.guidance, num_images=args.seeds,
+    config = GenerationConfig(steps=args.steps, guidance=args.guidance, num_images=args.seeds, seed=args.seed,
                               global_lock=args.global_lock, composition=args.composition)  # fmt: skip
     template = TEMPLATE if len(subjects) == 1 else PAIR_TEMPLATE
     for background in BACKGROUNDS:
@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", help="base model folder (default: the embedded micro-world model)")
     parser.add_argument("--object", default="soccer ball", help="the ordinary (seen) object beside each concept")
     parser.add_argument("--seeds", type=int, default=4, help="images per background (4 backgrounds)")
+    parser.add_argument("--seed", type=int, default=0, help="each prompt's first seed (its images use the next ones)")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--beta", type=float, help="every concept's beta (default: each file's own)")
     parser.add_argument("--global-lock", action="store_true", help="global key locking (METHOD.md)")
@@ -117,8 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
         for result in results:
             print(f"  {result['hits']:3d} of {result['images']}  {result['prompt']}")
     report = dict(concepts=args.concepts, model=args.model, beta=args.beta, global_lock=args.global_lock,
-                  composition=args.composition,
-                  seeds=args.seeds, steps=args.steps, guidance=args.guidance, blocks=blocks)  # fmt: skip
+                  composition=args.composition, seeds=args.seeds, seed=args.seed, steps=args.steps,
+                  guidance=args.guidance, blocks=blocks)  # fmt: skip
     if args.out:
         atomic_write(args.out, lambda path: path.write_text(json.dumps(report, indent=1)))
     return report
