@@ -28,6 +28,13 @@ class AttentionMapProcessor:
         return attn.to_out[1](attn.to_out[0](hidden_states))
 
 
+def on_latent_grid(layer_map: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, pixels) attention of one layer -> (B, 1, height, width), bilinear from the layer's own resolution."""
+    scale = (height * width / layer_map.shape[1]) ** 0.5  # this layer's downsampling factor
+    grid = layer_map.view(layer_map.shape[0], 1, round(height / scale), round(width / scale))
+    return F.interpolate(grid.float(), size=(height, width), mode="bilinear", align_corners=False)
+
+
 @torch.no_grad()
 def attention_masks(
     pipe, latents: torch.Tensor, supercategory: str, prompt: str, timestep_fraction: float, seed: int
@@ -57,12 +64,7 @@ def attention_masks(
         pipe.unet(noisy, timestep.to(latents.device), encoder_hidden_states=encodings)
     finally:
         pipe.unet.set_attn_processor(dict(original))
-    maps = []
-    for layer_map in capture.maps:
-        scale = (height * width / layer_map.shape[1]) ** 0.5  # this layer's downsampling factor
-        grid = layer_map.view(batch_size, 1, round(height / scale), round(width / scale))
-        maps.append(F.interpolate(grid.float(), size=(height, width), mode="bilinear", align_corners=False))
-    mask = torch.stack(maps).mean(0)
+    mask = torch.stack([on_latent_grid(layer_map, height, width) for layer_map in capture.maps]).mean(0)
     low = mask.amin(dim=(2, 3), keepdim=True)
     high = mask.amax(dim=(2, 3), keepdim=True)
     return (mask - low) / (high - low).clamp_min(1e-8)

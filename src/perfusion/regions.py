@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from perfusion.masks import on_latent_grid
+
 MODES = ("joint", "regions")
 
 
@@ -138,9 +140,7 @@ class RegionalCall:
         ``query`` (B, heads, N, d), ``key`` (B, heads, T, d)."""
         for item in self.recordings:
             attention = attention_to(query[item.row], key[item.row], scale, item.position)
-            side = round((attention.numel() * self.grid[1] / self.grid[0]) ** 0.5)
-            layer_map = attention.view(1, 1, attention.numel() // side, side)
-            layer_map = F.interpolate(layer_map, size=self.grid, mode="bilinear", align_corners=False)[0, 0]
+            layer_map = on_latent_grid(attention[None], *self.grid)[0, 0]
             self.maps[item.owner][item.channel] += layer_map.to(self.maps[item.owner].device)
 
     def merge(self, output):
