@@ -1,7 +1,8 @@
 """Perfusion against Textual Inversion, DreamBooth, LoRA (rank 4 and 16) and Custom Diffusion, side by side.
 
     python benchmarks/compare.py --out benchmarks/results/compare [--model PATH] [--concepts DIR] [--quick]
-        [--variants perfusion lora-r4 ...] [--steps N] [--threads N] [--no-isolate]
+        [--variants perfusion lora-r4 ...] [--steps N] [--threads N] [--no-isolate] [--update]
+        [--composition joint|regions] [--compositions-only]
 
 For every concept folder (images, optional masks/, concept.json with token, supercategory and, for the micro
 world's judge, object) and every variant: train on the same images in a fresh process (wall time, peak memory),
@@ -9,7 +10,9 @@ save what a user would ship (its size), then on a fresh pipeline generate the ev
 variant's knob sweep (Perfusion: beta; LoRA and Custom Diffusion: scale; Textual Inversion and DreamBooth:
 guidance) with the same seeds, and score fidelity and alignment. Writes results.json, table.csv (each variant at
 its default setting), sweep.csv, pareto_<concept>.png and composition.csv (two concepts in one image, for the
-methods that can load two: Perfusion, Textual Inversion, LoRA) under --out.
+methods that can load two: Perfusion, Textual Inversion, LoRA) under --out. Perfusion composes with the recipe's
+mode (regional composition) unless --composition says otherwise; --compositions-only redoes just those images
+from the concept files an earlier run left in --out/artifacts.
 
 Scoring (``make_scorer``, perfusion.experiments.scoring): CLIP-I/CLIP-T with --clip PATH; else the micro
 world's judge when its weights and the concept's catalog object exist; otherwise a clearly labelled pixel
@@ -40,6 +43,7 @@ from perfusion.generation import GenerationConfig, generate
 from perfusion.images import load_training_images
 from perfusion.loader import load_concepts
 from perfusion.models import open_pipeline
+from perfusion.regions import MODES
 from perfusion.train import TrainingConfig, train_concept
 from perfusion.world import recipe
 
@@ -73,6 +77,10 @@ VARIANTS = (
     # The same with SD1.5's rate for v* (6e-3, the recipe until commit 424d60f): v* ends at 2-3x a word embedding's
     # norm instead of near it, and the identity rides on v* more than on the gated o*_V.
     Variant("perfusion-v-6e-3", PERFUSION, dict(recipe.TRAINING, lr_embedding=TrainingConfig.lr_embedding), "beta",
+            (0.5, 0.6, 0.7, 0.8, 0.9), 0.7, "candidate"),
+    # Every training sample a paired image (the recipe: half). Probe under regional composition: <mymug>'s three pairs
+    # 21 and 20 of 48 at two seed sets against 17 and 14, <mybird>'s 15 against 18 (README, "Composition").
+    Variant("perfusion-pairs-only", PERFUSION, dict(recipe.TRAINING, pair_probability=1.0), "beta",
             (0.5, 0.6, 0.7, 0.8, 0.9), 0.7, "candidate"),
     # Methods without a knob of their own sweep guidance; their default is the embedded model's (recipe.GUIDANCE).
     Variant("textual-inversion", "textual-inversion", {}, "guidance", GUIDANCE_SWEEP, recipe.GUIDANCE),
@@ -112,6 +120,8 @@ class RunSettings:
     isolate: bool = True  # train in a fresh process (peak memory); off: in this process, no memory figure
     command: str = ""  # the command line that produced the results (written into results.json)
     update: bool = False  # keep --out's earlier rows and compositions for what this run does not redo
+    composition: str = recipe.COMPOSITION  # how Perfusion composes two concepts: "joint" (the paper's) or "regions"
+    compositions_only: bool = False  # redo the compositions from --out's artifacts; keep every row (implies update)
 
     def quickened(self) -> RunSettings:
         return replace(self, prompts=min(self.prompts, 4), images_per_prompt=1, composition_images_per_prompt=1,
@@ -334,7 +344,8 @@ def composition_images(model: str, pair: tuple[ConceptSpec, ConceptSpec], varian
         if variant.method == "lora":
             pipe.set_adapters([module.adapter_name(concept.token) for concept in pair], adapter_weights=[variant.default] * 2)
     guidance = variant.default if variant.knob == "guidance" else settings.guidance
-    config = GenerationConfig(steps=settings.inference_steps, guidance=guidance,
+    mode = settings.composition if variant.method == PERFUSION else None
+    config = GenerationConfig(steps=settings.inference_steps, guidance=guidance, composition=mode,
                               num_images=settings.composition_images_per_prompt, seed=settings.seed)  # fmt: skip
     images = []
     for template in COMPOSITION_TEMPLATES:
@@ -364,9 +375,14 @@ def run_compositions(concepts: list[ConceptSpec], variants: list[Variant], setti
     for pair in pairs:
         for variant in (variant for variant in variants if variant.method in COMPOSABLE):
             artifacts = [artifact_path(settings, concept, variant) for concept in pair]
+            missing = [str(path) for path in artifacts if not path.is_file()]
+            if missing:
+                raise SystemExit(f"error: no {missing[0]} to compose (--compositions-only reuses earlier artifacts)")
             images = composition_images(settings.model, pair, variant, artifacts, settings)
+            mode = settings.composition if variant.method == PERFUSION else ""
             results.append(dict(pair=f"{pair[0].name}+{pair[1].name}", variant=variant.name, images=len(images),
-                                success=composition_success(judge, images, pair), scorer=judge.name if judge else "none"))  # fmt: skip
+                                success=composition_success(judge, images, pair),
+                                scorer=judge.name if judge else "none", composition=mode))  # fmt: skip
     return results
 
 
@@ -455,7 +471,7 @@ def run(concepts: list[ConceptSpec], variants: list[Variant], settings: RunSetti
     (out / "artifacts").mkdir(parents=True, exist_ok=True)
     set_threads(settings.threads)
     rows = []
-    for concept in concepts:
+    for concept in [] if settings.compositions_only else concepts:
         load_peak = run_isolated(load_job, settings.model, concept, settings.threads).peak_rss_bytes if settings.isolate else None
         prompts = evaluation_prompts(concept, settings)
         scorer, photos = make_scorer(settings.model, concept, prompts, settings), references(concept)
@@ -487,7 +503,8 @@ def write_outputs(rows: list[Row], compositions: list[dict], settings: RunSettin
     (out / "results.json").write_text(json.dumps(results, indent=1))
     if compositions:
         with open(out / "composition.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(compositions[0]))
+            fields = list(dict.fromkeys(field for composition in compositions for field in composition))
+            writer = csv.DictWriter(handle, fieldnames=fields)  # earlier runs' rows may lack "composition"
             writer.writeheader()
             writer.writerows(compositions)
     columns = ["concept", "variant", "method", "knob", "default", "size_bytes", "train_seconds", "steps", "final_loss",
@@ -541,6 +558,10 @@ def main(argv: list[str] | None = None) -> tuple[list[Row], list[dict]]:
     parser.add_argument("--no-isolate", action="store_true", help="train in this process (no peak-memory figures)")
     parser.add_argument("--update", action="store_true",
                         help="redo only the chosen variants and concepts; keep --out's other rows (same settings only)")
+    parser.add_argument("--composition", choices=MODES, default=RunSettings.composition,
+                        help="how Perfusion composes two concepts (default: the recipe's)")
+    parser.add_argument("--compositions-only", action="store_true",
+                        help="redo only the two-concept images from the concept files in --out (implies --update)")
     args = parser.parse_args(argv)
     if args.model is None:
         from perfusion.world.model_path import default_model_path
@@ -554,7 +575,8 @@ def main(argv: list[str] | None = None) -> tuple[list[Row], list[dict]]:
                            prompts_file=args.prompts_file, clip=args.clip,
                            images_per_prompt=args.images_per_prompt, inference_steps=args.inference_steps,
                            guidance=args.guidance, seed=args.seed, threads=args.threads, isolate=not args.no_isolate,
-                           update=args.update,
+                           update=args.update or args.compositions_only, composition=args.composition,
+                           compositions_only=args.compositions_only,
                            command=shlex.join(["python", "benchmarks/compare.py", *(sys.argv[1:] if argv is None else argv)]))  # fmt: skip
     settings = settings.quickened() if settings.quick else settings
     concepts = [concept for concept in find_concepts(Path(args.concepts)) if not args.concept or concept.name in args.concept]

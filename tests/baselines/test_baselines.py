@@ -207,6 +207,7 @@ def test_the_comparison_runs_end_to_end_on_a_tiny_pipeline(tiny_pipeline_dir, tm
     assert len(table) == 5 and (out / "sweep.csv").exists() and (out / "pareto_mydisc.png").stat().st_size > 0
     assert [(row["pair"], row["variant"], row["images"]) for row in compositions] == [
         ("mydisc+myring", "perfusion", 2), ("mydisc+myring", "lora-r4", 2)]  # unscored: no judge for these concepts
+    assert [row["composition"] for row in compositions] == ["regions", ""]  # the recipe's mode, for Perfusion only
     assert (out / "composition.csv").exists()
     # one prompt gives each knob's slope but no noise estimate across prompts
     assert [(t["metric"], t["verdict"]) for t in rows[1].trends] == [("fidelity", "unmeasured"), ("alignment", "unmeasured")]
@@ -224,3 +225,13 @@ def test_the_comparison_runs_end_to_end_on_a_tiny_pipeline(tiny_pipeline_dir, tm
     assert json.loads((out / "results.json").read_text())["rows"][2]["command"] == updated[2].command
     with pytest.raises(SystemExit, match="other prompts"):  # rows measured on other prompts are not mixed in
         compare.main([*redo, "--prompts", "2"])
+
+    # --compositions-only redoes the two-concept images from the concept files in --out and keeps every row
+    again = [*redo[:-3], "--concept", "mydisc", "myring", "--compositions-only", "--composition", "joint"]
+    kept_rows, redone = compare.main(again)
+    assert [row.command for row in kept_rows] == [row.command for row in updated]
+    assert [(row["variant"], row["composition"]) for row in redone] == [("perfusion", "joint"), ("lora-r4", "")]
+    assert "joint" in (out / "composition.csv").read_text()
+    (out / "artifacts" / "myring-perfusion.safetensors").unlink()
+    with pytest.raises(SystemExit, match="myring-perfusion.safetensors to compose"):
+        compare.main(again)
