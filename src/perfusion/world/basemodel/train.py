@@ -303,6 +303,11 @@ def sample_timesteps(count: int, total: int, generator: torch.Generator, high_fr
     return timesteps
 
 
+def two_object_indices(specs: list) -> torch.Tensor:
+    """Positions of the pool's two-object scenes."""
+    return torch.tensor([i for i, spec in enumerate(specs) if spec.second_object is not None], dtype=torch.long)
+
+
 class UnetTrainer:
     """UNet and text encoder trained jointly on the latent pool; the EMA copies are what gets shipped."""
 
@@ -375,12 +380,13 @@ class UnetTrainer:
                              truncation=True, return_tensors="pt").input_ids  # fmt: skip
         return self.text_encoder(ids)[0]
 
-    def batch(self, latents: torch.Tensor, specs: list) -> tuple[torch.Tensor, list[str], list]:
+    def batch(self, latents: torch.Tensor, specs: list, two_objects: torch.Tensor | None = None):
+        """A training batch (latents, captions, specs); ``two_objects``: two_object_indices(specs), if listed already."""
         count = self.config.batch_size
         indices = torch.randint(len(specs), (count,), generator=self.generator)
         paired = round(self.config.two_object_share * count)
         if paired:  # that many from the two-object scenes, the rest from the whole pool
-            two_objects = torch.tensor([i for i, spec in enumerate(specs) if spec.second_object is not None])
+            two_objects = two_object_indices(specs) if two_objects is None else two_objects
             indices[:paired] = two_objects[torch.randint(len(two_objects), (paired,), generator=self.generator)]
         captions = [
             "" if self.py_rng.random() < self.config.caption_dropout else self.source.caption(specs[i], self.py_rng)
@@ -441,8 +447,9 @@ class UnetTrainer:
         self.unet.train()
         self.text_encoder.train()
         last_save, losses, started = time.time(), [], time.time()
+        two_objects = two_object_indices(specs) if self.config.two_object_share else None  # once, not every step
         while not stop and self.step < self.config.max_steps:
-            losses.append(self.training_step(*self.batch(latents, specs)))
+            losses.append(self.training_step(*self.batch(latents, specs, two_objects)))
             if self.step % self.config.log_every == 0:
                 means = {name: float(np.mean([step[name] for step in losses])) for name in losses[0]}
                 self.log(stage="unet", step=self.step, **means, lr=self.optimizer.param_groups[0]["lr"],
