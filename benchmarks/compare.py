@@ -78,8 +78,8 @@ VARIANTS = (
     # norm instead of near it, and the identity rides on v* more than on the gated o*_V.
     Variant("perfusion-v-6e-3", PERFUSION, dict(recipe.TRAINING, lr_embedding=TrainingConfig.lr_embedding), "beta",
             (0.5, 0.6, 0.7, 0.8, 0.9), 0.7, "candidate"),
-    # Every training sample a paired image (the recipe: half). Probe under regional composition: <mymug>'s three pairs
-    # 21 and 20 of 48 at two seed sets against 17 and 14, <mybird>'s 15 against 18 (README, "Composition").
+    # Every training sample a paired image (the recipe: half): better <mybird>, worse <mycat>, pairs 82 of 192 in
+    # benchmarks/composition.py against the recipe's 79 (README, "Composition with the recipe").
     Variant("perfusion-pairs-only", PERFUSION, dict(recipe.TRAINING, pair_probability=1.0), "beta",
             (0.5, 0.6, 0.7, 0.8, 0.9), 0.7, "candidate"),
     # Methods without a knob of their own sweep guidance; their default is the embedded model's (recipe.GUIDANCE).
