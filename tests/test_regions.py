@@ -8,7 +8,7 @@ from perfusion.testing import handmade_concept, small_corpus
 from perfusion.generation import GenerationConfig, GenerationError, generate
 from perfusion.loader import find_runtime, load_concepts, set_composition
 from perfusion.regions import RegionsConfig, region_masks
-from perfusion.text import encode, tokenize
+from perfusion.text import encode, supercategory_substitution, tokenize
 
 CAPTIONS = small_corpus()
 PAIR = "a <mycat> next to a <mymug>"
@@ -119,6 +119,21 @@ def test_regions_under_global_key_locking_lock_each_concept_row_to_the_supercate
         torch.testing.assert_close(row.key_encodings, plain)  # every concept read as its supercategory
     locked = images(tiny_pipe, PAIR, composition="regions", global_lock=True)
     assert not np.array_equal(locked, images(tiny_pipe, PAIR, composition="regions"))
+
+
+@pytest.mark.parametrize("tail", ["", " on a red sofa" * 20])  # the second fills the tokenizer's 77 positions
+def test_split_rows_locked_keys_are_the_plain_rows_gathered_as_encoding_them_would_give(tiny_pipe, tail):
+    load_concepts(tiny_pipe, handmade_concept(tiny_pipe, "<mycat>", "small cat", seed=1), captions=CAPTIONS)
+    load_concepts(tiny_pipe, handmade_concept(tiny_pipe, "<mymug>", "large red mug", seed=2))
+    runtime = find_runtime(tiny_pipe)
+    ids = tokenize(tiny_pipe.tokenizer, [PAIR + tail])
+    replacements = {item.token_id: item.supercategory_ids for item in runtime.concepts.values()}
+    eos = tiny_pipe.tokenizer.eos_token_id
+    others = [{key: value for key, value in replacements.items() if key != own} for own in replacements]
+    split_ids = torch.cat([supercategory_substitution(ids, variant, eos)[0] for variant in [replacements, *others]])
+    with torch.no_grad():
+        keys = runtime.locked_keys(split_ids, encode(tiny_pipe.text_encoder, split_ids))
+        torch.testing.assert_close(keys, runtime.supercategory_encodings(split_ids[1:]))
 
 
 def test_maps_add_up_along_a_trajectory_and_start_again_when_the_timestep_rises(tiny_pipe):

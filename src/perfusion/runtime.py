@@ -145,7 +145,7 @@ class PerfusionRuntime:
         self._encoding_internally = True
         try:
             encodings = encode(self.text_encoder, ids).detach()
-            key_encodings = self.supercategory_encodings(ids[1:]) if self.global_lock else [None] * len(tokens)
+            key_encodings = self.locked_keys(ids, encodings) if self.global_lock else [None] * len(tokens)
         finally:
             self._encoding_internally = False
         own_rows = [EncodedPrompt(encodings[1 + n], (token,), key_encodings[n]) for n, token in enumerate(tokens)]
@@ -155,6 +155,15 @@ class PerfusionRuntime:
             plain_positions=[int(substituted[0][1][0, position]) for position in at],
             own_positions=[int(substituted[1 + n][1][0, position]) for n, position in enumerate(at)],
         )
+
+    def locked_keys(self, ids: torch.Tensor, encodings: torch.Tensor) -> torch.Tensor:
+        """Global key locking for split rows (plain first, then each concept's own): each own row with its concept
+        replaced too is the plain row, so its key encodings are the plain row's, gathered at the own row's positions."""
+        replacements = {installed.token_id: installed.supercategory_ids for installed in self.concepts.values()}
+        super_ids, index = supercategory_substitution(ids[1:], replacements, self.tokenizer.eos_token_id)
+        if not torch.equal(super_ids, ids[:1].expand_as(super_ids)):  # an over-long prompt, truncated otherwise
+            return self.supercategory_encodings(ids[1:])
+        return encodings[0][index.to(encodings.device)]
 
     @torch.no_grad()
     def supercategory_encodings(self, input_ids: torch.Tensor) -> torch.Tensor:
