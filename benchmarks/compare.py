@@ -330,6 +330,11 @@ COMPOSITION_TEMPLATES = ("a photo of a {} next to a {}", "a photo of a {} to the
 COMPOSABLE = (PERFUSION, "textual-inversion", "lora")
 
 
+def composition_mode(variant: Variant, settings: RunSettings) -> str | None:
+    """How a variant composes two concepts: the run's mode for Perfusion; the other methods have none."""
+    return settings.composition if variant.method == PERFUSION else None
+
+
 def composition_images(model: str, pair: tuple[ConceptSpec, ConceptSpec], variant: Variant, artifacts, settings):
     """Both concepts loaded at the variant's default setting; every template, the same seeds for every variant."""
     pipe = fresh_pipeline(model)
@@ -344,8 +349,8 @@ def composition_images(model: str, pair: tuple[ConceptSpec, ConceptSpec], varian
         if variant.method == "lora":
             pipe.set_adapters([module.adapter_name(concept.token) for concept in pair], adapter_weights=[variant.default] * 2)
     guidance = variant.default if variant.knob == "guidance" else settings.guidance
-    mode = settings.composition if variant.method == PERFUSION else None
-    config = GenerationConfig(steps=settings.inference_steps, guidance=guidance, composition=mode,
+    config = GenerationConfig(steps=settings.inference_steps, guidance=guidance,
+                              composition=composition_mode(variant, settings),
                               num_images=settings.composition_images_per_prompt, seed=settings.seed)  # fmt: skip
     images = []
     for template in COMPOSITION_TEMPLATES:
@@ -379,10 +384,10 @@ def run_compositions(concepts: list[ConceptSpec], variants: list[Variant], setti
             if missing:
                 raise SystemExit(f"error: no {missing[0]} to compose (--compositions-only reuses earlier artifacts)")
             images = composition_images(settings.model, pair, variant, artifacts, settings)
-            mode = settings.composition if variant.method == PERFUSION else ""
             results.append(dict(pair=f"{pair[0].name}+{pair[1].name}", variant=variant.name, images=len(images),
                                 success=composition_success(judge, images, pair),
-                                scorer=judge.name if judge else "none", composition=mode))  # fmt: skip
+                                scorer=judge.name if judge else "none",
+                                composition=composition_mode(variant, settings) or ""))  # fmt: skip
     return results
 
 

@@ -56,7 +56,7 @@ def test_negative_rows_and_other_prompts_in_a_batch_stay_stock(tiny_pipe):
     ids = tokenize(tiny_pipe.tokenizer, ["", "a photo of a <mycat>", "a cat", "a photo of a <mycat>"])
     with torch.no_grad():
         encodings = encode(tiny_pipe.text_encoder, ids)
-    context = runtime.match(encodings)
+    context = runtime.context_for(runtime.find(encodings), encodings)
     assert [(tokens, rows.tolist()) for tokens, rows in context.groups] == [(("<mycat>",), [1, 3])]
 
 

@@ -127,7 +127,7 @@ def test_split_rows_locked_keys_are_the_plain_rows_gathered_as_encoding_them_wou
     load_concepts(tiny_pipe, handmade_concept(tiny_pipe, "<mymug>", "large red mug", seed=2))
     runtime = find_runtime(tiny_pipe)
     ids = tokenize(tiny_pipe.tokenizer, [PAIR + tail])
-    replacements = {item.token_id: item.supercategory_ids for item in runtime.concepts.values()}
+    replacements = runtime.supercategory_replacements()
     eos = tiny_pipe.tokenizer.eos_token_id
     others = [{key: value for key, value in replacements.items() if key != own} for own in replacements]
     split_ids = torch.cat([supercategory_substitution(ids, variant, eos)[0] for variant in [replacements, *others]])

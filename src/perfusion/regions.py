@@ -114,7 +114,8 @@ class RegionalCall:
             if split is None:
                 continue
             states[row] = split.plain.to(states.device, states.dtype)
-            self.maps.setdefault(row, torch.zeros(len(split.rows), *self.grid, device=sample.device))
+            if row not in self.maps:
+                self.maps[row] = torch.zeros(len(split.rows), *self.grid, device=sample.device)
             new_entries[row] = None
             extra = []
             for channel, own in enumerate(split.rows):

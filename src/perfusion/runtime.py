@@ -135,7 +135,7 @@ class PerfusionRuntime:
     @torch.no_grad()
     def split(self, input_ids: torch.Tensor, tokens: tuple[str, ...]) -> SplitRow:
         """Regional composition's rows for one prompt row: the plain row, and each concept's own row."""
-        replacements = {item.token_id: item.supercategory_ids for item in self.concepts.values()}
+        replacements = self.supercategory_replacements()
         token_ids = [self.concepts[token].token_id for token in tokens]
         at = [input_ids.tolist().index(token_id) for token_id in token_ids]
         variants = [replacements] + [{key: ids for key, ids in replacements.items() if key != own} for own in token_ids]
@@ -156,10 +156,14 @@ class PerfusionRuntime:
             own_positions=[int(substituted[1 + n][1][0, position]) for n, position in enumerate(at)],
         )
 
+    def supercategory_replacements(self) -> dict[int, list[int]]:
+        """Each installed concept's token id -> its supercategory word's ids."""
+        return {installed.token_id: installed.supercategory_ids for installed in self.concepts.values()}
+
     def locked_keys(self, ids: torch.Tensor, encodings: torch.Tensor) -> torch.Tensor:
         """Global key locking for split rows (plain first, then each concept's own): each own row with its concept
         replaced too is the plain row, so its key encodings are the plain row's, gathered at the own row's positions."""
-        replacements = {installed.token_id: installed.supercategory_ids for installed in self.concepts.values()}
+        replacements = self.supercategory_replacements()
         super_ids, index = supercategory_substitution(ids[1:], replacements, self.tokenizer.eos_token_id)
         if not torch.equal(super_ids, ids[:1].expand_as(super_ids)):  # an over-long prompt, truncated otherwise
             return self.supercategory_encodings(ids[1:])
@@ -168,7 +172,7 @@ class PerfusionRuntime:
     @torch.no_grad()
     def supercategory_encodings(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Global key locking: encode with each concept token replaced by its supercategory word."""
-        replacements = {installed.token_id: installed.supercategory_ids for installed in self.concepts.values()}
+        replacements = self.supercategory_replacements()
         super_ids, index = supercategory_substitution(input_ids, replacements, self.tokenizer.eos_token_id)
         encodings = encode(self.text_encoder, super_ids)
         return torch.gather(encodings, 1, index.to(encodings.device)[..., None].expand(-1, -1, encodings.shape[-1]))
@@ -202,11 +206,6 @@ class PerfusionRuntime:
             )  # fmt: skip
         rows = [(tokens, torch.tensor(indices, device=states.device)) for tokens, indices in groups.items()]
         return CallContext(rows, key_encodings, regional)
-
-    def match(self, states: torch.Tensor | None) -> CallContext | None:
-        """UNet pre-hook body: find each row of ``states`` among the remembered prompts."""
-        entries = self.find(states)
-        return None if entries is None else self.context_for(entries, states)
 
     # -- precomputed pieces of the edit ---------------------------------------------------------
     def span_plan(self, tokens: tuple[str, ...], device) -> SpanPlan:
