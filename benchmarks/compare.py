@@ -376,18 +376,17 @@ def run_compositions(concepts: list[ConceptSpec], variants: list[Variant], setti
     judge, reason = world_judge([concept for pair in pairs for concept in pair], []) if pairs else (None, None)
     if judge is None and pairs:
         print(f"note: composition is generated but not scored ({reason})", file=sys.stderr)
+    jobs = [(pair, variant, [artifact_path(settings, concept, variant) for concept in pair])
+            for pair in pairs for variant in variants if variant.method in COMPOSABLE]  # fmt: skip
+    missing = [str(path) for _, _, artifacts in jobs for path in artifacts if not path.is_file()]
+    if missing:  # before any image is generated
+        raise SystemExit(f"error: no {missing[0]} to compose (--compositions-only reuses earlier artifacts)")
     results = []
-    for pair in pairs:
-        for variant in (variant for variant in variants if variant.method in COMPOSABLE):
-            artifacts = [artifact_path(settings, concept, variant) for concept in pair]
-            missing = [str(path) for path in artifacts if not path.is_file()]
-            if missing:
-                raise SystemExit(f"error: no {missing[0]} to compose (--compositions-only reuses earlier artifacts)")
-            images = composition_images(settings.model, pair, variant, artifacts, settings)
-            results.append(dict(pair=f"{pair[0].name}+{pair[1].name}", variant=variant.name, images=len(images),
-                                success=composition_success(judge, images, pair),
-                                scorer=judge.name if judge else "none",
-                                composition=composition_mode(variant, settings) or ""))  # fmt: skip
+    for pair, variant, artifacts in jobs:
+        images = composition_images(settings.model, pair, variant, artifacts, settings)
+        results.append(dict(pair=f"{pair[0].name}+{pair[1].name}", variant=variant.name, images=len(images),
+                            success=composition_success(judge, images, pair), scorer=judge.name if judge else "none",
+                            composition=composition_mode(variant, settings) or ""))  # fmt: skip
     return results
 
 
