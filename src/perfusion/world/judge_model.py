@@ -15,16 +15,20 @@ from torch import nn
 from .catalog import BACKGROUNDS, OBJECTS, POSITIONS, SIZES
 
 OBJECT_NAMES: tuple[str, ...] = tuple(OBJECTS)
+# The object heads' last class: something is there, but no object a person would name (an object's colours without
+# its shape: perfusion.world.negatives). A verdict of NOTHING is a refusal.
+NOTHING = "no recognisable object"
+OBJECT_CLASSES: tuple[str, ...] = OBJECT_NAMES + (NOTHING,)
 BACKGROUND_NAMES: tuple[str, ...] = tuple(BACKGROUNDS)
 COUNTS: tuple[int, ...] = (1, 2)
 HEAD_CLASSES: dict[str, tuple] = {
-    "object": OBJECT_NAMES,  # one-object scenes
+    "object": OBJECT_CLASSES,  # one-object scenes
     "background": BACKGROUND_NAMES,
     "position": POSITIONS,  # one-object scenes
     "size": SIZES,
-    "count": COUNTS,
-    "left_object": OBJECT_NAMES,  # two-object scenes
-    "right_object": OBJECT_NAMES,  # two-object scenes
+    "count": COUNTS,  # things drawn, objects or not
+    "left_object": OBJECT_CLASSES,  # two-object scenes
+    "right_object": OBJECT_CLASSES,  # two-object scenes
 }
 IDENTITY_HEADS = ("object",)  # read the identity embedding; the others read the spatial features
 

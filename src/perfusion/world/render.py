@@ -3,6 +3,7 @@ box-downsampled to 64x64."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +11,7 @@ from PIL import Image
 
 from .catalog import BACKGROUNDS
 from .glyphs import scaled_glyph
+from .negatives import negative_sprite
 
 OUTPUT_SIDE = 64
 SUPERSAMPLE = 2  # draw at 128 px, then average 2x2 blocks
@@ -67,9 +69,12 @@ def background(spec, layout: Layout = LAYOUT) -> np.ndarray:
     return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
-def _draw_object(canvas: Image.Image, mask: Image.Image | None, placement) -> None:
+def _draw_object(canvas: Image.Image, mask: Image.Image | None, placement, negative: str | None = None,
+                 rng: random.Random | None = None) -> None:
     name, x, y, side, rotation, flip = placement
     sprite = scaled_glyph(name, max(2, round(side * SUPERSAMPLE)), flip)
+    if negative is not None:
+        sprite = negative_sprite(sprite, negative, rng or random.Random(0))
     if rotation:
         sprite = sprite.rotate(rotation, resample=Image.BICUBIC, expand=True)
     corner = (round(x * SUPERSAMPLE - sprite.width / 2), round(y * SUPERSAMPLE - sprite.height / 2))
@@ -78,12 +83,17 @@ def _draw_object(canvas: Image.Image, mask: Image.Image | None, placement) -> No
         mask.paste(sprite.getchannel("A"), corner, sprite.getchannel("A"))
 
 
-def render_layers(spec, with_mask: bool = False) -> tuple[Image.Image, Image.Image | None]:
-    """The 64x64 RGB scene and, if asked, the first object's mask (L, 255 on the object; 0 elsewhere)."""
+def render_layers(spec, with_mask: bool = False, negatives: tuple[str | None, ...] = (),
+                  rng: random.Random | None = None) -> tuple[Image.Image, Image.Image | None]:
+    """The 64x64 RGB scene and, if asked, the first object's mask (L, 255 on the object; 0 elsewhere).
+
+    ``negatives`` names, per object, a kind of `perfusion.world.negatives` to draw instead of the glyph (None: the
+    glyph itself); ``rng`` draws the negatives' randomness."""
     canvas = Image.fromarray(background(spec)).convert("RGBA")
     placements = object_placements(spec)
     mask = Image.new("L", canvas.size, 0) if with_mask else None
     for index, placement in enumerate(placements):
-        _draw_object(canvas, mask if index == 0 else None, placement)
+        negative = negatives[index] if index < len(negatives) else None
+        _draw_object(canvas, mask if index == 0 else None, placement, negative, rng)
     image = canvas.convert("RGB").reduce(SUPERSAMPLE)
     return image, (mask.reduce(SUPERSAMPLE) if mask is not None else None)

@@ -22,8 +22,10 @@ import torch.nn.functional as F
 
 from .augment import AugmentConfig, augment
 from .judge import JUDGE_PATH, Judge, save_judge
-from .judge_data import EVAL_SEEDS, IGNORE, TRAIN_SEEDS, labelled_batch, specs_from_seeds
-from .judge_model import HEAD_CLASSES, JudgeNet, JudgeNetConfig
+from .hard_negatives import HardNegatives
+from .judge_data import EVAL_SEEDS, IGNORE, TRAIN_SEEDS, draw_negatives, labelled_batch, specs_from_seeds
+from .judge_model import HEAD_CLASSES, NOTHING, OBJECT_CLASSES, JudgeNet, JudgeNetConfig
+from .negatives import KINDS
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,8 @@ class JudgeTrainingConfig:
     eval_size: int = 4000
     checkpoint_every: int = 250
     seed: int = 0
+    negative_share: float = 0.3  # scenes with an object replaced by its colours without its shape (world.negatives)
+    hard_negative_share: float = 0.1  # images per batch drawn from the failed generations (world.hard_negatives)
 
 
 def judge_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], config: JudgeTrainingConfig) -> torch.Tensor:
@@ -56,8 +60,32 @@ def learning_rate(step: int, config: JudgeTrainingConfig) -> float:
 
 
 @torch.no_grad()
+def refusals(net: JudgeNet, size: int, batch_size: int = 200) -> dict[str, float]:
+    """Per negative kind, the share of fresh negatives refused: every replaced object read as NOTHING (one-object
+    scenes by the object head, pairs by the left/right heads)."""
+    net.eval()
+    nothing = OBJECT_CLASSES.index(NOTHING)
+    rates = {}
+    generator = torch.Generator().manual_seed(54321)
+    for offset, kind in enumerate(KINDS):
+        refused = total = 0
+        first = EVAL_SEEDS + 500_000 * (offset + 1)
+        for start in range(0, size, batch_size):
+            specs = specs_from_seeds(range(first + start, first + min(size, start + batch_size)))
+            negatives = draw_negatives(specs, 1.0, seed=first + start, kinds=(kind,))
+            images, targets = labelled_batch(specs, negatives, seed=first + start)
+            logits, _ = net(augment(images, generator))
+            for head in ("object", "left_object", "right_object"):
+                wanted = targets[head] == nothing
+                refused += int((logits[head].argmax(-1) == nothing)[wanted].sum())
+                total += int(wanted.sum())
+        rates[kind] = refused / total
+    return rates
+
+
+@torch.no_grad()
 def evaluate(net: JudgeNet, size: int, degrade: bool, batch_size: int = 200) -> dict[str, float]:
-    """Accuracy per head on fresh scenes (only scenes where the head applies), plus exact sets of the auxiliary
+    """Accuracy per head on fresh clean scenes (only scenes where the head applies), plus exact sets of the auxiliary
     "present" head (reported, never read by predictions)."""
     net.eval()
     correct: dict[str, int] = {}
@@ -80,6 +108,7 @@ def evaluate(net: JudgeNet, size: int, degrade: bool, batch_size: int = 200) -> 
 
 def train(config: JudgeTrainingConfig, checkpoint: Path, resume: bool, log=print) -> JudgeNet:
     torch.manual_seed(config.seed)
+    hard = HardNegatives.load() if config.hard_negative_share > 0 else None
     net = JudgeNet(JudgeNetConfig())
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
@@ -95,7 +124,11 @@ def train(config: JudgeTrainingConfig, checkpoint: Path, resume: bool, log=print
     while step < config.steps:
         net.train()
         first_seed = TRAIN_SEEDS + step * config.batch_size
-        images, targets = labelled_batch(specs_from_seeds(range(first_seed, first_seed + config.batch_size)))
+        hard_count = round(config.hard_negative_share * config.batch_size) if hard is not None else 0
+        specs = specs_from_seeds(range(first_seed, first_seed + config.batch_size - hard_count))
+        images, targets = labelled_batch(specs, draw_negatives(specs, config.negative_share, seed=first_seed), seed=first_seed)
+        if hard_count:
+            images, targets = hard.appended(images, targets, hard_count, generator, split="train")
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
         logits, _ = net(augment(images, generator))
@@ -132,7 +165,10 @@ def main(argv: list[str] | None = None) -> None:
         net = Judge.load(arguments.out).net
     else:
         net = train(config, arguments.checkpoint, arguments.resume)
-    accuracy = {"clean": evaluate(net, config.eval_size, degrade=False), "degraded": evaluate(net, config.eval_size, degrade=True)}
+    accuracy = {"clean": evaluate(net, config.eval_size, degrade=False), "degraded": evaluate(net, config.eval_size, degrade=True),
+                "refused": refusals(net, config.eval_size // 4)}
+    if HardNegatives.exists():
+        accuracy["refused"]["failed_generations"] = HardNegatives.load().refused(net, split="validation")
     print(json.dumps(accuracy, indent=2))
     if not arguments.evaluate_only:
         save_judge(net, arguments.out, {"accuracy": accuracy, "training": asdict(config), "augment": asdict(AugmentConfig())})
