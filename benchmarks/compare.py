@@ -38,6 +38,7 @@ from perfusion import baselines
 from perfusion.baselines.measure import run_isolated
 from perfusion.experiments.prompts import EvalPrompt, read_prompts, world_prompts
 from perfusion.experiments.scoring import ClipScoring, Scores, WorldScorer
+from perfusion.experiments.sheet import SheetRow, prompt_cells, write_sheet
 from perfusion.experiments.trend import sweep_trends
 from perfusion.generation import GenerationConfig, generate
 from perfusion.images import load_training_images
@@ -406,7 +407,7 @@ class Row:
     peak_rss_over_load_bytes: int | None  # the training's own memory: peak minus that of only loading
     peak_gpu_bytes: int | None
     scorer: str  # "world judge", "CLIP" or "pixel placeholder"
-    sweep: list[dict] = field(default_factory=list)  # {knob value, fidelity, alignment, top1, per_prompt}
+    sweep: list[dict] = field(default_factory=list)  # {knob value, fidelity, alignment, recognised, per_prompt}
     trends: list[dict] = field(default_factory=list)  # experiments.trend over the knob (beta and scale only)
     command: str = ""  # the compare.py command line that measured this row
 
@@ -487,6 +488,9 @@ def run(concepts: list[ConceptSpec], variants: list[Variant], settings: RunSetti
             sweep = [{"value": value, **asdict(scorer.score(batches, photos, concept.supercategory))}
                      for value, batches in images.items()]  # fmt: skip
             trends = knob_trends(variant, sweep)
+            write_sheet(out / "sheets" / f"{concept.name}-{variant.name}.png",
+                        [SheetRow(f"{variant.knob} {value}", prompt_cells(batches)) for value, batches in images.items()],
+                        f"{concept.name}, {variant.name}: one row per {variant.knob} ({scorer.name})")  # fmt: skip
             peak = trained["peak_rss_bytes"]
             rows.append(Row(concept.name, variant.name, variant.method, variant.knob, variant.default, trained["size_bytes"],
                             trained["seconds"], trained["steps"], trained["losses"][-1] if trained["losses"] else float("nan"),
@@ -515,16 +519,16 @@ def write_outputs(rows: list[Row], compositions: list[dict], settings: RunSettin
                "peak_rss_bytes", "peak_rss_over_load_bytes", "peak_gpu_bytes", "scorer"]  # fmt: skip
     with open(out / "table.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(columns + ["fidelity", "alignment", "top1"])
+        writer.writerow(columns + ["fidelity", "alignment", "recognised"])
         for row in rows:
             point = row.at_default()
-            writer.writerow([getattr(row, column) for column in columns] + [point["fidelity"], point["alignment"], point["top1"]])
+            writer.writerow([getattr(row, column) for column in columns] + [point["fidelity"], point["alignment"], point["recognised"]])
     with open(out / "sweep.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["concept", "variant", "knob", "value", "fidelity", "alignment", "top1"])
+        writer.writerow(["concept", "variant", "knob", "value", "fidelity", "alignment", "recognised"])
         for row in rows:
             for point in row.sweep:
-                writer.writerow([row.concept, row.variant, row.knob, point["value"], point["fidelity"], point["alignment"], point["top1"]])
+                writer.writerow([row.concept, row.variant, row.knob, point["value"], point["fidelity"], point["alignment"], point["recognised"]])
     with open(out / "trends.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["concept", "variant", "knob", "metric", "slope", "stderr", "prompts", "verdict"])

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from perfusion.concept import Concept, ConceptFileError
+from perfusion.experiments.sheet import SheetRow, write_sheet
 from perfusion.files import atomic_write
 from perfusion.generation import GenerationConfig, GenerationError, check_gate, generate
 from perfusion.loader import load_concepts
@@ -37,18 +38,20 @@ PAIR_TEMPLATE = "a photo of a {} next to a {} on a {} background"
 def judged(pipe, judge, subjects: tuple[str, ...], wanted: list[str], args, read=lambda name: name) -> dict:
     """Images of ``subjects`` (one or two) on every background; how many show exactly ``wanted`` (as ``read`` names
     an object: itself, or its category)."""
-    hits, seen = 0, []
+    hits, seen, cells = 0, [], []
     settings = {token: (args.beta, None) for token in args.tokens}
     config = GenerationConfig(steps=args.steps, guidance=args.guidance, num_images=args.seeds, seed=args.seed,
                               global_lock=args.global_lock, composition=args.composition)  # fmt: skip
     template = TEMPLATE if len(subjects) == 1 else PAIR_TEMPLATE
     for background in BACKGROUNDS:
         prompt = template.format(*subjects, background)
-        for verdict in judge.predict(generate(pipe, prompt, config, settings=settings)):
+        images = generate(pipe, prompt, config, settings=settings)
+        for image, verdict in zip(images, judge.predict(images)):
             named = sorted(map(read, verdict.present)) if verdict.count == len(wanted) else []
             hits += named == sorted(map(read, wanted))
             seen.append("/".join(verdict.present))
-    return dict(prompt=template.format(*subjects, "{}"), hits=hits, images=len(seen), seen=seen)
+            cells.append((image, f"{background}: {'/'.join(verdict.present) or 'nothing'}{' OK' if named == sorted(map(read, wanted)) else ''}"))
+    return dict(prompt=template.format(*subjects, "{}"), hits=hits, images=len(seen), seen=seen, cells=cells)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -63,6 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--global-lock", action="store_true", help="global key locking (METHOD.md)")
     parser.add_argument("--composition", choices=MODES, help="two concepts: joint edit or regions (default: recipe's)")
     parser.add_argument("--out", help="write the counts and every verdict here (JSON)")
+    parser.add_argument("--sheet", help="contact sheet of every image judged (PNG; default: beside --out, else "
+                        "composition-sheet.png)")
     args = parser.parse_args(argv)
     from perfusion.world import recipe
     from perfusion.world.catalog import OBJECTS, members
@@ -74,8 +79,10 @@ def main(argv: list[str] | None = None) -> dict:
     args.composition = args.composition or recipe.COMPOSITION
     if args.object not in OBJECTS:
         sys.exit(f"composition: {args.object!r} is not a micro-world object")
-    if args.out and Path(args.out).exists():
-        sys.exit(f"composition: {args.out} exists")
+    args.sheet = args.sheet or (str(Path(args.out).with_suffix(".png")) if args.out else "composition-sheet.png")
+    for path in (args.out, args.sheet):
+        if path and Path(path).exists():
+            sys.exit(f"composition: {path} exists")
     try:
         check_gate(args.beta, None)
     except GenerationError as error:
@@ -112,6 +119,10 @@ def main(argv: list[str] | None = None) -> dict:
         words = judged(pipe, judge, (category[first], category[second]), [objects[first], objects[second]], args,
                        by_category)  # fmt: skip
         blocks["control: category words"].append(words)
+    sheet_rows = [SheetRow(f"{name}: {result['prompt']} ({result['hits']} of {result['images']})", result.pop("cells"))
+                  for name, results in blocks.items() for result in results]  # fmt: skip
+    write_sheet(args.sheet, sheet_rows, "composition benchmark: what the judge names in each image")
+    print(f"contact sheet: {args.sheet}")
     for name, results in blocks.items():
         total = sum(result["hits"] for result in results)
         print(f"{name}: {total} of {sum(result['images'] for result in results)}")

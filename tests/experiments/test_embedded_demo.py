@@ -34,9 +34,9 @@ def test_the_concept_moves_generations_toward_its_images(demo_out):
     summary = json.loads((demo_out / "summary.json").read_text())
     with_concept, plain = summary["new_contexts"], summary["supercategory_only"]
     # Same prompts and seeds; only "<mycat>" against "cat". The judge's embedding cosine to the training images
-    # must rise clearly (a margin of 0.05 on a [-1, 1] scale), and the exact-object top-1 must not fall.
+    # must rise clearly (a margin of 0.05 on a [-1, 1] scale), and the exact-object recognised must not fall.
     assert with_concept["fidelity"] > plain["fidelity"] + 0.05, (with_concept, plain)
-    assert with_concept["top1"] >= plain["top1"], (with_concept, plain)
+    assert with_concept["recognised"] >= plain["recognised"], (with_concept, plain)
 
 
 def test_sweep_files_and_plot(demo_out):
@@ -45,6 +45,7 @@ def test_sweep_files_and_plot(demo_out):
     assert all(row["images"] == 12 for row in rows)
     assert (demo_out / "sweep" / "metrics.csv").read_text().startswith("beta,")
     assert (demo_out / "sweep" / "pareto.png").stat().st_size > 1000
+    assert (demo_out / "sweep" / "sheet.png").stat().st_size > 1000 and (demo_out / "contexts.png").is_file()
     assert len(list((demo_out / "sweep" / "beta-0.500").glob("*.png"))) == 12
 
 
@@ -71,6 +72,7 @@ def test_the_composition_benchmark_judges_every_block(demo_out, tmp_path, benchm
     assert written.startswith("a photo of a <mycat> next to a <mymug>")
     assert blocks["control: category words"][-1]["prompt"].startswith("a photo of a cat next to a cup")
     assert report["composition"] == json.loads(out.read_text())["composition"] == "regions"  # the recipe's
+    assert (tmp_path / "composition.png").stat().st_size > 1000  # the contact sheet, beside --out
     with pytest.raises(SystemExit, match="exists"):  # never overwrites
         benchmark.main(["--concepts", *concepts, "--out", str(out)])
     with pytest.raises(SystemExit, match="not a micro-world object"):

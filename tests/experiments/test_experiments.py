@@ -62,7 +62,7 @@ class CountingScorer:
     def score(self, images_by_prompt, references, supercategory):
         self.calls.append((len(images_by_prompt), sum(len(v) for v in images_by_prompt.values()), supercategory))
         count = len(images_by_prompt)
-        return Scores(alignment=0.5, fidelity=0.25, top1=None, per_prompt={"alignment": (0.5,) * count, "fidelity": (0.25,) * count})
+        return Scores(alignment=0.5, fidelity=0.25, recognised=None, per_prompt={"alignment": (0.5,) * count, "fidelity": (0.25,) * count})
 
 
 def test_sweep_writes_images_table_and_plot(tiny_pipe, tmp_path):
@@ -111,7 +111,7 @@ def test_demo_quick_writes_a_report_whose_links_resolve(tiny_pipeline_dir, tmp_p
 
 
 def test_scores_keep_each_prompts_values_beside_their_means():
-    scores = Scores.from_prompts([0.5, 1.0], [0.2, 0.4], top1=[1.0, 0.0])
-    assert (scores.alignment, scores.fidelity, scores.top1) == (0.75, pytest.approx(0.3), 0.5)
-    assert scores.per_prompt == {"alignment": (0.5, 1.0), "fidelity": (0.2, 0.4), "top1": (1.0, 0.0)}
-    assert Scores.from_prompts([0.5], [0.2]).top1 is None and "top1" not in Scores.from_prompts([0.5], [0.2]).per_prompt
+    scores = Scores.from_prompts([0.5, 1.0], [0.2, 0.4], recognised=[1.0, 0.0])
+    assert (scores.alignment, scores.fidelity, scores.recognised) == (0.75, pytest.approx(0.3), 0.5)
+    assert scores.per_prompt == {"alignment": (0.5, 1.0), "fidelity": (0.2, 0.4), "recognised": (1.0, 0.0)}
+    assert Scores.from_prompts([0.5], [0.2]).recognised is None and "recognised" not in Scores.from_prompts([0.5], [0.2]).per_prompt

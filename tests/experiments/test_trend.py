@@ -29,16 +29,16 @@ def test_prompts_that_disagree_are_flat_within_noise():
 
 
 def test_one_prompt_is_unmeasured_and_sweeps_need_two_betas():
-    trend = metric_trend("top1", BETAS, [(1.0,), (0.5,), (0.0,)])
+    trend = metric_trend("recognised", BETAS, [(1.0,), (0.5,), (0.0,)])
     assert trend.verdict == "unmeasured" and math.isnan(trend.stderr)
     assert sweep_trends([0.7], [{"fidelity": (0.5, 0.6)}]) == []
     assert monotone_within_noise([trend]) is None
 
 
 def test_sweep_trends_cover_the_metrics_every_beta_scored():
-    scored = [{"alignment": (0.5, 0.6), "fidelity": (0.9, 0.8), "top1": (1.0, 1.0)},
-              {"alignment": (0.7, 0.8), "fidelity": (0.7, 0.6), "top1": (0.5, 0.5)}]  # fmt: skip
+    scored = [{"alignment": (0.5, 0.6), "fidelity": (0.9, 0.8), "recognised": (1.0, 1.0)},
+              {"alignment": (0.7, 0.8), "fidelity": (0.7, 0.6), "recognised": (0.5, 0.5)}]  # fmt: skip
     trends = sweep_trends([0.5, 0.9], scored)
-    assert [t.metric for t in trends] == ["fidelity", "top1", "alignment"]
+    assert [t.metric for t in trends] == ["fidelity", "recognised", "alignment"]
     assert [t.verdict for t in trends] == ["as expected"] * 3 and monotone_within_noise(trends) is True
     assert monotone_within_noise(sweep_trends([0.9, 0.5], scored)) is False

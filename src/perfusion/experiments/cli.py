@@ -32,7 +32,7 @@ def add_scoring_arguments(parser) -> None:
     parser.add_argument("--concept", required=True, help="concept file")
     parser.add_argument("--prompts", help="prompt file (.txt with {} or .jsonl); default: the micro-world prompt set")
     parser.add_argument("--images", help="the concept's own images (fidelity references); default: the shipped example's")
-    parser.add_argument("--object", help="micro-world object name of the concept, for identity top-1")
+    parser.add_argument("--object", help="micro-world object name of the concept, for the recognised share")
     parser.add_argument("--clip", help="a local CLIP model folder: score with CLIP-I / CLIP-T instead of the world judge")
     parser.add_argument("--tau", type=float, default=None)
     parser.add_argument("--images-per-prompt", type=int, default=2)
@@ -106,15 +106,15 @@ def run_scored(args, betas) -> None:
     pipe.set_progress_bar_config(disable=True)
     load_concepts(pipe, args.concept)
     sweep = run_sweep(pipe, concept, prompts, config, scorer, references, out)
-    print(f"{'beta':>6} {'alignment':>10} {'fidelity':>9} {'top-1':>6}  ({scorer.name}; {len(prompts)} prompts x "
-          f"{config.images_per_prompt} images)")  # fmt: skip
+    print(f"{'beta':>6} {'alignment':>10} {'fidelity':>9} {'recognised':>10} {'accepted':>8}  ({scorer.name}; "
+          f"{len(prompts)} prompts x {config.images_per_prompt} images; fidelity over the accepted images)")  # fmt: skip
     for row in sweep.rows:
-        top1 = "" if row.top1 is None else f"{row.top1:.3f}"
-        print(f"{row.beta:6.3f} {row.alignment:10.3f} {row.fidelity:9.3f} {top1:>6}")
+        recognised, accepted = ("" if value is None else f"{value:.3f}" for value in (row.recognised, row.accepted))
+        print(f"{row.beta:6.3f} {row.alignment:10.3f} {row.fidelity:9.3f} {recognised:>10} {accepted:>8}")
     if sweep.trends:
         print("trend as beta rises (paired over prompts, +- one standard error): "
               + "; ".join(trend.describe() for trend in sweep.trends))  # fmt: skip
-    print(f"{out / 'metrics.csv'}, {out / 'pareto.png'}")
+    print(f"{out / 'metrics.csv'}, {out / 'pareto.png'}, {out / 'sheet.png'} (the images behind the figures)")
 
 
 def run_demo_command(args) -> None:

@@ -19,6 +19,7 @@ from PIL import Image
 from perfusion.experiments.prompts import EvalPrompt, world_prompts
 from perfusion.experiments.report import ImageRow, Section, write_report
 from perfusion.experiments.scoring import WorldScorer
+from perfusion.experiments.sheet import SheetRow, prompt_cells, write_sheet
 from perfusion.experiments.sweep import SweepConfig, generate_prompts, run_sweep, slug
 from perfusion.files import atomic_write
 from perfusion.train import TrainingConfig
@@ -101,12 +102,18 @@ def run_demo(pipe, out: Path, config: DemoConfig, log=print) -> Path:
     # The same prompts and seeds with the plain supercategory word: what the base model gives without the concept.
     plain = generate_prompts(pipe, concept, prompts, config.sweep, None, None, subject=example.supercategory)
     plain_scores = scorer.score(plain, images_of(example), example.supercategory)
+    write_sheet(out / "contexts.png", [SheetRow("training images", [(image, "") for image in images_of(example)]),
+                                       SheetRow(f"{concept.token} (beta {concept.beta})", prompt_cells(generated)),
+                                       SheetRow(f"'{example.supercategory}' (no concept)", prompt_cells(plain))],
+                f"{concept.token} in new contexts, and the base model with '{example.supercategory}'")  # fmt: skip
     summary["new_contexts"], summary["supercategory_only"] = asdict(scores), asdict(plain_scores)
     sections.append(Section(
         f"{concept.token} in new contexts (beta {concept.beta}, tau {concept.tau})",
-        f"judge: alignment {scores.alignment:.2f}, fidelity {scores.fidelity:.2f}, identity top-1 {scores.top1:.2f}; "
-        f"the same prompts and seeds with '{example.supercategory}' instead of {concept.token}: alignment "
-        f"{plain_scores.alignment:.2f}, fidelity {plain_scores.fidelity:.2f}, identity top-1 {plain_scores.top1:.2f}",
+        f"judge: recognised as the {example.object} {scores.recognised:.2f}, any object accepted {scores.accepted:.2f}, "
+        f"alignment {scores.alignment:.2f}, fidelity (accepted images) {scores.fidelity:.2f}; the same prompts and seeds "
+        f"with '{example.supercategory}' instead of {concept.token}: recognised {plain_scores.recognised:.2f}, accepted "
+        f"{plain_scores.accepted:.2f}, alignment {plain_scores.alignment:.2f}, fidelity {plain_scores.fidelity:.2f}. "
+        "Contact sheet: contexts.png",
         rows=rows,
     ))  # fmt: skip
 
@@ -148,7 +155,7 @@ def composition_section(pipe, trained, config: DemoConfig, out: Path, summary: d
     cases = [(f"a photo of a {first.token} next to a {second.token} on a {bg} background", {first.object, second.object})
              for bg in config.composition_backgrounds]  # fmt: skip
     cases.append((f"a photo of a {first.token} next to a {first.supercategory} on a blue background", {first.object}))
-    rows, successes = [], []
+    rows, successes, sheet_rows = [], [], []
     for index, (text, wanted) in enumerate(cases):
         template = EvalPrompt(text.replace(first.token, "{}"))
         batch = generate_prompts(pipe, first_result.concept, [template], config.sweep, None, None)[template]
@@ -157,6 +164,9 @@ def composition_section(pipe, trained, config: DemoConfig, out: Path, summary: d
         hits = [wanted <= set(v.present) and (len(wanted) == 2 or len(v.present) == 2) for v in verdicts]
         successes.extend(hits)
         rows.append(ImageRow(text, [(p, "both found" if hit else "not both") for p, hit in zip(paths, hits)]))
+        sheet_rows.append(SheetRow(text, [(image, ", ".join(v.present) or "nothing recognised")
+                                          for image, v in zip(batch, verdicts)]))  # fmt: skip
+    write_sheet(out / "composition.png", sheet_rows, "composition: what the judge names in each image")
     rate = sum(successes) / len(successes)
     summary["composition_success"] = rate
     mode = "each concept in its own region" if config.sweep.composition == "regions" else "one joint edit"

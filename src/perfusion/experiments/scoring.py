@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -12,21 +13,27 @@ from perfusion.experiments.prompts import EvalPrompt
 @dataclass(frozen=True)
 class Scores:
     alignment: float  # world: share of stated attributes found; CLIP: CLIP-T with the supercategory word
-    fidelity: float  # world: judge-embedding cosine to the concept images; CLIP: CLIP-I
-    top1: float | None = None  # world only: identity top-1 among the members of the concept's category
+    fidelity: float  # world: judge-embedding cosine to the concept images over the accepted images; CLIP: CLIP-I
+    recognised: float | None = None  # world only: share of images where the judge accepts an object and names the concept
+    accepted: float | None = None  # world only: share of images where the judge accepts any object (fidelity's base)
     # Each metric per prompt, in prompt order (what the means above average; a sweep's trend needs them paired).
     per_prompt: dict[str, tuple[float, ...]] = field(default_factory=dict, compare=False)
 
     @classmethod
-    def from_prompts(cls, alignment: list[float], fidelity: list[float], top1: list[float] | None = None) -> Scores:
-        """Means of per-prompt values, keeping those values (top1 left out when empty or None)."""
-        per_prompt = {"alignment": tuple(alignment), "fidelity": tuple(fidelity), **({"top1": tuple(top1)} if top1 else {})}
-        return cls(mean(alignment), mean(fidelity), mean(top1) if top1 else None, per_prompt)
+    def from_prompts(cls, alignment: list[float], fidelity: list[float], recognised: list[float] | None = None,
+                     accepted: list[float] | None = None) -> Scores:  # fmt: skip
+        """Means of per-prompt values, keeping those values (recognised / accepted left out when empty or None).
+        A prompt whose fidelity is nan (no image accepted) is left out of the fidelity mean."""
+        per_prompt = {"alignment": tuple(alignment), "fidelity": tuple(fidelity)}
+        per_prompt.update({name: tuple(values) for name, values in (("recognised", recognised), ("accepted", accepted)) if values})
+        return cls(mean(alignment), mean(fidelity), mean(recognised) if recognised else None,
+                   mean(accepted) if accepted else None, per_prompt)  # fmt: skip
 
 
 def mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values)
+    """The mean of the finite values (nan when there are none)."""
+    values = [value for value in values if not math.isnan(value)]
+    return sum(values) / len(values) if values else math.nan
 
 
 class WorldScorer:
@@ -45,20 +52,22 @@ class WorldScorer:
         return [image if image.size == (self.size, self.size) else image.resize((self.size, self.size)) for image in images]
 
     def score(self, images_by_prompt: dict[EvalPrompt, list[Image.Image]], references: list[Image.Image], supercategory: str):
-        from perfusion.world.metrics import alignment_per_image, embedding_similarity, identity_top1
+        from perfusion.world.metrics import accepted_fidelity, alignment_per_image, recognised
 
         missing = [prompt.template for prompt in images_by_prompt if prompt.spec is None]
         if missing:
             raise ValueError(f"the world judge needs prompts that state attributes (JSON Lines); not: {missing[0]!r}")
         reference_embeddings = self.judge.run(self.fit(references)).embeddings
-        alignment, fidelity, top1 = [], [], []
+        alignment, fidelity, named, accepted = [], [], [], []
         for prompt, images in images_by_prompt.items():
             output = self.judge.run(self.fit(images))
             alignment.append(mean(alignment_per_image(output, prompt.spec)))
-            fidelity.append(embedding_similarity(output.embeddings, reference_embeddings))
+            prompt_fidelity, share = accepted_fidelity(output, reference_embeddings)
+            fidelity.append(prompt_fidelity)
+            accepted.append(share)
             if self.object_name:
-                top1.append(identity_top1(self.judge, self.fit(images), self.object_name))
-        return Scores.from_prompts(alignment, fidelity, top1)
+                named.append(mean(float(recognised(output, row, self.object_name)) for row in range(len(images))))
+        return Scores.from_prompts(alignment, fidelity, named, accepted)
 
 
 class ClipScoring:

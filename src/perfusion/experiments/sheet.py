@@ -30,6 +30,12 @@ class SheetRow:
     cells: list[tuple[Image.Image, str]] = field(default_factory=list)  # (image, its label: prompt, seed, verdict)
 
 
+def prompt_cells(images_by_prompt: dict) -> list[tuple[Image.Image, str]]:
+    """Cells of a row from {EvalPrompt: [images]}: each image under its prompt ("*" where the concept goes)."""
+    return [(image, f"{prompt.template.removeprefix('a photo of ').replace('{}', '*')} #{number}")
+            for prompt, images in images_by_prompt.items() for number, image in enumerate(images)]  # fmt: skip
+
+
 def sheet_image(rows: Sequence[SheetRow], title: str = "", columns: int | None = None) -> Image.Image:
     """The sheet as one RGB image."""
     rows = [row for row in rows if row.cells]

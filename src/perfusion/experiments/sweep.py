@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from perfusion.concept import Concept
 from perfusion.experiments.prompts import EvalPrompt
 from perfusion.experiments.scoring import Scores
+from perfusion.experiments.sheet import SheetRow, prompt_cells, write_sheet
 from perfusion.experiments.trend import Trend, monotone_within_noise, sweep_trends
 from perfusion.files import atomic_write
 from perfusion.generation import GenerationConfig, generate
@@ -40,7 +41,8 @@ class SweepRow:
     beta: float
     alignment: float
     fidelity: float
-    top1: float | None
+    recognised: float | None
+    accepted: float | None
     images: int
     seconds: float
 
@@ -97,23 +99,27 @@ def generate_prompts(pipe, concept: Concept, prompts: list[EvalPrompt], config: 
 
 def run_sweep(pipe, concept: Concept, prompts: list[EvalPrompt], config: SweepConfig, scorer, references, out_dir: Path,
               progress: bool = True) -> SweepResult:  # fmt: skip
-    """The concept must be loaded in ``pipe``. Writes images, metrics.csv, metrics.json (with the trends) and pareto.png."""
+    """The concept must be loaded in ``pipe``. Writes images, metrics.csv, metrics.json (with the trends), pareto.png and
+    sheet.png (every image scored, one row per beta)."""
     from perfusion.generation import check_gate
 
     for beta in config.betas:
         check_gate(beta, config.tau)
-    rows, per_prompt = [], []
+    rows, per_prompt, sheet_rows = [], [], []
     for beta in tqdm(config.betas, desc="beta sweep", disable=not progress):
         started = time.perf_counter()
         images = generate_prompts(pipe, concept, prompts, config, beta, out_dir / f"beta-{beta:.3f}")
         scores: Scores = scorer.score(images, references, concept.supercategory)
         count = sum(len(batch) for batch in images.values())
-        rows.append(SweepRow(beta, scores.alignment, scores.fidelity, scores.top1, count, time.perf_counter() - started))
+        rows.append(SweepRow(beta, scores.alignment, scores.fidelity, scores.recognised, scores.accepted, count,
+                             time.perf_counter() - started))  # fmt: skip
         per_prompt.append(scores.per_prompt)
+        sheet_rows.append(SheetRow(f"beta {beta:.3f}", prompt_cells(images)))
     result = SweepResult(rows, sweep_trends(list(config.betas), per_prompt))
     about = {"concept": concept.token, "scorer": scorer.name, "config": asdict(config),
              "trends": [asdict(trend) for trend in result.trends], "monotone_within_noise": result.monotone}  # fmt: skip
     write_table(rows, out_dir, about)
+    write_sheet(out_dir / "sheet.png", sheet_rows, f"{concept.token}: one row per beta ({scorer.name})")
     plot_sweep({f"perfusion {concept.token}": rows}, out_dir / "pareto.png", scorer.name)
     return result
 

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 # Sign of each metric's change as beta rises (a higher beta shuts the gate on more tokens: less concept, more prompt).
-EXPECTED_SIGN = {"fidelity": -1, "top1": -1, "alignment": 1}
+EXPECTED_SIGN = {"fidelity": -1, "recognised": -1, "alignment": 1}
 SIGNIFICANCE = 2.0  # |mean slope| above this many standard errors counts as a real trend (about 95%)
 
 
@@ -25,8 +25,7 @@ class Trend:
     verdict: str  # "as expected", "opposite", "flat within noise" or "unmeasured"
 
     def describe(self) -> str:
-        name = {"top1": "top-1"}.get(self.metric, self.metric)
-        return f"{name} {self.slope:+.3f} +- {self.stderr:.3f} per unit beta ({self.verdict})"
+        return f"{self.metric} {self.slope:+.3f} +- {self.stderr:.3f} per unit beta ({self.verdict})"
 
 
 def least_squares_slope(xs: list[float], ys: list[float]) -> float:
@@ -55,7 +54,8 @@ def sweep_trends(betas: list[float], per_prompt_by_beta: list[dict[str, tuple[fl
     """One Trend per metric that every beta scored per prompt (none for a sweep of fewer than two betas)."""
     if len(set(betas)) < 2:
         return []
-    metrics = [m for m in EXPECTED_SIGN if all(scores.get(m) for scores in per_prompt_by_beta)]
+    metrics = [m for m in EXPECTED_SIGN  # a metric with a nan anywhere (fidelity with no image accepted) is not paired
+               if all(scores.get(m) and not any(math.isnan(v) for v in scores[m]) for scores in per_prompt_by_beta)]
     return [metric_trend(m, list(betas), [scores[m] for scores in per_prompt_by_beta], toward_prompt) for m in metrics]
 
 

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 
 from .judge_data import images_tensor
-from .judge_model import HEAD_CLASSES, JudgeNet, JudgeNetConfig
+from .judge_model import HEAD_CLASSES, NOTHING, JudgeNet, JudgeNetConfig
 
 JUDGE_PATH = Path(__file__).resolve().parent / "assets" / "judge.safetensors"
 
@@ -29,12 +29,12 @@ class Verdict:
     """What the judge reads in one image. Fields that only apply to one- or two-object images are None otherwise."""
 
     count: int  # 1 or 2 objects
-    object: str | None  # the object of a one-object image
+    object: str | None  # the object of a one-object image (NOTHING: no recognisable object)
     object_confidence: float | None
     position: str | None  # of a one-object image
     left_object: str | None  # of a two-object image
     right_object: str | None
-    present: tuple[str, ...]  # the object, or the left and right objects
+    present: tuple[str, ...]  # the recognised objects: the object, or the left and right objects, without NOTHING
     background: str
     size: str
     embedding: np.ndarray  # (embedding_dim,) L2-normalised identity features
@@ -107,7 +107,7 @@ class Judge:
                 position=output.label("position", row) if single else None,
                 left_object=None if single else left,
                 right_object=None if single else right,
-                present=(output.label("object", row),) if single else (left, right),
+                present=tuple(name for name in ((output.label("object", row),) if single else (left, right)) if name != NOTHING),
                 background=output.label("background", row),
                 size=output.label("size", row),
                 embedding=output.embeddings[row].numpy(),

@@ -2,27 +2,28 @@
 
 - Text alignment (the analogue of CLIP-T): the share of a prompt's stated attributes (background, position, size,
   second object) that the judge finds in each image.
+- Recognised: the share of images in which the judge accepts an object (not NOTHING, "no recognisable object") and
+  names the concept's own object, against every object of the world.
+- Accepted: the share of images in which the judge accepts an object at all.
 - Identity fidelity (the analogue of CLIP-I / DINO): judge-embedding cosine between generated and reference images,
-  and identity top-1 among the members of the concept's category.
+  over the accepted images only (a square of the concept's colours must not score).
 
 CLIP-I / CLIP-T for real models live in `clip_metrics`; the Pareto plot of a beta sweep in `pareto`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from .catalog import CATEGORIES, OBJECTS, members, world_object
+from .catalog import CATEGORIES, world_object
 from .judge import Judge, JudgeOutput
-from .judge_model import OBJECT_NAMES
+from .judge_model import NOTHING
 from .prompts import PromptSpec
 
 
 def _matches(found: str, wanted: str) -> bool:
     """An object name matches itself; a category word matches every member of the category."""
-    return found == wanted or (wanted in CATEGORIES and world_object(found).category == wanted)
+    return found == wanted or (found != NOTHING and wanted in CATEGORIES and world_object(found).category == wanted)
 
 
 def attribute_hits(output: JudgeOutput, row: int, prompt: PromptSpec) -> dict[str, bool]:
@@ -72,43 +73,35 @@ def identity_fidelity(judge: Judge, images, reference_images) -> float:
     return embedding_similarity(judge.run(images).embeddings, judge.run(reference_images).embeddings)
 
 
-def identity_scores(output: JudgeOutput, row: int) -> torch.Tensor:
-    """Per-object evidence in one image: the identity head for one-object images, the better of the left and right
-    heads for two-object ones."""
+def named_objects(output: JudgeOutput, row: int) -> tuple[str, ...]:
+    """What the judge names in one image: the object of a one-object image, the left and right objects of a pair
+    (NOTHING where it sees no recognisable object)."""
     if output.label("count", row) == 1:
-        return output.probabilities["object"][row]
-    return torch.maximum(output.probabilities["left_object"][row], output.probabilities["right_object"][row])
+        return (output.label("object", row),)
+    return output.label("left_object", row), output.label("right_object", row)
 
 
-def identity_top1(judge: Judge, images, object_name: str) -> float:
-    """Share of images in which the judge ranks ``object_name`` first among the members of its category."""
-    candidates = [OBJECT_NAMES.index(name) for name in members(world_object(object_name).category)]
-    target = candidates.index(OBJECT_NAMES.index(object_name))
+def accepted(output: JudgeOutput, row: int) -> bool:
+    """The judge sees at least one recognisable object in the image."""
+    return any(name != NOTHING for name in named_objects(output, row))
+
+
+def recognised(output: JudgeOutput, row: int, object_name: str) -> bool:
+    """The judge accepts an object and names ``object_name`` (exactly, among every object of the world)."""
+    return object_name in named_objects(output, row)
+
+
+def recognised_share(judge: Judge, images, object_name: str) -> float:
+    """Share of images in which the judge recognises ``object_name``."""
     output = judge.run(images)
-    hits = [int(identity_scores(output, row)[candidates].argmax()) == target for row in range(len(output.embeddings))]
+    hits = [recognised(output, row, object_name) for row in range(len(output.embeddings))]
     return sum(hits) / len(hits)
 
 
-@dataclass(frozen=True)
-class ConceptScores:
-    alignment: float
-    fidelity: float
-    top1: float
-
-
-def score_concept(judge: Judge, images_per_prompt: dict[PromptSpec, list], reference_images, object_name: str) -> ConceptScores:
-    """Alignment, fidelity and top-1 of a concept's generated images, averaged over prompts (equal weight each)."""
-    if object_name not in OBJECTS:
-        raise KeyError(f"unknown object {object_name!r}")
-    if not images_per_prompt:
-        raise ValueError("no generated images to score")
-    references = judge.run(reference_images).embeddings
-    alignment, fidelity, top1 = [], [], []
-    for prompt, images in images_per_prompt.items():
-        output = judge.run(images)
-        scores = alignment_per_image(output, prompt)
-        alignment.append(sum(scores) / len(scores))
-        fidelity.append(embedding_similarity(output.embeddings, references))
-        top1.append(identity_top1(judge, images, object_name))
-    mean = lambda values: sum(values) / len(values)  # noqa: E731
-    return ConceptScores(mean(alignment), mean(fidelity), mean(top1))
+def accepted_fidelity(output: JudgeOutput, references: torch.Tensor) -> tuple[float, float]:
+    """(fidelity over the accepted images, accepted share); fidelity is nan when the judge accepts none."""
+    rows = [row for row in range(len(output.embeddings)) if accepted(output, row)]
+    share = len(rows) / len(output.embeddings)
+    if not rows:
+        return float("nan"), share
+    return embedding_similarity(output.embeddings[rows], references), share
