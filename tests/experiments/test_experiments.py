@@ -1,6 +1,7 @@
 """Prompt files, beta parsing, sweeps and reports (a tiny pipeline; the scorer is a stand-in where noted)."""
 
 import json
+import math
 
 import pytest
 
@@ -115,3 +116,9 @@ def test_scores_keep_each_prompts_values_beside_their_means():
     assert (scores.alignment, scores.fidelity, scores.recognised) == (0.75, pytest.approx(0.3), 0.5)
     assert scores.per_prompt == {"alignment": (0.5, 1.0), "fidelity": (0.2, 0.4), "recognised": (1.0, 0.0)}
     assert Scores.from_prompts([0.5], [0.2]).recognised is None and "recognised" not in Scores.from_prompts([0.5], [0.2]).per_prompt
+
+
+def test_a_prompt_with_no_accepted_image_is_left_out_of_the_fidelity_mean():
+    scores = Scores.from_prompts([0.5, 1.0], [float("nan"), 0.4], recognised=[0.0, 0.5], accepted=[0.0, 0.5])
+    assert scores.fidelity == pytest.approx(0.4) and scores.accepted == 0.25
+    assert math.isnan(Scores.from_prompts([0.5], [float("nan")]).fidelity)

@@ -42,3 +42,8 @@ def test_sweep_trends_cover_the_metrics_every_beta_scored():
     assert [t.metric for t in trends] == ["fidelity", "recognised", "alignment"]
     assert [t.verdict for t in trends] == ["as expected"] * 3 and monotone_within_noise(trends) is True
     assert monotone_within_noise(sweep_trends([0.9, 0.5], scored)) is False
+
+
+def test_a_metric_with_an_unscored_prompt_gets_no_trend():
+    scored = [{"alignment": (0.5, 0.6), "fidelity": (math.nan, 0.8)}, {"alignment": (0.7, 0.8), "fidelity": (0.7, 0.6)}]
+    assert [t.metric for t in sweep_trends([0.5, 0.9], scored)] == ["alignment"]

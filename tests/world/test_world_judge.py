@@ -124,3 +124,17 @@ def test_failed_generations_held_out_from_training_are_refused(judge):
     from perfusion.world.hard_negatives import HardNegatives
 
     assert HardNegatives.load().refused(judge.net, split="validation") >= REQUIRED_REFUSAL
+
+
+def test_fidelity_is_computed_over_the_accepted_images_only(judge):
+    from perfusion.world.metrics import accepted_fidelity
+    from perfusion.world.render import render_layers
+
+    spec = SceneSpec("black cat", "teal", "centre", "large")
+    real = render(spec)
+    square = render_layers(spec, negatives=("noise_square",), rng=random.Random(2))[0]
+    references = judge.run([real]).embeddings
+    fidelity, share = accepted_fidelity(judge.run([real, square]), references)
+    assert share == 0.5 and fidelity == pytest.approx(1.0, abs=1e-4)  # the square is not averaged in
+    fidelity, share = accepted_fidelity(judge.run([square]), references)
+    assert share == 0.0 and fidelity != fidelity  # nan: nothing accepted, nothing to compare
