@@ -205,6 +205,8 @@ def test_the_comparison_runs_end_to_end_on_a_tiny_pipeline(tiny_pipeline_dir, tm
     assert rows[0].size_bytes < rows[1].size_bytes
     table = (out / "table.csv").read_text().splitlines()
     assert len(table) == 5 and (out / "sweep.csv").exists() and (out / "pareto_mydisc.png").stat().st_size > 0
+    assert sorted(path.name for path in (out / "sheets").glob("*.png")) == [  # the images behind every row
+        f"{concept}-{variant}.png" for concept in ("mydisc", "myring") for variant in ("lora-r4", "perfusion")]
     assert [(row["pair"], row["variant"], row["images"]) for row in compositions] == [
         ("mydisc+myring", "perfusion", 2), ("mydisc+myring", "lora-r4", 2)]  # unscored: no judge for these concepts
     assert [row["composition"] for row in compositions] == ["regions", ""]  # the recipe's mode, for Perfusion only

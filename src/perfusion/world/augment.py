@@ -12,8 +12,8 @@ import torch.nn.functional as F
 @dataclass(frozen=True)
 class AugmentConfig:
     noise_sigma: float = 0.06  # max std of added Gaussian noise (images in [0, 1])
-    blur_chance: float = 0.35
-    blur_sigma: tuple[float, float] = (0.3, 1.1)
+    blur_chance: float = 0.5  # the base model's samples are soft: soft objects must still be read as objects
+    blur_sigma: tuple[float, float] = (0.3, 1.6)
     brightness: float = 0.08  # multiplicative, +-
     contrast: float = 0.10  # +-, around the image mean
     channel_shift: float = 0.025  # per-channel additive, +-

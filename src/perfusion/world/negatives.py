@@ -5,7 +5,7 @@ Each kind below keeps a glyph's pixels (its colours, its rough size and place) a
 
 - ``shuffle``: the glyph cut into a grid of tiles, the tiles permuted;
 - ``noise_square``: its box filled with its own pixels drawn at random (in blocks of one to a few pixels);
-- ``blob``: a smooth irregular blob filled with its pixels, as noise or as smoothed noise;
+- ``blob``: an irregular blob with a smooth outline, filled with its pixels as noise;
 - ``blur``: the glyph blurred until its outline is gone;
 - ``fragment``: one to three small pieces of the glyph, the rest gone.
 
@@ -29,16 +29,13 @@ def _opaque_colours(pixels: np.ndarray) -> np.ndarray:
     return colours if len(colours) else pixels.reshape(-1, 4)[:, :3]
 
 
-def _random_fill(colours: np.ndarray, height: int, width: int, rng: np.random.Generator, smooth: bool) -> np.ndarray:
-    """(h, w, 3) of the glyph's colours drawn at random, in blocks of 1-4 pixels, optionally smoothed."""
+def _random_fill(colours: np.ndarray, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """(h, w, 3) of the glyph's colours drawn at random, in blocks of 1-4 pixels. Never smoothed: a smooth blob with a
+    few darker spots is what the base model's soft samples of real objects look like."""
     block = int(rng.integers(1, 5))
     rows, cols = -(-height // block), -(-width // block)
     drawn = colours[rng.integers(len(colours), size=rows * cols)].reshape(rows, cols, 3)
-    fill = np.repeat(np.repeat(drawn, block, axis=0), block, axis=1)[:height, :width]
-    if smooth:
-        image = Image.fromarray(fill.astype(np.uint8)).filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(1.0, 3.0))))
-        fill = np.asarray(image)
-    return fill.astype(np.uint8)
+    return np.repeat(np.repeat(drawn, block, axis=0), block, axis=1)[:height, :width].astype(np.uint8)
 
 
 def _shuffle(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -62,7 +59,7 @@ def _shuffle(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def _noise_square(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     height, width = pixels.shape[:2]
     out = np.zeros_like(pixels)
-    out[..., :3] = _random_fill(_opaque_colours(pixels), height, width, rng, smooth=rng.random() < 0.3)
+    out[..., :3] = _random_fill(_opaque_colours(pixels), height, width, rng)
     out[..., 3] = 255
     return out
 
@@ -75,14 +72,14 @@ def _blob(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     wobble = sum(rng.uniform(0, 0.18) * np.cos(k * angle + rng.uniform(0, 2 * np.pi)) for k in range(2, 5))
     alpha = (radius < rng.uniform(0.7, 0.95) + wobble).astype(np.uint8) * 255
     out = np.zeros_like(pixels)
-    out[..., :3] = _random_fill(_opaque_colours(pixels), height, width, rng, smooth=rng.random() < 0.5)
+    out[..., :3] = _random_fill(_opaque_colours(pixels), height, width, rng)
     out[..., 3] = np.asarray(Image.fromarray(alpha).filter(ImageFilter.GaussianBlur(radius=1.0)))
     return out
 
 
 def _blur(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     side = max(pixels.shape[:2])
-    radius = float(rng.uniform(0.12, 0.25)) * side
+    radius = float(rng.uniform(0.22, 0.35)) * side  # heavier than a soft sample: its outline must be gone
     # Blur premultiplied colour so transparent pixels do not bleed their (arbitrary) colour in.
     premultiplied = pixels.astype(np.float32)
     premultiplied[..., :3] *= premultiplied[..., 3:] / 255.0
