@@ -1,5 +1,9 @@
 """Perfusion's settings for the embedded micro-world model, where they differ from METHOD.md's SD1.5 recipe.
 
+Every figure below was scored by the judge of before December 2026, which read colour and accepted noise squares as
+the concept: they are void. With the current judge this recipe's concepts are recognised in 0 of 16 demo images
+(docs/recipe-search.md, issue 22).
+
 o*_V's learning rate is SD1.5's (3e-2); v*'s (3e-4, below), the batch (4 images, no accumulation), the step count
 (300, ~75 s on 2 cores), the guidance (the base model's own) and paired images (below) differ. Measured with
 benchmarks/compare.py, 12 world prompts x 2 seeds, judge-scored, on the shipped model (UNet step 15126) at guidance

@@ -3,8 +3,10 @@
     nice -n 10 python -m perfusion.world.train_judge [--steps 3000] [--resume] [--threads 1]
     python -m perfusion.world.train_judge --evaluate-only [--eval-size 5000]
 
-Every batch is new scenes (held-out objects and two-object scenes included), degraded by `augment`. Accuracy is
-measured on scenes from a seed range training never uses, clean and degraded.
+Every batch is new scenes (held-out objects and two-object scenes included), degraded by `augment`; a share of them
+has an object replaced by its colours without its shape (`negatives`), and a share of each batch is failed
+generations (`hard_negatives`), both labelled NOTHING. Accuracy is measured on scenes from a seed range training never
+uses, clean and degraded, with the refusal of each negative kind and of the held-out failed generations.
 """
 
 from __future__ import annotations
