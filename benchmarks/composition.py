@@ -48,9 +48,10 @@ def judged(pipe, judge, subjects: tuple[str, ...], wanted: list[str], args, read
         images = generate(pipe, prompt, config, settings=settings)
         for image, verdict in zip(images, judge.predict(images)):
             named = sorted(map(read, verdict.present)) if verdict.count == len(wanted) else []
-            hits += named == sorted(map(read, wanted))
+            hit = named == sorted(map(read, wanted))
+            hits += hit
             seen.append("/".join(verdict.present))
-            cells.append((image, f"{background}: {'/'.join(verdict.present) or 'nothing'}{' OK' if named == sorted(map(read, wanted)) else ''}"))
+            cells.append((image, f"{background}: {'/'.join(verdict.present) or 'nothing'}{' OK' if hit else ''}"))
     return dict(prompt=template.format(*subjects, "{}"), hits=hits, images=len(seen), seen=seen, cells=cells)
 
 

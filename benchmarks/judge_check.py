@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from perfusion.concept import Concept, ConceptFileError
@@ -47,8 +48,7 @@ def judged_row(pipe, judge, label: str, texts: list[str], objects: list[str], co
     """Generate every text, read it with the judge: (counts, sheet row)."""
     counts, cells = {"images": 0, "accepted": 0, "named": 0}, []
     for index, (text, wanted) in enumerate(zip(texts, objects)):
-        images = generate(pipe, text, GenerationConfig(**{**vars(config), "seed": config.seed + index * config.num_images}),
-                          settings)  # fmt: skip
+        images = generate(pipe, text, replace(config, seed=config.seed + index * config.num_images), settings)
         output = judge.run([image.resize((64, 64)) for image in images])
         for row, image in enumerate(images):
             counts["images"] += 1

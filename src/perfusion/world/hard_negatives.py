@@ -31,6 +31,7 @@ class HardNegatives:
     def __init__(self, images: np.ndarray, sources: list[str]):
         self.images = images  # (N, 64, 64, 3) uint8
         self.sources = sources  # per image, the concept token it was generated for
+        self._tensors: dict[str, torch.Tensor] = {}  # per split, built once: training draws from it every step
 
     @staticmethod
     def exists(path: Path = HARD_NEGATIVES_PATH) -> bool:
@@ -55,7 +56,9 @@ class HardNegatives:
         return every[validation] if split == "validation" else every[~validation]
 
     def tensor(self, split: str) -> torch.Tensor:
-        return torch.from_numpy(self.images[self.indices(split)]).permute(0, 3, 1, 2).float() / 255.0
+        if split not in self._tensors:
+            self._tensors[split] = torch.from_numpy(self.images[self.indices(split)]).permute(0, 3, 1, 2).float() / 255.0
+        return self._tensors[split]
 
     def appended(self, images: torch.Tensor, targets: dict[str, torch.Tensor], count: int, generator: torch.Generator,
                  split: str = "train") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
@@ -78,15 +81,14 @@ class HardNegatives:
 
 def generate(concept_paths: list[Path], per_concept: int, seed: int = 1000) -> tuple[HardNegatives, list]:
     """Images of each concept in one-object world prompts at several betas, from seeds the evaluations never use."""
-    from diffusers import StableDiffusionPipeline
-
     from perfusion.experiments.prompts import world_prompts
     from perfusion.generation import GenerationConfig
     from perfusion.generation import generate as generate_images
     from perfusion.loader import load_concepts, unload_concepts
+    from perfusion.models import open_pipeline
     from perfusion.world import default_model_path, recipe
 
-    pipe = StableDiffusionPipeline.from_pretrained(default_model_path(), local_files_only=True)
+    pipe = open_pipeline(str(default_model_path()))
     pipe.set_progress_bar_config(disable=True)
     images, sources, rows = [], [], []
     betas = (0.5, 0.6, 0.7, 0.8)

@@ -61,12 +61,26 @@ def learning_rate(step: int, config: JudgeTrainingConfig) -> float:
     return config.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+OBJECT_HEADS = ("object", "left_object", "right_object")
+
+
+def count_refused(scores: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """(objects read as NOTHING, objects labelled NOTHING) over the object heads; ``scores`` are logits or
+    probabilities per head."""
+    nothing = OBJECT_CLASSES.index(NOTHING)
+    refused = total = 0
+    for head in OBJECT_HEADS:
+        wanted = targets[head] == nothing
+        refused += int((scores[head].argmax(-1) == nothing)[wanted].sum())
+        total += int(wanted.sum())
+    return refused, total
+
+
 @torch.no_grad()
 def refusals(net: JudgeNet, size: int, batch_size: int = 200) -> dict[str, float]:
     """Per negative kind, the share of fresh negatives refused: every replaced object read as NOTHING (one-object
     scenes by the object head, pairs by the left/right heads)."""
     net.eval()
-    nothing = OBJECT_CLASSES.index(NOTHING)
     rates = {}
     generator = torch.Generator().manual_seed(54321)
     for offset, kind in enumerate(KINDS):
@@ -77,17 +91,15 @@ def refusals(net: JudgeNet, size: int, batch_size: int = 200) -> dict[str, float
             negatives = draw_negatives(specs, 1.0, seed=first + start, kinds=(kind,))
             images, targets = labelled_batch(specs, negatives, seed=first + start)
             logits, _ = net(augment(images, generator))
-            for head in ("object", "left_object", "right_object"):
-                wanted = targets[head] == nothing
-                refused += int((logits[head].argmax(-1) == nothing)[wanted].sum())
-                total += int(wanted.sum())
+            counted = count_refused(logits, targets)
+            refused, total = refused + counted[0], total + counted[1]
         rates[kind] = refused / total
     return rates
 
 
 @torch.no_grad()
 def evaluate(net: JudgeNet, size: int, degrade: bool, batch_size: int = 200) -> dict[str, float]:
-    """Accuracy per head on fresh clean scenes (only scenes where the head applies), plus exact sets of the auxiliary
+    """Accuracy per head on fresh scenes (only scenes where the head applies), plus exact sets of the auxiliary
     "present" head (reported, never read by predictions)."""
     net.eval()
     correct: dict[str, int] = {}
