@@ -80,7 +80,7 @@ VARIANTS = (
     Variant("perfusion-v-6e-3", PERFUSION, dict(recipe.TRAINING, lr_embedding=TrainingConfig.lr_embedding), "beta",
             (0.5, 0.6, 0.7, 0.8, 0.9), 0.7, "candidate"),
     # Every training sample a paired image (the recipe: half): better <mybird>, worse <mycat>, pairs 82 of 192 in
-    # benchmarks/composition.py against the recipe's 79 (README, "Composition with the recipe").
+    # benchmarks/composition.py against the recipe's 79 (docs/history.md, "Two concepts in one prompt").
     Variant("perfusion-pairs-only", PERFUSION, dict(recipe.TRAINING, pair_probability=1.0), "beta",
             (0.5, 0.6, 0.7, 0.8, 0.9), 0.7, "candidate"),
     # Methods without a knob of their own sweep guidance; their default is the embedded model's (recipe.GUIDANCE).
@@ -535,7 +535,7 @@ def write_outputs(rows: list[Row], compositions: list[dict], settings: RunSettin
         for row in rows:
             for trend in row.trends:
                 writer.writerow([row.concept, row.variant, row.knob, *trend.values()])
-    from perfusion.world.pareto import SweepPoint, pareto_plot
+    from perfusion.experiments.pareto import SweepPoint, pareto_plot
 
     for concept in dict.fromkeys(row.concept for row in rows):
         points = [SweepPoint(f"{row.variant} ({row.knob})", point["fidelity"], point["alignment"], point["value"])

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0, help="each prompt's first seed (its images use the next ones)")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--beta", type=float, help="every concept's beta (default: each file's own)")
-    parser.add_argument("--global-lock", action="store_true", help="global key locking (METHOD.md)")
+    parser.add_argument("--global-lock", action="store_true", help="global key locking (docs/method.md)")
     parser.add_argument("--composition", choices=MODES, help="two concepts: joint edit or regions (default: recipe's)")
     parser.add_argument("--out", help="write the counts and every verdict here (JSON)")
     parser.add_argument("--sheet", help="contact sheet of every image judged (PNG; default: beside --out, else "

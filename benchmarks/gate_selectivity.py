@@ -5,7 +5,7 @@
 Encodes the micro world's standard prompts with the concept in them and prints, for C estimated from the
 packaged caption corpus (what `load_concepts` uses) and from the world's own training captions, the mean |s| of
 the tokens before the concept, of the concept token, of the content tokens after it, and of the padding. Where
-the tokens after the concept reach s >= beta, the gate opens on them too (README, "Where the identity lives").
+the tokens after the concept reach s >= beta, the gate opens on them too (docs/results.md, "Gate selectivity").
 """
 
 from __future__ import annotations

@@ -149,9 +149,60 @@ def test_paired_training_from_the_command_line(tiny_pipeline_dir, tmp_path, capt
     assert code == 0 and training["pair_probability"] == 0.5 and list(training["pair_words"]) == ["dog", "cup"]
     other = tmp_path / "other.safetensors"
     expect_refusal(train_args(tiny_pipeline_dir, images, other, captions_file, "--pair-probability", "0.3"),
-                   capsys, "needs --pair-words")  # fmt: skip
+                   capsys, "need at least one word in pair_words")  # fmt: skip
     too_many = ["--pair-words", "dog", "--pair-probability", "2"]
     expect_refusal(train_args(tiny_pipeline_dir, images, other, captions_file, *too_many), capsys, "must lie in [0, 1]")
     plain = write_concept_images(tmp_path / "plain", alpha=False)
     expect_refusal(train_args(tiny_pipeline_dir, plain, other, captions_file, "--pair-words", "dog"), capsys, "masks")
     assert not other.exists()
+
+
+@pytest.fixture
+def model_with_recipe(tiny_pipeline_dir, tmp_path):
+    """The tiny pipeline with a Perfusion recipe of its own in its folder."""
+    import json
+    import shutil
+
+    folder = shutil.copytree(tiny_pipeline_dir, tmp_path / "model")
+    recipe = {"training": {"steps": 2, "batch_size": 2, "gradient_accumulation": 1, "lr_embedding": 1e-4},
+              "generation": {"guidance_scale": 2.5}}  # fmt: skip
+    (folder / "perfusion_recipe.json").write_text(json.dumps(recipe))
+    return folder
+
+
+def test_train_takes_the_models_own_recipe_and_flags_override_it(model_with_recipe, tmp_path, captions_file, capsys):
+    images = write_concept_images(tmp_path / "disc")
+    base = ["train", "--model", model_with_recipe, "--images", images, "--token", "<mydisc>", "--supercategory", "cat",
+            "--captions", captions_file, "--quiet"]  # fmt: skip
+    code, _, err = run([*base, "--out", tmp_path / "a.safetensors"], capsys)
+    assert code == 0, err
+    settings = Concept.load(tmp_path / "a.safetensors").training
+    assert (settings["steps"], settings["batch_size"], settings["lr_embedding"]) == (2, 2, 1e-4)
+    assert settings["lr_values"] == 3e-2  # not in the recipe: the dataclass default
+    code, _, err = run([*base, "--out", tmp_path / "b.safetensors", "--steps", "1", "--lr-embedding", "6e-3"], capsys)
+    assert code == 0, err
+    settings = Concept.load(tmp_path / "b.safetensors").training
+    assert (settings["steps"], settings["lr_embedding"], settings["batch_size"]) == (1, 6e-3, 2)
+
+
+def test_generation_defaults_come_from_the_models_recipe(model_with_recipe, tiny_pipeline_dir):
+    from perfusion.recipes import read_recipe
+
+    assert read_recipe(model_with_recipe).generation["guidance_scale"] == 2.5
+    assert read_recipe(tiny_pipeline_dir).generation == {} and read_recipe(tiny_pipeline_dir).training == {}
+
+
+def test_the_embedded_model_carries_its_recipe():
+    from perfusion.recipes import read_recipe
+    from perfusion.world import default_model_path
+
+    recipe = read_recipe(default_model_path())
+    assert recipe.training["lr_embedding"] == 3e-4 and recipe.training["steps"] == 300
+    assert recipe.generation["guidance_scale"] == 2.5
+
+
+def test_a_broken_recipe_file_is_one_clear_line(model_with_recipe, tmp_path, captions_file, capsys):
+    (model_with_recipe / "perfusion_recipe.json").write_text('{"training": {"stepz": 3}}')
+    images = write_concept_images(tmp_path / "disc")
+    expect_refusal(["train", "--model", model_with_recipe, "--images", images, "--token", "<mydisc>",
+                    "--supercategory", "cat", "--out", tmp_path / "c.safetensors", "--quiet"], capsys, "stepz")  # fmt: skip

@@ -1,4 +1,4 @@
-"""The equations of METHOD.md on random tensors (float64, so tolerances are round-off: 1e-9)."""
+"""The equations of docs/method.md on random tensors (float64, so tolerances are round-off: 1e-9)."""
 
 import torch
 

@@ -7,8 +7,10 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from perfusion.testing import handmade_concept, small_corpus
 
 from perfusion.concept import ConceptFileError
+from perfusion.fingerprint import cross_attention_modules
 from perfusion.generation import GenerationConfig, GenerationError, generate
-from perfusion.loader import find_runtime, load_concepts, set_concept_options, unload_concepts
+from perfusion.loader import find_runtime, load_concepts, unload_concepts
+from perfusion.settings import set_concept_options
 from perfusion.processor import PerfusionAttnProcessor
 from perfusion.text import encode, tokenize
 
@@ -32,7 +34,7 @@ def test_prompt_without_a_concept_gives_exactly_the_stock_output(tiny_pipe):
 def test_only_cross_attention_gets_the_edit_processor(tiny_pipe):
     load_concepts(tiny_pipe, handmade_concept(tiny_pipe), captions=CAPTIONS)
     for name, processor in tiny_pipe.unet.attn_processors.items():
-        assert isinstance(processor, PerfusionAttnProcessor) == name.endswith("attn2.processor")
+        assert isinstance(processor, PerfusionAttnProcessor) == (name.removesuffix(".processor") in cross_attention_modules(tiny_pipe.unet))
         if name.endswith("attn1.processor"):
             assert isinstance(processor, AttnProcessor2_0)
 
@@ -200,3 +202,36 @@ def test_every_top_level_name_is_what_the_readme_calls_even_after_its_module_is_
             "    assert not type(value).__name__ == 'module', name\n"
             "assert callable(perfusion.generate) and callable(perfusion.train_concept)\n")  # fmt: skip
     subprocess.run([sys.executable, "-c", code], check=True)  # a fresh interpreter: no module imported before
+
+
+def plain_call(pipe, prompt, **kwargs):
+    generator = torch.Generator().manual_seed(0)
+    output = pipe(prompt, num_inference_steps=3, guidance_scale=5.0, generator=generator, output_type="np", **kwargs)
+    return output.images
+
+
+def test_a_generate_calls_settings_apply_to_that_call_only(tiny_pipe):
+    load_concepts(tiny_pipe, [handmade_concept(tiny_pipe, "<mycat>", "cat", seed=1),
+                              handmade_concept(tiny_pipe, "<mymug>", "mug", seed=2)], captions=CAPTIONS)  # fmt: skip
+    prompt = "a <mycat> next to a <mymug>"
+    before = plain_call(tiny_pipe, prompt)
+    config = GenerationConfig(steps=3, guidance=5.0, global_lock=True, composition="regions")
+    generate(tiny_pipe, prompt, config, {"<mycat>": (0.3, 0.2)})
+    assert np.array_equal(plain_call(tiny_pipe, prompt), before)
+
+
+@pytest.mark.parametrize("normed", [False, True], ids=["sdxl-penultimate", "clip-skip-normed"])
+def test_the_edit_acts_on_the_hidden_state_the_pipeline_hands_the_unet(tiny_pipe, normed):
+    """SDXL conditions the UNet on the penultimate layer, SD's clip_skip on an earlier layer after the final norm."""
+    load_concepts(tiny_pipe, handmade_concept(tiny_pipe), captions=CAPTIONS)
+
+    def penultimate(prompt):
+        ids = tokenize(tiny_pipe.tokenizer, [prompt])
+        with torch.no_grad():
+            states = tiny_pipe.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
+            return tiny_pipe.text_encoder.final_layer_norm(states) if normed else states
+
+    embeds, negative = penultimate("a photo of a <mycat>"), penultimate("")
+    edited = plain_call(tiny_pipe, None, prompt_embeds=embeds, negative_prompt_embeds=negative)
+    unload_concepts(tiny_pipe)
+    assert not np.array_equal(plain_call(tiny_pipe, None, prompt_embeds=embeds, negative_prompt_embeds=negative), edited)

@@ -6,7 +6,8 @@ import torch
 from perfusion.testing import handmade_concept, small_corpus
 
 from perfusion.generation import GenerationConfig, GenerationError, generate
-from perfusion.loader import find_runtime, load_concepts, set_composition
+from perfusion.loader import find_runtime, load_concepts
+from perfusion.settings import set_composition
 from perfusion.regions import RegionsConfig, region_masks
 from perfusion.text import encode, supercategory_substitution, tokenize
 

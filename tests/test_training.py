@@ -35,7 +35,7 @@ def test_training_lowers_the_loss_and_moves_only_v_star_and_value_targets(tiny_p
     after = base_weights(tiny_pipe)
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     for part in (tiny_pipe.unet, tiny_pipe.vae, tiny_pipe.text_encoder):
-        assert all(not p.requires_grad and p.grad is None for p in part.parameters())
+        assert all(p.grad is None for p in part.parameters())
     assert len(tiny_pipe.tokenizer) == vocabulary  # the pipeline is left as it was
 
     concept = result.concept
@@ -106,3 +106,21 @@ def test_v_prediction_models_train_on_velocity(tmp_path, concept_images, sampler
     result = train_concept(pipe, concept_images, "<mydisc>", "cat", TrainingConfig(steps=3, **QUICK), captions=CAPTIONS,
                            progress=False)  # fmt: skip
     assert all(loss == loss for loss in result.losses)
+
+
+def module_state(pipe):
+    """Every parameter's requires_grad, device and dtype, and every module's training flag."""
+    return {f"{part}.{name}": (tensor.requires_grad, tensor.device, tensor.dtype)
+            for part in ("unet", "vae", "text_encoder") for name, tensor in getattr(pipe, part).named_parameters()} | {
+        f"{part}.{name}:training": module.training
+        for part in ("unet", "vae", "text_encoder") for name, module in getattr(pipe, part).named_modules()}  # fmt: skip
+
+
+def test_training_leaves_flags_devices_and_dtypes_as_it_found_them(tiny_pipe, concept_images):
+    tiny_pipe.vae.requires_grad_(False)  # a mix: the UNet and text encoder trainable as loaded, the VAE frozen
+    tiny_pipe.text_encoder.train()
+    before = module_state(tiny_pipe)
+    assert any(flag for flag, _, _ in (v for k, v in before.items() if not k.endswith(":training")))
+    train_concept(tiny_pipe, concept_images, "<mydisc>", "cat", TrainingConfig(steps=2, **QUICK), captions=CAPTIONS,
+                  progress=False)  # fmt: skip
+    assert module_state(tiny_pipe) == before

@@ -6,17 +6,23 @@ import argparse
 import os
 import re
 import sys
+from dataclasses import fields
 from pathlib import Path
 
+from transformers import HfArgumentParser
+
 from perfusion.concept import Concept, ConceptFileError
+from perfusion.errors import CommandError
 from perfusion.generation import GenerationConfig, GenerationError, check_gate, check_prompt, generate
 from perfusion.images import ImageInputError, load_training_images
 from perfusion.models import ModelError, open_pipeline
+from perfusion.recipes import RecipeError, read_recipe
 from perfusion.regions import MODES
 from perfusion.tokens import TokenError
 from perfusion.train import TrainingConfig, TrainingError, train_concept
 
-USER_ERRORS = (ConceptFileError, GenerationError, ImageInputError, ModelError, TokenError, TrainingError, FileExistsError)
+USER_ERRORS = (ConceptFileError, GenerationError, ImageInputError, ModelError, RecipeError, TokenError, TrainingError,
+               FileExistsError)  # fmt: skip
 
 
 def user_errors() -> tuple[type[Exception], ...]:
@@ -26,10 +32,6 @@ def user_errors() -> tuple[type[Exception], ...]:
     return (*USER_ERRORS, CommandError, PromptFileError, SweepError)
 
 
-class CommandError(ValueError):
-    """A command line that cannot be carried out."""
-
-
 def refuse_existing(path: Path, force: bool) -> None:
     if path.exists() and not force:
         raise FileExistsError(f"{path} exists (use --force to overwrite)")
@@ -37,28 +39,18 @@ def refuse_existing(path: Path, force: bool) -> None:
 
 # -- train --------------------------------------------------------------------------------------
 def add_train(commands) -> None:
-    parser = commands.add_parser("train", help="train a concept from a folder of images")
+    parser = commands.add_parser("train", help="train a concept from a folder of images",
+                                 dataclass_types=[TrainingConfig])  # fmt: skip
+    config_names = {item.name for item in fields(TrainingConfig)}
+    for action in parser._actions:  # absent unless given: the model's recipe, then the dataclass, fill the rest
+        if action.dest in config_names:
+            action.default = argparse.SUPPRESS
     parser.add_argument("--model", required=True, help="base model folder (diffusers format)")
     parser.add_argument("--images", required=True, help="folder of 4-8 images of the concept")
     parser.add_argument("--token", required=True, help='the new word, e.g. "<mycat>"')
     parser.add_argument("--supercategory", required=True, help='what it is, e.g. "cat"')
     parser.add_argument("--out", required=True, help="concept file to write (.safetensors)")
     parser.add_argument("--mask-dir", help="masks with the images' file names (white = object)")
-    parser.add_argument("--steps", type=int, default=TrainingConfig.steps)
-    parser.add_argument("--batch-size", type=int, default=TrainingConfig.batch_size)
-    parser.add_argument("--gradient-accumulation", type=int, default=TrainingConfig.gradient_accumulation)
-    parser.add_argument("--lr-embedding", type=float, default=TrainingConfig.lr_embedding, help="learning rate of v*")
-    parser.add_argument("--lr-values", type=float, default=TrainingConfig.lr_values, help="learning rate of o*_V")
-    parser.add_argument("--train-beta", type=float, default=TrainingConfig.train_beta)
-    parser.add_argument("--train-tau", type=float, default=TrainingConfig.train_tau)
-    parser.add_argument("--resolution", type=int, default=None)
-    parser.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
-    parser.add_argument("--seed", type=int, default=TrainingConfig.seed)
-    parser.add_argument("--pair-words", nargs="+", default=[], metavar="WORD",
-                        help='also train "TOKEN next to a WORD" on the object cut onto one half (needs masks)')
-    parser.add_argument("--pair-probability", type=float, default=None,
-                        help="share of training samples that are paired (default 0.5 with --pair-words)")
-    parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
     parser.add_argument("--captions", help="caption file (one per line) for the covariance, instead of the packaged corpus")
     parser.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint (OUT.ckpt)")
     parser.add_argument("--half", action="store_true", help="store fp16 (half the size)")
@@ -67,27 +59,23 @@ def add_train(commands) -> None:
     parser.set_defaults(run=run_train)
 
 
+def training_config(args) -> TrainingConfig:
+    """TrainingConfig's defaults, under the model folder's recipe, under the flags given."""
+    given = {item.name: getattr(args, item.name) for item in fields(TrainingConfig) if hasattr(args, item.name)}
+    recipe = read_recipe(args.model).training
+    if "pair_words" in given and "pair_probability" not in given and not recipe.get("pair_probability"):
+        given["pair_probability"] = 0.5  # --pair-words alone: half the samples paired
+    try:
+        return TrainingConfig(**{**recipe, **given})
+    except TypeError as error:  # a recipe value of the wrong type
+        raise CommandError(f"{args.model}: its recipe's training settings are not usable ({error})") from None
+
+
 def run_train(args) -> None:
     out = Path(args.out)
     refuse_existing(out, args.force)
-    for name in ("steps", "batch_size", "gradient_accumulation"):
-        if getattr(args, name) < 1:
-            raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
-    pair_probability = args.pair_probability
-    if pair_probability is None:
-        pair_probability = 0.5 if args.pair_words else 0.0
-    if not 0.0 <= pair_probability <= 1.0:
-        raise CommandError("--pair-probability must lie in [0, 1]")
-    if pair_probability > 0 and not args.pair_words:
-        raise CommandError("--pair-probability needs --pair-words")
+    config = training_config(args)
     images = load_training_images(args.images, args.mask_dir)
-    config = TrainingConfig(
-        steps=args.steps, batch_size=args.batch_size, gradient_accumulation=args.gradient_accumulation,
-        lr_embedding=args.lr_embedding, lr_values=args.lr_values, train_beta=args.train_beta,
-        train_tau=args.train_tau, resolution=args.resolution, flip=not args.no_flip, seed=args.seed,
-        mixed_precision=args.mixed_precision, pair_probability=pair_probability, pair_words=tuple(args.pair_words),
-    )  # fmt: skip
-    check_gate(config.train_beta, config.train_tau)
     pipe = open_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     captions = read_captions(args.captions)
@@ -121,11 +109,12 @@ def add_generate(commands) -> None:
     parser.add_argument("--beta", type=float, action="append", help="gate bias; once for all concepts or once per concept")
     parser.add_argument("--tau", type=float, action="append", help="gate temperature; once or once per concept")
     parser.add_argument("--global-lock", action="store_true", help="global key locking (suggested beta 0.4-0.6)")
-    parser.add_argument("--composition", choices=MODES, default=GenerationConfig.composition,
-                        help="several concepts: one joint edit (the paper's) or each in its own region")
+    parser.add_argument("--composition", choices=MODES, default=None,
+                        help="several concepts: one joint edit (the paper's) or each in its own region "
+                             "(default: the model's recipe, else joint)")
     parser.add_argument("--seed", type=int, default=GenerationConfig.seed)
-    parser.add_argument("--steps", type=int, default=GenerationConfig.steps)
-    parser.add_argument("--guidance", type=float, default=GenerationConfig.guidance)
+    parser.add_argument("--steps", type=int, default=None, help="default: the model's recipe, else 25")
+    parser.add_argument("--guidance", type=float, default=None, help="default: the model's recipe, else 7.5")
     parser.add_argument("--num-images", type=int, default=GenerationConfig.num_images)
     parser.add_argument("--out", default="perfusion-out", help="output folder")
     parser.add_argument("--captions", help="caption file for the covariance, instead of the packaged corpus")
@@ -147,6 +136,14 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "image"
 
 
+def generation_config(model, **given) -> GenerationConfig:
+    """GenerationConfig's defaults, under the model folder's recipe, under the values given (None: not given)."""
+    recipe = read_recipe(model).generation
+    names = {"num_inference_steps": "steps", "guidance_scale": "guidance"}
+    from_recipe = {names.get(key, key): value for key, value in recipe.items()}
+    return GenerationConfig(**{**from_recipe, **{key: value for key, value in given.items() if value is not None}})
+
+
 def run_generate(args) -> None:
     from perfusion.loader import load_concepts
 
@@ -155,7 +152,7 @@ def run_generate(args) -> None:
     taus = per_concept(args.tau, len(concepts), "tau")
     for beta, tau in zip(betas, taus):
         check_gate(beta, tau)
-    if args.num_images < 1 or args.steps < 1:
+    if args.num_images < 1 or (args.steps is not None and args.steps < 1):
         raise CommandError("--num-images and --steps must be at least 1")
     out = Path(args.out)
     names = [out / f"{slug(args.prompt)}-s{args.seed}-{index}.png" for index in range(args.num_images)]
@@ -165,8 +162,8 @@ def run_generate(args) -> None:
     if concepts:  # by path, so that errors name the file
         load_concepts(pipe, args.concept, captions=read_captions(args.captions), progress=True)
     check_prompt(pipe, args.prompt)
-    config = GenerationConfig(steps=args.steps, guidance=args.guidance, num_images=args.num_images,
-                              seed=args.seed, global_lock=args.global_lock, composition=args.composition)  # fmt: skip
+    config = generation_config(args.model, steps=args.steps, guidance=args.guidance, num_images=args.num_images,
+                               seed=args.seed, global_lock=args.global_lock, composition=args.composition)  # fmt: skip
     settings = {concept.token: (beta, tau) for concept, beta, tau in zip(concepts, betas, taus)}
     images = generate(pipe, args.prompt, config, settings, negative_prompt=args.negative_prompt)
     from perfusion.files import atomic_write
@@ -203,7 +200,7 @@ def run_inspect(args) -> None:
 # -- entry point ---------------------------------------------------------------------------------
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="perfusion", description="Perfusion personalisation for Stable Diffusion")
-    commands = root.add_subparsers(dest="command", required=True)
+    commands = root.add_subparsers(dest="command", required=True, parser_class=HfArgumentParser)
     add_train(commands)
     add_generate(commands)
     add_inspect(commands)

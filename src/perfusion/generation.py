@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
-from perfusion.loader import loaded_tokens, set_composition, set_concept_options, set_global_lock
+from perfusion.loader import loaded_tokens
+from perfusion.settings import GenerationError, check_gate, concept_settings
 from perfusion.text import prompt_tokens
 
-BETA_RANGE = (0.0, 1.0)  # s(i*) = 1, s(unrelated) ~ 0: a threshold outside [0, 1] opens or closes every gate
-TAU_RANGE = (0.0, 1.0)  # exclusive below: tau is a temperature
-
-
-class GenerationError(ValueError):
-    """A prompt or setting that cannot be generated."""
+__all__ = ["GenerationConfig", "GenerationError", "check_gate", "check_prompt", "generate"]
 
 
 @dataclass
@@ -29,13 +26,6 @@ class GenerationConfig:
     regions: dict | None = None  # RegionsConfig's fields with composition "regions" (layout, threshold, min_concepts)
 
 
-def check_gate(beta: float | None, tau: float | None) -> None:
-    if beta is not None and not BETA_RANGE[0] <= beta <= BETA_RANGE[1]:
-        raise GenerationError(f"beta must be in [{BETA_RANGE[0]}, {BETA_RANGE[1]}], got {beta}")
-    if tau is not None and not TAU_RANGE[0] < tau <= TAU_RANGE[1]:
-        raise GenerationError(f"tau must be in ({TAU_RANGE[0]}, {TAU_RANGE[1]}], got {tau}")
-
-
 def check_prompt(pipe, prompt: str) -> None:
     """Every <token> in the prompt must be a loaded concept (or another word the tokenizer knows)."""
     known = set(loaded_tokens(pipe)) | set(pipe.tokenizer.get_vocab())
@@ -45,35 +35,32 @@ def check_prompt(pipe, prompt: str) -> None:
         raise GenerationError(f"unknown token {unknown[0]} in the prompt (loaded concepts: {loaded})")
 
 
-def configure(pipe, settings: dict[str, tuple[float | None, float | None]], config: GenerationConfig) -> None:
-    """Apply per-concept (beta, tau), the key-locking mode and the composition mode; None keeps a concept's own
-    default."""
-    for token, (beta, tau) in settings.items():
-        check_gate(beta, tau)
-        set_concept_options(pipe, token, beta=beta, tau=tau)
-    if config.global_lock is not None:
-        set_global_lock(pipe, config.global_lock)
-    if config.regions and config.composition != "regions":
-        raise GenerationError('regions settings need composition="regions"')
-    if config.composition is not None:
-        try:
-            set_composition(pipe, config.composition, **(config.regions or {}))
-        except (ValueError, TypeError) as error:
-            raise GenerationError(str(error)) from None
-
-
 def generate(pipe, prompt: str, config: GenerationConfig | None = None, settings=None, **pipeline_kwargs):
-    """Images for ``prompt`` (PIL list); ``settings`` maps a concept token to (beta, tau)."""
+    """Images for ``prompt`` (PIL list); ``settings`` maps a concept token to (beta, tau), None keeping its own.
+
+    The settings of ``config`` and ``settings`` apply to this call only: the pipeline's own come back after it.
+    """
     config = config or GenerationConfig()
     check_prompt(pipe, prompt)
-    if loaded_tokens(pipe):
-        configure(pipe, settings or {}, config)
+    settings = settings or {}
+    for beta, tau in settings.values():
+        check_gate(beta, tau)
+    if config.regions and config.composition != "regions":
+        raise GenerationError('regions settings need composition="regions"')
     generator = torch.Generator().manual_seed(config.seed)  # CPU generator: the same images on every device
-    return pipe(
-        prompt,
-        num_inference_steps=config.steps,
-        guidance_scale=config.guidance,
-        num_images_per_prompt=config.num_images,
-        generator=generator,
-        **pipeline_kwargs,
-    ).images
+    scope = nullcontext()
+    if loaded_tokens(pipe):  # the call's settings, put back afterwards
+        scope = concept_settings(
+            pipe, beta={token: beta for token, (beta, _) in settings.items()},
+            tau={token: tau for token, (_, tau) in settings.items()}, global_lock=config.global_lock,
+            composition=config.composition, regions=config.regions,
+        )  # fmt: skip
+    with scope:
+        return pipe(
+            prompt,
+            num_inference_steps=config.steps,
+            guidance_scale=config.guidance,
+            num_images_per_prompt=config.num_images,
+            generator=generator,
+            **pipeline_kwargs,
+        ).images

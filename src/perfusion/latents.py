@@ -13,15 +13,51 @@ from perfusion.images import TrainingImage, image_tensor, mask_tensor
 WEIGHT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+TRAINED_PARTS = ("unet", "vae", "text_encoder")
+
+
+@dataclass
+class PipelineState:
+    """What freezing changes: each parameter's requires_grad, device and dtype, and each module's training flag."""
+
+    parameters: dict[str, tuple[bool, torch.device, torch.dtype]]
+    training: dict[str, bool]
+
+    @classmethod
+    def of(cls, pipe) -> "PipelineState":
+        parts = [(part, getattr(pipe, part)) for part in TRAINED_PARTS]
+        return cls(
+            {f"{part}.{name}": (tensor.requires_grad, tensor.device, tensor.dtype)
+             for part, module in parts for name, tensor in module.named_parameters()},
+            {f"{part}.{name}": sub.training for part, module in parts for name, sub in module.named_modules()},
+        )  # fmt: skip
+
+    def restore(self, pipe) -> None:
+        """Put every parameter and module back as recorded (a training run leaves the pipeline as it found it)."""
+        for part in TRAINED_PARTS:
+            module = getattr(pipe, part)
+            for name, tensor in module.named_parameters():
+                if f"{part}.{name}" not in self.parameters:  # added by a method and not yet taken out
+                    continue
+                requires_grad, device, dtype = self.parameters[f"{part}.{name}"]
+                if tensor.device != device or tensor.dtype != dtype:
+                    tensor.data = tensor.data.to(device, dtype)
+                tensor.requires_grad_(requires_grad)
+            for name, sub in module.named_modules():
+                sub.training = self.training.get(f"{part}.{name}", sub.training)
+
+
 @dataclass
 class FrozenPipeline:
     accelerator: Accelerator
     device: torch.device
     weight_dtype: torch.dtype
+    before: PipelineState  # the pipeline as it was given: ``before.restore(pipe)`` when training ends
 
 
 def freeze(pipe, mixed_precision: str = "no") -> FrozenPipeline:
     """Every base weight frozen (no gradients at all) and placed by accelerate; cast down under mixed precision."""
+    before = PipelineState.of(pipe)
     accelerator = Accelerator(mixed_precision=mixed_precision)
     weight_dtype = WEIGHT_DTYPES.get(mixed_precision, torch.float32)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
@@ -29,7 +65,7 @@ def freeze(pipe, mixed_precision: str = "no") -> FrozenPipeline:
         module.to(accelerator.device)
         if weight_dtype != torch.float32:  # trained tensors stay fp32 (no "unscale FP16 gradients")
             module.to(dtype=weight_dtype)
-    return FrozenPipeline(accelerator, accelerator.device, weight_dtype)
+    return FrozenPipeline(accelerator, accelerator.device, weight_dtype, before)
 
 
 @dataclass

@@ -11,7 +11,6 @@ from perfusion.concept import Concept, ConceptFileError
 from perfusion import covariance
 from perfusion.fingerprint import base_model_fingerprint, cross_attention_modules
 from perfusion.processor import PerfusionAttnProcessor
-from perfusion.regions import MODES, RegionalCall, RegionsConfig
 from perfusion.runtime import PerfusionRuntime
 
 
@@ -43,9 +42,10 @@ def install(pipe, captions=None, progress: bool = False, inverse: torch.Tensor |
     if inverse is None:
         inverse = covariance.inverse_covariance(pipe.text_encoder, pipe.tokenizer, captions, progress=progress)
     runtime = PerfusionRuntime(pipe.text_encoder, pipe.tokenizer, inverse, fingerprint or pipeline_fingerprint(pipe))
+    layers = cross_attention_modules(pipe.unet)
     processors = {
         name: PerfusionAttnProcessor(processor, runtime, name.removesuffix(".processor"))
-        if name.endswith("attn2.processor")
+        if name.removesuffix(".processor") in layers
         else processor
         for name, processor in pipe.unet.attn_processors.items()
     }
@@ -129,40 +129,6 @@ def unload_concepts(pipe, tokens: str | list[str] | None = None) -> None:
         pipe.unet.set_attn_processor(originals)
 
 
-def set_concept_options(pipe, token: str, *, beta: float | None = None, tau: float | None = None) -> None:
-    """Per-concept gate settings: lower beta follows the concept more, higher beta the prompt more."""
-    runtime = _require_runtime(pipe)
-    if token not in runtime.concepts:
-        raise KeyError(f"{token} is not loaded")
-    runtime.set_options(token, beta=beta, tau=tau)
-
-
-def set_global_lock(pipe, enabled: bool) -> None:
-    """Global key locking: keys read the prompt with every concept token replaced by its supercategory."""
-    _require_runtime(pipe).global_lock = bool(enabled)
-
-
-def set_composition(pipe, mode: str, **options) -> None:
-    """How prompts with several concepts are denoised: "joint" (the paper's edit, every concept in one pass) or
-    "regions" (each concept in its own region; ``options`` are RegionsConfig's fields)."""
-    runtime = _require_runtime(pipe)
-    if mode not in MODES:
-        raise ValueError(f"composition must be one of {', '.join(MODES)}, got {mode!r}")
-    if mode == "joint":
-        runtime.regional = None
-        return
-    timesteps = getattr(getattr(pipe, "scheduler", None), "config", {}).get("num_train_timesteps", 1000)
-    runtime.regional = RegionalCall(RegionsConfig(**{"num_train_timesteps": timesteps, **options}))
-
-
 def loaded_tokens(pipe) -> list[str]:
     runtime = find_runtime(pipe)
     return [] if runtime is None else list(runtime.concepts)
-
-
-def _require_runtime(pipe) -> PerfusionRuntime:
-    runtime = find_runtime(pipe)
-    if runtime is None:
-        raise RuntimeError("no perfusion concepts are loaded in this pipeline")
-    return runtime
-

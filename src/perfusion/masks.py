@@ -5,27 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from perfusion.attention import install_recording
 from perfusion.text import encode, tokenize, word_positions
-
-
-class AttentionMapProcessor:
-    """Stock attention that also keeps the attention each query pays to chosen token positions."""
-
-    def __init__(self, positions: torch.Tensor):
-        self.positions = positions  # (B, T) bool
-        self.maps: list[torch.Tensor] = []
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        batch_size, pixels, _ = hidden_states.shape
-        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
-        key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
-        value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
-        probabilities = attn.get_attention_scores(query, key, attention_mask)  # (B * heads, pixels, T)
-        per_head = probabilities.view(batch_size, attn.heads, pixels, -1).mean(1)
-        chosen = (per_head * self.positions[:, None, :].to(per_head.dtype)).sum(-1)  # (B, pixels)
-        self.maps.append(chosen)
-        hidden_states = attn.batch_to_head_dim(torch.bmm(probabilities, value))
-        return attn.to_out[1](attn.to_out[0](hidden_states))
 
 
 def on_latent_grid(layer_map: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -55,16 +36,14 @@ def attention_masks(
     noisy = pipe.scheduler.add_noise(latents, noise, timestep)
     encodings = encode(pipe.text_encoder, ids)
 
-    original = pipe.unet.attn_processors
-    capture = AttentionMapProcessor(positions.to(latents.device))
-    pipe.unet.set_attn_processor(
-        {name: capture if name.endswith("attn2.processor") else processor for name, processor in original.items()}
-    )
+    chosen = positions.to(latents.device)[:, None, :]  # (B, 1, T) bool
+    maps: list[torch.Tensor] = []  # per cross-attention layer, (B, pixels): the attention paid to the chosen tokens
+    original = install_recording(pipe.unet, lambda attention: maps.append((attention * chosen.to(attention.dtype)).sum(-1)))
     try:
         pipe.unet(noisy, timestep.to(latents.device), encoder_hidden_states=encodings)
     finally:
         pipe.unet.set_attn_processor(dict(original))
-    mask = torch.stack([on_latent_grid(layer_map, height, width) for layer_map in capture.maps]).mean(0)
+    mask = torch.stack([on_latent_grid(layer_map, height, width) for layer_map in maps]).mean(0)
     low = mask.amin(dim=(2, 3), keepdim=True)
     high = mask.amax(dim=(2, 3), keepdim=True)
     return (mask - low) / (high - low).clamp_min(1e-8)

@@ -1,6 +1,6 @@
 """The method's math: the gated rank-one edit of Perfusion (Tewel et al. 2023), one function per equation.
 
-Symbols follow METHOD.md: ``e`` a token encoding, ``C`` the uncentered covariance of encodings,
+Symbols follow docs/method.md: ``e`` a token encoding, ``C`` the uncentered covariance of encodings,
 ``i*`` a concept's encoding, ``o*`` its target output, ``beta``/``tau`` the gate's bias and temperature.
 Shapes: ``d`` the encoding width, ``N`` the number of concepts, ``k`` the rank of their span.
 """

@@ -1,7 +1,7 @@
 """Regional composition: with concepts in a prompt, each concept is denoised only in its own region of the image.
 
-The paper's joint edit lets a concept take over its neighbour on a small base model (README, "Composition"). Here
-every prompt row that holds concepts is split, inside the UNet call, into the *plain* row (each concept token replaced
+The paper's joint edit lets a concept take over its neighbour on a small base model (docs/history.md, "Two concepts
+in one prompt"). Here every prompt row that holds concepts is split, inside the UNet call, into the *plain* row (each concept token replaced
 by its supercategory word) and one row per concept (its own token kept, the others replaced). While the noise is
 high (the layout part of the schedule) only the plain row is denoised, and its cross-attention to each concept's
 word is summed per image. After it, inside each concept's region (its summed map, smoothed, above ``threshold`` of

@@ -34,11 +34,19 @@ class InstalledConcept:
 
 
 @dataclass
+class RuntimeSettings:
+    gates: dict[str, tuple[float, float]]  # token -> (beta, tau)
+    global_lock: bool
+    regional: RegionalCall | None
+
+
+@dataclass
 class EncodedPrompt:
     encodings: torch.Tensor  # (T, d), detached
     tokens: tuple[str, ...]
     key_encodings: torch.Tensor | None  # the supercategory re-encoding, under global key locking
     split: SplitRow | None = None  # the plain and per-concept rows, under regional composition
+    alternatives: tuple[torch.Tensor, ...] = ()  # the row's other hidden states a pipeline may hand the UNet instead
 
 
 @dataclass
@@ -75,6 +83,19 @@ def linear_part(projection: torch.nn.Module, inputs: torch.Tensor) -> torch.Tens
     return (projection(inputs) - projection(torch.zeros_like(inputs[:1]))).float().T
 
 
+def other_hidden_states(text_encoder, output) -> list[torch.Tensor]:
+    """The hidden states besides the last output that a pipeline may hand the UNet: each layer's (SDXL takes the
+    penultimate), and each after the encoder's final layer norm (SD's clip_skip), when the call returned them."""
+    hidden_states = getattr(output, "hidden_states", None)
+    if not hidden_states:
+        return []
+    text_model = getattr(text_encoder, "text_model", text_encoder)
+    norm = getattr(text_model, "final_layer_norm", None)
+    with torch.no_grad():
+        normed = [norm(states) for states in hidden_states] if norm is not None else []
+    return [*hidden_states, *normed]
+
+
 class PerfusionRuntime:
     def __init__(self, text_encoder, tokenizer, inverse_covariance: torch.Tensor, base_fingerprint: str):
         self.text_encoder = text_encoder
@@ -106,6 +127,17 @@ class PerfusionRuntime:
         installed.tau = installed.tau if tau is None else float(tau)
         self.invalidate()
 
+    def settings(self) -> RuntimeSettings:
+        """Everything a generation call may change, to be put back with ``restore``."""
+        gates = {token: (installed.beta, installed.tau) for token, installed in self.concepts.items()}
+        return RuntimeSettings(gates, self.global_lock, self.regional)
+
+    def restore(self, settings: RuntimeSettings) -> None:
+        for token, (beta, tau) in settings.gates.items():
+            if token in self.concepts:
+                self.set_options(token, beta=beta, tau=tau)
+        self.global_lock, self.regional = settings.global_lock, settings.regional
+
     def set_concept_encoding(self, token: str, encoding: torch.Tensor) -> None:
         """Training moves i* every step (EMA); every plan built from it is stale then."""
         self.concepts[token].concept.concept_encoding = encoding.detach()
@@ -116,8 +148,9 @@ class PerfusionRuntime:
         self._layer_plans.clear()
 
     # -- which rows use which concepts ----------------------------------------------------------
-    def remember(self, input_ids: torch.Tensor, encodings: torch.Tensor) -> None:
-        """Text encoder hook body: keep every encoded row that holds a concept token."""
+    def remember(self, input_ids: torch.Tensor, encodings: torch.Tensor, alternatives=()) -> None:
+        """Text encoder hook body: keep every encoded row that holds a concept token. ``alternatives`` are other
+        (B, T, d) hidden states of the same call that a pipeline may condition the UNet on (clip_skip, SDXL)."""
         by_id = {installed.token_id: token for token, installed in self.concepts.items()}
         rows = [tuple(by_id[i] for i in row if i in by_id) for row in input_ids.tolist()]
         wanted = [index for index, tokens in enumerate(rows) if tokens]
@@ -130,7 +163,8 @@ class PerfusionRuntime:
             split = None
             if self.regional is not None and len(tokens) >= self.regional.config.min_concepts:
                 split = self.split(input_ids[index], tokens)
-            self.registry.append(EncodedPrompt(encodings[index].detach(), tokens, keys, split))
+            others = tuple(states[index].detach() for states in alternatives if states.shape == encodings.shape)
+            self.registry.append(EncodedPrompt(encodings[index].detach(), tokens, keys, split, others))
 
     @torch.no_grad()
     def split(self, input_ids: torch.Tensor, tokens: tuple[str, ...]) -> SplitRow:
@@ -186,12 +220,18 @@ class PerfusionRuntime:
         found: list[EncodedPrompt | None] = [None] * states.shape[0]
         for row in range(states.shape[0]):
             for entry in reversed(entries):
-                candidate = entry.encodings.to(states.device, states.dtype)
-                if candidate.shape == states[row].shape and torch.equal(candidate[..., :PROBE_FEATURES], probes[row]):
-                    if torch.equal(candidate, states[row].detach()):
-                        found[row] = entry
-                        break
+                if any(self.same(candidate, states[row], probes[row]) for candidate in (entry.encodings, *entry.alternatives)):
+                    found[row] = entry
+                    break
         return found if any(entry is not None for entry in found) else None
+
+    @staticmethod
+    def same(candidate: torch.Tensor, state: torch.Tensor, probe: torch.Tensor) -> bool:
+        """Exact equality, tried on a few features first."""
+        candidate = candidate.to(state.device, state.dtype)
+        if candidate.shape != state.shape or not torch.equal(candidate[..., :PROBE_FEATURES], probe):
+            return False
+        return torch.equal(candidate, state.detach())
 
     def context_for(self, entries: list[EncodedPrompt | None], states: torch.Tensor, regional=None) -> CallContext:
         groups: dict[tuple[str, ...], list[int]] = {}
@@ -262,7 +302,7 @@ class PerfusionRuntime:
     def _after_text_encoder(self, module, args, kwargs, output):
         input_ids = args[0] if args else kwargs.get("input_ids")
         if input_ids is not None and self.concepts and not self._encoding_internally:
-            self.remember(input_ids, output[0])
+            self.remember(input_ids, output[0], other_hidden_states(module, output))
 
     def _before_unet(self, module, args, kwargs):
         states = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 from pathlib import Path
 
 import torch
@@ -12,12 +13,14 @@ from tqdm.auto import tqdm
 
 from perfusion.concept import DEFAULT_BETA, DEFAULT_TAU, Concept
 from perfusion.files import atomic_torch_save
+from perfusion.fingerprint import cross_attention_modules
 from perfusion.images import TrainingImage
 from perfusion.latents import LatentBank, encode_images, forward_process, freeze, given_masks, noised
 from perfusion.loader import find_runtime, load_concepts, pipeline_fingerprint, unload_concepts
 from perfusion.masks import attention_masks
 from perfusion.method import ema_update, masked_mse
 from perfusion.pairs import pair_caption, paired_images
+from perfusion.settings import check_gate
 from perfusion.runtime import linear_part
 from perfusion.text import encode, tokenize, word_positions
 from perfusion.tokens import check_new_token, substitute_token_embedding
@@ -36,35 +39,74 @@ DEFAULT_TEMPLATES = (
 )
 
 
+class TrainingError(ValueError):
+    """Training inputs that cannot be used."""
+
+
+def _help(text: str, **extra) -> dict:
+    return {"help": text, **extra}
+
+
 @dataclass
 class TrainingConfig:
-    """Perfusion training settings; the defaults are METHOD.md's SD1.5 recipe."""
+    """Perfusion training settings; the defaults are docs/method.md's SD1.5 recipe. A base model folder may carry its
+    own (perfusion.recipes); `perfusion train`'s flags are made from these fields."""
 
-    steps: int = 400  # optimizer steps
-    batch_size: int = 4  # images per micro-batch
-    gradient_accumulation: int = 4  # micro-batches per optimizer step (batch 16 in all)
-    lr_embedding: float = 6e-3  # v*, the token's input embedding
-    lr_values: float = 3e-2  # o*_V, one per cross-attention layer
+    steps: int = field(default=400, metadata=_help("optimizer steps"))
+    batch_size: int = field(default=4, metadata=_help("images per micro-batch"))
+    gradient_accumulation: int = field(default=4, metadata=_help("micro-batches per optimizer step"))
+    lr_embedding: float = field(default=6e-3, metadata=_help("learning rate of v*, the token's input embedding"))
+    lr_values: float = field(default=3e-2, metadata=_help("learning rate of o*_V, one per cross-attention layer"))
     weight_decay: float = 0.0
-    train_beta: float = 0.75  # the gate while training ("higher training beta, better Pareto front")
-    train_tau: float = 0.1
-    ema_decay: float = 0.99  # i* <- decay i* + (1 - decay) e_concept
-    beta: float = DEFAULT_BETA  # the defaults written into the concept file for generation
-    tau: float = DEFAULT_TAU
-    resolution: int | None = None  # default: the pipeline's native size
-    flip: bool = True
+    train_beta: float = field(default=0.75, metadata=_help("the gate's beta while training"))
+    train_tau: float = field(default=0.1, metadata=_help("the gate's tau while training"))
+    ema_decay: float = field(default=0.99, metadata=_help("i* <- decay i* + (1 - decay) e_concept"))
+    beta: float = field(default=DEFAULT_BETA, metadata=_help("the beta written into the concept file for generation"))
+    tau: float = field(default=DEFAULT_TAU, metadata=_help("the tau written into the concept file"))
+    resolution: int | None = field(default=None, metadata=_help("training size (default: the pipeline's native)"))
+    flip: bool = field(default=True, metadata=_help("random horizontal flips (--no-flip: none)"))
     seed: int = 0
-    templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES),
+                                 metadata=_help("caption templates with {} for the token"))  # fmt: skip
     # Paired images (perfusion.pairs): the object beside an empty half, captioned "<token> next to a <word>"; off in
-    # METHOD.md's recipe. Needs masks; each training sample is a paired one with this probability.
-    pair_probability: float = 0.0
-    pair_words: tuple[str, ...] = ()  # the other object's word, one drawn per paired sample
-    pair_side: float = 0.4  # the object's longer side, as a fraction of the image width
+    # the SD1.5 recipe. Needs masks; each training sample is a paired one with this probability.
+    pair_probability: float = field(default=0.0, metadata=_help("share of training samples that are paired images"))
+    pair_words: list[str] = field(default_factory=list, metadata=_help(
+        'also train "TOKEN next to a WORD" on the object cut onto one half (needs masks)'))  # fmt: skip
+    pair_side: float = field(default=0.4, metadata=_help("the paired object's longer side, a fraction of the width"))
     pair_template: str = "a photo of a {} next to a {}"
-    mask_prompt: str = "a photo of a {}"  # read for the supercategory's attention map when no mask is given
-    mask_timestep: float = 0.4  # fraction of the noise schedule at which that map is read
-    mixed_precision: str = "no"  # "fp16" or "bf16" on a GPU: frozen modules cast down, trained tensors fp32
-    checkpoint_every: int = 50  # optimizer steps between resumable checkpoints
+    mask_prompt: str = field(default="a photo of a {}", metadata=_help(
+        "read for the supercategory's attention map when no mask is given"))  # fmt: skip
+    mask_timestep: float = field(default=0.4, metadata=_help("fraction of the schedule at which that map is read"))
+    mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata=_help(
+        "fp16 or bf16 on a GPU: frozen modules cast down, trained tensors fp32"))  # fmt: skip
+    checkpoint_every: int = field(default=50, metadata=_help("optimizer steps between resumable checkpoints"))
+
+    def __post_init__(self):
+        self.templates, self.pair_words = list(self.templates), list(self.pair_words)
+        for name in ("steps", "batch_size", "gradient_accumulation", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise TrainingError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr_embedding", "lr_values"):
+            if not getattr(self, name) >= 0:
+                raise TrainingError(f"{name} must not be negative, got {getattr(self, name)}")
+        if not 0.0 <= self.pair_probability <= 1.0:
+            raise TrainingError(f"pair_probability must lie in [0, 1], got {self.pair_probability}")
+        if self.pair_probability > 0 and not self.pair_words:
+            raise TrainingError("paired images (pair_probability > 0) need at least one word in pair_words")
+        if not 0.0 < self.pair_side <= 1.0 or not 0.0 <= self.mask_timestep <= 1.0 or not 0.0 <= self.ema_decay <= 1.0:
+            raise TrainingError("pair_side must lie in (0, 1], mask_timestep and ema_decay in [0, 1]")
+        if self.resolution is not None and self.resolution < 8:
+            raise TrainingError(f"resolution must be at least 8 pixels, got {self.resolution}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise TrainingError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if not self.templates or any("{}" not in template for template in self.templates):
+            raise TrainingError("every caption template needs {} where the token goes")
+        for beta, tau in ((self.train_beta, self.train_tau), (self.beta, self.tau)):
+            try:
+                check_gate(beta, tau)
+            except ValueError as error:
+                raise TrainingError(str(error)) from None
 
 
 @dataclass
@@ -73,10 +115,6 @@ class TrainingResult:
     losses: list[float] = field(default_factory=list)  # one per optimizer step
     seconds: float = 0.0
     held_out_loss: tuple[float, float] = (float("nan"), float("nan"))  # fixed noise and timesteps: before, after
-
-
-class TrainingError(ValueError):
-    """Training inputs that cannot be used."""
 
 
 class ConceptTrainer:
@@ -89,6 +127,7 @@ class ConceptTrainer:
         self.pipe, self.images, self.token, self.supercategory, self.config = pipe, images, token, supercategory, config
         frozen = freeze(pipe, config.mixed_precision)
         self.accelerator, self.device, self.weight_dtype = frozen.accelerator, frozen.device, frozen.weight_dtype
+        self.pipeline_before = frozen.before
         self.generator = torch.Generator().manual_seed(config.seed)
         self.forward_process = forward_process(pipe.scheduler)  # built once: noised() runs every step
         self.fingerprint = pipeline_fingerprint(pipe)
@@ -161,7 +200,7 @@ class ConceptTrainer:
         embeddings = pipe.text_encoder.get_input_embeddings().weight
         # Local key locking: i*_super is the supercategory word's encoding in the first batch of prompts.
         supercategory_encoding = self.mean_encoding(self.prompts_ids(self.supercategory), supercategory_ids)
-        layers = {name: module for name, module in pipe.unet.named_modules() if name.endswith("attn2")}
+        layers = cross_attention_modules(pipe.unet)
         return Concept(
             token=self.token,
             supercategory=self.supercategory,
@@ -310,6 +349,7 @@ class ConceptTrainer:
             loss_after = self.held_out_loss()
         finally:
             self.uninstall()
+            self.pipeline_before.restore(self.pipe)
         seconds = time.perf_counter() - started
         return TrainingResult(self.finished_concept(), self.losses, seconds, (loss_before, loss_after))
 

@@ -11,9 +11,17 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 from transformers import CLIPTokenizer
 
+from perfusion.fingerprint import cross_attention_modules
 from perfusion.world.basemodel import model as models
 from perfusion.world.basemodel import train
-from perfusion.world.basemodel.config import ArchitectureConfig, TokenizerConfig, UnetTrainingConfig, VaeTrainingConfig
+from perfusion.world.basemodel.config import (
+    ArchitectureConfig,
+    TokenizerConfig,
+    UnetTrainingConfig,
+    VaeTrainingConfig,
+    from_dict,
+    to_dict,
+)
 from perfusion.world.basemodel.data import LatentPool, SceneSource
 from perfusion.world.basemodel.export import export
 from perfusion.world.basemodel.tokenizer import build_tokenizer, words_split
@@ -79,8 +87,9 @@ def test_saved_fp16_pipeline_loads_as_fp32_and_generates(tokenizer_dir, tmp_path
 
 def test_unet_has_cross_attention_at_two_resolutions():
     unet = models.build_unet(ArchitectureConfig())
-    widths = {m.to_k.in_features for n, m in unet.named_modules() if n.endswith("attn2")}
-    resolutions = {n.split(".")[0] + n.split(".")[1] for n, m in unet.named_modules() if n.endswith("attn2")}
+    layers = cross_attention_modules(unet)
+    widths = {m.to_k.in_features for m in layers.values()}
+    resolutions = {n.split(".")[0] + n.split(".")[1] for n in layers}
     assert widths == {ArchitectureConfig().text_hidden_size} and len(resolutions) >= 3  # down, mid, up blocks
 
 
@@ -109,6 +118,11 @@ class StopAfter:
     def __bool__(self):
         self.n -= 1
         return self.n < 0
+
+
+def test_saved_config_with_a_removed_field_still_loads():
+    saved = {**to_dict(UnetTrainingConfig(batch_size=8)), "ema_warmup_steps": 2000}  # as older checkpoints hold it
+    assert from_dict(UnetTrainingConfig, saved) == UnetTrainingConfig(batch_size=8)
 
 
 def test_min_snr_weights_keep_the_noisiest_steps_under_v_prediction():

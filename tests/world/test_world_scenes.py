@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from perfusion.world import catalog, example_concepts
+from perfusion.world import captions, catalog, example_concepts
 from perfusion.world.captions import BACKGROUND_PHRASES, POSITION_PHRASES, SIZE_WORDS, describe
 from perfusion.world.scenes import SceneSpec, make_scene, render, render_with_mask, sample_spec
 
@@ -44,7 +44,7 @@ def test_base_model_scenes_never_show_held_out_objects():
 
 
 def test_every_caption_word_is_in_the_vocabulary():
-    vocabulary = set(catalog.vocabulary())
+    vocabulary = set(captions.vocabulary())
     for seed in range(SAMPLE):
         assert set(re.findall(r"[a-z]+", make_scene(seed, include_held_out=True).caption)) <= vocabulary
 

@@ -17,6 +17,7 @@ from diffusers.models.attention_processor import CustomDiffusionAttnProcessor2_0
 
 from perfusion.baselines.artifact import check_base, personalised, read
 from perfusion.baselines.training import BaselineConfig, BaselineResult, BaselineTrainer, NewTokenEmbedding
+from perfusion.fingerprint import cross_attention_modules
 from perfusion.images import TrainingImage
 from perfusion.loader import embedding_frozen_state_kept
 
@@ -47,7 +48,7 @@ class CustomDiffusionConfig(BaselineConfig):
 
 def cross_attention_layers(unet) -> dict[str, torch.nn.Module]:
     """attn2 modules by processor name ("...attn2.processor"), the names diffusers' loader uses."""
-    return {f"{name}.processor": module for name, module in unet.named_modules() if name.endswith("attn2")}
+    return {f"{name}.processor": module for name, module in cross_attention_modules(unet).items()}
 
 
 def custom_processor(attention, weights: dict[str, torch.Tensor]) -> CustomDiffusionAttnProcessor2_0:

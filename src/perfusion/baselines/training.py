@@ -132,6 +132,7 @@ class BaselineTrainer:
         self.check_token()
         frozen = freeze(pipe, config.mixed_precision)
         self.accelerator, self.device, self.weight_dtype = frozen.accelerator, frozen.device, frozen.weight_dtype
+        self.pipeline_before = frozen.before
         self.generator = torch.Generator().manual_seed(config.seed)
         self.forward_process = forward_process(pipe.scheduler)  # built once: noised() runs every step
         self.fingerprint = pipeline_fingerprint(pipe)
@@ -219,6 +220,7 @@ class BaselineTrainer:
             tensors = {name: tensor.detach().float().cpu().contiguous() for name, tensor in self.artifact().items()}
         finally:
             self.teardown()
+            self.pipeline_before.restore(self.pipe)
         metadata = {
             "method": self.method, "token": self.token, "supercategory": self.supercategory, "phrase": self.phrase,
             "base_fingerprint": self.fingerprint, "settings": json.dumps(self.config.settings()),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from perfusion.recipes import read_recipe
 from perfusion.train import TrainingConfig
 
 
@@ -37,8 +38,8 @@ def add_scoring_arguments(parser) -> None:
     parser.add_argument("--tau", type=float, default=None)
     parser.add_argument("--images-per-prompt", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--steps", type=int, default=None, help="default: the model's recipe, else 25")
+    parser.add_argument("--guidance", type=float, default=None, help="default: the model's recipe, else 7.5")
     parser.add_argument("--global-lock", action="store_true")
     parser.add_argument("--out", required=True, help="output folder (images, metrics.csv, metrics.json, pareto.png)")
     parser.add_argument("--force", action="store_true", help="write into an existing output folder")
@@ -48,7 +49,7 @@ def prepare(args, betas):
     """Everything a sweep needs, checked before the model is loaded."""
     from PIL import Image
 
-    from perfusion.cli import CommandError
+    from perfusion.errors import CommandError
     from perfusion.concept import Concept
     from perfusion.experiments.prompts import read_prompts, world_prompts
     from perfusion.experiments.scoring import ClipScoring, WorldScorer
@@ -72,8 +73,12 @@ def prepare(args, betas):
     else:
         prompts = world_prompts(concept.supercategory)
     scorer = ClipScoring(args.clip) if args.clip else WorldScorer(object_name)
+    recipe = read_recipe(args.model).generation  # the model's own sampling settings, under the flags given
+    steps = args.steps if args.steps is not None else recipe.get("num_inference_steps", SweepConfig.steps)
+    guidance = args.guidance if args.guidance is not None else recipe.get("guidance_scale", SweepConfig.guidance)
     config = SweepConfig(betas=betas, tau=args.tau, images_per_prompt=args.images_per_prompt, seed=args.seed,
-                         steps=args.steps, guidance=args.guidance, global_lock=args.global_lock)  # fmt: skip
+                         steps=steps, guidance=guidance, global_lock=args.global_lock,
+                         composition=recipe.get("composition", SweepConfig.composition))  # fmt: skip
     return out, concept, references, prompts, scorer, config
 
 

@@ -76,7 +76,7 @@ class ClipScoring:
     name = "CLIP"
 
     def __init__(self, path):
-        from perfusion.world.clip_metrics import ClipScorer
+        from perfusion.experiments.clip_metrics import ClipScorer
 
         self.clip = ClipScorer.load(path)
 

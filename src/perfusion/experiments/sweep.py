@@ -139,7 +139,7 @@ def write_table(rows: list[SweepRow], out_dir: Path, about: dict) -> None:
 
 
 def plot_sweep(series: dict[str, list[SweepRow]], path: Path, scorer_name: str) -> Path:
-    from perfusion.world.pareto import SweepPoint, pareto_plot
+    from perfusion.experiments.pareto import SweepPoint, pareto_plot
 
     points = [SweepPoint(name, row.fidelity, row.alignment, row.beta) for name, rows in series.items() for row in rows]
     labels = {"CLIP": ("CLIP-I (image-image)", "CLIP-T (image-text)")}.get(scorer_name)

@@ -10,7 +10,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from .catalog import world_object
+from .catalog import BACKGROUNDS, OBJECTS, world_object
 
 INTROS = ("", "", "", "a photo of", "a picture of", "an image of", "a drawing of", "a rendering of")
 SIZE_WORDS = {"small": ("small", "tiny", "little"), "large": ("large", "big", "huge")}
@@ -104,3 +104,13 @@ def template_words() -> set[str]:
     phrases += [word for words in SIZE_WORDS.values() for word in words]
     phrases += [phrase for options in POSITION_PHRASES.values() for phrase in options]
     return {word for phrase in phrases for word in re.findall(r"[a-z]+", phrase)}
+
+
+def vocabulary() -> tuple[str, ...]:
+    """Every word a caption can use (object names, categories, colours and the template words), sorted."""
+    words = template_words()
+    for item in OBJECTS.values():
+        words.update(item.name.split())
+        words.add(item.category)
+    words.update(BACKGROUNDS)
+    return tuple(sorted(words))

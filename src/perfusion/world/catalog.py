@@ -1,5 +1,5 @@
-"""What the micro world contains: objects (Noto Color Emoji glyphs) in categories, background colours, positions,
-sizes, and the words its captions may use.
+"""What the micro world contains: objects (Noto Color Emoji glyphs) in categories, background colours, positions
+and sizes. The words its captions may use are captions.vocabulary().
 
 Object names are the caption words for one particular glyph ("lovestruck cat"); the category word ("cat") is the
 supercategory a concept is taught under. Held-out objects belong to ordinary categories but never appear in the base
@@ -128,14 +128,3 @@ def world_object(name: str) -> WorldObject:
         raise KeyError(f"unknown object {name!r}; see perfusion.world.catalog.OBJECTS")
     return OBJECTS[name]
 
-
-def vocabulary() -> tuple[str, ...]:
-    """Every word a caption can use (object names, categories, colours and the template words), sorted."""
-    from .captions import template_words  # captions imports the catalog, so import at call time
-
-    words = set(template_words())
-    for item in OBJECTS.values():
-        words.update(item.name.split())
-        words.add(item.category)
-    words.update(BACKGROUNDS)
-    return tuple(sorted(words))

@@ -8,7 +8,8 @@
 - Identity fidelity (the analogue of CLIP-I / DINO): judge-embedding cosine between generated and reference images,
   over the accepted images only (a square of the concept's colours must not score).
 
-CLIP-I / CLIP-T for real models live in `clip_metrics`; the Pareto plot of a beta sweep in `pareto`.
+CLIP-I / CLIP-T for real models live in `perfusion.experiments.clip_metrics`; the Pareto plot of a beta sweep in
+`perfusion.experiments.pareto`.
 """
 
 from __future__ import annotations

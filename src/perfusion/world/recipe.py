@@ -1,4 +1,4 @@
-"""Perfusion's settings for the embedded micro-world model, where they differ from METHOD.md's SD1.5 recipe.
+"""Perfusion's settings for the embedded micro-world model, where they differ from docs/method.md's SD1.5 recipe.
 
 Every figure below was scored by the judge of before December 2026, which read colour and accepted noise squares as
 the concept: they are void. With the current judge this recipe's concepts are recognised in 0 of 16 demo images
@@ -15,25 +15,23 @@ difference stays measured.
 
 from __future__ import annotations
 
+from perfusion.recipes import read_recipe
 from perfusion.train import TrainingConfig
 from perfusion.world.basemodel.config import SamplingConfig
-from perfusion.world.catalog import CATEGORIES
+from perfusion.world.model_path import default_model_path
 
-# Overrides of TrainingConfig (whose defaults are the SD1.5 recipe): 300 steps of 4 images take ~75 s on 2 cores.
-# Half the samples are paired images (perfusion.pairs) beside a category word. Judge, 16 images each, without -> with:
-# "a dog next to <mymug>" 0 -> 3 with the beer mug found, "<mycat> next to a cup" 12 -> 13 with the black cat;
-# <mycat>'s fidelity in the demo 0.86 -> 0.90 (at 0.8 instead of 0.5: 7 and 15 of 16; 450 steps: 11 and 13).
-# v* at 3e-4, 20x under SD1.5's 6e-3 (compare's perfusion-v-6e-3 keeps that): at 6e-3 v* ends at 2-3x a word
-# embedding's norm and carries the identity past the gate; at 3e-4 it stays near a word's norm. fidelity / alignment /
-# top-1 at beta 0.7, 12 prompts x 2 seeds, 6e-3 -> 3e-4: <mycat> 0.87/0.90/1.00 -> 0.86/0.96/1.00, <mymug>
-# 0.87/0.85/1.00 -> 0.85/0.97/1.00, <mydog> 0.89/0.80/1.00 -> 0.86/0.91/1.00, <mybird> 0.85/0.85/0.71 -> 0.81/0.93/0.75.
-TRAINING = dict(steps=300, batch_size=4, gradient_accumulation=1, pair_probability=0.5, pair_words=CATEGORIES,
-                lr_embedding=3e-4)
+# The recipe lives with the model, in its perfusion_recipe.json (perfusion.recipes): what `perfusion train` and
+# `generate` read. Its training part overrides TrainingConfig (whose defaults are the SD1.5 recipe): 300 steps of 4
+# images take ~75 s on 2 cores; half the samples are paired images (perfusion.pairs) beside a category word; v* at
+# 3e-4, 20x under SD1.5's 6e-3 (compare's perfusion-v-6e-3 keeps that): at 6e-3 v* ends at 2-3x a word embedding's
+# norm and carries the identity past the gate, at 3e-4 it stays near a word's norm. The figures those choices were
+# made by (the old judge's) are void; docs/recipe-search.md has what the honest judge shows.
+_RECIPE = read_recipe(default_model_path())
+TRAINING = {**_RECIPE.training, "pair_words": tuple(_RECIPE.training.get("pair_words", ()))}
 EARLIER_LR_VALUES = 3e-3  # o*_V's rate on the epsilon-prediction models (step 8000 and before)
-GUIDANCE = SamplingConfig.guidance_scale  # the base model's own, as its judge scores were measured
-# Two concepts in one prompt: each denoised in its own region (perfusion.regions). benchmarks/composition.py, the six
-# pairs of the four example concepts x 16 images: both recognised in 45 of 96 images, against 20 with the joint edit.
-COMPOSITION = "regions"
+GUIDANCE = _RECIPE.generation.get("guidance_scale", SamplingConfig.guidance_scale)  # the base model's own
+# Two concepts in one prompt: each denoised in its own region (perfusion.regions).
+COMPOSITION = _RECIPE.generation.get("composition", "regions")
 
 
 def training_config(**overrides) -> TrainingConfig:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+DEFAULT_RUN_DIR = Path("checkpoints/basemodel")  # where the training stages keep their checkpoints
 
 
 @dataclass
@@ -83,7 +86,6 @@ class UnetTrainingConfig:
     # stays flat, then falls to min_learning_rate_ratio over [decay_from, max_steps] (--decay-from 12400 --max-steps 15000).
     decay_from: int = 0
     ema_decay: float = 0.999
-    ema_warmup_steps: int = 2000  # the EMA starts as a copy: early EMA is not 0.999 of random weights
     caption_dropout: float = 0.1  # empty caption, for classifier-free guidance
     min_snr_gamma: float = 5.0
     # Extra draws of the noisiest timesteps, where the layout (position) is decided: this fraction of each batch
@@ -128,7 +130,8 @@ def to_dict(config) -> dict:
 
 
 def from_dict(cls, values: dict):
-    """Build a config from a saved dict, keeping defaults for fields added since (tuples restored)."""
+    """Build a config from a saved dict, keeping defaults for fields added since (tuples restored) and ignoring keys
+    of fields removed since (older runs' UnetTrainingConfig has ema_warmup_steps)."""
     known = {f.name: f for f in fields(cls)}
     kwargs = {}
     for key, value in values.items():

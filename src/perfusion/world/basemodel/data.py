@@ -34,8 +34,8 @@ class SceneSource:
 def world_source(state_position: float | None = None, category_word: float | None = None) -> SceneSource:
     """The world's scenes; `state_position` and `category_word` override how often a fresh caption states the
     object's position and names an object by its category word (captions.CaptionChoice)."""
-    from perfusion.world import catalog, scenes
-    from perfusion.world.captions import CaptionChoice
+    from perfusion.world import scenes
+    from perfusion.world.captions import CaptionChoice, vocabulary
 
     caption = scenes.caption
     overrides = {name: value for name, value in (("state_position", state_position), ("category_word", category_word))
@@ -45,7 +45,7 @@ def world_source(state_position: float | None = None, category_word: float | Non
     return SceneSource(
         make_scene=functools.partial(scenes.make_scene, include_held_out=False),
         caption=caption,
-        vocabulary=catalog.vocabulary,
+        vocabulary=vocabulary,
     )
 
 

@@ -24,6 +24,7 @@ from perfusion.world.catalog import world_object
 from perfusion.world.scenes import SceneSpec, sample_spec
 
 from .config import SamplingConfig
+from .model import pipeline_from_checkpoint
 
 EVAL_FIRST_SEED = 800_000
 EVERY_ATTRIBUTE = CaptionChoice(state_background=1.0, state_position=1.0, state_size=1.0, category_word=0.0, bare_photo=0.0)
@@ -166,8 +167,6 @@ def seen_combinations_of(run_dir: Path) -> set:
 
 
 def main(argv=None) -> None:
-    from .export import pipeline_from_checkpoint
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="a pipeline folder (default: the shipped model)")
     parser.add_argument("--run-dir", type=Path, default=None, help="evaluate the EMA weights of this run's unet.ckpt")

@@ -11,33 +11,14 @@ import shutil
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline
-from transformers import CLIPTokenizer
+from diffusers import StableDiffusionPipeline
 
 from . import model as models
-from .config import saved_architecture
-from .train import DEFAULT_RUN_DIR
+from .config import DEFAULT_RUN_DIR
+from .evaluate import EvaluationConfig, evaluate, sample_grid, seconds_for_eight, table
+from .model import pipeline_from_checkpoint
 
 INFO_FILE = "basemodel.json"  # training provenance, next to model_index.json
-
-
-def pipeline_from_checkpoint(run_dir: Path, use_ema: bool = True) -> tuple[StableDiffusionPipeline, dict]:
-    """The fp32 pipeline of a training checkpoint (EMA weights by default), and its provenance."""
-    run_dir = Path(run_dir)
-    state = torch.load(run_dir / "unet.ckpt", weights_only=False, map_location="cpu")
-    arch = saved_architecture(state["arch"])
-    tokenizer = CLIPTokenizer.from_pretrained(run_dir / "tokenizer")
-    unet, text_encoder = models.build_unet(arch), models.build_text_encoder(arch, tokenizer)
-    if use_ema:
-        unet.load_state_dict({**state["unet"], **state["ema_unet"]})  # buffers from the live model, weights from EMA
-        text_encoder.load_state_dict({**state["text_encoder"], **state["ema_text"]})
-    else:
-        unet.load_state_dict(state["unet"])
-        text_encoder.load_state_dict(state["text_encoder"])
-    vae = AutoencoderKL.from_pretrained(run_dir / "vae")
-    pipeline = models.assemble_pipeline(vae, unet.eval(), text_encoder.eval(), tokenizer, arch)
-    info = {"unet_step": state["step"], "ema": use_ema, "vae": state["vae"], "arch": state["arch"], "config": state["config"]}
-    return pipeline, info
 
 
 def export(run_dir: Path, out: Path, dtype: torch.dtype = torch.float16, use_ema: bool = True) -> Path:
@@ -85,8 +66,6 @@ def write_model_card(out: Path, pipe, info: dict, table_text: str, config) -> No
 
 def evaluate_export(out: Path, info: dict) -> str:
     """Score the exported folder itself (as users load it), write its model card and a sample grid."""
-    from .evaluate import EvaluationConfig, evaluate, sample_grid, seconds_for_eight, table
-
     pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True)
     config = EvaluationConfig()
     outcome = evaluate(pipe, config)

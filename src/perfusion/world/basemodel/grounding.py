@@ -3,7 +3,7 @@ it names (TokenCompose, Wang et al. CVPR 2024, L_token), from the boxes the worl
 
 The diffusion loss alone taught the UNet to follow position words only slowly: from pure noise it must decide where
 the object goes, and the words' share of that MSE is small. Attention decides where a token's value is written
-(METHOD.md: keys decide where a word acts), so grounding the object's noun tokens and, for one-object scenes, the
+(docs/method.md: keys decide where a word acts), so grounding the object's noun tokens and, for one-object scenes, the
 position word ("left", "top", ...) on the object's box teaches that directly, at every noise level.
 
     grounding = CaptionGrounding(tokenizer)
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from perfusion.attention import install_recording
 from perfusion.world.catalog import world_object
 from perfusion.world.render import OUTPUT_SIDE, object_placements
 
@@ -130,41 +131,19 @@ class CaptionGrounding:
         return GroundingTargets(torch.tensor(samples, dtype=torch.long), torch.tensor(indices, dtype=torch.long), stacked)
 
 
-class RecordingCrossAttention:
-    """Cross-attention with explicit probabilities (as diffusers' AttnProcessor), keeping their mean over heads,
-    (batch, queries, tokens), in `maps` while recording. For the plain attention blocks of SD-style UNets: no
-    spatial or group norm, no residual inside the attention, output rescale 1."""
-
-    def __init__(self, recorder: AttentionRecorder):
-        self.recorder = recorder
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        if attention_mask is not None:
-            raise ValueError("token grounding: cross-attention masks are not supported (SD passes none)")
-        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
-        key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
-        value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
-        probabilities = attn.get_attention_scores(query, key, None)  # (batch * heads, queries, tokens)
-        if self.recorder.active:
-            batch = hidden_states.shape[0]
-            self.recorder.maps.append(probabilities.view(batch, attn.heads, *probabilities.shape[1:]).mean(1))
-        output = attn.batch_to_head_dim(torch.bmm(probabilities, value))
-        return attn.to_out[1](attn.to_out[0](output)) / attn.rescale_output_factor
-
-
 class AttentionRecorder:
-    """Installs RecordingCrossAttention on every cross-attention (attn2) of a UNet; self-attention keeps its own.
-    `remove()` puts the original processors back."""
+    """Records every cross-attention layer's probabilities (mean over heads, (batch, queries, tokens)) in `maps`
+    while `recording()`; self-attention keeps its own processors. `remove()` puts the original processors back."""
 
     def __init__(self, unet):
-        self.unet, self.original = unet, dict(unet.attn_processors)
-        for name, module in unet.named_modules():
-            if name.endswith("attn2") and (module.spatial_norm is not None or module.group_norm is not None or module.residual_connection):
-                raise ValueError(f"{name}: token grounding supports plain cross-attention blocks only")
-        unet.set_attn_processor({name: RecordingCrossAttention(self) if name.endswith("attn2.processor") else processor
-                                 for name, processor in self.original.items()})  # fmt: skip
+        self.unet = unet
         self.maps: list[torch.Tensor] = []
         self.active = False
+        self.original = install_recording(unet, self._record)
+
+    def _record(self, attention: torch.Tensor) -> None:
+        if self.active:
+            self.maps.append(attention)
 
     @contextlib.contextmanager
     def recording(self):

@@ -27,6 +27,7 @@ from perfusion.text import encode, tokenize
 from perfusion.world.scenes import SceneSpec
 
 from .grounding import AttentionRecorder, CaptionGrounding, attention_resolutions, box_attention, box_shares
+from .model import pipeline_from_checkpoint
 
 PROMPT = "a photo of a small {object} {position} on a {colour} background"
 
@@ -107,8 +108,6 @@ def attention_on_box(pipe, obj: str, noise: torch.Tensor) -> dict[str, tuple[flo
 
 
 def main(argv=None) -> None:
-    from .export import pipeline_from_checkpoint
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="a pipeline folder (default: the shipped model)")
     parser.add_argument("--run-dir", type=Path, default=None, help="the EMA weights of this run's unet.ckpt instead")

@@ -1,4 +1,5 @@
-"""Build the base model's networks from an ArchitectureConfig and write them as a diffusers pipeline folder."""
+"""Build the base model's networks from an ArchitectureConfig (or a training checkpoint) and write them as a diffusers
+pipeline folder."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from .config import ArchitectureConfig
+from .config import ArchitectureConfig, saved_architecture
 
 INITIAL_LOGVAR = -8.0  # posterior std exp(-4) ~ 0.02 at initialisation
 BETA_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")  # SD1.x's
@@ -128,3 +129,22 @@ def save_pipeline(pipeline: StableDiffusionPipeline, directory: Path, dtype: tor
 
 def parameter_count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def pipeline_from_checkpoint(run_dir: Path, use_ema: bool = True) -> tuple[StableDiffusionPipeline, dict]:
+    """The fp32 pipeline of a training checkpoint (EMA weights by default), and its provenance."""
+    run_dir = Path(run_dir)
+    state = torch.load(run_dir / "unet.ckpt", weights_only=False, map_location="cpu")
+    arch = saved_architecture(state["arch"])
+    tokenizer = CLIPTokenizer.from_pretrained(run_dir / "tokenizer")
+    unet, text_encoder = build_unet(arch), build_text_encoder(arch, tokenizer)
+    if use_ema:
+        unet.load_state_dict({**state["unet"], **state["ema_unet"]})  # buffers from the live model, weights from EMA
+        text_encoder.load_state_dict({**state["text_encoder"], **state["ema_text"]})
+    else:
+        unet.load_state_dict(state["unet"])
+        text_encoder.load_state_dict(state["text_encoder"])
+    vae = AutoencoderKL.from_pretrained(run_dir / "vae")
+    pipeline = assemble_pipeline(vae, unet.eval(), text_encoder.eval(), tokenizer, arch)
+    info = {"unet_step": state["step"], "ema": use_ema, "vae": state["vae"], "arch": state["arch"], "config": state["config"]}
+    return pipeline, info

@@ -36,6 +36,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from . import model as models
 from .config import (
+    DEFAULT_RUN_DIR,
     ArchitectureConfig,
     TokenizerConfig,
     UnetTrainingConfig,
@@ -45,10 +46,11 @@ from .config import (
     to_dict,
 )
 from .data import VAE_SEED_RANGE, LatentPool, SceneSource, atomic_torch_save, render_batch, world_source
+from .evaluate import EvaluationConfig, evaluate
 from .grounding import AttentionRecorder, CaptionGrounding, attention_resolutions, token_grounding_loss, token_pixel_loss
+from .model import pipeline_from_checkpoint
 from .tokenizer import build_tokenizer, words_split
 
-DEFAULT_RUN_DIR = Path("checkpoints/basemodel")
 TOKENIZER_CAPTIONS = 5000  # captions added to the BPE corpus
 SCALING_SAMPLES = 512  # scenes whose latent std sets the scaling factor
 SCALING_FIRST_SEED = 50_000_000
@@ -470,9 +472,6 @@ class UnetTrainer:
 def judge_scores(trainer: UnetTrainer, prompts: int = 32) -> None:
     """Log the judge's scores of the EMA weights on a fixed prompt set (skipped until the judge exists)."""
     from perfusion.world.judge import JUDGE_PATH
-
-    from .evaluate import EvaluationConfig, evaluate
-    from .export import pipeline_from_checkpoint
 
     if not JUDGE_PATH.exists():
         return

@@ -1,0 +1,108 @@
+"""A pipeline's Perfusion settings: each concept's gate (beta, tau), key locking and composition.
+
+``set_concept_settings`` changes them for good (in the manner of diffusers' ``set_adapters``); ``concept_settings`` is
+a context manager whose settings last one block and are put back after it, even when the block raises.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from perfusion.loader import find_runtime
+from perfusion.regions import MODES, RegionalCall, RegionsConfig
+from perfusion.runtime import PerfusionRuntime
+
+BETA_RANGE = (0.0, 1.0)  # s(i*) = 1, s(unrelated) ~ 0: a threshold outside [0, 1] opens or closes every gate
+TAU_RANGE = (0.0, 1.0)  # exclusive below: tau is a temperature
+
+
+class GenerationError(ValueError):
+    """A prompt or setting that cannot be generated."""
+
+
+def check_gate(beta: float | None, tau: float | None) -> None:
+    if beta is not None and not BETA_RANGE[0] <= beta <= BETA_RANGE[1]:
+        raise GenerationError(f"beta must be in [{BETA_RANGE[0]}, {BETA_RANGE[1]}], got {beta}")
+    if tau is not None and not TAU_RANGE[0] < tau <= TAU_RANGE[1]:
+        raise GenerationError(f"tau must be in ({TAU_RANGE[0]}, {TAU_RANGE[1]}], got {tau}")
+
+
+def require_runtime(pipe) -> PerfusionRuntime:
+    runtime = find_runtime(pipe)
+    if runtime is None:
+        raise RuntimeError("no perfusion concepts are loaded in this pipeline")
+    return runtime
+
+
+def per_token(value, tokens: list[str], name: str) -> dict[str, float]:
+    """A float for every loaded concept, or a dict token -> float (None entries left out)."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        unknown = [token for token in value if token not in tokens]
+        if unknown:
+            raise KeyError(f"{unknown[0]} is not loaded")
+        return {token: float(v) for token, v in value.items() if v is not None}
+    return {token: float(value) for token in tokens}
+
+
+def composition_call(pipe, mode: str, regions: dict | None) -> RegionalCall | None:
+    if mode not in MODES:
+        raise GenerationError(f"composition must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "joint":
+        if regions:
+            raise GenerationError('regions settings need composition="regions"')
+        return None
+    timesteps = getattr(getattr(pipe, "scheduler", None), "config", {}).get("num_train_timesteps", 1000)
+    try:
+        return RegionalCall(RegionsConfig(**{"num_train_timesteps": timesteps, **(regions or {})}))
+    except (TypeError, ValueError) as error:
+        raise GenerationError(str(error)) from None
+
+
+def set_concept_settings(pipe, *, beta=None, tau=None, global_lock: bool | None = None, composition: str | None = None,
+                         regions: dict | None = None) -> None:  # fmt: skip
+    """Set the gate of every loaded concept (a float) or of some (a dict token -> float), global key locking and the
+    composition mode ("joint" or "regions", with RegionsConfig's fields as ``regions``). None keeps a setting."""
+    runtime = require_runtime(pipe)
+    tokens = list(runtime.concepts)
+    betas, taus = per_token(beta, tokens, "beta"), per_token(tau, tokens, "tau")
+    for token in tokens:
+        check_gate(betas.get(token), taus.get(token))
+    if regions and composition != "regions":
+        raise GenerationError('regions settings need composition="regions"')
+    regional = runtime.regional if composition is None else composition_call(pipe, composition, regions)
+    for token in tokens:
+        if token in betas or token in taus:
+            runtime.set_options(token, beta=betas.get(token), tau=taus.get(token))
+    if global_lock is not None:
+        runtime.global_lock = bool(global_lock)
+    runtime.regional = regional
+
+
+@contextmanager
+def concept_settings(pipe, **settings):
+    """``set_concept_settings(pipe, **settings)`` for the block only: the pipeline's own settings come back after."""
+    runtime = require_runtime(pipe)
+    saved = runtime.settings()
+    try:
+        set_concept_settings(pipe, **settings)
+        yield pipe
+    finally:
+        runtime.restore(saved)
+
+
+def set_concept_options(pipe, token: str, *, beta: float | None = None, tau: float | None = None) -> None:
+    """One concept's gate: lower beta follows the concept more, higher beta the prompt more."""
+    set_concept_settings(pipe, beta={token: beta}, tau={token: tau})
+
+
+def set_global_lock(pipe, enabled: bool) -> None:
+    """Global key locking: keys read the prompt with every concept token replaced by its supercategory."""
+    set_concept_settings(pipe, global_lock=enabled)
+
+
+def set_composition(pipe, mode: str, **options) -> None:
+    """How prompts with several concepts are denoised: "joint" (the paper's edit, every concept in one pass) or
+    "regions" (each concept in its own region; ``options`` are RegionsConfig's fields)."""
+    set_concept_settings(pipe, composition=mode, regions=options or None)
