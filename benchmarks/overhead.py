@@ -48,7 +48,7 @@ class ProcessorSwitch:
         self.pipe, self.runtime = pipe, find_runtime(pipe)
         self.edit = dict(pipe.unet.attn_processors)
         self.stock = {k: v.original if isinstance(v, PerfusionAttnProcessor) else v for k, v in self.edit.items()}
-        self.remembered = list(self.runtime.registry)
+        self.remembered = list(self.runtime.router.remembered)
 
     def use_stock(self):
         self.runtime.detach()
@@ -57,7 +57,7 @@ class ProcessorSwitch:
     def use_edit(self):
         self.pipe.unet.set_attn_processor(dict(self.edit))
         self.runtime.attach(self.pipe.text_encoder, self.pipe.unet)
-        self.runtime.registry.extend(self.remembered)
+        self.runtime.router.remembered.extend(self.remembered)
 
 
 def unet_overhead(pipe, latent: int, rounds: int, repeats: int) -> dict[str, float]:

@@ -2,7 +2,10 @@
 
 import torch
 
-from perfusion.method import composition_basis, ema_update, gate, masked_mse, rank_one_edit, similarity, similarity_readout
+from perfusion.method import (
+    composition_basis, ema_update, gate, inverse_covariance_factor, masked_mse, rank_one_edit, similarity,
+    similarity_readout,
+)  # fmt: skip
 
 TOLERANCE = 1e-9
 
@@ -18,7 +21,7 @@ def random_problem(width=12, outputs=7, concepts=2, seed=0):
 
 
 def edit(inverse, weight, encodings, targets, inputs, betas, taus):
-    basis = composition_basis(encodings, inverse)
+    basis = composition_basis(encodings, inverse_covariance_factor(inverse))
     return rank_one_edit(
         inputs @ weight.T, inputs, (basis @ inverse).T, weight @ basis.T,
         similarity_readout(encodings, inverse), torch.tensor(betas, dtype=torch.float64),
@@ -49,7 +52,7 @@ def test_single_concept_matches_the_written_formula():
 
 def test_composition_basis_is_inverse_covariance_orthonormal_and_spans_the_concepts():
     inverse, _, encodings, _ = random_problem(concepts=3)
-    basis = composition_basis(encodings, inverse)
+    basis = composition_basis(encodings, inverse_covariance_factor(inverse))
     assert torch.allclose(basis @ inverse @ basis.T, torch.eye(3, dtype=torch.float64), atol=TOLERANCE)
     coefficients = torch.linalg.lstsq(basis.T, encodings.T).solution  # each i* is a combination of the u
     assert torch.allclose(basis.T @ coefficients, encodings.T, atol=1e-8)

@@ -53,13 +53,17 @@ def test_unload_restores_processors_tokenizer_and_output(tiny_pipe):
 
 
 def test_negative_rows_and_other_prompts_in_a_batch_stay_stock(tiny_pipe):
+    """One batch, guidance on: the unconditional rows and a plain prompt's row are exactly the stock ones."""
+
+    def batch(prompts):
+        generators = [torch.Generator().manual_seed(seed) for seed in range(len(prompts))]
+        return tiny_pipe(prompts, num_inference_steps=3, guidance_scale=5.0, generator=generators, output_type="np").images
+
+    stock = batch(["a cat", "a photo of a dog", "a cat"])
     load_concepts(tiny_pipe, handmade_concept(tiny_pipe), captions=CAPTIONS)
-    runtime = find_runtime(tiny_pipe)
-    ids = tokenize(tiny_pipe.tokenizer, ["", "a photo of a <mycat>", "a cat", "a photo of a <mycat>"])
-    with torch.no_grad():
-        encodings = encode(tiny_pipe.text_encoder, ids)
-    context = runtime.context_for(runtime.find(encodings), encodings)
-    assert [(tokens, rows.tolist()) for tokens, rows in context.groups] == [(("<mycat>",), [1, 3])]
+    edited = batch(["a cat", "a photo of a <mycat>", "a cat"])
+    assert np.array_equal(edited[0], stock[0]) and np.array_equal(edited[2], stock[2])
+    assert not np.array_equal(edited[1], stock[1])
 
 
 def test_local_key_lock_gives_the_concept_the_supercategory_keys(tiny_pipe):
@@ -67,10 +71,9 @@ def test_local_key_lock_gives_the_concept_the_supercategory_keys(tiny_pipe):
     concept = handmade_concept(tiny_pipe)
     load_concepts(tiny_pipe, concept, captions=CAPTIONS)
     set_concept_options(tiny_pipe, "<mycat>", beta=0.5, tau=1e-4)
-    runtime = find_runtime(tiny_pipe)
-    from perfusion.runtime import CallContext
+    from perfusion.router import CallContext
 
-    runtime.context = CallContext([(("<mycat>",), torch.tensor([0]))], None)
+    find_runtime(tiny_pipe).router.context = CallContext([(("<mycat>",), torch.tensor([0]))], None)  # the processor alone
     for name, processor in tiny_pipe.unet.attn_processors.items():
         if not isinstance(processor, PerfusionAttnProcessor):
             continue
@@ -90,7 +93,7 @@ def test_global_lock_keys_read_the_prompt_with_the_supercategory(tiny_pipe):
     ids = tokenize(tiny_pipe.tokenizer, ["<mycat> next to a cat"])
     with torch.no_grad():
         expected = encode(tiny_pipe.text_encoder, tokenize(tiny_pipe.tokenizer, ["cat next to a cat"]))
-    torch.testing.assert_close(runtime.supercategory_encodings(ids), expected)
+    torch.testing.assert_close(runtime.router.supercategory_encodings(ids), expected)
     local = images(tiny_pipe, "<mycat> next to a cat")
     assert not np.array_equal(images(tiny_pipe, "<mycat> next to a cat", global_lock=True), local)
 
@@ -150,10 +153,9 @@ def test_edit_composes_with_a_peft_lora_on_the_projections(tiny_pipe):
     concept = handmade_concept(tiny_pipe)
     load_concepts(tiny_pipe, concept, captions=CAPTIONS, check=False)
     set_concept_options(tiny_pipe, "<mycat>", beta=0.5, tau=1e-4)
-    runtime = find_runtime(tiny_pipe)
-    from perfusion.runtime import CallContext
+    from perfusion.router import CallContext
 
-    runtime.context = CallContext([(("<mycat>",), torch.tensor([0]))], None)
+    find_runtime(tiny_pipe).router.context = CallContext([(("<mycat>",), torch.tensor([0]))], None)  # the processor alone
     processor = next(p for p in tiny_pipe.unet.attn_processors.values() if isinstance(p, PerfusionAttnProcessor))
     attn = tiny_pipe.unet.get_submodule(processor.layer)
     e = concept.concept_encoding[None, None]
@@ -235,3 +237,16 @@ def test_the_edit_acts_on_the_hidden_state_the_pipeline_hands_the_unet(tiny_pipe
     edited = plain_call(tiny_pipe, None, prompt_embeds=embeds, negative_prompt_embeds=negative)
     unload_concepts(tiny_pipe)
     assert not np.array_equal(plain_call(tiny_pipe, None, prompt_embeds=embeds, negative_prompt_embeds=negative), edited)
+
+
+def test_loading_copies_the_callers_concept_and_never_changes_it(tiny_pipe):
+    concept = handmade_concept(tiny_pipe)
+    targets = concept.value_targets
+    saved = {layer: target.clone() for layer, target in targets.items()}
+    load_concepts(tiny_pipe, concept, captions=CAPTIONS)
+    assert concept.value_targets is targets and all(torch.equal(targets[k], saved[k]) for k in saved)
+    before = images(tiny_pipe, "a photo of a <mycat>")
+    for target in targets.values():  # the caller changes its own object afterwards: the pipeline does not see it
+        target.zero_()
+    concept.concept_encoding = torch.zeros_like(concept.concept_encoding)
+    assert np.array_equal(images(tiny_pipe, "a photo of a <mycat>"), before)

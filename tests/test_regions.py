@@ -7,8 +7,8 @@ from perfusion.testing import handmade_concept, small_corpus
 
 from perfusion.generation import GenerationConfig, GenerationError, generate
 from perfusion.loader import find_runtime, load_concepts
-from perfusion.settings import set_composition
-from perfusion.regions import RegionsConfig, region_masks
+from perfusion.settings import set_composition, set_global_lock
+from perfusion.regions import RegionsConfig, locked_keys, region_masks
 from perfusion.text import encode, supercategory_substitution, tokenize
 
 CAPTIONS = small_corpus()
@@ -56,8 +56,8 @@ def test_while_laying_out_the_split_row_is_exactly_the_plain_prompt(tiny_pipe):
     runtime = find_runtime(tiny_pipe)
     ids = tokenize(tiny_pipe.tokenizer, [PAIR])
     with torch.no_grad():
-        runtime.remember(ids, encode(tiny_pipe.text_encoder, ids))
-    split = runtime.registry[-1].split
+        encode(tiny_pipe.text_encoder, ids)  # the hooked text encoder remembers the prompt and splits it
+    split = runtime.router.remembered[-1].split
     with torch.no_grad():
         plain = encode(tiny_pipe.text_encoder, tokenize(tiny_pipe.tokenizer, ["a cat next to a mug"]))[0]
     torch.testing.assert_close(split.plain, plain)
@@ -82,10 +82,10 @@ def test_after_the_layout_each_concept_row_predicts_inside_its_own_region(tiny_p
     timestep = torch.tensor(500)
     with torch.no_grad():
         merged = tiny_pipe.unet(sample, timestep, encoder_hidden_states=states).sample
-        maps = runtime.regional.maps[1].clone()
-        split = runtime.registry[-1].split
+        maps = runtime.registry.regional.maps[1].clone()
+        split = runtime.router.remembered[-1].split
         set_composition(tiny_pipe, "joint")
-        runtime.registry.extend(split.rows)  # each concept's own row, edited as any prompt with that concept
+        runtime.router.remembered.extend(split.rows)  # each concept's own row, edited as any prompt with that concept
         plain = tiny_pipe.unet(sample[1:], timestep, encoder_hidden_states=split.plain[None]).sample[0]
         own = [tiny_pipe.unet(sample[1:], timestep, encoder_hidden_states=row.encodings[None]).sample[0]
                for row in split.rows]  # fmt: skip
@@ -111,12 +111,12 @@ def test_a_prompt_with_one_concept_keeps_the_joint_edit(tiny_pipe):
 def test_regions_under_global_key_locking_lock_each_concept_row_to_the_supercategory(tiny_pipe):
     two_concepts(tiny_pipe)
     set_composition(tiny_pipe, "regions")
-    find_runtime(tiny_pipe).global_lock = True
+    set_global_lock(tiny_pipe, True)
     ids = tokenize(tiny_pipe.tokenizer, [PAIR])
     with torch.no_grad():
-        find_runtime(tiny_pipe).remember(ids, encode(tiny_pipe.text_encoder, ids))
+        encode(tiny_pipe.text_encoder, ids)  # remembered and split by the hooked text encoder
         plain = encode(tiny_pipe.text_encoder, tokenize(tiny_pipe.tokenizer, ["a cat next to a mug"]))[0]
-    for row in find_runtime(tiny_pipe).registry[-1].split.rows:
+    for row in find_runtime(tiny_pipe).router.remembered[-1].split.rows:
         torch.testing.assert_close(row.key_encodings, plain)  # every concept read as its supercategory
     locked = images(tiny_pipe, PAIR, composition="regions", global_lock=True)
     assert not np.array_equal(locked, images(tiny_pipe, PAIR, composition="regions"))
@@ -128,13 +128,13 @@ def test_split_rows_locked_keys_are_the_plain_rows_gathered_as_encoding_them_wou
     load_concepts(tiny_pipe, handmade_concept(tiny_pipe, "<mymug>", "large red mug", seed=2))
     runtime = find_runtime(tiny_pipe)
     ids = tokenize(tiny_pipe.tokenizer, [PAIR + tail])
-    replacements = runtime.supercategory_replacements()
+    replacements = runtime.registry.supercategory_replacements()
     eos = tiny_pipe.tokenizer.eos_token_id
     others = [{key: value for key, value in replacements.items() if key != own} for own in replacements]
     split_ids = torch.cat([supercategory_substitution(ids, variant, eos)[0] for variant in [replacements, *others]])
     with torch.no_grad():
-        keys = runtime.locked_keys(split_ids, encode(tiny_pipe.text_encoder, split_ids))
-        torch.testing.assert_close(keys, runtime.supercategory_encodings(split_ids[1:]))
+        keys = locked_keys(runtime.router, split_ids, encode(tiny_pipe.text_encoder, split_ids))
+        torch.testing.assert_close(keys, runtime.router.supercategory_encodings(split_ids[1:]))
 
 
 def test_maps_add_up_along_a_trajectory_and_start_again_when_the_timestep_rises(tiny_pipe):
@@ -149,7 +149,7 @@ def test_maps_add_up_along_a_trajectory_and_start_again_when_the_timestep_rises(
 
         def total(timestep):
             tiny_pipe.unet(sample, torch.tensor(timestep), encoder_hidden_states=states)
-            return runtime.regional.maps[0].sum().item()
+            return runtime.registry.regional.maps[0].sum().item()
 
         first = total(999)
         assert total(500) > first  # the same trajectory: the maps add up

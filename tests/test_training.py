@@ -7,7 +7,7 @@ from perfusion.testing import build_tiny_pipeline, load_pipeline, small_corpus, 
 
 from perfusion.images import load_training_images
 from perfusion.latents import forward_process, noised
-from perfusion.runtime import linear_part
+from perfusion.plans import linear_part
 from perfusion.train import ConceptTrainer, TrainingConfig, train_concept
 
 CAPTIONS = small_corpus()
@@ -124,3 +124,21 @@ def test_training_leaves_flags_devices_and_dtypes_as_it_found_them(tiny_pipe, co
     train_concept(tiny_pipe, concept_images, "<mydisc>", "cat", TrainingConfig(steps=2, **QUICK), captions=CAPTIONS,
                   progress=False)  # fmt: skip
     assert module_state(tiny_pipe) == before
+
+
+def test_training_steps_rebuild_the_span_plan_but_never_the_cholesky_factor(tiny_pipe, concept_images):
+    """i* moves every step: the C^-1-orthonormal basis is recomputed, the factor of C^-1 is computed once."""
+    from unittest import mock
+
+    import perfusion.plans
+
+    trainer = ConceptTrainer(tiny_pipe, concept_images, "<mydisc>", "cat", TrainingConfig(steps=3, **QUICK))
+    trainer.install(captions=CAPTIONS)
+    try:
+        with mock.patch("torch.linalg.cholesky", wraps=torch.linalg.cholesky) as cholesky, \
+                mock.patch.object(perfusion.plans, "composition_basis", wraps=perfusion.plans.composition_basis) as basis:
+            for _ in range(3):
+                trainer.step()
+    finally:
+        trainer.uninstall()
+    assert cholesky.call_count == 0 and basis.call_count >= 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -99,11 +100,14 @@ def load_concepts(
         embedding = concept.token_embedding.detach().to(pipe.text_encoder.dtype)
         with embedding_frozen_state_kept(pipe.text_encoder):
             pipe.load_textual_inversion(embedding, token=concept.token, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)
-        concept.value_targets = {layer: target.to(device) for layer, target in concept.value_targets.items()}
-        token_id = pipe.tokenizer.convert_tokens_to_ids(concept.token)
-        supercategory_ids = pipe.tokenizer(concept.supercategory, add_special_tokens=False).input_ids
-        runtime.add(concept, token_id, supercategory_ids)
+        runtime.add(installed_copy(concept, device))
     return [concept for concept, _ in loaded]
+
+
+def installed_copy(concept: Concept, device) -> Concept:
+    """The runtime's own copy of a caller's concept (value targets on the UNet's device); the caller's is untouched."""
+    return replace(concept, value_targets={layer: target.detach().to(device, copy=True) for layer, target in concept.value_targets.items()},
+                   training=dict(concept.training))  # fmt: skip
 
 
 def unload_concepts(pipe, tokens: str | list[str] | None = None) -> None:

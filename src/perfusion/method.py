@@ -28,13 +28,18 @@ def gate(similarities: torch.Tensor, beta: torch.Tensor | float, tau: torch.Tens
     return torch.sigmoid((similarities - beta) / tau)
 
 
-def composition_basis(concept_encodings: torch.Tensor, inverse_covariance: torch.Tensor) -> torch.Tensor:
-    """A C^-1-orthonormal basis {u_n} of span{i*_n}: C^-1 = L L^T, q = QR(L^T i*), u = L^-T q.
+def inverse_covariance_factor(inverse_covariance: torch.Tensor) -> torch.Tensor:
+    """L with C^-1 = L L^T (Cholesky), in float64: computed once per base model."""
+    return torch.linalg.cholesky(inverse_covariance.to(torch.float64))
+
+
+def composition_basis(concept_encodings: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """A C^-1-orthonormal basis {u_n} of span{i*_n}: q = QR(L^T i*), u = L^-T q, with ``factor`` L (C^-1 = L L^T).
 
     ``concept_encodings`` (N, d) -> (N, d) with U C^-1 U^T = I. Computed in float64.
     """
     encodings = concept_encodings.to(torch.float64)
-    lower = torch.linalg.cholesky(inverse_covariance.to(torch.float64))  # C^-1 = L L^T
+    lower = factor.to(torch.float64)
     q, _ = torch.linalg.qr(lower.T @ encodings.T)  # (d, N), orthonormal columns
     basis = torch.linalg.solve_triangular(lower.T, q, upper=True)  # u = L^-T q
     return basis.T

@@ -81,11 +81,12 @@ class PerfusionAttnProcessor:
         context = self.runtime.context
         for tokens, rows in context.groups:
             plan = self.runtime.layer_plan(tokens, self.layer, attn, encodings.device)
+            betas, taus = self.runtime.gates(tokens, encodings.device)
 
             def edited(projected, projected_basis, targets):
                 return rank_one_edit(
                     projected[rows], encodings[rows], plan.basis_readout, projected_basis,
-                    plan.similarity_readouts, plan.betas, plan.taus, targets,
+                    plan.similarity_readouts, betas, taus, targets,
                 )  # fmt: skip
 
             value = value.index_copy(0, rows, edited(value, plan.value_basis, self.runtime.value_targets(tokens, self.layer, encodings.device)))

@@ -71,13 +71,14 @@ def set_concept_settings(pipe, *, beta=None, tau=None, global_lock: bool | None 
         check_gate(betas.get(token), taus.get(token))
     if regions and composition != "regions":
         raise GenerationError('regions settings need composition="regions"')
-    regional = runtime.regional if composition is None else composition_call(pipe, composition, regions)
+    registry = runtime.registry
+    regional = registry.regional if composition is None else composition_call(pipe, composition, regions)
     for token in tokens:
         if token in betas or token in taus:
             runtime.set_options(token, beta=betas.get(token), tau=taus.get(token))
     if global_lock is not None:
-        runtime.global_lock = bool(global_lock)
-    runtime.regional = regional
+        registry.global_lock = bool(global_lock)
+    registry.regional = regional
 
 
 @contextmanager

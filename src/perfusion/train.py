@@ -21,7 +21,7 @@ from perfusion.masks import attention_masks
 from perfusion.method import ema_update, masked_mse
 from perfusion.pairs import pair_caption, paired_images
 from perfusion.settings import check_gate
-from perfusion.runtime import linear_part
+from perfusion.plans import linear_part
 from perfusion.text import encode, tokenize, word_positions
 from perfusion.tokens import check_new_token, substitute_token_embedding
 
@@ -222,18 +222,24 @@ class ConceptTrainer:
         load_concepts(pipe, self.concept, captions=captions, inverse_covariance=inverse_covariance, check=False,
                       progress=progress)  # fmt: skip
         self.runtime = find_runtime(pipe)
+        self.runtime.train_value_targets(self.token, self.concept.value_targets)  # the trainer's own tensors
         self.runtime.set_options(self.token, beta=self.config.train_beta, tau=self.config.train_tau)
         self.token_id = pipe.tokenizer.convert_tokens_to_ids(self.token)
         token_embedding = self.concept.token_embedding  # v* enters through the token's embedding row
         self.embedding_hook = substitute_token_embedding(pipe.text_encoder, self.token_id, token_embedding)
         if self.start_step == 0:
             concept_ids = self.prompts_ids(self.token)
-            self.runtime.set_concept_encoding(self.token, self.mean_encoding(concept_ids, [self.token_id]))
+            self.move_concept_encoding(self.mean_encoding(concept_ids, [self.token_id]))
         trainable = [
             {"params": [token_embedding], "lr": self.config.lr_embedding},
             {"params": list(self.concept.value_targets.values()), "lr": self.config.lr_values},
         ]
         self.optimizer = self.accelerator.prepare(torch.optim.AdamW(trainable, weight_decay=self.config.weight_decay))
+
+    def move_concept_encoding(self, encoding: torch.Tensor) -> None:
+        """i* is tracked, never trained: the trainer's concept and the installed one both take the new value."""
+        self.concept.concept_encoding = encoding.detach()
+        self.runtime.set_concept_encoding(self.token, encoding)
 
     def uninstall(self) -> None:
         self.embedding_hook.remove()
@@ -284,8 +290,7 @@ class ConceptTrainer:
             total += loss.item() / config.gradient_accumulation
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        concept_encoding = ema_update(self.concept.concept_encoding, torch.stack(observed).mean(0), config.ema_decay)
-        self.runtime.set_concept_encoding(self.token, concept_encoding)
+        self.move_concept_encoding(ema_update(self.concept.concept_encoding, torch.stack(observed).mean(0), config.ema_decay))
         return total
 
     # -- checkpoints ----------------------------------------------------------------------------

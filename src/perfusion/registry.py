@@ -1,0 +1,81 @@
+"""The concepts installed in a pipeline and their settings: each concept's gate, key locking, the composition mode."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from perfusion.concept import Concept
+from perfusion.regions import RegionalCall
+
+
+@dataclass
+class InstalledConcept:
+    concept: Concept  # the registry's own copy (perfusion.loader copies what a caller gives)
+    supercategory_ids: list[int]
+    beta: float
+    tau: float
+
+
+@dataclass
+class RuntimeSettings:
+    gates: dict[str, tuple[float, float]]  # token -> (beta, tau)
+    global_lock: bool
+    regional: RegionalCall | None
+
+
+class ConceptRegistry:
+    """Loaded concepts by token, in loading order; token ids are looked up in the tokenizer, never cached."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.concepts: dict[str, InstalledConcept] = {}
+        self.global_lock = False
+        self.regional: RegionalCall | None = None  # None: the paper's joint edit
+
+    def __contains__(self, token: str) -> bool:
+        return token in self.concepts
+
+    def __getitem__(self, token: str) -> InstalledConcept:
+        return self.concepts[token]
+
+    def add(self, concept: Concept) -> None:
+        ids = self.tokenizer(concept.supercategory, add_special_tokens=False).input_ids
+        self.concepts[concept.token] = InstalledConcept(concept, ids, concept.beta, concept.tau)
+
+    def remove(self, token: str) -> None:
+        del self.concepts[token]
+
+    def token_id(self, token: str) -> int:
+        return self.tokenizer.convert_tokens_to_ids(token)
+
+    def tokens_by_id(self) -> dict[int, str]:
+        return {self.token_id(token): token for token in self.concepts}
+
+    def supercategory_replacements(self) -> dict[int, list[int]]:
+        """Each installed concept's token id -> its supercategory word's ids."""
+        return {self.token_id(token): installed.supercategory_ids for token, installed in self.concepts.items()}
+
+    # -- settings ---------------------------------------------------------------------------------
+    def set_options(self, token: str, beta: float | None = None, tau: float | None = None) -> None:
+        installed = self.concepts[token]
+        installed.beta = installed.beta if beta is None else float(beta)
+        installed.tau = installed.tau if tau is None else float(tau)
+
+    def gates(self, tokens: tuple[str, ...], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(betas, taus) of ``tokens``, read live: a settings change needs no plan rebuilt."""
+        installed = [self.concepts[token] for token in tokens]
+        return (torch.tensor([item.beta for item in installed], device=device),
+                torch.tensor([item.tau for item in installed], device=device))  # fmt: skip
+
+    def settings(self) -> RuntimeSettings:
+        """Everything a generation call may change, to be put back with ``restore``."""
+        gates = {token: (installed.beta, installed.tau) for token, installed in self.concepts.items()}
+        return RuntimeSettings(gates, self.global_lock, self.regional)
+
+    def restore(self, settings: RuntimeSettings) -> None:
+        for token, (beta, tau) in settings.gates.items():
+            if token in self.concepts:
+                self.set_options(token, beta=beta, tau=tau)
+        self.global_lock, self.regional = settings.global_lock, settings.regional
