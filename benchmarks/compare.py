@@ -245,7 +245,8 @@ def generate_sweep(model, concept, variant, artifact, prompts, settings) -> dict
     images = {}
     for value in sweep_values(variant, settings.quick):
         guidance = value if variant.knob == "guidance" else settings.guidance
-        config = GenerationConfig(steps=settings.inference_steps, guidance=guidance, num_images=settings.images_per_prompt,
+        config = GenerationConfig(num_inference_steps=settings.inference_steps, guidance_scale=guidance,
+                                  num_images_per_prompt=settings.images_per_prompt,
                                   seed=settings.seed)  # fmt: skip
         gate = {concept.token: (value, None)} if variant.knob == "beta" else None
         if variant.knob == "scale":
@@ -314,8 +315,8 @@ def make_scorer(model: str, concept: ConceptSpec, prompts: list[EvalPrompt], set
         return scorer
     print(f"note: scoring {concept.name} with the pixel placeholder ({reason})", file=sys.stderr)
     pipe = fresh_pipeline(model)
-    config = GenerationConfig(steps=settings.inference_steps, guidance=settings.guidance,
-                              num_images=settings.images_per_prompt, seed=settings.seed)  # fmt: skip
+    config = GenerationConfig(num_inference_steps=settings.inference_steps, guidance_scale=settings.guidance,
+                              num_images_per_prompt=settings.images_per_prompt, seed=settings.seed)  # fmt: skip
     return PixelScorer({prompt: generate(pipe, prompt.text(concept.supercategory), config) for prompt in prompts})
 
 
@@ -350,9 +351,9 @@ def composition_images(model: str, pair: tuple[ConceptSpec, ConceptSpec], varian
         if variant.method == "lora":
             pipe.set_adapters([module.adapter_name(concept.token) for concept in pair], adapter_weights=[variant.default] * 2)
     guidance = variant.default if variant.knob == "guidance" else settings.guidance
-    config = GenerationConfig(steps=settings.inference_steps, guidance=guidance,
+    config = GenerationConfig(num_inference_steps=settings.inference_steps, guidance_scale=guidance,
                               composition=composition_mode(variant, settings),
-                              num_images=settings.composition_images_per_prompt, seed=settings.seed)  # fmt: skip
+                              num_images_per_prompt=settings.composition_images_per_prompt, seed=settings.seed)  # fmt: skip
     images = []
     for template in COMPOSITION_TEMPLATES:
         prompt = template.format(*(concept.token for concept in pair))

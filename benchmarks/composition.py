@@ -40,7 +40,7 @@ def judged(pipe, judge, subjects: tuple[str, ...], wanted: list[str], args, read
     an object: itself, or its category)."""
     hits, seen, cells = 0, [], []
     settings = {token: (args.beta, None) for token in args.tokens}
-    config = GenerationConfig(steps=args.steps, guidance=args.guidance, num_images=args.seeds, seed=args.seed,
+    config = GenerationConfig(num_inference_steps=args.steps, guidance_scale=args.guidance, num_images_per_prompt=args.seeds, seed=args.seed,
                               global_lock=args.global_lock, composition=args.composition)  # fmt: skip
     template = TEMPLATE if len(subjects) == 1 else PAIR_TEMPLATE
     for background in BACKGROUNDS:

@@ -48,7 +48,7 @@ def judged_row(pipe, judge, label: str, texts: list[str], objects: list[str], co
     """Generate every text, read it with the judge: (counts, sheet row)."""
     counts, cells = {"images": 0, "accepted": 0, "named": 0}, []
     for index, (text, wanted) in enumerate(zip(texts, objects)):
-        images = generate(pipe, text, replace(config, seed=config.seed + index * config.num_images), settings)
+        images = generate(pipe, text, replace(config, seed=config.seed + index * config.num_images_per_prompt), settings)
         output = judge.run([image.resize((64, 64)) for image in images])
         for row, image in enumerate(images):
             counts["images"] += 1
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     pipe = open_pipeline(args.model or str(default_model_path()))
     pipe.set_progress_bar_config(disable=True)
     judge = Judge.load()
-    config = GenerationConfig(steps=25, guidance=recipe.GUIDANCE, num_images=args.seeds, seed=args.seed)
+    config = GenerationConfig(num_inference_steps=25, guidance_scale=recipe.GUIDANCE, num_images_per_prompt=args.seeds, seed=args.seed)
     prompts = seen_prompts(args.prompts, args.seed)
     results, rows = {}, []
     counts, row = judged_row(pipe, judge, "base model, seen objects", [spec.text(name) for name, spec in prompts],

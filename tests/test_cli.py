@@ -206,3 +206,17 @@ def test_a_broken_recipe_file_is_one_clear_line(model_with_recipe, tmp_path, cap
     images = write_concept_images(tmp_path / "disc")
     expect_refusal(["train", "--model", model_with_recipe, "--images", images, "--token", "<mydisc>",
                     "--supercategory", "cat", "--out", tmp_path / "c.safetensors", "--quiet"], capsys, "stepz")  # fmt: skip
+
+
+def test_every_config_field_is_a_flag_of_its_command():
+    """Flags are made from the dataclasses, so a new setting cannot be left off the command line."""
+    from dataclasses import fields
+
+    from perfusion.cli import parser
+    from perfusion.generation import GenerationConfig
+    from perfusion.train import TrainingConfig
+
+    commands = next(action for action in parser()._actions if action.dest == "command").choices
+    for command, config, api_only in (("train", TrainingConfig, set()), ("generate", GenerationConfig, {"regions"})):
+        destinations = {action.dest for action in commands[command]._actions}
+        assert {item.name for item in fields(config)} - api_only <= destinations, command

@@ -19,7 +19,7 @@ CAPTIONS = small_corpus()
 
 def images(pipe, prompt, seed=0, **kwargs):
     config = GenerationConfig(
-        steps=3, guidance=5.0, num_images=kwargs.pop("num_images", 1), seed=seed,
+        num_inference_steps=3, guidance_scale=5.0, num_images_per_prompt=kwargs.pop("num_images", 1), seed=seed,
         global_lock=kwargs.pop("global_lock", False),
     )  # fmt: skip
     return np.stack([np.asarray(image) for image in generate(pipe, prompt, config, **kwargs)])
@@ -217,7 +217,7 @@ def test_a_generate_calls_settings_apply_to_that_call_only(tiny_pipe):
                               handmade_concept(tiny_pipe, "<mymug>", "mug", seed=2)], captions=CAPTIONS)  # fmt: skip
     prompt = "a <mycat> next to a <mymug>"
     before = plain_call(tiny_pipe, prompt)
-    config = GenerationConfig(steps=3, guidance=5.0, global_lock=True, composition="regions")
+    config = GenerationConfig(num_inference_steps=3, guidance_scale=5.0, global_lock=True, composition="regions")
     generate(tiny_pipe, prompt, config, {"<mycat>": (0.3, 0.2)})
     assert np.array_equal(plain_call(tiny_pipe, prompt), before)
 

@@ -21,7 +21,7 @@ def two_concepts(pipe):
 
 
 def images(pipe, prompt, composition="joint", num_images=1, global_lock=False):
-    config = GenerationConfig(steps=3, guidance=5.0, num_images=num_images, composition=composition,
+    config = GenerationConfig(num_inference_steps=3, guidance_scale=5.0, num_images_per_prompt=num_images, composition=composition,
                               global_lock=global_lock)  # fmt: skip
     return np.stack([np.asarray(image) for image in generate(pipe, prompt, config)])
 
@@ -64,7 +64,7 @@ def test_while_laying_out_the_split_row_is_exactly_the_plain_prompt(tiny_pipe):
     assert [row.tokens for row in split.rows] == [("<mycat>",), ("<mymug>",)]
     assert split.plain_positions == split.own_positions == [2, 6]  # after BOS: a, <mycat>; next, to, a, <mymug>
 
-    config = GenerationConfig(steps=3, guidance=5.0, composition="regions", regions=dict(layout=1.0))
+    config = GenerationConfig(num_inference_steps=3, guidance_scale=5.0, composition="regions", regions=dict(layout=1.0))
     layout_only = np.asarray(generate(tiny_pipe, PAIR, config)[0])
     assert np.abs(layout_only.astype(int) - stock[0].astype(int)).max() <= 1
 
@@ -170,7 +170,7 @@ def test_generate_keeps_the_pipelines_composition_unless_its_config_sets_one(tin
     regional = images(tiny_pipe, PAIR, composition="regions")
     joint = images(tiny_pipe, PAIR, composition="joint")
     set_composition(tiny_pipe, "regions")
-    kept = generate(tiny_pipe, PAIR, GenerationConfig(steps=3, guidance=5.0))  # no composition given
+    kept = generate(tiny_pipe, PAIR, GenerationConfig(num_inference_steps=3, guidance_scale=5.0))  # no composition given
     assert np.array_equal(np.asarray(kept[0]), regional[0])
     assert np.array_equal(images(tiny_pipe, PAIR, composition="joint"), joint)
 
@@ -182,4 +182,4 @@ def test_an_unknown_composition_mode_is_refused(tiny_pipe):
     with pytest.raises(GenerationError, match="composition"):
         images(tiny_pipe, PAIR, composition="blend")
     with pytest.raises(GenerationError, match="regions settings"):
-        generate(tiny_pipe, PAIR, GenerationConfig(steps=1, regions=dict(layout=0.5)))
+        generate(tiny_pipe, PAIR, GenerationConfig(num_inference_steps=1, regions=dict(layout=0.5)))

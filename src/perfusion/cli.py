@@ -108,18 +108,39 @@ def add_generate(commands) -> None:
     parser.add_argument("--negative-prompt", default=None)
     parser.add_argument("--beta", type=float, action="append", help="gate bias; once for all concepts or once per concept")
     parser.add_argument("--tau", type=float, action="append", help="gate temperature; once or once per concept")
-    parser.add_argument("--global-lock", action="store_true", help="global key locking (suggested beta 0.4-0.6)")
-    parser.add_argument("--composition", choices=MODES, default=None,
-                        help="several concepts: one joint edit (the paper's) or each in its own region "
-                             "(default: the model's recipe, else joint)")
-    parser.add_argument("--seed", type=int, default=GenerationConfig.seed)
-    parser.add_argument("--steps", type=int, default=None, help="default: the model's recipe, else 25")
-    parser.add_argument("--guidance", type=float, default=None, help="default: the model's recipe, else 7.5")
-    parser.add_argument("--num-images", type=int, default=GenerationConfig.num_images)
+    add_generation_arguments(parser)
     parser.add_argument("--out", default="perfusion-out", help="output folder")
     parser.add_argument("--captions", help="caption file for the covariance, instead of the packaged corpus")
     parser.add_argument("--force", action="store_true", help="overwrite existing images")
     parser.set_defaults(run=run_generate)
+
+
+# GenerationConfig's fields as flags (diffusers' names, and the short ones earlier versions had); absent unless given,
+# so that the model's recipe and then the dataclass fill the rest. ``regions`` is the API's only.
+GENERATION_FLAGS = {
+    "num_inference_steps": (("--num-inference-steps", "--steps"), dict(type=int, help="denoising steps")),
+    "guidance_scale": (("--guidance-scale", "--guidance"), dict(type=float, help="classifier-free guidance")),
+    "num_images_per_prompt": (("--num-images-per-prompt", "--num-images"), dict(type=int, help="images to make")),
+    "seed": (("--seed",), dict(type=int, help="the first image's seed")),
+    "global_lock": (("--global-lock",), dict(action="store_const", const=True,
+                                             help="global key locking (suggested beta 0.4-0.6)")),
+    "composition": (("--composition",), dict(choices=MODES, help="several concepts: one joint edit (the paper's) "
+                                                                  "or each in its own region")),
+}  # fmt: skip
+
+
+def add_generation_arguments(parser) -> None:
+    defaults = GenerationConfig()
+    for name, (flags, options) in GENERATION_FLAGS.items():
+        options = dict(options)
+        help_text = f"{options.pop('help')} (default: the model's recipe, else {getattr(defaults, name)})"
+        parser.add_argument(*flags, dest=name, default=argparse.SUPPRESS, help=help_text, **options)
+
+
+def generation_config(model, args) -> GenerationConfig:
+    """GenerationConfig's defaults, under the model folder's recipe, under the flags given."""
+    given = {name: getattr(args, name) for name in GENERATION_FLAGS if hasattr(args, name)}
+    return GenerationConfig(**{**read_recipe(model).generation, **given})
 
 
 def per_concept(values: list[float] | None, count: int, name: str) -> list[float | None]:
@@ -136,14 +157,6 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "image"
 
 
-def generation_config(model, **given) -> GenerationConfig:
-    """GenerationConfig's defaults, under the model folder's recipe, under the values given (None: not given)."""
-    recipe = read_recipe(model).generation
-    names = {"num_inference_steps": "steps", "guidance_scale": "guidance"}
-    from_recipe = {names.get(key, key): value for key, value in recipe.items()}
-    return GenerationConfig(**{**from_recipe, **{key: value for key, value in given.items() if value is not None}})
-
-
 def run_generate(args) -> None:
     from perfusion.loader import load_concepts
 
@@ -152,18 +165,15 @@ def run_generate(args) -> None:
     taus = per_concept(args.tau, len(concepts), "tau")
     for beta, tau in zip(betas, taus):
         check_gate(beta, tau)
-    if args.num_images < 1 or (args.steps is not None and args.steps < 1):
-        raise CommandError("--num-images and --steps must be at least 1")
+    config = generation_config(args.model, args)
     out = Path(args.out)
-    names = [out / f"{slug(args.prompt)}-s{args.seed}-{index}.png" for index in range(args.num_images)]
+    names = [out / f"{slug(args.prompt)}-s{config.seed}-{index}.png" for index in range(config.num_images_per_prompt)]
     for path in names:
         refuse_existing(path, args.force)
     pipe = open_pipeline(args.model)
     if concepts:  # by path, so that errors name the file
         load_concepts(pipe, args.concept, captions=read_captions(args.captions), progress=True)
     check_prompt(pipe, args.prompt)
-    config = generation_config(args.model, steps=args.steps, guidance=args.guidance, num_images=args.num_images,
-                               seed=args.seed, global_lock=args.global_lock, composition=args.composition)  # fmt: skip
     settings = {concept.token: (beta, tau) for concept, beta, tau in zip(concepts, betas, taus)}
     images = generate(pipe, args.prompt, config, settings, negative_prompt=args.negative_prompt)
     from perfusion.files import atomic_write

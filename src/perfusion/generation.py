@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from perfusion.loader import loaded_tokens
+from perfusion.regions import MODES
 from perfusion.settings import GenerationError, check_gate, concept_settings
 from perfusion.text import prompt_tokens
 
@@ -16,14 +17,26 @@ __all__ = ["GenerationConfig", "GenerationError", "check_gate", "check_prompt", 
 
 @dataclass
 class GenerationConfig:
-    steps: int = 25
-    guidance: float = 7.5
-    num_images: int = 1
+    """One generation call's settings; field names follow the diffusers pipeline's own arguments."""
+
+    num_inference_steps: int = 25
+    guidance_scale: float = 7.5
+    num_images_per_prompt: int = 1
     seed: int = 0
     # None keeps the pipeline's own setting (set_global_lock, set_composition; off and "joint" until set)
     global_lock: bool | None = None  # keys read the prompt with concepts replaced by their supercategory
     composition: str | None = None  # "joint" or "regions": each concept denoised in its own region (perfusion.regions)
     regions: dict | None = None  # RegionsConfig's fields with composition "regions" (layout, threshold, min_concepts)
+
+    def __post_init__(self):
+        if self.num_inference_steps < 1 or self.num_images_per_prompt < 1:
+            raise GenerationError("num_inference_steps and num_images_per_prompt must be at least 1")
+        if self.guidance_scale < 0:
+            raise GenerationError(f"guidance_scale must not be negative, got {self.guidance_scale}")
+        if self.composition is not None and self.composition not in MODES:
+            raise GenerationError(f"composition must be one of {', '.join(MODES)}, got {self.composition!r}")
+        if self.regions and self.composition != "regions":
+            raise GenerationError('regions settings need composition="regions"')
 
 
 def check_prompt(pipe, prompt: str) -> None:
@@ -45,8 +58,6 @@ def generate(pipe, prompt: str, config: GenerationConfig | None = None, settings
     settings = settings or {}
     for beta, tau in settings.values():
         check_gate(beta, tau)
-    if config.regions and config.composition != "regions":
-        raise GenerationError('regions settings need composition="regions"')
     generator = torch.Generator().manual_seed(config.seed)  # CPU generator: the same images on every device
     scope = nullcontext()
     if loaded_tokens(pipe):  # the call's settings, put back afterwards
@@ -58,9 +69,9 @@ def generate(pipe, prompt: str, config: GenerationConfig | None = None, settings
     with scope:
         return pipe(
             prompt,
-            num_inference_steps=config.steps,
-            guidance_scale=config.guidance,
-            num_images_per_prompt=config.num_images,
+            num_inference_steps=config.num_inference_steps,
+            guidance_scale=config.guidance_scale,
+            num_images_per_prompt=config.num_images_per_prompt,
             generator=generator,
             **pipeline_kwargs,
         ).images

@@ -84,7 +84,8 @@ def generate_prompts(pipe, concept: Concept, prompts: list[EvalPrompt], config: 
     settings = {concept.token: (beta, config.tau)}
     images_by_prompt = {}
     for index, prompt in enumerate(prompts):
-        generation = GenerationConfig(steps=config.steps, guidance=config.guidance, num_images=config.images_per_prompt,
+        generation = GenerationConfig(num_inference_steps=config.steps, guidance_scale=config.guidance,
+                                      num_images_per_prompt=config.images_per_prompt,
                                       seed=config.seed + index * config.images_per_prompt,
                                       global_lock=config.global_lock, composition=config.composition)  # fmt: skip
         text = prompt.text(subject or concept.token)

@@ -98,7 +98,7 @@ def generate(concept_paths: list[Path], per_concept: int, seed: int = 1000) -> t
                    if prompt.spec.second_object is None][:per_concept]  # fmt: skip
         cells = []
         for index, prompt in enumerate(prompts):
-            config = GenerationConfig(steps=25, guidance=recipe.GUIDANCE, seed=seed + index)
+            config = GenerationConfig(num_inference_steps=25, guidance_scale=recipe.GUIDANCE, seed=seed + index)
             beta = betas[index % len(betas)]
             image = generate_images(pipe, prompt.text(concept.token), config, {concept.token: (beta, None)})[0]
             images.append(np.asarray(image.convert("RGB").resize((64, 64)), dtype=np.uint8))
