@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 
 .PHONY: setup test demo benchmark basemodel clean
+# The emoji font the world's glyphs were rendered from: one test re-renders two glyphs and compares (Debian package).
+FONT := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -13,9 +15,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test,baselines]'
 	touch $@
 
-setup: $(VENV)/.installed
+$(FONT):
+	@(apt-get install -y -q fonts-noto-color-emoji >/dev/null || (apt-get update -q >/dev/null && \
+	  apt-get install -y -q fonts-noto-color-emoji >/dev/null)) 2>/dev/null || \
+	  echo "fonts-noto-color-emoji could not be installed (apt-get as root): the glyph test will be skipped"
 
-test: $(VENV)/.installed
+setup: $(VENV)/.installed $(FONT)
+
+test: $(VENV)/.installed $(FONT)
 	$(PY) -m pytest -q
 
 demo: $(VENV)/.installed
