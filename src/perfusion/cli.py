@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import warnings
 import re
 import sys
 from dataclasses import fields
@@ -13,10 +14,10 @@ from transformers import HfArgumentParser
 
 from perfusion.concept import Concept, ConceptFileError
 from perfusion.errors import CommandError
-from perfusion.generation import GenerationConfig, GenerationError, check_gate, check_prompt, generate
+from perfusion.generation import GenerationConfig, GenerationError, check_gate, generate
 from perfusion.images import ImageInputError, load_training_images
 from perfusion.models import ModelError, open_pipeline
-from perfusion.recipes import RecipeError, read_recipe
+from perfusion.recipes import GENERATION_FIELDS, RecipeError, read_recipe
 from perfusion.regions import MODES
 from perfusion.tokens import TokenError
 from perfusion.train import TrainingConfig, TrainingError, train_concept
@@ -133,7 +134,8 @@ def add_generation_arguments(parser) -> None:
     defaults = GenerationConfig()
     for name, (flags, options) in GENERATION_FLAGS.items():
         options = dict(options)
-        help_text = f"{options.pop('help')} (default: the model's recipe, else {getattr(defaults, name)})"
+        source = "the model's recipe, else " if name in GENERATION_FIELDS else ""
+        help_text = f"{options.pop('help')} (default: {source}{getattr(defaults, name)})"
         parser.add_argument(*flags, dest=name, default=argparse.SUPPRESS, help=help_text, **options)
 
 
@@ -173,7 +175,6 @@ def run_generate(args) -> None:
     pipe = open_pipeline(args.model)
     if concepts:  # by path, so that errors name the file
         load_concepts(pipe, args.concept, captions=read_captions(args.captions), progress=True)
-    check_prompt(pipe, args.prompt)
     settings = {concept.token: (beta, tau) for concept, beta, tau in zip(concepts, betas, taus)}
     images = generate(pipe, args.prompt, config, settings, negative_prompt=args.negative_prompt)
     from perfusion.files import atomic_write
@@ -220,16 +221,27 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"perfusion: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    shown, warnings.showwarning = warnings.showwarning, one_line_warning
     try:
         args.run(args)
     except user_errors() as error:
         print(f"perfusion: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # the machine's side: a full disk, a folder that cannot be written
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"perfusion: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("perfusion: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
     return 0
 
 

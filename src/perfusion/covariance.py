@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -58,6 +59,17 @@ def corpus_digest(captions: list[str]) -> str:
     return hashlib.sha256("\n".join(captions).encode()).hexdigest()[:16]
 
 
+def read_cached(path: Path, width: int) -> torch.Tensor | None:
+    """The cached C^-1, or None when the entry is unreadable, of another width or not finite."""
+    try:
+        inverse = load_file(path)["inverse_covariance"]
+    except (SafetensorError, KeyError, OSError, RuntimeError, ValueError):
+        return None
+    if inverse.shape != (width, width) or inverse.dtype != torch.float64 or not torch.isfinite(inverse).all():
+        return None
+    return inverse
+
+
 def inverse_covariance(text_encoder, tokenizer, captions: list[str] | None = None, progress: bool = False):
     """C^-1 in float64 (CPU), from the disk cache when this text encoder and corpus were seen before."""
     if captions is None:
@@ -67,10 +79,10 @@ def inverse_covariance(text_encoder, tokenizer, captions: list[str] | None = Non
     key = f"{text_encoder_fingerprint(text_encoder, tokenizer.vocab_size)[:24]}-{corpus_digest(captions)}"
     path = cache_root() / "covariance" / f"{key}.safetensors"
     if path.exists():
-        try:
-            return load_file(path)["inverse_covariance"]
-        except (SafetensorError, KeyError):  # a damaged cache entry is recomputed and replaced
-            pass
+        cached = read_cached(path, text_encoder.config.hidden_size)
+        if cached is not None:
+            return cached
+        warnings.warn(f"{path}: a damaged covariance cache entry; recomputed and replaced", UserWarning, stacklevel=2)
     covariance = estimate_covariance(text_encoder, tokenizer, captions, progress=progress)
     inverse = torch.linalg.inv(covariance)
     atomic_save_safetensors(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -26,9 +27,25 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     return path
 
 
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """A safetensors file whose bytes depend on its contents only: safetensors writes the metadata in a hash order
+    that changes from process to process, so the header is written again with the metadata keys sorted (the same
+    length: the offsets and the alignment padding stay valid)."""
+    data = save(tensors, metadata=metadata)
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > length:  # never: the same keys and values, reordered
+        return data
+    return data[:8] + text + b" " * (length - len(text)) + data[8 + length :]
+
+
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path, metadata: dict[str, str] | None = None) -> Path:
     tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
-    return atomic_write(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
+    data = safetensors_bytes(tensors, metadata)
+    return atomic_write(path, lambda temporary: Path(temporary).write_bytes(data))
 
 
 def atomic_torch_save(state, path) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -10,7 +11,7 @@ import torch
 from perfusion.loader import loaded_tokens
 from perfusion.regions import MODES
 from perfusion.settings import GenerationError, check_gate, concept_settings
-from perfusion.text import prompt_tokens
+from perfusion.text import cut_off_tokens, prompt_tokens
 
 __all__ = ["GenerationConfig", "GenerationError", "check_gate", "check_prompt", "generate"]
 
@@ -40,12 +41,31 @@ class GenerationConfig:
 
 
 def check_prompt(pipe, prompt: str) -> None:
-    """Every <token> in the prompt must be a loaded concept (or another word the tokenizer knows)."""
-    known = set(loaded_tokens(pipe)) | set(pipe.tokenizer.get_vocab())
+    """Every <token> in the prompt must be a loaded concept (or another word the tokenizer knows), spelt exactly:
+    a token in other capitals is refused with the loaded one suggested. A concept that the text encoder's length
+    limit cuts off gets a UserWarning (the prompt still generates, without it)."""
+    loaded = loaded_tokens(pipe)
+    known = set(loaded) | set(pipe.tokenizer.get_vocab())
     unknown = [token for token in prompt_tokens(prompt) if token not in known]
     if unknown:
-        loaded = ", ".join(loaded_tokens(pipe)) or "none"
-        raise GenerationError(f"unknown token {unknown[0]} in the prompt (loaded concepts: {loaded})")
+        token = unknown[0]
+        same_letters = [name for name in loaded if name.lower() == token.lower()]
+        hint = f": concept tokens are case-sensitive, did you mean {same_letters[0]}?" if same_letters else ""
+        listing = ", ".join(loaded) or "none"
+        raise GenerationError(f"unknown token {token} in the prompt{hint} (loaded concepts: {listing})")
+    used = [token for token in prompt_tokens(prompt) if token in loaded]
+    limit = pipe.tokenizer.model_max_length
+    for token, (cut, total) in cut_off_tokens(pipe.tokenizer, prompt, used).items():
+        which = f"{token}" if cut == total else f"{cut} of the {total} {token}"
+        kept = total - cut
+        effect = ("the concept will not be in the image" if not kept else "only the first one still acts" if kept == 1
+                  else f"only the first {kept} still act")  # fmt: skip
+        warnings.warn(
+            f"{which} falls past the text encoder's limit of {limit} tokens and was cut off: {effect}; "
+            f"shorten the prompt or move {token} earlier",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def generate(pipe, prompt: str, config: GenerationConfig | None = None, settings=None, **pipeline_kwargs):

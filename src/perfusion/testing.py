@@ -16,8 +16,9 @@ WORDS = (
 ).split()
 
 
-def write_tokenizer(directory: Path) -> CLIPTokenizer:
-    """A CLIP BPE tokenizer whose merges spell WORDS whole; any other text falls back to characters."""
+def write_tokenizer(directory: Path, pad_token: str | None = None) -> CLIPTokenizer:
+    """A CLIP BPE tokenizer whose merges spell WORDS whole; any other text falls back to characters. ``pad_token``
+    "!" pads as SD 2.x's OpenCLIP tokenizer does (SD 1.x pads with the end-of-text token)."""
     alphabet = sorted(ByteLevel.alphabet())  # CLIP's byte-level base alphabet
     vocab = alphabet + [character + "</w>" for character in alphabet]
     merges = []
@@ -33,7 +34,8 @@ def write_tokenizer(directory: Path) -> CLIPTokenizer:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "vocab.json").write_text(json.dumps({token: index for index, token in enumerate(vocab)}))
     (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(pair) for pair in merges) + "\n")
-    return CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=77)
+    extra = {"pad_token": pad_token} if pad_token else {}
+    return CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=77, **extra)
 
 
 SD15_UNET = dict(  # Stable Diffusion 1.5's UNet: 16 cross-attention layers of widths 320/640/1280
@@ -44,6 +46,10 @@ SD15_UNET = dict(  # Stable Diffusion 1.5's UNet: 16 cross-attention layers of w
 )  # fmt: skip
 SD15_TEXT = dict(  # CLIP ViT-L/14's text tower, as SD 1.x conditions on it
     hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, hidden_act="quick_gelu",
+)  # fmt: skip
+SD21_UNET = dict(SD15_UNET, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True)  # 64 channels a head
+SD21_TEXT = dict(  # OpenCLIP ViT-H/14's text tower without its last layer, as SD 2.x conditions on it
+    hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16, hidden_act="gelu",
 )  # fmt: skip
 TINY_UNET = dict(
     sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
@@ -82,6 +88,19 @@ def build_tiny_pipeline(path: Path, width: int = 32, seed: int = 0, prediction_t
     tokenizer = write_tokenizer(path / "_tokenizer_source")
     text_config = dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2, num_attention_heads=4)
     pipe = assemble_pipeline(tokenizer, text_config, TINY_UNET, vae_blocks=2, prediction_type=prediction_type)
+    pipe.save_pretrained(path / "pipeline")
+    return path / "pipeline"
+
+
+def build_tiny_sd2_pipeline(path: Path, width: int = 32, seed: int = 0) -> Path:
+    """Random tiny SD-2.x-shaped pipeline: v-prediction, "!" padding, linear projections in the transformer blocks and
+    a head size per resolution; saved, returns the folder."""
+    torch.manual_seed(seed)
+    tokenizer = write_tokenizer(path / "_tokenizer_source", pad_token="!")
+    text_config = dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2, num_attention_heads=4,
+                       hidden_act="gelu")  # fmt: skip
+    unet_config = dict(TINY_UNET, attention_head_dim=(2, 4), use_linear_projection=True)
+    pipe = assemble_pipeline(tokenizer, text_config, unet_config, vae_blocks=2, prediction_type="v_prediction")
     pipe.save_pretrained(path / "pipeline")
     return path / "pipeline"
 

@@ -21,6 +21,20 @@ def tokenize(tokenizer, prompts: list[str], padding: str = "max_length") -> torc
     ).input_ids
 
 
+def cut_off_tokens(tokenizer, prompt: str, tokens: list[str]) -> dict[str, tuple[int, int]]:
+    """The tokens of ``tokens`` with an occurrence past the tokenizer's length limit (which ``tokenize`` cuts, as
+    the pipeline does): token -> (occurrences cut off, occurrences in the prompt)."""
+    full = tokenizer(prompt, truncation=False, verbose=False).input_ids  # verbose: no "longer than" log line
+    kept = tokenize(tokenizer, [prompt])[0].tolist()
+    cut = {}
+    for token in dict.fromkeys(tokens):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        total = full.count(token_id)
+        if total > kept.count(token_id):
+            cut[token] = (total - kept.count(token_id), total)
+    return cut
+
+
 def encode(text_encoder, input_ids: torch.Tensor) -> torch.Tensor:
     """The encodings a Stable Diffusion UNet is conditioned on: the text encoder's last hidden state."""
     return text_encoder(input_ids.to(text_encoder.device))[0]
@@ -49,13 +63,14 @@ def supercategory_substitution(
         for token_id in row:
             new_row.extend(replacements.get(token_id, [token_id]))
             index_row.append(len(new_row) - 1)
-        if len(new_row) > length:  # a longer supercategory pushed the tail out: keep the end-of-text token
-            new_row = new_row[: length - 1] + [eos_token_id]
+        if len(new_row) > length:  # a longer supercategory pushed the tail out
+            end = new_row.index(eos_token_id) if eos_token_id in new_row else length
+            # only padding pushed out: cut it (SD 2.x pads with "!", which must stay "!"); else keep the end-of-text
+            new_row = new_row[:length] if end < length else new_row[: length - 1] + [eos_token_id]
         new_row += [row[-1]] * (length - len(new_row))  # pad as the original row was padded (EOS on SD1, "!" on SD2)
         new_rows.append(new_row)
         index_rows.append([min(index, length - 1) for index in index_row])
     return torch.tensor(new_rows, dtype=input_ids.dtype), torch.tensor(index_rows, dtype=torch.long)
-
 
 
 def word_positions(input_ids: torch.Tensor, word_ids: list[int], last_only: bool = False) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 import time
 from dataclasses import asdict, dataclass, field
@@ -13,17 +14,18 @@ from tqdm.auto import tqdm
 
 from perfusion.concept import DEFAULT_BETA, DEFAULT_TAU, Concept
 from perfusion.files import atomic_torch_save
+from perfusion.finetune import FineTuning
 from perfusion.fingerprint import cross_attention_modules
 from perfusion.images import TrainingImage
-from perfusion.latents import LatentBank, encode_images, forward_process, freeze, given_masks, noised
-from perfusion.loader import find_runtime, load_concepts, pipeline_fingerprint, unload_concepts
+from perfusion.latents import LatentBank, encode_images, given_masks, noised
+from perfusion.loader import find_runtime, load_concepts, unload_concepts
 from perfusion.masks import attention_masks
 from perfusion.method import ema_update, masked_mse
 from perfusion.pairs import pair_caption, paired_images
 from perfusion.settings import check_gate
 from perfusion.plans import linear_part
 from perfusion.text import encode, tokenize, word_positions
-from perfusion.tokens import check_new_token, substitute_token_embedding
+from perfusion.tokens import substitute_token_embedding
 
 DEFAULT_TEMPLATES = (
     "a photo of a {}",
@@ -117,25 +119,15 @@ class TrainingResult:
     held_out_loss: tuple[float, float] = (float("nan"), float("nan"))  # fixed noise and timesteps: before, after
 
 
-class ConceptTrainer:
+class ConceptTrainer(FineTuning):
+    error = TrainingError
+
     def __init__(self, pipe, images: list[TrainingImage], token: str, supercategory: str, config: TrainingConfig):
-        if not images:
-            raise TrainingError("no training images")
-        check_new_token(pipe.tokenizer, token)
-        if not supercategory.strip():
-            raise TrainingError("the supercategory word is empty")
-        self.pipe, self.images, self.token, self.supercategory, self.config = pipe, images, token, supercategory, config
-        frozen = freeze(pipe, config.mixed_precision)
-        self.accelerator, self.device, self.weight_dtype = frozen.accelerator, frozen.device, frozen.weight_dtype
-        self.pipeline_before = frozen.before
-        self.generator = torch.Generator().manual_seed(config.seed)
-        self.forward_process = forward_process(pipe.scheduler)  # built once: noised() runs every step
-        self.fingerprint = pipeline_fingerprint(pipe)
+        super().__init__(pipe, images, token, supercategory, config)
         self.bank = self.encode_images()
         self.pair_bank = self.encode_pairs() if config.pair_probability > 0 else None
         self.concept = self.initial_concept()
         self.start_step = 0
-        self.losses: list[float] = []
 
     # -- set-up -------------------------------------------------------------------------------
     @property
@@ -288,6 +280,10 @@ class ConceptTrainer:
             self.accelerator.backward(loss / config.gradient_accumulation)
             observed.append(encodings[(ids == self.token_id).to(self.device)].detach().float().mean(0))
             total += loss.item() / config.gradient_accumulation
+        if not math.isfinite(total):  # before the step: v* and o*_V (and the last checkpoint) stay as they were
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingError(f"the loss is not finite ({total}) at step {len(self.losses) + 1}: training stopped, "
+                                "the last checkpoint (if any) is kept; lower the learning rates or check the images")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.move_concept_encoding(ema_update(self.concept.concept_encoding, torch.stack(observed).mean(0), config.ema_decay))
@@ -354,7 +350,7 @@ class ConceptTrainer:
             loss_after = self.held_out_loss()
         finally:
             self.uninstall()
-            self.pipeline_before.restore(self.pipe)
+            self.restore_pipeline()
         seconds = time.perf_counter() - started
         return TrainingResult(self.finished_concept(), self.losses, seconds, (loss_before, loss_after))
 

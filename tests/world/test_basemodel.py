@@ -128,11 +128,27 @@ def test_saved_config_with_a_removed_field_still_loads():
 def test_min_snr_weights_keep_the_noisiest_steps_under_v_prediction():
     scheduler = models.build_training_scheduler(TINY)
     timesteps = torch.tensor([0, 500, 999])
-    v = train.min_snr_weights(scheduler.alphas_cumprod, timesteps, 5.0, "v_prediction")
+    v = train.min_snr_weights(scheduler, timesteps, 5.0, "v_prediction")
     assert v[0] < 0.01 and v[2] == 1.0  # low noise capped; zero SNR at t=999 keeps full weight
     eps = train.min_snr_weights(models.build_training_scheduler(dataclasses.replace(TINY, prediction_type="epsilon",
-                                zero_terminal_snr=False)).alphas_cumprod, timesteps, 5.0, "epsilon")  # fmt: skip
+                                zero_terminal_snr=False)), timesteps, 5.0, "epsilon")  # fmt: skip
     assert eps[0] < 0.01 and eps[2] == 1.0
+
+
+def test_the_weight_average_ramps_its_decay_up_and_round_trips_through_a_checkpoint():
+    net = torch.nn.Linear(2, 2)
+    average = train.moving_average(net, 0.999)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    average.step(net.parameters())
+    assert average.cur_decay_value == pytest.approx(2 / 11)  # the first update averages: (1 + n) / (10 + n), n = 1
+    weights = train.averaged_weights(average, net)
+    assert weights.keys() == dict(net.named_parameters()).keys()  # by name, as "ema_unet" / "ema_text" hold them
+    restored = train.moving_average(net, 0.999)
+    train.restore_average(restored, net, {name: value.clone() for name, value in weights.items()}, 1)
+    average.step(net.parameters()), restored.step(net.parameters())
+    assert restored.cur_decay_value == pytest.approx(3 / 12)
+    assert all(torch.equal(a, b) for a, b in zip(average.shadow_params, restored.shadow_params))
 
 
 def test_timestep_sampling_can_favour_the_noisiest_steps():

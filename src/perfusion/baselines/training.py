@@ -14,12 +14,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from perfusion.finetune import FineTuning
 from perfusion.images import TrainingImage
-from perfusion.latents import LatentBank, encode_images, forward_process, freeze, given_masks, noised
-from perfusion.loader import embedding_frozen_state_kept, pipeline_fingerprint
+from perfusion.latents import LatentBank, encode_images, given_masks, noised
+from perfusion.loader import embedding_frozen_state_kept
 from perfusion.method import masked_mse
 from perfusion.text import encode, tokenize
-from perfusion.tokens import check_new_token, substitute_token_embedding
+from perfusion.tokens import substitute_token_embedding
 
 CLASS_IMAGE_BATCH = 8  # class images generated per pipeline call (bounds memory, not results)
 
@@ -119,34 +120,20 @@ class NewTokenEmbedding:
             self.pipe.unload_textual_inversion(self.token, tokenizer=self.pipe.tokenizer, text_encoder=self.pipe.text_encoder)
 
 
-class BaselineTrainer:
+class BaselineTrainer(FineTuning):
     method = ""
     text_trainable = False  # True when gradients flow back through the text encoder (a trained token row)
+    error = BaselineError
 
     def __init__(self, pipe, images: list[TrainingImage], token: str, supercategory: str, config: BaselineConfig):
-        if not images:
-            raise BaselineError("no training images")
-        if not supercategory.strip():
-            raise BaselineError("the supercategory word is empty")
-        self.pipe, self.images, self.token, self.supercategory, self.config = pipe, images, token, supercategory, config
-        self.check_token()
-        frozen = freeze(pipe, config.mixed_precision)
-        self.accelerator, self.device, self.weight_dtype = frozen.accelerator, frozen.device, frozen.weight_dtype
-        self.pipeline_before = frozen.before
-        self.generator = torch.Generator().manual_seed(config.seed)
-        self.forward_process = forward_process(pipe.scheduler)  # built once: noised() runs every step
-        self.fingerprint = pipeline_fingerprint(pipe)
+        super().__init__(pipe, images, token, supercategory, config)
         size = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
         self.bank = latent_bank(pipe, images, size, config.flip, config.use_masks, self.weight_dtype)
         self.class_bank = None
         if config.prior_preservation:  # made before ``setup``: by the base model itself
             self.class_bank = class_latent_bank(pipe, config.class_prompt.format(supercategory), config)
-        self.losses: list[float] = []
 
     # -- what a method defines --------------------------------------------------------------------
-    def check_token(self) -> None:
-        check_new_token(self.pipe.tokenizer, self.token)
-
     @property
     def phrase(self) -> str:
         """What stands for the concept in the method's prompts (the token itself, or e.g. "sks cat")."""
@@ -220,7 +207,7 @@ class BaselineTrainer:
             tensors = {name: tensor.detach().float().cpu().contiguous() for name, tensor in self.artifact().items()}
         finally:
             self.teardown()
-            self.pipeline_before.restore(self.pipe)
+            self.restore_pipeline()
         metadata = {
             "method": self.method, "token": self.token, "supercategory": self.supercategory, "phrase": self.phrase,
             "base_fingerprint": self.fingerprint, "settings": json.dumps(self.config.settings()),

@@ -77,7 +77,7 @@ def prepare(args, betas):
     steps = args.steps if args.steps is not None else recipe.get("num_inference_steps", SweepConfig.steps)
     guidance = args.guidance if args.guidance is not None else recipe.get("guidance_scale", SweepConfig.guidance)
     config = SweepConfig(betas=betas, tau=args.tau, images_per_prompt=args.images_per_prompt, seed=args.seed,
-                         steps=steps, guidance=guidance, global_lock=args.global_lock,
+                         steps=steps, guidance=guidance, global_lock=args.global_lock or recipe.get("global_lock", False),
                          composition=recipe.get("composition", SweepConfig.composition))  # fmt: skip
     return out, concept, references, prompts, scorer, config
 

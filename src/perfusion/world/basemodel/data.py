@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+
+from perfusion.images import images_to_tensor
 
 POOL_FIRST_SEED = 1_000_000  # pool scenes use seeds from here on; evaluation uses its own range
 VAE_SEED_RANGE = (100_000_000, 2**31 - 1)  # autoencoder scenes: fresh random seeds
@@ -53,12 +54,6 @@ def _caption_with(spec, rng: random.Random, choice) -> str:
     from perfusion.world.captions import describe
 
     return describe(spec, rng, choice).text
-
-
-def images_to_tensor(images: Sequence) -> torch.Tensor:
-    """PIL RGB images -> float tensor (N, 3, H, W) in [-1, 1], the range SD's autoencoder reads."""
-    array = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) for image in images])
-    return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
 def render_batch(source: SceneSource, seeds: Sequence[int]) -> torch.Tensor:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.training_utils import EMAModel, compute_snr
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from . import model as models
@@ -267,30 +268,29 @@ def fill_latent_pool(run_dir: Path, source: SceneSource, config: UnetTrainingCon
 # ---- stage: unet
 
 
-class ExponentialMovingAverage:
-    """EMA of a module's parameters; the decay ramps up as (1 + n) / (10 + n) so early averages are not stale."""
-
-    def __init__(self, module: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.shadow = {name: p.detach().clone() for name, p in module.named_parameters()}
-
-    @torch.no_grad()
-    def update(self, module: torch.nn.Module, step: int) -> None:
-        decay = min(self.decay, (1 + step) / (10 + step))
-        for name, parameter in module.named_parameters():
-            self.shadow[name].lerp_(parameter.detach(), 1 - decay)
-
-    def copy_to(self, module: torch.nn.Module) -> None:
-        with torch.no_grad():
-            for name, parameter in module.named_parameters():
-                parameter.copy_(self.shadow[name])
+def moving_average(module: torch.nn.Module, decay: float) -> EMAModel:
+    """diffusers' EMA of a module's parameters; after n updates the decay is min(decay, (1 + n) / (10 + n)), so early
+    averages are not stale (update_after_step=-1: the first update averages, where EMAModel's default copies)."""
+    return EMAModel(module.parameters(), decay=decay, update_after_step=-1)
 
 
-def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
-    """Min-SNR-gamma loss weights (Hang et al. 2023). Epsilon: min(SNR, gamma) / SNR, i.e. min(SNR, gamma) on the
-    x0 error. v: min(SNR + 1, gamma) / (SNR + 1), so the noisiest steps, where the layout is decided, keep weight 1
-    on the x0 error (min(SNR, gamma) / (SNR + 1) would give the zero-SNR step no weight at all)."""
-    snr = alphas_cumprod[timesteps] / (1 - alphas_cumprod[timesteps])
+def averaged_weights(average: EMAModel, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """An EMA's weights by parameter name, as checkpoints hold them ("ema_unet", "ema_text")."""
+    return {name: shadow for (name, _), shadow in zip(module.named_parameters(), average.shadow_params)}
+
+
+def restore_average(average: EMAModel, module: torch.nn.Module, weights: dict[str, torch.Tensor], updates: int) -> None:
+    """The inverse of averaged_weights, with the number of updates since the EMA started (which sets the decay)."""
+    average.shadow_params = [weights[name] for name, _ in module.named_parameters()]
+    average.optimization_step = updates
+
+
+def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023) from the noise scheduler's SNR (diffusers' compute_snr).
+    Epsilon: min(SNR, gamma) / SNR, i.e. min(SNR, gamma) on the x0 error. v: min(SNR + 1, gamma) / (SNR + 1), so the
+    noisiest steps, where the layout is decided, keep weight 1 on the x0 error (min(SNR, gamma) / (SNR + 1) would give
+    the zero-SNR step no weight at all)."""
+    snr = compute_snr(scheduler, timesteps)
     if prediction_type == "v_prediction":
         snr = snr + 1
     return torch.clamp(snr, max=gamma) / snr
@@ -324,8 +324,8 @@ class UnetTrainer:
              {"params": self.text_encoder.parameters(), "lr": config.text_learning_rate, "base_lr": config.text_learning_rate}],
             weight_decay=config.weight_decay,
         )  # fmt: skip
-        self.ema_unet = ExponentialMovingAverage(self.unet, config.ema_decay)
-        self.ema_text = ExponentialMovingAverage(self.text_encoder, config.ema_decay)
+        self.ema_unet = moving_average(self.unet, config.ema_decay)
+        self.ema_text = moving_average(self.text_encoder, config.ema_decay)
         self.generator, self.py_rng, self.step = torch.Generator().manual_seed(0), random.Random(0), 0
         self.ema_start = 0  # the step the EMA last started from a copy of the weights
         self.checkpoint_path = run_dir / "unet.ckpt"
@@ -336,7 +336,7 @@ class UnetTrainer:
     def state(self) -> dict:
         return {
             "unet": self.unet.state_dict(), "text_encoder": self.text_encoder.state_dict(),
-            "ema_unet": self.ema_unet.shadow, "ema_text": self.ema_text.shadow,
+            "ema_unet": averaged_weights(self.ema_unet, self.unet), "ema_text": averaged_weights(self.ema_text, self.text_encoder),
             "optimizer": self.optimizer.state_dict(), "rng": rng_state(self.generator, self.py_rng), "step": self.step,
             "ema_start": self.ema_start, "arch": to_dict(self.arch), "config": to_dict(self.config), "vae": vae_fingerprint(self.run_dir),
         }  # fmt: skip
@@ -344,12 +344,13 @@ class UnetTrainer:
     def load(self, state: dict) -> None:
         self.unet.load_state_dict(state["unet"])
         self.text_encoder.load_state_dict(state["text_encoder"])
-        self.ema_unet.shadow, self.ema_text.shadow = state["ema_unet"], state["ema_text"]
         self.optimizer.load_state_dict(state["optimizer"])
         unet_group, text_group = self.optimizer.param_groups  # a resumed run takes the current config's rates
         unet_group["base_lr"], text_group["base_lr"] = self.config.unet_learning_rate, self.config.text_learning_rate
         restore_rng_state(state["rng"], self.generator, self.py_rng)
         self.step, self.ema_start = state["step"], state.get("ema_start", 0)
+        restore_average(self.ema_unet, self.unet, state["ema_unet"], self.step - self.ema_start)
+        restore_average(self.ema_text, self.text_encoder, state["ema_text"], self.step - self.ema_start)
         saved = saved_architecture(state["arch"])
         if (saved.prediction_type, saved.zero_terminal_snr) != (self.arch.prediction_type, self.arch.zero_terminal_snr):
             self.restart_ema()  # an average over both parameterisations would predict neither
@@ -357,8 +358,8 @@ class UnetTrainer:
                      f"{self.arch.zero_terminal_snr} (was {saved.prediction_type}, {saved.zero_terminal_snr}); EMA restarted")
 
     def restart_ema(self) -> None:
-        self.ema_unet = ExponentialMovingAverage(self.unet, self.config.ema_decay)
-        self.ema_text = ExponentialMovingAverage(self.text_encoder, self.config.ema_decay)
+        self.ema_unet = moving_average(self.unet, self.config.ema_decay)
+        self.ema_text = moving_average(self.text_encoder, self.config.ema_decay)
         self.ema_start = self.step
 
     def initialise_from(self, model_dir: Path) -> None:
@@ -407,7 +408,7 @@ class UnetTrainer:
         recording = self.attention.recording() if self.grounding else contextlib.nullcontext()
         with recording:
             prediction = self.unet(noisy, timesteps, self.encode_captions(captions)).sample
-        weights = min_snr_weights(self.scheduler.alphas_cumprod, timesteps, config.min_snr_gamma, prediction_type)
+        weights = min_snr_weights(self.scheduler, timesteps, config.min_snr_gamma, prediction_type)
         diffusion = (weights * (prediction - target).pow(2).mean(dim=(1, 2, 3))).mean()
         losses = {"loss": diffusion}
         if self.grounding:
@@ -424,8 +425,8 @@ class UnetTrainer:
             group["lr"] = group["base_lr"] * factor
         self.optimizer.step()
         self.step += 1
-        self.ema_unet.update(self.unet, self.step - self.ema_start)
-        self.ema_text.update(self.text_encoder, self.step - self.ema_start)
+        self.ema_unet.step(self.unet.parameters())  # the EMA's own count of updates is self.step - self.ema_start
+        self.ema_text.step(self.text_encoder.parameters())
         return {name: value.item() for name, value in losses.items()}
 
     def run(self, resume: bool, stop, on_eval=None, init_from: Path | None = None) -> None:

@@ -1,0 +1,41 @@
+"""What every fine-tuning of a frozen pipeline shares: Perfusion's ConceptTrainer and the baselines' trainers."""
+
+from __future__ import annotations
+
+import torch
+
+from perfusion.images import TrainingImage
+from perfusion.latents import forward_process, freeze
+from perfusion.loader import pipeline_fingerprint
+from perfusion.tokens import check_new_token
+
+
+class FineTuning:
+    """Checks the inputs, freezes the pipeline (recording it as given), seeds, and builds the forward process.
+
+    ``config`` needs ``seed`` and ``mixed_precision``; a subclass sets ``error`` (the exception its bad inputs raise)
+    and may override ``check_token``. ``restore_pipeline`` leaves the pipeline as it was given.
+    """
+
+    error: type[ValueError] = ValueError
+
+    def __init__(self, pipe, images: list[TrainingImage], token: str, supercategory: str, config):
+        if not images:
+            raise self.error("no training images")
+        self.pipe, self.images, self.token, self.supercategory, self.config = pipe, images, token, supercategory, config
+        self.check_token()
+        if not supercategory.strip():
+            raise self.error("the supercategory word is empty")
+        frozen = freeze(pipe, config.mixed_precision)
+        self.accelerator, self.device, self.weight_dtype = frozen.accelerator, frozen.device, frozen.weight_dtype
+        self.pipeline_before = frozen.before
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.forward_process = forward_process(pipe.scheduler)  # built once: noised() runs every step
+        self.fingerprint = pipeline_fingerprint(pipe)
+        self.losses: list[float] = []
+
+    def check_token(self) -> None:
+        check_new_token(self.pipe.tokenizer, self.token)
+
+    def restore_pipeline(self) -> None:
+        self.pipeline_before.restore(self.pipe)
