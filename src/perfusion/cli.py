@@ -53,7 +53,7 @@ def add_train(commands) -> None:
     parser.add_argument("--out", required=True, help="concept file to write (.safetensors)")
     parser.add_argument("--mask-dir", help="masks with the images' file names (white = object)")
     parser.add_argument("--captions", help="caption file (one per line) for the covariance, instead of the packaged corpus")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint (OUT.ckpt)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint (OUT.ckpt), writing OUT even if it exists")
     parser.add_argument("--half", action="store_true", help="store fp16 (half the size)")
     parser.add_argument("--force", action="store_true", help="overwrite OUT")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -74,7 +74,7 @@ def training_config(args) -> TrainingConfig:
 
 def run_train(args) -> None:
     out = Path(args.out)
-    refuse_existing(out, args.force)
+    refuse_existing(out, args.force or args.resume)  # a run killed after writing OUT resumes to the same file
     config = training_config(args)
     images = load_training_images(args.images, args.mask_dir)
     pipe = open_pipeline(args.model)
@@ -177,10 +177,10 @@ def run_generate(args) -> None:
         load_concepts(pipe, args.concept, captions=read_captions(args.captions), progress=True)
     settings = {concept.token: (beta, tau) for concept, beta, tau in zip(concepts, betas, taus)}
     images = generate(pipe, args.prompt, config, settings, negative_prompt=args.negative_prompt)
-    from perfusion.files import atomic_write
+    from perfusion.files import save_png
 
     for image, path in zip(images, names):
-        atomic_write(path, lambda temporary, image=image: image.save(temporary, format="PNG"))
+        save_png(image, path)
         print(path)
 
 

@@ -48,5 +48,10 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path, metadata: di
     return atomic_write(path, lambda temporary: Path(temporary).write_bytes(data))
 
 
+def save_png(image, path) -> Path:
+    """A PIL image as a PNG, whole or not at all."""
+    return atomic_write(path, lambda temporary: image.save(temporary, format="PNG"))
+
+
 def atomic_torch_save(state, path) -> Path:
     return atomic_write(path, lambda temporary: torch.save(state, temporary))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from perfusion.concept import MAX_SUPERCATEGORY_LENGTH
 from perfusion.images import TrainingImage
 from perfusion.latents import forward_process, freeze
 from perfusion.loader import pipeline_fingerprint
@@ -26,6 +27,8 @@ class FineTuning:
         self.check_token()
         if not supercategory.strip():
             raise self.error("the supercategory word is empty")
+        if len(supercategory) > MAX_SUPERCATEGORY_LENGTH:  # a file with a longer one would not load
+            raise self.error(f"the supercategory is {len(supercategory)} characters long (at most {MAX_SUPERCATEGORY_LENGTH})")
         frozen = freeze(pipe, config.mixed_precision)
         self.accelerator, self.device, self.weight_dtype = frozen.accelerator, frozen.device, frozen.weight_dtype
         self.pipeline_before = frozen.before

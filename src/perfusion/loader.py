@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from perfusion.concept import Concept, ConceptFileError
+from perfusion.concept import Concept, ConceptFileError, shorten
 from perfusion import covariance
 from perfusion.fingerprint import base_model_fingerprint, cross_attention_modules
 from perfusion.processor import PerfusionAttnProcessor
@@ -30,8 +30,10 @@ def pipeline_fingerprint(pipe) -> str:
 def embedding_frozen_state_kept(text_encoder):
     """Resizing the token embedding makes a new, trainable weight: keep a frozen encoder frozen."""
     requires_grad = text_encoder.get_input_embeddings().weight.requires_grad
-    yield
-    text_encoder.get_input_embeddings().weight.requires_grad_(requires_grad)
+    try:
+        yield
+    finally:
+        text_encoder.get_input_embeddings().weight.requires_grad_(requires_grad)
 
 
 def install(pipe, captions=None, progress: bool = False, inverse: torch.Tensor | None = None,
@@ -55,15 +57,44 @@ def install(pipe, captions=None, progress: bool = False, inverse: torch.Tensor |
     return runtime
 
 
-def check_compatible(concept: Concept, fingerprint: str, pipe, source: str) -> None:
-    if concept.base_fingerprint != fingerprint:
+def features(projection: torch.nn.Module, attribute: str) -> int:
+    """``in_features``/``out_features`` of a linear projection, a LoRA wrapper's too (peft and diffusers keep them)."""
+    value = getattr(projection, attribute, None)
+    if isinstance(value, int):
+        return value
+    weight = getattr(projection, "base_layer", projection).weight
+    return weight.shape[1 if attribute == "in_features" else 0]
+
+
+def check_compatible(concept: Concept, fingerprint: str, pipe, source: str, check: bool = True) -> None:
+    """Refuse a concept this pipeline cannot run: another base model (when ``check``), other layers or other widths.
+
+    Shapes are always checked: a wrong width loads silently and crashes the first generation in a matrix product.
+    """
+    if check and concept.base_fingerprint != fingerprint:
         raise ConceptFileError(
-            f"{source}: trained on another base model (fingerprint {concept.base_fingerprint[:12]}, "
+            f"{source}: trained on another base model (fingerprint {concept.base_fingerprint[:12]!r}, "
             f"this pipeline is {fingerprint[:12]})"
         )
-    layers = set(cross_attention_modules(pipe.unet))
-    if set(concept.value_targets) != layers:
-        raise ConceptFileError(f"{source}: its layers do not match this pipeline's cross-attention layers")
+    layers = cross_attention_modules(pipe.unet)
+    if set(concept.value_targets) != set(layers):
+        missing = [layer for layer in layers if layer not in concept.value_targets]
+        extra = [layer for layer in concept.value_targets if layer not in layers]
+        detail = f"no value target for {missing[0]}" if missing else f"a value target for {shorten(extra[0], 80)}, not a layer here"
+        raise ConceptFileError(f"{source}: its layers do not match this pipeline's cross-attention layers ({detail})")
+    embedding_width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    if tuple(concept.token_embedding.shape) != (embedding_width,):
+        raise ConceptFileError(f"{source}: v* has width {concept.token_embedding.numel()}, "
+                               f"this pipeline's token embeddings {embedding_width}")  # fmt: skip
+    for layer, attention in layers.items():
+        width = features(attention.to_k, "in_features")
+        for name, encoding in (("i*", concept.concept_encoding), ("i*_super", concept.supercategory_encoding)):
+            if tuple(encoding.shape) != (width,):
+                raise ConceptFileError(f"{source}: {name} has width {encoding.numel()}, this pipeline's encodings {width}")
+        width = features(attention.to_v, "out_features")
+        if tuple(concept.value_targets[layer].shape) != (width,):
+            raise ConceptFileError(f"{source}: the value target of {layer} has width "
+                                   f"{concept.value_targets[layer].numel()}, the layer's output {width}")  # fmt: skip
 
 
 def load_concepts(
@@ -78,30 +109,65 @@ def load_concepts(
     """Load concept files (paths or ``Concept`` objects) into ``pipe``; their tokens become usable in prompts.
 
     ``captions`` replaces the packaged corpus for estimating C (computed once per base model, then cached);
-    ``inverse_covariance`` gives C^-1 directly.
+    ``inverse_covariance`` gives C^-1 directly; ``check=False`` skips the base-model fingerprint check (a LoRA-wrapped
+    or trained pipeline), never the checks of layers and widths.
+
+    All or nothing: every concept is checked before the pipeline changes (a ConceptFileError naming the file
+    leaves it as it was), and a failure while installing takes this call's concepts out again.
     """
     if isinstance(concepts, (str, Path, Concept)):
         concepts = [concepts]
-    loaded = [(item, f"concept {item.token}") if isinstance(item, Concept) else (Concept.load(item), str(item)) for item in concepts]
+    loaded = []
+    for item in concepts:
+        if isinstance(item, Concept):
+            token = item.token
+            source = f"concept {token if isinstance(token, str) and len(token) <= 64 else shorten(token)}"
+            item.validate(source)
+            loaded.append((item, source))
+        else:
+            loaded.append((Concept.load(item), str(item)))
     runtime = find_runtime(pipe)
     fingerprint = runtime.base_fingerprint if runtime is not None else pipeline_fingerprint(pipe)
     taken = set(runtime.concepts) if runtime is not None else set()
     for concept, source in loaded:  # refuse bad files before the (slow) covariance and before any change to pipe
-        if check:
-            check_compatible(concept, fingerprint, pipe, source)
+        check_compatible(concept, fingerprint, pipe, source, check)
         if concept.token in taken:
             raise ConceptFileError(f"{source}: the token {concept.token} is already loaded")
         if concept.token in pipe.tokenizer.get_vocab():
             raise ConceptFileError(f"{source}: the token {concept.token} is already a word of this tokenizer")
         taken.add(concept.token)
-    runtime = install(pipe, captions, progress, inverse_covariance, fingerprint)
-    device = pipe.unet.device
-    for concept, source in loaded:
-        embedding = concept.token_embedding.detach().to(pipe.text_encoder.dtype)
-        with embedding_frozen_state_kept(pipe.text_encoder):
-            pipe.load_textual_inversion(embedding, token=concept.token, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)
-        runtime.add(installed_copy(concept, device))
+    created = runtime is None
+    added: list[str] = []
+    try:
+        runtime = install(pipe, captions, progress, inverse_covariance, fingerprint)
+        device = pipe.unet.device
+        for concept, source in loaded:
+            embedding = concept.token_embedding.detach().to(pipe.text_encoder.dtype)
+            added.append(concept.token)
+            with embedding_frozen_state_kept(pipe.text_encoder):
+                pipe.load_textual_inversion(embedding, token=concept.token, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)
+            runtime.add(installed_copy(concept, device))
+    except BaseException:
+        roll_back(pipe, added, created)
+        raise
     return [concept for concept, _ in loaded]
+
+
+def roll_back(pipe, tokens: list[str], created: bool) -> None:
+    """Undo a load_concepts call that failed part way: its tokens out of the tokenizer and the runtime, and the
+    processors and hooks off again if that call put them on."""
+    runtime = find_runtime(pipe)
+    in_vocabulary = [token for token in tokens if token in pipe.tokenizer.get_vocab()]  # none was before the call
+    if in_vocabulary:
+        with embedding_frozen_state_kept(pipe.text_encoder):
+            pipe.unload_textual_inversion(in_vocabulary, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)
+    if runtime is None:
+        return
+    for token in tokens:
+        if token in runtime.concepts:
+            runtime.remove(token)
+    if created:
+        uninstall(pipe, runtime)
 
 
 def installed_copy(concept: Concept, device) -> Concept:
@@ -125,12 +191,17 @@ def unload_concepts(pipe, tokens: str | list[str] | None = None) -> None:
     for token in tokens:
         runtime.remove(token)
     if not runtime.concepts:
-        runtime.detach()
-        originals = {
-            name: processor.original if isinstance(processor, PerfusionAttnProcessor) else processor
-            for name, processor in pipe.unet.attn_processors.items()
-        }
-        pipe.unet.set_attn_processor(originals)
+        uninstall(pipe, runtime)
+
+
+def uninstall(pipe, runtime: PerfusionRuntime) -> None:
+    """The hooks off and the stock processors back."""
+    runtime.detach()
+    originals = {
+        name: processor.original if isinstance(processor, PerfusionAttnProcessor) else processor
+        for name, processor in pipe.unet.attn_processors.items()
+    }
+    pipe.unet.set_attn_processor(originals)
 
 
 def loaded_tokens(pipe) -> list[str]:

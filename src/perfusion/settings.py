@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+from perfusion.concept import BETA_RANGE, TAU_RANGE
 from perfusion.loader import find_runtime
 from perfusion.regions import MODES, RegionalCall, RegionsConfig
 from perfusion.runtime import PerfusionRuntime
 
-BETA_RANGE = (0.0, 1.0)  # s(i*) = 1, s(unrelated) ~ 0: a threshold outside [0, 1] opens or closes every gate
-TAU_RANGE = (0.0, 1.0)  # exclusive below: tau is a temperature
 
 
 class GenerationError(ValueError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from perfusion.concept import MAX_TOKEN_LENGTH
 from perfusion.text import CONCEPT_TOKEN_PATTERN
 
 
@@ -14,6 +15,8 @@ class TokenError(ValueError):
 def check_new_token(tokenizer, token: str) -> None:
     if not CONCEPT_TOKEN_PATTERN.fullmatch(token):
         raise TokenError(f"the token must look like <name>, got {token!r}")
+    if len(token) > MAX_TOKEN_LENGTH:  # a file with a longer one would not load
+        raise TokenError(f"the token is {len(token)} characters long (at most {MAX_TOKEN_LENGTH})")
     if token in tokenizer.get_vocab():
         raise TokenError(f"{token} is already a word of this tokenizer")
 

@@ -21,7 +21,7 @@ from perfusion.experiments.report import ImageRow, Section, write_report
 from perfusion.experiments.scoring import WorldScorer
 from perfusion.experiments.sheet import SheetRow, prompt_cells, write_sheet
 from perfusion.experiments.sweep import SweepConfig, generate_prompts, run_sweep, slug
-from perfusion.files import atomic_write
+from perfusion.files import atomic_write, save_png
 from perfusion.train import TrainingConfig
 from perfusion.world import recipe
 
@@ -50,7 +50,7 @@ def save_images(images: list[Image.Image], directory: Path, stem: str) -> list[P
     paths = []
     for number, image in enumerate(images):
         path = directory / f"{stem}-{number}.png"
-        atomic_write(path, lambda temporary, image=image: image.save(temporary, format="PNG"))
+        save_png(image, path)
         paths.append(path)
     return paths
 

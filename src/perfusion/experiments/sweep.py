@@ -16,7 +16,7 @@ from perfusion.experiments.prompts import EvalPrompt
 from perfusion.experiments.scoring import Scores
 from perfusion.experiments.sheet import SheetRow, prompt_cells, write_sheet
 from perfusion.experiments.trend import Trend, monotone_within_noise, sweep_trends
-from perfusion.files import atomic_write
+from perfusion.files import atomic_write, save_png
 from perfusion.generation import GenerationConfig, generate
 
 
@@ -94,7 +94,7 @@ def generate_prompts(pipe, concept: Concept, prompts: list[EvalPrompt], config: 
         if out_dir is not None:
             for number, image in enumerate(images):
                 path = out_dir / f"{index:02d}-{slug(text)}-{number}.png"
-                atomic_write(path, lambda temporary, image=image: image.save(temporary, format="PNG"))
+                save_png(image, path)
     return images_by_prompt
 
 

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from safetensors import safe_open
 
+from perfusion.files import atomic_save_safetensors
 from .judge_data import images_tensor
 from .judge_model import HEAD_CLASSES, NOTHING, JudgeNet, JudgeNetConfig
 
@@ -124,4 +125,4 @@ def save_judge(net: JudgeNet, path: Path, extra: dict) -> None:
         "extra": json.dumps(extra),
     }
     tensors = {name: (tensor.half() if tensor.is_floating_point() else tensor).contiguous() for name, tensor in net.state_dict().items()}
-    save_file(tensors, str(path), metadata=metadata)
+    atomic_save_safetensors(tensors, path, metadata)
