@@ -16,14 +16,14 @@ from perfusion.concept import Concept, ConceptFileError
 from perfusion.errors import CommandError
 from perfusion.generation import GenerationConfig, GenerationError, check_gate, generate
 from perfusion.images import ImageInputError, load_training_images
-from perfusion.models import ModelError, open_pipeline
+from perfusion.models import ModelError, UnsupportedPipelineError, open_pipeline
 from perfusion.recipes import GENERATION_FIELDS, RecipeError, read_recipe
 from perfusion.regions import MODES
 from perfusion.tokens import TokenError
 from perfusion.train import TrainingConfig, TrainingError, train_concept
 
 USER_ERRORS = (ConceptFileError, GenerationError, ImageInputError, ModelError, RecipeError, TokenError, TrainingError,
-               FileExistsError)  # fmt: skip
+               UnsupportedPipelineError, FileExistsError)  # fmt: skip
 
 
 def user_errors() -> tuple[type[Exception], ...]:

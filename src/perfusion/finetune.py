@@ -8,6 +8,7 @@ from perfusion.concept import MAX_SUPERCATEGORY_LENGTH
 from perfusion.images import TrainingImage
 from perfusion.latents import forward_process, freeze
 from perfusion.loader import pipeline_fingerprint
+from perfusion.models import check_supported
 from perfusion.tokens import check_new_token
 
 
@@ -21,6 +22,7 @@ class FineTuning:
     error: type[ValueError] = ValueError
 
     def __init__(self, pipe, images: list[TrainingImage], token: str, supercategory: str, config):
+        check_supported(pipe)
         if not images:
             raise self.error("no training images")
         self.pipe, self.images, self.token, self.supercategory, self.config = pipe, images, token, supercategory, config

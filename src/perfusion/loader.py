@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from perfusion.models import check_supported
 from perfusion.concept import Concept, ConceptFileError, shorten
 from perfusion import covariance
 from perfusion.fingerprint import base_model_fingerprint, cross_attention_modules
@@ -115,6 +116,7 @@ def load_concepts(
     All or nothing: every concept is checked before the pipeline changes (a ConceptFileError naming the file
     leaves it as it was), and a failure while installing takes this call's concepts out again.
     """
+    check_supported(pipe)  # before anything is read or installed
     if isinstance(concepts, (str, Path, Concept)):
         concepts = [concepts]
     loaded = []

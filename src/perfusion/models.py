@@ -11,6 +11,22 @@ class ModelError(ValueError):
     """A base model folder that cannot be opened."""
 
 
+class UnsupportedPipelineError(ValueError):
+    """A pipeline whose text conditioning Perfusion does not edit (yet)."""
+
+
+def check_supported(pipe) -> None:
+    """SD 1.x and 2.x pipelines: one text encoder whose hidden states condition a UNet's cross-attention."""
+    name = type(pipe).__name__
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        raise UnsupportedPipelineError(f"{name}: pipelines with two text encoders (SDXL) are not supported yet; "
+                                       "Stable Diffusion 1.x and 2.x pipelines are")  # fmt: skip
+    for part in ("unet", "text_encoder", "tokenizer"):
+        if getattr(pipe, part, None) is None:
+            raise UnsupportedPipelineError(f"{name}: the pipeline has no {part} (an SDXL refiner has only the second "
+                                           "text encoder); Stable Diffusion 1.x and 2.x pipelines are supported")  # fmt: skip
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -105,6 +105,43 @@ def build_tiny_sd2_pipeline(path: Path, width: int = 32, seed: int = 0) -> Path:
     return path / "pipeline"
 
 
+def build_tiny_sdxl_pipeline(path: Path, width: int = 16, seed: int = 0) -> Path:
+    """Random tiny SDXL-shaped pipeline: two text encoders (the second with projection, conditioning on their
+    concatenated penultimate layers), a UNet with the text-and-time added condition and transformer depth 2 at its
+    second resolution; saved, returns the folder."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    tokenizers = [write_tokenizer(path / f"_tokenizer_source_{n}", pad_token=pad) for n, pad in ((1, None), (2, "!"))]
+
+    def text_config(tokenizer, **extra):
+        return CLIPTextConfig(vocab_size=len(tokenizer), max_position_embeddings=77, hidden_size=width,
+                              intermediate_size=2 * width, num_hidden_layers=2, num_attention_heads=2,
+                              bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                              pad_token_id=tokenizer.pad_token_id, **extra)  # fmt: skip
+
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), transformer_layers_per_block=(1, 2), norm_num_groups=8, use_linear_projection=True,
+        cross_attention_dim=2 * width, addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + width,
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4, norm_num_groups=8,
+        sample_size=16,
+    )  # fmt: skip
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=CLIPTextModel(text_config(tokenizers[0])), tokenizer=tokenizers[0],
+        text_encoder_2=CLIPTextModelWithProjection(text_config(tokenizers[1], projection_dim=width)),
+        tokenizer_2=tokenizers[1], unet=unet, scheduler=EulerDiscreteScheduler(), force_zeros_for_empty_prompt=True,
+    )  # fmt: skip
+    pipe.save_pretrained(path / "pipeline")
+    return path / "pipeline"
+
+
 def sd15_shaped_pipeline(directory: Path, seed: int = 0) -> StableDiffusionPipeline:
     """SD 1.5's UNet and text encoder shapes with random weights (a small VAE with the same 8x factor)."""
     torch.manual_seed(seed)
