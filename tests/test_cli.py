@@ -220,3 +220,12 @@ def test_every_config_field_is_a_flag_of_its_command():
     for command, config, api_only in (("train", TrainingConfig, set()), ("generate", GenerationConfig, {"regions"})):
         destinations = {action.dest for action in commands[command]._actions}
         assert {item.name for item in fields(config)} - api_only <= destinations, command
+
+
+@pytest.mark.parametrize("generation", [{"guidance_scale": "2.5"}, {"global_lock": "false"}])
+def test_a_recipe_value_of_the_wrong_type_is_one_clear_line(model_with_recipe, concept_file, tmp_path, capsys, generation):
+    import json
+
+    (model_with_recipe / "perfusion_recipe.json").write_text(json.dumps({"generation": generation}))
+    expect_refusal(["generate", "--model", model_with_recipe, "--concept", concept_file, "--prompt", "a <mycat>",
+                    "--out", tmp_path / "out"], capsys, "must be")  # fmt: skip

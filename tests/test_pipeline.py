@@ -250,3 +250,37 @@ def test_loading_copies_the_callers_concept_and_never_changes_it(tiny_pipe):
         target.zero_()
     concept.concept_encoding = torch.zeros_like(concept.concept_encoding)
     assert np.array_equal(images(tiny_pipe, "a photo of a <mycat>"), before)
+
+
+def test_a_lora_loaded_between_calls_is_seen_by_the_edit(tiny_pipe):
+    """W_K u and W_V u are read off the projections: a LoRA added after a generation acts on the next one exactly as
+    on a pipeline that had it before the concept was loaded."""
+    from peft import LoraConfig
+
+    concept = handmade_concept(tiny_pipe)
+    load_concepts(tiny_pipe, concept, captions=CAPTIONS, check=False)
+    images(tiny_pipe, "a photo of a <mycat>")  # plans built on the plain projections
+    tiny_pipe.unet.add_adapter(LoraConfig(r=2, target_modules=["to_k", "to_v"], init_lora_weights="gaussian"))
+    with torch.no_grad():
+        for name, parameter in tiny_pipe.unet.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    after = images(tiny_pipe, "a photo of a <mycat>")
+    unload_concepts(tiny_pipe)
+    load_concepts(tiny_pipe, concept, captions=CAPTIONS, check=False)  # fresh plans
+    assert np.array_equal(images(tiny_pipe, "a photo of a <mycat>"), after)
+
+
+def test_a_concept_whose_token_the_caller_removed_edits_nothing(tiny_pipe):
+    """diffusers' unload_textual_inversion() takes every added token out; CLIP would then read the concept's id as
+    its unknown token, the end-of-text one, which every prompt holds."""
+    stock = images(tiny_pipe, "a photo of a cat")
+    load_concepts(tiny_pipe, handmade_concept(tiny_pipe), captions=CAPTIONS)
+    tiny_pipe.unload_textual_inversion()
+    assert np.array_equal(images(tiny_pipe, "a photo of a cat"), stock)
+
+
+def test_settings_for_a_concept_not_loaded_are_one_clear_error(tiny_pipe):
+    load_concepts(tiny_pipe, handmade_concept(tiny_pipe), captions=CAPTIONS)
+    with pytest.raises(GenerationError, match="<mydog>, which is not loaded"):
+        images(tiny_pipe, "a photo of a <mycat>", settings={"<mydog>": (0.5, None)})

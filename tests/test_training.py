@@ -142,3 +142,30 @@ def test_training_steps_rebuild_the_span_plan_but_never_the_cholesky_factor(tiny
     finally:
         trainer.uninstall()
     assert cholesky.call_count == 0 and basis.call_count >= 3
+
+
+def test_a_training_that_fails_to_start_leaves_the_pipeline_as_it_found_it(tiny_pipe, concept_images, tmp_path):
+    before = module_state(tiny_pipe)
+    with pytest.raises(Exception, match="no checkpoint"):
+        train_concept(tiny_pipe, concept_images, "<mydisc>", "cat", TrainingConfig(steps=2, **QUICK),
+                      checkpoint=tmp_path / "missing.ckpt", resume=True, captions=CAPTIONS, progress=False)  # fmt: skip
+    assert module_state(tiny_pipe) == before
+    from perfusion.loader import find_runtime
+
+    assert find_runtime(tiny_pipe) is None
+
+
+def test_the_concepts_fingerprint_is_the_base_models_under_mixed_precision(tiny_pipe, concept_images):
+    from accelerate.state import AcceleratorState
+
+    from perfusion.loader import pipeline_fingerprint
+
+    expected = pipeline_fingerprint(tiny_pipe)
+    AcceleratorState._reset_state(reset_partial_state=True)  # accelerate keeps one precision per process
+    try:
+        result = train_concept(tiny_pipe, concept_images, "<mydisc>", "cat",
+                               TrainingConfig(steps=1, mixed_precision="bf16", **QUICK), captions=CAPTIONS,
+                               progress=False)  # fmt: skip
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert result.concept.base_fingerprint == expected

@@ -64,7 +64,7 @@ def training_config(args) -> TrainingConfig:
     """TrainingConfig's defaults, under the model folder's recipe, under the flags given."""
     given = {item.name: getattr(args, item.name) for item in fields(TrainingConfig) if hasattr(args, item.name)}
     recipe = read_recipe(args.model).training
-    if "pair_words" in given and "pair_probability" not in given and not recipe.get("pair_probability"):
+    if "pair_words" in given and "pair_probability" not in given and "pair_probability" not in recipe:
         given["pair_probability"] = 0.5  # --pair-words alone: half the samples paired
     try:
         return TrainingConfig(**{**recipe, **given})
@@ -125,6 +125,7 @@ GENERATION_FLAGS = {
     "seed": (("--seed",), dict(type=int, help="the first image's seed")),
     "global_lock": (("--global-lock",), dict(action="store_const", const=True,
                                              help="global key locking (suggested beta 0.4-0.6)")),
+    "no_global_lock": (("--no-global-lock",), dict(action="store_const", const=False, help="local key locking")),
     "composition": (("--composition",), dict(choices=MODES, help="several concepts: one joint edit (the paper's) "
                                                                   "or each in its own region")),
 }  # fmt: skip
@@ -133,15 +134,16 @@ GENERATION_FLAGS = {
 def add_generation_arguments(parser) -> None:
     defaults = GenerationConfig()
     for name, (flags, options) in GENERATION_FLAGS.items():
-        options = dict(options)
-        source = "the model's recipe, else " if name in GENERATION_FIELDS else ""
-        help_text = f"{options.pop('help')} (default: {source}{getattr(defaults, name)})"
-        parser.add_argument(*flags, dest=name, default=argparse.SUPPRESS, help=help_text, **options)
+        options, field_name = dict(options), name.removeprefix("no_")  # --no-global-lock sets global_lock too
+        source = "the model's recipe, else " if field_name in GENERATION_FIELDS else ""
+        help_text = f"{options.pop('help')} (default: {source}{getattr(defaults, field_name)})"
+        parser.add_argument(*flags, dest=field_name, default=argparse.SUPPRESS, help=help_text, **options)
 
 
 def generation_config(model, args) -> GenerationConfig:
     """GenerationConfig's defaults, under the model folder's recipe, under the flags given."""
-    given = {name: getattr(args, name) for name in GENERATION_FLAGS if hasattr(args, name)}
+    given = {name: getattr(args, name) for name in map(lambda flag: flag.removeprefix("no_"), GENERATION_FLAGS)
+             if hasattr(args, name)}  # fmt: skip
     return GenerationConfig(**{**read_recipe(model).generation, **given})
 
 

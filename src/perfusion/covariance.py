@@ -67,6 +67,8 @@ def read_cached(path: Path, width: int) -> torch.Tensor | None:
         return None
     if inverse.shape != (width, width) or inverse.dtype != torch.float64 or not torch.isfinite(inverse).all():
         return None
+    if torch.linalg.cholesky_ex(inverse).info != 0:  # not positive definite: the edit could not factor it
+        return None
     return inverse
 
 

@@ -31,13 +31,21 @@ class FineTuning:
             raise self.error("the supercategory word is empty")
         if len(supercategory) > MAX_SUPERCATEGORY_LENGTH:  # a file with a longer one would not load
             raise self.error(f"the supercategory is {len(supercategory)} characters long (at most {MAX_SUPERCATEGORY_LENGTH})")
+        self.fingerprint = pipeline_fingerprint(pipe)  # of the weights as given, not as cast down for training
         frozen = freeze(pipe, config.mixed_precision)
         self.accelerator, self.device, self.weight_dtype = frozen.accelerator, frozen.device, frozen.weight_dtype
         self.pipeline_before = frozen.before
         self.generator = torch.Generator().manual_seed(config.seed)
         self.forward_process = forward_process(pipe.scheduler)  # built once: noised() runs every step
-        self.fingerprint = pipeline_fingerprint(pipe)
         self.losses: list[float] = []
+        try:
+            self.prepare()
+        except BaseException:  # a set-up that fails leaves the pipeline as it was given
+            self.restore_pipeline()
+            raise
+
+    def prepare(self) -> None:
+        """A method's own set-up on the frozen pipeline (latents, masks, its starting tensors)."""
 
     def check_token(self) -> None:
         check_new_token(self.pipe.tokenizer, self.token)

@@ -76,6 +76,9 @@ def generate(pipe, prompt: str, config: GenerationConfig | None = None, settings
     config = config or GenerationConfig()
     check_prompt(pipe, prompt)
     settings = settings or {}
+    unknown = [token for token in settings if token not in loaded_tokens(pipe)]
+    if unknown:
+        raise GenerationError(f"settings for {unknown[0]}, which is not loaded (loaded: {', '.join(loaded_tokens(pipe)) or 'none'})")
     for beta, tau in settings.values():
         check_gate(beta, tau)
     generator = torch.Generator().manual_seed(config.seed)  # CPU generator: the same images on every device

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from accelerate import Accelerator
@@ -18,10 +18,13 @@ TRAINED_PARTS = ("unet", "vae", "text_encoder")
 
 @dataclass
 class PipelineState:
-    """What freezing changes: each parameter's requires_grad, device and dtype, and each module's training flag."""
+    """What freezing changes: each parameter's requires_grad, device and dtype, each buffer's device and dtype, and
+    each module's training flag. (Under mixed precision the weights come back in their dtype but keep the values of
+    the lower precision they were cast to.)"""
 
     parameters: dict[str, tuple[bool, torch.device, torch.dtype]]
     training: dict[str, bool]
+    buffers: dict[str, tuple[torch.device, torch.dtype]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, pipe) -> "PipelineState":
@@ -30,6 +33,7 @@ class PipelineState:
             {f"{part}.{name}": (tensor.requires_grad, tensor.device, tensor.dtype)
              for part, module in parts for name, tensor in module.named_parameters()},
             {f"{part}.{name}": sub.training for part, module in parts for name, sub in module.named_modules()},
+            {f"{part}.{name}": (tensor.device, tensor.dtype) for part, module in parts for name, tensor in module.named_buffers()},
         )  # fmt: skip
 
     def restore(self, pipe) -> None:
@@ -45,6 +49,10 @@ class PipelineState:
                 tensor.requires_grad_(requires_grad)
             for name, sub in module.named_modules():
                 sub.training = self.training.get(f"{part}.{name}", sub.training)
+            for name, tensor in module.named_buffers():
+                device, dtype = self.buffers.get(f"{part}.{name}", (tensor.device, tensor.dtype))
+                if tensor.device != device or tensor.dtype != dtype:
+                    tensor.data = tensor.data.to(device, dtype)
 
 
 @dataclass

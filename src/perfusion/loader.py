@@ -174,8 +174,14 @@ def roll_back(pipe, tokens: list[str], created: bool) -> None:
 
 def installed_copy(concept: Concept, device) -> Concept:
     """The runtime's own copy of a caller's concept (value targets on the UNet's device); the caller's is untouched."""
-    return replace(concept, value_targets={layer: target.detach().to(device, copy=True) for layer, target in concept.value_targets.items()},
-                   training=dict(concept.training))  # fmt: skip
+    return replace(
+        concept,
+        token_embedding=concept.token_embedding.detach().clone(),
+        concept_encoding=concept.concept_encoding.detach().clone(),
+        supercategory_encoding=concept.supercategory_encoding.detach().clone(),
+        value_targets={layer: target.detach().to(device, copy=True) for layer, target in concept.value_targets.items()},
+        training=dict(concept.training),
+    )
 
 
 def unload_concepts(pipe, tokens: str | list[str] | None = None) -> None:

@@ -51,6 +51,9 @@ class PlanCache:
             for key in [key for key in plans if token in key[0]]:
                 del plans[key]
 
+    def clear_layers(self) -> None:
+        self._layers.clear()
+
     def clear(self) -> None:
         self._spans.clear()
         self._layers.clear()

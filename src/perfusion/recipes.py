@@ -29,15 +29,50 @@ class Recipe:
     generation: dict = field(default_factory=dict)  # GENERATION_FIELDS
 
     def __post_init__(self):
+        from perfusion.generation import GenerationConfig
         from perfusion.train import TrainingConfig
 
-        known = {item.name for item in fields(TrainingConfig)}
-        for name in self.training:
-            if name not in known:
-                raise RecipeError(f"unknown training setting {name!r} (TrainingConfig has no such field)")
-        for name in self.generation:
-            if name not in GENERATION_FIELDS:
-                raise RecipeError(f"unknown generation setting {name!r} (known: {', '.join(GENERATION_FIELDS)})")
+        training = {item.name: item for item in fields(TrainingConfig)}
+        generation = {item.name: item for item in fields(GenerationConfig) if item.name in GENERATION_FIELDS}
+        for part, values, known, config in (("training", self.training, training, TrainingConfig),
+                                            ("generation", self.generation, generation, GenerationConfig)):  # fmt: skip
+            for name, value in values.items():
+                if name not in known:
+                    raise RecipeError(f"unknown {part} setting {name!r} (known: {', '.join(known)})")
+                annotation = type_text(known[name].type)
+                if not value_fits(value, annotation):
+                    raise RecipeError(f"{part} setting {name!r} must be {annotation}, got {value!r}")
+            try:
+                config(**values)  # the dataclass's own checks (ranges, words needed with pairs, ...)
+            except ValueError as error:
+                raise RecipeError(f"{part}: {error}") from None
+
+
+def type_text(annotation) -> str:
+    """A field's annotation as written ("int", "int | None", "list[str]", "Literal['no', 'fp16']")."""
+    if isinstance(annotation, str):
+        return annotation
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+
+
+def value_fits(value, annotation: str) -> bool:
+    """Whether a JSON value suits a dataclass field's annotation (as written: "int | None", "list[str]", ...)."""
+    for option in (part.strip() for part in annotation.split("|")):
+        if option == "None" and value is None:
+            return True
+        if option == "bool" and isinstance(value, bool):
+            return True
+        if option in ("int", "float") and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if option == "float" and isinstance(value, float):
+            return True
+        if option == "str" and isinstance(value, str):
+            return True
+        if option == "list[str]" and isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return True
+        if option.startswith("Literal[") and isinstance(value, str) and f"'{value}'" in option.replace('"', "'"):
+            return True
+    return False
 
 
 def read_recipe(model: str | Path) -> Recipe:

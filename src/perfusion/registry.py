@@ -42,20 +42,25 @@ class ConceptRegistry:
 
     def add(self, concept: Concept) -> None:
         ids = self.tokenizer(concept.supercategory, add_special_tokens=False).input_ids
-        self.concepts[concept.token] = InstalledConcept(concept, ids, concept.beta, concept.tau)
+        self.concepts[concept.token] = InstalledConcept(concept, ids, float(concept.beta), float(concept.tau))
 
     def remove(self, token: str) -> None:
         del self.concepts[token]
 
-    def token_id(self, token: str) -> int:
-        return self.tokenizer.convert_tokens_to_ids(token)
+    def token_id(self, token: str) -> int | None:
+        """The token's id, or None when the tokenizer no longer has it (a caller's ``unload_textual_inversion()``
+        removes every added token; CLIP would map it to its unknown token, the end-of-text one)."""
+        token_id = self.tokenizer.convert_tokens_to_ids(token)
+        return token_id if self.tokenizer.convert_ids_to_tokens(token_id) == token else None
 
     def tokens_by_id(self) -> dict[int, str]:
-        return {self.token_id(token): token for token in self.concepts}
+        ids = {token: self.token_id(token) for token in self.concepts}
+        return {token_id: token for token, token_id in ids.items() if token_id is not None}
 
     def supercategory_replacements(self) -> dict[int, list[int]]:
         """Each installed concept's token id -> its supercategory word's ids."""
-        return {self.token_id(token): installed.supercategory_ids for token, installed in self.concepts.items()}
+        ids = {token: self.token_id(token) for token in self.concepts}
+        return {ids[token]: installed.supercategory_ids for token, installed in self.concepts.items() if ids[token] is not None}
 
     # -- settings ---------------------------------------------------------------------------------
     def set_options(self, token: str, beta: float | None = None, tau: float | None = None) -> None:

@@ -63,8 +63,9 @@ def same(candidate: torch.Tensor, state: torch.Tensor, probe: torch.Tensor) -> b
 class PromptRouter:
     entry_type = EncodedPrompt  # what regions.split_row builds each concept's own row as
 
-    def __init__(self, registry: ConceptRegistry, text_encoder, tokenizer):
+    def __init__(self, registry: ConceptRegistry, text_encoder, tokenizer, on_prompt=None):
         self.registry, self.text_encoder, self.tokenizer = registry, text_encoder, tokenizer
+        self.on_prompt = on_prompt  # called when a prompt with a concept is encoded (a new generation call)
         self.remembered: deque[EncodedPrompt] = deque(maxlen=REGISTRY_ROWS)
         self.context: CallContext | None = None
         self.hooks: list = []
@@ -79,6 +80,8 @@ class PromptRouter:
         wanted = [index for index, tokens in enumerate(rows) if tokens]
         if not wanted:
             return
+        if self.on_prompt is not None:
+            self.on_prompt()
         key_encodings = self.supercategory_encodings(input_ids[wanted]) if self.registry.global_lock else None
         regional = self.registry.regional
         for position, index in enumerate(wanted):

@@ -22,8 +22,10 @@ __all__ = ["PerfusionRuntime", "linear_part"]
 class PerfusionRuntime:
     def __init__(self, text_encoder, tokenizer, inverse_covariance: torch.Tensor, base_fingerprint: str):
         self.registry = ConceptRegistry(tokenizer)
-        self.router = PromptRouter(self.registry, text_encoder, tokenizer)
         self.plans = PlanCache(inverse_covariance)
+        # W_K u and W_V u are read off the projections, which a LoRA loaded or fused between calls changes: the
+        # layer plans are rebuilt at each new prompt (a few small products per layer), the span plans are kept.
+        self.router = PromptRouter(self.registry, text_encoder, tokenizer, on_prompt=self.plans.clear_layers)
         self.base_fingerprint = base_fingerprint
 
     @property

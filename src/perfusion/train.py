@@ -104,6 +104,8 @@ class TrainingConfig:
             raise TrainingError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if not self.templates or any("{}" not in template for template in self.templates):
             raise TrainingError("every caption template needs {} where the token goes")
+        if self.mask_prompt.count("{}") != 1 or self.pair_template.count("{}") != 2:
+            raise TrainingError("mask_prompt needs one {} (the supercategory), pair_template two (the token, the word)")
         for beta, tau in ((self.train_beta, self.train_tau), (self.beta, self.tau)):
             try:
                 check_gate(beta, tau)
@@ -122,8 +124,10 @@ class TrainingResult:
 class ConceptTrainer(FineTuning):
     error = TrainingError
 
-    def __init__(self, pipe, images: list[TrainingImage], token: str, supercategory: str, config: TrainingConfig):
-        super().__init__(pipe, images, token, supercategory, config)
+    config: TrainingConfig
+
+    def prepare(self) -> None:
+        config = self.config
         self.bank = self.encode_images()
         self.pair_bank = self.encode_pairs() if config.pair_probability > 0 else None
         self.concept = self.initial_concept()
@@ -333,11 +337,13 @@ class ConceptTrainer(FineTuning):
         started = time.perf_counter()
         if resume and checkpoint is None:
             raise TrainingError("resuming needs a checkpoint path")
-        state = self.load_checkpoint(checkpoint) if resume else None
-        self.install(captions, progress=progress)
-        if state is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
+        installed = False
         try:
+            state = self.load_checkpoint(checkpoint) if resume else None
+            self.install(captions, progress=progress)
+            installed = True
+            if state is not None:
+                self.optimizer.load_state_dict(state["optimizer"])
             loss_before = self.held_out_loss()
             bar = tqdm(range(self.start_step, self.config.steps), desc=f"training {self.token}", disable=not progress,
                        initial=self.start_step, total=self.config.steps)  # fmt: skip
@@ -349,7 +355,8 @@ class ConceptTrainer(FineTuning):
                     self.save_checkpoint(checkpoint, done)
             loss_after = self.held_out_loss()
         finally:
-            self.uninstall()
+            if installed:
+                self.uninstall()
             self.restore_pipeline()
         seconds = time.perf_counter() - started
         return TrainingResult(self.finished_concept(), self.losses, seconds, (loss_before, loss_after))

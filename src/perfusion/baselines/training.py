@@ -125,13 +125,15 @@ class BaselineTrainer(FineTuning):
     text_trainable = False  # True when gradients flow back through the text encoder (a trained token row)
     error = BaselineError
 
-    def __init__(self, pipe, images: list[TrainingImage], token: str, supercategory: str, config: BaselineConfig):
-        super().__init__(pipe, images, token, supercategory, config)
+    config: BaselineConfig
+
+    def prepare(self) -> None:
+        pipe, config = self.pipe, self.config
         size = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
-        self.bank = latent_bank(pipe, images, size, config.flip, config.use_masks, self.weight_dtype)
+        self.bank = latent_bank(pipe, self.images, size, config.flip, config.use_masks, self.weight_dtype)
         self.class_bank = None
         if config.prior_preservation:  # made before ``setup``: by the base model itself
-            self.class_bank = class_latent_bank(pipe, config.class_prompt.format(supercategory), config)
+            self.class_bank = class_latent_bank(pipe, config.class_prompt.format(self.supercategory), config)
 
     # -- what a method defines --------------------------------------------------------------------
     @property
