@@ -66,10 +66,7 @@ def training_config(args) -> TrainingConfig:
     recipe = read_recipe(args.model).training
     if "pair_words" in given and "pair_probability" not in given and "pair_probability" not in recipe:
         given["pair_probability"] = 0.5  # --pair-words alone: half the samples paired
-    try:
-        return TrainingConfig(**{**recipe, **given})
-    except TypeError as error:  # a recipe value of the wrong type
-        raise CommandError(f"{args.model}: its recipe's training settings are not usable ({error})") from None
+    return TrainingConfig(**{**recipe, **given})  # the recipe's values were checked against the fields when read
 
 
 def run_train(args) -> None:
@@ -142,8 +139,8 @@ def add_generation_arguments(parser) -> None:
 
 def generation_config(model, args) -> GenerationConfig:
     """GenerationConfig's defaults, under the model folder's recipe, under the flags given."""
-    given = {name: getattr(args, name) for name in map(lambda flag: flag.removeprefix("no_"), GENERATION_FLAGS)
-             if hasattr(args, name)}  # fmt: skip
+    names = {flag.removeprefix("no_") for flag in GENERATION_FLAGS}  # --no-global-lock sets global_lock
+    given = {name: getattr(args, name) for name in names if hasattr(args, name)}
     return GenerationConfig(**{**read_recipe(model).generation, **given})
 
 

@@ -10,7 +10,7 @@ import torch
 
 from perfusion.loader import loaded_tokens
 from perfusion.regions import MODES
-from perfusion.settings import GenerationError, check_gate, concept_settings
+from perfusion.settings import GenerationError, check_gate, check_loaded, concept_settings
 from perfusion.text import cut_off_tokens, prompt_tokens
 
 __all__ = ["GenerationConfig", "GenerationError", "check_gate", "check_prompt", "generate"]
@@ -75,15 +75,11 @@ def generate(pipe, prompt: str, config: GenerationConfig | None = None, settings
     """
     config = config or GenerationConfig()
     check_prompt(pipe, prompt)
-    settings = settings or {}
-    unknown = [token for token in settings if token not in loaded_tokens(pipe)]
-    if unknown:
-        raise GenerationError(f"settings for {unknown[0]}, which is not loaded (loaded: {', '.join(loaded_tokens(pipe)) or 'none'})")
-    for beta, tau in settings.values():
-        check_gate(beta, tau)
+    settings, loaded = settings or {}, loaded_tokens(pipe)
+    check_loaded(settings, loaded)
     generator = torch.Generator().manual_seed(config.seed)  # CPU generator: the same images on every device
     scope = nullcontext()
-    if loaded_tokens(pipe):  # the call's settings, put back afterwards
+    if loaded:  # the call's settings (checked there), put back afterwards
         scope = concept_settings(
             pipe, beta={token: beta for token, (beta, _) in settings.items()},
             tau={token: tau for token, (_, tau) in settings.items()}, global_lock=config.global_lock,

@@ -54,10 +54,6 @@ class PlanCache:
     def clear_layers(self) -> None:
         self._layers.clear()
 
-    def clear(self) -> None:
-        self._spans.clear()
-        self._layers.clear()
-
     def span(self, tokens: tuple[str, ...], encodings, device) -> SpanPlan:
         """``encodings()``: the concepts' i* (N, d), in the order of ``tokens``; called only to build a plan."""
         key = (tokens, str(device))

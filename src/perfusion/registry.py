@@ -34,9 +34,6 @@ class ConceptRegistry:
         self.global_lock = False
         self.regional: RegionalCall | None = None  # None: the paper's joint edit
 
-    def __contains__(self, token: str) -> bool:
-        return token in self.concepts
-
     def __getitem__(self, token: str) -> InstalledConcept:
         return self.concepts[token]
 
@@ -59,8 +56,7 @@ class ConceptRegistry:
 
     def supercategory_replacements(self) -> dict[int, list[int]]:
         """Each installed concept's token id -> its supercategory word's ids."""
-        ids = {token: self.token_id(token) for token in self.concepts}
-        return {ids[token]: installed.supercategory_ids for token, installed in self.concepts.items() if ids[token] is not None}
+        return {token_id: self.concepts[token].supercategory_ids for token_id, token in self.tokens_by_id().items()}
 
     # -- settings ---------------------------------------------------------------------------------
     def set_options(self, token: str, beta: float | None = None, tau: float | None = None) -> None:

@@ -72,9 +72,9 @@ class PromptRouter:
         self._encoding_internally = False
 
     # -- remembering encoded prompts ------------------------------------------------------------
-    def remember(self, input_ids: torch.Tensor, encodings: torch.Tensor, alternatives=()) -> None:
-        """Keep every encoded row that holds a concept token; ``alternatives`` are other (B, T, d) hidden states of
-        the same call."""
+    def remember(self, input_ids: torch.Tensor, encodings: torch.Tensor, alternatives=list) -> None:
+        """Keep every encoded row that holds a concept token; ``alternatives()`` gives the other (B, T, d) hidden
+        states of the same call, asked for only when a row holds a concept."""
         by_id = self.registry.tokens_by_id()
         rows = [tuple(by_id[i] for i in row if i in by_id) for row in input_ids.tolist()]
         wanted = [index for index, tokens in enumerate(rows) if tokens]
@@ -83,7 +83,7 @@ class PromptRouter:
         if self.on_prompt is not None:
             self.on_prompt()
         key_encodings = self.supercategory_encodings(input_ids[wanted]) if self.registry.global_lock else None
-        regional = self.registry.regional
+        regional, alternatives = self.registry.regional, alternatives()
         for position, index in enumerate(wanted):
             tokens = tuple(token for token in self.registry.concepts if token in rows[index])
             keys = None if key_encodings is None else key_encodings[position]
@@ -157,7 +157,7 @@ class PromptRouter:
     def _after_text_encoder(self, module, args, kwargs, output):
         input_ids = args[0] if args else kwargs.get("input_ids")
         if input_ids is not None and self.registry.concepts and not self._encoding_internally:
-            self.remember(input_ids, output[0], other_hidden_states(module, output))
+            self.remember(input_ids, output[0], lambda: other_hidden_states(module, output))
 
     def _before_unet(self, module, args, kwargs):
         states = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)

@@ -14,7 +14,6 @@ from perfusion.regions import MODES, RegionalCall, RegionsConfig
 from perfusion.runtime import PerfusionRuntime
 
 
-
 class GenerationError(ValueError):
     """A prompt or setting that cannot be generated."""
 
@@ -33,14 +32,19 @@ def require_runtime(pipe) -> PerfusionRuntime:
     return runtime
 
 
-def per_token(value, tokens: list[str], name: str) -> dict[str, float]:
+def check_loaded(named, loaded: list[str]) -> None:
+    """Every token ``named`` (settings given per concept) is a loaded concept."""
+    unknown = [token for token in named if token not in loaded]
+    if unknown:
+        raise GenerationError(f"settings for {unknown[0]}, which is not loaded (loaded: {', '.join(loaded) or 'none'})")
+
+
+def per_token(value, tokens: list[str]) -> dict[str, float]:
     """A float for every loaded concept, or a dict token -> float (None entries left out)."""
     if value is None:
         return {}
     if isinstance(value, dict):
-        unknown = [token for token in value if token not in tokens]
-        if unknown:
-            raise KeyError(f"{unknown[0]} is not loaded")
+        check_loaded(value, tokens)
         return {token: float(v) for token, v in value.items() if v is not None}
     return {token: float(value) for token in tokens}
 
@@ -49,8 +53,6 @@ def composition_call(pipe, mode: str, regions: dict | None) -> RegionalCall | No
     if mode not in MODES:
         raise GenerationError(f"composition must be one of {', '.join(MODES)}, got {mode!r}")
     if mode == "joint":
-        if regions:
-            raise GenerationError('regions settings need composition="regions"')
         return None
     timesteps = getattr(getattr(pipe, "scheduler", None), "config", {}).get("num_train_timesteps", 1000)
     try:
@@ -65,7 +67,7 @@ def set_concept_settings(pipe, *, beta=None, tau=None, global_lock: bool | None 
     composition mode ("joint" or "regions", with RegionsConfig's fields as ``regions``). None keeps a setting."""
     runtime = require_runtime(pipe)
     tokens = list(runtime.concepts)
-    betas, taus = per_token(beta, tokens, "beta"), per_token(tau, tokens, "tau")
+    betas, taus = per_token(beta, tokens), per_token(tau, tokens)
     for token in tokens:
         check_gate(betas.get(token), taus.get(token))
     if regions and composition != "regions":
