@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from safetensors.torch import save as safetensors_bytes
 
+from perfusion.conditioning import TextConditioning
 from perfusion.concept import VALUE_PREFIX, Concept, ConceptFileError
 from perfusion.covariance import estimate_covariance
 from perfusion.generation import GenerationConfig, generate
@@ -409,7 +410,7 @@ class Harness:
         self.pipe = load_pipeline(self.folder)
         self.stock = pipeline_state(self.pipe)
         with torch.no_grad():
-            self.inverse = torch.linalg.inv(estimate_covariance(self.pipe.text_encoder, self.pipe.tokenizer, small_corpus()))
+            self.inverse = torch.linalg.inv(estimate_covariance(TextConditioning.of(self.pipe), small_corpus()))
         self.original_path = handmade_concept(self.pipe).save(self.workdir / "original.safetensors")
         self.original = Original.read(self.original_path)
         self.path = self.workdir / "case.safetensors"

@@ -229,3 +229,14 @@ def test_a_recipe_value_of_the_wrong_type_is_one_clear_line(model_with_recipe, c
     (model_with_recipe / "perfusion_recipe.json").write_text(json.dumps({"generation": generation}))
     expect_refusal(["generate", "--model", model_with_recipe, "--concept", concept_file, "--prompt", "a <mycat>",
                     "--out", tmp_path / "out"], capsys, "must be")  # fmt: skip
+
+
+def test_a_plain_prompt_file_for_the_world_judge_is_one_clear_line(tiny_pipeline_dir, tmp_path, concept_file, capsys):
+    """The world judge scores only prompts that state attributes: a .txt file is refused before any image is made."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of a {}\n")
+    code = main(["eval", "--model", str(tiny_pipeline_dir), "--concept", str(concept_file), "--prompts", str(prompts),
+                 "--images", str(write_concept_images(tmp_path / "disc")), "--out", str(tmp_path / "eval")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("perfusion: error:") == 1 and "--clip" in err and "Traceback" not in err
+    assert not (tmp_path / "eval").exists()

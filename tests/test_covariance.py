@@ -1,6 +1,7 @@
 """C from the pipeline's own text encoder: padding excluded, float64, cached per model and corpus."""
 
 import torch
+from perfusion.conditioning import TextConditioning
 from perfusion.testing import small_corpus
 
 from perfusion.covariance import cache_root, estimate_covariance, inverse_covariance
@@ -15,7 +16,7 @@ def test_content_mask_keeps_up_to_the_first_end_of_text():
 
 def test_covariance_is_over_content_positions_only(tiny_pipe):
     captions = small_corpus(40)
-    covariance = estimate_covariance(tiny_pipe.text_encoder, tiny_pipe.tokenizer, captions, batch_size=7)
+    covariance = estimate_covariance(TextConditioning.of(tiny_pipe), captions, batch_size=7)
     ids = tokenize(tiny_pipe.tokenizer, captions)  # padded to 77 with EOS
     with torch.no_grad():
         encodings = encode(tiny_pipe.text_encoder, ids)[content_mask(ids, tiny_pipe.tokenizer.eos_token_id)].double()
@@ -26,19 +27,19 @@ def test_covariance_is_over_content_positions_only(tiny_pipe):
 
 def test_inverse_is_cached_on_disk_per_corpus(tiny_pipe):
     captions = small_corpus(50)
-    first = inverse_covariance(tiny_pipe.text_encoder, tiny_pipe.tokenizer, captions)
+    first = inverse_covariance(TextConditioning.of(tiny_pipe), captions)
     files = list((cache_root() / "covariance").glob("*.safetensors"))
-    second = inverse_covariance(tiny_pipe.text_encoder, tiny_pipe.tokenizer, captions)
+    second = inverse_covariance(TextConditioning.of(tiny_pipe), captions)
     assert torch.equal(first, second) and first.dtype == torch.float64
-    inverse_covariance(tiny_pipe.text_encoder, tiny_pipe.tokenizer, small_corpus(50, seed=1))
+    inverse_covariance(TextConditioning.of(tiny_pipe), small_corpus(50, seed=1))
     assert len(list((cache_root() / "covariance").glob("*.safetensors"))) == len(files) + 1
-    covariance = estimate_covariance(tiny_pipe.text_encoder, tiny_pipe.tokenizer, captions)
+    covariance = estimate_covariance(TextConditioning.of(tiny_pipe), captions)
     torch.testing.assert_close(first @ covariance, torch.eye(covariance.shape[0], dtype=torch.float64), atol=1e-6, rtol=0)
 
 
 def test_a_damaged_cache_entry_is_recomputed(tiny_pipe):
     captions = small_corpus(30)
-    first = inverse_covariance(tiny_pipe.text_encoder, tiny_pipe.tokenizer, captions)
+    first = inverse_covariance(TextConditioning.of(tiny_pipe), captions)
     for path in (cache_root() / "covariance").glob("*.safetensors"):
         path.write_bytes(b"damaged")
-    assert torch.equal(inverse_covariance(tiny_pipe.text_encoder, tiny_pipe.tokenizer, captions), first)
+    assert torch.equal(inverse_covariance(TextConditioning.of(tiny_pipe), captions), first)

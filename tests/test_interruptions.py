@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 import torch
+from perfusion.conditioning import TextConditioning
 from perfusion.testing import load_pipeline, small_corpus, write_concept_images
 
 from perfusion.cli import main
@@ -96,7 +97,7 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_pipe,
         hook.remove()
     state = torch.load(checkpoint, weights_only=False)
     assert state["step"] >= 1 and all(torch.isfinite(v).all() for v in state["value_targets"].values())
-    assert torch.isfinite(state["token_embedding"]).all()
+    assert all(torch.isfinite(vector).all() for vector in state["token_embeddings"])
 
 
 @pytest.fixture
@@ -152,9 +153,10 @@ def test_two_processes_computing_c_at_once_share_one_consistent_cache(tiny_pipel
         "import sys, torch\n"
         "from perfusion.testing import load_pipeline\n"
         "from perfusion.covariance import inverse_covariance\n"
+        "from perfusion.conditioning import TextConditioning\n"
         "from perfusion.corpus import load_captions\n"
         "pipe = load_pipeline(sys.argv[1])\n"
-        "inverse = inverse_covariance(pipe.text_encoder, pipe.tokenizer, load_captions(sys.argv[2]))\n"
+        "inverse = inverse_covariance(TextConditioning.of(pipe), load_captions(sys.argv[2]))\n"
         "torch.save(inverse, sys.argv[3])\n"
     )
     environment = {**os.environ, "PERFUSION_CACHE": str(tmp_path / "cache")}
@@ -171,13 +173,13 @@ def test_a_corrupt_covariance_cache_is_recomputed_with_a_warning(tiny_pipe, tmp_
     from perfusion.covariance import inverse_covariance
 
     monkeypatch.setenv("PERFUSION_CACHE", str(tmp_path / "cache"))
-    expected = inverse_covariance(tiny_pipe.text_encoder, tiny_pipe.tokenizer, CAPTIONS)
+    expected = inverse_covariance(TextConditioning.of(tiny_pipe), CAPTIONS)
     (cached,) = (tmp_path / "cache" / "covariance").glob("*.safetensors")
     for damage in (b"not a safetensors file", cached.read_bytes()[:100]):
         cached.write_bytes(damage)
         with pytest.warns(UserWarning, match="recomputed"):
-            again = inverse_covariance(tiny_pipe.text_encoder, tiny_pipe.tokenizer, CAPTIONS)
+            again = inverse_covariance(TextConditioning.of(tiny_pipe), CAPTIONS)
         assert torch.equal(again, expected)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the repaired cache loads quietly
-        inverse_covariance(tiny_pipe.text_encoder, tiny_pipe.tokenizer, CAPTIONS)
+        inverse_covariance(TextConditioning.of(tiny_pipe), CAPTIONS)

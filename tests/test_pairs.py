@@ -53,13 +53,13 @@ def test_training_draws_paired_samples_with_their_captions(tiny_pipe, tmp_path):
     trainer = ConceptTrainer(tiny_pipe, images, "<mydisc>", "cat", config)
     assert trainer.pair_bank.means.shape[0] == 2 * 2 * len(images)  # two halves, mirrored
     *_, masks, ids = trainer.micro_batch()
-    texts = tiny_pipe.tokenizer.batch_decode(ids, skip_special_tokens=True)
+    texts = tiny_pipe.tokenizer.batch_decode(ids[0], skip_special_tokens=True)
     assert all("next to" in text and "dog" in text for text in texts), texts
     assert masks.sum() > 0
 
     plain = ConceptTrainer(tiny_pipe, images, "<mydisc>", "cat", TrainingConfig(**QUICK))
     assert plain.pair_bank is None
-    texts = tiny_pipe.tokenizer.batch_decode(plain.micro_batch()[-1], skip_special_tokens=True)
+    texts = tiny_pipe.tokenizer.batch_decode(plain.micro_batch()[-1][0], skip_special_tokens=True)
     assert not any("next to" in text for text in texts)
 
 

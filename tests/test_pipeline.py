@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
-from perfusion.testing import handmade_concept, small_corpus
+from perfusion.testing import handmade_concept, routed_entries, small_corpus
 
 from perfusion.concept import ConceptFileError
 from perfusion.fingerprint import cross_attention_modules
 from perfusion.generation import GenerationConfig, GenerationError, generate
 from perfusion.loader import find_runtime, load_concepts, unload_concepts
-from perfusion.settings import set_concept_options
+from perfusion.settings import set_concept_options, set_global_lock
 from perfusion.processor import PerfusionAttnProcessor
 from perfusion.text import encode, tokenize
 
@@ -89,11 +89,12 @@ def test_local_key_lock_gives_the_concept_the_supercategory_keys(tiny_pipe):
 def test_global_lock_keys_read_the_prompt_with_the_supercategory(tiny_pipe):
     """Only the concept token is replaced: the ordinary "cat" in the same prompt stays a cat."""
     load_concepts(tiny_pipe, handmade_concept(tiny_pipe), captions=CAPTIONS)
-    runtime = find_runtime(tiny_pipe)
-    ids = tokenize(tiny_pipe.tokenizer, ["<mycat> next to a cat"])
+    set_global_lock(tiny_pipe, True)
+    keys = routed_entries(tiny_pipe, ["<mycat> next to a cat"])[0].key_encodings
+    set_global_lock(tiny_pipe, False)
     with torch.no_grad():
-        expected = encode(tiny_pipe.text_encoder, tokenize(tiny_pipe.tokenizer, ["cat next to a cat"]))
-    torch.testing.assert_close(runtime.router.supercategory_encodings(ids), expected)
+        expected = encode(tiny_pipe.text_encoder, tokenize(tiny_pipe.tokenizer, ["cat next to a cat"]))[0]
+    torch.testing.assert_close(keys, expected)
     local = images(tiny_pipe, "<mycat> next to a cat")
     assert not np.array_equal(images(tiny_pipe, "<mycat> next to a cat", global_lock=True), local)
 

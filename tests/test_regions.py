@@ -3,16 +3,17 @@
 import numpy as np
 import pytest
 import torch
-from perfusion.testing import handmade_concept, small_corpus
+from perfusion.testing import handmade_concept, routed_entries, small_corpus
 
 from perfusion.generation import GenerationConfig, GenerationError, generate
 from perfusion.loader import find_runtime, load_concepts
 from perfusion.settings import set_composition, set_global_lock
-from perfusion.regions import RegionsConfig, locked_keys, region_masks
+from perfusion.regions import RegionsConfig, region_masks
 from perfusion.text import encode, supercategory_substitution, tokenize
 
 CAPTIONS = small_corpus()
 PAIR = "a <mycat> next to a <mymug>"
+OWN_PROMPTS = ["a <mycat> next to a mug", "a cat next to a <mymug>"]  # each concept's own row of PAIR
 
 
 def two_concepts(pipe):
@@ -53,11 +54,7 @@ def test_while_laying_out_the_split_row_is_exactly_the_plain_prompt(tiny_pipe):
     stock = images(tiny_pipe, "a cat next to a mug")
     two_concepts(tiny_pipe)
     set_composition(tiny_pipe, "regions", layout=1.0)
-    runtime = find_runtime(tiny_pipe)
-    ids = tokenize(tiny_pipe.tokenizer, [PAIR])
-    with torch.no_grad():
-        encode(tiny_pipe.text_encoder, ids)  # the hooked text encoder remembers the prompt and splits it
-    split = runtime.router.remembered[-1].split
+    split = routed_entries(tiny_pipe, [PAIR])[0].split
     with torch.no_grad():
         plain = encode(tiny_pipe.text_encoder, tokenize(tiny_pipe.tokenizer, ["a cat next to a mug"]))[0]
     torch.testing.assert_close(split.plain, plain)
@@ -83,9 +80,9 @@ def test_after_the_layout_each_concept_row_predicts_inside_its_own_region(tiny_p
     with torch.no_grad():
         merged = tiny_pipe.unet(sample, timestep, encoder_hidden_states=states).sample
         maps = runtime.registry.regional.maps[1].clone()
-        split = runtime.router.remembered[-1].split
+        split = routed_entries(tiny_pipe, [PAIR])[0].split
         set_composition(tiny_pipe, "joint")
-        runtime.router.remembered.extend(split.rows)  # each concept's own row, edited as any prompt with that concept
+        routed_entries(tiny_pipe, OWN_PROMPTS)  # each concept's own row, edited as any prompt with that concept
         plain = tiny_pipe.unet(sample[1:], timestep, encoder_hidden_states=split.plain[None]).sample[0]
         own = [tiny_pipe.unet(sample[1:], timestep, encoder_hidden_states=row.encodings[None]).sample[0]
                for row in split.rows]  # fmt: skip
@@ -112,11 +109,9 @@ def test_regions_under_global_key_locking_lock_each_concept_row_to_the_supercate
     two_concepts(tiny_pipe)
     set_composition(tiny_pipe, "regions")
     set_global_lock(tiny_pipe, True)
-    ids = tokenize(tiny_pipe.tokenizer, [PAIR])
     with torch.no_grad():
-        encode(tiny_pipe.text_encoder, ids)  # remembered and split by the hooked text encoder
         plain = encode(tiny_pipe.text_encoder, tokenize(tiny_pipe.tokenizer, ["a cat next to a mug"]))[0]
-    for row in find_runtime(tiny_pipe).router.remembered[-1].split.rows:
+    for row in routed_entries(tiny_pipe, [PAIR])[0].split.rows:
         torch.testing.assert_close(row.key_encodings, plain)  # every concept read as its supercategory
     locked = images(tiny_pipe, PAIR, composition="regions", global_lock=True)
     assert not np.array_equal(locked, images(tiny_pipe, PAIR, composition="regions"))
@@ -131,10 +126,13 @@ def test_split_rows_locked_keys_are_the_plain_rows_gathered_as_encoding_them_wou
     replacements = runtime.registry.supercategory_replacements()
     eos = tiny_pipe.tokenizer.eos_token_id
     others = [{key: value for key, value in replacements.items() if key != own} for own in replacements]
-    split_ids = torch.cat([supercategory_substitution(ids, variant, eos)[0] for variant in [replacements, *others]])
-    with torch.no_grad():
-        keys = locked_keys(runtime.router, split_ids, encode(tiny_pipe.text_encoder, split_ids))
-        torch.testing.assert_close(keys, runtime.router.supercategory_encodings(split_ids[1:]))
+    own_ids = [supercategory_substitution(ids, variant, eos)[0] for variant in others]
+    set_global_lock(tiny_pipe, True)
+    set_composition(tiny_pipe, "regions")
+    split = routed_entries(tiny_pipe, [ids])[0].split  # its own rows' keys: the plain row's, gathered
+    set_composition(tiny_pipe, "joint")
+    for row, own in zip(split.rows, own_ids):  # each own row routed alone: its keys re-encoded
+        torch.testing.assert_close(row.key_encodings, routed_entries(tiny_pipe, [own])[0].key_encodings)
 
 
 def test_maps_add_up_along_a_trajectory_and_start_again_when_the_timestep_rises(tiny_pipe):

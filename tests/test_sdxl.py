@@ -1,14 +1,34 @@
-"""SDXL is not supported yet (issue 24): every entry point says so in one line, before anything is changed."""
+"""SDXL: every property the SD 1.x suite checks, on a tiny StableDiffusionXLPipeline (two text encoders of different
+widths, the second with projection; a text-and-time added condition; cross-attention at two resolutions, transformer
+depth 2), and the concept file at SDXL base dimensions."""
 
+import numpy as np
 import pytest
-from diffusers import DiffusionPipeline
-from perfusion.testing import build_tiny_sdxl_pipeline, handmade_concept, load_pipeline, write_concept_images
+import torch
+from diffusers import UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from perfusion.testing import SDXL_TEXT, SDXL_TEXT_2, SDXL_UNET, TINY_SDXL_WIDTHS, build_tiny_sdxl_pipeline
+from perfusion.testing import handmade_concept, load_pipeline, routed_entries, small_corpus, write_concept_images
 
 from perfusion.cli import main
+from perfusion.concept import Concept, ConceptFileError
+from perfusion.conditioning import TextConditioning
+from perfusion.fingerprint import cross_attention_modules
+from perfusion.generation import GenerationConfig, generate
 from perfusion.images import load_training_images
-from perfusion.loader import find_runtime, load_concepts
+from perfusion.loader import find_runtime, load_concepts, unload_concepts
+from perfusion.method import composition_basis, gate, inverse_covariance_factor, similarity
 from perfusion.models import UnsupportedPipelineError
-from perfusion.train import train_concept
+from perfusion.plans import linear_part
+from perfusion.processor import PerfusionAttnProcessor
+from perfusion.router import CallContext
+from perfusion.settings import set_composition, set_concept_options, set_global_lock
+from perfusion.text import tokenize
+from perfusion.train import TrainingConfig, train_concept
+
+CAPTIONS = small_corpus()
+KB = 1000
+PARTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 
 
 @pytest.fixture(scope="module")
@@ -18,28 +38,274 @@ def sdxl_dir(tmp_path_factory):
 
 @pytest.fixture
 def sdxl_pipe(sdxl_dir):
-    pipe = DiffusionPipeline.from_pretrained(sdxl_dir, local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return load_pipeline(sdxl_dir)
 
 
-def test_loading_a_concept_into_sdxl_is_refused_and_changes_nothing(sdxl_pipe, tiny_pipeline_dir):
-    concept = handmade_concept(load_pipeline(tiny_pipeline_dir))
-    vocabulary = len(sdxl_pipe.tokenizer)
-    with pytest.raises(UnsupportedPipelineError, match="two text encoders"):
-        load_concepts(sdxl_pipe, concept)
-    assert find_runtime(sdxl_pipe) is None and len(sdxl_pipe.tokenizer) == vocabulary
+@pytest.fixture
+def cat_pipe(sdxl_pipe):
+    load_concepts(sdxl_pipe, handmade_concept(sdxl_pipe), captions=CAPTIONS)
+    return sdxl_pipe
 
 
-def test_training_on_sdxl_is_refused(sdxl_pipe, tmp_path):
+def pictures(pipe, prompt, **kwargs):
+    config = GenerationConfig(num_inference_steps=3, guidance_scale=5.0, seed=0, **kwargs)
+    return np.stack([np.asarray(image) for image in generate(pipe, prompt, config)])
+
+
+def penultimate(pipe, prompt, tower=None, layer=-2):
+    """What StableDiffusionXLPipeline.encode_prompt hands the UNet: both encoders' hidden_states[layer], concatenated
+    (or one encoder's part)."""
+    text = TextConditioning.of(pipe)
+    parts = []
+    with torch.no_grad():
+        for tower_ in text.towers if tower is None else [text.towers[tower]]:
+            ids = tokenize(tower_.tokenizer, [prompt])
+            parts.append(tower_.text_encoder(ids, output_hidden_states=True).hidden_states[layer])
+    return torch.cat(parts, -1)[0]
+
+
+def base_weights(pipe):
+    return {f"{part}.{name}": tensor.clone() for part in PARTS for name, tensor in getattr(pipe, part).state_dict().items()}
+
+
+def test_the_tiny_pipeline_has_sdxls_traits(sdxl_pipe):
+    assert type(sdxl_pipe).__name__ == "StableDiffusionXLPipeline"
+    assert isinstance(sdxl_pipe.text_encoder_2, CLIPTextModelWithProjection) and sdxl_pipe.tokenizer_2.pad_token == "!"
+    config = sdxl_pipe.unet.config
+    assert config.addition_embed_type == "text_time" and config.cross_attention_dim == sum(TINY_SDXL_WIDTHS)
+    assert max(config.transformer_layers_per_block) > 1
+    widths = {module.to_v.out_features for module in cross_attention_modules(sdxl_pipe.unet).values()}
+    assert len(widths) == 2  # cross-attention at two resolutions
+
+
+def test_the_edit_reads_the_pipelines_own_concatenated_penultimate_layers(sdxl_pipe):
+    """e as encode_prompt builds it: the two text encoders' hidden_states[-2], side by side (16 + 24 wide here)."""
+    text = TextConditioning.of(sdxl_pipe)
+    with torch.no_grad():
+        embeds, *_ = sdxl_pipe.encode_prompt("a photo of a cat", do_classifier_free_guidance=False)
+        ours = text.encode(text.tokenize(["a photo of a cat"]))
+    assert text.width == sum(TINY_SDXL_WIDTHS) and torch.equal(ours, embeds)
+
+
+def test_sdxl_base_concept_file_is_seventy_layers_under_400kb_and_200kb_half(tmp_path):
+    with torch.device("meta"):  # SDXL base's shapes, no memory
+        unet = UNet2DConditionModel(**SDXL_UNET)
+        first = CLIPTextModel(CLIPTextConfig(**SDXL_TEXT))
+        second = CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TEXT_2))
+    layers = cross_attention_modules(unet)
+    widths = [encoder.get_input_embeddings().weight.shape[1] for encoder in (first, second)]
+    encoding_width = first.config.hidden_size + second.config.hidden_size
+    generator = torch.Generator().manual_seed(0)
+
+    def vector(width):
+        return torch.randn(width, generator=generator)
+
+    concept = Concept("<mycat>", "cat", vector(widths[0]), vector(encoding_width), vector(encoding_width),
+                      {name: vector(module.to_v.out_features) for name, module in layers.items()}, "f" * 32,
+                      token_embedding_2=vector(widths[1]))  # fmt: skip
+    assert len(layers) == 70 and sum(t.numel() for t in concept.value_targets.values()) == 83_200
+    assert widths == [768, 1280] and encoding_width == 2048 and {m.to_k.in_features for m in layers.values()} == {2048}
+    full = concept.save(tmp_path / "full.safetensors")
+    half = concept.save(tmp_path / "half.safetensors", half=True)
+    assert full.stat().st_size <= 400 * KB and half.stat().st_size <= 200 * KB, (full.stat().st_size, half.stat().st_size)
+    loaded = Concept.load(full)
+    assert torch.equal(loaded.token_embedding_2, concept.token_embedding_2)
+
+
+def test_prompts_without_the_concept_stay_stock_and_with_it_are_edited(sdxl_pipe):
+    stock, stock_cat = pictures(sdxl_pipe, "a photo of a dog"), pictures(sdxl_pipe, "a photo of a cat")
+    load_concepts(sdxl_pipe, handmade_concept(sdxl_pipe), captions=CAPTIONS)
+    assert np.array_equal(pictures(sdxl_pipe, "a photo of a dog"), stock)
+    assert not np.array_equal(pictures(sdxl_pipe, "a photo of a <mycat>"), stock_cat)
+    unload_concepts(sdxl_pipe)
+    assert np.array_equal(pictures(sdxl_pipe, "a photo of a dog"), stock)
+    assert "<mycat>" not in sdxl_pipe.tokenizer.get_vocab() and "<mycat>" not in sdxl_pipe.tokenizer_2.get_vocab()
+
+
+def test_negative_rows_and_other_prompts_in_a_batch_stay_stock(sdxl_pipe):
+    def batch(prompts, negative=None):
+        generators = [torch.Generator().manual_seed(seed) for seed in range(len(prompts))]
+        return sdxl_pipe(prompts, negative_prompt=negative, num_inference_steps=3, guidance_scale=5.0,
+                         generator=generators, output_type="np").images  # fmt: skip
+
+    stock = batch(["a cat", "a photo of a dog", "a cat"], negative=["red"] * 3)
+    load_concepts(sdxl_pipe, handmade_concept(sdxl_pipe), captions=CAPTIONS)
+    edited = batch(["a cat", "a photo of a <mycat>", "a cat"], negative=["red"] * 3)
+    assert np.array_equal(edited[0], stock[0]) and np.array_equal(edited[2], stock[2])
+    assert not np.array_equal(edited[1], stock[1])
+
+
+def test_v_star_of_both_encoders_reaches_the_prompt_and_the_pooled_embedding(cat_pipe):
+    concept = find_runtime(cat_pipe).concepts["<mycat>"].concept
+    for encoder, tokenizer, vector in ((cat_pipe.text_encoder, cat_pipe.tokenizer, concept.token_embedding),
+                                       (cat_pipe.text_encoder_2, cat_pipe.tokenizer_2, concept.token_embedding_2)):
+        row = encoder.get_input_embeddings().weight[tokenizer.convert_tokens_to_ids("<mycat>")]
+        assert torch.equal(row, vector)
+    with torch.no_grad():
+        *_, pooled, _ = cat_pipe.encode_prompt("a photo of a <mycat>", do_classifier_free_guidance=False)
+        *_, pooled_cat, _ = cat_pipe.encode_prompt("a photo of a cat", do_classifier_free_guidance=False)
+    assert not torch.equal(pooled, pooled_cat)
+
+
+def test_local_key_lock_gives_the_concept_the_supercategory_keys(cat_pipe):
+    """At e = i* (2048-d at base) with a saturated gate, K' i* = W_K i*_super and V' i* = o*_V in every layer."""
+    concept = find_runtime(cat_pipe).concepts["<mycat>"].concept
+    set_concept_options(cat_pipe, "<mycat>", beta=0.5, tau=1e-4)
+    find_runtime(cat_pipe).router.context = CallContext([(("<mycat>",), torch.tensor([0]))], None)  # the processor alone
+    processors = [p for p in cat_pipe.unet.attn_processors.values() if isinstance(p, PerfusionAttnProcessor)]
+    assert len(processors) == len(cross_attention_modules(cat_pipe.unet))
+    for processor in processors:
+        attn = cat_pipe.unet.get_submodule(processor.layer)
+        e = concept.concept_encoding[None, None]
+        with torch.no_grad():
+            key, value = processor.edit(attn, e, attn.to_k(e), attn.to_v(e))
+            supercategory_key = attn.to_k(concept.supercategory_encoding[None, None])
+        torch.testing.assert_close(key, supercategory_key, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(value[0, 0], concept.value_targets[processor.layer], atol=1e-5, rtol=1e-5)
+
+
+def test_two_concepts_compose_exactly_in_the_c_inverse_orthonormal_basis(sdxl_pipe):
+    """U C^-1 U^T = I, and at e = i*_n the projection of the span is gone: V' i*_n = sum_m gate_m(i*_n) o*_m."""
+    cat, mug = handmade_concept(sdxl_pipe, "<mycat>", "cat", seed=1), handmade_concept(sdxl_pipe, "<mymug>", "mug", seed=2)
+    load_concepts(sdxl_pipe, [cat, mug], captions=CAPTIONS)
+    runtime = find_runtime(sdxl_pipe)
+    encodings = torch.stack([cat.concept_encoding, mug.concept_encoding])
+    basis = composition_basis(encodings.double(), inverse_covariance_factor(runtime.inverse_covariance))
+    torch.testing.assert_close(basis @ runtime.inverse_covariance @ basis.T, torch.eye(2, dtype=torch.float64))
+    runtime.router.context = CallContext([(("<mycat>", "<mymug>"), torch.tensor([0]))], None)
+    gates = torch.stack([gate(similarity(encodings.double(), concept.concept_encoding.double(), runtime.inverse_covariance),
+                              concept.beta, concept.tau) for concept in (cat, mug)], -1)  # (position, concept)  # fmt: skip
+    for processor in (p for p in sdxl_pipe.unet.attn_processors.values() if isinstance(p, PerfusionAttnProcessor)):
+        attn = sdxl_pipe.unet.get_submodule(processor.layer)
+        with torch.no_grad():
+            _, value = processor.edit(attn, encodings[None], attn.to_k(encodings[None]), attn.to_v(encodings[None]))
+        targets = torch.stack([cat.value_targets[processor.layer], mug.value_targets[processor.layer]], -1).double()
+        torch.testing.assert_close(value[0].double(), gates @ targets.T, atol=1e-4, rtol=1e-4)
+
+
+def test_global_lock_keys_read_the_prompt_with_the_supercategory_in_both_encoders(cat_pipe):
+    set_global_lock(cat_pipe, True)
+    keys = routed_entries(cat_pipe, ["<mycat> next to a cat"])[0].key_encodings
+    torch.testing.assert_close(keys, penultimate(cat_pipe, "cat next to a cat"))
+    set_global_lock(cat_pipe, False)
+    local = pictures(cat_pipe, "<mycat> next to a cat")
+    assert not np.array_equal(pictures(cat_pipe, "<mycat> next to a cat", global_lock=True), local)
+
+
+def test_clip_skip_is_followed_and_rows_without_the_concept_stay_stock(sdxl_pipe):
+    """clip_skip=1 hands the UNet hidden_states[-3] of both encoders: the edit finds the row there."""
+    def call(prompt):
+        return sdxl_pipe(prompt, num_inference_steps=2, clip_skip=1, output_type="np",
+                         generator=torch.Generator().manual_seed(0)).images  # fmt: skip
+
+    stock, cat = call("a photo of a dog"), call("a photo of a cat")
+    load_concepts(sdxl_pipe, handmade_concept(sdxl_pipe), captions=CAPTIONS)
+    assert np.array_equal(call("a photo of a dog"), stock)
+    text = TextConditioning.of(sdxl_pipe)
+    ids = text.tokenize(["a photo of a <mycat>"])
+    with torch.no_grad():
+        states = torch.cat([tower.text_encoder(tower_ids, output_hidden_states=True).hidden_states[-3]
+                            for tower, tower_ids in zip(text.towers, ids)], -1)  # fmt: skip
+    assert find_runtime(sdxl_pipe).router.find(states)[0].tokens == ("<mycat>",)
+    assert not np.array_equal(call("a photo of a <mycat>"), cat)
+
+
+def test_regions_split_the_row_in_both_encoders(sdxl_pipe):
+    load_concepts(sdxl_pipe, [handmade_concept(sdxl_pipe, "<mycat>", "cat", seed=1),
+                              handmade_concept(sdxl_pipe, "<mymug>", "mug", seed=2)], captions=CAPTIONS)  # fmt: skip
+    set_composition(sdxl_pipe, "regions")
+    split = routed_entries(sdxl_pipe, ["a <mycat> next to a <mymug>"])[0].split
+    torch.testing.assert_close(split.plain, penultimate(sdxl_pipe, "a cat next to a mug"))
+    torch.testing.assert_close(split.rows[0].encodings, penultimate(sdxl_pipe, "a <mycat> next to a mug"))
+    assert [row.tokens for row in split.rows] == [("<mycat>",), ("<mymug>",)] and split.own_positions == [2, 6]
+    set_composition(sdxl_pipe, "joint")
+    joint = pictures(sdxl_pipe, "a <mycat> next to a <mymug>")
+    regional = pictures(sdxl_pipe, "a <mycat> next to a <mymug>", composition="regions")
+    assert regional.shape == joint.shape and not np.array_equal(regional, joint)
+
+
+def test_training_lowers_the_loss_and_moves_only_both_v_stars_and_value_targets(sdxl_pipe, tmp_path):
     images = load_training_images(write_concept_images(tmp_path / "disc"))
-    with pytest.raises(UnsupportedPipelineError, match="SDXL"):
-        train_concept(sdxl_pipe, images, "<mydisc>", "cat", progress=False)
+    before = base_weights(sdxl_pipe)
+    config = TrainingConfig(steps=40, lr_embedding=1e-3, batch_size=2, gradient_accumulation=2, seed=0)
+    result = train_concept(sdxl_pipe, images, "<mydisc>", "cat", config, captions=CAPTIONS, progress=False)
+    assert result.held_out_loss[1] < result.held_out_loss[0], result.held_out_loss
+    after = base_weights(sdxl_pipe)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert "<mydisc>" not in sdxl_pipe.tokenizer.get_vocab() and "<mydisc>" not in sdxl_pipe.tokenizer_2.get_vocab()
+    concept = result.concept
+    for tokenizer, encoder, vector in ((sdxl_pipe.tokenizer, sdxl_pipe.text_encoder, concept.token_embedding),
+                                       (sdxl_pipe.tokenizer_2, sdxl_pipe.text_encoder_2, concept.token_embedding_2)):
+        word = tokenizer("cat", add_special_tokens=False).input_ids
+        start = encoder.get_input_embeddings().weight[word].mean(0)
+        assert vector.shape == start.shape and not torch.allclose(vector, start)
+    layer = next(iter(concept.value_targets))
+    start_values = linear_part(sdxl_pipe.unet.get_submodule(layer).to_v, concept.supercategory_encoding[None])[:, 0]
+    assert not torch.allclose(concept.value_targets[layer], start_values)
+    assert concept.concept_encoding.numel() == sum(TINY_SDXL_WIDTHS)
+    loaded = Concept.load(concept.save(tmp_path / "disc.safetensors"))
+    assert loaded.tensors().keys() == concept.tensors().keys()
+    assert all(torch.equal(loaded.tensors()[name], tensor) for name, tensor in concept.tensors().items())
+    load_concepts(sdxl_pipe, loaded, captions=CAPTIONS)
+    assert pictures(sdxl_pipe, "a photo of a <mydisc>").shape[0] == 1
 
 
-def test_the_command_line_refuses_sdxl_in_one_line(sdxl_dir, tmp_path, capsys):
+def test_sd1_and_sdxl_files_are_refused_by_the_other_in_one_line(sdxl_pipe, tiny_pipe):
+    vocabulary = len(sdxl_pipe.tokenizer), len(sdxl_pipe.tokenizer_2)
+    with pytest.raises(ConceptFileError, match="one text encoder .*this one has two") as refused:
+        load_concepts(sdxl_pipe, handmade_concept(tiny_pipe), check=False)
+    assert "\n" not in str(refused.value)
+    assert find_runtime(sdxl_pipe) is None and (len(sdxl_pipe.tokenizer), len(sdxl_pipe.tokenizer_2)) == vocabulary
+    with pytest.raises(ConceptFileError, match="two text encoders .*this one has one"):
+        load_concepts(tiny_pipe, handmade_concept(sdxl_pipe), check=False)
+    with pytest.raises(ConceptFileError, match="another base model"):
+        load_concepts(sdxl_pipe, handmade_concept(tiny_pipe))
+
+
+def test_a_refiner_is_refused_in_one_line(sdxl_pipe):
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    refiner = StableDiffusionXLImg2ImgPipeline(
+        vae=sdxl_pipe.vae, text_encoder=None, tokenizer=None, text_encoder_2=sdxl_pipe.text_encoder_2,
+        tokenizer_2=sdxl_pipe.tokenizer_2, unet=sdxl_pipe.unet, scheduler=sdxl_pipe.scheduler,
+        requires_aesthetics_score=True,
+    )  # fmt: skip
+    with pytest.raises(UnsupportedPipelineError, match="refiner"):
+        load_concepts(refiner, handmade_concept(sdxl_pipe))
+
+
+def test_the_baselines_refuse_sdxl_in_one_line(sdxl_pipe, tmp_path):
+    from perfusion.baselines.textual_inversion import TextualInversionConfig, train
+
+    images = load_training_images(write_concept_images(tmp_path / "disc"))
+    with pytest.raises(UnsupportedPipelineError, match="not SDXL"):
+        train(sdxl_pipe, images, "<mydisc>", "cat", TextualInversionConfig(steps=1), progress=False)
+
+
+def test_the_command_line_end_to_end(sdxl_dir, tmp_path, capsys):
+    captions = tmp_path / "captions.txt"
+    captions.write_text("\n".join(CAPTIONS))
+    out = tmp_path / "disc.safetensors"
     code = main(["train", "--model", str(sdxl_dir), "--images", str(write_concept_images(tmp_path / "disc")),
-                 "--token", "<mydisc>", "--supercategory", "cat", "--out", str(tmp_path / "x.safetensors"), "--quiet"])  # fmt: skip
-    err = capsys.readouterr().err
-    assert code == 2 and err.count("perfusion: error:") == 1 and "two text encoders" in err and "Traceback" not in err
-    assert not (tmp_path / "x.safetensors").exists()
+                 "--token", "<mydisc>", "--supercategory", "cat", "--out", str(out), "--steps", "3",
+                 "--batch-size", "2", "--gradient-accumulation", "1", "--captions", str(captions), "--quiet"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert main(["inspect", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert f"encoding width  {sum(TINY_SDXL_WIDTHS)}" in shown and "text encoders   2" in shown
+    code = main(["generate", "--model", str(sdxl_dir), "--concept", str(out), "--prompt", "a photo of a <mydisc>",
+                 "--steps", "2", "--out", str(tmp_path / "gen"), "--captions", str(captions), "--global-lock"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert len(list((tmp_path / "gen").glob("*.png"))) == 1
+
+
+def test_sweep_and_eval_run_on_sdxl(sdxl_dir, tmp_path, capsys):
+    concept = handmade_concept(load_pipeline(sdxl_dir), "<mydisc>", "cat").save(tmp_path / "disc.safetensors")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"background": "red"}\n{"prompt": "a {} next to a cup", "second_object": "cup"}\n')
+    common = ["--model", str(sdxl_dir), "--concept", str(concept), "--prompts", str(prompts), "--images",
+              str(write_concept_images(tmp_path / "disc")), "--images-per-prompt", "1", "--steps", "2"]  # fmt: skip
+    assert main(["sweep", *common, "--betas", "0.5,0.9", "--out", str(tmp_path / "sweep")]) == 0, capsys.readouterr().err
+    assert len(list((tmp_path / "sweep" / "beta-0.900").glob("*.png"))) == 2
+    assert main(["eval", *common, "--out", str(tmp_path / "eval")]) == 0, capsys.readouterr().err
+    assert (tmp_path / "eval" / "metrics.csv").read_text().startswith("beta,")

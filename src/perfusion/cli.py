@@ -198,6 +198,8 @@ def run_inspect(args) -> None:
     print(f"supercategory   {concept.supercategory}")
     print(f"default gate    beta {concept.beta}, tau {concept.tau}")
     print(f"base model      {concept.base_fingerprint}")
+    print(f"text encoders   {len(concept.token_embeddings)} (v* widths "
+          f"{', '.join(str(vector.numel()) for vector in concept.token_embeddings)})")  # fmt: skip
     print(f"encoding width  {concept.concept_encoding.numel()}")
     print(f"layers          {len(concept.value_targets)} (value targets: "
           f"{sum(t.numel() for t in concept.value_targets.values()):,} numbers)")  # fmt: skip

@@ -1,8 +1,9 @@
 """The concept file: what one trained concept is, and its safetensors format.
 
-A file holds v* (the token's input embedding), i* (its encoding), i*_super (the supercategory's
-encoding, from which the key targets o*_K = W_K i*_super are recomputed exactly at load time) and one
-value target o*_V per cross-attention layer, plus metadata. Nothing per token position, no C^-1.
+A file holds v* (the token's input embedding; on SDXL one per text encoder, ``token_embedding_2`` the second's), i*
+(its encoding), i*_super (the supercategory's encoding, from which the key targets o*_K = W_K i*_super are recomputed
+exactly at load time) and one value target o*_V per cross-attention layer, plus metadata. Nothing per token position,
+no C^-1.
 
 A file may come from anywhere: ``Concept.load`` refuses, with one ConceptFileError line that names the file, whatever
 would load and then draw non-finite images or crash a generation (the bounds are the constants below);
@@ -29,6 +30,7 @@ DEFAULT_BETA = 0.7
 DEFAULT_TAU = 0.15
 VALUE_PREFIX = "value_targets."
 ENCODING_NAMES = ("token_embedding", "concept_encoding", "supercategory_encoding")
+SECOND_EMBEDDING = "token_embedding_2"  # v* of a second text encoder (SDXL)
 REQUIRED_METADATA = ("token", "supercategory", "base_fingerprint", "beta", "tau")
 
 # What a concept file may hold; anything else is refused at load time (ConceptFileError), since it would load and
@@ -61,6 +63,12 @@ class Concept:
     beta: float = DEFAULT_BETA
     tau: float = DEFAULT_TAU
     training: dict = field(default_factory=dict)
+    token_embedding_2: torch.Tensor | None = None  # v* of the second text encoder, on SDXL
+
+    @property
+    def token_embeddings(self) -> list[torch.Tensor]:
+        """v* of each text encoder, in the pipeline's order."""
+        return [self.token_embedding] + ([] if self.token_embedding_2 is None else [self.token_embedding_2])
 
     def tensors(self) -> dict[str, torch.Tensor]:
         named = {
@@ -68,6 +76,8 @@ class Concept:
             "concept_encoding": self.concept_encoding,
             "supercategory_encoding": self.supercategory_encoding,
         }
+        if self.token_embedding_2 is not None:
+            named[SECOND_EMBEDDING] = self.token_embedding_2
         named.update({VALUE_PREFIX + layer: target for layer, target in self.value_targets.items()})
         return named
 
@@ -137,7 +147,8 @@ class Concept:
         missing = [name for name in ENCODING_NAMES if name not in tensors]
         if missing:
             raise ConceptFileError(f"{path}: incomplete concept file (no {missing[0]!r} tensor)")
-        unexpected = [name for name in tensors if name not in ENCODING_NAMES and not name.startswith(VALUE_PREFIX)]
+        unexpected = [name for name in tensors
+                      if name not in (*ENCODING_NAMES, SECOND_EMBEDDING) and not name.startswith(VALUE_PREFIX)]  # fmt: skip
         if unexpected:
             raise ConceptFileError(f"{path}: unexpected tensor {shorten(unexpected[0])}")
         for name, tensor in tensors.items():
@@ -156,6 +167,7 @@ class Concept:
             beta=parse_number(metadata, "beta", path),
             tau=parse_number(metadata, "tau", path),
             training=parse_training(metadata.get("training", "{}"), path),
+            token_embedding_2=tensors[SECOND_EMBEDDING].to(torch.float32) if SECOND_EMBEDDING in tensors else None,
         )
         concept.validate(str(path))
         return concept

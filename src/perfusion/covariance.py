@@ -1,4 +1,7 @@
-"""C = E[e e^T] over a caption corpus, estimated with the pipeline's own text encoder and cached per model."""
+"""C = E[e e^T] over a caption corpus, estimated with the pipeline's own text encoders and cached per model.
+
+e is what the UNet's cross-attention reads (perfusion.conditioning): SD's last hidden state, SDXL's two penultimate
+layers concatenated."""
 
 from __future__ import annotations
 
@@ -13,8 +16,9 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from perfusion.files import atomic_save_safetensors
-from perfusion.fingerprint import text_encoder_fingerprint
-from perfusion.text import content_mask, encode
+from perfusion.conditioning import Readout, TextConditioning
+from perfusion.fingerprint import text_encoder_fingerprint, text_encoder_tensors, weights_digest
+from perfusion.text import content_mask
 
 # Keeps C invertible when a small corpus or a tiny encoder leaves a direction unseen; relative to mean(diag C).
 RIDGE = 1e-6
@@ -29,25 +33,21 @@ def cache_root() -> Path:
 
 
 @torch.no_grad()
-def estimate_covariance(text_encoder, tokenizer, captions: list[str], batch_size: int = 64, progress: bool = False):
+def estimate_covariance(text: TextConditioning, captions: list[str], batch_size: int = 64, progress: bool = False):
     """The uncentered covariance of token encodings, padding excluded, accumulated in float64."""
     if not captions:
         raise ValueError("the caption corpus is empty")
-    width = text_encoder.config.hidden_size
-    covariance = torch.zeros(width, width, dtype=torch.float64, device=text_encoder.device)
+    width = text.width
+    covariance = torch.zeros(width, width, dtype=torch.float64, device=text.device)
     count = 0
     batches = range(0, len(captions), batch_size)
     for start in tqdm(batches, desc="covariance", disable=not progress, unit="batch"):
         # Pad to the batch's longest caption only: a causal encoder's content positions ignore the padding.
-        ids = tokenizer(
-            captions[start : start + batch_size],
-            padding="longest",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
-        keep = content_mask(ids, tokenizer.eos_token_id).to(text_encoder.device)
-        encodings = encode(text_encoder, ids)[keep].to(torch.float64)
+        ids = text.tokenize(captions[start : start + batch_size], padding="longest")
+        if len({tower_ids.shape for tower_ids in ids}) > 1:
+            raise ValueError("the text encoders' tokenizers split the captions differently")
+        keep = content_mask(ids[0], text.tokenizer.eos_token_id).to(text.device)
+        encodings = text.encode(ids).to(text.device)[keep].to(torch.float64)
         covariance += encodings.T @ encodings
         count += encodings.shape[0]
     covariance /= count
@@ -72,20 +72,29 @@ def read_cached(path: Path, width: int) -> torch.Tensor | None:
     return inverse
 
 
-def inverse_covariance(text_encoder, tokenizer, captions: list[str] | None = None, progress: bool = False):
-    """C^-1 in float64 (CPU), from the disk cache when this text encoder and corpus were seen before."""
+def conditioning_fingerprint(text: TextConditioning) -> str:
+    """The cache's key for a pipeline's text side: its text encoders' weights and the hidden states read."""
+    if len(text.towers) == 1 and text.towers[0].readout == Readout():  # SD 1.x and 2.x
+        tower = text.towers[0]
+        return text_encoder_fingerprint(tower.text_encoder, tower.tokenizer.vocab_size)
+    return weights_digest((f"{tower.name}.{name}@{tower.readout}", value) for tower in text.towers
+                          for name, value in text_encoder_tensors(tower.text_encoder, tower.tokenizer.vocab_size))  # fmt: skip
+
+
+def inverse_covariance(text: TextConditioning, captions: list[str] | None = None, progress: bool = False):
+    """C^-1 in float64 (CPU), from the disk cache when these text encoders and corpus were seen before."""
     if captions is None:
         from perfusion.corpus import default_captions
 
         captions = default_captions(DEFAULT_CAPTIONS)
-    key = f"{text_encoder_fingerprint(text_encoder, tokenizer.vocab_size)[:24]}-{corpus_digest(captions)}"
+    key = f"{conditioning_fingerprint(text)[:24]}-{corpus_digest(captions)}"
     path = cache_root() / "covariance" / f"{key}.safetensors"
     if path.exists():
-        cached = read_cached(path, text_encoder.config.hidden_size)
+        cached = read_cached(path, text.width)
         if cached is not None:
             return cached
         warnings.warn(f"{path}: a damaged covariance cache entry; recomputed and replaced", UserWarning, stacklevel=2)
-    covariance = estimate_covariance(text_encoder, tokenizer, captions, progress=progress)
+    covariance = estimate_covariance(text, captions, progress=progress)
     inverse = torch.linalg.inv(covariance)
     atomic_save_safetensors(
         {"covariance": covariance, "inverse_covariance": inverse}, path, {"captions": str(len(captions))}

@@ -8,7 +8,7 @@ from perfusion.concept import MAX_SUPERCATEGORY_LENGTH
 from perfusion.images import TrainingImage
 from perfusion.latents import forward_process, freeze
 from perfusion.loader import pipeline_fingerprint
-from perfusion.models import check_supported
+from perfusion.models import UnsupportedPipelineError, check_supported
 from perfusion.tokens import check_new_token
 
 
@@ -20,9 +20,14 @@ class FineTuning:
     """
 
     error: type[ValueError] = ValueError
+    method = "Perfusion"
+    sdxl = True  # whether the method trains on pipelines with two text encoders
 
     def __init__(self, pipe, images: list[TrainingImage], token: str, supercategory: str, config):
         check_supported(pipe)
+        if not self.sdxl and getattr(pipe, "text_encoder_2", None) is not None:
+            raise UnsupportedPipelineError(f"{type(pipe).__name__}: the {self.method} baseline trains on pipelines "
+                                           "with one text encoder (Stable Diffusion 1.x and 2.x), not SDXL")  # fmt: skip
         if not images:
             raise self.error("no training images")
         self.pipe, self.images, self.token, self.supercategory, self.config = pipe, images, token, supercategory, config
@@ -48,7 +53,9 @@ class FineTuning:
         """A method's own set-up on the frozen pipeline (latents, masks, its starting tensors)."""
 
     def check_token(self) -> None:
-        check_new_token(self.pipe.tokenizer, self.token)
+        for tokenizer in (self.pipe.tokenizer, getattr(self.pipe, "tokenizer_2", None)):
+            if tokenizer is not None:
+                check_new_token(tokenizer, self.token)
 
     def restore_pipeline(self) -> None:
         self.pipeline_before.restore(self.pipe)

@@ -40,9 +40,11 @@ def cross_attention_modules(unet: torch.nn.Module) -> dict[str, torch.nn.Module]
     return {name: module for name, module in unet.named_modules() if name.endswith("attn2")}
 
 
-def base_model_fingerprint(text_encoder: torch.nn.Module, unet: torch.nn.Module, vocab_size: int) -> str:
-    """The text encoder and every cross-attention K/V projection: all that a concept's numbers depend on."""
-    tensors = [(f"text_encoder.{name}", value) for name, value in text_encoder_tensors(text_encoder, vocab_size)]
+def base_model_fingerprint(text_encoders: list[tuple[str, torch.nn.Module, int]], unet: torch.nn.Module) -> str:
+    """The text encoders (``(name, encoder, vocabulary size)``, named as the pipeline's attributes) and every
+    cross-attention K/V projection: all that a concept's numbers depend on."""
+    tensors = [(f"{part}.{name}", value) for part, text_encoder, vocab_size in text_encoders
+               for name, value in text_encoder_tensors(text_encoder, vocab_size)]  # fmt: skip
     for name, attention in cross_attention_modules(unet).items():
         tensors.append((f"{name}.to_k", attention.to_k.weight))
         tensors.append((f"{name}.to_v", attention.to_v.weight))

@@ -13,7 +13,12 @@ from perfusion.images import TrainingImage, image_tensor, mask_tensor
 WEIGHT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-TRAINED_PARTS = ("unet", "vae", "text_encoder")
+TRAINED_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2")  # text_encoder_2: SDXL's
+
+
+def frozen_parts(pipe) -> list[tuple[str, torch.nn.Module]]:
+    """The pipeline's modules that training freezes (and puts back), by attribute name."""
+    return [(part, getattr(pipe, part)) for part in TRAINED_PARTS if getattr(pipe, part, None) is not None]
 
 
 @dataclass
@@ -28,7 +33,7 @@ class PipelineState:
 
     @classmethod
     def of(cls, pipe) -> "PipelineState":
-        parts = [(part, getattr(pipe, part)) for part in TRAINED_PARTS]
+        parts = frozen_parts(pipe)
         return cls(
             {f"{part}.{name}": (tensor.requires_grad, tensor.device, tensor.dtype)
              for part, module in parts for name, tensor in module.named_parameters()},
@@ -38,8 +43,7 @@ class PipelineState:
 
     def restore(self, pipe) -> None:
         """Put every parameter and module back as recorded (a training run leaves the pipeline as it found it)."""
-        for part in TRAINED_PARTS:
-            module = getattr(pipe, part)
+        for part, module in frozen_parts(pipe):
             for name, tensor in module.named_parameters():
                 if f"{part}.{name}" not in self.parameters:  # added by a method and not yet taken out
                     continue
@@ -68,7 +72,7 @@ def freeze(pipe, mixed_precision: str = "no") -> FrozenPipeline:
     before = PipelineState.of(pipe)
     accelerator = Accelerator(mixed_precision=mixed_precision)
     weight_dtype = WEIGHT_DTYPES.get(mixed_precision, torch.float32)
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+    for _, module in frozen_parts(pipe):
         module.requires_grad_(False)
         module.to(accelerator.device)
         if weight_dtype != torch.float32:  # trained tensors stay fp32 (no "unscale FP16 gradients")

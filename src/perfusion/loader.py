@@ -11,6 +11,7 @@ import torch
 from perfusion.models import check_supported
 from perfusion.concept import Concept, ConceptFileError, shorten
 from perfusion import covariance
+from perfusion.conditioning import TextConditioning
 from perfusion.fingerprint import base_model_fingerprint, cross_attention_modules
 from perfusion.processor import PerfusionAttnProcessor
 from perfusion.runtime import PerfusionRuntime
@@ -24,17 +25,39 @@ def find_runtime(pipe) -> PerfusionRuntime | None:
 
 
 def pipeline_fingerprint(pipe) -> str:
-    return base_model_fingerprint(pipe.text_encoder, pipe.unet, pipe.tokenizer.vocab_size)
+    towers = TextConditioning.of(pipe).towers
+    return base_model_fingerprint([(tower.name, tower.text_encoder, tower.tokenizer.vocab_size) for tower in towers],
+                                  pipe.unet)  # fmt: skip
 
 
 @contextmanager
-def embedding_frozen_state_kept(text_encoder):
+def embedding_frozen_state_kept(*text_encoders):
     """Resizing the token embedding makes a new, trainable weight: keep a frozen encoder frozen."""
-    requires_grad = text_encoder.get_input_embeddings().weight.requires_grad
+    states = [encoder.get_input_embeddings().weight.requires_grad for encoder in text_encoders]
     try:
         yield
     finally:
-        text_encoder.get_input_embeddings().weight.requires_grad_(requires_grad)
+        for encoder, requires_grad in zip(text_encoders, states):
+            encoder.get_input_embeddings().weight.requires_grad_(requires_grad)
+
+
+def add_token(pipe, token: str, embeddings: list[torch.Tensor]) -> None:
+    """The token into every tokenizer, with its v* in that tower's text encoder (diffusers' textual-inversion loader)."""
+    towers = TextConditioning.of(pipe).towers
+    with embedding_frozen_state_kept(*(tower.text_encoder for tower in towers)):
+        for tower, embedding in zip(towers, embeddings):
+            pipe.load_textual_inversion(embedding.detach().to(tower.text_encoder.dtype), token=token,
+                                        tokenizer=tower.tokenizer, text_encoder=tower.text_encoder)  # fmt: skip
+
+
+def remove_tokens(pipe, tokens: list[str]) -> None:
+    """Tokens out of every tokenizer that has them, their rows out of its text encoder."""
+    towers = TextConditioning.of(pipe).towers
+    with embedding_frozen_state_kept(*(tower.text_encoder for tower in towers)):
+        for tower in towers:
+            present = [token for token in tokens if token in tower.tokenizer.get_vocab()]
+            if present:
+                pipe.unload_textual_inversion(present, tokenizer=tower.tokenizer, text_encoder=tower.text_encoder)
 
 
 def install(pipe, captions=None, progress: bool = False, inverse: torch.Tensor | None = None,
@@ -43,9 +66,10 @@ def install(pipe, captions=None, progress: bool = False, inverse: torch.Tensor |
     runtime = find_runtime(pipe)
     if runtime is not None:
         return runtime
+    text = TextConditioning.of(pipe)
     if inverse is None:
-        inverse = covariance.inverse_covariance(pipe.text_encoder, pipe.tokenizer, captions, progress=progress)
-    runtime = PerfusionRuntime(pipe.text_encoder, pipe.tokenizer, inverse, fingerprint or pipeline_fingerprint(pipe))
+        inverse = covariance.inverse_covariance(text, captions, progress=progress)
+    runtime = PerfusionRuntime(text, inverse, fingerprint or pipeline_fingerprint(pipe))
     layers = cross_attention_modules(pipe.unet)
     processors = {
         name: PerfusionAttnProcessor(processor, runtime, name.removesuffix(".processor"))
@@ -54,7 +78,7 @@ def install(pipe, captions=None, progress: bool = False, inverse: torch.Tensor |
         for name, processor in pipe.unet.attn_processors.items()
     }
     pipe.unet.set_attn_processor(processors)
-    runtime.attach(pipe.text_encoder, pipe.unet)
+    runtime.attach(pipe.unet)
     return runtime
 
 
@@ -77,16 +101,22 @@ def check_compatible(concept: Concept, fingerprint: str, pipe, source: str, chec
             f"{source}: trained on another base model (fingerprint {concept.base_fingerprint[:12]!r}, "
             f"this pipeline is {fingerprint[:12]})"
         )
+    towers = TextConditioning.of(pipe).towers
+    if len(concept.token_embeddings) != len(towers):
+        kinds = {1: "one text encoder (Stable Diffusion 1.x or 2.x)", 2: "two text encoders (SDXL)"}
+        made, here = (kinds.get(count, f"{count} text encoders") for count in (len(concept.token_embeddings), len(towers)))
+        raise ConceptFileError(f"{source}: made for a pipeline with {made}, this one has {here}")
     layers = cross_attention_modules(pipe.unet)
     if set(concept.value_targets) != set(layers):
         missing = [layer for layer in layers if layer not in concept.value_targets]
         extra = [layer for layer in concept.value_targets if layer not in layers]
         detail = f"no value target for {missing[0]}" if missing else f"a value target for {shorten(extra[0], 80)}, not a layer here"
         raise ConceptFileError(f"{source}: its layers do not match this pipeline's cross-attention layers ({detail})")
-    embedding_width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
-    if tuple(concept.token_embedding.shape) != (embedding_width,):
-        raise ConceptFileError(f"{source}: v* has width {concept.token_embedding.numel()}, "
-                               f"this pipeline's token embeddings {embedding_width}")  # fmt: skip
+    for tower, embedding in zip(towers, concept.token_embeddings):
+        embedding_width = tower.text_encoder.get_input_embeddings().weight.shape[1]
+        if tuple(embedding.shape) != (embedding_width,):
+            raise ConceptFileError(f"{source}: v* has width {embedding.numel()}, "
+                                   f"this pipeline's {tower.name} token embeddings {embedding_width}")  # fmt: skip
     for layer, attention in layers.items():
         width = features(attention.to_k, "in_features")
         for name, encoding in (("i*", concept.concept_encoding), ("i*_super", concept.supercategory_encoding)):
@@ -135,7 +165,7 @@ def load_concepts(
         check_compatible(concept, fingerprint, pipe, source, check)
         if concept.token in taken:
             raise ConceptFileError(f"{source}: the token {concept.token} is already loaded")
-        if concept.token in pipe.tokenizer.get_vocab():
+        if any(concept.token in tower.tokenizer.get_vocab() for tower in TextConditioning.of(pipe).towers):
             raise ConceptFileError(f"{source}: the token {concept.token} is already a word of this tokenizer")
         taken.add(concept.token)
     created = runtime is None
@@ -144,10 +174,8 @@ def load_concepts(
         runtime = install(pipe, captions, progress, inverse_covariance, fingerprint)
         device = pipe.unet.device
         for concept, source in loaded:
-            embedding = concept.token_embedding.detach().to(pipe.text_encoder.dtype)
             added.append(concept.token)
-            with embedding_frozen_state_kept(pipe.text_encoder):
-                pipe.load_textual_inversion(embedding, token=concept.token, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)
+            add_token(pipe, concept.token, concept.token_embeddings)
             runtime.add(installed_copy(concept, device))
     except BaseException:
         roll_back(pipe, added, created)
@@ -159,10 +187,7 @@ def roll_back(pipe, tokens: list[str], created: bool) -> None:
     """Undo a load_concepts call that failed part way: its tokens out of the tokenizer and the runtime, and the
     processors and hooks off again if that call put them on."""
     runtime = find_runtime(pipe)
-    in_vocabulary = [token for token in tokens if token in pipe.tokenizer.get_vocab()]  # none was before the call
-    if in_vocabulary:
-        with embedding_frozen_state_kept(pipe.text_encoder):
-            pipe.unload_textual_inversion(in_vocabulary, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)
+    remove_tokens(pipe, tokens)  # none was in a tokenizer before the call
     if runtime is None:
         return
     for token in tokens:
@@ -177,6 +202,7 @@ def installed_copy(concept: Concept, device) -> Concept:
     return replace(
         concept,
         token_embedding=concept.token_embedding.detach().clone(),
+        token_embedding_2=None if concept.token_embedding_2 is None else concept.token_embedding_2.detach().clone(),
         concept_encoding=concept.concept_encoding.detach().clone(),
         supercategory_encoding=concept.supercategory_encoding.detach().clone(),
         value_targets={layer: target.detach().to(device, copy=True) for layer, target in concept.value_targets.items()},
@@ -194,8 +220,7 @@ def unload_concepts(pipe, tokens: str | list[str] | None = None) -> None:
         if token not in runtime.concepts:
             raise KeyError(f"{token} is not loaded")
     if tokens:
-        with embedding_frozen_state_kept(pipe.text_encoder):
-            pipe.unload_textual_inversion(tokens, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)
+        remove_tokens(pipe, tokens)
     for token in tokens:
         runtime.remove(token)
     if not runtime.concepts:

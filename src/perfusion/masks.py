@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from perfusion.attention import install_recording
-from perfusion.text import encode, tokenize, word_positions
+from perfusion.conditioning import TextConditioning
+from perfusion.text import word_positions
 
 
 def on_latent_grid(layer_map: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -25,8 +26,9 @@ def attention_masks(
     ``latents`` are clean, scaled VAE latents; they are noised to ``timestep_fraction`` of the schedule.
     """
     batch_size, _, height, width = latents.shape
-    ids = tokenize(pipe.tokenizer, [prompt.format(supercategory)] * batch_size)
-    positions = word_positions(ids, pipe.tokenizer(supercategory, add_special_tokens=False).input_ids)
+    text = TextConditioning.of(pipe)
+    ids = text.tokenize([prompt.format(supercategory)] * batch_size)
+    positions = word_positions(ids[0], text.supercategory_ids(supercategory))
     if not positions.any():
         raise ValueError(f"the supercategory {supercategory!r} does not appear in the mask prompt")
 
@@ -34,13 +36,13 @@ def attention_masks(
     noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
     timestep = torch.full((batch_size,), int(timestep_fraction * (pipe.scheduler.config.num_train_timesteps - 1)))
     noisy = pipe.scheduler.add_noise(latents, noise, timestep)
-    encodings = encode(pipe.text_encoder, ids)
+    conditions = text.unet_conditions(ids, width * pipe.vae_scale_factor, latents.dtype)
 
     chosen = positions.to(latents.device)[:, None, :]  # (B, 1, T) bool
     maps: list[torch.Tensor] = []  # per cross-attention layer, (B, pixels): the attention paid to the chosen tokens
     original = install_recording(pipe.unet, lambda attention: maps.append((attention * chosen.to(attention.dtype)).sum(-1)))
     try:
-        pipe.unet(noisy, timestep.to(latents.device), encoder_hidden_states=encodings)
+        pipe.unet(noisy, timestep.to(latents.device), **conditions)
     finally:
         pipe.unet.set_attn_processor(dict(original))
     mask = torch.stack([on_latent_grid(layer_map, height, width) for layer_map in maps]).mean(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -15,20 +16,32 @@ class UnsupportedPipelineError(ValueError):
     """A pipeline whose text conditioning Perfusion does not edit (yet)."""
 
 
+SUPPORTED = "Stable Diffusion 1.x, 2.x and XL base pipelines are supported"
+
+
 def check_supported(pipe) -> None:
-    """SD 1.x and 2.x pipelines: one text encoder whose hidden states condition a UNet's cross-attention."""
+    """SD 1.x, 2.x (one text encoder) and SDXL base (two) pipelines: text encoders whose hidden states condition a
+    UNet's cross-attention. An SDXL refiner (the second text encoder only) is refused."""
     name = type(pipe).__name__
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        raise UnsupportedPipelineError(f"{name}: pipelines with two text encoders (SDXL) are not supported yet; "
-                                       "Stable Diffusion 1.x and 2.x pipelines are")  # fmt: skip
+    if getattr(pipe, "text_encoder", None) is None and getattr(pipe, "text_encoder_2", None) is not None:
+        raise UnsupportedPipelineError(f"{name}: the pipeline has only the second text encoder (an SDXL refiner): "
+                                       f"concepts live in both of SDXL base's; {SUPPORTED}")  # fmt: skip
     for part in ("unet", "text_encoder", "tokenizer"):
         if getattr(pipe, part, None) is None:
-            raise UnsupportedPipelineError(f"{name}: the pipeline has no {part} (an SDXL refiner has only the second "
-                                           "text encoder); Stable Diffusion 1.x and 2.x pipelines are supported")  # fmt: skip
+            raise UnsupportedPipelineError(f"{name}: the pipeline has no {part}; {SUPPORTED}")
+    if getattr(pipe, "text_encoder_2", None) is not None and getattr(pipe, "tokenizer_2", None) is None:
+        raise UnsupportedPipelineError(f"{name}: the pipeline has a second text encoder but no tokenizer_2; {SUPPORTED}")
 
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def has_component(path: Path, name: str) -> bool:
+    try:
+        return name in json.loads((path / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def open_pipeline(path: str | Path, device: str | torch.device | None = None, half: bool | None = None):
@@ -41,11 +54,11 @@ def open_pipeline(path: str | Path, device: str | torch.device | None = None, ha
     device = torch.device(device) if device is not None else default_device()
     half = device.type == "cuda" if half is None else half
     kwargs = {"torch_dtype": torch.float16} if half else {}
+    if has_component(path, "safety_checker"):  # SD 1.x's: off (SDXL has none, and warns at an unknown argument)
+        kwargs["safety_checker"] = None
     try:
-        pipe = DiffusionPipeline.from_pretrained(path, local_files_only=True, safety_checker=None, **kwargs)
+        pipe = DiffusionPipeline.from_pretrained(path, local_files_only=True, **kwargs)
     except (OSError, ValueError) as error:
         raise ModelError(f"{path}: cannot load the pipeline ({str(error).splitlines()[0]})") from None
-    for name in ("unet", "text_encoder", "tokenizer"):
-        if getattr(pipe, name, None) is None:
-            raise ModelError(f"{path}: the pipeline has no {name}")
+    check_supported(pipe)
     return pipe.to(device)

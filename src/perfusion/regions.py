@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from perfusion.masks import on_latent_grid
-from perfusion.text import supercategory_substitution
 
 MODES = ("joint", "regions")
 
@@ -162,35 +161,33 @@ class RegionalCall:
 
 
 @torch.no_grad()
-def split_row(router, input_ids: torch.Tensor, tokens: tuple[str, ...]) -> SplitRow:
-    """Regional composition's rows for one prompt row: the plain row, and each concept's own row.
+def split_row(router, match, tokens: tuple[str, ...]) -> SplitRow:
+    """Regional composition's rows for one matched UNet row: the plain row, and each concept's own row.
 
-    ``router`` (perfusion.router.PromptRouter) gives the registry, the tokenizer, its quiet encoder and the entry type.
+    ``router`` (perfusion.router.PromptRouter) re-encodes ``match`` (a RowMatch) with concepts replaced, each text
+    encoder at the hidden state the row was read at, and gives the entry type.
     """
-    registry = router.registry
-    replacements = registry.supercategory_replacements()
-    token_ids = [registry.token_id(token) for token in tokens]
-    at = [input_ids.tolist().index(token_id) for token_id in token_ids]
-    variants = [replacements] + [{key: ids for key, ids in replacements.items() if key != own} for own in token_ids]
-    eos = router.tokenizer.eos_token_id
-    substituted = [supercategory_substitution(input_ids[None], variant, eos) for variant in variants]
-    ids = torch.cat([new_ids for new_ids, _ in substituted])
-    encodings = router.encode_quietly(ids)
-    key_encodings = locked_keys(router, ids, encodings) if registry.global_lock else [None] * len(tokens)
+    registry, first = router.registry, match.first
+    at = [first.input_ids.tolist().index(registry.token_id(token, first.tower)) for token in tokens]
+    variants = [router.substitute(match, keep) for keep in [(), *((token,) for token in tokens)]]
+    ids = [None if part is None else torch.cat([new_ids[tower] for new_ids, _ in variants])
+           for tower, part in enumerate(match.parts)]  # fmt: skip
+    encodings = router.encode_rows(match, ids)  # plain first, then each concept's own
+    key_encodings = locked_keys(router, match, ids, encodings) if registry.global_lock else [None] * len(tokens)
     own_rows = [router.entry_type(encodings[1 + n], (token,), key_encodings[n]) for n, token in enumerate(tokens)]
     return SplitRow(
         plain=encodings[0],
         rows=own_rows,
-        plain_positions=[int(substituted[0][1][0, position]) for position in at],
-        own_positions=[int(substituted[1 + n][1][0, position]) for n, position in enumerate(at)],
+        plain_positions=[int(variants[0][1][0, position]) for position in at],
+        own_positions=[int(variants[1 + n][1][0, position]) for n, position in enumerate(at)],
     )
 
 
-def locked_keys(router, ids: torch.Tensor, encodings: torch.Tensor) -> torch.Tensor:
+def locked_keys(router, match, ids: list, encodings: torch.Tensor) -> torch.Tensor:
     """Global key locking for split rows (plain first, then each concept's own): each own row with its concept
     replaced too is the plain row, so its key encodings are the plain row's, gathered at the own row's positions."""
-    replacements = router.registry.supercategory_replacements()
-    super_ids, index = supercategory_substitution(ids[1:], replacements, router.tokenizer.eos_token_id)
-    if not torch.equal(super_ids, ids[:1].expand_as(super_ids)):  # an over-long prompt, truncated otherwise
-        return router.supercategory_encodings(ids[1:])
-    return encodings[0][index.to(encodings.device)]
+    own = [None if tower_ids is None else tower_ids[1:] for tower_ids in ids]
+    super_ids, index = router.substitute(match, (), rows=own)
+    if all(new is None or torch.equal(new, old[:1].expand_as(new)) for new, old in zip(super_ids, ids)):
+        return router.gather(match, encodings[:1].expand(index.shape[0], -1, -1), index)
+    return router.gather(match, router.encode_rows(match, super_ids), index)  # an over-long prompt, truncated otherwise

@@ -13,7 +13,7 @@ from perfusion.regions import RegionalCall
 @dataclass
 class InstalledConcept:
     concept: Concept  # the registry's own copy (perfusion.loader copies what a caller gives)
-    supercategory_ids: list[int]
+    supercategory_ids: list[list[int]]  # the supercategory word's ids in each tower's tokenizer
     beta: float
     tau: float
 
@@ -26,10 +26,11 @@ class RuntimeSettings:
 
 
 class ConceptRegistry:
-    """Loaded concepts by token, in loading order; token ids are looked up in the tokenizer, never cached."""
+    """Loaded concepts by token, in loading order; token ids are looked up in the tokenizers (one per text encoder),
+    never cached."""
 
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizers: list):
+        self.tokenizers = list(tokenizers)
         self.concepts: dict[str, InstalledConcept] = {}
         self.global_lock = False
         self.regional: RegionalCall | None = None  # None: the paper's joint edit
@@ -38,25 +39,28 @@ class ConceptRegistry:
         return self.concepts[token]
 
     def add(self, concept: Concept) -> None:
-        ids = self.tokenizer(concept.supercategory, add_special_tokens=False).input_ids
+        ids = [tokenizer(concept.supercategory, add_special_tokens=False).input_ids for tokenizer in self.tokenizers]
         self.concepts[concept.token] = InstalledConcept(concept, ids, float(concept.beta), float(concept.tau))
 
     def remove(self, token: str) -> None:
         del self.concepts[token]
 
-    def token_id(self, token: str) -> int | None:
-        """The token's id, or None when the tokenizer no longer has it (a caller's ``unload_textual_inversion()``
-        removes every added token; CLIP would map it to its unknown token, the end-of-text one)."""
-        token_id = self.tokenizer.convert_tokens_to_ids(token)
-        return token_id if self.tokenizer.convert_ids_to_tokens(token_id) == token else None
+    def token_id(self, token: str, tower: int = 0) -> int | None:
+        """The token's id in a tower's tokenizer, or None when it no longer has it (a caller's
+        ``unload_textual_inversion()`` removes every added token; CLIP would map it to its unknown token, the
+        end-of-text one)."""
+        tokenizer = self.tokenizers[tower]
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        return token_id if tokenizer.convert_ids_to_tokens(token_id) == token else None
 
-    def tokens_by_id(self) -> dict[int, str]:
-        ids = {token: self.token_id(token) for token in self.concepts}
+    def tokens_by_id(self, tower: int = 0) -> dict[int, str]:
+        ids = {token: self.token_id(token, tower) for token in self.concepts}
         return {token_id: token for token, token_id in ids.items() if token_id is not None}
 
-    def supercategory_replacements(self) -> dict[int, list[int]]:
-        """Each installed concept's token id -> its supercategory word's ids."""
-        return {token_id: self.concepts[token].supercategory_ids for token_id, token in self.tokens_by_id().items()}
+    def supercategory_replacements(self, tower: int = 0) -> dict[int, list[int]]:
+        """Each installed concept's token id -> its supercategory word's ids, in one tower's tokenizer."""
+        return {token_id: self.concepts[token].supercategory_ids[tower]
+                for token_id, token in self.tokens_by_id(tower).items()}  # fmt: skip
 
     # -- settings ---------------------------------------------------------------------------------
     def set_options(self, token: str, beta: float | None = None, tau: float | None = None) -> None:

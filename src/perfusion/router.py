@@ -1,35 +1,76 @@
 """Which concepts act on which prompt rows: the text-encoder and UNet hooks.
 
-The text encoder's forward hook remembers every encoded prompt that holds a concept token (with the other hidden
-states of the same call, since a pipeline may condition the UNet on one of them: SDXL's penultimate layer, SD's
-clip_skip). The UNet's forward pre-hook matches the rows it is given against them (so classifier-free guidance,
-repeated images and any pipeline's batching are handled without knowing how a pipeline builds its batch) and leaves
-the call's ``CallContext`` for the cross-attention processors. Under regional composition (perfusion.regions) the
-pre-hook hands each row with concepts to the regional call, which splits it and merges it back after the UNet.
+Each text encoder's forward hook remembers every encoded row that holds a concept token: the hidden state its pipeline
+reads by default (perfusion.conditioning), whole, and a probe of every other one the call returned, since a pipeline
+may condition the UNet on one of them (``clip_skip``). The UNet's forward pre-hook cuts each row it is given into the
+text encoders' widths (SDXL concatenates two) and matches each part against that encoder's remembered rows, so
+classifier-free guidance, repeated images and any pipeline's batching are handled without knowing how a pipeline
+builds its batch. It leaves the call's ``CallContext`` for the cross-attention processors. What a matched row needs
+besides its encodings (the supercategory re-encoding under global key locking, regional composition's split rows) is
+built at its first match, from the same hidden state of each text encoder, and kept while the row is remembered.
+Under regional composition (perfusion.regions) the pre-hook hands each row with concepts to the regional call, which
+splits it and merges it back after the UNet.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass
 
 import torch
 
+from perfusion.conditioning import Readout, TextConditioning, readouts_of
 from perfusion.regions import RegionalCall, SplitRow, split_row
 from perfusion.registry import ConceptRegistry
-from perfusion.text import encode, supercategory_substitution
+from perfusion.text import supercategory_substitution
 
-REGISTRY_ROWS = 64  # prompts remembered between text encoding and denoising
-PROBE_FEATURES = 4  # features per position compared before a full equality check
+REGISTRY_ROWS = 64  # encoded rows remembered between text encoding and denoising, per text encoder
+PROBE_FEATURES = 4  # features at each end of a position: compared first, and all that is kept of the other hidden states
+
+
+@dataclass
+class EncodedRow:
+    """A prompt row holding a concept token, as one text encoder (``tower``) encoded it."""
+
+    serial: int
+    tower: int
+    input_ids: torch.Tensor  # (T,), on the CPU
+    tokens: tuple[str, ...]  # the concepts in it, in loading order
+    encodings: torch.Tensor  # (T, d): the tower's default hidden state, detached
+    readout: Readout  # which one that is
+    others: tuple[Readout, ...] = ()  # the other hidden states the call returned
+    probes: torch.Tensor | None = None  # (len(others), T, 2 PROBE_FEATURES): their features at both ends
 
 
 @dataclass
 class EncodedPrompt:
-    encodings: torch.Tensor  # (T, d), detached
+    """A UNet row the edit acts on: its encodings (T, D) as the UNet reads them, and what the edit needs besides."""
+
+    encodings: torch.Tensor
     tokens: tuple[str, ...]
     key_encodings: torch.Tensor | None  # the supercategory re-encoding, under global key locking
     split: SplitRow | None = None  # the plain and per-concept rows, under regional composition
-    alternatives: tuple[torch.Tensor, ...] = ()  # the row's other hidden states a pipeline may hand the UNet instead
+
+
+@dataclass
+class RowMatch:
+    """What each text encoder's part of one UNet row is: a remembered row and the hidden state it was read at, or
+    None where no remembered row is that part (a second prompt without concepts)."""
+
+    parts: tuple[tuple[EncodedRow, Readout] | None, ...]
+    states: torch.Tensor  # (T, D), the UNet's row
+
+    @property
+    def first(self) -> EncodedRow:
+        """The first matched part's row: token positions are the same in every text encoder."""
+        return next(part[0] for part in self.parts if part is not None)
+
+    def key(self) -> tuple | None:
+        """Identifies what is built for the row; None when some part is unmatched (its values are the row's own)."""
+        if any(part is None for part in self.parts):
+            return None
+        return tuple((row.serial, readout) for row, readout in self.parts)
 
 
 @dataclass
@@ -39,23 +80,15 @@ class CallContext:
     regional: RegionalCall | None = None  # regional composition's plan for this call
 
 
-def other_hidden_states(text_encoder, output) -> list[torch.Tensor]:
-    """The hidden states besides the last output that a pipeline may hand the UNet: each layer's (SDXL takes the
-    penultimate), and each after the encoder's final layer norm (SD's clip_skip), when the call returned them."""
-    hidden_states = getattr(output, "hidden_states", None)
-    if not hidden_states:
-        return []
-    text_model = getattr(text_encoder, "text_model", text_encoder)
-    norm = getattr(text_model, "final_layer_norm", None)
-    with torch.no_grad():
-        normed = [norm(states) for states in hidden_states] if norm is not None else []
-    return [*hidden_states, *normed]
+def probe(states: torch.Tensor) -> torch.Tensor:
+    """The first and last PROBE_FEATURES features of every position: (..., T, d) -> (..., T, 2 PROBE_FEATURES)."""
+    return torch.cat([states[..., :PROBE_FEATURES], states[..., -PROBE_FEATURES:]], -1)
 
 
-def same(candidate: torch.Tensor, state: torch.Tensor, probe: torch.Tensor) -> bool:
-    """Exact equality, tried on a few features first."""
+def same(candidate: torch.Tensor, state: torch.Tensor, state_probe: torch.Tensor) -> bool:
+    """Exact equality, tried on the probe first."""
     candidate = candidate.to(state.device, state.dtype)
-    if candidate.shape != state.shape or not torch.equal(candidate[..., :PROBE_FEATURES], probe):
+    if candidate.shape != state.shape or not torch.equal(probe(candidate), state_probe):
         return False
     return torch.equal(candidate, state.detach())
 
@@ -63,66 +96,156 @@ def same(candidate: torch.Tensor, state: torch.Tensor, probe: torch.Tensor) -> b
 class PromptRouter:
     entry_type = EncodedPrompt  # what regions.split_row builds each concept's own row as
 
-    def __init__(self, registry: ConceptRegistry, text_encoder, tokenizer, on_prompt=None):
-        self.registry, self.text_encoder, self.tokenizer = registry, text_encoder, tokenizer
+    def __init__(self, registry: ConceptRegistry, text: TextConditioning, on_prompt=None):
+        self.registry, self.text = registry, text
         self.on_prompt = on_prompt  # called when a prompt with a concept is encoded (a new generation call)
-        self.remembered: deque[EncodedPrompt] = deque(maxlen=REGISTRY_ROWS)
+        self.remembered: deque[EncodedRow] = deque(maxlen=REGISTRY_ROWS * len(text.towers))
+        self.built: dict[tuple, EncodedPrompt] = {}  # by (RowMatch.key(), the settings it was built under)
+        self.serials = itertools.count()
         self.context: CallContext | None = None
         self.hooks: list = []
         self._encoding_internally = False
 
-    # -- remembering encoded prompts ------------------------------------------------------------
-    def remember(self, input_ids: torch.Tensor, encodings: torch.Tensor, alternatives=list) -> None:
-        """Keep every encoded row that holds a concept token; ``alternatives()`` gives the other (B, T, d) hidden
-        states of the same call, asked for only when a row holds a concept."""
-        by_id = self.registry.tokens_by_id()
+    # -- remembering encoded rows ---------------------------------------------------------------
+    def remember(self, tower: int, input_ids: torch.Tensor, output) -> None:
+        """Keep every row of a text encoder's call that holds a concept token."""
+        by_id = self.registry.tokens_by_id(tower)
         rows = [tuple(by_id[i] for i in row if i in by_id) for row in input_ids.tolist()]
         wanted = [index for index, tokens in enumerate(rows) if tokens]
         if not wanted:
             return
         if self.on_prompt is not None:
             self.on_prompt()
-        key_encodings = self.supercategory_encodings(input_ids[wanted]) if self.registry.global_lock else None
-        regional, alternatives = self.registry.regional, alternatives()
-        for position, index in enumerate(wanted):
+        encoder = self.text.towers[tower].text_encoder
+        available = readouts_of(output)
+        readout = self.text.towers[tower].readout
+        readout = readout if readout in available else Readout()  # called without the hidden states it reads
+        others = tuple(item for item in available if item != readout)
+        with torch.no_grad():
+            encodings = readout(encoder, output).detach()
+            probes = torch.stack([probe(item(encoder, output)) for item in others], 1) if others else None
+        for index in wanted:
             tokens = tuple(token for token in self.registry.concepts if token in rows[index])
-            keys = None if key_encodings is None else key_encodings[position]
-            split = None
-            if regional is not None and len(tokens) >= regional.config.min_concepts:
-                split = split_row(self, input_ids[index], tokens)
-            others = tuple(states[index].detach() for states in alternatives if states.shape == encodings.shape)
-            self.remembered.append(EncodedPrompt(encodings[index].detach(), tokens, keys, split, others))
+            self.remembered.append(EncodedRow(next(self.serials), tower, input_ids[index].detach().cpu(), tokens,
+                                              encodings[index], readout, others,
+                                              None if probes is None else probes[index]))  # fmt: skip
+        live = {row.serial for row in self.remembered}
+        self.built = {key: entry for key, entry in self.built.items() if all(serial in live for serial, _ in key[0])}
 
-    def encode_quietly(self, ids: torch.Tensor) -> torch.Tensor:
-        """The text encoder's output for ``ids``, not remembered (the router's own encodings)."""
+    def encode_quietly(self, tower: int, ids: torch.Tensor, readout: Readout) -> torch.Tensor:
+        """One text encoder's hidden state ``readout`` of ``ids``, not remembered (the router's own encodings)."""
         self._encoding_internally = True
         try:
-            return encode(self.text_encoder, ids).detach()
+            with torch.no_grad():
+                return self.text.towers[tower].encode(ids, readout).detach()
         finally:
             self._encoding_internally = False
 
-    @torch.no_grad()
-    def supercategory_encodings(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Global key locking: encode with each concept token replaced by its supercategory word."""
-        replacements = self.registry.supercategory_replacements()
-        super_ids, index = supercategory_substitution(input_ids, replacements, self.tokenizer.eos_token_id)
-        encodings = self.encode_quietly(super_ids)
-        return torch.gather(encodings, 1, index.to(encodings.device)[..., None].expand(-1, -1, encodings.shape[-1]))
+    # -- re-encoding a matched row with concepts replaced -----------------------------------------
+    def substitute(self, match: RowMatch, keep: tuple[str, ...] = (), rows=None):
+        """Each text encoder's ids of the matched row (or ``rows``: per encoder, (V, T)) with every concept token but
+        those in ``keep`` replaced by its supercategory word (None for an unmatched part), and the index of each
+        original position in them (V, T), from the first matched part."""
+        new_ids, index = [], None
+        for tower, part in enumerate(match.parts):
+            if part is None:
+                new_ids.append(None)
+                continue
+            ids = part[0].input_ids[None] if rows is None else rows[tower]
+            by_id = self.registry.tokens_by_id(tower)
+            replacements = {key: value for key, value in self.registry.supercategory_replacements(tower).items()
+                            if by_id[key] not in keep}  # fmt: skip
+            ids, positions = supercategory_substitution(ids, replacements, self.text.towers[tower].tokenizer.eos_token_id)
+            new_ids.append(ids)
+            index = positions if index is None else index
+        return new_ids, index
+
+    def encode_rows(self, match: RowMatch, ids: list[torch.Tensor | None]) -> torch.Tensor:
+        """(V, T, D): ``ids`` encoded as the UNet's row was (each part at its matched hidden state, concatenated); an
+        unmatched part is the row's own."""
+        count = next(item.shape[0] for item in ids if item is not None)
+        parts, start = [], 0
+        for tower, (part, tower_ids) in enumerate(zip(match.parts, ids)):
+            width = self.text.towers[tower].width
+            if part is None:
+                parts.append(match.states[:, start : start + width].detach().expand(count, -1, -1))
+            else:
+                encoded = self.encode_quietly(tower, tower_ids, part[1])
+                parts.append(encoded.to(match.states.device, match.states.dtype))
+            start += width
+        return torch.cat(parts, -1)
+
+    def gather(self, match: RowMatch, encodings: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Each matched part's encodings (V, T, D) at ``index`` (V, T); an unmatched part's kept where it is."""
+        parts, start = [], 0
+        for tower, part in enumerate(match.parts):
+            width = self.text.towers[tower].width
+            piece = encodings[..., start : start + width]
+            if part is not None:
+                piece = torch.gather(piece, 1, index.to(piece.device)[..., None].expand(-1, -1, width))
+            parts.append(piece)
+            start += width
+        return torch.cat(parts, -1)
+
+    def supercategory_encodings(self, match: RowMatch) -> torch.Tensor:
+        """Global key locking: the row with each concept token replaced by its supercategory word, encoded, at the
+        original positions (T, D)."""
+        ids, index = self.substitute(match)
+        return self.gather(match, self.encode_rows(match, ids), index)[0]
 
     # -- matching the UNet's rows -----------------------------------------------------------------
+    def identify(self, row: EncodedRow, part: torch.Tensor, part_probe: torch.Tensor) -> Readout | None:
+        """Which of the remembered row's hidden states ``part`` (T, d) is, or None."""
+        if same(row.encodings, part, part_probe):
+            return row.readout
+        if row.probes is None or row.probes.shape[-2:] != part_probe.shape:
+            return None
+        hits = (row.probes.to(part.device, part.dtype) == part_probe).flatten(1).all(1)
+        return row.others[int(hits.nonzero()[0])] if hits.any() else None
+
+    def match(self, states: torch.Tensor) -> RowMatch | None:
+        """One UNet row (T, D) among the remembered rows, part by part; None when no part is one."""
+        parts, start = [], 0
+        for tower, encoder in enumerate(self.text.towers):
+            part = states[:, start : start + encoder.width]
+            part_probe = probe(part)
+            found = None
+            for row in reversed(self.remembered):
+                readout = self.identify(row, part, part_probe) if row.tower == tower else None
+                if readout is not None:
+                    found = (row, readout)
+                    break
+            parts.append(found)
+            start += encoder.width
+        return RowMatch(tuple(parts), states) if any(part is not None for part in parts) else None
+
+    def entry(self, match: RowMatch) -> EncodedPrompt:
+        """What the edit needs for a matched row, built under the registry's settings (and kept for the next call)."""
+        registry = self.registry
+        regional = registry.regional
+        key = match.key()
+        key = None if key is None else (key, registry.global_lock, None if regional is None else regional.config.min_concepts)
+        if key is not None and key in self.built:
+            return self.built[key]
+        found = set().union(*(part[0].tokens for part in match.parts if part is not None))
+        tokens = tuple(token for token in registry.concepts if token in found)
+        keys = self.supercategory_encodings(match) if registry.global_lock else None
+        split = None
+        if regional is not None and len(tokens) >= regional.config.min_concepts:
+            split = split_row(self, match, tokens)
+        entry = EncodedPrompt(match.states.detach(), tokens, keys, split)
+        if key is not None:
+            self.built[key] = entry
+        return entry
+
     def find(self, states: torch.Tensor | None) -> list[EncodedPrompt | None] | None:
         """Each row of ``states`` among the remembered prompts (None where it is not one); None when none is."""
-        if states is None or not self.remembered or states.ndim != 3:
+        if states is None or not self.remembered or states.ndim != 3 or states.shape[-1] != self.text.width:
             return None
-        entries = list(self.remembered)
-        probes = states[..., :PROBE_FEATURES]
-        found: list[EncodedPrompt | None] = [None] * states.shape[0]
-        for row in range(states.shape[0]):
-            for entry in reversed(entries):
-                if any(same(candidate, states[row], probes[row]) for candidate in (entry.encodings, *entry.alternatives)):
-                    found[row] = entry
-                    break
-        return found if any(entry is not None for entry in found) else None
+        matches = [self.match(states[row]) for row in range(states.shape[0])]
+        if all(match is None for match in matches):
+            return None
+        return [None if match is None else self.entry(match) for match in matches]
 
     @staticmethod
     def context_for(entries: list[EncodedPrompt | None], states: torch.Tensor, regional=None) -> CallContext:
@@ -140,12 +263,11 @@ class PromptRouter:
         return CallContext(rows, key_encodings, regional)
 
     # -- hooks ----------------------------------------------------------------------------------
-    def attach(self, text_encoder, unet) -> None:
-        self.hooks = [
-            text_encoder.register_forward_hook(self._after_text_encoder, with_kwargs=True),
-            unet.register_forward_pre_hook(self._before_unet, with_kwargs=True),
-            unet.register_forward_hook(self._after_unet),
-        ]
+    def attach(self, unet) -> None:
+        self.hooks = [tower.text_encoder.register_forward_hook(self._after_text_encoder(index), with_kwargs=True)
+                      for index, tower in enumerate(self.text.towers)]  # fmt: skip
+        self.hooks += [unet.register_forward_pre_hook(self._before_unet, with_kwargs=True),
+                       unet.register_forward_hook(self._after_unet)]  # fmt: skip
 
     def detach(self) -> None:
         for hook in self.hooks:
@@ -153,11 +275,15 @@ class PromptRouter:
         self.hooks = []
         self.context = None
         self.remembered.clear()
+        self.built.clear()
 
-    def _after_text_encoder(self, module, args, kwargs, output):
-        input_ids = args[0] if args else kwargs.get("input_ids")
-        if input_ids is not None and self.registry.concepts and not self._encoding_internally:
-            self.remember(input_ids, output[0], lambda: other_hidden_states(module, output))
+    def _after_text_encoder(self, tower: int):
+        def hook(module, args, kwargs, output):
+            input_ids = args[0] if args else kwargs.get("input_ids")
+            if input_ids is not None and self.registry.concepts and not self._encoding_internally:
+                self.remember(tower, input_ids, output)
+
+        return hook
 
     def _before_unet(self, module, args, kwargs):
         states = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)

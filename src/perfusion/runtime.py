@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from perfusion.concept import Concept
+from perfusion.conditioning import TextConditioning
 from perfusion.plans import LayerPlan, PlanCache, linear_part
 from perfusion.registry import ConceptRegistry, RuntimeSettings
 from perfusion.router import CallContext, PromptRouter
@@ -20,12 +21,13 @@ __all__ = ["PerfusionRuntime", "linear_part"]
 
 
 class PerfusionRuntime:
-    def __init__(self, text_encoder, tokenizer, inverse_covariance: torch.Tensor, base_fingerprint: str):
-        self.registry = ConceptRegistry(tokenizer)
+    def __init__(self, text: TextConditioning, inverse_covariance: torch.Tensor, base_fingerprint: str):
+        self.text = text
+        self.registry = ConceptRegistry([tower.tokenizer for tower in text.towers])
         self.plans = PlanCache(inverse_covariance)
         # W_K u and W_V u are read off the projections, which a LoRA loaded or fused between calls changes: the
         # layer plans are rebuilt at each new prompt (a few small products per layer), the span plans are kept.
-        self.router = PromptRouter(self.registry, text_encoder, tokenizer, on_prompt=self.plans.clear_layers)
+        self.router = PromptRouter(self.registry, text, on_prompt=self.plans.clear_layers)
         self.base_fingerprint = base_fingerprint
 
     @property
@@ -93,8 +95,8 @@ class PerfusionRuntime:
         return torch.stack([self.registry[token].concept.value_targets[layer].to(device) for token in tokens], -1)
 
     # -- hooks ----------------------------------------------------------------------------------
-    def attach(self, text_encoder, unet) -> None:
-        self.router.attach(text_encoder, unet)
+    def attach(self, unet) -> None:
+        self.router.attach(unet)
 
     def detach(self) -> None:
         self.router.detach()

@@ -58,14 +58,14 @@ TINY_UNET = dict(
 )  # fmt: skip
 
 
+def text_encoder_config(tokenizer, **config) -> CLIPTextConfig:
+    return CLIPTextConfig(vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **config)  # fmt: skip
+
+
 def assemble_pipeline(tokenizer, text_config: dict, unet_config: dict, vae_blocks: int, prediction_type: str):
     """A StableDiffusionPipeline of random weights from configs, in memory."""
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **text_config,
-        )
-    )  # fmt: skip
+    text_encoder = CLIPTextModel(text_encoder_config(tokenizer, **text_config))
     unet = UNet2DConditionModel(cross_attention_dim=text_config["hidden_size"], **unet_config)
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * vae_blocks,
@@ -105,41 +105,73 @@ def build_tiny_sd2_pipeline(path: Path, width: int = 32, seed: int = 0) -> Path:
     return path / "pipeline"
 
 
-def build_tiny_sdxl_pipeline(path: Path, width: int = 16, seed: int = 0) -> Path:
-    """Random tiny SDXL-shaped pipeline: two text encoders (the second with projection, conditioning on their
-    concatenated penultimate layers), a UNet with the text-and-time added condition and transformer depth 2 at its
-    second resolution; saved, returns the folder."""
+SDXL_UNET = dict(  # SDXL base's UNet: 70 cross-attention layers (transformer depth 2 at 640 wide, 10 at 1280)
+    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(5, 10, 20),
+    transformer_layers_per_block=(1, 2, 10), use_linear_projection=True, cross_attention_dim=2048,
+    addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+)  # fmt: skip
+SDXL_TEXT = dict(  # CLIP ViT-L/14's text tower, SDXL's first text encoder
+    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, hidden_act="quick_gelu",
+)  # fmt: skip
+SDXL_TEXT_2 = dict(  # OpenCLIP ViT-bigG/14's text tower with its projection, SDXL's second
+    hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20, hidden_act="gelu",
+    projection_dim=1280,
+)  # fmt: skip
+TINY_SDXL_WIDTHS = (16, 24)  # the two text encoders' widths differ, as SDXL's 768 and 1280 do
+TIME_EMBED = 8  # addition_time_embed_dim: six time ids of this width each
+
+
+def assemble_sdxl_pipeline(tokenizers, text_configs: tuple[dict, dict], unet_config: dict, vae_blocks: int):
+    """A StableDiffusionXLPipeline of random weights from configs, in memory (the second text encoder with its
+    projection)."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextModelWithProjection
 
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * vae_blocks,
+        up_block_types=("UpDecoderBlock2D",) * vae_blocks, block_out_channels=(8, 16, 16, 16)[:vae_blocks],
+        latent_channels=4, norm_num_groups=8, sample_size=16,
+    )  # fmt: skip
+    return StableDiffusionXLPipeline(
+        vae=vae, text_encoder=CLIPTextModel(text_encoder_config(tokenizers[0], **text_configs[0])),
+        tokenizer=tokenizers[0],
+        text_encoder_2=CLIPTextModelWithProjection(text_encoder_config(tokenizers[1], **text_configs[1])),
+        tokenizer_2=tokenizers[1], unet=UNet2DConditionModel(**unet_config),
+        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
+        force_zeros_for_empty_prompt=True,
+    )  # fmt: skip
+
+
+def build_tiny_sdxl_pipeline(path: Path, seed: int = 0) -> Path:
+    """Random tiny SDXL-shaped pipeline, saved; returns the folder. Two text encoders of different widths (the second
+    with projection, pads with "!"), conditioning on their concatenated penultimate layers; a UNet with the
+    text-and-time added condition, cross-attention at two resolutions and transformer depth 2 at the second."""
     torch.manual_seed(seed)
     tokenizers = [write_tokenizer(path / f"_tokenizer_source_{n}", pad_token=pad) for n, pad in ((1, None), (2, "!"))]
-
-    def text_config(tokenizer, **extra):
-        return CLIPTextConfig(vocab_size=len(tokenizer), max_position_embeddings=77, hidden_size=width,
-                              intermediate_size=2 * width, num_hidden_layers=2, num_attention_heads=2,
-                              bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                              pad_token_id=tokenizer.pad_token_id, **extra)  # fmt: skip
-
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), transformer_layers_per_block=(1, 2), norm_num_groups=8, use_linear_projection=True,
-        cross_attention_dim=2 * width, addition_embed_type="text_time", addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=6 * 8 + width,
+    first, second = TINY_SDXL_WIDTHS
+    text_configs = (dict(hidden_size=first, intermediate_size=2 * first, num_hidden_layers=2, num_attention_heads=2),
+                    dict(hidden_size=second, intermediate_size=2 * second, num_hidden_layers=3, num_attention_heads=2,
+                         hidden_act="gelu", projection_dim=second))  # fmt: skip
+    unet_config = dict(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16, 32), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 2, 4),
+        transformer_layers_per_block=(1, 1, 2), norm_num_groups=8, use_linear_projection=True,
+        cross_attention_dim=first + second, addition_embed_type="text_time", addition_time_embed_dim=TIME_EMBED,
+        projection_class_embeddings_input_dim=6 * TIME_EMBED + second,
     )  # fmt: skip
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4, norm_num_groups=8,
-        sample_size=16,
-    )  # fmt: skip
-    pipe = StableDiffusionXLPipeline(
-        vae=vae, text_encoder=CLIPTextModel(text_config(tokenizers[0])), tokenizer=tokenizers[0],
-        text_encoder_2=CLIPTextModelWithProjection(text_config(tokenizers[1], projection_dim=width)),
-        tokenizer_2=tokenizers[1], unet=unet, scheduler=EulerDiscreteScheduler(), force_zeros_for_empty_prompt=True,
-    )  # fmt: skip
+    pipe = assemble_sdxl_pipeline(tokenizers, text_configs, unet_config, vae_blocks=2)
     pipe.save_pretrained(path / "pipeline")
     return path / "pipeline"
+
+
+def sdxl_shaped_pipeline(directory: Path, seed: int = 0):
+    """SDXL base's UNet and text-encoder shapes with random weights (a small VAE)."""
+    torch.manual_seed(seed)
+    tokenizers = [write_tokenizer(directory / f"_tokenizer_source_{n}", pad_token=pad) for n, pad in ((1, None), (2, "!"))]
+    return assemble_sdxl_pipeline(tokenizers, (SDXL_TEXT, SDXL_TEXT_2), SDXL_UNET, vae_blocks=4)
 
 
 def sd15_shaped_pipeline(directory: Path, seed: int = 0) -> StableDiffusionPipeline:
@@ -149,8 +181,11 @@ def sd15_shaped_pipeline(directory: Path, seed: int = 0) -> StableDiffusionPipel
     return assemble_pipeline(tokenizer, SD15_TEXT, SD15_UNET, vae_blocks=4, prediction_type="epsilon")
 
 
-def load_pipeline(folder: Path) -> StableDiffusionPipeline:
-    pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+def load_pipeline(folder: Path):
+    """The saved pipeline (its own class: StableDiffusionPipeline, StableDiffusionXLPipeline), progress bars off."""
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -164,29 +199,50 @@ def small_corpus(count: int = 300, seed: int = 0) -> list[str]:
 
 
 def handmade_concept(pipe, token: str = "<mycat>", supercategory: str = "cat", seed: int = 0):
-    """A concept with plausible numbers (i* near the supercategory's encoding) and random targets."""
+    """A concept with plausible numbers (i* near the supercategory's encoding, v* near its embedding in each text
+    encoder) and random targets."""
     from perfusion.concept import Concept
+    from perfusion.conditioning import TextConditioning
     from perfusion.fingerprint import cross_attention_modules
     from perfusion.loader import pipeline_fingerprint
-    from perfusion.text import encode, tokenize, word_positions
+    from perfusion.text import word_positions
 
     generator = torch.Generator().manual_seed(seed)
-    word = pipe.tokenizer(supercategory, add_special_tokens=False).input_ids
-    ids = tokenize(pipe.tokenizer, [f"a photo of a {supercategory}"])
+    text = TextConditioning.of(pipe)
+    ids = text.tokenize([f"a photo of a {supercategory}"])
+    embeddings = []
     with torch.no_grad():
-        supercategory_encoding = encode(pipe.text_encoder, ids)[word_positions(ids, word, last_only=True)][0]
-        embedding = pipe.text_encoder.get_input_embeddings().weight[word].mean(0)
+        supercategory_encoding = text.encode(ids)[word_positions(ids[0], text.supercategory_ids(supercategory), True)][0]
+        for tower in text.towers:
+            word = tower.tokenizer(supercategory, add_special_tokens=False).input_ids
+            embedding = tower.text_encoder.get_input_embeddings().weight[word].mean(0)
+            embeddings.append(embedding + 0.5 * torch.randn(embedding.numel(), generator=generator) * embedding.std())
     width = supercategory_encoding.numel()
     layers = cross_attention_modules(pipe.unet)
     return Concept(
         token=token,
         supercategory=supercategory,
-        token_embedding=embedding + 0.5 * torch.randn(width, generator=generator) * embedding.std(),
+        token_embedding=embeddings[0],
         concept_encoding=supercategory_encoding + 0.3 * torch.randn(width, generator=generator) * supercategory_encoding.std(),
         supercategory_encoding=supercategory_encoding.clone(),
         value_targets={name: torch.randn(module.to_v.out_features, generator=generator) for name, module in layers.items()},
         base_fingerprint=pipeline_fingerprint(pipe),
+        token_embedding_2=embeddings[1] if len(embeddings) > 1 else None,
     )
+
+
+def routed_entries(pipe, prompts):
+    """The router's entries (perfusion.router.EncodedPrompt, None for a row without concepts) for ``prompts`` (text,
+    or one (B, T) id tensor per text encoder) encoded by the pipeline's hooked text encoders, as the UNet would get
+    them."""
+    from perfusion.conditioning import TextConditioning
+    from perfusion.loader import find_runtime
+
+    text = TextConditioning.of(pipe)
+    ids = text.tokenize(prompts) if isinstance(prompts[0], str) else prompts
+    with torch.no_grad():
+        states = text.encode(ids)
+    return find_runtime(pipe).router.find(states)
 
 
 def write_concept_images(directory: Path, count: int = 4, size: int = 16, alpha: bool = True) -> Path:

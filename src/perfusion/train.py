@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from perfusion.concept import DEFAULT_BETA, DEFAULT_TAU, Concept
+from perfusion.conditioning import TextConditioning
 from perfusion.files import atomic_torch_save
 from perfusion.finetune import FineTuning
 from perfusion.fingerprint import cross_attention_modules
@@ -24,7 +25,7 @@ from perfusion.method import ema_update, masked_mse
 from perfusion.pairs import pair_caption, paired_images
 from perfusion.settings import check_gate
 from perfusion.plans import linear_part
-from perfusion.text import encode, tokenize, word_positions
+from perfusion.text import word_positions
 from perfusion.tokens import substitute_token_embedding
 
 DEFAULT_TEMPLATES = (
@@ -128,6 +129,7 @@ class ConceptTrainer(FineTuning):
 
     def prepare(self) -> None:
         config = self.config
+        self.text = TextConditioning.of(self.pipe)
         self.bank = self.encode_images()
         self.pair_bank = self.encode_pairs() if config.pair_probability > 0 else None
         self.concept = self.initial_concept()
@@ -168,39 +170,44 @@ class ConceptTrainer(FineTuning):
             raise TrainingError(str(error)) from None
         return self.encode_images(paired)  # every paired image has its mask
 
-    def pair_prompts_ids(self, count: int) -> torch.Tensor:
+    def pair_prompts_ids(self, count: int) -> list[torch.Tensor]:
         words = self.config.pair_words
         chosen = torch.randint(len(words), (count,), generator=self.generator)
         concept_first = torch.rand(count, generator=self.generator) < 0.5
         texts = [pair_caption(self.config.pair_template, self.token, words[i], bool(first))
                  for i, first in zip(chosen, concept_first)]  # fmt: skip
-        return tokenize(self.pipe.tokenizer, texts)
+        return self.text.tokenize(texts)
 
-    def prompts_ids(self, word: str, count: int | None = None) -> torch.Tensor:
+    def prompts_ids(self, word: str, count: int | None = None) -> list[torch.Tensor]:
+        """Each text encoder's ids of ``count`` random caption templates (all of them, once each, when None)."""
         templates = self.config.templates
         if count is None:
             chosen = list(templates)
         else:
             chosen = [templates[i] for i in torch.randint(len(templates), (count,), generator=self.generator)]
-        return tokenize(self.pipe.tokenizer, [template.format(word) for template in chosen])
+        return self.text.tokenize([template.format(word) for template in chosen])
 
     @torch.no_grad()
-    def mean_encoding(self, ids: torch.Tensor, word_ids: list[int]) -> torch.Tensor:
+    def mean_encoding(self, ids: list[torch.Tensor], word_ids: list[int]) -> torch.Tensor:
         """The word's encoding (its last token) averaged over prompts: one prompt per template."""
-        positions = word_positions(ids, word_ids, last_only=True)
-        return encode(self.pipe.text_encoder, ids)[positions.to(self.device)].float().mean(0)
+        positions = word_positions(ids[0], word_ids, last_only=True)
+        return self.text.encode(ids)[positions.to(self.device)].float().mean(0)
 
     def initial_concept(self) -> Concept:
         pipe = self.pipe
-        supercategory_ids = pipe.tokenizer(self.supercategory, add_special_tokens=False).input_ids
-        embeddings = pipe.text_encoder.get_input_embeddings().weight
+        # v* of each text encoder starts at the mean of the supercategory word's embeddings there
+        embeddings = [torch.nn.Parameter(tower.text_encoder.get_input_embeddings().weight[
+            tower.tokenizer(self.supercategory, add_special_tokens=False).input_ids].float().mean(0))
+            for tower in self.text.towers]  # fmt: skip
         # Local key locking: i*_super is the supercategory word's encoding in the first batch of prompts.
-        supercategory_encoding = self.mean_encoding(self.prompts_ids(self.supercategory), supercategory_ids)
+        supercategory_encoding = self.mean_encoding(self.prompts_ids(self.supercategory),
+                                                    self.text.supercategory_ids(self.supercategory))  # fmt: skip
         layers = cross_attention_modules(pipe.unet)
         return Concept(
             token=self.token,
             supercategory=self.supercategory,
-            token_embedding=torch.nn.Parameter(embeddings[supercategory_ids].float().mean(0)),
+            token_embedding=embeddings[0],
+            token_embedding_2=embeddings[1] if len(embeddings) > 1 else None,
             concept_encoding=supercategory_encoding,
             supercategory_encoding=supercategory_encoding,
             value_targets={  # o*_V starts at W_V i*_super
@@ -220,14 +227,16 @@ class ConceptTrainer(FineTuning):
         self.runtime = find_runtime(pipe)
         self.runtime.train_value_targets(self.token, self.concept.value_targets)  # the trainer's own tensors
         self.runtime.set_options(self.token, beta=self.config.train_beta, tau=self.config.train_tau)
-        self.token_id = pipe.tokenizer.convert_tokens_to_ids(self.token)
-        token_embedding = self.concept.token_embedding  # v* enters through the token's embedding row
-        self.embedding_hook = substitute_token_embedding(pipe.text_encoder, self.token_id, token_embedding)
+        self.token_id = self.runtime.registry.token_id(self.token)  # the same position in every tower's ids
+        self.embedding_hooks = [  # each v* enters through the token's embedding row of its text encoder
+            substitute_token_embedding(tower.text_encoder, self.runtime.registry.token_id(self.token, index), vector)
+            for index, (tower, vector) in enumerate(zip(self.text.towers, self.concept.token_embeddings))
+        ]
         if self.start_step == 0:
             concept_ids = self.prompts_ids(self.token)
             self.move_concept_encoding(self.mean_encoding(concept_ids, [self.token_id]))
         trainable = [
-            {"params": [token_embedding], "lr": self.config.lr_embedding},
+            {"params": self.concept.token_embeddings, "lr": self.config.lr_embedding},
             {"params": list(self.concept.value_targets.values()), "lr": self.config.lr_values},
         ]
         self.optimizer = self.accelerator.prepare(torch.optim.AdamW(trainable, weight_decay=self.config.weight_decay))
@@ -238,7 +247,8 @@ class ConceptTrainer(FineTuning):
         self.runtime.set_concept_encoding(self.token, encoding)
 
     def uninstall(self) -> None:
-        self.embedding_hook.remove()
+        for hook in self.embedding_hooks:
+            hook.remove()
         unload_concepts(self.pipe, self.token)
 
     # -- one optimizer step -------------------------------------------------------------------
@@ -254,7 +264,13 @@ class ConceptTrainer(FineTuning):
         noisy, timesteps, target = noised(self.forward_process, latents, self.generator)
         ids = [self.prompts_ids(self.token, count - paired)] if paired < count else []
         ids += [self.pair_prompts_ids(paired)] if paired else []
-        return noisy, timesteps, target, masks, torch.cat(ids)
+        return noisy, timesteps, target, masks, [torch.cat(tower_ids) for tower_ids in zip(*ids)]
+
+    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, ids: list[torch.Tensor]):
+        """The UNet's prediction for ``ids`` (conditioned as the pipeline conditions it), and the encodings e."""
+        conditions = self.text.unet_conditions(ids, self.resolution, self.weight_dtype)
+        prediction = self.pipe.unet(noisy.to(self.weight_dtype), timesteps, **conditions).sample
+        return prediction, conditions["encoder_hidden_states"]
 
     @torch.no_grad()
     def held_out_loss(self, batches: int = 8, seed: int = 12345) -> float:
@@ -265,24 +281,22 @@ class ConceptTrainer(FineTuning):
             for _ in range(batches):
                 noisy, timesteps, target, masks, ids = self.micro_batch()
                 with self.accelerator.autocast():
-                    encodings = encode(self.pipe.text_encoder, ids)
-                    prediction = self.pipe.unet(noisy.to(self.weight_dtype), timesteps, encoder_hidden_states=encodings)
-                total += masked_mse(prediction.sample, target, masks).item() / batches
+                    prediction, _ = self.predict(noisy, timesteps, ids)
+                total += masked_mse(prediction, target, masks).item() / batches
             return total
         finally:
             self.generator = training_generator
 
     def step(self) -> float:
-        config, pipe = self.config, self.pipe
+        config = self.config
         observed, total = [], 0.0
         for _ in range(config.gradient_accumulation):
             noisy, timesteps, target, masks, ids = self.micro_batch()
             with self.accelerator.autocast():
-                encodings = encode(pipe.text_encoder, ids)
-                prediction = pipe.unet(noisy.to(self.weight_dtype), timesteps, encoder_hidden_states=encodings).sample
+                prediction, encodings = self.predict(noisy, timesteps, ids)
             loss = masked_mse(prediction, target, masks)
             self.accelerator.backward(loss / config.gradient_accumulation)
-            observed.append(encodings[(ids == self.token_id).to(self.device)].detach().float().mean(0))
+            observed.append(encodings[(ids[0] == self.token_id).to(self.device)].detach().float().mean(0))
             total += loss.item() / config.gradient_accumulation
         if not math.isfinite(total):  # before the step: v* and o*_V (and the last checkpoint) stay as they were
             self.optimizer.zero_grad(set_to_none=True)
@@ -300,7 +314,7 @@ class ConceptTrainer(FineTuning):
                 "token": self.token,
                 "supercategory": self.supercategory,
                 "step": step,
-                "token_embedding": self.concept.token_embedding.detach().cpu(),
+                "token_embeddings": [vector.detach().cpu() for vector in self.concept.token_embeddings],
                 "concept_encoding": self.concept.concept_encoding.detach().cpu(),
                 "supercategory_encoding": self.concept.supercategory_encoding.detach().cpu(),
                 "value_targets": {k: v.detach().cpu() for k, v in self.concept.value_targets.items()},
@@ -321,8 +335,13 @@ class ConceptTrainer(FineTuning):
             raise TrainingError(f"{path}: unreadable checkpoint ({error})") from None
         if (state["token"], state["supercategory"]) != (self.token, self.supercategory):
             raise TrainingError(f"{path}: a checkpoint of {state['token']} ({state['supercategory']}), not of {self.token}")
+        embeddings = state.get("token_embeddings") or [state["token_embedding"]]  # one, before SDXL
+        if len(embeddings) != len(self.concept.token_embeddings):
+            raise TrainingError(f"{path}: a checkpoint for a pipeline with {len(embeddings)} text encoders, "
+                                f"this one has {len(self.concept.token_embeddings)}")  # fmt: skip
         with torch.no_grad():
-            self.concept.token_embedding.copy_(state["token_embedding"])
+            for vector, saved in zip(self.concept.token_embeddings, embeddings):
+                vector.copy_(saved)
             for name, target in self.concept.value_targets.items():
                 target.copy_(state["value_targets"][name])
         self.concept.concept_encoding = state["concept_encoding"].to(self.device)
@@ -370,6 +389,7 @@ class ConceptTrainer(FineTuning):
             token=concept.token,
             supercategory=concept.supercategory,
             token_embedding=concept.token_embedding.detach().float().cpu(),
+            token_embedding_2=None if concept.token_embedding_2 is None else concept.token_embedding_2.detach().float().cpu(),
             concept_encoding=concept.concept_encoding.detach().float().cpu(),
             supercategory_encoding=concept.supercategory_encoding.detach().float().cpu(),
             value_targets={k: v.detach().float().cpu() for k, v in concept.value_targets.items()},

@@ -124,6 +124,7 @@ class BaselineTrainer(FineTuning):
     method = ""
     text_trainable = False  # True when gradients flow back through the text encoder (a trained token row)
     error = BaselineError
+    sdxl = False  # the baselines are SD 1.x-shaped (one text encoder)
 
     config: BaselineConfig
 

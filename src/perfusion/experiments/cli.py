@@ -72,6 +72,10 @@ def prepare(args, betas):
         prompts = read_prompts(args.prompts, concept.supercategory if args.clip is None else None)
     else:
         prompts = world_prompts(concept.supercategory)
+    unstated = [prompt.template for prompt in prompts if prompt.spec is None]
+    if args.clip is None and unstated:
+        raise CommandError(f"{args.prompts}: the world judge scores prompts that state attributes (a .jsonl file, "
+                           f"not {unstated[0]!r}); give --clip MODEL to score other prompts with CLIP")  # fmt: skip
     scorer = ClipScoring(args.clip) if args.clip else WorldScorer(object_name)
     recipe = read_recipe(args.model).generation  # the model's own sampling settings, under the flags given
     steps = args.steps if args.steps is not None else recipe.get("num_inference_steps", SweepConfig.steps)

@@ -1,0 +1,155 @@
+"""What a pipeline's UNet is conditioned on, built as the pipeline's own ``encode_prompt`` builds it.
+
+A pipeline has one or more *towers* (a tokenizer and its text encoder). SD 1.x and 2.x have one, read at its last
+hidden state; SDXL has two, each read at its penultimate layer, concatenated (768 + 1280 = 2048 wide at base), and the
+second tower's projected pooled output enters the UNet's added condition with the size and crop time ids. The edit's
+e, C, i* and i*_super live in the concatenated space; each tower has its own v*.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from perfusion.text import tokenize
+
+
+@dataclass(frozen=True)
+class Readout:
+    """Which hidden state of a CLIP text encoder's output: the last output (``layer`` None), else
+    ``hidden_states[layer]``, through the encoder's final layer norm when ``normed`` (SD's ``clip_skip``)."""
+
+    layer: int | None = None
+    normed: bool = False
+
+    @property
+    def needs_hidden_states(self) -> bool:
+        return self.layer is not None
+
+    def __call__(self, text_encoder, output) -> torch.Tensor:
+        if self.layer is None:
+            return last_hidden_state(output)
+        states = output.hidden_states[self.layer]
+        return final_layer_norm(text_encoder)(states) if self.normed else states
+
+
+def last_hidden_state(output) -> torch.Tensor:
+    """CLIPTextModel's first output is the last hidden state; CLIPTextModelWithProjection's is the pooled projection."""
+    state = getattr(output, "last_hidden_state", None)
+    return state if state is not None else output[0]
+
+
+def final_layer_norm(text_encoder):
+    return getattr(text_encoder, "text_model", text_encoder).final_layer_norm
+
+
+def readouts_of(output) -> list[Readout]:
+    """Every hidden state an output holds that a pipeline may hand the UNet: each layer as it is (SDXL's
+    penultimate, its clip_skip), each after the final layer norm (SD's clip_skip), and the last output."""
+    count = len(getattr(output, "hidden_states", None) or ())
+    return [Readout()] + [Readout(layer, normed) for normed in (False, True) for layer in range(-1, -count - 1, -1)]
+
+
+@dataclass
+class TextTower:
+    """One tokenizer and its text encoder, with the hidden state the pipeline reads by default."""
+
+    tokenizer: object
+    text_encoder: torch.nn.Module
+    readout: Readout
+    name: str = "text_encoder"  # the pipeline's attribute: text_encoder, text_encoder_2
+
+    @property
+    def width(self) -> int:
+        return self.text_encoder.config.hidden_size
+
+    def tokenize(self, prompts: list[str], padding: str = "max_length") -> torch.Tensor:
+        return tokenize(self.tokenizer, prompts, padding)
+
+    def run(self, ids: torch.Tensor, readout: Readout | None = None):
+        """The encoder's output for ``ids`` with the hidden states ``readout`` (default the tower's) needs."""
+        readout = readout or self.readout
+        kwargs = {"output_hidden_states": True} if readout.needs_hidden_states else {}
+        return self.text_encoder(ids.to(self.text_encoder.device), **kwargs)
+
+    def encode(self, ids: torch.Tensor, readout: Readout | None = None) -> torch.Tensor:
+        """(B, T, d): the hidden state ``readout`` (default the tower's) of ``ids``."""
+        readout = readout or self.readout
+        return readout(self.text_encoder, self.run(ids, readout))
+
+
+class TextConditioning:
+    """A pipeline's towers, in the order the UNet's encodings concatenate them, and its added condition (SDXL)."""
+
+    def __init__(self, towers: list[TextTower], time_ids=None):
+        self.towers = list(towers)
+        self.time_ids = time_ids  # size -> (1, 6) add_time_ids, when the last tower's pooled output conditions too
+
+    @classmethod
+    def of(cls, pipe) -> "TextConditioning":
+        if getattr(pipe, "text_encoder_2", None) is None:
+            return cls.single(pipe.text_encoder, pipe.tokenizer)
+        penultimate = Readout(-2)  # StableDiffusionXLPipeline.encode_prompt: hidden_states[-2] when clip_skip is None
+        towers = [TextTower(pipe.tokenizer, pipe.text_encoder, penultimate, "text_encoder"),
+                  TextTower(pipe.tokenizer_2, pipe.text_encoder_2, penultimate, "text_encoder_2")]  # fmt: skip
+        projection = int(pipe.text_encoder_2.config.projection_dim)
+
+        def time_ids(size: int) -> torch.Tensor:  # the pipeline's own: original size, crop (0, 0), target size
+            return pipe._get_add_time_ids((size, size), (0, 0), (size, size), torch.float32, projection)
+
+        return cls(towers, time_ids)
+
+    @classmethod
+    def single(cls, text_encoder, tokenizer) -> "TextConditioning":
+        """SD 1.x and 2.x: one text encoder, read at its last hidden state."""
+        return cls([TextTower(tokenizer, text_encoder, Readout())])
+
+    # -- shapes ---------------------------------------------------------------------------------
+    @property
+    def width(self) -> int:
+        return sum(tower.width for tower in self.towers)
+
+    @property
+    def tokenizer(self):
+        """The first tower's tokenizer: token positions are the same in every tower (one CLIP vocabulary)."""
+        return self.towers[0].tokenizer
+
+    @property
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return [tower.text_encoder for tower in self.towers]
+
+    @property
+    def device(self) -> torch.device:
+        return self.towers[0].text_encoder.device
+
+    # -- encoding -------------------------------------------------------------------------------
+    def tokenize(self, prompts: list[str], padding: str = "max_length") -> list[torch.Tensor]:
+        """Each tower's ids of ``prompts`` (the same length in every tower)."""
+        return [tower.tokenize(prompts, padding) for tower in self.towers]
+
+    def encode(self, ids: list[torch.Tensor]) -> torch.Tensor:
+        """e, (B, T, width): every tower's default hidden state, concatenated."""
+        return self.encode_with_pooled(ids)[0]
+
+    def encode_with_pooled(self, ids: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """e and, when the UNet takes it (SDXL), the last tower's pooled projection (B, projection)."""
+        states, pooled = [], None
+        for tower, tower_ids in zip(self.towers, ids):
+            output = tower.run(tower_ids)
+            states.append(tower.readout(tower.text_encoder, output))
+            pooled = output[0] if self.time_ids is not None and output[0].ndim == 2 else pooled
+        return torch.cat(states, -1), pooled
+
+    def unet_conditions(self, ids: list[torch.Tensor], size: int, dtype) -> dict:
+        """The UNet's conditioning arguments for ``ids`` at image side ``size``: ``encoder_hidden_states`` and, on
+        SDXL, ``added_cond_kwargs`` (pooled text embedding and time ids, as the pipeline builds them)."""
+        states, pooled = self.encode_with_pooled(ids)
+        conditions = {"encoder_hidden_states": states.to(dtype)}
+        if self.time_ids is not None:
+            time_ids = self.time_ids(size).to(states.device, dtype).repeat(states.shape[0], 1)
+            conditions["added_cond_kwargs"] = {"text_embeds": pooled.to(dtype), "time_ids": time_ids}
+        return conditions
+
+    def supercategory_ids(self, word: str) -> list[int]:
+        return self.tokenizer(word, add_special_tokens=False).input_ids
