@@ -285,3 +285,18 @@ def test_settings_for_a_concept_not_loaded_are_one_clear_error(tiny_pipe):
     load_concepts(tiny_pipe, handmade_concept(tiny_pipe), captions=CAPTIONS)
     with pytest.raises(GenerationError, match="<mydog>, which is not loaded"):
         images(tiny_pipe, "a photo of a <mycat>", settings={"<mydog>": (0.5, None)})
+
+
+def test_prompt_embeds_encoded_before_an_unload_are_left_unedited_after_it(tiny_pipe):
+    """Unloading renumbers the added tokens, so rows remembered before it are forgotten: no stale ids re-encoded."""
+    load_concepts(tiny_pipe, [handmade_concept(tiny_pipe, "<mycat>", "cat", seed=1),
+                              handmade_concept(tiny_pipe, "<mymug>", "mug", seed=2)], captions=CAPTIONS)  # fmt: skip
+    set_global_lock(tiny_pipe, True)
+    with torch.no_grad():
+        embeds, negative = tiny_pipe.encode_prompt("a <mycat> next to a <mymug>", "cpu", 1, True)
+    edited = plain_call(tiny_pipe, None, prompt_embeds=embeds, negative_prompt_embeds=negative)
+    unload_concepts(tiny_pipe, "<mycat>")
+    after = plain_call(tiny_pipe, None, prompt_embeds=embeds, negative_prompt_embeds=negative)
+    unload_concepts(tiny_pipe)
+    assert np.array_equal(after, plain_call(tiny_pipe, None, prompt_embeds=embeds, negative_prompt_embeds=negative))
+    assert not np.array_equal(after, edited)

@@ -23,8 +23,9 @@ from perfusion.plans import linear_part
 from perfusion.processor import PerfusionAttnProcessor
 from perfusion.router import CallContext
 from perfusion.settings import set_composition, set_concept_options, set_global_lock
-from perfusion.text import tokenize
-from perfusion.train import TrainingConfig, train_concept
+from perfusion.covariance import estimate_covariance
+from perfusion.text import content_mask, tokenize
+from perfusion.train import ConceptTrainer, TrainingConfig, train_concept
 
 CAPTIONS = small_corpus()
 KB = 1000
@@ -110,6 +111,28 @@ def test_sdxl_base_concept_file_is_seventy_layers_under_400kb_and_200kb_half(tmp
     assert full.stat().st_size <= 400 * KB and half.stat().st_size <= 200 * KB, (full.stat().st_size, half.stat().st_size)
     loaded = Concept.load(full)
     assert torch.equal(loaded.token_embedding_2, concept.token_embedding_2)
+
+
+def test_c_is_over_both_encoders_concatenated_content_positions(sdxl_pipe):
+    captions = CAPTIONS[:40]
+    covariance = estimate_covariance(TextConditioning.of(sdxl_pipe), captions, batch_size=7)
+    with torch.no_grad():
+        encodings = torch.stack([penultimate(sdxl_pipe, caption) for caption in captions])
+    keep = content_mask(tokenize(sdxl_pipe.tokenizer, captions), sdxl_pipe.tokenizer.eos_token_id)
+    encodings = encodings[keep].double()
+    expected = encodings.T @ encodings / encodings.shape[0]
+    assert covariance.shape == (sum(TINY_SDXL_WIDTHS),) * 2
+    torch.testing.assert_close(covariance, expected, rtol=1e-4, atol=1e-5 * expected.diagonal().mean().item())
+
+
+def test_the_default_mask_is_the_supercategory_attention_map(sdxl_pipe, tmp_path):
+    """Without masks, training reads the UNet's cross-attention to the supercategory, conditioned as SDXL is."""
+    images = load_training_images(write_concept_images(tmp_path / "plain", alpha=False))
+    trainer = ConceptTrainer(sdxl_pipe, images, "<mydisc>", "cat", TrainingConfig(batch_size=2, seed=0))
+    masks = trainer.bank.masks
+    assert trainer.bank.mask_source == "attention" and masks.shape[0] == 2 * len(images)
+    assert masks.min() >= 0 and masks.max() <= 1 and masks.flatten(1).std(1).min() > 0
+    trainer.restore_pipeline()
 
 
 def test_prompts_without_the_concept_stay_stock_and_with_it_are_edited(sdxl_pipe):
@@ -253,13 +276,11 @@ def test_training_lowers_the_loss_and_moves_only_both_v_stars_and_value_targets(
 def test_sd1_and_sdxl_files_are_refused_by_the_other_in_one_line(sdxl_pipe, tiny_pipe):
     vocabulary = len(sdxl_pipe.tokenizer), len(sdxl_pipe.tokenizer_2)
     with pytest.raises(ConceptFileError, match="one text encoder .*this one has two") as refused:
-        load_concepts(sdxl_pipe, handmade_concept(tiny_pipe), check=False)
+        load_concepts(sdxl_pipe, handmade_concept(tiny_pipe))
     assert "\n" not in str(refused.value)
     assert find_runtime(sdxl_pipe) is None and (len(sdxl_pipe.tokenizer), len(sdxl_pipe.tokenizer_2)) == vocabulary
     with pytest.raises(ConceptFileError, match="two text encoders .*this one has one"):
         load_concepts(tiny_pipe, handmade_concept(sdxl_pipe), check=False)
-    with pytest.raises(ConceptFileError, match="another base model"):
-        load_concepts(sdxl_pipe, handmade_concept(tiny_pipe))
 
 
 def test_a_refiner_is_refused_in_one_line(sdxl_pipe):
@@ -309,3 +330,22 @@ def test_sweep_and_eval_run_on_sdxl(sdxl_dir, tmp_path, capsys):
     assert len(list((tmp_path / "sweep" / "beta-0.900").glob("*.png"))) == 2
     assert main(["eval", *common, "--out", str(tmp_path / "eval")]) == 0, capsys.readouterr().err
     assert (tmp_path / "eval" / "metrics.csv").read_text().startswith("beta,")
+
+
+def test_a_second_prompt_of_its_own_is_read_part_by_part(sdxl_pipe):
+    """SDXL's prompt_2 goes to the second encoder alone: each part is locked and split from its own prompt."""
+    load_concepts(sdxl_pipe, [handmade_concept(sdxl_pipe, "<mycat>", "cat", seed=1),
+                              handmade_concept(sdxl_pipe, "<mymug>", "mug", seed=2)], captions=CAPTIONS)  # fmt: skip
+    first, second = "a <mycat> next to a mug", "the <mymug> next to a <mycat>"
+    ids = [tokenize(sdxl_pipe.tokenizer, [first]), tokenize(sdxl_pipe.tokenizer_2, [second])]
+    set_global_lock(sdxl_pipe, True)
+    entry = routed_entries(sdxl_pipe, ids)[0]
+    expected = torch.cat([penultimate(sdxl_pipe, "a cat next to a mug", tower=0),
+                          penultimate(sdxl_pipe, "the mug next to a cat", tower=1)], -1)  # fmt: skip
+    assert entry.tokens == ("<mycat>", "<mymug>")
+    torch.testing.assert_close(entry.key_encodings, expected)
+    set_composition(sdxl_pipe, "regions")
+    split = routed_entries(sdxl_pipe, ids)[0].split
+    assert split.own_positions == [2, 2]  # <mycat> in the first prompt, <mymug> only in the second
+    images = sdxl_pipe(first, prompt_2=second, num_inference_steps=2, output_type="np").images
+    assert images.shape[0] == 1 and np.isfinite(images).all()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from perfusion.models import UnsupportedPipelineError
 from perfusion.text import tokenize
 
 
@@ -51,6 +52,25 @@ def readouts_of(output) -> list[Readout]:
     return [Readout()] + [Readout(layer, normed) for normed in (False, True) for layer in range(-1, -count - 1, -1)]
 
 
+TIME_IDS = 6  # SDXL base's add_time_ids: original size (2), crop top-left (2), target size (2)
+
+
+def base_time_ids(size: int) -> torch.Tensor:
+    """(1, 6): what StableDiffusionXLPipeline._get_add_time_ids gives for a square image of ``size`` pixels, uncropped."""
+    return torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32)
+
+
+def time_ids_problem(unet, projection_dim: int) -> str | None:
+    """Why the UNet's added condition does not take six time ids beside the pooled embedding (a refiner's takes five),
+    or None."""
+    layer = getattr(getattr(unet, "add_embedding", None), "linear_1", None)
+    width = (unet.config.addition_time_embed_dim or 0) * TIME_IDS + projection_dim
+    if layer is None or layer.in_features != width:
+        return (f"the UNet's added condition is not SDXL base's (six time ids and a {projection_dim}-wide pooled "
+                "embedding): training cannot build it")  # fmt: skip
+    return None
+
+
 @dataclass
 class TextTower:
     """One tokenizer and its text encoder, with the hidden state the pipeline reads by default."""
@@ -82,9 +102,10 @@ class TextTower:
 class TextConditioning:
     """A pipeline's towers, in the order the UNet's encodings concatenate them, and its added condition (SDXL)."""
 
-    def __init__(self, towers: list[TextTower], time_ids=None):
+    def __init__(self, towers: list[TextTower], time_ids=None, time_ids_problem: str | None = None):
         self.towers = list(towers)
         self.time_ids = time_ids  # size -> (1, 6) add_time_ids, when the last tower's pooled output conditions too
+        self.time_ids_problem = time_ids_problem  # why the UNet's added condition cannot be built (training needs it)
 
     @classmethod
     def of(cls, pipe) -> "TextConditioning":
@@ -93,12 +114,7 @@ class TextConditioning:
         penultimate = Readout(-2)  # StableDiffusionXLPipeline.encode_prompt: hidden_states[-2] when clip_skip is None
         towers = [TextTower(pipe.tokenizer, pipe.text_encoder, penultimate, "text_encoder"),
                   TextTower(pipe.tokenizer_2, pipe.text_encoder_2, penultimate, "text_encoder_2")]  # fmt: skip
-        projection = int(pipe.text_encoder_2.config.projection_dim)
-
-        def time_ids(size: int) -> torch.Tensor:  # the pipeline's own: original size, crop (0, 0), target size
-            return pipe._get_add_time_ids((size, size), (0, 0), (size, size), torch.float32, projection)
-
-        return cls(towers, time_ids)
+        return cls(towers, base_time_ids, time_ids_problem(pipe.unet, int(pipe.text_encoder_2.config.projection_dim)))
 
     @classmethod
     def single(cls, text_encoder, tokenizer) -> "TextConditioning":
@@ -144,6 +160,8 @@ class TextConditioning:
     def unet_conditions(self, ids: list[torch.Tensor], size: int, dtype) -> dict:
         """The UNet's conditioning arguments for ``ids`` at image side ``size``: ``encoder_hidden_states`` and, on
         SDXL, ``added_cond_kwargs`` (pooled text embedding and time ids, as the pipeline builds them)."""
+        if self.time_ids_problem is not None:
+            raise UnsupportedPipelineError(self.time_ids_problem)
         states, pooled = self.encode_with_pooled(ids)
         conditions = {"encoder_hidden_states": states.to(dtype)}
         if self.time_ids is not None:

@@ -72,10 +72,11 @@ def freeze(pipe, mixed_precision: str = "no") -> FrozenPipeline:
     before = PipelineState.of(pipe)
     accelerator = Accelerator(mixed_precision=mixed_precision)
     weight_dtype = WEIGHT_DTYPES.get(mixed_precision, torch.float32)
-    for _, module in frozen_parts(pipe):
+    for part, module in frozen_parts(pipe):
         module.requires_grad_(False)
         module.to(accelerator.device)
-        if weight_dtype != torch.float32:  # trained tensors stay fp32 (no "unscale FP16 gradients")
+        upcast = part == "vae" and getattr(module.config, "force_upcast", False)  # SDXL's VAE overflows in fp16
+        if weight_dtype != torch.float32 and not upcast:  # trained tensors stay fp32 (no "unscale FP16 gradients")
             module.to(dtype=weight_dtype)
     return FrozenPipeline(accelerator, accelerator.device, weight_dtype, before)
 
@@ -97,11 +98,12 @@ class LatentBank:
 
 
 @torch.no_grad()
-def encode_images(pipe, images: list[TrainingImage], size: int, flip: bool, dtype) -> LatentBank:
-    """The VAE posterior (mean, std) of each image and, with ``flip``, of its mirror; masks all ones."""
+def encode_images(pipe, images: list[TrainingImage], size: int, flip: bool) -> LatentBank:
+    """The VAE posterior (mean, std) of each image and, with ``flip``, of its mirror (in the VAE's own dtype); masks
+    all ones."""
     pixels = torch.stack([image_tensor(item.image, size) for item in images])
     pixels = torch.cat([pixels, pixels.flip(-1)]) if flip else pixels
-    distribution = pipe.vae.encode(pixels.to(pipe.vae.device, dtype)).latent_dist
+    distribution = pipe.vae.encode(pixels.to(pipe.vae.device, pipe.vae.dtype)).latent_dist
     scale = pipe.vae.config.scaling_factor
     means = distribution.mean.float() * scale
     return LatentBank(means, distribution.std.float() * scale, torch.ones_like(means[:, :1]))

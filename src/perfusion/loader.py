@@ -96,16 +96,16 @@ def check_compatible(concept: Concept, fingerprint: str, pipe, source: str, chec
 
     Shapes are always checked: a wrong width loads silently and crashes the first generation in a matrix product.
     """
+    towers = TextConditioning.of(pipe).towers
+    if len(concept.token_embeddings) != len(towers):  # before the fingerprint: the clearer line
+        kinds = {1: "one text encoder (Stable Diffusion 1.x or 2.x)", 2: "two text encoders (SDXL)"}
+        made, here = (kinds.get(count, f"{count} text encoders") for count in (len(concept.token_embeddings), len(towers)))
+        raise ConceptFileError(f"{source}: made for a pipeline with {made}, this one has {here}")
     if check and concept.base_fingerprint != fingerprint:
         raise ConceptFileError(
             f"{source}: trained on another base model (fingerprint {concept.base_fingerprint[:12]!r}, "
             f"this pipeline is {fingerprint[:12]})"
         )
-    towers = TextConditioning.of(pipe).towers
-    if len(concept.token_embeddings) != len(towers):
-        kinds = {1: "one text encoder (Stable Diffusion 1.x or 2.x)", 2: "two text encoders (SDXL)"}
-        made, here = (kinds.get(count, f"{count} text encoders") for count in (len(concept.token_embeddings), len(towers)))
-        raise ConceptFileError(f"{source}: made for a pipeline with {made}, this one has {here}")
     layers = cross_attention_modules(pipe.unet)
     if set(concept.value_targets) != set(layers):
         missing = [layer for layer in layers if layer not in concept.value_targets]

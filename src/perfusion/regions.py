@@ -165,21 +165,25 @@ def split_row(router, match, tokens: tuple[str, ...]) -> SplitRow:
     """Regional composition's rows for one matched UNet row: the plain row, and each concept's own row.
 
     ``router`` (perfusion.router.PromptRouter) re-encodes ``match`` (a RowMatch) with concepts replaced, each text
-    encoder at the hidden state the row was read at, and gives the entry type.
+    encoder at the hidden state the row was read at, and gives the entry type. A concept's position is its token's in
+    the first text encoder's part that holds it.
     """
-    registry, first = router.registry, match.first
-    at = [first.input_ids.tolist().index(registry.token_id(token, first.tower)) for token in tokens]
     variants = [router.substitute(match, keep) for keep in [(), *((token,) for token in tokens)]]
     ids = [None if part is None else torch.cat([new_ids[tower] for new_ids, _ in variants])
            for tower, part in enumerate(match.parts)]  # fmt: skip
     encodings = router.encode_rows(match, ids)  # plain first, then each concept's own
-    key_encodings = locked_keys(router, match, ids, encodings) if registry.global_lock else [None] * len(tokens)
+    key_encodings = locked_keys(router, match, ids, encodings) if router.registry.global_lock else [None] * len(tokens)
     own_rows = [router.entry_type(encodings[1 + n], (token,), key_encodings[n]) for n, token in enumerate(tokens)]
+    positions = []  # (plain, own) of each concept
+    for n, token in enumerate(tokens):
+        tower = match.holding(token)
+        at = match.parts[tower][0].input_ids.tolist().index(router.registry.token_id(token, tower))
+        positions.append((int(variants[0][1][tower][0, at]), int(variants[1 + n][1][tower][0, at])))
     return SplitRow(
         plain=encodings[0],
         rows=own_rows,
-        plain_positions=[int(variants[0][1][0, position]) for position in at],
-        own_positions=[int(variants[1 + n][1][0, position]) for n, position in enumerate(at)],
+        plain_positions=[plain for plain, _ in positions],
+        own_positions=[own for _, own in positions],
     )
 
 
@@ -187,7 +191,8 @@ def locked_keys(router, match, ids: list, encodings: torch.Tensor) -> torch.Tens
     """Global key locking for split rows (plain first, then each concept's own): each own row with its concept
     replaced too is the plain row, so its key encodings are the plain row's, gathered at the own row's positions."""
     own = [None if tower_ids is None else tower_ids[1:] for tower_ids in ids]
-    super_ids, index = router.substitute(match, (), rows=own)
+    super_ids, indexes = router.substitute(match, (), rows=own)
+    count = next(len(item) for item in ids if item is not None) - 1
     if all(new is None or torch.equal(new, old[:1].expand_as(new)) for new, old in zip(super_ids, ids)):
-        return router.gather(match, encodings[:1].expand(index.shape[0], -1, -1), index)
-    return router.gather(match, router.encode_rows(match, super_ids), index)  # an over-long prompt, truncated otherwise
+        return router.gather(match, encodings[:1].expand(count, -1, -1), indexes)
+    return router.gather(match, router.encode_rows(match, super_ids), indexes)  # an over-long prompt, truncated otherwise

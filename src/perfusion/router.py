@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -41,6 +41,7 @@ class EncodedRow:
     readout: Readout  # which one that is
     others: tuple[Readout, ...] = ()  # the other hidden states the call returned
     probes: torch.Tensor | None = None  # (len(others), T, 2 PROBE_FEATURES): their features at both ends
+    reencoded: dict = field(default_factory=dict)  # (readout, ids) -> (T, d): this row with concepts replaced
 
 
 @dataclass
@@ -56,21 +57,24 @@ class EncodedPrompt:
 @dataclass
 class RowMatch:
     """What each text encoder's part of one UNet row is: a remembered row and the hidden state it was read at, or
-    None where no remembered row is that part (a second prompt without concepts)."""
+    None where no remembered row is that part (SDXL's ``prompt_2`` without the concepts, say)."""
 
     parts: tuple[tuple[EncodedRow, Readout] | None, ...]
     states: torch.Tensor  # (T, D), the UNet's row
 
-    @property
-    def first(self) -> EncodedRow:
-        """The first matched part's row: token positions are the same in every text encoder."""
-        return next(part[0] for part in self.parts if part is not None)
+    def holding(self, token: str) -> int:
+        """The first text encoder whose part holds ``token``."""
+        return next(tower for tower, part in enumerate(self.parts) if part is not None and token in part[0].tokens)
 
-    def key(self) -> tuple | None:
-        """Identifies what is built for the row; None when some part is unmatched (its values are the row's own)."""
-        if any(part is None for part in self.parts):
-            return None
-        return tuple((row.serial, readout) for row, readout in self.parts)
+
+@dataclass
+class TowerStack:
+    """One text encoder's remembered rows of one length, newest first, with their probes stacked for one comparison."""
+
+    rows: list[EncodedRow]
+    probes: torch.Tensor  # (R, T, 2 PROBE_FEATURES): the default hidden states'
+    others: list[tuple[EncodedRow, Readout]]
+    other_probes: torch.Tensor | None  # (M, T, 2 PROBE_FEATURES)
 
 
 @dataclass
@@ -85,12 +89,9 @@ def probe(states: torch.Tensor) -> torch.Tensor:
     return torch.cat([states[..., :PROBE_FEATURES], states[..., -PROBE_FEATURES:]], -1)
 
 
-def same(candidate: torch.Tensor, state: torch.Tensor, state_probe: torch.Tensor) -> bool:
-    """Exact equality, tried on the probe first."""
-    candidate = candidate.to(state.device, state.dtype)
-    if candidate.shape != state.shape or not torch.equal(probe(candidate), state_probe):
-        return False
-    return torch.equal(candidate, state.detach())
+def hits(probes: torch.Tensor, wanted: torch.Tensor) -> list[int]:
+    """The indices of ``probes`` (N, T, f) equal to ``wanted`` (T, f)."""
+    return (probes == wanted).flatten(1).all(1).nonzero().flatten().tolist()
 
 
 class PromptRouter:
@@ -99,8 +100,9 @@ class PromptRouter:
     def __init__(self, registry: ConceptRegistry, text: TextConditioning, on_prompt=None):
         self.registry, self.text = registry, text
         self.on_prompt = on_prompt  # called when a prompt with a concept is encoded (a new generation call)
-        self.remembered: deque[EncodedRow] = deque(maxlen=REGISTRY_ROWS * len(text.towers))
-        self.built: dict[tuple, EncodedPrompt] = {}  # by (RowMatch.key(), the settings it was built under)
+        self.remembered: list[deque[EncodedRow]] = [deque(maxlen=REGISTRY_ROWS) for _ in text.towers]
+        self.built: dict[tuple, EncodedPrompt] = {}  # what was built for a matched row, by its key()
+        self.stacks: dict[tuple, TowerStack | None] = {}  # by (tower, length, device, dtype); emptied on remember
         self.serials = itertools.count()
         self.context: CallContext | None = None
         self.hooks: list = []
@@ -108,7 +110,9 @@ class PromptRouter:
 
     # -- remembering encoded rows ---------------------------------------------------------------
     def remember(self, tower: int, input_ids: torch.Tensor, output) -> None:
-        """Keep every row of a text encoder's call that holds a concept token."""
+        """Keep every row of a text encoder's call that holds a concept token; under global key locking or regional
+        composition, encode its replaced variants now (the encoder as the pipeline set it up: on its device, at its
+        LoRA scale) for the default hidden state."""
         by_id = self.registry.tokens_by_id(tower)
         rows = [tuple(by_id[i] for i in row if i in by_id) for row in input_ids.tolist()]
         wanted = [index for index, tokens in enumerate(rows) if tokens]
@@ -126,11 +130,27 @@ class PromptRouter:
             probes = torch.stack([probe(item(encoder, output)) for item in others], 1) if others else None
         for index in wanted:
             tokens = tuple(token for token in self.registry.concepts if token in rows[index])
-            self.remembered.append(EncodedRow(next(self.serials), tower, input_ids[index].detach().cpu(), tokens,
-                                              encodings[index], readout, others,
-                                              None if probes is None else probes[index]))  # fmt: skip
-        live = {row.serial for row in self.remembered}
-        self.built = {key: entry for key, entry in self.built.items() if all(serial in live for serial, _ in key[0])}
+            row = EncodedRow(next(self.serials), tower, input_ids[index].detach().cpu(), tokens, encodings[index],
+                             readout, others, None if probes is None else probes[index])  # fmt: skip
+            self.remembered[tower].append(row)
+            self.encode_variants(row)
+        self.stacks.clear()
+        live = {row.serial for rows_ in self.remembered for row in rows_}
+        self.built = {key: entry for key, entry in self.built.items() if all(serial in live for serial in key[0])}
+
+    def encode_variants(self, row: EncodedRow) -> None:
+        """The replaced rows the settings will ask for (perfusion.regions for the split ones), encoded ahead."""
+        registry, keeps = self.registry, set()
+        if registry.global_lock:
+            keeps.add(())
+        regional = registry.regional
+        if regional is not None and len(row.tokens) >= regional.config.min_concepts:
+            keeps.update([(), *((token,) for token in row.tokens)])
+        variants = [self.substitute_row(row.tower, row.input_ids[None], keep)[0] for keep in sorted(keeps)]
+        if registry.global_lock and regional is not None:  # the split rows' own keys
+            variants += [self.substitute_row(row.tower, ids, ())[0] for ids in variants]
+        if variants:
+            self.tower_encodings(row, row.readout, torch.cat(variants))
 
     def encode_quietly(self, tower: int, ids: torch.Tensor, readout: Readout) -> torch.Tensor:
         """One text encoder's hidden state ``readout`` of ``ids``, not remembered (the router's own encodings)."""
@@ -141,24 +161,38 @@ class PromptRouter:
         finally:
             self._encoding_internally = False
 
+    def tower_encodings(self, row: EncodedRow, readout: Readout, ids: torch.Tensor) -> torch.Tensor:
+        """(V, T, d): ``ids`` (variants of ``row``) encoded by its text encoder at ``readout``, each once."""
+        keys = [(readout, tuple(variant.tolist())) for variant in ids]
+        missing = [index for index, key in enumerate(keys) if key not in row.reencoded]
+        if missing:
+            encoded = self.encode_quietly(row.tower, ids[missing], readout)
+            row.reencoded.update({keys[index]: encoded[n] for n, index in enumerate(missing)})
+        return torch.stack([row.reencoded[key] for key in keys])
+
     # -- re-encoding a matched row with concepts replaced -----------------------------------------
+    def substitute_row(self, tower: int, ids: torch.Tensor, keep: tuple[str, ...] = ()):
+        """``ids`` (V, T) of one text encoder with every concept token but those in ``keep`` replaced by its
+        supercategory word, and the index of each original position in them (V, T)."""
+        by_id = self.registry.tokens_by_id(tower)
+        replacements = {key: value for key, value in self.registry.supercategory_replacements(tower).items()
+                        if by_id[key] not in keep}  # fmt: skip
+        return supercategory_substitution(ids, replacements, self.text.towers[tower].tokenizer.eos_token_id)
+
     def substitute(self, match: RowMatch, keep: tuple[str, ...] = (), rows=None):
         """Each text encoder's ids of the matched row (or ``rows``: per encoder, (V, T)) with every concept token but
-        those in ``keep`` replaced by its supercategory word (None for an unmatched part), and the index of each
-        original position in them (V, T), from the first matched part."""
-        new_ids, index = [], None
+        those in ``keep`` replaced, and each one's index of the original positions (both None for an unmatched
+        part)."""
+        new_ids, indexes = [], []
         for tower, part in enumerate(match.parts):
             if part is None:
                 new_ids.append(None)
+                indexes.append(None)
                 continue
-            ids = part[0].input_ids[None] if rows is None else rows[tower]
-            by_id = self.registry.tokens_by_id(tower)
-            replacements = {key: value for key, value in self.registry.supercategory_replacements(tower).items()
-                            if by_id[key] not in keep}  # fmt: skip
-            ids, positions = supercategory_substitution(ids, replacements, self.text.towers[tower].tokenizer.eos_token_id)
+            ids, index = self.substitute_row(tower, part[0].input_ids[None] if rows is None else rows[tower], keep)
             new_ids.append(ids)
-            index = positions if index is None else index
-        return new_ids, index
+            indexes.append(index)
+        return new_ids, indexes
 
     def encode_rows(self, match: RowMatch, ids: list[torch.Tensor | None]) -> torch.Tensor:
         """(V, T, D): ``ids`` encoded as the UNet's row was (each part at its matched hidden state, concatenated); an
@@ -170,18 +204,18 @@ class PromptRouter:
             if part is None:
                 parts.append(match.states[:, start : start + width].detach().expand(count, -1, -1))
             else:
-                encoded = self.encode_quietly(tower, tower_ids, part[1])
+                encoded = self.tower_encodings(part[0], part[1], tower_ids)
                 parts.append(encoded.to(match.states.device, match.states.dtype))
             start += width
         return torch.cat(parts, -1)
 
-    def gather(self, match: RowMatch, encodings: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Each matched part's encodings (V, T, D) at ``index`` (V, T); an unmatched part's kept where it is."""
+    def gather(self, match: RowMatch, encodings: torch.Tensor, indexes: list[torch.Tensor | None]) -> torch.Tensor:
+        """Each matched part's encodings (V, T, D) at its ``indexes`` (V, T); an unmatched part's kept where it is."""
         parts, start = [], 0
-        for tower, part in enumerate(match.parts):
+        for tower, index in enumerate(indexes):
             width = self.text.towers[tower].width
             piece = encodings[..., start : start + width]
-            if part is not None:
+            if index is not None:
                 piece = torch.gather(piece, 1, index.to(piece.device)[..., None].expand(-1, -1, width))
             parts.append(piece)
             start += width
@@ -190,32 +224,44 @@ class PromptRouter:
     def supercategory_encodings(self, match: RowMatch) -> torch.Tensor:
         """Global key locking: the row with each concept token replaced by its supercategory word, encoded, at the
         original positions (T, D)."""
-        ids, index = self.substitute(match)
-        return self.gather(match, self.encode_rows(match, ids), index)[0]
+        ids, indexes = self.substitute(match)
+        return self.gather(match, self.encode_rows(match, ids), indexes)[0]
 
     # -- matching the UNet's rows -----------------------------------------------------------------
-    def identify(self, row: EncodedRow, part: torch.Tensor, part_probe: torch.Tensor) -> Readout | None:
-        """Which of the remembered row's hidden states ``part`` (T, d) is, or None."""
-        if same(row.encodings, part, part_probe):
-            return row.readout
-        if row.probes is None or row.probes.shape[-2:] != part_probe.shape:
+    def stack(self, tower: int, length: int, device, dtype) -> TowerStack | None:
+        key = (tower, length, str(device), dtype)
+        if key not in self.stacks:
+            rows = [row for row in reversed(self.remembered[tower]) if row.encodings.shape[0] == length]
+            others = [(row, readout) for row in rows for readout in row.others]
+            other_probes = [row.probes for row in rows if row.probes is not None]
+            self.stacks[key] = None if not rows else TowerStack(
+                rows, torch.stack([probe(row.encodings) for row in rows]).to(device, dtype), others,
+                torch.cat(other_probes).to(device, dtype) if other_probes else None,
+            )  # fmt: skip
+        return self.stacks[key]
+
+    def identify(self, tower: int, part: torch.Tensor) -> tuple[EncodedRow, Readout] | None:
+        """Which remembered row of a text encoder (and which of its hidden states) ``part`` (T, d) is, newest first:
+        the default hidden state by exact equality, another by its probe."""
+        stack = self.stack(tower, part.shape[0], part.device, part.dtype)
+        if stack is None:
             return None
-        hits = (row.probes.to(part.device, part.dtype) == part_probe).flatten(1).all(1)
-        return row.others[int(hits.nonzero()[0])] if hits.any() else None
+        part_probe = probe(part)
+        for index in hits(stack.probes, part_probe):
+            row = stack.rows[index]
+            if torch.equal(row.encodings.to(part.device, part.dtype), part):
+                return row, row.readout
+        if stack.other_probes is not None:
+            found = hits(stack.other_probes, part_probe)
+            if found:
+                return stack.others[found[0]]
+        return None
 
     def match(self, states: torch.Tensor) -> RowMatch | None:
         """One UNet row (T, D) among the remembered rows, part by part; None when no part is one."""
         parts, start = [], 0
         for tower, encoder in enumerate(self.text.towers):
-            part = states[:, start : start + encoder.width]
-            part_probe = probe(part)
-            found = None
-            for row in reversed(self.remembered):
-                readout = self.identify(row, part, part_probe) if row.tower == tower else None
-                if readout is not None:
-                    found = (row, readout)
-                    break
-            parts.append(found)
+            parts.append(self.identify(tower, states[:, start : start + encoder.width]))
             start += encoder.width
         return RowMatch(tuple(parts), states) if any(part is not None for part in parts) else None
 
@@ -223,9 +269,16 @@ class PromptRouter:
         """What the edit needs for a matched row, built under the registry's settings (and kept for the next call)."""
         registry = self.registry
         regional = registry.regional
-        key = match.key()
-        key = None if key is None else (key, registry.global_lock, None if regional is None else regional.config.min_concepts)
-        if key is not None and key in self.built:
+        unmatched, start = [], 0
+        for tower, part in enumerate(match.parts):
+            width = self.text.towers[tower].width
+            if part is None:  # the row's own values enter what is built: keyed by their probe
+                unmatched.append(probe(match.states[:, start : start + width]).float().cpu().numpy().tobytes())
+            start += width
+        key = (tuple(part[0].serial for part in match.parts if part is not None),
+               tuple(None if part is None else part[1] for part in match.parts), tuple(unmatched),
+               tuple(registry.concepts), registry.global_lock, None if regional is None else regional.config.min_concepts)  # fmt: skip
+        if key in self.built:
             return self.built[key]
         found = set().union(*(part[0].tokens for part in match.parts if part is not None))
         tokens = tuple(token for token in registry.concepts if token in found)
@@ -233,14 +286,12 @@ class PromptRouter:
         split = None
         if regional is not None and len(tokens) >= regional.config.min_concepts:
             split = split_row(self, match, tokens)
-        entry = EncodedPrompt(match.states.detach(), tokens, keys, split)
-        if key is not None:
-            self.built[key] = entry
+        self.built[key] = entry = EncodedPrompt(match.states.detach(), tokens, keys, split)
         return entry
 
     def find(self, states: torch.Tensor | None) -> list[EncodedPrompt | None] | None:
         """Each row of ``states`` among the remembered prompts (None where it is not one); None when none is."""
-        if states is None or not self.remembered or states.ndim != 3 or states.shape[-1] != self.text.width:
+        if states is None or states.ndim != 3 or states.shape[-1] != self.text.width or not any(self.remembered):
             return None
         matches = [self.match(states[row]) for row in range(states.shape[0])]
         if all(match is None for match in matches):
@@ -269,13 +320,19 @@ class PromptRouter:
         self.hooks += [unet.register_forward_pre_hook(self._before_unet, with_kwargs=True),
                        unet.register_forward_hook(self._after_unet)]  # fmt: skip
 
+    def forget(self) -> None:
+        """Drop every remembered row and what was built for it."""
+        for rows in self.remembered:
+            rows.clear()
+        self.built.clear()
+        self.stacks.clear()
+
     def detach(self) -> None:
         for hook in self.hooks:
             hook.remove()
         self.hooks = []
         self.context = None
-        self.remembered.clear()
-        self.built.clear()
+        self.forget()
 
     def _after_text_encoder(self, tower: int):
         def hook(module, args, kwargs, output):

@@ -48,8 +48,10 @@ class PerfusionRuntime:
         self.plans.drop(concept.token)
 
     def remove(self, token: str) -> None:
+        """Unloading renumbers the tokenizer's added tokens: the rows remembered before it are forgotten."""
         self.registry.remove(token)
         self.plans.drop(token)
+        self.router.forget()
 
     def set_options(self, token: str, beta: float | None = None, tau: float | None = None) -> None:
         self.registry.set_options(token, beta=beta, tau=tau)  # gates are read live: no plan is stale

@@ -144,7 +144,7 @@ class ConceptTrainer(FineTuning):
         """Latents once (of ``images``, default the training images); the masks the images bring, else the
         supercategory's cross-attention map."""
         images, size = images or self.images, self.resolution
-        bank = encode_images(self.pipe, images, size, self.config.flip, self.weight_dtype)
+        bank = encode_images(self.pipe, images, size, self.config.flip)
         masks = given_masks(images, size, bank.means.shape[-1], self.config.flip)
         if masks is not None:
             bank.masks, bank.mask_source = masks.to(self.device), "given"

@@ -73,8 +73,8 @@ class BaselineResult:
     size_bytes: int | None = None  # the saved file's size
 
 
-def latent_bank(pipe, images: list[TrainingImage], size: int, flip: bool, use_masks: bool, dtype) -> LatentBank:
-    bank = encode_images(pipe, images, size, flip, dtype)
+def latent_bank(pipe, images: list[TrainingImage], size: int, flip: bool, use_masks: bool) -> LatentBank:
+    bank = encode_images(pipe, images, size, flip)
     if use_masks:
         masks = given_masks(images, size, bank.means.shape[-1], flip)
         if masks is None:
@@ -131,7 +131,7 @@ class BaselineTrainer(FineTuning):
     def prepare(self) -> None:
         pipe, config = self.pipe, self.config
         size = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
-        self.bank = latent_bank(pipe, self.images, size, config.flip, config.use_masks, self.weight_dtype)
+        self.bank = latent_bank(pipe, self.images, size, config.flip, config.use_masks)
         self.class_bank = None
         if config.prior_preservation:  # made before ``setup``: by the base model itself
             self.class_bank = class_latent_bank(pipe, config.class_prompt.format(self.supercategory), config)
