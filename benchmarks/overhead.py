@@ -1,7 +1,8 @@
 """Speed and memory of the edit at Stable Diffusion 1.5 or SDXL base dimensions (random weights, CPU by default).
 
 Prints: one UNet step with the edit processors against the stock processors, for 1 and 4 concepts
-(targets <= 3% and <= 6%), one training step against one plain forward pass (target <= 2.5x), and the peak memory
+(targets <= 3% and <= 6%), end to end and as the edit's own time (the router and each layer's edit processor timed
+alone on a real step's inputs, against the stock processor: a figure the machine's noise does not swamp), one training step against one plain forward pass (target <= 2.5x), and the peak memory
 of a training step against an inference step (on a GPU the allocator's peak, on a CPU the process's resident peak
 above what it held before the step, sampled every few milliseconds).
 Usage: python benchmarks/overhead.py [--model sd15|sdxl] [--latent 32] [--rounds 3] [--repeats 3]
@@ -15,12 +16,15 @@ import statistics
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import psutil
 import torch
 
 from perfusion.conditioning import TextConditioning
+from perfusion.fingerprint import cross_attention_modules
 from perfusion.images import load_training_images
 from perfusion.loader import find_runtime, load_concepts
 from perfusion.processor import PerfusionAttnProcessor
@@ -105,7 +109,53 @@ class ProcessorSwitch:
             rows.extend(kept)
 
 
-def unet_overhead(pipe, latent: int, rounds: int, repeats: int) -> dict[str, float]:
+@dataclass
+class StepOverhead:
+    ratios: list[float]  # edited / stock UNet step, one per round
+    stock_seconds: float  # the stock step's median
+    router_seconds: float  # the UNet pre-hook: matching the rows, building their entries
+    processor_seconds: float  # the edit processors' time above the stock processors', over every layer
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.ratios)
+
+    @property
+    def own_share(self) -> float:
+        """The edit's own time (router and processors, timed alone) over the stock step."""
+        return (self.router_seconds + self.processor_seconds) / self.stock_seconds
+
+
+def edit_seconds(pipe, runtime, arguments: dict, sample, timestep, repeats: int) -> tuple[float, float]:
+    """(router, processors): the edit's own added time in one UNet step, each part timed alone on the inputs a real
+    step gives it (every cross-attention layer's edit processor against the stock one it wraps)."""
+    inputs = {}
+
+    def record(name, module, args, kwargs):
+        inputs[name] = (args[0], kwargs.get("encoder_hidden_states"))
+
+    layers = cross_attention_modules(pipe.unet)
+    hooks = [module.register_forward_pre_hook(partial(record, name), with_kwargs=True) for name, module in layers.items()]
+    try:
+        with torch.no_grad():
+            pipe.unet(sample, timestep, **arguments)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    router = runtime.router
+    with torch.no_grad():
+        route = seconds(lambda: router._before_unet(pipe.unet, (sample, timestep), dict(arguments)), repeats)
+        added = 0.0
+        for name, module in layers.items():  # the context of this step is set: the processors edit its rows
+            hidden, encoder = inputs[name]
+            processor = module.processor
+            added += seconds(lambda: processor(module, hidden, encoder), repeats)
+            added -= seconds(lambda: processor.original(module, hidden, encoder), repeats)
+    router.context = None
+    return route, added
+
+
+def unet_overhead(pipe, latent: int, rounds: int, repeats: int, part_repeats: int) -> dict[str, StepOverhead]:
     concepts = [handmade_concept(pipe, f"<c{i}>", word, seed=i) for i, word in enumerate(SUPERCATEGORIES)]
     text = TextConditioning.of(pipe)
     load_concepts(pipe, concepts, inverse_covariance=random_inverse_covariance(text.width), check=False)
@@ -128,6 +178,7 @@ def unet_overhead(pipe, latent: int, rounds: int, repeats: int) -> dict[str, flo
             pipe.unet(sample, timestep, **arguments)
 
     ratios = {name: [] for name in prompts}
+    stock_times = {name: [] for name in prompts}
     for _ in range(rounds):
         for name, arguments in conditions.items():
             switch.use_stock()
@@ -135,7 +186,12 @@ def unet_overhead(pipe, latent: int, rounds: int, repeats: int) -> dict[str, flo
             switch.use_edit()
             edited = seconds(lambda: step(arguments), repeats)
             ratios[name].append(edited / stock)
-    return {name: statistics.median(values) for name, values in ratios.items()}
+            stock_times[name].append(stock)
+    results = {}
+    for name, arguments in conditions.items():
+        route, processors = edit_seconds(pipe, switch.runtime, arguments, sample, timestep, part_repeats)
+        results[name] = StepOverhead(ratios[name], statistics.median(stock_times[name]), route, processors)
+    return results
 
 
 def training_figures(pipe, latent: int, rounds: int, repeats: int, work: Path) -> tuple[float, float, float]:
@@ -165,6 +221,7 @@ def main() -> None:
     parser.add_argument("--latent", type=int, default=32, help="latent side (32 = 256px images)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median ratio is printed")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (median)")
+    parser.add_argument("--part-repeats", type=int, default=20, help="timed calls per part of the edit (median)")
     args = parser.parse_args()
     torch.manual_seed(0)
     label, build = MODELS[args.model]
@@ -176,11 +233,15 @@ def main() -> None:
         print(f"{label}-shaped pipeline (random weights; {len(text.towers)} text encoder(s), e {text.width} wide) built in "
               f"{time.perf_counter() - started:.0f} s; torch {torch.__version__}, {torch.get_num_threads()} threads, "
               f"latent {args.latent}x{args.latent}, batch 2")  # fmt: skip
-        print("UNet step, edit processors / stock processors (median of rounds):")
+        print("UNet step with the edit / stock UNet step: end to end (median of rounds, and their range), and the edit's "
+              "own time timed part by part (router + every edit processor above the stock one) over the stock step:")
         targets = {"1": 1.03, "4": 1.06}
-        for name, ratio in unet_overhead(pipe, args.latent, args.rounds, args.repeats).items():
+        for name, figure in unet_overhead(pipe, args.latent, args.rounds, args.repeats, args.part_repeats).items():
             target = targets[name[0]]
-            print(f"  {name:<24} {ratio:6.3f}x  ({(ratio - 1) * 100:+.1f}%; target <= {(target - 1) * 100:.0f}%)")
+            print(f"  {name:<22} end to end {figure.ratio:6.3f}x ({min(figure.ratios):.3f}-{max(figure.ratios):.3f}); "
+                  f"own time {figure.own_share * 100:+.2f}% (router {figure.router_seconds * 1e3:.1f} ms, processors "
+                  f"{figure.processor_seconds * 1e3:+.1f} ms of a {figure.stock_seconds:.2f} s step); "
+                  f"target <= {(target - 1) * 100:.0f}%")  # fmt: skip
         from perfusion.loader import unload_concepts
 
         unload_concepts(pipe)

@@ -349,3 +349,12 @@ def test_a_second_prompt_of_its_own_is_read_part_by_part(sdxl_pipe):
     assert split.own_positions == [2, 2]  # <mycat> in the first prompt, <mymug> only in the second
     images = sdxl_pipe(first, prompt_2=second, num_inference_steps=2, output_type="np").images
     assert images.shape[0] == 1 and np.isfinite(images).all()
+
+
+def test_a_second_v_star_of_the_wrong_width_is_refused_in_one_line(sdxl_pipe, tmp_path):
+    concept = handmade_concept(sdxl_pipe)
+    concept.token_embedding_2 = concept.token_embedding_2[:-1]
+    path = concept.save(tmp_path / "narrow.safetensors")
+    with pytest.raises(ConceptFileError, match=f"v\\* has width {TINY_SDXL_WIDTHS[1] - 1}.*text_encoder_2") as refused:
+        load_concepts(sdxl_pipe, path, captions=CAPTIONS)
+    assert "\n" not in str(refused.value) and str(path) in str(refused.value) and find_runtime(sdxl_pipe) is None

@@ -164,10 +164,13 @@ class PromptRouter:
     def tower_encodings(self, row: EncodedRow, readout: Readout, ids: torch.Tensor) -> torch.Tensor:
         """(V, T, d): ``ids`` (variants of ``row``) encoded by its text encoder at ``readout``, each once."""
         keys = [(readout, tuple(variant.tolist())) for variant in ids]
-        missing = [index for index, key in enumerate(keys) if key not in row.reencoded]
+        missing: dict = {}  # each new variant once
+        for index, key in enumerate(keys):
+            if key not in row.reencoded:
+                missing.setdefault(key, index)
         if missing:
-            encoded = self.encode_quietly(row.tower, ids[missing], readout)
-            row.reencoded.update({keys[index]: encoded[n] for n, index in enumerate(missing)})
+            encoded = self.encode_quietly(row.tower, ids[list(missing.values())], readout)
+            row.reencoded.update(zip(missing, encoded))
         return torch.stack([row.reencoded[key] for key in keys])
 
     # -- re-encoding a matched row with concepts replaced -----------------------------------------
