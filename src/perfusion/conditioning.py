@@ -87,6 +87,14 @@ class TextTower:
     def tokenize(self, prompts: list[str], padding: str = "max_length") -> torch.Tensor:
         return tokenize(self.tokenizer, prompts, padding)
 
+    def word_ids(self, word: str) -> list[int]:
+        """A word's token ids, without the start and end tokens."""
+        return self.tokenizer(word, add_special_tokens=False).input_ids
+
+    def word_embeddings(self, word: str) -> torch.Tensor:
+        """(n, width of the input embeddings): the rows of the word's tokens in this encoder's embedding table."""
+        return self.text_encoder.get_input_embeddings().weight[self.word_ids(word)]
+
     def run(self, ids: torch.Tensor, readout: Readout | None = None):
         """The encoder's output for ``ids`` with the hidden states ``readout`` (default the tower's) needs."""
         readout = readout or self.readout
@@ -132,10 +140,6 @@ class TextConditioning:
         return self.towers[0].tokenizer
 
     @property
-    def text_encoders(self) -> list[torch.nn.Module]:
-        return [tower.text_encoder for tower in self.towers]
-
-    @property
     def device(self) -> torch.device:
         return self.towers[0].text_encoder.device
 
@@ -170,4 +174,4 @@ class TextConditioning:
         return conditions
 
     def supercategory_ids(self, word: str) -> list[int]:
-        return self.tokenizer(word, add_special_tokens=False).input_ids
+        return self.towers[0].word_ids(word)

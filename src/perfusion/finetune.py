@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from perfusion.concept import MAX_SUPERCATEGORY_LENGTH
+from perfusion.conditioning import TextConditioning
 from perfusion.images import TrainingImage
 from perfusion.latents import forward_process, freeze
 from perfusion.loader import pipeline_fingerprint
@@ -53,9 +54,8 @@ class FineTuning:
         """A method's own set-up on the frozen pipeline (latents, masks, its starting tensors)."""
 
     def check_token(self) -> None:
-        for tokenizer in (self.pipe.tokenizer, getattr(self.pipe, "tokenizer_2", None)):
-            if tokenizer is not None:
-                check_new_token(tokenizer, self.token)
+        for tower in TextConditioning.of(self.pipe).towers:
+            check_new_token(tower.tokenizer, self.token)
 
     def restore_pipeline(self) -> None:
         self.pipeline_before.restore(self.pipe)

@@ -214,8 +214,7 @@ def handmade_concept(pipe, token: str = "<mycat>", supercategory: str = "cat", s
     with torch.no_grad():
         supercategory_encoding = text.encode(ids)[word_positions(ids[0], text.supercategory_ids(supercategory), True)][0]
         for tower in text.towers:
-            word = tower.tokenizer(supercategory, add_special_tokens=False).input_ids
-            embedding = tower.text_encoder.get_input_embeddings().weight[word].mean(0)
+            embedding = tower.word_embeddings(supercategory).mean(0)
             embeddings.append(embedding + 0.5 * torch.randn(embedding.numel(), generator=generator) * embedding.std())
     width = supercategory_encoding.numel()
     layers = cross_attention_modules(pipe.unet)

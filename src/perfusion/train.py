@@ -196,9 +196,8 @@ class ConceptTrainer(FineTuning):
     def initial_concept(self) -> Concept:
         pipe = self.pipe
         # v* of each text encoder starts at the mean of the supercategory word's embeddings there
-        embeddings = [torch.nn.Parameter(tower.text_encoder.get_input_embeddings().weight[
-            tower.tokenizer(self.supercategory, add_special_tokens=False).input_ids].float().mean(0))
-            for tower in self.text.towers]  # fmt: skip
+        embeddings = [torch.nn.Parameter(tower.word_embeddings(self.supercategory).float().mean(0))
+                      for tower in self.text.towers]  # fmt: skip
         # Local key locking: i*_super is the supercategory word's encoding in the first batch of prompts.
         supercategory_encoding = self.mean_encoding(self.prompts_ids(self.supercategory),
                                                     self.text.supercategory_ids(self.supercategory))  # fmt: skip
