@@ -94,6 +94,14 @@ def test_half_precision_with_mask_files_and_resume(tiny_pipeline_dir, tmp_path, 
     # --resume with no checkpoint beside OUT is a mistake, not a silent fresh start.
     expect_refusal(train_args(tiny_pipeline_dir, images, tmp_path / "new.safetensors", captions_file, "--resume"),
                    capsys, "no checkpoint to resume from")  # fmt: skip
+    # A run killed after writing OUT and removing its checkpoint has finished: --resume says so and leaves OUT alone.
+    written = full.read_bytes()
+    code, stdout, _ = run(train_args(tiny_pipeline_dir, images, full, captions_file, "--resume"), capsys)
+    assert code == 0 and "finished already" in stdout and full.read_bytes() == written
+    (tmp_path / "other.safetensors").write_text("precious")  # not a concept file of this token: still a mistake
+    expect_refusal(train_args(tiny_pipeline_dir, images, tmp_path / "other.safetensors", captions_file, "--resume"),
+                   capsys, "no checkpoint to resume from")  # fmt: skip
+    assert (tmp_path / "other.safetensors").read_text() == "precious"
     (tmp_path / "bad.safetensors.ckpt").write_bytes(b"torn")
     expect_refusal(train_args(tiny_pipeline_dir, images, tmp_path / "bad.safetensors", captions_file, "--resume"),
                    capsys, "unreadable checkpoint")  # fmt: skip

@@ -58,8 +58,12 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_file(tiny_
     out = tmp_path / "killed.safetensors"
     checkpoint = out.with_name(out.name + ".ckpt")
     moments, kills = random.Random(0), 0
+
+    def resumable():  # a checkpoint, or OUT written by a run killed after removing it (--resume then says it is done)
+        return ["--resume"] if checkpoint.exists() or out.exists() else []
+
     while kills < 5:  # five kills that land while training, each followed by a resume (or a fresh start)
-        command = train_command(tiny_pipeline_dir, images, out, captions_file, *(["--resume"] if checkpoint.exists() else []))
+        command = train_command(tiny_pipeline_dir, images, out, captions_file, *resumable())
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(moments.uniform(0.3, 1.0) * duration)
         if process.poll() is None:
@@ -68,8 +72,8 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_file(tiny_
             kills += 1
         else:
             out.unlink(missing_ok=True)  # it finished before the kill: run again
-    final = subprocess.run(train_command(tiny_pipeline_dir, images, out, captions_file,
-                                         *(["--resume"] if checkpoint.exists() else [])), capture_output=True, text=True)  # fmt: skip
+    final = subprocess.run(train_command(tiny_pipeline_dir, images, out, captions_file, *resumable()),
+                           capture_output=True, text=True)  # fmt: skip
     assert final.returncode == 0, final.stderr
     assert out.read_bytes() == straight.read_bytes()
     assert not checkpoint.exists()

@@ -69,15 +69,28 @@ def training_config(args) -> TrainingConfig:
     return TrainingConfig(**{**recipe, **given})  # the recipe's values were checked against the fields when read
 
 
+def finished_already(out: Path, checkpoint: Path, token: str) -> bool:
+    """--resume after a kill that landed once OUT was written and its checkpoint removed: that run is done."""
+    if checkpoint.exists() or not out.is_file():
+        return False
+    try:
+        return Concept.load(out).token == token
+    except ConceptFileError:
+        return False  # not this run's file: resuming it is the mistake load_checkpoint names
+
+
 def run_train(args) -> None:
     out = Path(args.out)
+    checkpoint = out.with_name(out.name + ".ckpt")
+    if args.resume and finished_already(out, checkpoint, args.token):
+        print(f"{out}: finished already (no checkpoint left), nothing to resume")
+        return
     refuse_existing(out, args.force or args.resume)  # a run killed after writing OUT resumes to the same file
     config = training_config(args)
     images = load_training_images(args.images, args.mask_dir)
     pipe = open_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     captions = read_captions(args.captions)
-    checkpoint = out.with_name(out.name + ".ckpt")
     result = train_concept(pipe, images, args.token, args.supercategory, config, checkpoint=checkpoint,
                            resume=args.resume, captions=captions, progress=not args.quiet)  # fmt: skip
     result.concept.save(out, half=args.half)
