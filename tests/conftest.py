@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from perfusion.testing import build_tiny_pipeline, load_pipeline
+from perfusion.testing import build_tiny_pipeline, build_tiny_sd2_pipeline, build_tiny_sdxl_pipeline, load_pipeline
 
 
 # Tests use tiny models: one thread is as fast, and several oversubscribe a small shared machine badly.
@@ -26,6 +26,16 @@ def tiny_pipeline_dir(tmp_path_factory):
 @pytest.fixture
 def tiny_pipe(tiny_pipeline_dir):
     return load_pipeline(tiny_pipeline_dir)
+
+
+@pytest.fixture(scope="session")
+def sd2_dir(tmp_path_factory):
+    return build_tiny_sd2_pipeline(tmp_path_factory.mktemp("sd2"))
+
+
+@pytest.fixture(scope="session")
+def sdxl_dir(tmp_path_factory):
+    return build_tiny_sdxl_pipeline(tmp_path_factory.mktemp("sdxl"))
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
-from perfusion.testing import SD21_UNET, build_tiny_sd2_pipeline, handmade_concept, load_pipeline, small_corpus
+from perfusion.testing import SD21_UNET, handmade_concept, load_pipeline, small_corpus
 from perfusion.testing import write_concept_images
 
 from perfusion.cli import main
@@ -19,11 +19,6 @@ from perfusion.train import TrainingConfig, train_concept
 
 CAPTIONS = small_corpus()
 KB = 1000
-
-
-@pytest.fixture(scope="module")
-def sd2_dir(tmp_path_factory):
-    return build_tiny_sd2_pipeline(tmp_path_factory.mktemp("sd2"))
 
 
 @pytest.fixture
