@@ -2,19 +2,53 @@
 
 import pytest
 import torch
-from perfusion.testing import handmade_concept, load_pipeline, small_corpus
+from perfusion.testing import handmade_concept, load_pipeline, small_corpus, write_concept_images
 
+from perfusion.cli import main
+from perfusion.conditioning import TextConditioning
+from perfusion.fingerprint import cross_attention_modules
 from perfusion.loader import find_runtime, load_concepts
 from perfusion.method import composition_basis, gate, inverse_covariance_factor, similarity
 from perfusion.processor import PerfusionAttnProcessor
 from perfusion.router import CallContext
+from perfusion.settings import set_concept_options
 
 CAPTIONS = small_corpus()
 
 
-@pytest.fixture(params=["sd1", "sd2", "sdxl"])
-def family_pipe(request):
-    return load_pipeline(request.getfixturevalue({"sd1": "tiny_pipeline_dir", "sd2": "sd2_dir", "sdxl": "sdxl_dir"}[request.param]))
+FOLDERS = {"sd1": "tiny_pipeline_dir", "sd2": "sd2_dir", "sdxl": "sdxl_dir"}  # the session fixtures that build them
+
+
+@pytest.fixture(params=list(FOLDERS))
+def family_dir(request):
+    return request.getfixturevalue(FOLDERS[request.param])
+
+
+@pytest.fixture
+def family_pipe(family_dir):
+    return load_pipeline(family_dir)
+
+
+def edit_processors(pipe):
+    processors = [p for p in pipe.unet.attn_processors.values() if isinstance(p, PerfusionAttnProcessor)]
+    assert len(processors) == len(cross_attention_modules(pipe.unet))
+    return processors
+
+
+def test_local_key_lock_gives_the_concept_the_supercategory_keys(family_pipe):
+    """At e = i* with a saturated gate, K' i* = W_K i*_super and V' i* = o*_V in every layer."""
+    concept = handmade_concept(family_pipe)
+    load_concepts(family_pipe, concept, captions=CAPTIONS)
+    set_concept_options(family_pipe, "<mycat>", beta=0.5, tau=1e-4)
+    find_runtime(family_pipe).router.context = CallContext([(("<mycat>",), torch.tensor([0]))], None)  # the processor alone
+    for processor in edit_processors(family_pipe):
+        attn = family_pipe.unet.get_submodule(processor.layer)
+        e = concept.concept_encoding[None, None]
+        with torch.no_grad():
+            key, value = processor.edit(attn, e, attn.to_k(e), attn.to_v(e))
+            supercategory_key = attn.to_k(concept.supercategory_encoding[None, None])
+        torch.testing.assert_close(key, supercategory_key, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(value[0, 0], concept.value_targets[processor.layer], atol=1e-5, rtol=1e-5)
 
 
 def test_two_concepts_compose_exactly_in_the_c_inverse_orthonormal_basis(family_pipe):
@@ -29,11 +63,28 @@ def test_two_concepts_compose_exactly_in_the_c_inverse_orthonormal_basis(family_
     runtime.router.context = CallContext([(("<mycat>", "<mymug>"), torch.tensor([0]))], None)  # the processor alone
     gates = torch.stack([gate(similarity(encodings.double(), concept.concept_encoding.double(), runtime.inverse_covariance),
                               concept.beta, concept.tau) for concept in (cat, mug)], -1)  # (position, concept)  # fmt: skip
-    processors = [p for p in family_pipe.unet.attn_processors.values() if isinstance(p, PerfusionAttnProcessor)]
-    assert processors
-    for processor in processors:
+    for processor in edit_processors(family_pipe):
         attn = family_pipe.unet.get_submodule(processor.layer)
         with torch.no_grad():
             _, value = processor.edit(attn, encodings[None], attn.to_k(encodings[None]), attn.to_v(encodings[None]))
         targets = torch.stack([cat.value_targets[processor.layer], mug.value_targets[processor.layer]], -1).double()
         torch.testing.assert_close(value[0].double(), gates @ targets.T, atol=1e-4, rtol=1e-4)  # fp32 edit, fp64 sums
+
+
+def test_the_command_line_trains_inspects_and_generates(family_dir, tmp_path, capsys):
+    captions = tmp_path / "captions.txt"
+    captions.write_text("\n".join(CAPTIONS))
+    out = tmp_path / "disc.safetensors"
+    code = main(["train", "--model", str(family_dir), "--images", str(write_concept_images(tmp_path / "disc")),
+                 "--token", "<mydisc>", "--supercategory", "cat", "--out", str(out), "--steps", "3",
+                 "--batch-size", "2", "--gradient-accumulation", "1", "--captions", str(captions), "--quiet"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    shown, text = capsys.readouterr().out, TextConditioning.of(load_pipeline(family_dir))
+    assert f"encoding width  {text.width}" in shown and f"text encoders   {len(text.towers)}" in shown
+    for lock in ([], ["--global-lock"]):
+        code = main(["generate", "--model", str(family_dir), "--concept", str(out), "--prompt", "a photo of a <mydisc>",
+                     "--steps", "2", "--out", str(tmp_path / f"gen{len(lock)}"), "--captions", str(captions), *lock])  # fmt: skip
+        assert code == 0, capsys.readouterr().err
+        assert len(list((tmp_path / f"gen{len(lock)}").glob("*.png"))) == 1

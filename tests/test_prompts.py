@@ -8,7 +8,7 @@ import torch
 from perfusion.testing import handmade_concept, routed_entries, small_corpus
 
 from perfusion.generation import GenerationConfig, GenerationError, check_prompt, generate
-from perfusion.loader import find_runtime, load_concepts
+from perfusion.loader import load_concepts
 from perfusion.settings import set_global_lock
 from perfusion.text import encode, tokenize
 

@@ -8,7 +8,6 @@ from diffusers import UNet2DConditionModel
 from perfusion.testing import SD21_UNET, handmade_concept, load_pipeline, small_corpus
 from perfusion.testing import write_concept_images
 
-from perfusion.cli import main
 from perfusion.concept import Concept
 from perfusion.fingerprint import cross_attention_modules
 from perfusion.generation import GenerationConfig, generate
@@ -88,17 +87,3 @@ def test_training_lowers_the_loss_and_moves_only_v_star_and_value_targets(sd2_pi
     loaded = Concept.load(result.concept.save(tmp_path / "disc.safetensors"))
     for name, tensor in result.concept.tensors().items():
         assert torch.equal(loaded.tensors()[name], tensor), name
-
-
-def test_the_command_line_end_to_end(sd2_dir, tmp_path, capsys):
-    captions = tmp_path / "captions.txt"
-    captions.write_text("\n".join(CAPTIONS))
-    out = tmp_path / "disc.safetensors"
-    code = main(["train", "--model", str(sd2_dir), "--images", str(write_concept_images(tmp_path / "disc")),
-                 "--token", "<mydisc>", "--supercategory", "cat", "--out", str(out), "--steps", "3",
-                 "--batch-size", "2", "--gradient-accumulation", "1", "--captions", str(captions), "--quiet"])  # fmt: skip
-    assert code == 0, capsys.readouterr().err
-    code = main(["generate", "--model", str(sd2_dir), "--concept", str(out), "--prompt", "a photo of a <mydisc>",
-                 "--steps", "2", "--out", str(tmp_path / "gen"), "--captions", str(captions)])  # fmt: skip
-    assert code == 0, capsys.readouterr().err
-    assert len(list((tmp_path / "gen").glob("*.png"))) == 1

@@ -6,7 +6,6 @@ import shutil
 
 import pytest
 import torch
-from diffusers import UNet2DConditionModel
 from transformers import CLIPTokenizer
 
 from perfusion.world.basemodel import model as models
