@@ -297,3 +297,22 @@ def test_a_second_v_star_of_the_wrong_width_is_refused_in_one_line(sdxl_pipe, tm
     with pytest.raises(ConceptFileError, match=f"v\\* has width {TINY_SDXL_WIDTHS[1] - 1}.*text_encoder_2") as refused:
         load_concepts(sdxl_pipe, path, captions=CAPTIONS)
     assert "\n" not in str(refused.value) and str(path) in str(refused.value) and find_runtime(sdxl_pipe) is None
+
+
+def test_a_tokenizer_both_encoders_share_takes_the_token_once(sdxl_dir):
+    """An SDXL pipeline built in memory may hand both text encoders one tokenizer object: the token goes into it once,
+    each encoder gets its v* at that id, and unloading leaves the tokenizer and both encoders as they were."""
+    pipe = load_pipeline(sdxl_dir)
+    pipe.tokenizer_2 = pipe.tokenizer
+    vocab, before = dict(pipe.tokenizer.get_vocab()), base_weights(pipe)
+    stock = pictures(pipe, "a photo of a cat")
+    concept = handmade_concept(pipe)
+    load_concepts(pipe, concept, captions=CAPTIONS)
+    token_id = pipe.tokenizer.convert_tokens_to_ids("<mycat>")
+    for encoder, vector in zip((pipe.text_encoder, pipe.text_encoder_2), concept.token_embeddings):
+        assert torch.equal(encoder.get_input_embeddings().weight[token_id], vector.to(encoder.dtype))
+    assert np.array_equal(pictures(pipe, "a photo of a cat"), stock)
+    pictures(pipe, "a photo of a <mycat>")
+    unload_concepts(pipe)
+    after = base_weights(pipe)
+    assert pipe.tokenizer.get_vocab() == vocab and all(torch.equal(after[name], before[name]) for name in before)

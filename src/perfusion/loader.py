@@ -41,23 +41,54 @@ def embedding_frozen_state_kept(*text_encoders):
             encoder.get_input_embeddings().weight.requires_grad_(requires_grad)
 
 
+def shares_tokenizer(towers, n: int) -> bool:
+    """Tower n's tokenizer is an earlier tower's object (an SDXL pipeline built in memory may hand both encoders one)."""
+    return any(other.tokenizer is towers[n].tokenizer for other in towers[:n])
+
+
 def add_token(pipe, token: str, embeddings: list[torch.Tensor]) -> None:
-    """The token into every tokenizer, with its v* in that tower's text encoder (diffusers' textual-inversion loader)."""
+    """The token into every tokenizer, with its v* in that tower's text encoder (diffusers' textual-inversion loader);
+    a shared tokenizer takes it once, and the later encoder gets its v* at the same id."""
     towers = TextConditioning.of(pipe).towers
     with embedding_frozen_state_kept(*(tower.text_encoder for tower in towers)):
-        for tower, embedding in zip(towers, embeddings):
-            pipe.load_textual_inversion(embedding.detach().to(tower.text_encoder.dtype), token=token,
-                                        tokenizer=tower.tokenizer, text_encoder=tower.text_encoder)  # fmt: skip
+        for n, (tower, embedding) in enumerate(zip(towers, embeddings)):
+            embedding = embedding.detach().to(tower.text_encoder.dtype)
+            if not shares_tokenizer(towers, n):
+                pipe.load_textual_inversion(embedding, token=token, tokenizer=tower.tokenizer,
+                                            text_encoder=tower.text_encoder)  # fmt: skip
+                continue
+            if tower.text_encoder.get_input_embeddings().num_embeddings < len(tower.tokenizer):
+                tower.text_encoder.resize_token_embeddings(len(tower.tokenizer), mean_resizing=False)
+            with torch.no_grad():
+                tower.text_encoder.get_input_embeddings().weight[tower.tokenizer.convert_tokens_to_ids(token)] = embedding
 
 
 def remove_tokens(pipe, tokens: list[str]) -> None:
-    """Tokens out of every tokenizer that has them, their rows out of its text encoder."""
+    """Tokens out of every tokenizer that has them, their rows out of its text encoder (a shared tokenizer's rows out
+    of every encoder that reads it)."""
     towers = TextConditioning.of(pipe).towers
+    removed: dict[int, list[int]] = {}  # id(tokenizer): the token ids taken out of it
     with embedding_frozen_state_kept(*(tower.text_encoder for tower in towers)):
-        for tower in towers:
-            present = [token for token in tokens if token in tower.tokenizer.get_vocab()]
+        for n, tower in enumerate(towers):
+            if shares_tokenizer(towers, n):
+                drop_rows(tower.text_encoder, removed.get(id(tower.tokenizer), []))
+                continue
+            vocab = tower.tokenizer.get_vocab()
+            present = [token for token in tokens if token in vocab]
+            removed[id(tower.tokenizer)] = [vocab[token] for token in present]
             if present:
                 pipe.unload_textual_inversion(present, tokenizer=tower.tokenizer, text_encoder=tower.text_encoder)
+
+
+def drop_rows(text_encoder, ids: list[int]) -> None:
+    """The token embedding without the rows at ``ids`` (what unload_textual_inversion does to the encoder it is given)."""
+    if not ids:
+        return
+    weight, dropped = text_encoder.get_input_embeddings().weight, set(ids)
+    keep = torch.tensor([i for i in range(weight.shape[0]) if i not in dropped], device=weight.device)
+    embedding = torch.nn.Embedding(len(keep), weight.shape[1], device=weight.device, dtype=weight.dtype)
+    embedding.weight.data = weight.data[keep]
+    text_encoder.set_input_embeddings(embedding)
 
 
 def install(pipe, captions=None, progress: bool = False, inverse: torch.Tensor | None = None,
