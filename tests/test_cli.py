@@ -216,6 +216,17 @@ def test_a_broken_recipe_file_is_one_clear_line(model_with_recipe, tmp_path, cap
                     "--supercategory", "cat", "--out", tmp_path / "c.safetensors", "--quiet"], capsys, "stepz")  # fmt: skip
 
 
+def test_generate_takes_the_image_size_and_refuses_one_the_vae_cannot_make(tiny_pipeline_dir, tmp_path, concept_file,
+                                                                          captions_file, capsys):  # fmt: skip
+    common = ["generate", "--model", tiny_pipeline_dir, "--concept", concept_file, "--prompt", "a photo of a <mycat>",
+              "--steps", "2", "--captions", captions_file]  # fmt: skip
+    code, stdout, err = run([*common, "--height", "24", "--width", "16", "--out", tmp_path / "gen"], capsys)
+    assert code == 0, err
+    assert Image.open(stdout.split()[0]).size == (16, 24)  # PIL: (width, height)
+    expect_refusal([*common, "--height", "20", "--out", tmp_path / "bad"], capsys, "height must be a positive multiple of 8")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_every_config_field_is_a_flag_of_its_command():
     """Flags are made from the dataclasses, so a new setting cannot be left off the command line."""
     from dataclasses import fields

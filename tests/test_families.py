@@ -7,6 +7,7 @@ from perfusion.testing import handmade_concept, load_pipeline, small_corpus, wri
 from perfusion.cli import main
 from perfusion.conditioning import TextConditioning
 from perfusion.fingerprint import cross_attention_modules
+from perfusion.generation import GenerationConfig, generate
 from perfusion.loader import find_runtime, load_concepts
 from perfusion.method import composition_basis, gate, inverse_covariance_factor, similarity
 from perfusion.processor import PerfusionAttnProcessor
@@ -88,3 +89,12 @@ def test_the_command_line_trains_inspects_and_generates(family_dir, tmp_path, ca
                      "--steps", "2", "--out", str(tmp_path / f"gen{len(lock)}"), "--captions", str(captions), *lock])  # fmt: skip
         assert code == 0, capsys.readouterr().err
         assert len(list((tmp_path / f"gen{len(lock)}").glob("*.png"))) == 1
+
+
+def test_two_concepts_in_their_regions_on_a_tall_image(family_pipe):
+    """A size other than the pipeline's own, not square: the regions' masks, SDXL's time ids follow it."""
+    concepts = [handmade_concept(family_pipe, "<mycat>", "cat", seed=1), handmade_concept(family_pipe, "<mymug>", "mug", seed=2)]
+    load_concepts(family_pipe, concepts, captions=CAPTIONS)
+    config = GenerationConfig(num_inference_steps=2, composition="regions", height=24, width=16)
+    images = generate(family_pipe, "a <mycat> next to a <mymug>", config)
+    assert [image.size for image in images] == [(16, 24)]  # PIL: (width, height)

@@ -138,6 +138,9 @@ GENERATION_FLAGS = {
     "no_global_lock": (("--no-global-lock",), dict(action="store_const", const=False, help="local key locking")),
     "composition": (("--composition",), dict(choices=MODES, help="several concepts: one joint edit (the paper's) "
                                                                   "or each in its own region")),
+    "height": (("--height",), dict(type=int, help="image height in pixels, a multiple of 8",
+                                   default_text="the pipeline's own")),
+    "width": (("--width",), dict(type=int, help="image width in pixels, a multiple of 8", default_text="the pipeline's own")),
 }  # fmt: skip
 
 
@@ -146,7 +149,8 @@ def add_generation_arguments(parser) -> None:
     for name, (flags, options) in GENERATION_FLAGS.items():
         options, field_name = dict(options), name.removeprefix("no_")  # --no-global-lock sets global_lock too
         source = "the model's recipe, else " if field_name in GENERATION_FIELDS else ""
-        help_text = f"{options.pop('help')} (default: {source}{getattr(defaults, field_name)})"
+        default = options.pop("default_text", getattr(defaults, field_name))
+        help_text = f"{options.pop('help')} (default: {source}{default})"
         parser.add_argument(*flags, dest=field_name, default=argparse.SUPPRESS, help=help_text, **options)
 
 

@@ -28,6 +28,8 @@ class GenerationConfig:
     global_lock: bool | None = None  # keys read the prompt with concepts replaced by their supercategory
     composition: str | None = None  # "joint" or "regions": each concept denoised in its own region (perfusion.regions)
     regions: dict | None = None  # RegionsConfig's fields with composition "regions" (layout, threshold, min_concepts)
+    height: int | None = None  # pixels, a multiple of 8; None: the pipeline's own (its UNet's sample size)
+    width: int | None = None
 
     def __post_init__(self):
         if self.num_inference_steps < 1 or self.num_images_per_prompt < 1:
@@ -38,6 +40,9 @@ class GenerationConfig:
             raise GenerationError(f"composition must be one of {', '.join(MODES)}, got {self.composition!r}")
         if self.regions and self.composition != "regions":
             raise GenerationError('regions settings need composition="regions"')
+        for name, size in (("height", self.height), ("width", self.width)):
+            if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 8 or size % 8):
+                raise GenerationError(f"{name} must be a positive multiple of 8 (pixels), got {size!r}")
 
 
 def check_prompt(pipe, prompt: str) -> None:
@@ -74,6 +79,9 @@ def generate(pipe, prompt: str, config: GenerationConfig | None = None, settings
     The settings of ``config`` and ``settings`` apply to this call only: the pipeline's own come back after it.
     """
     config = config or GenerationConfig()
+    size = {name: value for name, value in (("height", config.height), ("width", config.width)) if value is not None}
+    if set(size) & set(pipeline_kwargs):
+        raise GenerationError(f"{min(set(size) & set(pipeline_kwargs))} given twice: in the config and as a pipeline argument")
     check_prompt(pipe, prompt)
     settings, loaded = settings or {}, loaded_tokens(pipe)
     check_loaded(settings, loaded)
@@ -92,5 +100,6 @@ def generate(pipe, prompt: str, config: GenerationConfig | None = None, settings
             guidance_scale=config.guidance_scale,
             num_images_per_prompt=config.num_images_per_prompt,
             generator=generator,
+            **size,
             **pipeline_kwargs,
         ).images
