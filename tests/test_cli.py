@@ -96,8 +96,14 @@ def test_half_precision_with_mask_files_and_resume(tiny_pipeline_dir, tmp_path, 
                    capsys, "no checkpoint to resume from")  # fmt: skip
     # A run killed after writing OUT and removing its checkpoint has finished: --resume says so and leaves OUT alone.
     written = full.read_bytes()
-    code, stdout, _ = run(train_args(tiny_pipeline_dir, images, full, captions_file, "--resume"), capsys)
+    code, stdout, _ = run(train_args(tiny_pipeline_dir, images, full, captions_file, "--resume", "--mask-dir", masks), capsys)
     assert code == 0 and "finished already" in stdout and full.read_bytes() == written
+    other = train_args(tiny_pipeline_dir, images, full, captions_file, "--resume", "--mask-dir", masks)
+    other[other.index("--supercategory") + 1] = "dog"  # the same token trained as something else is another run
+    expect_refusal(other, capsys, "a finished run with other settings (supercategory 'cat', not 'dog')")
+    expect_refusal(train_args(tiny_pipeline_dir, images, full, captions_file, "--resume", "--mask-dir", masks, "--seed", "1"),
+                   capsys, "a finished run with other settings (seed 0, not 1)")  # fmt: skip
+    assert full.read_bytes() == written
     (tmp_path / "other.safetensors").write_text("precious")  # not a concept file of this token: still a mistake
     expect_refusal(train_args(tiny_pipeline_dir, images, tmp_path / "other.safetensors", captions_file, "--resume"),
                    capsys, "no checkpoint to resume from")  # fmt: skip
@@ -216,8 +222,8 @@ def test_a_broken_recipe_file_is_one_clear_line(model_with_recipe, tmp_path, cap
                     "--supercategory", "cat", "--out", tmp_path / "c.safetensors", "--quiet"], capsys, "stepz")  # fmt: skip
 
 
-def test_generate_takes_the_image_size_and_refuses_one_the_vae_cannot_make(tiny_pipeline_dir, tmp_path, concept_file,
-                                                                          captions_file, capsys):  # fmt: skip
+def test_generate_takes_the_image_size_and_refuses_one_not_a_multiple_of_8(tiny_pipeline_dir, tmp_path, concept_file,
+                                                                           captions_file, capsys):  # fmt: skip
     common = ["generate", "--model", tiny_pipeline_dir, "--concept", concept_file, "--prompt", "a photo of a <mycat>",
               "--steps", "2", "--captions", captions_file]  # fmt: skip
     code, stdout, err = run([*common, "--height", "24", "--width", "16", "--out", tmp_path / "gen"], capsys)
@@ -259,3 +265,16 @@ def test_a_plain_prompt_file_for_the_world_judge_is_one_clear_line(tiny_pipeline
     err = capsys.readouterr().err
     assert code == 2 and err.count("perfusion: error:") == 1 and "--clip" in err and "Traceback" not in err
     assert not (tmp_path / "eval").exists()
+
+
+def test_eval_takes_the_image_size_and_refuses_a_bad_one_before_the_model(tiny_pipeline_dir, tmp_path, concept_file,
+                                                                          capsys):  # fmt: skip
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"background": "red"}\n')
+    common = ["eval", "--model", tiny_pipeline_dir, "--concept", concept_file, "--prompts", prompts, "--images",
+              write_concept_images(tmp_path / "disc"), "--images-per-prompt", "1", "--steps", "2"]  # fmt: skip
+    code, _, err = run([*common, "--height", "24", "--width", "16", "--out", tmp_path / "eval"], capsys)
+    assert code == 0, err
+    assert {Image.open(path).size for path in (tmp_path / "eval").rglob("*-0.png")} == {(16, 24)}
+    expect_refusal([*common, "--width", "12", "--out", tmp_path / "bad"], capsys, "width must be a positive multiple of 8")
+    assert not (tmp_path / "bad").exists()

@@ -280,3 +280,20 @@ def test_prompt_embeds_encoded_before_an_unload_are_left_unedited_after_it(tiny_
     unload_concepts(tiny_pipe)
     assert np.array_equal(after, plain_call(tiny_pipe, None, prompt_embeds=embeds, negative_prompt_embeds=negative))
     assert not np.array_equal(after, edited)
+
+
+@pytest.mark.parametrize("given", [20, 0, 512.0, True, "512"])
+def test_an_image_size_that_is_not_a_multiple_of_8_pixels_is_refused(given):
+    with pytest.raises(GenerationError, match="height must be a positive multiple of 8"):
+        GenerationConfig(height=given)
+
+
+def test_an_image_size_of_a_numpy_integer_is_taken_as_an_int():
+    config = GenerationConfig(height=np.int64(24), width=np.int32(16))
+    assert (config.height, config.width) == (24, 16) and type(config.height) is int
+
+
+def test_an_image_size_the_vae_cannot_make_is_refused_before_any_step(tiny_pipe):
+    tiny_pipe.vae_scale_factor = 16  # a VAE that downsamples 16x (the tiny one does 2x)
+    with pytest.raises(GenerationError, match="width must be a multiple of 16 for this pipeline's VAE, got 24"):
+        generate(tiny_pipe, "a photo of a cat", GenerationConfig(num_inference_steps=1, width=24))

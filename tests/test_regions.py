@@ -7,6 +7,7 @@ from perfusion.testing import handmade_concept, routed_entries, small_corpus
 
 from perfusion.generation import GenerationConfig, GenerationError, generate
 from perfusion.loader import find_runtime, load_concepts
+from perfusion.masks import on_latent_grid
 from perfusion.settings import set_composition, set_global_lock
 from perfusion.regions import RegionsConfig, region_masks
 from perfusion.text import encode, supercategory_substitution, tokenize
@@ -181,3 +182,13 @@ def test_an_unknown_composition_mode_is_refused(tiny_pipe):
         images(tiny_pipe, PAIR, composition="blend")
     with pytest.raises(GenerationError, match="regions settings"):
         generate(tiny_pipe, PAIR, GenerationConfig(num_inference_steps=1, regions=dict(layout=0.5)))
+
+
+@pytest.mark.parametrize("latent, layer", [((90, 160), (12, 20)), ((65, 88), (9, 11)), ((64, 64), (8, 8)), ((7, 5), (7, 5))])
+def test_a_layers_map_is_read_on_its_own_grid_when_the_sides_do_not_halve_evenly(latent, layer):
+    """Stride-2 downsampling rounds each side up (SD 1.5 at 720x1280: a 90x160 latent, 12x20 at the deepest layer)."""
+    values = torch.arange(float(layer[0] * layer[1]))
+    grid = on_latent_grid(values[None], *latent)
+    assert grid.shape == (1, 1, *latent)
+    assert grid[0, 0, 0, 0] == values[0] and grid[0, 0, -1, -1] == values[-1]  # the corners, not a sheared copy
+    assert grid[0, 0, -1, 0] == values[(layer[0] - 1) * layer[1]]

@@ -316,3 +316,22 @@ def test_a_tokenizer_both_encoders_share_takes_the_token_once(sdxl_dir):
     unload_concepts(pipe)
     after = base_weights(pipe)
     assert pipe.tokenizer.get_vocab() == vocab and all(torch.equal(after[name], before[name]) for name in before)
+
+
+def test_with_a_shared_tokenizer_unloading_one_of_two_concepts_renumbers_both_encoders_alike(sdxl_dir):
+    """The tokens after an unloaded one move down an id in the tokenizer; both encoders' rows move with them."""
+    pipe = load_pipeline(sdxl_dir)
+    pipe.tokenizer_2 = pipe.tokenizer
+    cat, mug = handmade_concept(pipe, "<mycat>", "cat", seed=1), handmade_concept(pipe, "<mymug>", "mug", seed=2)
+    load_concepts(pipe, [cat, mug], captions=CAPTIONS)
+    before = pipe.tokenizer.convert_tokens_to_ids("<mymug>")
+    unload_concepts(pipe, "<mycat>")
+    token_id = pipe.tokenizer.convert_tokens_to_ids("<mymug>")
+    assert token_id == before - 1
+    for encoder, vector in zip((pipe.text_encoder, pipe.text_encoder_2), mug.token_embeddings):
+        weight = encoder.get_input_embeddings().weight
+        assert weight.shape[0] == len(pipe.tokenizer) and torch.equal(weight[token_id], vector.to(weight.dtype))
+    alone = load_pipeline(sdxl_dir)
+    alone.tokenizer_2 = alone.tokenizer
+    load_concepts(alone, handmade_concept(alone, "<mymug>", "mug", seed=2), captions=CAPTIONS)
+    assert np.array_equal(pictures(pipe, "a photo of a <mymug>"), pictures(alone, "a photo of a <mymug>"))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import warnings
 import re
 import sys
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from transformers import HfArgumentParser
@@ -69,27 +70,46 @@ def training_config(args) -> TrainingConfig:
     return TrainingConfig(**{**recipe, **given})  # the recipe's values were checked against the fields when read
 
 
-def finished_already(out: Path, checkpoint: Path, token: str) -> bool:
-    """--resume after a kill that landed once OUT was written and its checkpoint removed: that run is done."""
-    if checkpoint.exists() or not out.is_file():
-        return False
-    try:
-        return Concept.load(out).token == token
-    except ConceptFileError:
-        return False  # not this run's file: resuming it is the mistake load_checkpoint names
+def finished_run_differs(concept: Concept, args, config: TrainingConfig, images: list, fingerprint: str) -> str | None:
+    """Why a concept file at OUT is not this run, finished (None: it is). A kill that lands once OUT is written and
+    its checkpoint removed leaves such a file; anything else there is another run."""
+    made = concept.training
+    wanted = json.loads(json.dumps(asdict(config)))  # as the file's JSON holds it: tuples as lists
+    wanted.pop("checkpoint_every")  # changes nothing in the result
+    if config.resolution is None:
+        wanted.pop("resolution")  # the file records the size it chose
+    for name, given, kept in (("token", args.token, concept.token), ("supercategory", args.supercategory, concept.supercategory),
+                              ("images", len(images), made.get("images")),
+                              *((name, value, made.get(name)) for name, value in wanted.items())):  # fmt: skip
+        if given != kept:
+            return f"{name} {kept!r}, not {given!r}"
+    if concept.base_fingerprint != fingerprint:
+        return "another base model"
+    return None
 
 
 def run_train(args) -> None:
     out = Path(args.out)
     checkpoint = out.with_name(out.name + ".ckpt")
-    if args.resume and finished_already(out, checkpoint, args.token):
-        print(f"{out}: finished already (no checkpoint left), nothing to resume")
-        return
     refuse_existing(out, args.force or args.resume)  # a run killed after writing OUT resumes to the same file
     config = training_config(args)
     images = load_training_images(args.images, args.mask_dir)
     pipe = open_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
+    if args.resume and not checkpoint.exists() and out.is_file():
+        try:
+            concept = Concept.load(out)
+        except ConceptFileError:
+            concept = None  # not a concept file: resuming it is the mistake load_checkpoint names
+        if concept is not None:
+            from perfusion.loader import pipeline_fingerprint
+
+            differs = finished_run_differs(concept, args, config, images, pipeline_fingerprint(pipe))
+            if differs:
+                raise CommandError(f"{out}: a finished run with other settings ({differs}), no checkpoint to resume "
+                                   "(use --force to train again)")  # fmt: skip
+            print(f"{out}: finished already (no checkpoint left), nothing to resume")
+            return
     captions = read_captions(args.captions)
     result = train_concept(pipe, images, args.token, args.supercategory, config, checkpoint=checkpoint,
                            resume=args.resume, captions=captions, progress=not args.quiet)  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -40,9 +41,19 @@ class GenerationConfig:
             raise GenerationError(f"composition must be one of {', '.join(MODES)}, got {self.composition!r}")
         if self.regions and self.composition != "regions":
             raise GenerationError('regions settings need composition="regions"')
-        for name, size in (("height", self.height), ("width", self.width)):
-            if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 8 or size % 8):
-                raise GenerationError(f"{name} must be a positive multiple of 8 (pixels), got {size!r}")
+        self.height = None if self.height is None else pixel_size("height", self.height)
+        self.width = None if self.width is None else pixel_size("width", self.width)
+
+
+def pixel_size(name: str, given) -> int:
+    """A height or width: an integer multiple of 8, as diffusers' pipelines check (numpy integers too; not 512.0)."""
+    try:
+        size = None if isinstance(given, bool) else operator.index(given)
+    except TypeError:
+        size = None
+    if size is None or size < 8 or size % 8:
+        raise GenerationError(f"{name} must be a positive multiple of 8 (pixels), got {given!r}")
+    return size
 
 
 def check_prompt(pipe, prompt: str) -> None:
@@ -82,6 +93,10 @@ def generate(pipe, prompt: str, config: GenerationConfig | None = None, settings
     size = {name: value for name, value in (("height", config.height), ("width", config.width)) if value is not None}
     if set(size) & set(pipeline_kwargs):
         raise GenerationError(f"{min(set(size) & set(pipeline_kwargs))} given twice: in the config and as a pipeline argument")
+    factor = getattr(pipe, "vae_scale_factor", 8)
+    for name, value in size.items():
+        if value % factor:
+            raise GenerationError(f"{name} must be a multiple of {factor} for this pipeline's VAE, got {value}")
     check_prompt(pipe, prompt)
     settings, loaded = settings or {}, loaded_tokens(pipe)
     check_loaded(settings, loaded)

@@ -86,9 +86,7 @@ def drop_rows(text_encoder, ids: list[int]) -> None:
         return
     weight, dropped = text_encoder.get_input_embeddings().weight, set(ids)
     keep = torch.tensor([i for i in range(weight.shape[0]) if i not in dropped], device=weight.device)
-    embedding = torch.nn.Embedding(len(keep), weight.shape[1], device=weight.device, dtype=weight.dtype)
-    embedding.weight.data = weight.data[keep]
-    text_encoder.set_input_embeddings(embedding)
+    text_encoder.set_input_embeddings(torch.nn.Embedding.from_pretrained(weight.detach()[keep], freeze=False))
 
 
 def install(pipe, captions=None, progress: bool = False, inverse: torch.Tensor | None = None,

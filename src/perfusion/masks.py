@@ -10,10 +10,20 @@ from perfusion.conditioning import TextConditioning
 from perfusion.text import word_positions
 
 
+def layer_grid(pixels: int, height: int, width: int) -> tuple[int, int]:
+    """The (rows, columns) of a UNet layer with ``pixels`` positions over a height x width latent: each stride-2
+    downsampling halves a side rounding up, so 90 x 160 goes 45 x 80, 23 x 40, 12 x 20."""
+    rows, columns = height, width
+    while rows * columns > pixels:
+        rows, columns = -(-rows // 2), -(-columns // 2)
+    if rows * columns != pixels:
+        raise ValueError(f"a layer of {pixels} positions is no downsampling of a {height} x {width} latent")
+    return rows, columns
+
+
 def on_latent_grid(layer_map: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(B, pixels) attention of one layer -> (B, 1, height, width), bilinear from the layer's own resolution."""
-    scale = (height * width / layer_map.shape[1]) ** 0.5  # this layer's downsampling factor
-    grid = layer_map.view(layer_map.shape[0], 1, round(height / scale), round(width / scale))
+    grid = layer_map.view(layer_map.shape[0], 1, *layer_grid(layer_map.shape[1], height, width))
     return F.interpolate(grid.float(), size=(height, width), mode="bilinear", align_corners=False)
 
 

@@ -41,6 +41,9 @@ def add_scoring_arguments(parser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="default: the model's recipe, else 25")
     parser.add_argument("--guidance", type=float, default=None, help="default: the model's recipe, else 7.5")
     parser.add_argument("--global-lock", action="store_true")
+    parser.add_argument("--height", type=int, default=None, help="image height in pixels, a multiple of 8 "
+                                                                   "(default: the pipeline's own)")  # fmt: skip
+    parser.add_argument("--width", type=int, default=None, help="image width in pixels (default: the pipeline's own)")
     parser.add_argument("--out", required=True, help="output folder (images, metrics.csv, metrics.json, pareto.png)")
     parser.add_argument("--force", action="store_true", help="write into an existing output folder")
 
@@ -56,6 +59,9 @@ def prepare(args, betas):
     from perfusion.experiments.sweep import SweepConfig
     from perfusion.images import load_training_images
 
+    from perfusion.generation import GenerationConfig
+
+    GenerationConfig(height=args.height, width=args.width)  # a size diffusers would refuse: one line, before the model
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise FileExistsError(f"{out} exists and is not empty (use --force to write into it)")
@@ -82,7 +88,8 @@ def prepare(args, betas):
     guidance = args.guidance if args.guidance is not None else recipe.get("guidance_scale", SweepConfig.guidance)
     config = SweepConfig(betas=betas, tau=args.tau, images_per_prompt=args.images_per_prompt, seed=args.seed,
                          steps=steps, guidance=guidance, global_lock=args.global_lock or recipe.get("global_lock", False),
-                         composition=recipe.get("composition", SweepConfig.composition))  # fmt: skip
+                         composition=recipe.get("composition", SweepConfig.composition), height=args.height,
+                         width=args.width)  # fmt: skip
     return out, concept, references, prompts, scorer, config
 
 

@@ -59,7 +59,9 @@ def sheet_image(rows: Sequence[SheetRow], title: str = "", columns: int | None =
         for index, (image, label) in enumerate(row.cells):
             left = ROW_LABEL_WIDTH + (index % columns) * (CELL + 4)
             cell_top = top + (index // columns) * cell_height
-            sheet.paste(image.convert("RGB").resize((CELL, CELL), Image.NEAREST), (left, cell_top + 2))
+            scale = CELL / max(image.size)  # the whole image in the cell, its aspect kept
+            shown = image.convert("RGB").resize((round(image.width * scale), round(image.height * scale)), Image.NEAREST)
+            sheet.paste(shown, (left + (CELL - shown.width) // 2, cell_top + 2 + (CELL - shown.height) // 2))
             for line_index, line in enumerate(textwrap.wrap(label, LABEL_WIDTH)[:LABEL_LINES]):
                 draw.text((left, cell_top + CELL + 4 + line_index * LINE_HEIGHT), line, fill="black", font=font)
         top += line_count * cell_height + 4

@@ -34,6 +34,8 @@ class SweepConfig:
     guidance: float = 7.5
     global_lock: bool = False
     composition: str = "joint"  # prompts with several concepts (perfusion.regions)
+    height: int | None = None  # pixels; None: the pipeline's own size
+    width: int | None = None
 
 
 @dataclass
@@ -87,7 +89,8 @@ def generate_prompts(pipe, concept: Concept, prompts: list[EvalPrompt], config: 
         generation = GenerationConfig(num_inference_steps=config.steps, guidance_scale=config.guidance,
                                       num_images_per_prompt=config.images_per_prompt,
                                       seed=config.seed + index * config.images_per_prompt,
-                                      global_lock=config.global_lock, composition=config.composition)  # fmt: skip
+                                      global_lock=config.global_lock, composition=config.composition,
+                                      height=config.height, width=config.width)  # fmt: skip
         text = prompt.text(subject or concept.token)
         images = generate(pipe, text, generation, settings)
         images_by_prompt[prompt] = images
