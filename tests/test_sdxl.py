@@ -2,6 +2,8 @@
 widths, the second with projection; a text-and-time added condition; cross-attention at two resolutions, transformer
 depth 2), and the concept file at SDXL base dimensions."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -186,7 +188,14 @@ def test_clip_skip_is_followed_and_rows_without_the_concept_stay_stock(sdxl_pipe
         states = torch.cat([tower.text_encoder(tower_ids, output_hidden_states=True).hidden_states[-3]
                             for tower, tower_ids in zip(text.towers, ids)], -1)  # fmt: skip
     assert find_runtime(sdxl_pipe).router.find(states)[0].tokens == ("<mycat>",)
-    assert not np.array_equal(call("a photo of a <mycat>"), cat)
+    with pytest.warns(UserWarning, match=r"<mycat>: the UNet is given another hidden state .* the gate may be off"):
+        assert not np.array_equal(call("a photo of a <mycat>"), cat)
+
+
+def test_the_default_hidden_state_gives_no_warning_about_the_gate(cat_pipe):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        pictures(cat_pipe, "a photo of a <mycat>")
 
 
 def test_regions_split_the_row_in_both_encoders(sdxl_pipe):

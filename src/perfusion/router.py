@@ -15,6 +15,7 @@ splits it and merges it back after the UNet.
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -285,6 +286,10 @@ class PromptRouter:
             return self.built[key]
         found = set().union(*(part[0].tokens for part in match.parts if part is not None))
         tokens = tuple(token for token in registry.concepts if token in found)
+        if tokens and any(part is not None and part[1] != tower.readout for part, tower in zip(match.parts, self.text.towers)):
+            warnings.warn(f"{', '.join(tokens)}: the UNet is given another hidden state of the text encoder than the one "
+                          "the concept's i* and C were made at (clip_skip?), so the gate may be off", UserWarning,
+                          stacklevel=2)  # fmt: skip
         keys = self.supercategory_encodings(match) if registry.global_lock else None
         split = None
         if regional is not None and len(tokens) >= regional.config.min_concepts:
