@@ -9,7 +9,7 @@ from perfusion.generation import GenerationConfig, GenerationError, generate
 from perfusion.loader import find_runtime, load_concepts
 from perfusion.masks import on_latent_grid
 from perfusion.settings import set_composition, set_global_lock
-from perfusion.regions import RegionsConfig, region_masks
+from perfusion.regions import RegionsConfig, batch_indexed, region_masks
 from perfusion.text import encode, supercategory_substitution, tokenize
 
 CAPTIONS = small_corpus()
@@ -192,3 +192,16 @@ def test_a_layers_map_is_read_on_its_own_grid_when_the_sides_do_not_halve_evenly
     assert grid.shape == (1, 1, *latent)
     assert grid[0, 0, 0, 0] == values[0] and grid[0, 0, -1, -1] == values[-1]  # the corners, not a sheared copy
     assert grid[0, 0, -1, 0] == values[(layer[0] - 1) * layer[1]]
+
+
+def test_the_unets_arguments_are_re_indexed_inside_lists_and_tuples_too():
+    """IP-Adapter's image embeddings are a list in added_cond_kwargs, ControlNet's residuals a tuple: each row follows
+    the split rows, or the UNet call fails on mismatched batch sizes."""
+    rows = torch.arange(2.0)[:, None]
+    index = torch.tensor([0, 1, 1, 1])
+    given = {"added_cond_kwargs": {"image_embeds": [rows]}, "down_block_additional_residuals": (rows, rows * 2),
+             "scale": 1.0}  # fmt: skip
+    expanded = batch_indexed(given, 2, index)
+    assert torch.equal(expanded["added_cond_kwargs"]["image_embeds"][0], rows[index])
+    assert isinstance(expanded["down_block_additional_residuals"], tuple)
+    assert torch.equal(expanded["down_block_additional_residuals"][1], rows[index] * 2) and expanded["scale"] == 1.0

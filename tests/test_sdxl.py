@@ -129,6 +129,25 @@ def test_the_default_mask_is_the_supercategory_attention_map(sdxl_pipe, tmp_path
     trainer.restore_pipeline()
 
 
+def test_the_default_mask_noises_as_training_does_whatever_the_sampler_did_before(sdxl_pipe):
+    """SDXL's Euler sampler adds noise as x + sigma n (unscaled), and after a call at its last step's sigma, 0: the
+    mask's latents are noised by the DDPM forward process of training instead, the same before and after a call."""
+    from diffusers import DDPMScheduler
+
+    from perfusion.masks import attention_masks
+
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def masks():
+        return attention_masks(sdxl_pipe, latents, "cat", "a photo of a {}", 0.4, seed=0)
+
+    first = masks()
+    pictures(sdxl_pipe, "a photo of a dog")  # the sampler is left at its last step
+    assert torch.equal(masks(), first)
+    sdxl_pipe.scheduler = DDPMScheduler.from_config(sdxl_pipe.scheduler.config)
+    assert torch.equal(masks(), first)
+
+
 def test_prompts_without_the_concept_stay_stock_and_with_it_are_edited(sdxl_pipe):
     stock, stock_cat = pictures(sdxl_pipe, "a photo of a dog"), pictures(sdxl_pipe, "a photo of a cat")
     load_concepts(sdxl_pipe, handmade_concept(sdxl_pipe), captions=CAPTIONS)
@@ -210,6 +229,27 @@ def test_regions_split_the_row_in_both_encoders(sdxl_pipe):
     joint = pictures(sdxl_pipe, "a <mycat> next to a <mymug>")
     regional = pictures(sdxl_pipe, "a <mycat> next to a <mymug>", composition="regions")
     assert regional.shape == joint.shape and not np.array_equal(regional, joint)
+
+
+def test_in_regions_each_row_takes_the_pooled_embedding_of_its_own_prompt(sdxl_pipe):
+    """The pooled embedding acts on every pixel: the plain row's is the plain prompt's, a concept's row's its own
+    prompt's, so no concept's v* reaches another's region through it."""
+    load_concepts(sdxl_pipe, [handmade_concept(sdxl_pipe, "<mycat>", "cat", seed=1),
+                              handmade_concept(sdxl_pipe, "<mymug>", "mug", seed=2)], captions=CAPTIONS)  # fmt: skip
+    seen = []
+    sdxl_pipe.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["added_cond_kwargs"]["text_embeds"].clone()), with_kwargs=True)
+
+    def pooled(prompt):
+        with torch.no_grad():
+            return sdxl_pipe.text_encoder_2(tokenize(sdxl_pipe.tokenizer_2, [prompt]))[0][0]
+
+    pictures(sdxl_pipe, "a <mycat> next to a <mymug>", composition="regions")
+    layout, after = seen[0], seen[-1]  # (negative, prompt); after the layout part + each concept's own row
+    assert layout.shape[0] == 2 and after.shape[0] == 4
+    torch.testing.assert_close(layout[1], pooled("a cat next to a mug"))
+    for row, prompt in zip(after[1:], ["a cat next to a mug", "a <mycat> next to a mug", "a cat next to a <mymug>"]):
+        torch.testing.assert_close(row, pooled(prompt))
 
 
 def test_training_lowers_the_loss_and_moves_only_both_v_stars_and_value_targets(sdxl_pipe, tmp_path):
@@ -299,6 +339,15 @@ def test_a_second_prompt_of_its_own_is_read_part_by_part(sdxl_pipe):
     assert images.shape[0] == 1 and np.isfinite(images).all()
 
 
+def test_a_concept_in_one_of_the_two_prompts_only_is_warned_about(cat_pipe):
+    """The gate reads e across both encoders' parts: with prompt_2 lacking the concept it may barely open."""
+    with pytest.warns(UserWarning, match=r"<mycat>: in the prompt of one text encoder only \(prompt_2"):
+        cat_pipe("a photo of a <mycat>", prompt_2="a photo of a cat", num_inference_steps=1, output_type="np")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        cat_pipe("a photo of a <mycat>", prompt_2="a <mycat> on a sofa", num_inference_steps=1, output_type="np")
+
+
 def test_a_second_v_star_of_the_wrong_width_is_refused_in_one_line(sdxl_pipe, tmp_path):
     concept = handmade_concept(sdxl_pipe)
     concept.token_embedding_2 = concept.token_embedding_2[:-1]
@@ -344,3 +393,13 @@ def test_with_a_shared_tokenizer_unloading_one_of_two_concepts_renumbers_both_en
     alone.tokenizer_2 = alone.tokenizer
     load_concepts(alone, handmade_concept(alone, "<mymug>", "mug", seed=2), captions=CAPTIONS)
     assert np.array_equal(pictures(pipe, "a photo of a <mymug>"), pictures(alone, "a photo of a <mymug>"))
+
+
+def test_generation_keeps_the_pipelines_own_guidance_unless_told(sdxl_pipe):
+    """SDXL's pipeline guides at 5.0 by default, SD's at 7.5: a config without guidance_scale keeps the pipeline's."""
+    def images(**settings):
+        return np.stack([np.asarray(image) for image in generate(sdxl_pipe, "a photo of a dog",
+                                                                  GenerationConfig(num_inference_steps=2, **settings))])  # fmt: skip
+
+    default = images()
+    assert np.array_equal(default, images(guidance_scale=5.0)) and not np.array_equal(default, images(guidance_scale=7.5))

@@ -150,7 +150,8 @@ def add_generate(commands) -> None:
 # so that the model's recipe and then the dataclass fill the rest. ``regions`` is the API's only.
 GENERATION_FLAGS = {
     "num_inference_steps": (("--num-inference-steps", "--steps"), dict(type=int, help="denoising steps")),
-    "guidance_scale": (("--guidance-scale", "--guidance"), dict(type=float, help="classifier-free guidance")),
+    "guidance_scale": (("--guidance-scale", "--guidance"), dict(type=float, help="classifier-free guidance",
+                                                                default_text="the pipeline's own, 7.5; SDXL 5.0")),
     "num_images_per_prompt": (("--num-images-per-prompt", "--num-images"), dict(type=int, help="images to make")),
     "seed": (("--seed",), dict(type=int, help="the first image's seed")),
     "global_lock": (("--global-lock",), dict(action="store_const", const=True,

@@ -23,12 +23,17 @@ class Readout:
 
     layer: int | None = None
     normed: bool = False
+    pooled: bool = False  # the projected pooled output instead (SDXL's second encoder: its first output, 2-D)
 
     @property
     def needs_hidden_states(self) -> bool:
         return self.layer is not None
 
     def __call__(self, text_encoder, output) -> torch.Tensor:
+        if self.pooled:
+            if output[0].ndim != 2:
+                raise ValueError("this text encoder has no pooled projection")
+            return output[0]
         if self.layer is None:
             return last_hidden_state(output)
         states = output.hidden_states[self.layer]
@@ -51,6 +56,8 @@ def readouts_of(output) -> list[Readout]:
     count = len(getattr(output, "hidden_states", None) or ())
     return [Readout()] + [Readout(layer, normed) for normed in (False, True) for layer in range(-1, -count - 1, -1)]
 
+
+POOLED = Readout(pooled=True)
 
 TIME_IDS = 6  # SDXL base's add_time_ids: original size (2), crop top-left (2), target size (2)
 

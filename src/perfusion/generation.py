@@ -22,7 +22,7 @@ class GenerationConfig:
     """One generation call's settings; field names follow the diffusers pipeline's own arguments."""
 
     num_inference_steps: int = 25
-    guidance_scale: float = 7.5
+    guidance_scale: float | None = None  # None: the pipeline's own (7.5 on SD 1.x and 2.x, 5.0 on SDXL)
     num_images_per_prompt: int = 1
     seed: int = 0
     # None keeps the pipeline's own setting (set_global_lock, set_composition; off and "joint" until set)
@@ -35,7 +35,7 @@ class GenerationConfig:
     def __post_init__(self):
         if self.num_inference_steps < 1 or self.num_images_per_prompt < 1:
             raise GenerationError("num_inference_steps and num_images_per_prompt must be at least 1")
-        if self.guidance_scale < 0:
+        if self.guidance_scale is not None and self.guidance_scale < 0:
             raise GenerationError(f"guidance_scale must not be negative, got {self.guidance_scale}")
         if self.composition is not None and self.composition not in MODES:
             raise GenerationError(f"composition must be one of {', '.join(MODES)}, got {self.composition!r}")
@@ -90,13 +90,14 @@ def generate(pipe, prompt: str, config: GenerationConfig | None = None, settings
     The settings of ``config`` and ``settings`` apply to this call only: the pipeline's own come back after it.
     """
     config = config or GenerationConfig()
-    size = {name: value for name, value in (("height", config.height), ("width", config.width)) if value is not None}
-    if set(size) & set(pipeline_kwargs):
-        raise GenerationError(f"{min(set(size) & set(pipeline_kwargs))} given twice: in the config and as a pipeline argument")
+    given = {name: value for name, value in (("height", config.height), ("width", config.width),
+                                            ("guidance_scale", config.guidance_scale)) if value is not None}  # fmt: skip
+    if set(given) & set(pipeline_kwargs):
+        raise GenerationError(f"{min(set(given) & set(pipeline_kwargs))} given twice: in the config and as a pipeline argument")
     factor = getattr(pipe, "vae_scale_factor", 8)
-    for name, value in size.items():
-        if value % factor:
-            raise GenerationError(f"{name} must be a multiple of {factor} for this pipeline's VAE, got {value}")
+    for name in {"height", "width"} & set(given):
+        if given[name] % factor:
+            raise GenerationError(f"{name} must be a multiple of {factor} for this pipeline's VAE, got {given[name]}")
     check_prompt(pipe, prompt)
     settings, loaded = settings or {}, loaded_tokens(pipe)
     check_loaded(settings, loaded)
@@ -112,9 +113,8 @@ def generate(pipe, prompt: str, config: GenerationConfig | None = None, settings
         return pipe(
             prompt,
             num_inference_steps=config.num_inference_steps,
-            guidance_scale=config.guidance_scale,
             num_images_per_prompt=config.num_images_per_prompt,
             generator=generator,
-            **size,
+            **given,
             **pipeline_kwargs,
         ).images

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from perfusion.attention import install_recording
 from perfusion.conditioning import TextConditioning
+from perfusion.latents import forward_process
 from perfusion.text import word_positions
 
 
@@ -45,7 +46,8 @@ def attention_masks(
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
     timestep = torch.full((batch_size,), int(timestep_fraction * (pipe.scheduler.config.num_train_timesteps - 1)))
-    noisy = pipe.scheduler.add_noise(latents, noise, timestep)
+    # training's forward process, not the sampler's add_noise (Euler's is unscaled and follows its step index)
+    noisy = forward_process(pipe.scheduler).add_noise(latents, noise, timestep)
     conditions = text.unet_conditions(ids, width * pipe.vae_scale_factor, latents.dtype)
 
     chosen = positions.to(latents.device)[:, None, :]  # (B, 1, T) bool

@@ -46,6 +46,7 @@ class SplitRow:
     rows: list  # EncodedPrompt of each concept's own row, in the order of ``plain_positions``
     plain_positions: list[int]  # each concept's word in the plain row (its supercategory's last token)
     own_positions: list[int]  # each concept's token in its own row
+    pooled: torch.Tensor | None = None  # (1 + n, P): SDXL's pooled embedding of the plain row, then each own row's
 
 
 @dataclass
@@ -76,11 +77,14 @@ def attention_to(query: torch.Tensor, key: torch.Tensor, scale: float, position:
 
 
 def batch_indexed(value, size: int, index: torch.Tensor):
-    """A UNet argument with one row per batch row, re-indexed; anything else as it is."""
+    """A UNet argument with one row per batch row, re-indexed, inside dicts, lists and tuples too (IP-Adapter's
+    image embeddings, ControlNet's residuals); anything else as it is."""
     if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == size:
         return value[index.to(value.device)]
     if isinstance(value, dict):
         return {name: batch_indexed(item, size, index) for name, item in value.items()}
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):  # a named tuple is left as it is
+        return type(value)(batch_indexed(item, size, index) for item in value)
     return value
 
 
@@ -108,6 +112,7 @@ class RegionalCall:
         layout = now >= (1.0 - self.config.layout) * self.config.num_train_timesteps
         states = states.clone()
         index, extra_states, new_entries = list(range(sample.shape[0])), [], list(entries)
+        pooled = []  # (batch row, its pooled embedding) where a split row brings its own (SDXL)
         self.expansions, self.recordings = [], []
         for row, entry in enumerate(entries):
             split = getattr(entry, "split", None)
@@ -118,10 +123,14 @@ class RegionalCall:
                 self.maps[row] = torch.zeros(len(split.rows), *self.grid, device=sample.device)
             new_entries[row] = None
             extra = []
+            if split.pooled is not None:
+                pooled.append((row, split.pooled[0]))
             for channel, own in enumerate(split.rows):
                 if layout:
                     self.recordings.append(Recording(row, split.plain_positions[channel], row, channel))
                     continue
+                if split.pooled is not None:
+                    pooled.append((len(index), split.pooled[1 + channel]))
                 extra.append(len(index))
                 self.recordings.append(Recording(len(index), split.own_positions[channel], row, channel))
                 index.append(row)
@@ -132,6 +141,11 @@ class RegionalCall:
         args = tuple(batch_indexed(value, sample.shape[0], rows) for value in args)
         kwargs = {name: batch_indexed(value, sample.shape[0], rows) for name, value in kwargs.items()}
         kwargs["encoder_hidden_states"] = torch.cat([states, *[item[None] for item in extra_states]])
+        if pooled and "text_embeds" in (kwargs.get("added_cond_kwargs") or {}):
+            embeds = kwargs["added_cond_kwargs"]["text_embeds"].clone()
+            for row, vector in pooled:
+                embeds[row] = vector.to(embeds.device, embeds.dtype)
+            kwargs["added_cond_kwargs"] = {**kwargs["added_cond_kwargs"], "text_embeds": embeds}
         if len(args) > 2:  # encoder_hidden_states given by position
             args = args[:2] + (kwargs.pop("encoder_hidden_states"),) + args[3:]
         return args, kwargs, new_entries
@@ -184,6 +198,7 @@ def split_row(router, match, tokens: tuple[str, ...]) -> SplitRow:
         rows=own_rows,
         plain_positions=[plain for plain, _ in positions],
         own_positions=[own for _, own in positions],
+        pooled=router.pooled_variants(match, ids),
     )
 
 

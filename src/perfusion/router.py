@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from perfusion.conditioning import Readout, TextConditioning, readouts_of
+from perfusion.conditioning import POOLED, Readout, TextConditioning, readouts_of
 from perfusion.regions import RegionalCall, SplitRow, split_row
 from perfusion.registry import ConceptRegistry
 from perfusion.text import supercategory_substitution
@@ -148,10 +148,25 @@ class PromptRouter:
         if regional is not None and len(row.tokens) >= regional.config.min_concepts:
             keeps.update([(), *((token,) for token in row.tokens)])
         variants = [self.substitute_row(row.tower, row.input_ids[None], keep)[0] for keep in sorted(keeps)]
+        split = torch.cat(variants) if regional is not None and variants else None
         if registry.global_lock and regional is not None:  # the split rows' own keys
             variants += [self.substitute_row(row.tower, ids, ())[0] for ids in variants]
         if variants:
             self.tower_encodings(row, row.readout, torch.cat(variants))
+        if split is not None and self.pools(row.tower):  # the split rows' pooled embeddings (SDXL)
+            self.tower_encodings(row, POOLED, split)
+
+    def pools(self, tower: int) -> bool:
+        """Whether this text encoder's pooled projection enters the UNet's added condition (SDXL's last)."""
+        return self.text.time_ids is not None and tower == len(self.text.towers) - 1
+
+    def pooled_variants(self, match: RowMatch, ids: list[torch.Tensor | None]) -> torch.Tensor | None:
+        """(V, P): the pooled embedding of each variant of the matched row; None when the UNet takes none, or when
+        the pooling encoder's part was not matched (its prompt holds no concept: the row's own pooled stays)."""
+        tower = len(self.text.towers) - 1
+        if not self.pools(tower) or match.parts[tower] is None:
+            return None
+        return self.tower_encodings(match.parts[tower][0], POOLED, ids[tower])
 
     def encode_quietly(self, tower: int, ids: torch.Tensor, readout: Readout) -> torch.Tensor:
         """One text encoder's hidden state ``readout`` of ``ids``, not remembered (the router's own encodings)."""
@@ -286,6 +301,12 @@ class PromptRouter:
             return self.built[key]
         found = set().union(*(part[0].tokens for part in match.parts if part is not None))
         tokens = tuple(token for token in registry.concepts if token in found)
+        held = [set() if part is None else set(part[0].tokens) for part in match.parts]
+        partial = [token for token in tokens if not all(token in tower_tokens for tower_tokens in held)]
+        if partial:
+            warnings.warn(f"{', '.join(partial)}: in the prompt of one text encoder only (prompt_2 without it?); the "
+                          "gate reads every encoder's part of e, so the concept may show weakly", UserWarning,
+                          stacklevel=2)  # fmt: skip
         if tokens and any(part is not None and part[1] != tower.readout for part, tower in zip(match.parts, self.text.towers)):
             warnings.warn(f"{', '.join(tokens)}: the UNet is given another hidden state of the text encoder than the one "
                           "the concept's i* and C were made at (clip_skip?), so the gate may be off", UserWarning,

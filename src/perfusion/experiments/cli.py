@@ -39,7 +39,8 @@ def add_scoring_arguments(parser) -> None:
     parser.add_argument("--images-per-prompt", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="default: the model's recipe, else 25")
-    parser.add_argument("--guidance", type=float, default=None, help="default: the model's recipe, else 7.5")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="default: the model's recipe, else the pipeline's own (7.5; SDXL 5.0)")
     parser.add_argument("--global-lock", action="store_true")
     parser.add_argument("--height", type=int, default=None, help="image height in pixels, a multiple of 8 "
                                                                    "(default: the pipeline's own)")  # fmt: skip

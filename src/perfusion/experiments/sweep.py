@@ -31,7 +31,7 @@ class SweepConfig:
     images_per_prompt: int = 2
     seed: int = 0  # prompt i uses seeds seed + i * images_per_prompt ...
     steps: int = 25
-    guidance: float = 7.5
+    guidance: float | None = None  # None: the pipeline's own (7.5; SDXL 5.0)
     global_lock: bool = False
     composition: str = "joint"  # prompts with several concepts (perfusion.regions)
     height: int | None = None  # pixels; None: the pipeline's own size
