@@ -297,3 +297,13 @@ def test_an_image_size_the_vae_cannot_make_is_refused_before_any_step(tiny_pipe)
     tiny_pipe.vae_scale_factor = 16  # a VAE that downsamples 16x (the tiny one does 2x)
     with pytest.raises(GenerationError, match="width must be a multiple of 16 for this pipeline's VAE, got 24"):
         generate(tiny_pipe, "a photo of a cat", GenerationConfig(num_inference_steps=1, width=24))
+
+
+def test_a_call_with_more_prompt_rows_than_the_router_keeps_is_edited_in_every_row(tiny_pipe):
+    """The router keeps 64 rows per text encoder between encoding and denoising; one call with more keeps them all."""
+    from perfusion.router import REGISTRY_ROWS
+
+    load_concepts(tiny_pipe, handmade_concept(tiny_pipe), captions=CAPTIONS)
+    prompts = [f"a photo of a <mycat> {'on a sofa ' * (n % 3)}{'red ' * (n // 3)}" for n in range(REGISTRY_ROWS + 6)]
+    entries = routed_entries(tiny_pipe, prompts)
+    assert len(set(prompts)) == len(prompts) and all(entry is not None for entry in entries)

@@ -129,6 +129,8 @@ class PromptRouter:
         with torch.no_grad():
             encodings = readout(encoder, output).detach()
             probes = torch.stack([probe(item(encoder, output)) for item in others], 1) if others else None
+        if len(wanted) > self.remembered[tower].maxlen:  # one call with more rows than kept: keep all of this call's
+            self.remembered[tower] = deque(self.remembered[tower], maxlen=len(wanted))
         for index in wanted:
             tokens = tuple(token for token in self.registry.concepts if token in rows[index])
             row = EncodedRow(next(self.serials), tower, input_ids[index].detach().cpu(), tokens, encodings[index],
