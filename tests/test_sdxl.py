@@ -148,6 +148,17 @@ def test_the_default_mask_noises_as_training_does_whatever_the_sampler_did_befor
     assert torch.equal(masks(), first)
 
 
+def test_the_default_masks_are_the_same_read_a_few_images_at_a_time(sdxl_pipe, monkeypatch):
+    """The bank goes through the UNet in chunks (the whole of it at 1024 px is a lot of memory); rows are independent."""
+    from perfusion import masks
+
+    latents = torch.randn(5, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    whole = masks.attention_masks(sdxl_pipe, latents, "cat", "a photo of a {}", 0.4, seed=0)
+    monkeypatch.setattr(masks, "MASK_BATCH", 2)
+    chunked = masks.attention_masks(sdxl_pipe, latents, "cat", "a photo of a {}", 0.4, seed=0)
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)  # batched products may round differently
+
+
 def test_prompts_without_the_concept_stay_stock_and_with_it_are_edited(sdxl_pipe):
     stock, stock_cat = pictures(sdxl_pipe, "a photo of a dog"), pictures(sdxl_pipe, "a photo of a cat")
     load_concepts(sdxl_pipe, handmade_concept(sdxl_pipe), captions=CAPTIONS)

@@ -11,6 +11,9 @@ from perfusion.latents import forward_process
 from perfusion.text import word_positions
 
 
+MASK_BATCH = 4  # images per UNet call when reading the default masks
+
+
 def layer_grid(pixels: int, height: int, width: int) -> tuple[int, int]:
     """The (rows, columns) of a UNet layer with ``pixels`` positions over a height x width latent: each stride-2
     downsampling halves a side rounding up, so 90 x 160 goes 45 x 80, 23 x 40, 12 x 20."""
@@ -48,16 +51,20 @@ def attention_masks(
     timestep = torch.full((batch_size,), int(timestep_fraction * (pipe.scheduler.config.num_train_timesteps - 1)))
     # training's forward process, not the sampler's add_noise (Euler's is unscaled and follows its step index)
     noisy = forward_process(pipe.scheduler).add_noise(latents, noise, timestep)
-    conditions = text.unet_conditions(ids, width * pipe.vae_scale_factor, latents.dtype)
-
-    chosen = positions.to(latents.device)[:, None, :]  # (B, 1, T) bool
-    maps: list[torch.Tensor] = []  # per cross-attention layer, (B, pixels): the attention paid to the chosen tokens
+    chosen = positions[:1].to(latents.device)[:, None, :]  # (1, 1, T) bool: the same prompt in every row
+    maps: list[torch.Tensor] = []  # per cross-attention layer and chunk, (b, pixels): the attention paid to the chosen
     original = install_recording(pipe.unet, lambda attention: maps.append((attention * chosen.to(attention.dtype)).sum(-1)))
     try:
-        pipe.unet(noisy, timestep.to(latents.device), **conditions)
+        for start in range(0, batch_size, MASK_BATCH):  # a few images a call: the whole bank at 1024 px is a lot
+            rows = slice(start, start + MASK_BATCH)
+            conditions = text.unet_conditions([tower_ids[rows] for tower_ids in ids], width * pipe.vae_scale_factor,
+                                              latents.dtype)  # fmt: skip
+            pipe.unet(noisy[rows], timestep[rows].to(latents.device), **conditions)
     finally:
         pipe.unet.set_attn_processor(dict(original))
-    mask = torch.stack([on_latent_grid(layer_map, height, width) for layer_map in maps]).mean(0)
+    layers = len(maps) // -(-batch_size // MASK_BATCH)
+    per_layer = [torch.cat(maps[layer::layers]) for layer in range(layers)]  # chunks in order, each layer's rows
+    mask = torch.stack([on_latent_grid(layer_map, height, width) for layer_map in per_layer]).mean(0)
     low = mask.amin(dim=(2, 3), keepdim=True)
     high = mask.amax(dim=(2, 3), keepdim=True)
     return (mask - low) / (high - low).clamp_min(1e-8)
