@@ -16,7 +16,7 @@ from perfusion.cli import main
 from perfusion.concept import Concept, ConceptFileError
 from perfusion.conditioning import TextConditioning
 from perfusion.fingerprint import cross_attention_modules
-from perfusion.generation import GenerationConfig, generate
+from perfusion.generation import GenerationConfig, GenerationError, generate
 from perfusion.images import load_training_images
 from perfusion.loader import find_runtime, load_concepts, unload_concepts
 from perfusion.models import UnsupportedPipelineError
@@ -414,3 +414,11 @@ def test_generation_keeps_the_pipelines_own_guidance_unless_told(sdxl_pipe):
 
     default = images()
     assert np.array_equal(default, images(guidance_scale=5.0)) and not np.array_equal(default, images(guidance_scale=7.5))
+
+
+def test_a_misspelt_concept_in_prompt_2_is_refused_as_in_the_prompt(cat_pipe):
+    config = GenerationConfig(num_inference_steps=1)
+    with pytest.raises(GenerationError, match="<MYCAT>"):
+        generate(cat_pipe, "a photo of a <mycat>", config, prompt_2="a photo of a <MYCAT>")
+    with pytest.raises(GenerationError, match="<mydog>"):
+        generate(cat_pipe, "a photo of a <mycat>", config, negative_prompt="a <mydog>")

@@ -56,6 +56,9 @@ def pixel_size(name: str, given) -> int:
     return size
 
 
+PROMPT_ARGUMENTS = ("prompt_2", "negative_prompt", "negative_prompt_2")  # diffusers' other prompt texts (SDXL's _2)
+
+
 def check_prompt(pipe, prompt: str) -> None:
     """Every <token> in the prompt must be a loaded concept (or another word the tokenizer knows), spelt exactly:
     a token in other capitals is refused with the loaded one suggested. A concept that the text encoder's length
@@ -99,6 +102,9 @@ def generate(pipe, prompt: str, config: GenerationConfig | None = None, settings
         if given[name] % factor:
             raise GenerationError(f"{name} must be a multiple of {factor} for this pipeline's VAE, got {given[name]}")
     check_prompt(pipe, prompt)
+    for name in PROMPT_ARGUMENTS:  # the pipeline's other prompts, when given as text
+        if isinstance(pipeline_kwargs.get(name), str):
+            check_prompt(pipe, pipeline_kwargs[name])
     settings, loaded = settings or {}, loaded_tokens(pipe)
     check_loaded(settings, loaded)
     generator = torch.Generator().manual_seed(config.seed)  # CPU generator: the same images on every device
