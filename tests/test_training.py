@@ -8,7 +8,7 @@ from perfusion.testing import build_tiny_pipeline, load_pipeline, small_corpus, 
 from perfusion.images import load_training_images
 from perfusion.latents import forward_process, noised
 from perfusion.plans import linear_part
-from perfusion.train import ConceptTrainer, TrainingConfig, train_concept
+from perfusion.train import ConceptTrainer, TrainingConfig, TrainingError, train_concept
 
 CAPTIONS = small_corpus()
 QUICK = dict(batch_size=2, gradient_accumulation=2, seed=0)
@@ -169,3 +169,9 @@ def test_the_concepts_fingerprint_is_the_base_models_under_mixed_precision(tiny_
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
     assert result.concept.base_fingerprint == expected
+
+
+@pytest.mark.parametrize("resolution", [4, 20, 100])
+def test_a_training_size_that_is_not_a_multiple_of_8_pixels_is_refused(resolution):
+    with pytest.raises(TrainingError, match=f"resolution must be a positive multiple of 8 pixels, got {resolution}"):
+        TrainingConfig(resolution=resolution)

@@ -99,8 +99,8 @@ class TrainingConfig:
             raise TrainingError("paired images (pair_probability > 0) need at least one word in pair_words")
         if not 0.0 < self.pair_side <= 1.0 or not 0.0 <= self.mask_timestep <= 1.0 or not 0.0 <= self.ema_decay <= 1.0:
             raise TrainingError("pair_side must lie in (0, 1], mask_timestep and ema_decay in [0, 1]")
-        if self.resolution is not None and self.resolution < 8:
-            raise TrainingError(f"resolution must be at least 8 pixels, got {self.resolution}")
+        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):  # as the pipelines generate
+            raise TrainingError(f"resolution must be a positive multiple of 8 pixels, got {self.resolution}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise TrainingError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if not self.templates or any("{}" not in template for template in self.templates):
