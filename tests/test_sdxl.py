@@ -368,11 +368,17 @@ def test_a_second_v_star_of_the_wrong_width_is_refused_in_one_line(sdxl_pipe, tm
     assert "\n" not in str(refused.value) and str(path) in str(refused.value) and find_runtime(sdxl_pipe) is None
 
 
+def shared_tokenizer_pipe(folder):
+    """The tiny SDXL pipeline with one tokenizer object for both text encoders, as a pipeline built in memory may be."""
+    pipe = load_pipeline(folder)
+    pipe.tokenizer_2 = pipe.tokenizer
+    return pipe
+
+
 def test_a_tokenizer_both_encoders_share_takes_the_token_once(sdxl_dir):
     """An SDXL pipeline built in memory may hand both text encoders one tokenizer object: the token goes into it once,
     each encoder gets its v* at that id, and unloading leaves the tokenizer and both encoders as they were."""
-    pipe = load_pipeline(sdxl_dir)
-    pipe.tokenizer_2 = pipe.tokenizer
+    pipe = shared_tokenizer_pipe(sdxl_dir)
     vocab, before = dict(pipe.tokenizer.get_vocab()), base_weights(pipe)
     stock = pictures(pipe, "a photo of a cat")
     concept = handmade_concept(pipe)
@@ -389,8 +395,7 @@ def test_a_tokenizer_both_encoders_share_takes_the_token_once(sdxl_dir):
 
 def test_with_a_shared_tokenizer_unloading_one_of_two_concepts_renumbers_both_encoders_alike(sdxl_dir):
     """The tokens after an unloaded one move down an id in the tokenizer; both encoders' rows move with them."""
-    pipe = load_pipeline(sdxl_dir)
-    pipe.tokenizer_2 = pipe.tokenizer
+    pipe = shared_tokenizer_pipe(sdxl_dir)
     cat, mug = handmade_concept(pipe, "<mycat>", "cat", seed=1), handmade_concept(pipe, "<mymug>", "mug", seed=2)
     load_concepts(pipe, [cat, mug], captions=CAPTIONS)
     before = pipe.tokenizer.convert_tokens_to_ids("<mymug>")
@@ -400,8 +405,7 @@ def test_with_a_shared_tokenizer_unloading_one_of_two_concepts_renumbers_both_en
     for encoder, vector in zip((pipe.text_encoder, pipe.text_encoder_2), mug.token_embeddings):
         weight = encoder.get_input_embeddings().weight
         assert weight.shape[0] == len(pipe.tokenizer) and torch.equal(weight[token_id], vector.to(weight.dtype))
-    alone = load_pipeline(sdxl_dir)
-    alone.tokenizer_2 = alone.tokenizer
+    alone = shared_tokenizer_pipe(sdxl_dir)
     load_concepts(alone, handmade_concept(alone, "<mymug>", "mug", seed=2), captions=CAPTIONS)
     assert np.array_equal(pictures(pipe, "a photo of a <mymug>"), pictures(alone, "a photo of a <mymug>"))
 

@@ -39,6 +39,8 @@ def attention_masks(
 
     ``latents`` are clean, scaled VAE latents; they are noised to ``timestep_fraction`` of the schedule.
     """
+    from perfusion.regions import batch_indexed  # here, not at the top: regions reads its maps with on_latent_grid
+
     batch_size, _, height, width = latents.shape
     text = TextConditioning.of(pipe)
     ids = text.tokenize([prompt.format(supercategory)] * batch_size)
@@ -51,19 +53,22 @@ def attention_masks(
     timestep = torch.full((batch_size,), int(timestep_fraction * (pipe.scheduler.config.num_train_timesteps - 1)))
     # training's forward process, not the sampler's add_noise (Euler's is unscaled and follows its step index)
     noisy = forward_process(pipe.scheduler).add_noise(latents, noise, timestep)
+    conditions = text.unet_conditions(ids, width * pipe.vae_scale_factor, latents.dtype)
     chosen = positions[:1].to(latents.device)[:, None, :]  # (1, 1, T) bool: the same prompt in every row
-    maps: list[torch.Tensor] = []  # per cross-attention layer and chunk, (b, pixels): the attention paid to the chosen
-    original = install_recording(pipe.unet, lambda attention: maps.append((attention * chosen.to(attention.dtype)).sum(-1)))
+    chunks: list[list[torch.Tensor]] = []  # per UNet call, per cross-attention layer, (b, pixels): the attention paid
+
+    def record(attention: torch.Tensor) -> None:
+        chunks[-1].append((attention * chosen.to(attention.dtype)).sum(-1))
+
+    original = install_recording(pipe.unet, record)
     try:
         for start in range(0, batch_size, MASK_BATCH):  # a few images a call: the whole bank at 1024 px is a lot
-            rows = slice(start, start + MASK_BATCH)
-            conditions = text.unet_conditions([tower_ids[rows] for tower_ids in ids], width * pipe.vae_scale_factor,
-                                              latents.dtype)  # fmt: skip
-            pipe.unet(noisy[rows], timestep[rows].to(latents.device), **conditions)
+            rows = torch.arange(start, min(start + MASK_BATCH, batch_size))
+            chunks.append([])
+            pipe.unet(noisy[rows], timestep[rows].to(latents.device), **batch_indexed(conditions, batch_size, rows))
     finally:
         pipe.unet.set_attn_processor(dict(original))
-    layers = len(maps) // -(-batch_size // MASK_BATCH)
-    per_layer = [torch.cat(maps[layer::layers]) for layer in range(layers)]  # chunks in order, each layer's rows
+    per_layer = [torch.cat(layer_maps) for layer_maps in zip(*chunks)]
     mask = torch.stack([on_latent_grid(layer_map, height, width) for layer_map in per_layer]).mean(0)
     low = mask.amin(dim=(2, 3), keepdim=True)
     high = mask.amax(dim=(2, 3), keepdim=True)

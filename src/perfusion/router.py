@@ -143,20 +143,18 @@ class PromptRouter:
 
     def encode_variants(self, row: EncodedRow) -> None:
         """The replaced rows the settings will ask for (perfusion.regions for the split ones), encoded ahead."""
-        registry, keeps = self.registry, set()
-        if registry.global_lock:
-            keeps.add(())
-        regional = registry.regional
+        registry, regional, split = self.registry, self.registry.regional, set()
         if regional is not None and len(row.tokens) >= regional.config.min_concepts:
-            keeps.update([(), *((token,) for token in row.tokens)])
-        variants = [self.substitute_row(row.tower, row.input_ids[None], keep)[0] for keep in sorted(keeps)]
-        split = torch.cat(variants) if regional is not None and variants else None
+            split = {(), *((token,) for token in row.tokens)}
+        keeps = split | {()} if registry.global_lock else split
+        ids = {keep: self.substitute_row(row.tower, row.input_ids[None], keep)[0] for keep in sorted(keeps)}
+        variants = list(ids.values())
         if registry.global_lock and regional is not None:  # the split rows' own keys
-            variants += [self.substitute_row(row.tower, ids, ())[0] for ids in variants]
+            variants += [self.substitute_row(row.tower, variant, ())[0] for variant in variants]
         if variants:
             self.tower_encodings(row, row.readout, torch.cat(variants))
-        if split is not None and self.pools(row.tower):  # the split rows' pooled embeddings (SDXL)
-            self.tower_encodings(row, POOLED, split)
+        if split and self.pools(row.tower):  # the split rows' pooled embeddings (SDXL)
+            self.tower_encodings(row, POOLED, torch.cat([ids[keep] for keep in sorted(split)]))
 
     def pools(self, tower: int) -> bool:
         """Whether this text encoder's pooled projection enters the UNet's added condition (SDXL's last)."""

@@ -58,9 +58,8 @@ def prepare(args, betas):
     from perfusion.experiments.prompts import read_prompts, world_prompts
     from perfusion.experiments.scoring import ClipScoring, WorldScorer
     from perfusion.experiments.sweep import SweepConfig
-    from perfusion.images import load_training_images
-
     from perfusion.generation import GenerationConfig
+    from perfusion.images import load_training_images
 
     GenerationConfig(height=args.height, width=args.width)  # a size diffusers would refuse: one line, before the model
     out = Path(args.out)
