@@ -50,6 +50,14 @@ def world_source(state_position: float | None = None, category_word: float | Non
     )
 
 
+def families_source() -> SceneSource:
+    """The families world's training scenes (perfusion.world.families): reserved instances and the examples'
+    neighbourhoods never enter."""
+    from perfusion.world.families import captions, scenes
+
+    return SceneSource(make_scene=scenes.make_scene, caption=captions.caption, vocabulary=captions.vocabulary)
+
+
 def _caption_with(spec, rng: random.Random, choice) -> str:
     from perfusion.world.captions import describe
 

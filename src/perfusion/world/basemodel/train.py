@@ -46,7 +46,7 @@ from .config import (
     saved_architecture,
     to_dict,
 )
-from .data import VAE_SEED_RANGE, LatentPool, SceneSource, atomic_torch_save, render_batch, world_source
+from .data import VAE_SEED_RANGE, LatentPool, SceneSource, atomic_torch_save, families_source, render_batch, world_source
 from .evaluate import EvaluationConfig, evaluate
 from .grounding import AttentionRecorder, CaptionGrounding, attention_resolutions, token_grounding_loss, token_pixel_loss
 from .model import pipeline_from_checkpoint
@@ -176,12 +176,12 @@ def export_vae(vae: AutoencoderKL, source: SceneSource, directory: Path, factor:
 
 
 def train_vae(run_dir: Path, source: SceneSource, arch: ArchitectureConfig, config: VaeTrainingConfig, resume: bool,
-              stop, log, decoder_only: bool = False):  # fmt: skip
+              stop, log, decoder_only: bool = False, warm_start: Path | None = None):  # fmt: skip
     """Stage 1 (encoder and decoder), or with `decoder_only` a later fine-tuning of the decoder alone, which keeps
     the latent space, hence the latent pool and the UNet, valid."""
     name = "decoder" if decoder_only else "vae"
     checkpoint_path = run_dir / f"{name}.ckpt"
-    if not decoder_only and not checkpoint_path.exists() and (run_dir / "vae").exists():
+    if not decoder_only and not checkpoint_path.exists() and (run_dir / "vae").exists() and warm_start is None:
         # taken from a shipped folder (--init-from): a new autoencoder would void the latent pool and the UNet
         log(f"vae: {run_dir / 'vae'} has no checkpoint (taken from a shipped folder); kept, not trained again")
         return
@@ -192,6 +192,9 @@ def train_vae(run_dir: Path, source: SceneSource, arch: ArchitectureConfig, conf
         vae.quant_conv.requires_grad_(False)
     else:
         vae, factor = models.build_vae(arch), None
+        if warm_start is not None and not (resume and checkpoint_path.exists()):  # a new world, an old autoencoder's start
+            vae.load_state_dict(AutoencoderKL.from_pretrained(Path(warm_start) / "vae").float().state_dict())
+            log(f"vae: starting from {warm_start}")
     trained = [p for p in vae.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=config.learning_rate, weight_decay=0.0)
     generator, py_rng, step = torch.Generator().manual_seed(0), random.Random(0), 0
@@ -374,6 +377,25 @@ class UnetTrainer:
         self.restart_ema()
         self.log(f"unet: initialised from {model_dir} at step {self.step}")
 
+    def warm_start(self, model_dir: Path) -> None:
+        """Start a new world's run from another pipeline folder's weights: the UNet whole, the text encoder with
+        each token's embedding row taken where the other tokenizer has the same token (new tokens keep their random
+        start). The step count starts at 0."""
+        model_dir = Path(model_dir)
+        self.unet.load_state_dict(UNet2DConditionModel.from_pretrained(model_dir / "unet").float().state_dict())
+        other = CLIPTextModel.from_pretrained(model_dir / "text_encoder").float().state_dict()
+        other_vocab = CLIPTokenizer.from_pretrained(model_dir / "tokenizer").get_vocab()
+        key = "text_model.embeddings.token_embedding.weight" if "text_model.embeddings.token_embedding.weight" in other else None
+        key = key or next(name for name in other if name.endswith("token_embedding.weight"))
+        rows = self.text_encoder.state_dict()[key].clone()
+        shared = [(index, other_vocab[token]) for token, index in self.tokenizer.get_vocab().items() if token in other_vocab]
+        for index, other_index in shared:
+            rows[index] = other[key][other_index]
+        other[key] = rows
+        self.text_encoder.load_state_dict(other)
+        self.restart_ema()
+        self.log(f"unet: warm start from {model_dir}: {len(shared)} of {len(self.tokenizer)} token rows shared")
+
     def save(self) -> None:
         atomic_torch_save(self.state(), self.checkpoint_path)
         self.log(f"unet: checkpoint at step {self.step}")
@@ -429,7 +451,7 @@ class UnetTrainer:
         self.ema_text.step(self.text_encoder.parameters())
         return {name: value.item() for name, value in losses.items()}
 
-    def run(self, resume: bool, stop, on_eval=None, init_from: Path | None = None) -> None:
+    def run(self, resume: bool, stop, on_eval=None, init_from: Path | None = None, warm_start: Path | None = None) -> None:
         if resume and self.checkpoint_path.exists():
             state = torch.load(self.checkpoint_path, weights_only=False)
             if state["vae"] != vae_fingerprint(self.run_dir):
@@ -438,6 +460,8 @@ class UnetTrainer:
             self.log(f"unet: resumed at step {self.step}")
         elif init_from is not None:
             self.initialise_from(init_from)
+        elif warm_start is not None:
+            self.warm_start(warm_start)
         if self.step >= self.config.max_steps:
             self.log(f"unet: step {self.step} has reached max_steps {self.config.max_steps}, the end of the learning-rate "
                      "decay; pass a larger --max-steps (and --decay-from) to go on")  # fmt: skip
@@ -528,13 +552,20 @@ def main(argv=None) -> None:
     parser.add_argument("--v-prediction", action="store_true",
                         help="unet stage: go on training a resumed epsilon model as v-prediction on the zero-terminal-SNR "
                         "schedule (new runs start so); the EMA restarts at the switch")  # fmt: skip
+    parser.add_argument("--world", choices=["families", "emoji"], default="families",
+                        help="which world's scenes to train on (default: the families world)")
+    parser.add_argument("--warm-start", type=Path, default=None,
+                        help="vae and unet stages of a new run: start from a pipeline folder's weights (the autoencoder "
+                        "whole; the UNet whole and the text encoder's rows for the tokens both tokenizers share)")
     add_config_arguments(parser, VaeTrainingConfig)
     add_config_arguments(parser, UnetTrainingConfig)
     arguments = parser.parse_args(argv)
     torch.set_num_threads(arguments.threads)
     run_dir = arguments.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    log, source, stop = RunLog(run_dir), world_source(), StopFlag(arguments.max_minutes)
+    families = arguments.world == "families"
+    log, stop = RunLog(run_dir), StopFlag(arguments.max_minutes)
+    source = families_source() if families else world_source()
     if arguments.init_from is not None:
         adopt_shipped_parts(arguments.init_from, run_dir, log)
     if arguments.stage == "tokenizer":
@@ -546,7 +577,8 @@ def main(argv=None) -> None:
         saved_arch = continuing and saved_config(run_dir / "vae.ckpt", "arch")
         arch = saved_architecture(saved_arch) if saved_arch else ArchitectureConfig()
         config = config_from_arguments(VaeTrainingConfig, arguments, saved)
-        train_vae(run_dir, source, arch, config, arguments.resume, stop, log, decoder_only=arguments.stage == "decoder")
+        train_vae(run_dir, source, arch, config, arguments.resume, stop, log, decoder_only=arguments.stage == "decoder",
+                  warm_start=arguments.warm_start)
     elif arguments.stage == "latents":
         fill_latent_pool(run_dir, source, config_from_arguments(UnetTrainingConfig, arguments), log)
     else:
@@ -561,8 +593,10 @@ def main(argv=None) -> None:
         if arguments.v_prediction:
             arch = dataclasses.replace(arch, prediction_type="v_prediction", zero_terminal_snr=True)
         config = config_from_arguments(UnetTrainingConfig, arguments, saved)
-        trainer = UnetTrainer(run_dir, world_source(config.state_position, config.category_word), arch, config, log)
-        trainer.run(arguments.resume, stop, on_eval=judge_scores, init_from=arguments.init_from)
+        unet_source = source if families else world_source(config.state_position, config.category_word)
+        trainer = UnetTrainer(run_dir, unet_source, arch, config, log)
+        trainer.run(arguments.resume, stop, on_eval=None if families else judge_scores, init_from=arguments.init_from,
+                    warm_start=arguments.warm_start)
 
 
 if __name__ == "__main__":

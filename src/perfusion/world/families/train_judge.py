@@ -1,0 +1,141 @@
+"""Train the families judge on fresh renders and write its weights to assets/families_judge.safetensors.
+
+    python -m perfusion.world.families.train_judge [--steps 4000] [--resume] [--workers 1]
+
+Every batch is new (judge_data.labelled_batch), degraded by `perfusion.world.augment` so that soft diffusion
+samples read as what they show. Losses: cross-entropy per head, L1 on the regressed parameters, and a supervised
+contrastive loss on the identity embedding (two views of each instance are positives; every other instance,
+near neighbours included, a negative). Checkpoints go to checkpoints/families-judge.pt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from perfusion.world.augment import augment
+
+from .judge import JUDGE_PATH, save_judge
+from .judge_data import IGNORE, BatchRecipe, labelled_batch
+from .judge_net import HEAD_CLASSES, JudgeNet, JudgeNetConfig
+
+CHECKPOINT = Path("checkpoints/families-judge.pt")
+
+
+@dataclass(frozen=True)
+class JudgeTrainingConfig:
+    steps: int = 4000
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 200
+    regression_weight: float = 4.0
+    identity_weight: float = 1.0
+    temperature: float = 0.1
+    checkpoint_every: int = 200
+
+
+def supervised_contrastive(embeddings: torch.Tensor, groups: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SupCon (Khosla et al. 2020) over the rows with a group: each row's other views are its positives."""
+    keep = groups >= 0
+    embeddings, groups = embeddings[keep], groups[keep]
+    similarity = embeddings @ embeddings.T / temperature
+    self_mask = torch.eye(len(groups), dtype=torch.bool)
+    similarity = similarity.masked_fill(self_mask, -1e9)
+    positives = (groups[:, None] == groups[None, :]) & ~self_mask
+    log_probability = similarity - similarity.logsumexp(dim=1, keepdim=True)
+    per_row = -(log_probability * positives).sum(1) / positives.sum(1).clamp(min=1)
+    return per_row[positives.any(1)].mean()
+
+
+def judge_loss(net: JudgeNet, batch, config: JudgeTrainingConfig, images: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    logits, regression, embeddings = net(images)
+    parts = {}
+    for name in HEAD_CLASSES:
+        target = batch.targets[name]
+        if (target != IGNORE).any():
+            parts[name] = F.cross_entropy(logits[name], target, ignore_index=IGNORE)
+    mask = batch.regression_mask
+    parts["regression"] = config.regression_weight * (regression - batch.regression).abs()[mask].mean()
+    parts["identity"] = config.identity_weight * supervised_contrastive(embeddings, batch.identity, config.temperature)
+    return sum(parts.values()), {name: float(value) for name, value in parts.items()}
+
+
+def learning_rate(step: int, config: JudgeTrainingConfig) -> float:
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.learning_rate * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class BatchStream(torch.utils.data.IterableDataset):
+    """Endless labelled batches, each worker with its own seed stream."""
+
+    def __init__(self, seed: int, recipe: BatchRecipe):
+        self.seed, self.recipe = seed, recipe
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = random.Random(f"judge/{self.seed}/{info.id if info else 0}")
+        while True:
+            yield labelled_batch(rng, self.recipe)
+
+
+def train(config: JudgeTrainingConfig, resume: bool, workers: int, out: Path, log=print) -> JudgeNet:
+    net = JudgeNet(JudgeNetConfig())
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    step, seed = 0, 0
+    if resume and CHECKPOINT.exists():
+        state = torch.load(CHECKPOINT, weights_only=False)
+        net.load_state_dict(state["net"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, seed = state["step"], state["step"]  # a fresh stream after a resume: batches are never reused anyway
+        log(f"judge: resumed at step {step}")
+    stream = torch.utils.data.DataLoader(BatchStream(seed, BatchRecipe()), batch_size=None, num_workers=workers,
+                                         prefetch_factor=4 if workers else None)  # fmt: skip
+    generator = torch.Generator().manual_seed(seed)
+    net.train()
+    started, window = time.time(), []
+    for batch in stream:
+        if step >= config.steps:
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, config)
+        loss, parts = judge_loss(net, batch, config, augment(batch.images, generator))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        window.append(parts)
+        if step % 50 == 0:
+            means = {name: sum(p.get(name, 0.0) for p in window) / len(window) for name in window[-1]}
+            log(f"step {step} " + " ".join(f"{k}={v:.3f}" for k, v in means.items()) + f" ({(time.time() - started) / 50:.2f} s/step)")
+            started, window = time.time(), []
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            CHECKPOINT.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, CHECKPOINT)
+    net.eval()
+    save_judge(net, out, {"training": asdict(config), "steps": step})
+    return net
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=JudgeTrainingConfig.steps)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--workers", type=int, default=1, help="processes that render batches beside training")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=JUDGE_PATH)
+    arguments = parser.parse_args(argv)
+    torch.set_num_threads(arguments.threads)
+    train(JudgeTrainingConfig(steps=arguments.steps), arguments.resume, arguments.workers, arguments.out)
+
+
+if __name__ == "__main__":
+    main()
