@@ -25,7 +25,11 @@ setup: $(VENV)/.installed $(FONT)
 test: $(VENV)/.installed $(FONT)
 	$(PY) -m pytest -q
 
+# The target owns demo-out: a second run moves the last one aside to demo-out.previous (the CLI itself still refuses
+# to write into a user's own non-empty folder).
 demo: $(VENV)/.installed
+	rm -rf demo-out.previous
+	if [ -d demo-out ]; then mv demo-out demo-out.previous; fi
 	$(VENV)/bin/perfusion demo --out demo-out
 
 benchmark: $(VENV)/.installed

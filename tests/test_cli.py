@@ -166,9 +166,19 @@ def test_paired_training_from_the_command_line(tiny_pipeline_dir, tmp_path, capt
                    capsys, "need at least one word in pair_words")  # fmt: skip
     too_many = ["--pair-words", "dog", "--pair-probability", "2"]
     expect_refusal(train_args(tiny_pipeline_dir, images, other, captions_file, *too_many), capsys, "must lie in [0, 1]")
-    plain = write_concept_images(tmp_path / "plain", alpha=False)
-    expect_refusal(train_args(tiny_pipeline_dir, plain, other, captions_file, "--pair-words", "dog"), capsys, "masks")
     assert not other.exists()
+
+
+def test_photos_without_masks_train_without_pairs_and_say_so(tiny_pipeline_dir, tmp_path, captions_file, capsys):
+    """A user with only photos: the model's attention masks stand in, and paired images (cut out along the objects'
+    masks) are switched off with one warning line, instead of the run failing."""
+    plain = write_concept_images(tmp_path / "plain", alpha=False)
+    out = tmp_path / "plain.safetensors"
+    code, _, err = run(train_args(tiny_pipeline_dir, plain, out, captions_file, "--pair-words", "dog"), capsys)
+    training = Concept.load(out).training
+    assert code == 0 and training["mask"] == "attention" and training["paired"] is False
+    warning_lines = [line for line in err.splitlines() if line.startswith("perfusion: warning:")]
+    assert len(warning_lines) == 1 and "no masks" in warning_lines[0]
 
 
 @pytest.fixture

@@ -261,11 +261,27 @@ def parser() -> argparse.ArgumentParser:
 
 
 def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"perfusion: warning: {message}", file=sys.stderr)
+    """Our own warnings as one line each; the libraries' (deprecations, notices) are not the user's concern."""
+    if PACKAGE_DIR in Path(filename).resolve().parents:
+        print(f"perfusion: warning: {message}", file=sys.stderr)
+
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def quiet_libraries() -> None:
+    """Silence diffusers' and transformers' loading bars and notices (our own progress bars stay)."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    for logging in (diffusers_logging, transformers_logging):
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    quiet_libraries()
     shown, warnings.showwarning = warnings.showwarning, one_line_warning
     try:
         args.run(args)

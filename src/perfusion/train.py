@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import pickle
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 from pathlib import Path
@@ -131,7 +132,12 @@ class ConceptTrainer(FineTuning):
         config = self.config
         self.text = TextConditioning.of(self.pipe)
         self.bank = self.encode_images()
-        self.pair_bank = self.encode_pairs() if config.pair_probability > 0 else None
+        self.pair_bank = None
+        if config.pair_probability > 0 and self.bank.mask_source != "given":
+            # Paired images are cut out along the objects' masks: photos without masks train without them.
+            warnings.warn("the photos have no masks: training without paired images (they need the objects' masks)")
+        elif config.pair_probability > 0:
+            self.pair_bank = self.encode_pairs()
         self.concept = self.initial_concept()
         self.start_step = 0
 
@@ -383,6 +389,7 @@ class ConceptTrainer(FineTuning):
         concept = self.concept
         settings = asdict(self.config)
         settings.update(images=len(self.images), resolution=self.resolution, mask=self.bank.mask_source,
+                        paired=self.pair_bank is not None,
                         final_loss=self.losses[-1] if self.losses else None)  # fmt: skip
         return Concept(
             token=concept.token,

@@ -62,12 +62,25 @@ def box_coverage(centre_x: float, centre_y: float, side: float, resolution: int)
     return overlap(centre_y)[:, None] * overlap(centre_x)[None, :]
 
 
+def object_boxes(spec) -> list[tuple[float, float, float]]:
+    """(centre x, centre y, side) of each object of a scene of either world."""
+    if hasattr(spec, "placements"):  # the families world
+        from perfusion.world.families.scenes import object_boxes as family_boxes
+
+        return family_boxes(spec)
+    return [(x, y, side) for _, x, y, side, _, _ in object_placements(spec)]
+
+
 def word_objects(spec, words: list[str]) -> list[int | None]:
     """For each word of a caption, the index of the object (in spec.objects) it grounds on, or None.
 
     Object names first ("lovestruck cat" holds the category word "cat"), then category words where only one object
     has that category, then position words: in one-object captions, and in pairs only the "X on the left and Y on the
     right" form (in "X to the left of Y", "left" is about both)."""
+    if hasattr(spec, "placements"):  # the families world: attribute words too
+        from perfusion.world.families.captions import word_objects as family_word_objects
+
+        return family_word_objects(spec, words)
     owners: list[int | None] = [None] * len(words)
     for index, name in enumerate(spec.objects):
         name_words = name.split()
@@ -120,8 +133,8 @@ class CaptionGrounding:
         for sample, (spec, caption) in enumerate(zip(specs, captions)):
             if not caption:
                 continue  # dropped for classifier-free guidance
-            placements = object_placements(spec)
-            boxes = {r: [box_coverage(x, y, side, r).flatten() for _, x, y, side, _, _ in placements] for r in resolutions}
+            placements = object_boxes(spec)
+            boxes = {r: [box_coverage(x, y, side, r).flatten() for x, y, side in placements] for r in resolutions}
             for token, owner in self.token_objects(spec, caption):
                 samples.append(sample)
                 indices.append(token)

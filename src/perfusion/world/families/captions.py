@@ -165,3 +165,43 @@ def vocabulary() -> tuple[str, ...]:
     phrases += [*COLOURS, *BACKGROUNDS, "band", "stripes", "spots", "patches"]
     phrases = [re.sub(r"\{[a-z]+\}", " ", phrase) for phrase in phrases]  # the forms' placeholders
     return tuple(sorted({word for phrase in phrases for word in re.findall(r"[a-z]+", phrase)}))
+
+
+# Words of an object's noun phrase that are grounded on its box in the base model's training (attribute words and
+# the noun; not the article or the linking words).
+UNGROUNDED = frozenset({"a", "an", "with", "wearing", "-"})
+ACCESSORY_THINGS = frozenset({"collar", "bow", "stripes", "spots", "patches", "band"})
+POSITION_WORDS = frozenset({"left", "right", "top", "bottom", "upper", "lower", "centre", "middle", "centered"})
+
+
+def word_objects(spec: SceneSpec, words: list[str]) -> list[int | None]:
+    """For each word of a caption (split as CLIP's pre-tokenizer does: hyphens apart), the index of the object it
+    describes, or None: every attribute word and the noun of each object's noun phrase, and position words (in a
+    pair only in "X on the left and Y on the right")."""
+    owners: list[int | None] = [None] * len(words)
+    start = 0
+    for index, instance in enumerate(spec.instances):
+        nouns = {instance.category, *(word for word, _ in instance.family.family_words)}
+        noun = next((i for i in range(start, len(words)) if words[i] in nouns), None)
+        if noun is None:
+            continue
+        first = noun
+        while first > start and words[first - 1] not in ("a", "an"):
+            first -= 1
+        last = noun
+        while last + 1 < len(words) and words[last + 1] in ("with", "wearing"):
+            end = next((i for i in range(last + 2, min(len(words), last + 6)) if words[i] in ACCESSORY_THINGS), None)
+            if end is None:
+                break
+            last = end
+        for i in range(first, last + 1):
+            if words[i] not in UNGROUNDED:
+                owners[i] = index
+        start = last + 1
+    if spec.second is None:
+        return [0 if owner is None and word in POSITION_WORDS else owner for word, owner in zip(words, owners)]
+    if "on the left and" in " ".join(words):
+        left_object = 0 if spec.position == "left" else 1
+        sides = {"left": left_object, "right": 1 - left_object}
+        owners = [sides.get(word) if owner is None else owner for word, owner in zip(words, owners)]
+    return owners
