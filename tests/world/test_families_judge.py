@@ -1,0 +1,86 @@
+"""The families judge's data, losses and file; the grounding of caption words; the value oracle."""
+
+import random
+
+import pytest
+import torch
+
+from perfusion.world.families import captions, scenes
+from perfusion.world.families.judge import Judge, save_judge
+from perfusion.world.families.judge_data import IGNORE, BatchRecipe, labelled_batch, neighbour
+from perfusion.world.families.judge_net import HEAD_CLASSES, JudgeNet, JudgeNetConfig
+from perfusion.world.families.instances import distance, evaluation_instance
+from perfusion.world.families.train_judge import supervised_contrastive
+
+SMALL = BatchRecipe(identity_instances=4, neighbours=1, pairs=2, negatives=2)
+
+
+def test_a_batch_labels_each_kind_of_image():
+    batch = labelled_batch(random.Random(0), SMALL)
+    assert batch.images.shape == (12, 3, 64, 64) and 0 <= batch.images.min() and batch.images.max() <= 1
+    accept, count = batch.targets["accept"], batch.targets["count"]
+    assert accept[:8].tolist() == [1] * 8  # two views of each of 4 instances
+    assert batch.identity[:8].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert count[8:10].tolist() == [1, 1] and (batch.targets["category"][8:10] == IGNORE).all()  # the pairs
+    assert accept[10:].tolist() == [0, 0] and (batch.targets["colour"][10:] == IGNORE).all()  # the negatives
+    assert batch.regression_mask[:8].any(1).all() and not batch.regression_mask[8:].any()
+
+
+def test_a_neighbour_is_near_but_not_the_same_instance():
+    instance = evaluation_instance("cat", 0)
+    rng = random.Random(1)
+    gaps = [distance(instance, neighbour(instance, rng)) for _ in range(20)]
+    assert all(0 < gap < 0.2 for gap in gaps)
+
+
+def test_supervised_contrastive_prefers_views_of_the_same_instance():
+    groups = torch.tensor([0, 0, 1, 1, -1])
+    aligned = torch.nn.functional.normalize(torch.tensor([[1.0, 0], [1, 0.1], [0, 1], [0.1, 1], [1, 1]]), dim=-1)
+    crossed = aligned[[0, 2, 1, 3, 4]]
+    assert supervised_contrastive(aligned, groups, 0.1) < supervised_contrastive(crossed, groups, 0.1)
+
+
+def test_the_judge_file_round_trips(tmp_path):
+    torch.manual_seed(0)
+    net = JudgeNet(JudgeNetConfig(widths=(8, 8, 16, 16), spatial_features=16, identity_features=16, embedding_dim=8))
+    save_judge(net.eval(), tmp_path / "judge.safetensors", {"steps": 0})
+    judge = Judge.load(tmp_path / "judge.safetensors")
+    images = labelled_batch(random.Random(2), SMALL).images
+    with torch.no_grad():
+        expected = net(images)[2]
+    assert torch.allclose(judge.read(images).embeddings, expected, atol=2e-2)  # fp16 weights
+    assert set(judge.read(images).probabilities) == set(HEAD_CLASSES)
+
+
+def test_a_judge_file_of_another_world_is_refused(tmp_path):
+    from perfusion.files import atomic_save_safetensors
+
+    atomic_save_safetensors({"x": torch.zeros(1)}, tmp_path / "other.safetensors", {"config": "{}", "classes": "{}"})
+    with pytest.raises(ValueError, match="another world"):
+        Judge.load(tmp_path / "other.safetensors")
+
+
+def test_grounding_gives_each_objects_attribute_words_to_it_and_the_background_to_none():
+    spec = scenes.sample_spec(random.Random(1))
+    words = "a black long - tailed cat with white stripes next to a tall mug on a red background".split()
+    first, second = spec.instances
+    words = [first.category if w == "cat" else second.category if w == "mug" else w for w in words]
+    owners = captions.word_objects(spec, words)
+    assert owners[1:9] == [0, 0, None, 0, 0, None, 0, 0]  # "-" and "with" are linking words
+    assert owners[12:14] == [1, 1]
+    assert owners[-3:] == [None, None, None]  # "red" names the background
+
+
+def test_the_value_oracle_is_W_V_of_the_attribute_words_mean_encoding(tiny_pipe):
+    from perfusion import load_concepts
+    from perfusion.fingerprint import cross_attention_modules
+    from perfusion.world.families.controls import attribute_encoding, value_oracle
+
+    instance = evaluation_instance("cat", 1)
+    concept = value_oracle(tiny_pipe, instance)
+    mixture = attribute_encoding(tiny_pipe, instance)
+    for name, module in cross_attention_modules(tiny_pipe.unet).items():
+        assert torch.allclose(concept.value_targets[name], module.to_v(mixture), atol=1e-6)
+    load_concepts(tiny_pipe, [concept], inverse_covariance=torch.eye(concept.concept_encoding.numel()))
+    image = tiny_pipe("a <oracle> on a red background", num_inference_steps=2, output_type="np").images
+    assert torch.isfinite(torch.from_numpy(image)).all()
