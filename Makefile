@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # The exact pin takes the CPU build that lies on this kind of machine's disk; the package itself asks only torch>=2.1.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup test demo benchmark basemodel clean
+.PHONY: setup test demo benchmark basemodel lab-report clean
 # The emoji font the world's glyphs were rendered from: one test re-renders two glyphs and compares (Debian package).
 FONT := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
 
@@ -35,13 +35,21 @@ demo: $(VENV)/.installed
 benchmark: $(VENV)/.installed
 	$(PY) benchmarks/overhead.py
 
-# Train the embedded base model from scratch, or continue it: every stage resumes from checkpoints/basemodel
-# (hours on 2 CPU cores; stop it any time). Then `$(PY) -m perfusion.world.basemodel.export --evaluate`.
+# Train the families laboratory's base model, or continue it: every stage resumes from checkpoints/families (hours
+# on 2 CPU cores; stop it any time). The run started from the emoji model's weights (--warm-start on a fresh run
+# directory; docs/basemodel.md). Then `$(PY) -m perfusion.world.basemodel.export --run-dir checkpoints/families`.
+RUN_DIR ?= checkpoints/families
 basemodel: $(VENV)/.installed
-	$(PY) -m perfusion.world.basemodel.train --stage tokenizer
-	$(PY) -m perfusion.world.basemodel.train --stage vae --resume
-	$(PY) -m perfusion.world.basemodel.train --stage latents
-	OMP_WAIT_POLICY=PASSIVE $(PY) -m perfusion.world.basemodel.train --stage unet --resume
+	$(PY) -m perfusion.world.basemodel.train --stage tokenizer --run-dir $(RUN_DIR)
+	$(PY) -m perfusion.world.basemodel.train --stage vae --resume --run-dir $(RUN_DIR)
+	$(PY) -m perfusion.world.basemodel.train --stage latents --run-dir $(RUN_DIR) --pool-size 30000
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m perfusion.world.basemodel.train --stage unet --resume --run-dir $(RUN_DIR) \
+	  --grounding-weight 0.3 --grounding-pixel-weight 0.1
+
+# The laboratory's report: base model, judge, controls and the seen-member control (lab-report/report.html and
+# summary.json; about half an hour on 2 cores).
+lab-report: $(VENV)/.installed
+	$(PY) -m perfusion.world.families.lab_report --out lab-report
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

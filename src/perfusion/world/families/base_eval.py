@@ -29,6 +29,7 @@ from .captions import CaptionChoice, describe
 from .categories import CATEGORIES, CATEGORY_NAMES
 from .instances import sample_training_instance
 from .judge import Judge, Reading
+from .sampling import generate_images, sampling_defaults
 from .scenes import photos, sample_spec
 
 EVAL_FIRST_SEED = 800_000
@@ -117,20 +118,10 @@ def spread(judge: Judge, pipe, name: str, generate, samples: int = SPREAD_SAMPLE
 
 def evaluate(pipe, judge: Judge, prompts: int, seeds: int, out: Path | None, steps: int = 25,
              guidance: float | None = None) -> dict:  # fmt: skip
-    from perfusion.world.basemodel.config import SamplingConfig
+    steps, guidance = sampling_defaults(steps, guidance)
 
-    guidance = SamplingConfig.guidance_scale if guidance is None else guidance
-    pipe.set_progress_bar_config(disable=True)
-
-    @torch.no_grad()
     def generate(texts, seed_list):
-        images = []
-        jobs = [(text, seed) for text in texts for seed in seed_list]
-        for start in range(0, len(jobs), 16):
-            batch = jobs[start : start + 16]
-            images += pipe([t for t, _ in batch], num_inference_steps=steps, guidance_scale=guidance,
-                           generator=[torch.Generator().manual_seed(s) for _, s in batch]).images  # fmt: skip
-        return images
+        return generate_images(pipe, texts, seed_list, steps, guidance)
 
     pairs = prompt_set(prompts)
     images = generate([caption.text for _, caption in pairs], list(range(seeds)))

@@ -13,6 +13,8 @@ import torch
 
 from perfusion.experiments.sheet import SheetRow, write_sheet
 
+from .sampling import generate_images
+
 PROBE_PROMPTS = (
     "a photo of a cat",
     "a black cat",
@@ -41,18 +43,10 @@ PROBE_PROMPTS = (
 )
 
 
-@torch.no_grad()
-def draw_prompts(pipe, prompts, seeds: int, steps: int = 25, guidance: float | None = None) -> list[SheetRow]:
-    from perfusion.world.basemodel.config import SamplingConfig
-
-    guidance = SamplingConfig.guidance_scale if guidance is None else guidance
-    pipe.set_progress_bar_config(disable=True)
-    rows = []
-    for prompt in prompts:
-        generators = [torch.Generator().manual_seed(seed) for seed in range(seeds)]
-        images = pipe([prompt] * seeds, num_inference_steps=steps, guidance_scale=guidance, generator=generators).images
-        rows.append(SheetRow(prompt, [(image, f"seed {seed}") for seed, image in enumerate(images)]))
-    return rows
+def draw_prompts(pipe, prompts, seeds: int, steps: int | None = None, guidance: float | None = None) -> list[SheetRow]:
+    images = generate_images(pipe, list(prompts), list(range(seeds)), steps, guidance)
+    return [SheetRow(prompt, [(images[index * seeds + seed], f"seed {seed}") for seed in range(seeds)])
+            for index, prompt in enumerate(prompts)]  # fmt: skip
 
 
 def main(argv=None) -> None:

@@ -1,0 +1,157 @@
+"""The laboratory's report (issue 30, section 5): `make lab-report` writes lab-report/report.html and
+lab-report/summary.json.
+
+    python -m perfusion.world.families.lab_report [--model DIR] [--out lab-report] [--quick]
+
+- base_model: the base model's bars (base_eval), pooled over categories;
+- judge: renders of reserved instances recognised, the least-refused kind of negative (judge_check);
+- examples: on each shipped example, the prior, the verbal oracle and the value oracle, 12 prompts x 2 seeds;
+- seen_member: Perfusion with the model folder's recipe, trained on 5 photos of each category's first seen
+  instance, recognised on the same prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from perfusion.experiments.sheet import SheetRow, write_sheet
+from perfusion.files import atomic_write
+
+from . import base_eval, judge_check
+from .categories import CATEGORY_NAMES
+from .concept_prompts import concept_prompts
+from .controls import ORACLE_TOKEN, value_oracle, verbal_description
+from .examples import example_instances
+from .judge import Judge
+from .sampling import generate_images
+from .scenes import photos
+from .instances import seen_instances
+from .scoring import ConceptScores, Galleries, score_concept_images
+
+SEEDS = (0, 1)
+CONCEPT_TOKEN = "<concept>"
+
+
+def world_captions(count: int = 5000) -> list[str]:
+    """Captions of the world's own scenes: the corpus C is estimated from for the embedded model."""
+    import random
+
+    from .captions import caption
+    from .scenes import sample_spec
+
+    rng = random.Random("covariance-corpus")
+    return [caption(sample_spec(rng), rng) for _ in range(count)]
+
+
+def score_rows(pipe, judge: Judge, instance, subject: str, galleries: Galleries, label: str, seeds=SEEDS,
+               leave_out_changed: bool = False) -> tuple[ConceptScores, SheetRow]:  # fmt: skip
+    """Draw and score the 12 concept prompts with ``subject`` as the noun ("<concept>", "cat", or the verbal
+    description, which then leaves out the attribute a prompt changes)."""
+    scores, cells = ConceptScores(), []
+    for prompt in concept_prompts(instance):
+        noun = subject
+        if leave_out_changed:
+            noun = verbal_description(instance, leave_out=frozenset(prompt.changes))
+        images = generate_images(pipe, [prompt.text(noun)], list(seeds))
+        result = score_concept_images(judge, instance, prompt, images, galleries)
+        scores.extend(result)
+        for image, hit in zip(images, result.recognised):
+            cells.append((image, f"{prompt.text('*')} {'REC' if hit else '-'}"))
+    return scores, SheetRow(label, cells)
+
+
+def controls(pipe, judge: Judge, galleries: Galleries, out: Path) -> dict:
+    from perfusion import load_concepts, unload_concepts
+
+    results = {}
+    captions = world_captions()
+    for folder, instance in example_instances().items():
+        rows, results[folder] = [], {}
+        prior, row = score_rows(pipe, judge, instance, instance.category, galleries, "prior")
+        results[folder]["prior"], _ = prior.summary(), rows.append(row)
+        verbal, row = score_rows(pipe, judge, instance, "", galleries, "verbal oracle", leave_out_changed=True)
+        results[folder]["verbal_oracle"], _ = verbal.summary(), rows.append(row)
+        load_concepts(pipe, [value_oracle(pipe, instance)], captions=captions)
+        oracle, row = score_rows(pipe, judge, instance, ORACLE_TOKEN, galleries, "value oracle")
+        unload_concepts(pipe, [ORACLE_TOKEN])
+        results[folder]["value_oracle"], _ = oracle.summary(), rows.append(row)
+        photo_row = SheetRow("the concept's photos", [(image, "") for image, _, _ in photos(instance, 5, seed=0)])
+        write_sheet(out / f"controls-{folder}.png", [photo_row, *rows], title=f"{folder}: {instance.describe()}",
+                    columns=12)  # fmt: skip
+    return results
+
+
+def seen_member(pipe, judge: Judge, galleries: Galleries, out: Path, model: Path, categories) -> dict:
+    """Perfusion with the model's recipe on 5 photos of each category's first seen instance."""
+    from perfusion import load_concepts, unload_concepts
+    from perfusion.images import TrainingImage
+    from perfusion.recipes import read_recipe
+    from perfusion.train import TrainingConfig, train_concept
+
+    recipe = read_recipe(model)
+    captions = world_captions()
+    results = {}
+    for name in categories:
+        instance = seen_instances(name)[0]
+        shots = photos(instance, 5, seed=0)
+        images = [TrainingImage(f"{index:02d}.png", image, mask) for index, (image, mask, _) in enumerate(shots)]
+        config = TrainingConfig(**{**recipe.training, "pair_words": tuple(recipe.training.get("pair_words", ()))})
+        started = time.time()
+        result = train_concept(pipe, images, CONCEPT_TOKEN, name, config, captions=captions, progress=False)
+        load_concepts(pipe, [result.concept], captions=captions)
+        scores, row = score_rows(pipe, judge, instance, CONCEPT_TOKEN, galleries, f"Perfusion, seen {name}")
+        unload_concepts(pipe, [CONCEPT_TOKEN])
+        results[name] = {**scores.summary(), "training_seconds": time.time() - started}
+        photo_row = SheetRow("the photos", [(image, "") for image, _, _ in shots])
+        write_sheet(out / f"seen-{name}.png", [photo_row, row], title=f"seen member {name}: {instance.describe()}", columns=12)
+    return results
+
+
+def write_html(out: Path, summary: dict) -> None:
+    sheets = sorted(path.name for path in out.rglob("*.png"))
+    body = [f"<h1>Laboratory report</h1><pre>{html.escape(json.dumps(summary, indent=1))}</pre>"]
+    body += [f"<h2>{html.escape(name)}</h2><img src='{html.escape(str(path.relative_to(out)))}'>"
+             for name, path in ((p, next(out.rglob(p))) for p in sheets)]  # fmt: skip
+    page = "<!doctype html><meta charset='utf-8'><title>Laboratory report</title>" + "\n".join(body)
+    atomic_write(out / "report.html", lambda temporary: Path(temporary).write_text(page))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=None, help="pipeline folder (default: the embedded model)")
+    parser.add_argument("--out", type=Path, default=Path("lab-report"))
+    parser.add_argument("--quick", action="store_true", help="16 base-model prompts, seen members of cat and mug only")
+    parser.add_argument("--threads", type=int, default=2)
+    arguments = parser.parse_args(argv)
+    torch.set_num_threads(arguments.threads)
+    from diffusers import StableDiffusionPipeline
+
+    from perfusion.world.model_path import default_model_path
+
+    model = arguments.model or default_model_path()
+    pipe = StableDiffusionPipeline.from_pretrained(model, local_files_only=True)
+    judge = Judge.load()
+    out = arguments.out
+    out.mkdir(parents=True, exist_ok=True)
+    galleries = Galleries(judge)
+    base = base_eval.evaluate(pipe, judge, 16 if arguments.quick else 64, 2, out / "base")
+    checked = judge_check.check(judge, 2 if arguments.quick else 4, out / "judge")
+    summary = {
+        "base_model": {key: base["pooled"].get(key) for key in base_eval.BARS},
+        "judge": {"renders_recognised": checked["renders_recognised"], "garbage_refused_min": checked["garbage_refused_min"]},
+        "examples": controls(pipe, judge, galleries, out),
+        "seen_member": seen_member(pipe, judge, galleries, out, model, ("cat", "mug") if arguments.quick else CATEGORY_NAMES),
+    }
+    atomic_write(out / "summary.json", lambda temporary: Path(temporary).write_text(json.dumps(summary, indent=1)))
+    write_html(out, summary)
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

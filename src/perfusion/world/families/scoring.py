@@ -1,0 +1,103 @@
+"""Scoring images of a personal concept drawn from concept prompts: recognised, attribute match and alignment.
+
+    scores = score_concept_images(judge, instance, prompt, images, galleries)
+    scores.recognised, scores.attribute_match, scores.alignment     # one value per image
+
+Recognition reads the concept's side of a two-object image (a square crop around it, enlarged to 64x64), so that
+the second object does not enter the identity embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from .concept_prompts import ConceptPrompt
+from .judge import Judge, Reading
+from .metrics import Gallery, attribute_match, changed
+from .scenes import PAIR_CENTRES
+
+FOCUS_SIDE = 40  # pixels of the 64x64 image around one object of a pair, enlarged to 64 for the identity read
+
+
+def focus(image: Image.Image, side: str) -> Image.Image:
+    """A square crop around the left or right object of a pair, enlarged to the image's size."""
+    centre = PAIR_CENTRES[0] if side == "left" else PAIR_CENTRES[1]
+    left = int(round(min(max(centre - FOCUS_SIDE / 2, 0), image.width - FOCUS_SIDE)))
+    top = (image.height - FOCUS_SIDE) // 2
+    return image.crop((left, top, left + FOCUS_SIDE, top + FOCUS_SIDE)).resize(image.size, Image.BICUBIC)
+
+
+def alignment(reading: Reading, row: int, prompt: ConceptPrompt, category: str) -> dict[str, bool]:
+    """What the prompt states, as the judge reads it: background, position, size, the second object, a colour
+    or pattern it asks for."""
+    hits = {}
+    stated = prompt.stated
+    for key in ("background", "position", "size"):
+        if key in stated:
+            hits[key] = reading.label(key, row) == stated[key]
+    if "second" in stated:
+        sides = (reading.label("left", row), reading.label("right", row))
+        hits["second"] = reading.label("count", row) == 2 and stated["second"] in sides and category in sides
+    if "colour" in stated:
+        hits["colour"] = reading.label("colour", row) == stated["colour"]
+    if "pattern" in stated:
+        hits["pattern"] = reading.label("pattern", row) == stated["pattern"]
+    return hits
+
+
+@dataclass
+class ConceptScores:
+    recognised: list[bool] = field(default_factory=list)
+    attribute_match: list[float] = field(default_factory=list)
+    alignment: list[float] = field(default_factory=list)
+    details: list[dict] = field(default_factory=list)
+
+    def extend(self, other: "ConceptScores") -> None:
+        for name in ("recognised", "attribute_match", "alignment", "details"):
+            getattr(self, name).extend(getattr(other, name))
+
+    def summary(self) -> dict[str, float]:
+        return {"recognised": float(np.mean(self.recognised)), "attribute_match": float(np.mean(self.attribute_match)),
+                "alignment": float(np.mean(self.alignment)), "images": len(self.recognised)}  # fmt: skip
+
+
+class Galleries:
+    """One gallery per (concept, changes), built once."""
+
+    def __init__(self, judge: Judge):
+        self.judge, self._built = judge, {}
+
+    def __call__(self, instance, changes: dict) -> Gallery:
+        key = (instance, tuple(sorted(changes.items())))
+        if key not in self._built:
+            self._built[key] = Gallery.build(instance, self.judge, changes)
+        return self._built[key]
+
+
+def score_concept_images(judge: Judge, instance, prompt: ConceptPrompt, images: list[Image.Image],
+                         galleries: Galleries) -> ConceptScores:  # fmt: skip
+    whole = judge.read(images)
+    if "second" in prompt.stated:  # read the concept's own side: the side where the judge sees its category
+        crops = []
+        for row, image in enumerate(images):
+            side = "left" if whole.label("left", row) == instance.category else "right"
+            crops.append(focus(image, side))
+        own = judge.read(crops)
+    else:
+        own = whole
+    gallery = galleries(instance, prompt.changes)
+    recognised = gallery.recognised(own)
+    scores = ConceptScores()
+    ignore = frozenset(prompt.changes)
+    target = changed(instance, prompt.changes)
+    for row in range(len(images)):
+        matches = attribute_match(own, row, target, ignore)
+        aligned = alignment(whole, row, prompt, instance.category)
+        scores.recognised.append(recognised[row])
+        scores.attribute_match.append(float(np.mean(list(matches.values()))))
+        scores.alignment.append(float(np.mean(list(aligned.values()))) if aligned else 1.0)
+        scores.details.append({"matches": matches, "alignment": aligned})
+    return scores
