@@ -84,3 +84,32 @@ def test_the_value_oracle_is_W_V_of_the_attribute_words_mean_encoding(tiny_pipe)
     load_concepts(tiny_pipe, [concept], inverse_covariance=torch.eye(concept.concept_encoding.numel()))
     image = tiny_pipe("a <oracle> on a red background", num_inference_steps=2, output_type="np").images
     assert torch.isfinite(torch.from_numpy(image)).all()
+
+
+def test_concept_prompts_state_what_they_ask_and_change_only_what_they_say():
+    from perfusion.world.families.concept_prompts import concept_prompts
+    from perfusion.world.families.controls import verbal_description
+
+    instance = evaluation_instance("cat", 2)
+    prompts = concept_prompts(instance)
+    assert len(prompts) == 12
+    assert {prompt.kind for prompt in prompts} == {"scene", "second object", "size and position", "property"}
+    small = next(p for p in prompts if p.stated.get("size") == "small")
+    assert small.text("<mycat>") == "a small <mycat> at the left" and small.text("orange cat") == "a small orange cat at the left"
+    recoloured = next(p for p in prompts if "colour" in p.stated)
+    assert recoloured.stated["colour"] != instance.colour_name and set(recoloured.changes) == {"colour"}
+    described = verbal_description(instance, leave_out=frozenset(recoloured.changes))
+    assert instance.colour_name not in described.split() and instance.category in described.split()
+
+
+def test_alignment_reads_each_stated_property():
+    from perfusion.world.families.concept_prompts import ConceptPrompt
+    from perfusion.world.families.judge import Reading
+    from perfusion.world.families.scoring import alignment
+
+    probabilities = {head: torch.zeros(1, len(classes)) for head, classes in HEAD_CLASSES.items()}
+    for head, value in (("background", "blue"), ("position", "left"), ("size", "small"), ("count", 1)):
+        probabilities[head][0, HEAD_CLASSES[head].index(value)] = 1.0
+    reading = Reading(probabilities, torch.zeros(1, 1), torch.zeros(1, 4))
+    prompt = ConceptPrompt("{} at the left", prefix="small", stated={"size": "large", "position": "left", "background": "blue"})
+    assert alignment(reading, 0, prompt, "cat") == {"background": True, "position": True, "size": False}

@@ -57,6 +57,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-ema", action="store_true", help="the live weights (early in a run the EMA still lags)")
     arguments = parser.parse_args(argv)
     torch.set_num_threads(arguments.threads)
     if arguments.model is not None:
@@ -66,7 +67,7 @@ def main(argv=None) -> None:
     else:
         from perfusion.world.basemodel.model import pipeline_from_checkpoint
 
-        pipe, info = pipeline_from_checkpoint(arguments.run_dir or Path("checkpoints/families"))
+        pipe, info = pipeline_from_checkpoint(arguments.run_dir or Path("checkpoints/families"), not arguments.no_ema)
         step = info["unet_step"]
     rows = draw_prompts(pipe, PROBE_PROMPTS, arguments.seeds, guidance=arguments.guidance)
     write_sheet(arguments.out, rows, title=f"families base model, step {step}", columns=arguments.seeds)
