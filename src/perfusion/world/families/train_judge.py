@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from perfusion.files import atomic_torch_save
 from perfusion.world.augment import augment
 
 from .judge import JUDGE_PATH, save_judge
@@ -119,7 +120,10 @@ def train(config: JudgeTrainingConfig, resume: bool, workers: int, out: Path, lo
             started, window = time.time(), []
         if step % config.checkpoint_every == 0 or step == config.steps:
             CHECKPOINT.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, CHECKPOINT)
+            atomic_torch_save({"net": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, CHECKPOINT)
+            net.eval()  # the weights so far are usable while training goes on
+            save_judge(net, out, {"training": asdict(config), "steps": step})
+            net.train()
     net.eval()
     save_judge(net, out, {"training": asdict(config), "steps": step})
     return net
