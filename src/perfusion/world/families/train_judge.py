@@ -40,6 +40,7 @@ class JudgeTrainingConfig:
     identity_weight: float = 1.0
     temperature: float = 0.1
     checkpoint_every: int = 200
+    vae_share: float = 0.3  # images passed through the base model's autoencoder first: generated images are its decodes
 
 
 def supervised_contrastive(embeddings: torch.Tensor, groups: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -68,6 +69,19 @@ def judge_loss(net: JudgeNet, batch, config: JudgeTrainingConfig, images: torch.
     return sum(parts.values()), {name: float(value) for name, value in parts.items()}
 
 
+@torch.no_grad()
+def autoencoder_roundtrip(images: torch.Tensor, vae, share: float, generator: torch.Generator) -> torch.Tensor:
+    """A random ``share`` of the images replaced by the autoencoder's reconstruction (its softness, its colours)."""
+    chosen = torch.rand(len(images), generator=generator) < share
+    if vae is None or not chosen.any():
+        return images
+    picked = images[chosen] * 2 - 1
+    decoded = vae.decode(vae.encode(picked).latent_dist.mean).sample
+    images = images.clone()
+    images[chosen] = ((decoded + 1) / 2).clamp(0, 1)
+    return images
+
+
 def learning_rate(step: int, config: JudgeTrainingConfig) -> float:
     if step < config.warmup_steps:
         return config.learning_rate * (step + 1) / config.warmup_steps
@@ -88,7 +102,7 @@ class BatchStream(torch.utils.data.IterableDataset):
             yield labelled_batch(rng, self.recipe)
 
 
-def train(config: JudgeTrainingConfig, resume: bool, workers: int, out: Path, log=print) -> JudgeNet:
+def train(config: JudgeTrainingConfig, resume: bool, workers: int, out: Path, vae=None, log=print) -> JudgeNet:
     net = JudgeNet(JudgeNetConfig())
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     step, seed = 0, 0
@@ -108,7 +122,8 @@ def train(config: JudgeTrainingConfig, resume: bool, workers: int, out: Path, lo
             break
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
-        loss, parts = judge_loss(net, batch, config, augment(batch.images, generator))
+        images = autoencoder_roundtrip(batch.images, vae, config.vae_share, generator)
+        loss, parts = judge_loss(net, batch, config, augment(images, generator))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -136,9 +151,16 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=1, help="processes that render batches beside training")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=JUDGE_PATH)
+    parser.add_argument("--vae", type=Path, default=Path("checkpoints/families/vae"),
+                        help="the base model's autoencoder, for the round-trip share (skipped if absent)")
     arguments = parser.parse_args(argv)
     torch.set_num_threads(arguments.threads)
-    train(JudgeTrainingConfig(steps=arguments.steps), arguments.resume, arguments.workers, arguments.out)
+    vae = None
+    if arguments.vae.exists():
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(arguments.vae).float().eval()
+    train(JudgeTrainingConfig(steps=arguments.steps), arguments.resume, arguments.workers, arguments.out, vae)
 
 
 if __name__ == "__main__":
