@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e '.[test,baselines]'
+	$(PY) -m pip install -q -e '.[test,baselines,experiments]'
 	touch $@
 
 $(FONT):
@@ -23,6 +23,8 @@ $(FONT):
 setup: $(VENV)/.installed $(FONT)
 
 test: $(VENV)/.installed $(FONT)
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q
 
 # The target owns demo-out: a second run moves the last one aside to demo-out.previous (the CLI itself still refuses

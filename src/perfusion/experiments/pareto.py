@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from perfusion.errors import CommandError
+
 
 @dataclass(frozen=True)
 class SweepPoint:
@@ -27,7 +29,10 @@ def pareto_plot(results: Sequence[SweepPoint], path: str | Path, title: str = "b
                 fidelity_label: str = "identity fidelity (judge embedding cosine)",
                 alignment_label: str = "text alignment (share of stated attributes)") -> Path:  # fmt: skip
     """Write a PNG: alignment on x, fidelity on y, each method's points joined in beta order and labelled by beta."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # an optional dependency: only the experiments draw plots
+        raise CommandError("the Pareto plot needs matplotlib: pip install 'perfusion[experiments]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
