@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from overhead import MODELS, SUPERCATEGORIES, ProcessorSwitch, random_inverse_covariance
+
 from perfusion.conditioning import TextConditioning
 from perfusion.loader import load_concepts
 from perfusion.testing import handmade_concept
@@ -59,9 +59,11 @@ def main() -> None:
             stock.append(took["stock"])
             edit.append(took["edit"])
         ratios = [e / s for e, s in zip(edit, stock)]
-        print(f"{label}, 4 concepts, both rows edited, latent {args.latent}x{args.latent}, batch 2: {args.pairs} alternating "
-              f"pairs; paired ratio median {statistics.median(ratios):.3f}x (range {min(ratios):.3f}-{max(ratios):.3f}); "
-              f"stock median {statistics.median(stock):.2f} s, edit median {statistics.median(edit):.2f} s")  # fmt: skip
+        print(
+            f"{label}, 4 concepts, both rows edited, latent {args.latent}x{args.latent}, batch 2: {args.pairs} alternating "
+            f"pairs; paired ratio median {statistics.median(ratios):.3f}x (range {min(ratios):.3f}-{max(ratios):.3f}); "
+            f"stock median {statistics.median(stock):.2f} s, edit median {statistics.median(edit):.2f} s"
+        )
 
 
 if __name__ == "__main__":

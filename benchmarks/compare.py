@@ -70,31 +70,67 @@ GUIDANCE_SWEEP = tuple(sorted({2.0, recipe.GUIDANCE, 4.0, 6.0, 8.0}))
 VARIANTS = (
     Variant(PERFUSION, PERFUSION, dict(recipe.TRAINING), "beta", (0.5, 0.6, 0.7, 0.8, 0.9), 0.7),
     # The same without paired images (perfusion.pairs): what "<token> next to a <word>" training adds.
-    Variant("perfusion-no-pairs", PERFUSION, dict(recipe.TRAINING, pair_probability=0.0), "beta",
-            (0.5, 0.6, 0.7, 0.8, 0.9), 0.7, "ablation"),
+    Variant(
+        "perfusion-no-pairs",
+        PERFUSION,
+        dict(recipe.TRAINING, pair_probability=0.0),
+        "beta",
+        (0.5, 0.6, 0.7, 0.8, 0.9),
+        0.7,
+        "ablation",
+    ),
     # The same with the o*_V rate the earlier (epsilon-prediction) embedded models needed, 10x below SD1.5's.
-    Variant("perfusion-3e-3", PERFUSION, dict(recipe.TRAINING, lr_values=recipe.EARLIER_LR_VALUES), "beta",
-            (0.5, 0.6, 0.7, 0.8, 0.9), 0.7, "candidate"),
+    Variant(
+        "perfusion-3e-3",
+        PERFUSION,
+        dict(recipe.TRAINING, lr_values=recipe.EARLIER_LR_VALUES),
+        "beta",
+        (0.5, 0.6, 0.7, 0.8, 0.9),
+        0.7,
+        "candidate",
+    ),
     # The same with SD1.5's rate for v* (6e-3, the recipe until commit 424d60f): v* ends at 2-3x a word embedding's
     # norm instead of near it, and the identity rides on v* more than on the gated o*_V.
-    Variant("perfusion-v-6e-3", PERFUSION, dict(recipe.TRAINING, lr_embedding=TrainingConfig.lr_embedding), "beta",
-            (0.5, 0.6, 0.7, 0.8, 0.9), 0.7, "candidate"),
+    Variant(
+        "perfusion-v-6e-3",
+        PERFUSION,
+        dict(recipe.TRAINING, lr_embedding=TrainingConfig.lr_embedding),
+        "beta",
+        (0.5, 0.6, 0.7, 0.8, 0.9),
+        0.7,
+        "candidate",
+    ),
     # Every training sample a paired image (the recipe: half): better <mybird>, worse <mycat>, pairs 82 of 192 in
     # benchmarks/composition.py against the recipe's 79 (docs/history.md, "Two concepts in one prompt").
-    Variant("perfusion-pairs-only", PERFUSION, dict(recipe.TRAINING, pair_probability=1.0), "beta",
-            (0.5, 0.6, 0.7, 0.8, 0.9), 0.7, "candidate"),
+    Variant(
+        "perfusion-pairs-only",
+        PERFUSION,
+        dict(recipe.TRAINING, pair_probability=1.0),
+        "beta",
+        (0.5, 0.6, 0.7, 0.8, 0.9),
+        0.7,
+        "candidate",
+    ),
     # Methods without a knob of their own sweep guidance; their default is the embedded model's (recipe.GUIDANCE).
     Variant("textual-inversion", "textual-inversion", {}, "guidance", GUIDANCE_SWEEP, recipe.GUIDANCE),
     # Textual Inversion at Perfusion's learning rate for v*: how much of Perfusion's result v* alone gives.
-    Variant("textual-inversion-6e-3", "textual-inversion", dict(lr=TrainingConfig.lr_embedding), "guidance",
-            GUIDANCE_SWEEP, recipe.GUIDANCE, "ablation"),
+    Variant(
+        "textual-inversion-6e-3",
+        "textual-inversion",
+        dict(lr=TrainingConfig.lr_embedding),
+        "guidance",
+        GUIDANCE_SWEEP,
+        recipe.GUIDANCE,
+        "ablation",
+    ),
     # Prior-preservation class images at the base model's own guidance (7.5 gives this model's worst samples).
-    Variant("dreambooth", "dreambooth", dict(class_guidance=recipe.GUIDANCE), "guidance", GUIDANCE_SWEEP,
-            recipe.GUIDANCE),
+    Variant(
+        "dreambooth", "dreambooth", dict(class_guidance=recipe.GUIDANCE), "guidance", GUIDANCE_SWEEP, recipe.GUIDANCE
+    ),
     Variant("lora-r4", "lora", dict(rank=4), "scale", (0.25, 0.5, 0.75, 1.0), 1.0),
     Variant("lora-r16", "lora", dict(rank=16), "scale", (0.25, 0.5, 0.75, 1.0), 1.0),
     Variant("custom-diffusion", "custom-diffusion", {}, "scale", (0.25, 0.5, 0.75, 1.0), 1.0),
-)  # fmt: skip
+)
 # Without --variants: the methods and their ablations (the committed full runs); --quick: the methods alone, so that
 # it stays under 20 minutes on the 2 cores. Candidates run only when named.
 DEFAULT_ROLES = ("method", "ablation")
@@ -125,8 +161,13 @@ class RunSettings:
     compositions_only: bool = False  # redo the compositions from --out's artifacts; keep every row (implies update)
 
     def quickened(self) -> RunSettings:
-        return replace(self, prompts=min(self.prompts, 4), images_per_prompt=1, composition_images_per_prompt=1,
-                       inference_steps=min(self.inference_steps, 10))  # fmt: skip
+        return replace(
+            self,
+            prompts=min(self.prompts, 4),
+            images_per_prompt=1,
+            composition_images_per_prompt=1,
+            inference_steps=min(self.inference_steps, 10),
+        )
 
 
 @dataclass(frozen=True)
@@ -147,8 +188,11 @@ def find_concepts(directory: Path) -> list[ConceptSpec]:
     concepts = []
     for meta_path in sorted(directory.glob("*/concept.json")):
         meta = json.loads(meta_path.read_text())
-        concepts.append(ConceptSpec(meta_path.parent.name, meta["token"], meta["supercategory"], str(meta_path.parent),
-                                    meta.get("object")))  # fmt: skip
+        concepts.append(
+            ConceptSpec(
+                meta_path.parent.name, meta["token"], meta["supercategory"], str(meta_path.parent), meta.get("object")
+            )
+        )
     if not concepts:
         raise SystemExit(f"{directory}: no concept folders (*/concept.json)")
     return concepts
@@ -193,13 +237,17 @@ def load_job(model: str, concept: ConceptSpec, threads: int | None) -> None:
     load_training_images(concept.directory, concept.mask_dir)
 
 
-def train_job(model: str, concept: ConceptSpec, variant: Variant, overrides: dict, artifact: str, threads: int | None) -> dict:
+def train_job(
+    model: str, concept: ConceptSpec, variant: Variant, overrides: dict, artifact: str, threads: int | None
+) -> dict:
     set_threads(threads)
     pipe = open_pipeline(model, half=False)  # trained in fp32 (mixed precision is a config setting)
     pipe.set_progress_bar_config(disable=True)
     images = load_training_images(concept.directory, concept.mask_dir)
     if variant.method == PERFUSION:
-        result = train_concept(pipe, images, concept.token, concept.supercategory, TrainingConfig(**overrides), progress=False)
+        result = train_concept(
+            pipe, images, concept.token, concept.supercategory, TrainingConfig(**overrides), progress=False
+        )
         result.concept.save(artifact)
         seconds, steps, losses = result.seconds, result.concept.training["steps"], result.losses
     else:
@@ -245,24 +293,33 @@ def generate_sweep(model, concept, variant, artifact, prompts, settings) -> dict
     images = {}
     for value in sweep_values(variant, settings.quick):
         guidance = value if variant.knob == "guidance" else settings.guidance
-        config = GenerationConfig(num_inference_steps=settings.inference_steps, guidance_scale=guidance,
-                                  num_images_per_prompt=settings.images_per_prompt,
-                                  seed=settings.seed)  # fmt: skip
+        config = GenerationConfig(
+            num_inference_steps=settings.inference_steps,
+            guidance_scale=guidance,
+            num_images_per_prompt=settings.images_per_prompt,
+            seed=settings.seed,
+        )
         gate = {concept.token: (value, None)} if variant.knob == "beta" else None
         if variant.knob == "scale":
             set_strength(value)
-        images[value] = {prompt: generate(pipe, to_prompt(prompt.text(concept.token)), config, settings=gate) for prompt in prompts}
+        images[value] = {
+            prompt: generate(pipe, to_prompt(prompt.text(concept.token)), config, settings=gate) for prompt in prompts
+        }
     return images
 
 
 # -- scoring: the one place to plug metrics in -------------------------------------------------------------
 AXES = {  # Pareto chart axis labels per scorer
-    "world judge": dict(fidelity_label="identity fidelity (judge embedding cosine)",
-                        alignment_label="text alignment (share of stated attributes)"),
+    "world judge": dict(
+        fidelity_label="identity fidelity (judge embedding cosine)",
+        alignment_label="text alignment (share of stated attributes)",
+    ),
     "CLIP": dict(fidelity_label="CLIP-I (image-image)", alignment_label="CLIP-T (image-text, supercategory prompt)"),
-    "pixel placeholder": dict(fidelity_label="PLACEHOLDER fidelity (thumbnail cosine to the photos)",
-                              alignment_label="PLACEHOLDER alignment (thumbnail cosine to the base image)"),
-}  # fmt: skip
+    "pixel placeholder": dict(
+        fidelity_label="PLACEHOLDER fidelity (thumbnail cosine to the photos)",
+        alignment_label="PLACEHOLDER alignment (thumbnail cosine to the base image)",
+    ),
+}
 
 
 class PixelScorer:
@@ -278,7 +335,10 @@ class PixelScorer:
 
     @classmethod
     def thumbnails(cls, images) -> torch.Tensor:
-        rows = [np.asarray(image.convert("RGB").resize((cls.side, cls.side)), dtype=np.float32).ravel() / 127.5 - 1 for image in images]
+        rows = [
+            np.asarray(image.convert("RGB").resize((cls.side, cls.side)), dtype=np.float32).ravel() / 127.5 - 1
+            for image in images
+        ]
         return torch.nn.functional.normalize(torch.from_numpy(np.stack(rows)), dim=-1)
 
     def score(self, images_by_prompt: dict[EvalPrompt, list], references: list, supercategory: str) -> Scores:
@@ -315,8 +375,12 @@ def make_scorer(model: str, concept: ConceptSpec, prompts: list[EvalPrompt], set
         return scorer
     print(f"note: scoring {concept.name} with the pixel placeholder ({reason})", file=sys.stderr)
     pipe = fresh_pipeline(model)
-    config = GenerationConfig(num_inference_steps=settings.inference_steps, guidance_scale=settings.guidance,
-                              num_images_per_prompt=settings.images_per_prompt, seed=settings.seed)  # fmt: skip
+    config = GenerationConfig(
+        num_inference_steps=settings.inference_steps,
+        guidance_scale=settings.guidance,
+        num_images_per_prompt=settings.images_per_prompt,
+        seed=settings.seed,
+    )
     return PixelScorer({prompt: generate(pipe, prompt.text(concept.supercategory), config) for prompt in prompts})
 
 
@@ -349,11 +413,17 @@ def composition_images(model: str, pair: tuple[ConceptSpec, ConceptSpec], varian
         module = baselines.method(variant.method)
         phrases = [module.apply(pipe, path) for path in artifacts]
         if variant.method == "lora":
-            pipe.set_adapters([module.adapter_name(concept.token) for concept in pair], adapter_weights=[variant.default] * 2)
+            pipe.set_adapters(
+                [module.adapter_name(concept.token) for concept in pair], adapter_weights=[variant.default] * 2
+            )
     guidance = variant.default if variant.knob == "guidance" else settings.guidance
-    config = GenerationConfig(num_inference_steps=settings.inference_steps, guidance_scale=guidance,
-                              composition=composition_mode(variant, settings),
-                              num_images_per_prompt=settings.composition_images_per_prompt, seed=settings.seed)  # fmt: skip
+    config = GenerationConfig(
+        num_inference_steps=settings.inference_steps,
+        guidance_scale=guidance,
+        composition=composition_mode(variant, settings),
+        num_images_per_prompt=settings.composition_images_per_prompt,
+        seed=settings.seed,
+    )
     images = []
     for template in COMPOSITION_TEMPLATES:
         prompt = template.format(*(concept.token for concept in pair))
@@ -369,8 +439,9 @@ def composition_success(scorer: WorldScorer | None, images, pair: tuple[ConceptS
         return float("nan")
     wanted = sorted(concept.object for concept in pair)
     verdicts = scorer.judge.predict(scorer.fit(images))
-    return sum(verdict.count == 2 and sorted((verdict.left_object, verdict.right_object)) == wanted
-               for verdict in verdicts) / len(verdicts)  # fmt: skip
+    return sum(
+        verdict.count == 2 and sorted((verdict.left_object, verdict.right_object)) == wanted for verdict in verdicts
+    ) / len(verdicts)
 
 
 def run_compositions(concepts: list[ConceptSpec], variants: list[Variant], settings: RunSettings) -> list[dict]:
@@ -378,17 +449,28 @@ def run_compositions(concepts: list[ConceptSpec], variants: list[Variant], setti
     judge, reason = world_judge([concept for pair in pairs for concept in pair], []) if pairs else (None, None)
     if judge is None and pairs:
         print(f"note: composition is generated but not scored ({reason})", file=sys.stderr)
-    jobs = [(pair, variant, [artifact_path(settings, concept, variant) for concept in pair])
-            for pair in pairs for variant in variants if variant.method in COMPOSABLE]  # fmt: skip
+    jobs = [
+        (pair, variant, [artifact_path(settings, concept, variant) for concept in pair])
+        for pair in pairs
+        for variant in variants
+        if variant.method in COMPOSABLE
+    ]
     missing = [str(path) for _, _, artifacts in jobs for path in artifacts if not path.is_file()]
     if missing:  # before any image is generated
         raise SystemExit(f"error: no {missing[0]} to compose (--compositions-only reuses earlier artifacts)")
     results = []
     for pair, variant, artifacts in jobs:
         images = composition_images(settings.model, pair, variant, artifacts, settings)
-        results.append(dict(pair=f"{pair[0].name}+{pair[1].name}", variant=variant.name, images=len(images),
-                            success=composition_success(judge, images, pair), scorer=judge.name if judge else "none",
-                            composition=composition_mode(variant, settings) or ""))  # fmt: skip
+        results.append(
+            dict(
+                pair=f"{pair[0].name}+{pair[1].name}",
+                variant=variant.name,
+                images=len(images),
+                success=composition_success(judge, images, pair),
+                scorer=judge.name if judge else "none",
+                composition=composition_mode(variant, settings) or "",
+            )
+        )
     return results
 
 
@@ -424,7 +506,9 @@ KNOB_TOWARD_PROMPT = {"beta": 1, "scale": -1}
 def knob_trends(variant: Variant, sweep: list[dict]) -> list[dict]:
     if variant.knob not in KNOB_TOWARD_PROMPT:
         return []
-    trends = sweep_trends([point["value"] for point in sweep], [point["per_prompt"] for point in sweep], KNOB_TOWARD_PROMPT[variant.knob])
+    trends = sweep_trends(
+        [point["value"] for point in sweep], [point["per_prompt"] for point in sweep], KNOB_TOWARD_PROMPT[variant.knob]
+    )
     return [asdict(trend) for trend in trends]
 
 
@@ -433,8 +517,19 @@ def artifact_path(settings: RunSettings, concept: ConceptSpec, variant: Variant)
 
 
 # Settings that change what a row measures: --update keeps earlier rows only when all of them match.
-MEASURING_SETTINGS = ("model", "quick", "steps", "prompts", "prompts_file", "clip", "images_per_prompt",
-                      "composition_images_per_prompt", "inference_steps", "guidance", "seed")  # fmt: skip
+MEASURING_SETTINGS = (
+    "model",
+    "quick",
+    "steps",
+    "prompts",
+    "prompts_file",
+    "clip",
+    "images_per_prompt",
+    "composition_images_per_prompt",
+    "inference_steps",
+    "guidance",
+    "seed",
+)
 
 
 def earlier_results(settings: RunSettings) -> tuple[list[Row], list[dict]]:
@@ -478,7 +573,11 @@ def run(concepts: list[ConceptSpec], variants: list[Variant], settings: RunSetti
     set_threads(settings.threads)
     rows = []
     for concept in [] if settings.compositions_only else concepts:
-        load_peak = run_isolated(load_job, settings.model, concept, settings.threads).peak_rss_bytes if settings.isolate else None
+        load_peak = (
+            run_isolated(load_job, settings.model, concept, settings.threads).peak_rss_bytes
+            if settings.isolate
+            else None
+        )
         prompts = evaluation_prompts(concept, settings)
         scorer, photos = make_scorer(settings.model, concept, prompts, settings), references(concept)
         for variant in variants:
@@ -486,19 +585,42 @@ def run(concepts: list[ConceptSpec], variants: list[Variant], settings: RunSetti
             artifact = artifact_path(settings, concept, variant)
             trained = train(settings.model, concept, variant, settings, artifact)
             images = generate_sweep(settings.model, concept, variant, artifact, prompts, settings)
-            sweep = [{"value": value, **asdict(scorer.score(batches, photos, concept.supercategory))}
-                     for value, batches in images.items()]  # fmt: skip
+            sweep = [
+                {"value": value, **asdict(scorer.score(batches, photos, concept.supercategory))}
+                for value, batches in images.items()
+            ]
             trends = knob_trends(variant, sweep)
-            write_sheet(out / "sheets" / f"{concept.name}-{variant.name}.png",
-                        [SheetRow(f"{variant.knob} {value}", prompt_cells(batches)) for value, batches in images.items()],
-                        f"{concept.name}, {variant.name}: one row per {variant.knob} ({scorer.name})")  # fmt: skip
+            write_sheet(
+                out / "sheets" / f"{concept.name}-{variant.name}.png",
+                [SheetRow(f"{variant.knob} {value}", prompt_cells(batches)) for value, batches in images.items()],
+                f"{concept.name}, {variant.name}: one row per {variant.knob} ({scorer.name})",
+            )
             peak = trained["peak_rss_bytes"]
-            rows.append(Row(concept.name, variant.name, variant.method, variant.knob, variant.default, trained["size_bytes"],
-                            trained["seconds"], trained["steps"], trained["losses"][-1] if trained["losses"] else float("nan"),
-                            peak, None if peak is None or load_peak is None else peak - load_peak, trained["peak_gpu_bytes"],
-                            scorer.name, sweep, trends, settings.command))  # fmt: skip
-            print(f"{concept.name:>12} {variant.name:<18} {trained['size_bytes']:>12,d} B  train {trained['seconds']:7.1f} s  "
-                  f"all {time.perf_counter() - started:7.1f} s", flush=True)  # fmt: skip
+            rows.append(
+                Row(
+                    concept.name,
+                    variant.name,
+                    variant.method,
+                    variant.knob,
+                    variant.default,
+                    trained["size_bytes"],
+                    trained["seconds"],
+                    trained["steps"],
+                    trained["losses"][-1] if trained["losses"] else float("nan"),
+                    peak,
+                    None if peak is None or load_peak is None else peak - load_peak,
+                    trained["peak_gpu_bytes"],
+                    scorer.name,
+                    sweep,
+                    trends,
+                    settings.command,
+                )
+            )
+            print(
+                f"{concept.name:>12} {variant.name:<18} {trained['size_bytes']:>12,d} B  train {trained['seconds']:7.1f} s  "
+                f"all {time.perf_counter() - started:7.1f} s",
+                flush=True,
+            )
         write_outputs(merged(kept_rows, rows, row_key), kept_compositions, settings)
     compositions = merged(kept_compositions, run_compositions(concepts, variants, settings), composition_key)
     rows = merged(kept_rows, rows, row_key)
@@ -516,20 +638,46 @@ def write_outputs(rows: list[Row], compositions: list[dict], settings: RunSettin
             writer = csv.DictWriter(handle, fieldnames=fields)  # earlier runs' rows may lack "composition"
             writer.writeheader()
             writer.writerows(compositions)
-    columns = ["concept", "variant", "method", "knob", "default", "size_bytes", "train_seconds", "steps", "final_loss",
-               "peak_rss_bytes", "peak_rss_over_load_bytes", "peak_gpu_bytes", "scorer"]  # fmt: skip
+    columns = [
+        "concept",
+        "variant",
+        "method",
+        "knob",
+        "default",
+        "size_bytes",
+        "train_seconds",
+        "steps",
+        "final_loss",
+        "peak_rss_bytes",
+        "peak_rss_over_load_bytes",
+        "peak_gpu_bytes",
+        "scorer",
+    ]
     with open(out / "table.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns + ["fidelity", "alignment", "recognised"])
         for row in rows:
             point = row.at_default()
-            writer.writerow([getattr(row, column) for column in columns] + [point["fidelity"], point["alignment"], point["recognised"]])
+            writer.writerow(
+                [getattr(row, column) for column in columns]
+                + [point["fidelity"], point["alignment"], point["recognised"]]
+            )
     with open(out / "sweep.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["concept", "variant", "knob", "value", "fidelity", "alignment", "recognised"])
         for row in rows:
             for point in row.sweep:
-                writer.writerow([row.concept, row.variant, row.knob, point["value"], point["fidelity"], point["alignment"], point["recognised"]])
+                writer.writerow(
+                    [
+                        row.concept,
+                        row.variant,
+                        row.knob,
+                        point["value"],
+                        point["fidelity"],
+                        point["alignment"],
+                        point["recognised"],
+                    ]
+                )
     with open(out / "trends.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["concept", "variant", "knob", "metric", "slope", "stderr", "prompts", "verdict"])
@@ -539,38 +687,68 @@ def write_outputs(rows: list[Row], compositions: list[dict], settings: RunSettin
     from perfusion.experiments.pareto import SweepPoint, pareto_plot
 
     for concept in dict.fromkeys(row.concept for row in rows):
-        points = [SweepPoint(f"{row.variant} ({row.knob})", point["fidelity"], point["alignment"], point["value"])
-                  for row in rows if row.concept == concept for point in row.sweep]  # fmt: skip
+        points = [
+            SweepPoint(f"{row.variant} ({row.knob})", point["fidelity"], point["alignment"], point["value"])
+            for row in rows
+            if row.concept == concept
+            for point in row.sweep
+        ]
         scorer = next(row.scorer for row in rows if row.concept == concept)
         pareto_plot(points, out / f"pareto_{concept}.png", title=f"{concept}: each method's knob sweep", **AXES[scorer])
 
 
 def main(argv: list[str] | None = None) -> tuple[list[Row], list[dict]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="folder for results.json, table.csv, sweep.csv, pareto_*.png, artifacts/")
+    parser.add_argument(
+        "--out", required=True, help="folder for results.json, table.csv, sweep.csv, pareto_*.png, artifacts/"
+    )
     parser.add_argument("--model", help="diffusers pipeline folder (default: the embedded micro-world model)")
     parser.add_argument("--concepts", help="folder of concept folders (default: the shipped example concepts)")
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_TRAINING['steps']} training steps, 4 prompts, 1 image each, 10 sampling steps, 3 knob values")  # fmt: skip
-    parser.add_argument("--variants", nargs="+", choices=[variant.name for variant in VARIANTS],
-                        help="default: every method and its ablations; with --quick, the methods alone")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_TRAINING['steps']} training steps, 4 prompts, 1 image each, 10 sampling steps, 3 knob values",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=[variant.name for variant in VARIANTS],
+        help="default: every method and its ablations; with --quick, the methods alone",
+    )
     parser.add_argument("--concept", nargs="+", help="only these concept folder names")
     parser.add_argument("--steps", type=int, help="training steps for every method")
     parser.add_argument("--prompts", type=int, default=12, help="evaluation prompts per concept")
-    parser.add_argument("--prompts-file", help=".txt or .jsonl prompt file (default: the micro world's standard prompts)")
+    parser.add_argument(
+        "--prompts-file", help=".txt or .jsonl prompt file (default: the micro world's standard prompts)"
+    )
     parser.add_argument("--clip", help="a local CLIP model folder: score with CLIP-I / CLIP-T (the paper's protocol)")
     parser.add_argument("--images-per-prompt", type=int, default=2)
     parser.add_argument("--inference-steps", type=int, default=25)
-    parser.add_argument("--guidance", type=float, default=RunSettings.guidance,
-                        help="guidance of the methods that sweep another knob (default: the embedded model's; SD1.5: 7.5)")
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=RunSettings.guidance,
+        help="guidance of the methods that sweep another knob (default: the embedded model's; SD1.5: 7.5)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads in every process (default: torch's own)")
     parser.add_argument("--no-isolate", action="store_true", help="train in this process (no peak-memory figures)")
-    parser.add_argument("--update", action="store_true",
-                        help="redo only the chosen variants and concepts; keep --out's other rows (same settings only)")
-    parser.add_argument("--composition", choices=MODES, default=RunSettings.composition,
-                        help="how Perfusion composes two concepts (default: the recipe's)")
-    parser.add_argument("--compositions-only", action="store_true",
-                        help="redo only the two-concept images from the concept files in --out (implies --update)")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="redo only the chosen variants and concepts; keep --out's other rows (same settings only)",
+    )
+    parser.add_argument(
+        "--composition",
+        choices=MODES,
+        default=RunSettings.composition,
+        help="how Perfusion composes two concepts (default: the recipe's)",
+    )
+    parser.add_argument(
+        "--compositions-only",
+        action="store_true",
+        help="redo only the two-concept images from the concept files in --out (implies --update)",
+    )
     args = parser.parse_args(argv)
     if args.model is None:
         from perfusion.world.model_path import default_model_path
@@ -580,15 +758,29 @@ def main(argv: list[str] | None = None) -> tuple[list[Row], list[dict]]:
         from perfusion.world.examples import examples_dir
 
         args.concepts = str(examples_dir())
-    settings = RunSettings(model=args.model, out=args.out, quick=args.quick, steps=args.steps, prompts=args.prompts,
-                           prompts_file=args.prompts_file, clip=args.clip,
-                           images_per_prompt=args.images_per_prompt, inference_steps=args.inference_steps,
-                           guidance=args.guidance, seed=args.seed, threads=args.threads, isolate=not args.no_isolate,
-                           update=args.update or args.compositions_only, composition=args.composition,
-                           compositions_only=args.compositions_only,
-                           command=shlex.join(["python", "benchmarks/compare.py", *(sys.argv[1:] if argv is None else argv)]))  # fmt: skip
+    settings = RunSettings(
+        model=args.model,
+        out=args.out,
+        quick=args.quick,
+        steps=args.steps,
+        prompts=args.prompts,
+        prompts_file=args.prompts_file,
+        clip=args.clip,
+        images_per_prompt=args.images_per_prompt,
+        inference_steps=args.inference_steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        threads=args.threads,
+        isolate=not args.no_isolate,
+        update=args.update or args.compositions_only,
+        composition=args.composition,
+        compositions_only=args.compositions_only,
+        command=shlex.join(["python", "benchmarks/compare.py", *(sys.argv[1:] if argv is None else argv)]),
+    )
     settings = settings.quickened() if settings.quick else settings
-    concepts = [concept for concept in find_concepts(Path(args.concepts)) if not args.concept or concept.name in args.concept]
+    concepts = [
+        concept for concept in find_concepts(Path(args.concepts)) if not args.concept or concept.name in args.concept
+    ]
     variants = chosen_variants(args.variants, args.quick)
     return run(concepts, variants, settings)
 

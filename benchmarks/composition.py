@@ -40,8 +40,14 @@ def judged(pipe, judge, subjects: tuple[str, ...], wanted: list[str], args, read
     an object: itself, or its category)."""
     hits, seen, cells = 0, [], []
     settings = {token: (args.beta, None) for token in args.tokens}
-    config = GenerationConfig(num_inference_steps=args.steps, guidance_scale=args.guidance, num_images_per_prompt=args.seeds, seed=args.seed,
-                              global_lock=args.global_lock, composition=args.composition)  # fmt: skip
+    config = GenerationConfig(
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        num_images_per_prompt=args.seeds,
+        seed=args.seed,
+        global_lock=args.global_lock,
+        composition=args.composition,
+    )
     template = TEMPLATE if len(subjects) == 1 else PAIR_TEMPLATE
     for background in BACKGROUNDS:
         prompt = template.format(*subjects, background)
@@ -67,8 +73,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--global-lock", action="store_true", help="global key locking (docs/method.md)")
     parser.add_argument("--composition", choices=MODES, help="two concepts: joint edit or regions (default: recipe's)")
     parser.add_argument("--out", help="write the counts and every verdict here (JSON)")
-    parser.add_argument("--sheet", help="contact sheet of every image judged (PNG; default: beside --out, else "
-                        "composition-sheet.png)")
+    parser.add_argument(
+        "--sheet", help="contact sheet of every image judged (PNG; default: beside --out, else composition-sheet.png)"
+    )
     args = parser.parse_args(argv)
     from perfusion.world import recipe
     from perfusion.world.catalog import OBJECTS, members
@@ -100,8 +107,13 @@ def main(argv: list[str] | None = None) -> dict:
     pipe.set_progress_bar_config(disable=True)
     judge = Judge.load()
     tokens = args.tokens = [concept.token for concept in concepts]
-    blocks: dict[str, list[dict]] = {"alone": [], "beside an object": [], "pairs": [], "control: seen objects": [],
-                                     "control: category words": []}  # fmt: skip
+    blocks: dict[str, list[dict]] = {
+        "alone": [],
+        "beside an object": [],
+        "pairs": [],
+        "control: seen objects": [],
+        "control: category words": [],
+    }
     category = {token: OBJECTS[objects[token]].category for token in tokens}
 
     def by_category(name: str) -> str:
@@ -117,11 +129,15 @@ def main(argv: list[str] | None = None) -> dict:
         blocks["pairs"].append(judged(pipe, judge, (first, second), [objects[first], objects[second]], args))
         seen = [members(category[token], include_held_out=False)[0] for token in (first, second)]
         blocks["control: seen objects"].append(judged(pipe, judge, tuple(seen), seen, args))
-        words = judged(pipe, judge, (category[first], category[second]), [objects[first], objects[second]], args,
-                       by_category)  # fmt: skip
+        words = judged(
+            pipe, judge, (category[first], category[second]), [objects[first], objects[second]], args, by_category
+        )
         blocks["control: category words"].append(words)
-    sheet_rows = [SheetRow(f"{name}: {result['prompt']} ({result['hits']} of {result['images']})", result.pop("cells"))
-                  for name, results in blocks.items() for result in results]  # fmt: skip
+    sheet_rows = [
+        SheetRow(f"{name}: {result['prompt']} ({result['hits']} of {result['images']})", result.pop("cells"))
+        for name, results in blocks.items()
+        for result in results
+    ]
     write_sheet(args.sheet, sheet_rows, "composition benchmark: what the judge names in each image")
     print(f"contact sheet: {args.sheet}")
     for name, results in blocks.items():
@@ -129,9 +145,18 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name}: {total} of {sum(result['images'] for result in results)}")
         for result in results:
             print(f"  {result['hits']:3d} of {result['images']}  {result['prompt']}")
-    report = dict(concepts=args.concepts, model=args.model, beta=args.beta, global_lock=args.global_lock,
-                  composition=args.composition, seeds=args.seeds, seed=args.seed, steps=args.steps,
-                  guidance=args.guidance, blocks=blocks)  # fmt: skip
+    report = dict(
+        concepts=args.concepts,
+        model=args.model,
+        beta=args.beta,
+        global_lock=args.global_lock,
+        composition=args.composition,
+        seeds=args.seeds,
+        seed=args.seed,
+        steps=args.steps,
+        guidance=args.guidance,
+        blocks=blocks,
+    )
     if args.out:
         atomic_write(args.out, lambda path: path.write_text(json.dumps(report, indent=1)))
     return report

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from perfusion.conditioning import TextConditioning
 from perfusion.concept import VALUE_PREFIX, Concept, ConceptFileError
+from perfusion.conditioning import TextConditioning
 from perfusion.covariance import estimate_covariance
 from perfusion.generation import GenerationConfig, generate
 from perfusion.loader import find_runtime, load_concepts, unload_concepts
@@ -49,7 +49,9 @@ class Parts:
         return Parts({name: tensor.clone() for name, tensor in self.tensors.items()}, dict(self.metadata))
 
     def serialize(self) -> bytes:
-        return canonical(safetensors_bytes({name: tensor.contiguous() for name, tensor in self.tensors.items()}, self.metadata))
+        return canonical(
+            safetensors_bytes({name: tensor.contiguous() for name, tensor in self.tensors.items()}, self.metadata)
+        )
 
 
 def canonical(data: bytes) -> bytes:
@@ -103,13 +105,26 @@ def body_bytes(rng, original):
 
 
 def truncate(rng, original):
-    length = rng.choice((0, 1, 7, 8, rng.randrange(len(original.data)), original.header_end - 1, original.header_end,
-                         len(original.data) - 1, len(original.data) - 4))  # fmt: skip
+    length = rng.choice(
+        (
+            0,
+            1,
+            7,
+            8,
+            rng.randrange(len(original.data)),
+            original.header_end - 1,
+            original.header_end,
+            len(original.data) - 1,
+            len(original.data) - 4,
+        )
+    )
     return f"to {length} bytes", original.data[:length]
 
 
 def append(rng, original):
-    tail = rng.choice((b"\x00", b" " * rng.randrange(1, 64), bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300)))))
+    tail = rng.choice(
+        (b"\x00", b" " * rng.randrange(1, 64), bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300))))
+    )
     return f"{len(tail)} bytes", original.data + tail
 
 
@@ -132,19 +147,99 @@ def deep_json(rng):
     return rng.choice(("[" * depth + "]" * depth, '{"a": ' + "[" * depth + "]" * depth + "}"))
 
 
-BETAS = ("nan", "NaN", "inf", "-inf", "Infinity", "-0.1", "1.5", "", "abc", "0", "1", "0.5", "1e308", "1e-400", " 0.3 ",
-         "0.7\x00", "1_0", "-0", "0x1p-2", "2")  # fmt: skip
+BETAS = (
+    "nan",
+    "NaN",
+    "inf",
+    "-inf",
+    "Infinity",
+    "-0.1",
+    "1.5",
+    "",
+    "abc",
+    "0",
+    "1",
+    "0.5",
+    "1e308",
+    "1e-400",
+    " 0.3 ",
+    "0.7\x00",
+    "1_0",
+    "-0",
+    "0x1p-2",
+    "2",
+)
 TAUS = ("0", "-0", "-0.1", "nan", "inf", "", "1e-30", "1e-45", "1e-50", "1", "1.0000001", "2", "0.01", "0.15", "1e-320")
-VERSIONS = ("1.0", "one", "-1", "", " 1", "0", "1e0", "\u00b2", "\u0663", "99", "0001", "+1", "1 ", "2",
-            lambda rng: "9" * rng.choice((10, 5000)))  # fmt: skip
-TRAININGS = ("[1, 2]", "3", '"text"', "null", "not json", "{", "true", '{"steps": NaN}', "{}", '{"steps": 400}',
-             deep_json, lambda rng: json.dumps({"notes": "x" * 100_000}))  # fmt: skip
-TOKENS = ("", " ", "cat", "a", "photo", "<|endoftext|>", "<|startoftext|>", "<my cat>", "<mycat", "mycat>", "<>", "<<x>>",
-          "<my\ncat>", "<\u732b>", "<MyCat>", "<\u200b>", "<\x00>", "<mycat>", "<\U0001f431cat>", "<a>", "<" + "x" * 62 + ">",
-          "<" + "x" * 63 + ">", lambda rng: "<" + "x" * rng.choice((100, 10_000, 1_000_000)) + ">",
-          lambda rng: "x" * rng.choice((65, 100_000)))  # fmt: skip
-SUPERCATEGORIES = ("", " ", "\n", "cat dog", "\u732b", "<mycat>", "zzqx", "a" * 200, "a" * 201, "small red mug",
-                   lambda rng: "cat " * rng.choice((100, 25_000)))  # fmt: skip
+VERSIONS = (
+    "1.0",
+    "one",
+    "-1",
+    "",
+    " 1",
+    "0",
+    "1e0",
+    "\u00b2",
+    "\u0663",
+    "99",
+    "0001",
+    "+1",
+    "1 ",
+    "2",
+    lambda rng: "9" * rng.choice((10, 5000)),
+)
+TRAININGS = (
+    "[1, 2]",
+    "3",
+    '"text"',
+    "null",
+    "not json",
+    "{",
+    "true",
+    '{"steps": NaN}',
+    "{}",
+    '{"steps": 400}',
+    deep_json,
+    lambda rng: json.dumps({"notes": "x" * 100_000}),
+)
+TOKENS = (
+    "",
+    " ",
+    "cat",
+    "a",
+    "photo",
+    "<|endoftext|>",
+    "<|startoftext|>",
+    "<my cat>",
+    "<mycat",
+    "mycat>",
+    "<>",
+    "<<x>>",
+    "<my\ncat>",
+    "<\u732b>",
+    "<MyCat>",
+    "<\u200b>",
+    "<\x00>",
+    "<mycat>",
+    "<\U0001f431cat>",
+    "<a>",
+    "<" + "x" * 62 + ">",
+    "<" + "x" * 63 + ">",
+    lambda rng: "<" + "x" * rng.choice((100, 10_000, 1_000_000)) + ">",
+    lambda rng: "x" * rng.choice((65, 100_000)),
+)
+SUPERCATEGORIES = (
+    "",
+    " ",
+    "\n",
+    "cat dog",
+    "\u732b",
+    "<mycat>",
+    "zzqx",
+    "a" * 200,
+    "a" * 201,
+    "small red mug",
+    lambda rng: "cat " * rng.choice((100, 25_000)),
+)
 FORMATS = ("", "pt", "perfusion-concept ", "PERFUSION-CONCEPT", "perfusion-concep")
 FINGERPRINTS = ("", "0" * 32, "f" * 32, lambda rng: "%032x" % rng.getrandbits(128), lambda rng: "x" * 100_000)
 
@@ -217,7 +312,9 @@ def replace_values(values):
 
 
 def zero_encoding(rng, parts):
-    names = rng.choice((["concept_encoding"], ["supercategory_encoding"], ["concept_encoding", "supercategory_encoding"]))
+    names = rng.choice(
+        (["concept_encoding"], ["supercategory_encoding"], ["concept_encoding", "supercategory_encoding"])
+    )
     for name in names:
         parts.tensors[name] = torch.zeros_like(parts.tensors[name])
     return "zero " + " and ".join(names)
@@ -247,13 +344,26 @@ def shape(rng, parts):
     name = pick(rng, parts)
     tensor = parts.tensors[name]
     width = tensor.numel()
-    shapes = [(width + 1,), (width - 1,), (1,), (2 * width,), (width, 1), (1, width), (), (2, width), (width // 2, 2), (width, width)]
+    shapes = [
+        (width + 1,),
+        (width - 1,),
+        (1,),
+        (2 * width,),
+        (width, 1),
+        (1, width),
+        (),
+        (2, width),
+        (width // 2, 2),
+        (width, width),
+    ]
     new = rng.choice(shapes)
     numel = int(np.prod(new)) if new else 1
     if numel == width:
         parts.tensors[name] = tensor.reshape(new)
     else:
-        parts.tensors[name] = torch.randn(new, generator=torch.Generator().manual_seed(rng.randrange(1 << 30))) * tensor.std()
+        parts.tensors[name] = (
+            torch.randn(new, generator=torch.Generator().manual_seed(rng.randrange(1 << 30))) * tensor.std()
+        )
     return f"{name} of shape {tuple(new)}"
 
 
@@ -264,8 +374,19 @@ def empty(rng, parts):
     return f"{name} of shape {new}"
 
 
-DTYPES = (torch.float16, torch.bfloat16, torch.float64, torch.float8_e4m3fn, torch.float8_e5m2, torch.int8, torch.uint8,
-          torch.int16, torch.int32, torch.int64, torch.bool)  # fmt: skip
+DTYPES = (
+    torch.float16,
+    torch.bfloat16,
+    torch.float64,
+    torch.float8_e4m3fn,
+    torch.float8_e5m2,
+    torch.int8,
+    torch.uint8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.bool,
+)
 
 
 def dtype(rng, parts):
@@ -292,8 +413,14 @@ def missing_layer(rng, parts):
 
 def extra_layer(rng, parts):
     layers = value_layers(parts)
-    name = rng.choice((VALUE_PREFIX, VALUE_PREFIX + "down_blocks.9.attentions.0.transformer_blocks.0.attn2",
-                       rng.choice(layers) + ".x", rng.choice(layers).replace("attn2", "attn1")))  # fmt: skip
+    name = rng.choice(
+        (
+            VALUE_PREFIX,
+            VALUE_PREFIX + "down_blocks.9.attentions.0.transformer_blocks.0.attn2",
+            rng.choice(layers) + ".x",
+            rng.choice(layers).replace("attn2", "attn1"),
+        )
+    )
     parts.tensors[name] = parts.tensors[rng.choice(layers)].clone()
     return f"with {name}"
 
@@ -396,9 +523,11 @@ def pipeline_state(pipe) -> tuple:
         len(pipe.tokenizer),
         tuple(pipe.text_encoder.get_input_embeddings().weight.shape),
         tuple((name, type(processor)) for name, processor in pipe.unet.attn_processors.items()),
-        len(pipe.text_encoder._forward_hooks), len(pipe.unet._forward_pre_hooks), len(pipe.unet._forward_hooks),
+        len(pipe.text_encoder._forward_hooks),
+        len(pipe.unet._forward_pre_hooks),
+        len(pipe.unet._forward_hooks),
         len(pipe.text_encoder.get_input_embeddings()._forward_hooks),
-    )  # fmt: skip
+    )
 
 
 class Harness:
@@ -441,9 +570,12 @@ class Harness:
                 raise CaseFailure("load_concepts refused the file but left the pipeline changed") from None
             return OUTCOMES[1]
         try:
-            config = GenerationConfig(num_inference_steps=2, guidance_scale=5.0, seed=self.count,
-                                      global_lock=bool(self.count % 2))  # fmt: skip
-            pixels = generate(self.pipe, f"a photo of a {concept.token} on a sofa", config, height=16, width=16, output_type="np")
+            config = GenerationConfig(
+                num_inference_steps=2, guidance_scale=5.0, seed=self.count, global_lock=bool(self.count % 2)
+            )
+            pixels = generate(
+                self.pipe, f"a photo of a {concept.token} on a sofa", config, height=16, width=16, output_type="np"
+            )
             if not np.isfinite(pixels).all():
                 raise CaseFailure("the concept loaded but gave non-finite pixels")
         finally:
@@ -475,7 +607,9 @@ def fuzz(harness: Harness, cases: int, seed: int, failures: list | None = None, 
         except Exception as error:  # noqa: BLE001 - every escape is a failure to report
             outcome = OUTCOMES[3]
             if failures is not None:
-                failures.append((kind, description, f"{type(error).__name__}: {str(error)[:300]}", traceback.format_exc()))
+                failures.append(
+                    (kind, description, f"{type(error).__name__}: {str(error)[:300]}", traceback.format_exc())
+                )
             harness.recover()
         counts[kind, outcome] += 1
         if log and (index + 1) % 1000 == 0:
@@ -488,8 +622,12 @@ def table(counts: Counter) -> str:
     width = max(len(kind) for kind in kinds + ["total"])
     lines = [f"{'kind':<{width}}  " + "  ".join(f"{outcome:>{len(outcome)}}" for outcome in OUTCOMES) + "  total"]
     for kind in kinds + ["total"]:
-        row = [sum(counts[k, outcome] for k in kinds) if kind == "total" else counts[kind, outcome] for outcome in OUTCOMES]
-        lines.append(f"{kind:<{width}}  " + "  ".join(f"{n:>{len(o)}}" for n, o in zip(row, OUTCOMES)) + f"  {sum(row):>5}")
+        row = [
+            sum(counts[k, outcome] for k in kinds) if kind == "total" else counts[kind, outcome] for outcome in OUTCOMES
+        ]
+        lines.append(
+            f"{kind:<{width}}  " + "  ".join(f"{n:>{len(o)}}" for n, o in zip(row, OUTCOMES)) + f"  {sum(row):>5}"
+        )
     return "\n".join(lines)
 
 
@@ -504,7 +642,9 @@ def main(argv: list[str] | None = None) -> int:
     failures: list = []
     with tempfile.TemporaryDirectory() as workdir:
         harness = Harness(Path(workdir))
-        counts = fuzz(harness, args.cases, args.seed, failures, log=lambda line: print(line, file=sys.stderr, flush=True))
+        counts = fuzz(
+            harness, args.cases, args.seed, failures, log=lambda line: print(line, file=sys.stderr, flush=True)
+        )
     print(table(counts))
     print(f"{args.cases} cases, seed {args.seed}, {time.time() - start:.0f} s")
     for kind, description, error, trace in failures[: args.show]:

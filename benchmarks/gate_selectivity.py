@@ -16,8 +16,8 @@ import sys
 
 import torch
 
-from perfusion.conditioning import TextConditioning
 from perfusion.concept import Concept, ConceptFileError
+from perfusion.conditioning import TextConditioning
 from perfusion.covariance import DEFAULT_CAPTIONS, inverse_covariance
 from perfusion.experiments.prompts import world_prompts
 from perfusion.loader import find_runtime, load_concepts
@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     }
     inverses = {  # the first is the C^-1 that load_concepts installed; both come from the per-model disk cache
         "packaged corpus": find_runtime(pipe).inverse_covariance,
-        "world captions": inverse_covariance(TextConditioning.single(text_encoder, tokenizer), world_captions(DEFAULT_CAPTIONS)),
+        "world captions": inverse_covariance(
+            TextConditioning.single(text_encoder, tokenizer), world_captions(DEFAULT_CAPTIONS)
+        ),
     }
     print(f"{concept.token} on {args.model}, {len(ids)} prompts; mean |s| (max |s|) per token group")
     for name, inverse in inverses.items():

@@ -40,15 +40,19 @@ from perfusion.world.prompts import PromptSpec
 def seen_prompts(count: int, seed: int) -> list[tuple[str, PromptSpec]]:
     """(object, prompt spec) pairs: seen objects, one-object scenes, every attribute stated."""
     rng = random.Random(f"judge-check:{seed}")
-    return [(rng.choice(SEEN), PromptSpec(rng.choice(tuple(BACKGROUNDS)), rng.choice(POSITIONS), rng.choice(SIZES)))
-            for _ in range(count)]  # fmt: skip
+    return [
+        (rng.choice(SEEN), PromptSpec(rng.choice(tuple(BACKGROUNDS)), rng.choice(POSITIONS), rng.choice(SIZES)))
+        for _ in range(count)
+    ]
 
 
 def judged_row(pipe, judge, label: str, texts: list[str], objects: list[str], config: GenerationConfig, settings=None):
     """Generate every text, read it with the judge: (counts, sheet row)."""
     counts, cells = {"images": 0, "accepted": 0, "named": 0}, []
     for index, (text, wanted) in enumerate(zip(texts, objects)):
-        images = generate(pipe, text, replace(config, seed=config.seed + index * config.num_images_per_prompt), settings)
+        images = generate(
+            pipe, text, replace(config, seed=config.seed + index * config.num_images_per_prompt), settings
+        )
         output = judge.run([image.resize((64, 64)) for image in images])
         for row, image in enumerate(images):
             counts["images"] += 1
@@ -80,25 +84,41 @@ def main(argv: list[str] | None = None) -> dict:
     pipe = open_pipeline(args.model or str(default_model_path()))
     pipe.set_progress_bar_config(disable=True)
     judge = Judge.load()
-    config = GenerationConfig(num_inference_steps=25, guidance_scale=recipe.GUIDANCE, num_images_per_prompt=args.seeds, seed=args.seed)
+    config = GenerationConfig(
+        num_inference_steps=25, guidance_scale=recipe.GUIDANCE, num_images_per_prompt=args.seeds, seed=args.seed
+    )
     prompts = seen_prompts(args.prompts, args.seed)
     results, rows = {}, []
-    counts, row = judged_row(pipe, judge, "base model, seen objects", [spec.text(name) for name, spec in prompts],
-                             [name for name, _ in prompts], config)  # fmt: skip
+    counts, row = judged_row(
+        pipe,
+        judge,
+        "base model, seen objects",
+        [spec.text(name) for name, spec in prompts],
+        [name for name, _ in prompts],
+        config,
+    )
     results["base model, seen objects"] = counts
     rows.append(row)
     for concept in concepts:
         load_concepts(pipe, [concept])
         texts = [spec.text(concept.token) for _, spec in prompts]
-        counts, row = judged_row(pipe, judge, f"{concept.token} ({Path(args.concepts[concepts.index(concept)]).name})",
-                                 texts, [objects[concept.token]] * len(texts), config)  # fmt: skip
+        counts, row = judged_row(
+            pipe,
+            judge,
+            f"{concept.token} ({Path(args.concepts[concepts.index(concept)]).name})",
+            texts,
+            [objects[concept.token]] * len(texts),
+            config,
+        )
         results[concept.token] = counts
         rows.append(row)
         unload_concepts(pipe, concept.token)
     for name, counts in results.items():
         total = counts["images"]
-        print(f"{name}: accepted {counts['accepted']}/{total} ({counts['accepted'] / total:.0%}), refused "
-              f"{total - counts['accepted']}/{total}, named as asked {counts['named']}/{total} ({counts['named'] / total:.0%})")
+        print(
+            f"{name}: accepted {counts['accepted']}/{total} ({counts['accepted'] / total:.0%}), refused "
+            f"{total - counts['accepted']}/{total}, named as asked {counts['named']}/{total} ({counts['named'] / total:.0%})"
+        )
     write_sheet(args.sheet, rows, "judge check: asked-for object -> what the judge reads", columns=12)
     print(f"contact sheet: {args.sheet}")
     return results

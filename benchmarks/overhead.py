@@ -135,7 +135,9 @@ def edit_seconds(pipe, runtime, arguments: dict, sample, timestep, repeats: int)
         inputs[name] = (args[0], kwargs.get("encoder_hidden_states"))
 
     layers = cross_attention_modules(pipe.unet)
-    hooks = [module.register_forward_pre_hook(partial(record, name), with_kwargs=True) for name, module in layers.items()]
+    hooks = [
+        module.register_forward_pre_hook(partial(record, name), with_kwargs=True) for name, module in layers.items()
+    ]
     try:
         with torch.no_grad():
             pipe.unet(sample, timestep, **arguments)
@@ -167,7 +169,9 @@ def unet_overhead(pipe, latent: int, rounds: int, repeats: int, part_repeats: in
     }
     size = latent * pipe.vae_scale_factor
     with torch.no_grad():  # encoder_hidden_states, and SDXL's added condition, as the pipeline builds them
-        conditions = {name: text.unet_conditions(text.tokenize(rows), size, pipe.unet.dtype) for name, rows in prompts.items()}
+        conditions = {
+            name: text.unet_conditions(text.tokenize(rows), size, pipe.unet.dtype) for name, rows in prompts.items()
+        }
     switch = ProcessorSwitch(pipe)
     generator = torch.Generator().manual_seed(0)
     sample = torch.randn(2, 4, latent, latent, generator=generator)
@@ -230,26 +234,36 @@ def main() -> None:
         pipe = build(Path(work))
         pipe.unet.requires_grad_(False)
         text = TextConditioning.of(pipe)
-        print(f"{label}-shaped pipeline (random weights; {len(text.towers)} text encoder(s), e {text.width} wide) built in "
-              f"{time.perf_counter() - started:.0f} s; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-              f"latent {args.latent}x{args.latent}, batch 2")  # fmt: skip
-        print("UNet step with the edit / stock UNet step: end to end (median of rounds, and their range), and the edit's "
-              "own time timed part by part (router + every edit processor above the stock one) over the stock step:")
+        print(
+            f"{label}-shaped pipeline (random weights; {len(text.towers)} text encoder(s), e {text.width} wide) built in "
+            f"{time.perf_counter() - started:.0f} s; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"latent {args.latent}x{args.latent}, batch 2"
+        )
+        print(
+            "UNet step with the edit / stock UNet step: end to end (median of rounds, and their range), and the edit's "
+            "own time timed part by part (router + every edit processor above the stock one) over the stock step:"
+        )
         targets = {"1": 1.03, "4": 1.06}
         for name, figure in unet_overhead(pipe, args.latent, args.rounds, args.repeats, args.part_repeats).items():
             target = targets[name[0]]
-            print(f"  {name:<22} end to end {figure.ratio:6.3f}x ({min(figure.ratios):.3f}-{max(figure.ratios):.3f}); "
-                  f"own time {figure.own_share * 100:+.2f}% (router {figure.router_seconds * 1e3:.1f} ms, processors "
-                  f"{figure.processor_seconds * 1e3:+.1f} ms of a {figure.stock_seconds:.2f} s step); "
-                  f"target <= {(target - 1) * 100:.0f}%")  # fmt: skip
+            print(
+                f"  {name:<22} end to end {figure.ratio:6.3f}x ({min(figure.ratios):.3f}-{max(figure.ratios):.3f}); "
+                f"own time {figure.own_share * 100:+.2f}% (router {figure.router_seconds * 1e3:.1f} ms, processors "
+                f"{figure.processor_seconds * 1e3:+.1f} ms of a {figure.stock_seconds:.2f} s step); "
+                f"target <= {(target - 1) * 100:.0f}%"
+            )
         from perfusion.loader import unload_concepts
 
         unload_concepts(pipe)
-        ratio, training_peak, inference_peak = training_figures(pipe, args.latent, args.rounds, args.repeats, Path(work))
+        ratio, training_peak, inference_peak = training_figures(
+            pipe, args.latent, args.rounds, args.repeats, Path(work)
+        )
         print(f"Training step (batch 2, backward to v* and o*_V) / plain forward: {ratio:.2f}x (target <= 2.5x)")
         where = "CUDA allocator" if torch.cuda.is_available() else "resident set above the step's start"
-        print(f"Peak memory ({where}): training step {training_peak / 2**30:.2f} GiB, inference step "
-              f"{inference_peak / 2**30:.2f} GiB ({training_peak / max(inference_peak, 1):.1f}x)")  # fmt: skip
+        print(
+            f"Peak memory ({where}): training step {training_peak / 2**30:.2f} GiB, inference step "
+            f"{inference_peak / 2**30:.2f} GiB ({training_peak / max(inference_peak, 1):.1f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ import torch
 
 from perfusion.testing import build_tiny_pipeline, build_tiny_sd2_pipeline, build_tiny_sdxl_pipeline, load_pipeline
 
-
 # Tests use tiny models: one thread is as fast, and several oversubscribe a small shared machine badly.
 torch.set_num_threads(1)
 

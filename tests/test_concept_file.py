@@ -49,7 +49,12 @@ def test_save_load_is_bit_exact(tmp_path):
     loaded = Concept.load(concept.save(tmp_path / "c.safetensors"))
     for name, tensor in concept.tensors().items():
         assert torch.equal(loaded.tensors()[name], tensor), name
-    assert (loaded.token, loaded.supercategory, loaded.beta, loaded.tau) == ("<mycat>", "cat", concept.beta, concept.tau)
+    assert (loaded.token, loaded.supercategory, loaded.beta, loaded.tau) == (
+        "<mycat>",
+        "cat",
+        concept.beta,
+        concept.tau,
+    )
     assert loaded.base_fingerprint == concept.base_fingerprint and loaded.training == concept.training
     assert set(loaded.value_targets) == set(concept.value_targets)
 

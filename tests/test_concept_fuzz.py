@@ -77,11 +77,19 @@ def set_metadata(key, value):
     [
         ("concept_encoding", lambda t: torch.where(torch.arange(t.numel()) == 3, float("nan"), t), "NaN or infinite"),
         ("token_embedding", lambda t: torch.full_like(t, float("inf")), "NaN or infinite"),
-        ("value_targets.down_blocks.0.attentions.0.transformer_blocks.0.attn2", lambda t: t * float("-inf"), "NaN or infinite"),
+        (
+            "value_targets.down_blocks.0.attentions.0.transformer_blocks.0.attn2",
+            lambda t: t * float("-inf"),
+            "NaN or infinite",
+        ),
         ("concept_encoding", torch.zeros_like, "i\\* is zero"),
         ("supercategory_encoding", torch.zeros_like, "i\\*_super is zero"),
         ("supercategory_encoding", lambda t: t * 1e30, "bound"),
-        ("value_targets.up_blocks.1.attentions.0.transformer_blocks.0.attn2", lambda t: t.double() * 1e300, "NaN or infinite|bound"),
+        (
+            "value_targets.up_blocks.1.attentions.0.transformer_blocks.0.attn2",
+            lambda t: t.double() * 1e300,
+            "NaN or infinite|bound",
+        ),
         ("concept_encoding", lambda t: torch.zeros(0), "empty"),
         ("token_embedding", lambda t: t.reshape(1, -1), "1-d"),
         ("concept_encoding", lambda t: (t * 10).to(torch.int32), "float"),
@@ -103,15 +111,30 @@ def test_all_zero_file_is_refused(harness, tmp_path):
 @pytest.mark.parametrize(
     "key, value, match",
     [
-        ("beta", "nan", "beta"), ("beta", "inf", "beta"), ("beta", "1.5", "beta"), ("beta", "-0.1", "beta"),
-        ("tau", "0", "tau"), ("tau", "nan", "tau"), ("tau", "-1", "tau"), ("tau", "1e-50", "tau"), ("tau", "2", "tau"),
-        ("format_version", "1.0", "format version"), ("format_version", "\u00b2", "format version"),
-        ("format_version", "9" * 5000, "format version"), ("format_version", "0", "format version"),
-        ("training", "[1, 2]", "training"), ("training", "null", "training"), ("training", "[" * 100_000, "training"),
-        ("token", "", "token"), ("token", "<" + "x" * 100_000 + ">", "token"), ("token", "cat", "token"),
-        ("token", "<my cat>", "token"), ("supercategory", "", "supercategory"), ("supercategory", "cat " * 1000, "supercategory"),
+        ("beta", "nan", "beta"),
+        ("beta", "inf", "beta"),
+        ("beta", "1.5", "beta"),
+        ("beta", "-0.1", "beta"),
+        ("tau", "0", "tau"),
+        ("tau", "nan", "tau"),
+        ("tau", "-1", "tau"),
+        ("tau", "1e-50", "tau"),
+        ("tau", "2", "tau"),
+        ("format_version", "1.0", "format version"),
+        ("format_version", "\u00b2", "format version"),
+        ("format_version", "9" * 5000, "format version"),
+        ("format_version", "0", "format version"),
+        ("training", "[1, 2]", "training"),
+        ("training", "null", "training"),
+        ("training", "[" * 100_000, "training"),
+        ("token", "", "token"),
+        ("token", "<" + "x" * 100_000 + ">", "token"),
+        ("token", "cat", "token"),
+        ("token", "<my cat>", "token"),
+        ("supercategory", "", "supercategory"),
+        ("supercategory", "cat " * 1000, "supercategory"),
     ],
-)  # fmt: skip
+)
 def test_bad_metadata_is_refused(harness, tmp_path, key, value, match):
     refused(edited(harness, tmp_path, set_metadata(key, value)), match)
 
@@ -123,15 +146,30 @@ def stock_state(pipe):
 @pytest.mark.parametrize(
     "edit, match",
     [
-        (set_tensor("value_targets.down_blocks.0.attentions.0.transformer_blocks.0.attn2", lambda t: torch.randn(t.numel() * 2)), "width"),
+        (
+            set_tensor(
+                "value_targets.down_blocks.0.attentions.0.transformer_blocks.0.attn2",
+                lambda t: torch.randn(t.numel() * 2),
+            ),
+            "width",
+        ),
         (set_tensor("token_embedding", lambda t: torch.randn(t.numel() + 1)), "width"),
-        (lambda parts: [parts.tensors.__setitem__(name, torch.randn(48)) for name in ("concept_encoding", "supercategory_encoding")], "width"),
-        (lambda parts: parts.tensors.pop("value_targets.up_blocks.1.attentions.0.transformer_blocks.0.attn2"), "layers"),
+        (
+            lambda parts: [
+                parts.tensors.__setitem__(name, torch.randn(48))
+                for name in ("concept_encoding", "supercategory_encoding")
+            ],
+            "width",
+        ),
+        (
+            lambda parts: parts.tensors.pop("value_targets.up_blocks.1.attentions.0.transformer_blocks.0.attn2"),
+            "layers",
+        ),
         (set_tensor("value_targets.down_blocks.9.attentions.0.transformer_blocks.0.attn2", torch.randn(16)), "layers"),
         (set_metadata("token", "<|endoftext|>"), "already a word"),
         (set_metadata("base_fingerprint", "0" * 32), "another base model"),
     ],
-)  # fmt: skip
+)
 def test_files_that_do_not_fit_the_pipeline_are_refused_before_anything_changes(harness, tmp_path, edit, match):
     path = edited(harness, tmp_path, edit)
     Concept.load(path)  # a well-formed file ...

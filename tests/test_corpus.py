@@ -61,8 +61,9 @@ def test_caption_lengths_are_prompt_like(captions):
     # The bound holds for every seed: the longest words in every slot still fit.
     for template in caption_templates():
         words = len(SLOT.sub("", template).split())
-        longest = sum(max(len(form.split()) for pair in word_list(slot) for form in pair)
-                      for slot, _ in SLOT.findall(template))  # fmt: skip
+        longest = sum(
+            max(len(form.split()) for pair in word_list(slot) for form in pair) for slot, _ in SLOT.findall(template)
+        )
         assert words + longest <= MAX_WORDS, template
 
 

@@ -1,10 +1,10 @@
 """C from the pipeline's own text encoder: padding excluded, float64, cached per model and corpus."""
 
 import torch
-from perfusion.conditioning import TextConditioning
-from perfusion.testing import small_corpus
 
+from perfusion.conditioning import TextConditioning
 from perfusion.covariance import cache_root, estimate_covariance, inverse_covariance
+from perfusion.testing import small_corpus
 from perfusion.text import content_mask, encode, tokenize
 
 
@@ -34,7 +34,9 @@ def test_inverse_is_cached_on_disk_per_corpus(tiny_pipe):
     inverse_covariance(TextConditioning.of(tiny_pipe), small_corpus(50, seed=1))
     assert len(list((cache_root() / "covariance").glob("*.safetensors"))) == len(files) + 1
     covariance = estimate_covariance(TextConditioning.of(tiny_pipe), captions)
-    torch.testing.assert_close(first @ covariance, torch.eye(covariance.shape[0], dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        first @ covariance, torch.eye(covariance.shape[0], dtype=torch.float64), atol=1e-6, rtol=0
+    )
 
 
 def test_a_damaged_cache_entry_is_recomputed(tiny_pipe):

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from perfusion.testing import handmade_concept, load_pipeline, small_corpus, write_concept_images
 
 from perfusion.cli import main
 from perfusion.conditioning import TextConditioning
@@ -13,6 +12,7 @@ from perfusion.method import composition_basis, gate, inverse_covariance_factor,
 from perfusion.processor import PerfusionAttnProcessor
 from perfusion.router import CallContext
 from perfusion.settings import set_concept_options
+from perfusion.testing import handmade_concept, load_pipeline, small_corpus, write_concept_images
 
 CAPTIONS = small_corpus()
 
@@ -41,7 +41,9 @@ def test_local_key_lock_gives_the_concept_the_supercategory_keys(family_pipe):
     concept = handmade_concept(family_pipe)
     load_concepts(family_pipe, concept, captions=CAPTIONS)
     set_concept_options(family_pipe, "<mycat>", beta=0.5, tau=1e-4)
-    find_runtime(family_pipe).router.context = CallContext([(("<mycat>",), torch.tensor([0]))], None)  # the processor alone
+    find_runtime(family_pipe).router.context = CallContext(
+        [(("<mycat>",), torch.tensor([0]))], None
+    )  # the processor alone
     for processor in edit_processors(family_pipe):
         attn = family_pipe.unet.get_submodule(processor.layer)
         e = concept.concept_encoding[None, None]
@@ -62,8 +64,17 @@ def test_two_concepts_compose_exactly_in_the_c_inverse_orthonormal_basis(family_
     basis = composition_basis(encodings.double(), inverse_covariance_factor(runtime.inverse_covariance))
     torch.testing.assert_close(basis @ runtime.inverse_covariance @ basis.T, torch.eye(2, dtype=torch.float64))
     runtime.router.context = CallContext([(("<mycat>", "<mymug>"), torch.tensor([0]))], None)  # the processor alone
-    gates = torch.stack([gate(similarity(encodings.double(), concept.concept_encoding.double(), runtime.inverse_covariance),
-                              concept.beta, concept.tau) for concept in (cat, mug)], -1)  # (position, concept)  # fmt: skip
+    gates = torch.stack(
+        [
+            gate(
+                similarity(encodings.double(), concept.concept_encoding.double(), runtime.inverse_covariance),
+                concept.beta,
+                concept.tau,
+            )
+            for concept in (cat, mug)
+        ],
+        -1,
+    )  # (position, concept)
     for processor in edit_processors(family_pipe):
         attn = family_pipe.unet.get_submodule(processor.layer)
         with torch.no_grad():
@@ -76,24 +87,64 @@ def test_the_command_line_trains_inspects_and_generates(family_dir, tmp_path, ca
     captions = tmp_path / "captions.txt"
     captions.write_text("\n".join(CAPTIONS))
     out = tmp_path / "disc.safetensors"
-    code = main(["train", "--model", str(family_dir), "--images", str(write_concept_images(tmp_path / "disc")),
-                 "--token", "<mydisc>", "--supercategory", "cat", "--out", str(out), "--steps", "3",
-                 "--batch-size", "2", "--gradient-accumulation", "1", "--captions", str(captions), "--quiet"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--model",
+            str(family_dir),
+            "--images",
+            str(write_concept_images(tmp_path / "disc")),
+            "--token",
+            "<mydisc>",
+            "--supercategory",
+            "cat",
+            "--out",
+            str(out),
+            "--steps",
+            "3",
+            "--batch-size",
+            "2",
+            "--gradient-accumulation",
+            "1",
+            "--captions",
+            str(captions),
+            "--quiet",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     capsys.readouterr()
     assert main(["inspect", str(out)]) == 0
     shown, text = capsys.readouterr().out, TextConditioning.of(load_pipeline(family_dir))
     assert f"encoding width  {text.width}" in shown and f"text encoders   {len(text.towers)}" in shown
     for lock in ([], ["--global-lock"]):
-        code = main(["generate", "--model", str(family_dir), "--concept", str(out), "--prompt", "a photo of a <mydisc>",
-                     "--steps", "2", "--out", str(tmp_path / f"gen{len(lock)}"), "--captions", str(captions), *lock])  # fmt: skip
+        code = main(
+            [
+                "generate",
+                "--model",
+                str(family_dir),
+                "--concept",
+                str(out),
+                "--prompt",
+                "a photo of a <mydisc>",
+                "--steps",
+                "2",
+                "--out",
+                str(tmp_path / f"gen{len(lock)}"),
+                "--captions",
+                str(captions),
+                *lock,
+            ]
+        )
         assert code == 0, capsys.readouterr().err
         assert len(list((tmp_path / f"gen{len(lock)}").glob("*.png"))) == 1
 
 
 def test_two_concepts_in_their_regions_on_a_tall_image(family_pipe):
     """A size other than the pipeline's own, not square: the regions' masks, SDXL's time ids follow it."""
-    concepts = [handmade_concept(family_pipe, "<mycat>", "cat", seed=1), handmade_concept(family_pipe, "<mymug>", "mug", seed=2)]
+    concepts = [
+        handmade_concept(family_pipe, "<mycat>", "cat", seed=1),
+        handmade_concept(family_pipe, "<mymug>", "mug", seed=2),
+    ]
     load_concepts(family_pipe, concepts, captions=CAPTIONS)
     config = GenerationConfig(num_inference_steps=2, composition="regions", height=24, width=16)
     images = generate(family_pipe, "a <mycat> next to a <mymug>", config)

@@ -8,10 +8,10 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
-from perfusion.testing import small_corpus, write_concept_images
 
 from perfusion.cli import main
 from perfusion.images import ImageInputError, load_training_images
+from perfusion.testing import small_corpus, write_concept_images
 
 
 def write_png(path, width, height, depth, colour_type, rows=()):
@@ -227,9 +227,32 @@ def captions_file(tmp_path_factory):
 
 
 def train(model, images, out, captions, *extra):
-    return [str(part) for part in ["train", "--model", model, "--images", images, "--token", "<mydisc>",
-            "--supercategory", "cat", "--out", out, "--steps", "3", "--batch-size", "2",
-            "--gradient-accumulation", "1", "--captions", captions, "--quiet", *extra]]  # fmt: skip
+    return [
+        str(part)
+        for part in [
+            "train",
+            "--model",
+            model,
+            "--images",
+            images,
+            "--token",
+            "<mydisc>",
+            "--supercategory",
+            "cat",
+            "--out",
+            out,
+            "--steps",
+            "3",
+            "--batch-size",
+            "2",
+            "--gradient-accumulation",
+            "1",
+            "--captions",
+            captions,
+            "--quiet",
+            *extra,
+        ]
+    ]
 
 
 def test_a_folder_of_one_image_trains(tiny_pipeline_dir, tmp_path, captions_file, capsys):
@@ -271,12 +294,17 @@ def empty_mask(images, masks):
 
 @pytest.mark.parametrize(
     "spoil, message",
-    [(zero_byte, "00.png: an empty file"), (truncated, "00.png: not a readable image"),
-     (bomb, "00.png: 10,000,000,000 pixels, more than the"), (not_an_image, "00.png: not a readable image"),
-     (directory, "00.png: cannot be read"), (wrong_size_mask, "is 8x8 but the image is 16x16"),
-     (empty_mask, "is all zero")],
+    [
+        (zero_byte, "00.png: an empty file"),
+        (truncated, "00.png: not a readable image"),
+        (bomb, "00.png: 10,000,000,000 pixels, more than the"),
+        (not_an_image, "00.png: not a readable image"),
+        (directory, "00.png: cannot be read"),
+        (wrong_size_mask, "is 8x8 but the image is 16x16"),
+        (empty_mask, "is all zero"),
+    ],
     ids=lambda value: getattr(value, "__name__", ""),
-)  # fmt: skip
+)
 def test_the_command_line_gives_one_clear_line(spoil, message, tiny_pipeline_dir, tmp_path, captions_file, capsys):
     images = write_concept_images(folder(tmp_path), count=2, size=16, alpha=False)
     masks = folder(tmp_path, "masks")

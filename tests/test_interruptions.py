@@ -10,11 +10,11 @@ import warnings
 
 import pytest
 import torch
-from perfusion.conditioning import TextConditioning
-from perfusion.testing import load_pipeline, small_corpus, write_concept_images
 
 from perfusion.cli import main
+from perfusion.conditioning import TextConditioning
 from perfusion.images import load_training_images
+from perfusion.testing import load_pipeline, small_corpus, write_concept_images
 from perfusion.train import TrainingConfig, TrainingError, train_concept
 
 CAPTIONS = small_corpus()
@@ -28,10 +28,34 @@ def captions_file(tmp_path_factory):
 
 
 def train_command(model, images, out, captions, *extra):
-    return [sys.executable, "-m", "perfusion.cli", "train", "--model", str(model), "--images", str(images),
-            "--token", "<mydisc>", "--supercategory", "cat", "--out", str(out), "--steps", "12", "--batch-size", "2",
-            "--gradient-accumulation", "1", "--checkpoint-every", "1", "--captions", str(captions), "--quiet",
-            *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "perfusion.cli",
+        "train",
+        "--model",
+        str(model),
+        "--images",
+        str(images),
+        "--token",
+        "<mydisc>",
+        "--supercategory",
+        "cat",
+        "--out",
+        str(out),
+        "--steps",
+        "12",
+        "--batch-size",
+        "2",
+        "--gradient-accumulation",
+        "1",
+        "--checkpoint-every",
+        "1",
+        "--captions",
+        str(captions),
+        "--quiet",
+        *extra,
+    ]
 
 
 def test_a_concept_file_is_the_same_bytes_whichever_process_writes_it(tiny_pipeline_dir, tmp_path):
@@ -40,11 +64,12 @@ def test_a_concept_file_is_the_same_bytes_whichever_process_writes_it(tiny_pipel
 
     concept = handmade_concept(load_pipeline(tiny_pipeline_dir))
     concept.save(tmp_path / "here.safetensors")
-    code = ("import sys\nfrom perfusion.concept import Concept\n"
-            "Concept.load(sys.argv[1]).save(sys.argv[2])\n")  # fmt: skip
+    code = "import sys\nfrom perfusion.concept import Concept\nConcept.load(sys.argv[1]).save(sys.argv[2])\n"
     for n in range(3):
-        subprocess.run([sys.executable, "-c", code, str(tmp_path / "here.safetensors"), str(tmp_path / f"{n}.safetensors")],
-                       check=True)  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / "here.safetensors"), str(tmp_path / f"{n}.safetensors")],
+            check=True,
+        )
         assert (tmp_path / f"{n}.safetensors").read_bytes() == (tmp_path / "here.safetensors").read_bytes()
 
 
@@ -72,8 +97,9 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_file(tiny_
             kills += 1
         else:
             out.unlink(missing_ok=True)  # it finished before the kill: run again
-    final = subprocess.run(train_command(tiny_pipeline_dir, images, out, captions_file, *resumable()),
-                           capture_output=True, text=True)  # fmt: skip
+    final = subprocess.run(
+        train_command(tiny_pipeline_dir, images, out, captions_file, *resumable()), capture_output=True, text=True
+    )
     assert final.returncode == 0, final.stderr
     assert out.read_bytes() == straight.read_bytes()
     assert not checkpoint.exists()
@@ -95,8 +121,9 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_pipe,
     hook = tiny_pipe.unet.register_forward_hook(poisoned)
     try:
         with pytest.raises(TrainingError, match="not finite"):
-            train_concept(tiny_pipe, images, "<mydisc>", "cat", config, checkpoint=checkpoint, captions=CAPTIONS,
-                          progress=False)  # fmt: skip
+            train_concept(
+                tiny_pipe, images, "<mydisc>", "cat", config, checkpoint=checkpoint, captions=CAPTIONS, progress=False
+            )
     finally:
         hook.remove()
     state = torch.load(checkpoint, weights_only=False)
@@ -139,15 +166,30 @@ def test_a_full_disk_leaves_no_partial_file_and_the_old_file_untouched(tiny_pipe
     assert sorted(path.name for path in small_disk.iterdir()) == ["filler", "mycat.safetensors"]  # no temporary left
 
 
-def test_a_full_disk_is_one_clear_line_from_the_command_line(tiny_pipeline_dir, small_disk, tmp_path, captions_file,
-                                                             capsys):
+def test_a_full_disk_is_one_clear_line_from_the_command_line(
+    tiny_pipeline_dir, small_disk, tmp_path, captions_file, capsys
+):
     from perfusion.testing import handmade_concept
 
     concept_file = handmade_concept(load_pipeline(tiny_pipeline_dir)).save(tmp_path / "mycat.safetensors")
     fill(small_disk)
-    code = main(["generate", "--model", str(tiny_pipeline_dir), "--concept", str(concept_file), "--prompt",
-                 "a photo of a <mycat>", "--steps", "1", "--out", str(small_disk / "out"), "--captions",
-                 str(captions_file)])  # fmt: skip
+    code = main(
+        [
+            "generate",
+            "--model",
+            str(tiny_pipeline_dir),
+            "--concept",
+            str(concept_file),
+            "--prompt",
+            "a photo of a <mycat>",
+            "--steps",
+            "1",
+            "--out",
+            str(small_disk / "out"),
+            "--captions",
+            str(captions_file),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and err.count("perfusion: error:") == 1, err
 
@@ -164,8 +206,13 @@ def test_two_processes_computing_c_at_once_share_one_consistent_cache(tiny_pipel
         "torch.save(inverse, sys.argv[3])\n"
     )
     environment = {**os.environ, "PERFUSION_CACHE": str(tmp_path / "cache")}
-    processes = [subprocess.Popen([sys.executable, "-c", code, str(tiny_pipeline_dir), str(captions_file),
-                                   str(tmp_path / f"c{n}.pt")], env=environment) for n in range(2)]  # fmt: skip
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tiny_pipeline_dir), str(captions_file), str(tmp_path / f"c{n}.pt")],
+            env=environment,
+        )
+        for n in range(2)
+    ]
     assert all(process.wait() == 0 for process in processes)
     first, second = (torch.load(tmp_path / f"c{n}.pt") for n in range(2))
     assert torch.equal(first, second)

@@ -3,9 +3,15 @@
 import torch
 
 from perfusion.method import (
-    composition_basis, ema_update, gate, inverse_covariance_factor, masked_mse, rank_one_edit, similarity,
+    composition_basis,
+    ema_update,
+    gate,
+    inverse_covariance_factor,
+    masked_mse,
+    rank_one_edit,
+    similarity,
     similarity_readout,
-)  # fmt: skip
+)
 
 TOLERANCE = 1e-9
 
@@ -23,10 +29,15 @@ def random_problem(width=12, outputs=7, concepts=2, seed=0):
 def edit(inverse, weight, encodings, targets, inputs, betas, taus):
     basis = composition_basis(encodings, inverse_covariance_factor(inverse))
     return rank_one_edit(
-        inputs @ weight.T, inputs, (basis @ inverse).T, weight @ basis.T,
-        similarity_readout(encodings, inverse), torch.tensor(betas, dtype=torch.float64),
-        torch.tensor(taus, dtype=torch.float64), targets,
-    )  # fmt: skip
+        inputs @ weight.T,
+        inputs,
+        (basis @ inverse).T,
+        weight @ basis.T,
+        similarity_readout(encodings, inverse),
+        torch.tensor(betas, dtype=torch.float64),
+        torch.tensor(taus, dtype=torch.float64),
+        targets,
+    )
 
 
 def test_similarity_is_one_at_the_concept():
@@ -66,7 +77,9 @@ def test_composed_concepts_leave_each_other_unchanged():
     assert beta < 1
     together = edit(inverse, weight, encodings, targets, encodings[None], [beta, beta], [1e-4, 1e-4])
     for n in range(2):
-        alone = edit(inverse, weight, encodings[n : n + 1], targets[:, n : n + 1], encodings[None, n : n + 1], [beta], [1e-4])
+        alone = edit(
+            inverse, weight, encodings[n : n + 1], targets[:, n : n + 1], encodings[None, n : n + 1], [beta], [1e-4]
+        )
         assert torch.allclose(together[0, n], alone[0, 0], atol=1e-8)
         assert torch.allclose(together[0, n], targets[:, n], atol=1e-8)
 

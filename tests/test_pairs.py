@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 from PIL import Image
-from perfusion.testing import write_concept_images
 
 from perfusion.images import TrainingImage, load_training_images
 from perfusion.pairs import pair_caption, paired_image, paired_images
+from perfusion.testing import write_concept_images
 from perfusion.train import ConceptTrainer, TrainingConfig, TrainingError
 
 QUICK = dict(batch_size=4, gradient_accumulation=1, seed=0)

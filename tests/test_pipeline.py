@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
-from perfusion.testing import handmade_concept, routed_entries, small_corpus
 
 from perfusion.concept import ConceptFileError
 from perfusion.fingerprint import cross_attention_modules
 from perfusion.generation import GenerationConfig, GenerationError, generate
 from perfusion.loader import find_runtime, load_concepts, unload_concepts
-from perfusion.settings import set_concept_options, set_global_lock
 from perfusion.processor import PerfusionAttnProcessor
+from perfusion.settings import set_concept_options, set_global_lock
+from perfusion.testing import handmade_concept, routed_entries, small_corpus
 from perfusion.text import encode, tokenize
 
 CAPTIONS = small_corpus()
@@ -19,9 +19,12 @@ CAPTIONS = small_corpus()
 
 def images(pipe, prompt, seed=0, **kwargs):
     config = GenerationConfig(
-        num_inference_steps=3, guidance_scale=5.0, num_images_per_prompt=kwargs.pop("num_images", 1), seed=seed,
+        num_inference_steps=3,
+        guidance_scale=5.0,
+        num_images_per_prompt=kwargs.pop("num_images", 1),
+        seed=seed,
         global_lock=kwargs.pop("global_lock", False),
-    )  # fmt: skip
+    )
     return np.stack([np.asarray(image) for image in generate(pipe, prompt, config, **kwargs)])
 
 
@@ -34,7 +37,9 @@ def test_prompt_without_a_concept_gives_exactly_the_stock_output(tiny_pipe):
 def test_only_cross_attention_gets_the_edit_processor(tiny_pipe):
     load_concepts(tiny_pipe, handmade_concept(tiny_pipe), captions=CAPTIONS)
     for name, processor in tiny_pipe.unet.attn_processors.items():
-        assert isinstance(processor, PerfusionAttnProcessor) == (name.removesuffix(".processor") in cross_attention_modules(tiny_pipe.unet))
+        assert isinstance(processor, PerfusionAttnProcessor) == (
+            name.removesuffix(".processor") in cross_attention_modules(tiny_pipe.unet)
+        )
         if name.endswith("attn1.processor"):
             assert isinstance(processor, AttnProcessor2_0)
 
@@ -57,7 +62,9 @@ def test_negative_rows_and_other_prompts_in_a_batch_stay_stock(tiny_pipe):
 
     def batch(prompts):
         generators = [torch.Generator().manual_seed(seed) for seed in range(len(prompts))]
-        return tiny_pipe(prompts, num_inference_steps=3, guidance_scale=5.0, generator=generators, output_type="np").images
+        return tiny_pipe(
+            prompts, num_inference_steps=3, guidance_scale=5.0, generator=generators, output_type="np"
+        ).images
 
     stock = batch(["a cat", "a photo of a dog", "a cat"])
     load_concepts(tiny_pipe, handmade_concept(tiny_pipe), captions=CAPTIONS)
@@ -136,7 +143,9 @@ def test_edit_composes_with_a_peft_lora_on_the_projections(tiny_pipe):
     set_concept_options(tiny_pipe, "<mycat>", beta=0.5, tau=1e-4)
     from perfusion.router import CallContext
 
-    find_runtime(tiny_pipe).router.context = CallContext([(("<mycat>",), torch.tensor([0]))], None)  # the processor alone
+    find_runtime(tiny_pipe).router.context = CallContext(
+        [(("<mycat>",), torch.tensor([0]))], None
+    )  # the processor alone
     processor = next(p for p in tiny_pipe.unet.attn_processors.values() if isinstance(p, PerfusionAttnProcessor))
     attn = tiny_pipe.unet.get_submodule(processor.layer)
     e = concept.concept_encoding[None, None]
@@ -180,10 +189,12 @@ def test_every_top_level_name_is_what_the_readme_calls_even_after_its_module_is_
     import subprocess
     import sys
 
-    code = ("import perfusion\nfrom perfusion import GenerationConfig, TrainingConfig\n"
-            "for name in perfusion.__all__:\n    value = getattr(perfusion, name)\n"
-            "    assert not type(value).__name__ == 'module', name\n"
-            "assert callable(perfusion.generate) and callable(perfusion.train_concept)\n")  # fmt: skip
+    code = (
+        "import perfusion\nfrom perfusion import GenerationConfig, TrainingConfig\n"
+        "for name in perfusion.__all__:\n    value = getattr(perfusion, name)\n"
+        "    assert not type(value).__name__ == 'module', name\n"
+        "assert callable(perfusion.generate) and callable(perfusion.train_concept)\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)  # a fresh interpreter: no module imported before
 
 
@@ -194,8 +205,11 @@ def plain_call(pipe, prompt, **kwargs):
 
 
 def test_a_generate_calls_settings_apply_to_that_call_only(tiny_pipe):
-    load_concepts(tiny_pipe, [handmade_concept(tiny_pipe, "<mycat>", "cat", seed=1),
-                              handmade_concept(tiny_pipe, "<mymug>", "mug", seed=2)], captions=CAPTIONS)  # fmt: skip
+    load_concepts(
+        tiny_pipe,
+        [handmade_concept(tiny_pipe, "<mycat>", "cat", seed=1), handmade_concept(tiny_pipe, "<mymug>", "mug", seed=2)],
+        captions=CAPTIONS,
+    )
     prompt = "a <mycat> next to a <mymug>"
     before = plain_call(tiny_pipe, prompt)
     config = GenerationConfig(num_inference_steps=3, guidance_scale=5.0, global_lock=True, composition="regions")
@@ -217,7 +231,9 @@ def test_the_edit_acts_on_the_hidden_state_the_pipeline_hands_the_unet(tiny_pipe
     embeds, negative = penultimate("a photo of a <mycat>"), penultimate("")
     edited = plain_call(tiny_pipe, None, prompt_embeds=embeds, negative_prompt_embeds=negative)
     unload_concepts(tiny_pipe)
-    assert not np.array_equal(plain_call(tiny_pipe, None, prompt_embeds=embeds, negative_prompt_embeds=negative), edited)
+    assert not np.array_equal(
+        plain_call(tiny_pipe, None, prompt_embeds=embeds, negative_prompt_embeds=negative), edited
+    )
 
 
 def test_loading_copies_the_callers_concept_and_never_changes_it(tiny_pipe):
@@ -269,8 +285,11 @@ def test_settings_for_a_concept_not_loaded_are_one_clear_error(tiny_pipe):
 
 def test_prompt_embeds_encoded_before_an_unload_are_left_unedited_after_it(tiny_pipe):
     """Unloading renumbers the added tokens, so rows remembered before it are forgotten: no stale ids re-encoded."""
-    load_concepts(tiny_pipe, [handmade_concept(tiny_pipe, "<mycat>", "cat", seed=1),
-                              handmade_concept(tiny_pipe, "<mymug>", "mug", seed=2)], captions=CAPTIONS)  # fmt: skip
+    load_concepts(
+        tiny_pipe,
+        [handmade_concept(tiny_pipe, "<mycat>", "cat", seed=1), handmade_concept(tiny_pipe, "<mymug>", "mug", seed=2)],
+        captions=CAPTIONS,
+    )
     set_global_lock(tiny_pipe, True)
     with torch.no_grad():
         embeds, negative = tiny_pipe.encode_prompt("a <mycat> next to a <mymug>", "cpu", 1, True)

@@ -5,11 +5,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from perfusion.testing import handmade_concept, routed_entries, small_corpus
 
 from perfusion.generation import GenerationConfig, GenerationError, check_prompt, generate
 from perfusion.loader import load_concepts
 from perfusion.settings import set_global_lock
+from perfusion.testing import handmade_concept, routed_entries, small_corpus
 from perfusion.text import encode, tokenize
 
 CAPTIONS = small_corpus()
@@ -55,13 +55,17 @@ def test_the_token_glued_to_punctuation_is_the_concept(cat_pipe):
     glued = tokenize(cat_pipe.tokenizer, ["a photo of a <mycat>, on a sofa"])
     assert concept_id(cat_pipe) in glued[0].tolist()
     assert torch.equal(glued, tokenize(cat_pipe.tokenizer, ["a photo of a <mycat> , on a sofa"]))
-    assert np.array_equal(images(cat_pipe, "a photo of a <mycat>, on a sofa"),
-                          images(cat_pipe, "a photo of a <mycat> , on a sofa"))  # fmt: skip
+    assert np.array_equal(
+        images(cat_pipe, "a photo of a <mycat>, on a sofa"), images(cat_pipe, "a photo of a <mycat> , on a sofa")
+    )
 
 
 def test_the_token_in_capitals_is_refused_with_the_loaded_token_suggested(cat_pipe):
-    with pytest.raises(GenerationError, match=r"unknown token <MYCAT> in the prompt: concept tokens are "
-                                              r"case-sensitive, did you mean <mycat>\?"):  # fmt: skip
+    with pytest.raises(
+        GenerationError,
+        match=r"unknown token <MYCAT> in the prompt: concept tokens are "
+        r"case-sensitive, did you mean <mycat>\?",
+    ):
         check_prompt(cat_pipe, "a photo of a <MYCAT>")
 
 

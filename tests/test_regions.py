@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 import torch
-from perfusion.testing import handmade_concept, routed_entries, small_corpus
 
 from perfusion.generation import GenerationConfig, GenerationError, generate
 from perfusion.loader import find_runtime, load_concepts
 from perfusion.masks import on_latent_grid
-from perfusion.settings import set_composition, set_global_lock
 from perfusion.regions import RegionsConfig, batch_indexed, region_masks
+from perfusion.settings import set_composition, set_global_lock
+from perfusion.testing import handmade_concept, routed_entries, small_corpus
 from perfusion.text import encode, supercategory_substitution, tokenize
 
 CAPTIONS = small_corpus()
@@ -23,8 +23,13 @@ def two_concepts(pipe):
 
 
 def images(pipe, prompt, composition="joint", num_images=1, global_lock=False):
-    config = GenerationConfig(num_inference_steps=3, guidance_scale=5.0, num_images_per_prompt=num_images, composition=composition,
-                              global_lock=global_lock)  # fmt: skip
+    config = GenerationConfig(
+        num_inference_steps=3,
+        guidance_scale=5.0,
+        num_images_per_prompt=num_images,
+        composition=composition,
+        global_lock=global_lock,
+    )
     return np.stack([np.asarray(image) for image in generate(pipe, prompt, config)])
 
 
@@ -62,7 +67,9 @@ def test_while_laying_out_the_split_row_is_exactly_the_plain_prompt(tiny_pipe):
     assert [row.tokens for row in split.rows] == [("<mycat>",), ("<mymug>",)]
     assert split.plain_positions == split.own_positions == [2, 6]  # after BOS: a, <mycat>; next, to, a, <mymug>
 
-    config = GenerationConfig(num_inference_steps=3, guidance_scale=5.0, composition="regions", regions=dict(layout=1.0))
+    config = GenerationConfig(
+        num_inference_steps=3, guidance_scale=5.0, composition="regions", regions=dict(layout=1.0)
+    )
     layout_only = np.asarray(generate(tiny_pipe, PAIR, config)[0])
     assert np.abs(layout_only.astype(int) - stock[0].astype(int)).max() <= 1
 
@@ -85,8 +92,10 @@ def test_after_the_layout_each_concept_row_predicts_inside_its_own_region(tiny_p
         set_composition(tiny_pipe, "joint")
         routed_entries(tiny_pipe, OWN_PROMPTS)  # each concept's own row, edited as any prompt with that concept
         plain = tiny_pipe.unet(sample[1:], timestep, encoder_hidden_states=split.plain[None]).sample[0]
-        own = [tiny_pipe.unet(sample[1:], timestep, encoder_hidden_states=row.encodings[None]).sample[0]
-               for row in split.rows]  # fmt: skip
+        own = [
+            tiny_pipe.unet(sample[1:], timestep, encoder_hidden_states=row.encodings[None]).sample[0]
+            for row in split.rows
+        ]
         stock_negative = tiny_pipe.unet(sample[:1], timestep, encoder_hidden_states=states[:1]).sample[0]
     assert merged.shape == sample.shape
     assert maps.shape == (2, size, size) and (maps.sum((1, 2)) > 0).all()
@@ -169,7 +178,9 @@ def test_generate_keeps_the_pipelines_composition_unless_its_config_sets_one(tin
     regional = images(tiny_pipe, PAIR, composition="regions")
     joint = images(tiny_pipe, PAIR, composition="joint")
     set_composition(tiny_pipe, "regions")
-    kept = generate(tiny_pipe, PAIR, GenerationConfig(num_inference_steps=3, guidance_scale=5.0))  # no composition given
+    kept = generate(
+        tiny_pipe, PAIR, GenerationConfig(num_inference_steps=3, guidance_scale=5.0)
+    )  # no composition given
     assert np.array_equal(np.asarray(kept[0]), regional[0])
     assert np.array_equal(images(tiny_pipe, PAIR, composition="joint"), joint)
 
@@ -184,7 +195,9 @@ def test_an_unknown_composition_mode_is_refused(tiny_pipe):
         generate(tiny_pipe, PAIR, GenerationConfig(num_inference_steps=1, regions=dict(layout=0.5)))
 
 
-@pytest.mark.parametrize("latent, layer", [((90, 160), (12, 20)), ((65, 88), (9, 11)), ((64, 64), (8, 8)), ((7, 5), (7, 5))])
+@pytest.mark.parametrize(
+    "latent, layer", [((90, 160), (12, 20)), ((65, 88), (9, 11)), ((64, 64), (8, 8)), ((7, 5), (7, 5))]
+)
 def test_a_layers_map_is_read_on_its_own_grid_when_the_sides_do_not_halve_evenly(latent, layer):
     """Stride-2 downsampling rounds each side up (SD 1.5 at 720x1280: a 90x160 latent, 12x20 at the deepest layer)."""
     values = torch.arange(float(layer[0] * layer[1]))
@@ -199,8 +212,11 @@ def test_the_unets_arguments_are_re_indexed_inside_lists_and_tuples_too():
     the split rows, or the UNet call fails on mismatched batch sizes."""
     rows = torch.arange(2.0)[:, None]
     index = torch.tensor([0, 1, 1, 1])
-    given = {"added_cond_kwargs": {"image_embeds": [rows]}, "down_block_additional_residuals": (rows, rows * 2),
-             "scale": 1.0}  # fmt: skip
+    given = {
+        "added_cond_kwargs": {"image_embeds": [rows]},
+        "down_block_additional_residuals": (rows, rows * 2),
+        "scale": 1.0,
+    }
     expanded = batch_indexed(given, 2, index)
     assert torch.equal(expanded["added_cond_kwargs"]["image_embeds"][0], rows[index])
     assert isinstance(expanded["down_block_additional_residuals"], tuple)

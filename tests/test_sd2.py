@@ -5,14 +5,13 @@ import numpy as np
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
-from perfusion.testing import SD21_UNET, handmade_concept, load_pipeline, small_corpus
-from perfusion.testing import write_concept_images
 
 from perfusion.concept import Concept
 from perfusion.fingerprint import cross_attention_modules
 from perfusion.generation import GenerationConfig, generate
 from perfusion.images import load_training_images
 from perfusion.loader import load_concepts, unload_concepts
+from perfusion.testing import SD21_UNET, handmade_concept, load_pipeline, small_corpus, write_concept_images
 from perfusion.text import content_mask, supercategory_substitution, tokenize
 from perfusion.train import TrainingConfig, train_concept
 
@@ -45,8 +44,15 @@ def test_sd21_concept_file_is_sixteen_layers_and_under_100kb_and_halves(tmp_path
     def vector(width):
         return torch.randn(width, generator=generator)
 
-    concept = Concept("<mycat>", "cat", vector(1024), vector(1024), vector(1024),
-                      {name: vector(module.to_v.out_features) for name, module in layers.items()}, "f" * 32)  # fmt: skip
+    concept = Concept(
+        "<mycat>",
+        "cat",
+        vector(1024),
+        vector(1024),
+        vector(1024),
+        {name: vector(module.to_v.out_features) for name, module in layers.items()},
+        "f" * 32,
+    )
     assert len(layers) == 16 and sum(t.numel() for t in concept.value_targets.values()) == 12_480
     full = concept.save(tmp_path / "full.safetensors")
     half = concept.save(tmp_path / "half.safetensors", half=True)
@@ -60,8 +66,9 @@ def test_padding_is_left_out_and_substituted_rows_pad_with_the_exclamation_mark(
     keep = content_mask(ids, tokenizer.eos_token_id)[0]
     assert keep.sum().item() == (ids[0] != tokenizer.pad_token_id).sum().item()  # up to and including the end
     cat = tokenizer.convert_tokens_to_ids("cat</w>")
-    new_ids, _ = supercategory_substitution(ids, {cat: tokenizer("large red mug", add_special_tokens=False).input_ids},
-                                            tokenizer.eos_token_id)  # fmt: skip
+    new_ids, _ = supercategory_substitution(
+        ids, {cat: tokenizer("large red mug", add_special_tokens=False).input_ids}, tokenizer.eos_token_id
+    )
     assert new_ids.shape == ids.shape and new_ids[0, -1].item() == tokenizer.pad_token_id
 
 
@@ -76,13 +83,19 @@ def test_prompts_without_the_concept_stay_stock_and_with_it_are_edited(sd2_pipe)
 
 def test_training_lowers_the_loss_and_moves_only_v_star_and_value_targets(sd2_pipe, tmp_path):
     images = load_training_images(write_concept_images(tmp_path / "disc"))
-    before = {f"{part}.{name}": tensor.clone() for part in ("unet", "vae", "text_encoder")
-              for name, tensor in getattr(sd2_pipe, part).state_dict().items()}  # fmt: skip
+    before = {
+        f"{part}.{name}": tensor.clone()
+        for part in ("unet", "vae", "text_encoder")
+        for name, tensor in getattr(sd2_pipe, part).state_dict().items()
+    }
     config = TrainingConfig(steps=60, lr_embedding=1e-3, batch_size=2, gradient_accumulation=2, seed=0)
     result = train_concept(sd2_pipe, images, "<mydisc>", "cat", config, captions=CAPTIONS, progress=False)
     assert result.held_out_loss[1] < result.held_out_loss[0], result.held_out_loss
-    after = {f"{part}.{name}": tensor for part in ("unet", "vae", "text_encoder")
-             for name, tensor in getattr(sd2_pipe, part).state_dict().items()}  # fmt: skip
+    after = {
+        f"{part}.{name}": tensor
+        for part in ("unet", "vae", "text_encoder")
+        for name, tensor in getattr(sd2_pipe, part).state_dict().items()
+    }
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     loaded = Concept.load(result.concept.save(tmp_path / "disc.safetensors"))
     for name, tensor in result.concept.tensors().items():

@@ -9,12 +9,11 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-from perfusion.testing import SDXL_TEXT, SDXL_TEXT_2, SDXL_UNET, TINY_SDXL_WIDTHS
-from perfusion.testing import handmade_concept, load_pipeline, routed_entries, small_corpus, write_concept_images
 
 from perfusion.cli import main
 from perfusion.concept import Concept, ConceptFileError
 from perfusion.conditioning import TextConditioning
+from perfusion.covariance import estimate_covariance
 from perfusion.fingerprint import cross_attention_modules
 from perfusion.generation import GenerationConfig, GenerationError, generate
 from perfusion.images import load_training_images
@@ -22,7 +21,17 @@ from perfusion.loader import find_runtime, load_concepts, unload_concepts
 from perfusion.models import UnsupportedPipelineError
 from perfusion.plans import linear_part
 from perfusion.settings import set_composition, set_global_lock
-from perfusion.covariance import estimate_covariance
+from perfusion.testing import (
+    SDXL_TEXT,
+    SDXL_TEXT_2,
+    SDXL_UNET,
+    TINY_SDXL_WIDTHS,
+    handmade_concept,
+    load_pipeline,
+    routed_entries,
+    small_corpus,
+    write_concept_images,
+)
 from perfusion.text import content_mask, tokenize
 from perfusion.train import ConceptTrainer, TrainingConfig, train_concept
 
@@ -60,7 +69,9 @@ def penultimate(pipe, prompt, tower=None, layer=-2):
 
 
 def base_weights(pipe):
-    return {f"{part}.{name}": tensor.clone() for part in PARTS for name, tensor in getattr(pipe, part).state_dict().items()}
+    return {
+        f"{part}.{name}": tensor.clone() for part in PARTS for name, tensor in getattr(pipe, part).state_dict().items()
+    }
 
 
 def test_the_tiny_pipeline_has_sdxls_traits(sdxl_pipe):
@@ -95,14 +106,24 @@ def test_sdxl_base_concept_file_is_seventy_layers_under_400kb_and_200kb_half(tmp
     def vector(width):
         return torch.randn(width, generator=generator)
 
-    concept = Concept("<mycat>", "cat", vector(widths[0]), vector(encoding_width), vector(encoding_width),
-                      {name: vector(module.to_v.out_features) for name, module in layers.items()}, "f" * 32,
-                      token_embedding_2=vector(widths[1]))  # fmt: skip
+    concept = Concept(
+        "<mycat>",
+        "cat",
+        vector(widths[0]),
+        vector(encoding_width),
+        vector(encoding_width),
+        {name: vector(module.to_v.out_features) for name, module in layers.items()},
+        "f" * 32,
+        token_embedding_2=vector(widths[1]),
+    )
     assert len(layers) == 70 and sum(t.numel() for t in concept.value_targets.values()) == 83_200
     assert widths == [768, 1280] and encoding_width == 2048 and {m.to_k.in_features for m in layers.values()} == {2048}
     full = concept.save(tmp_path / "full.safetensors")
     half = concept.save(tmp_path / "half.safetensors", half=True)
-    assert full.stat().st_size <= 400 * KB and half.stat().st_size <= 200 * KB, (full.stat().st_size, half.stat().st_size)
+    assert full.stat().st_size <= 400 * KB and half.stat().st_size <= 200 * KB, (
+        full.stat().st_size,
+        half.stat().st_size,
+    )
     loaded = Concept.load(full)
     assert torch.equal(loaded.token_embedding_2, concept.token_embedding_2)
 
@@ -172,8 +193,14 @@ def test_prompts_without_the_concept_stay_stock_and_with_it_are_edited(sdxl_pipe
 def test_negative_rows_and_other_prompts_in_a_batch_stay_stock(sdxl_pipe):
     def batch(prompts, negative=None):
         generators = [torch.Generator().manual_seed(seed) for seed in range(len(prompts))]
-        return sdxl_pipe(prompts, negative_prompt=negative, num_inference_steps=3, guidance_scale=5.0,
-                         generator=generators, output_type="np").images  # fmt: skip
+        return sdxl_pipe(
+            prompts,
+            negative_prompt=negative,
+            num_inference_steps=3,
+            guidance_scale=5.0,
+            generator=generators,
+            output_type="np",
+        ).images
 
     stock = batch(["a cat", "a photo of a dog", "a cat"], negative=["red"] * 3)
     load_concepts(sdxl_pipe, handmade_concept(sdxl_pipe), captions=CAPTIONS)
@@ -184,8 +211,10 @@ def test_negative_rows_and_other_prompts_in_a_batch_stay_stock(sdxl_pipe):
 
 def test_v_star_of_both_encoders_reaches_the_prompt_and_the_pooled_embedding(cat_pipe):
     concept = find_runtime(cat_pipe).concepts["<mycat>"].concept
-    for encoder, tokenizer, vector in ((cat_pipe.text_encoder, cat_pipe.tokenizer, concept.token_embedding),
-                                       (cat_pipe.text_encoder_2, cat_pipe.tokenizer_2, concept.token_embedding_2)):
+    for encoder, tokenizer, vector in (
+        (cat_pipe.text_encoder, cat_pipe.tokenizer, concept.token_embedding),
+        (cat_pipe.text_encoder_2, cat_pipe.tokenizer_2, concept.token_embedding_2),
+    ):
         row = encoder.get_input_embeddings().weight[tokenizer.convert_tokens_to_ids("<mycat>")]
         assert torch.equal(row, vector)
     with torch.no_grad():
@@ -205,9 +234,11 @@ def test_global_lock_keys_read_the_prompt_with_the_supercategory_in_both_encoder
 
 def test_clip_skip_is_followed_and_rows_without_the_concept_stay_stock(sdxl_pipe):
     """clip_skip=1 hands the UNet hidden_states[-3] of both encoders: the edit finds the row there."""
+
     def call(prompt):
-        return sdxl_pipe(prompt, num_inference_steps=2, clip_skip=1, output_type="np",
-                         generator=torch.Generator().manual_seed(0)).images  # fmt: skip
+        return sdxl_pipe(
+            prompt, num_inference_steps=2, clip_skip=1, output_type="np", generator=torch.Generator().manual_seed(0)
+        ).images
 
     stock, cat = call("a photo of a dog"), call("a photo of a cat")
     load_concepts(sdxl_pipe, handmade_concept(sdxl_pipe), captions=CAPTIONS)
@@ -215,8 +246,13 @@ def test_clip_skip_is_followed_and_rows_without_the_concept_stay_stock(sdxl_pipe
     text = TextConditioning.of(sdxl_pipe)
     ids = text.tokenize(["a photo of a <mycat>"])
     with torch.no_grad():
-        states = torch.cat([tower.text_encoder(tower_ids, output_hidden_states=True).hidden_states[-3]
-                            for tower, tower_ids in zip(text.towers, ids)], -1)  # fmt: skip
+        states = torch.cat(
+            [
+                tower.text_encoder(tower_ids, output_hidden_states=True).hidden_states[-3]
+                for tower, tower_ids in zip(text.towers, ids)
+            ],
+            -1,
+        )
     assert find_runtime(sdxl_pipe).router.find(states)[0].tokens == ("<mycat>",)
     with pytest.warns(UserWarning, match=r"<mycat>: the UNet is given another hidden state .* the gate may be off"):
         assert not np.array_equal(call("a photo of a <mycat>"), cat)
@@ -229,8 +265,11 @@ def test_the_default_hidden_state_gives_no_warning_about_the_gate(cat_pipe):
 
 
 def test_regions_split_the_row_in_both_encoders(sdxl_pipe):
-    load_concepts(sdxl_pipe, [handmade_concept(sdxl_pipe, "<mycat>", "cat", seed=1),
-                              handmade_concept(sdxl_pipe, "<mymug>", "mug", seed=2)], captions=CAPTIONS)  # fmt: skip
+    load_concepts(
+        sdxl_pipe,
+        [handmade_concept(sdxl_pipe, "<mycat>", "cat", seed=1), handmade_concept(sdxl_pipe, "<mymug>", "mug", seed=2)],
+        captions=CAPTIONS,
+    )
     set_composition(sdxl_pipe, "regions")
     split = routed_entries(sdxl_pipe, ["a <mycat> next to a <mymug>"])[0].split
     torch.testing.assert_close(split.plain, penultimate(sdxl_pipe, "a cat next to a mug"))
@@ -245,11 +284,15 @@ def test_regions_split_the_row_in_both_encoders(sdxl_pipe):
 def test_in_regions_each_row_takes_the_pooled_embedding_of_its_own_prompt(sdxl_pipe):
     """The pooled embedding acts on every pixel: the plain row's is the plain prompt's, a concept's row's its own
     prompt's, so no concept's v* reaches another's region through it."""
-    load_concepts(sdxl_pipe, [handmade_concept(sdxl_pipe, "<mycat>", "cat", seed=1),
-                              handmade_concept(sdxl_pipe, "<mymug>", "mug", seed=2)], captions=CAPTIONS)  # fmt: skip
+    load_concepts(
+        sdxl_pipe,
+        [handmade_concept(sdxl_pipe, "<mycat>", "cat", seed=1), handmade_concept(sdxl_pipe, "<mymug>", "mug", seed=2)],
+        captions=CAPTIONS,
+    )
     seen = []
     sdxl_pipe.unet.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append(kwargs["added_cond_kwargs"]["text_embeds"].clone()), with_kwargs=True)
+        lambda module, args, kwargs: seen.append(kwargs["added_cond_kwargs"]["text_embeds"].clone()), with_kwargs=True
+    )
 
     def pooled(prompt):
         with torch.no_grad():
@@ -273,8 +316,10 @@ def test_training_lowers_the_loss_and_moves_only_both_v_stars_and_value_targets(
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert "<mydisc>" not in sdxl_pipe.tokenizer.get_vocab() and "<mydisc>" not in sdxl_pipe.tokenizer_2.get_vocab()
     concept = result.concept
-    for tokenizer, encoder, vector in ((sdxl_pipe.tokenizer, sdxl_pipe.text_encoder, concept.token_embedding),
-                                       (sdxl_pipe.tokenizer_2, sdxl_pipe.text_encoder_2, concept.token_embedding_2)):
+    for tokenizer, encoder, vector in (
+        (sdxl_pipe.tokenizer, sdxl_pipe.text_encoder, concept.token_embedding),
+        (sdxl_pipe.tokenizer_2, sdxl_pipe.text_encoder_2, concept.token_embedding_2),
+    ):
         word = tokenizer("cat", add_special_tokens=False).input_ids
         start = encoder.get_input_embeddings().weight[word].mean(0)
         assert vector.shape == start.shape and not torch.allclose(vector, start)
@@ -303,10 +348,15 @@ def test_a_refiner_is_refused_in_one_line(sdxl_pipe):
     from diffusers import StableDiffusionXLImg2ImgPipeline
 
     refiner = StableDiffusionXLImg2ImgPipeline(
-        vae=sdxl_pipe.vae, text_encoder=None, tokenizer=None, text_encoder_2=sdxl_pipe.text_encoder_2,
-        tokenizer_2=sdxl_pipe.tokenizer_2, unet=sdxl_pipe.unet, scheduler=sdxl_pipe.scheduler,
+        vae=sdxl_pipe.vae,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=sdxl_pipe.text_encoder_2,
+        tokenizer_2=sdxl_pipe.tokenizer_2,
+        unet=sdxl_pipe.unet,
+        scheduler=sdxl_pipe.scheduler,
         requires_aesthetics_score=True,
-    )  # fmt: skip
+    )
     with pytest.raises(UnsupportedPipelineError, match="refiner"):
         load_concepts(refiner, handmade_concept(sdxl_pipe))
 
@@ -323,9 +373,23 @@ def test_sweep_and_eval_run_on_sdxl(sdxl_dir, tmp_path, capsys):
     concept = handmade_concept(load_pipeline(sdxl_dir), "<mydisc>", "cat").save(tmp_path / "disc.safetensors")
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"background": "red"}\n{"prompt": "a {} next to a cup", "second_object": "cup"}\n')
-    common = ["--model", str(sdxl_dir), "--concept", str(concept), "--prompts", str(prompts), "--images",
-              str(write_concept_images(tmp_path / "disc")), "--images-per-prompt", "1", "--steps", "2"]  # fmt: skip
-    assert main(["sweep", *common, "--betas", "0.5,0.9", "--out", str(tmp_path / "sweep")]) == 0, capsys.readouterr().err
+    common = [
+        "--model",
+        str(sdxl_dir),
+        "--concept",
+        str(concept),
+        "--prompts",
+        str(prompts),
+        "--images",
+        str(write_concept_images(tmp_path / "disc")),
+        "--images-per-prompt",
+        "1",
+        "--steps",
+        "2",
+    ]
+    assert main(["sweep", *common, "--betas", "0.5,0.9", "--out", str(tmp_path / "sweep")]) == 0, (
+        capsys.readouterr().err
+    )
     assert len(list((tmp_path / "sweep" / "beta-0.900").glob("*.png"))) == 2
     assert main(["eval", *common, "--out", str(tmp_path / "eval")]) == 0, capsys.readouterr().err
     assert (tmp_path / "eval" / "metrics.csv").read_text().startswith("beta,")
@@ -333,14 +397,22 @@ def test_sweep_and_eval_run_on_sdxl(sdxl_dir, tmp_path, capsys):
 
 def test_a_second_prompt_of_its_own_is_read_part_by_part(sdxl_pipe):
     """SDXL's prompt_2 goes to the second encoder alone: each part is locked and split from its own prompt."""
-    load_concepts(sdxl_pipe, [handmade_concept(sdxl_pipe, "<mycat>", "cat", seed=1),
-                              handmade_concept(sdxl_pipe, "<mymug>", "mug", seed=2)], captions=CAPTIONS)  # fmt: skip
+    load_concepts(
+        sdxl_pipe,
+        [handmade_concept(sdxl_pipe, "<mycat>", "cat", seed=1), handmade_concept(sdxl_pipe, "<mymug>", "mug", seed=2)],
+        captions=CAPTIONS,
+    )
     first, second = "a <mycat> next to a mug", "the <mymug> next to a <mycat>"
     ids = [tokenize(sdxl_pipe.tokenizer, [first]), tokenize(sdxl_pipe.tokenizer_2, [second])]
     set_global_lock(sdxl_pipe, True)
     entry = routed_entries(sdxl_pipe, ids)[0]
-    expected = torch.cat([penultimate(sdxl_pipe, "a cat next to a mug", tower=0),
-                          penultimate(sdxl_pipe, "the mug next to a cat", tower=1)], -1)  # fmt: skip
+    expected = torch.cat(
+        [
+            penultimate(sdxl_pipe, "a cat next to a mug", tower=0),
+            penultimate(sdxl_pipe, "the mug next to a cat", tower=1),
+        ],
+        -1,
+    )
     assert entry.tokens == ("<mycat>", "<mymug>")
     torch.testing.assert_close(entry.key_encodings, expected)
     set_composition(sdxl_pipe, "regions")
@@ -412,12 +484,21 @@ def test_with_a_shared_tokenizer_unloading_one_of_two_concepts_renumbers_both_en
 
 def test_generation_keeps_the_pipelines_own_guidance_unless_told(sdxl_pipe):
     """SDXL's pipeline guides at 5.0 by default, SD's at 7.5: a config without guidance_scale keeps the pipeline's."""
+
     def images(**settings):
-        return np.stack([np.asarray(image) for image in generate(sdxl_pipe, "a photo of a dog",
-                                                                  GenerationConfig(num_inference_steps=2, **settings))])  # fmt: skip
+        return np.stack(
+            [
+                np.asarray(image)
+                for image in generate(
+                    sdxl_pipe, "a photo of a dog", GenerationConfig(num_inference_steps=2, **settings)
+                )
+            ]
+        )
 
     default = images()
-    assert np.array_equal(default, images(guidance_scale=5.0)) and not np.array_equal(default, images(guidance_scale=7.5))
+    assert np.array_equal(default, images(guidance_scale=5.0)) and not np.array_equal(
+        default, images(guidance_scale=7.5)
+    )
 
 
 def test_a_misspelt_concept_in_prompt_2_is_refused_as_in_the_prompt(cat_pipe):

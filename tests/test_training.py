@@ -3,11 +3,11 @@
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-from perfusion.testing import build_tiny_pipeline, load_pipeline, small_corpus, write_concept_images
 
 from perfusion.images import load_training_images
 from perfusion.latents import forward_process, noised
 from perfusion.plans import linear_part
+from perfusion.testing import build_tiny_pipeline, load_pipeline, small_corpus, write_concept_images
 from perfusion.train import ConceptTrainer, TrainingConfig, TrainingError, train_concept
 
 CAPTIONS = small_corpus()
@@ -20,8 +20,11 @@ def concept_images(tmp_path):
 
 
 def base_weights(pipe):
-    return {f"{part}.{name}": tensor.clone() for part in ("unet", "vae", "text_encoder")
-            for name, tensor in getattr(pipe, part).state_dict().items()}  # fmt: skip
+    return {
+        f"{part}.{name}": tensor.clone()
+        for part in ("unet", "vae", "text_encoder")
+        for name, tensor in getattr(pipe, part).state_dict().items()
+    }
 
 
 def test_training_lowers_the_loss_and_moves_only_v_star_and_value_targets(tiny_pipe, concept_images):
@@ -71,12 +74,29 @@ def test_resuming_from_a_checkpoint_gives_the_uninterrupted_result(tiny_pipe, co
 
     monkeypatch.setattr(ConceptTrainer, "step", interrupted_step)
     with pytest.raises(KeyboardInterrupt):
-        train_concept(tiny_pipe, concept_images, "<mydisc>", "cat", config, checkpoint=checkpoint, captions=CAPTIONS,
-                      progress=False)  # fmt: skip
+        train_concept(
+            tiny_pipe,
+            concept_images,
+            "<mydisc>",
+            "cat",
+            config,
+            checkpoint=checkpoint,
+            captions=CAPTIONS,
+            progress=False,
+        )
     monkeypatch.setattr(ConceptTrainer, "step", original_step)
     assert checkpoint.exists()
-    resumed = train_concept(tiny_pipe, concept_images, "<mydisc>", "cat", config, checkpoint=checkpoint, resume=True,
-                            captions=CAPTIONS, progress=False)  # fmt: skip
+    resumed = train_concept(
+        tiny_pipe,
+        concept_images,
+        "<mydisc>",
+        "cat",
+        config,
+        checkpoint=checkpoint,
+        resume=True,
+        captions=CAPTIONS,
+        progress=False,
+    )
     assert resumed.losses == straight.losses
     for name, tensor in straight.concept.tensors().items():
         assert torch.equal(resumed.concept.tensors()[name], tensor), name
@@ -103,17 +123,23 @@ def test_v_prediction_models_train_on_velocity(tmp_path, concept_images, sampler
     trainer = ConceptTrainer(pipe, concept_images, "<mydisc>", "cat", TrainingConfig(**QUICK))
     noisy, timesteps, target, _, _ = trainer.micro_batch()
     assert not torch.equal(target, noisy)  # sanity: the target is the velocity, not the input
-    result = train_concept(pipe, concept_images, "<mydisc>", "cat", TrainingConfig(steps=3, **QUICK), captions=CAPTIONS,
-                           progress=False)  # fmt: skip
+    result = train_concept(
+        pipe, concept_images, "<mydisc>", "cat", TrainingConfig(steps=3, **QUICK), captions=CAPTIONS, progress=False
+    )
     assert all(loss == loss for loss in result.losses)
 
 
 def module_state(pipe):
     """Every parameter's requires_grad, device and dtype, and every module's training flag."""
-    return {f"{part}.{name}": (tensor.requires_grad, tensor.device, tensor.dtype)
-            for part in ("unet", "vae", "text_encoder") for name, tensor in getattr(pipe, part).named_parameters()} | {
+    return {
+        f"{part}.{name}": (tensor.requires_grad, tensor.device, tensor.dtype)
+        for part in ("unet", "vae", "text_encoder")
+        for name, tensor in getattr(pipe, part).named_parameters()
+    } | {
         f"{part}.{name}:training": module.training
-        for part in ("unet", "vae", "text_encoder") for name, module in getattr(pipe, part).named_modules()}  # fmt: skip
+        for part in ("unet", "vae", "text_encoder")
+        for name, module in getattr(pipe, part).named_modules()
+    }
 
 
 def test_training_leaves_flags_devices_and_dtypes_as_it_found_them(tiny_pipe, concept_images):
@@ -121,8 +147,15 @@ def test_training_leaves_flags_devices_and_dtypes_as_it_found_them(tiny_pipe, co
     tiny_pipe.text_encoder.train()
     before = module_state(tiny_pipe)
     assert any(flag for flag, _, _ in (v for k, v in before.items() if not k.endswith(":training")))
-    train_concept(tiny_pipe, concept_images, "<mydisc>", "cat", TrainingConfig(steps=2, **QUICK), captions=CAPTIONS,
-                  progress=False)  # fmt: skip
+    train_concept(
+        tiny_pipe,
+        concept_images,
+        "<mydisc>",
+        "cat",
+        TrainingConfig(steps=2, **QUICK),
+        captions=CAPTIONS,
+        progress=False,
+    )
     assert module_state(tiny_pipe) == before
 
 
@@ -135,8 +168,10 @@ def test_training_steps_rebuild_the_span_plan_but_never_the_cholesky_factor(tiny
     trainer = ConceptTrainer(tiny_pipe, concept_images, "<mydisc>", "cat", TrainingConfig(steps=3, **QUICK))
     trainer.install(captions=CAPTIONS)
     try:
-        with mock.patch("torch.linalg.cholesky", wraps=torch.linalg.cholesky) as cholesky, \
-                mock.patch.object(perfusion.plans, "composition_basis", wraps=perfusion.plans.composition_basis) as basis:
+        with (
+            mock.patch("torch.linalg.cholesky", wraps=torch.linalg.cholesky) as cholesky,
+            mock.patch.object(perfusion.plans, "composition_basis", wraps=perfusion.plans.composition_basis) as basis,
+        ):
             for _ in range(3):
                 trainer.step()
     finally:
@@ -147,8 +182,17 @@ def test_training_steps_rebuild_the_span_plan_but_never_the_cholesky_factor(tiny
 def test_a_training_that_fails_to_start_leaves_the_pipeline_as_it_found_it(tiny_pipe, concept_images, tmp_path):
     before = module_state(tiny_pipe)
     with pytest.raises(Exception, match="no checkpoint"):
-        train_concept(tiny_pipe, concept_images, "<mydisc>", "cat", TrainingConfig(steps=2, **QUICK),
-                      checkpoint=tmp_path / "missing.ckpt", resume=True, captions=CAPTIONS, progress=False)  # fmt: skip
+        train_concept(
+            tiny_pipe,
+            concept_images,
+            "<mydisc>",
+            "cat",
+            TrainingConfig(steps=2, **QUICK),
+            checkpoint=tmp_path / "missing.ckpt",
+            resume=True,
+            captions=CAPTIONS,
+            progress=False,
+        )
     assert module_state(tiny_pipe) == before
     from perfusion.loader import find_runtime
 
@@ -163,9 +207,15 @@ def test_the_concepts_fingerprint_is_the_base_models_under_mixed_precision(tiny_
     expected = pipeline_fingerprint(tiny_pipe)
     AcceleratorState._reset_state(reset_partial_state=True)  # accelerate keeps one precision per process
     try:
-        result = train_concept(tiny_pipe, concept_images, "<mydisc>", "cat",
-                               TrainingConfig(steps=1, mixed_precision="bf16", **QUICK), captions=CAPTIONS,
-                               progress=False)  # fmt: skip
+        result = train_concept(
+            tiny_pipe,
+            concept_images,
+            "<mydisc>",
+            "cat",
+            TrainingConfig(steps=1, mixed_precision="bf16", **QUICK),
+            captions=CAPTIONS,
+            progress=False,
+        )
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
     assert result.concept.base_fingerprint == expected

@@ -40,6 +40,10 @@ def install_recording(unet, record: Callable[[torch.Tensor], None]) -> dict:
             raise ValueError(f"{name}: recorded cross-attention supports plain cross-attention blocks only")
     original = dict(unet.attn_processors)
     recording = {f"{name}.processor" for name in layers}
-    unet.set_attn_processor({name: RecordingCrossAttention(record) if name in recording else processor
-                             for name, processor in original.items()})  # fmt: skip
+    unet.set_attn_processor(
+        {
+            name: RecordingCrossAttention(record) if name in recording else processor
+            for name, processor in original.items()
+        }
+    )
     return original

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import warnings
 import re
 import sys
+import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -23,8 +23,17 @@ from perfusion.regions import MODES
 from perfusion.tokens import TokenError
 from perfusion.train import TrainingConfig, TrainingError, train_concept
 
-USER_ERRORS = (ConceptFileError, GenerationError, ImageInputError, ModelError, RecipeError, TokenError, TrainingError,
-               UnsupportedPipelineError, FileExistsError)  # fmt: skip
+USER_ERRORS = (
+    ConceptFileError,
+    GenerationError,
+    ImageInputError,
+    ModelError,
+    RecipeError,
+    TokenError,
+    TrainingError,
+    UnsupportedPipelineError,
+    FileExistsError,
+)
 
 
 def user_errors() -> tuple[type[Exception], ...]:
@@ -41,8 +50,9 @@ def refuse_existing(path: Path, force: bool) -> None:
 
 # -- train --------------------------------------------------------------------------------------
 def add_train(commands) -> None:
-    parser = commands.add_parser("train", help="train a concept from a folder of images",
-                                 dataclass_types=[TrainingConfig])  # fmt: skip
+    parser = commands.add_parser(
+        "train", help="train a concept from a folder of images", dataclass_types=[TrainingConfig]
+    )
     config_names = {item.name for item in fields(TrainingConfig)}
     for action in parser._actions:  # absent unless given: the model's recipe, then the dataclass, fill the rest
         if action.dest in config_names:
@@ -53,8 +63,12 @@ def add_train(commands) -> None:
     parser.add_argument("--supercategory", required=True, help='what it is, e.g. "cat"')
     parser.add_argument("--out", required=True, help="concept file to write (.safetensors)")
     parser.add_argument("--mask-dir", help="masks with the images' file names (white = object)")
-    parser.add_argument("--captions", help="caption file (one per line) for the covariance, instead of the packaged corpus")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint (OUT.ckpt), writing OUT even if it exists")
+    parser.add_argument(
+        "--captions", help="caption file (one per line) for the covariance, instead of the packaged corpus"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from OUT's checkpoint (OUT.ckpt), writing OUT even if it exists"
+    )
     parser.add_argument("--half", action="store_true", help="store fp16 (half the size)")
     parser.add_argument("--force", action="store_true", help="overwrite OUT")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -78,9 +92,12 @@ def finished_run_differs(concept: Concept, args, config: TrainingConfig, images:
     wanted.pop("checkpoint_every")  # changes nothing in the result
     if config.resolution is None:
         wanted.pop("resolution")  # the file records the size it chose
-    for name, given, kept in (("token", args.token, concept.token), ("supercategory", args.supercategory, concept.supercategory),
-                              ("images", len(images), made.get("images")),
-                              *((name, value, made.get(name)) for name, value in wanted.items())):  # fmt: skip
+    for name, given, kept in (
+        ("token", args.token, concept.token),
+        ("supercategory", args.supercategory, concept.supercategory),
+        ("images", len(images), made.get("images")),
+        *((name, value, made.get(name)) for name, value in wanted.items()),
+    ):
         if given != kept:
             return f"{name} {kept!r}, not {given!r}"
     if concept.base_fingerprint != fingerprint:
@@ -106,17 +123,30 @@ def run_train(args) -> None:
 
             differs = finished_run_differs(concept, args, config, images, pipeline_fingerprint(pipe))
             if differs:
-                raise CommandError(f"{out}: a finished run with other settings ({differs}), no checkpoint to resume "
-                                   "(use --force to train again)")  # fmt: skip
+                raise CommandError(
+                    f"{out}: a finished run with other settings ({differs}), no checkpoint to resume "
+                    "(use --force to train again)"
+                )
             print(f"{out}: finished already (no checkpoint left), nothing to resume")
             return
     captions = read_captions(args.captions)
-    result = train_concept(pipe, images, args.token, args.supercategory, config, checkpoint=checkpoint,
-                           resume=args.resume, captions=captions, progress=not args.quiet)  # fmt: skip
+    result = train_concept(
+        pipe,
+        images,
+        args.token,
+        args.supercategory,
+        config,
+        checkpoint=checkpoint,
+        resume=args.resume,
+        captions=captions,
+        progress=not args.quiet,
+    )
     result.concept.save(out, half=args.half)
     checkpoint.unlink(missing_ok=True)
-    print(f"{out}: {args.token} ({args.supercategory}), {out.stat().st_size / 1000:.1f} KB, "
-          f"{len(images)} images, {config.steps} steps in {result.seconds:.0f} s, final loss {result.losses[-1]:.4f}")  # fmt: skip
+    print(
+        f"{out}: {args.token} ({args.supercategory}), {out.stat().st_size / 1000:.1f} KB, "
+        f"{len(images)} images, {config.steps} steps in {result.seconds:.0f} s, final loss {result.losses[-1]:.4f}"
+    )
 
 
 def read_captions(path: str | None):
@@ -137,7 +167,9 @@ def add_generate(commands) -> None:
     parser.add_argument("--concept", action="append", default=[], help="concept file (repeat for several)")
     parser.add_argument("--prompt", required=True, help='e.g. "<mycat> sleeping on a red sofa"')
     parser.add_argument("--negative-prompt", default=None)
-    parser.add_argument("--beta", type=float, action="append", help="gate bias; once for all concepts or once per concept")
+    parser.add_argument(
+        "--beta", type=float, action="append", help="gate bias; once for all concepts or once per concept"
+    )
     parser.add_argument("--tau", type=float, action="append", help="gate temperature; once or once per concept")
     add_generation_arguments(parser)
     parser.add_argument("--out", default="perfusion-out", help="output folder")
@@ -150,19 +182,30 @@ def add_generate(commands) -> None:
 # so that the model's recipe and then the dataclass fill the rest. ``regions`` is the API's only.
 GENERATION_FLAGS = {
     "num_inference_steps": (("--num-inference-steps", "--steps"), dict(type=int, help="denoising steps")),
-    "guidance_scale": (("--guidance-scale", "--guidance"), dict(type=float, help="classifier-free guidance",
-                                                                default_text="the pipeline's own, 7.5; SDXL 5.0")),
+    "guidance_scale": (
+        ("--guidance-scale", "--guidance"),
+        dict(type=float, help="classifier-free guidance", default_text="the pipeline's own, 7.5; SDXL 5.0"),
+    ),
     "num_images_per_prompt": (("--num-images-per-prompt", "--num-images"), dict(type=int, help="images to make")),
     "seed": (("--seed",), dict(type=int, help="the first image's seed")),
-    "global_lock": (("--global-lock",), dict(action="store_const", const=True,
-                                             help="global key locking (suggested beta 0.4-0.6)")),
+    "global_lock": (
+        ("--global-lock",),
+        dict(action="store_const", const=True, help="global key locking (suggested beta 0.4-0.6)"),
+    ),
     "no_global_lock": (("--no-global-lock",), dict(action="store_const", const=False, help="local key locking")),
-    "composition": (("--composition",), dict(choices=MODES, help="several concepts: one joint edit (the paper's) "
-                                                                  "or each in its own region")),
-    "height": (("--height",), dict(type=int, help="image height in pixels, a multiple of 8",
-                                   default_text="the pipeline's own")),
-    "width": (("--width",), dict(type=int, help="image width in pixels, a multiple of 8", default_text="the pipeline's own")),
-}  # fmt: skip
+    "composition": (
+        ("--composition",),
+        dict(choices=MODES, help="several concepts: one joint edit (the paper's) or each in its own region"),
+    ),
+    "height": (
+        ("--height",),
+        dict(type=int, help="image height in pixels, a multiple of 8", default_text="the pipeline's own"),
+    ),
+    "width": (
+        ("--width",),
+        dict(type=int, help="image width in pixels, a multiple of 8", default_text="the pipeline's own"),
+    ),
+}
 
 
 def add_generation_arguments(parser) -> None:
@@ -236,11 +279,15 @@ def run_inspect(args) -> None:
     print(f"supercategory   {concept.supercategory}")
     print(f"default gate    beta {concept.beta}, tau {concept.tau}")
     print(f"base model      {concept.base_fingerprint}")
-    print(f"text encoders   {len(concept.token_embeddings)} (v* widths "
-          f"{', '.join(str(vector.numel()) for vector in concept.token_embeddings)})")  # fmt: skip
+    print(
+        f"text encoders   {len(concept.token_embeddings)} (v* widths "
+        f"{', '.join(str(vector.numel()) for vector in concept.token_embeddings)})"
+    )
     print(f"encoding width  {concept.concept_encoding.numel()}")
-    print(f"layers          {len(concept.value_targets)} (value targets: "
-          f"{sum(t.numel() for t in concept.value_targets.values()):,} numbers)")  # fmt: skip
+    print(
+        f"layers          {len(concept.value_targets)} (value targets: "
+        f"{sum(t.numel() for t in concept.value_targets.values()):,} numbers)"
+    )
     print(f"numbers         {sum(t.numel() for t in tensors.values()):,}")
     for key, value in sorted(concept.training.items()):
         if key != "templates":

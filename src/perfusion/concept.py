@@ -42,7 +42,9 @@ MAX_TOKEN_LENGTH = 64  # characters of the <token>
 MAX_SUPERCATEGORY_LENGTH = 200  # characters: a word or a short phrase ("large red mug")
 BETA_RANGE = (0.0, 1.0)  # s(i*) = 1, s(unrelated) ~ 0: a threshold outside [0, 1] opens or closes every gate
 TAU_RANGE = (0.0, 1.0)  # exclusive below: a temperature
-MIN_TAU = float(torch.finfo(torch.float32).tiny)  # the smallest normal float32: the gate computes (s - beta) / tau in it
+MIN_TAU = float(
+    torch.finfo(torch.float32).tiny
+)  # the smallest normal float32: the gate computes (s - beta) / tau in it
 VERSION_PATTERN = re.compile(r"[0-9]{1,6}")  # ASCII digits only: str.isdigit takes "²", which int() refuses
 
 
@@ -111,12 +113,16 @@ class Concept:
         for name, tensor in named.items():
             check_tensor(name, tensor, source)
         if self.concept_encoding.shape != self.supercategory_encoding.shape:
-            raise ConceptFileError(f"{source}: i* and i*_super have different widths "
-                                   f"({self.concept_encoding.numel()} and {self.supercategory_encoding.numel()})")  # fmt: skip
+            raise ConceptFileError(
+                f"{source}: i* and i*_super have different widths "
+                f"({self.concept_encoding.numel()} and {self.supercategory_encoding.numel()})"
+            )
         for name, label in (("concept_encoding", "i*"), ("supercategory_encoding", "i*_super")):
             norm = float(named[name].detach().float().norm())
             if norm < MIN_ENCODING_NORM:
-                raise ConceptFileError(f"{source}: {label} is zero or nearly (norm {norm:.3g}, below {MIN_ENCODING_NORM:g})")
+                raise ConceptFileError(
+                    f"{source}: {label} is zero or nearly (norm {norm:.3g}, below {MIN_ENCODING_NORM:g})"
+                )
 
     @classmethod
     def load(cls, path: str | Path) -> "Concept":
@@ -139,7 +145,9 @@ class Concept:
                 tensors = {name: handle.get_tensor(name) for name in handle.keys()}
         except ConceptFileError:
             raise
-        except Exception as error:  # a damaged file fails in safetensors in several ways (SafetensorError, OSError, ...)
+        except (
+            Exception
+        ) as error:  # a damaged file fails in safetensors in several ways (SafetensorError, OSError, ...)
             raise ConceptFileError(f"{path}: not a readable safetensors file ({one_line(error)})") from None
         missing = [key for key in REQUIRED_METADATA if key not in metadata]
         if missing:
@@ -147,13 +155,18 @@ class Concept:
         missing = [name for name in ENCODING_NAMES if name not in tensors]
         if missing:
             raise ConceptFileError(f"{path}: incomplete concept file (no {missing[0]!r} tensor)")
-        unexpected = [name for name in tensors
-                      if name not in (*ENCODING_NAMES, SECOND_EMBEDDING) and not name.startswith(VALUE_PREFIX)]  # fmt: skip
+        unexpected = [
+            name
+            for name in tensors
+            if name not in (*ENCODING_NAMES, SECOND_EMBEDDING) and not name.startswith(VALUE_PREFIX)
+        ]
         if unexpected:
             raise ConceptFileError(f"{path}: unexpected tensor {shorten(unexpected[0])}")
         for name, tensor in tensors.items():
             if not tensor.is_floating_point():
-                raise ConceptFileError(f"{path}: {name} holds {str(tensor.dtype).removeprefix('torch.')}: a concept file holds floats")
+                raise ConceptFileError(
+                    f"{path}: {name} holds {str(tensor.dtype).removeprefix('torch.')}: a concept file holds floats"
+                )
         concept = cls(
             token=metadata["token"],
             supercategory=metadata["supercategory"],
@@ -161,7 +174,9 @@ class Concept:
             concept_encoding=tensors["concept_encoding"].to(torch.float32),
             supercategory_encoding=tensors["supercategory_encoding"].to(torch.float32),
             value_targets={
-                name[len(VALUE_PREFIX) :]: tensor.to(torch.float32) for name, tensor in tensors.items() if name.startswith(VALUE_PREFIX)
+                name[len(VALUE_PREFIX) :]: tensor.to(torch.float32)
+                for name, tensor in tensors.items()
+                if name.startswith(VALUE_PREFIX)
             },
             base_fingerprint=metadata["base_fingerprint"],
             beta=parse_number(metadata, "beta", path),
@@ -192,9 +207,13 @@ def check_version(metadata: dict[str, str], path) -> None:
     if not VERSION_PATTERN.fullmatch(version):
         raise ConceptFileError(f"{path}: unreadable format version {shorten(version)}")
     if int(version) > FORMAT_VERSION:
-        raise ConceptFileError(f"{path}: format version {int(version)} is newer than this perfusion reads ({FORMAT_VERSION})")
+        raise ConceptFileError(
+            f"{path}: format version {int(version)} is newer than this perfusion reads ({FORMAT_VERSION})"
+        )
     if int(version) < 1:
-        raise ConceptFileError(f"{path}: format version {int(version)} is not one this perfusion reads (1 to {FORMAT_VERSION})")
+        raise ConceptFileError(
+            f"{path}: format version {int(version)} is not one this perfusion reads (1 to {FORMAT_VERSION})"
+        )
 
 
 def check_layout(name: str, shape, source) -> None:
@@ -205,7 +224,9 @@ def check_layout(name: str, shape, source) -> None:
     if shape[0] == 0:
         raise ConceptFileError(f"{source}: {shorten(name, 100)} is empty")
     if shape[0] > MAX_WIDTH:
-        raise ConceptFileError(f"{source}: {shorten(name, 100)} has {shape[0]} values, more than any model's width ({MAX_WIDTH})")
+        raise ConceptFileError(
+            f"{source}: {shorten(name, 100)} has {shape[0]} values, more than any model's width ({MAX_WIDTH})"
+        )
 
 
 def check_tensor(name: str, tensor, source: str) -> None:
@@ -234,7 +255,9 @@ def parse_training(text: str, path) -> dict:
     except (ValueError, RecursionError):
         raise ConceptFileError(f"{path}: its training settings are not valid JSON") from None
     if not isinstance(training, dict):
-        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(training), "a number")
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+            type(training), "a number"
+        )
         raise ConceptFileError(f"{path}: its training settings must be a JSON object, not {kind}")
     return training
 
@@ -251,8 +274,9 @@ def check_metadata_values(concept: Concept, source: str) -> None:
     if not isinstance(supercategory, str) or not supercategory.strip():
         raise ConceptFileError(f"{source}: the supercategory is empty")
     if len(supercategory) > MAX_SUPERCATEGORY_LENGTH:
-        raise ConceptFileError(f"{source}: the supercategory is {len(supercategory)} characters long "
-                               f"(at most {MAX_SUPERCATEGORY_LENGTH})")  # fmt: skip
+        raise ConceptFileError(
+            f"{source}: the supercategory is {len(supercategory)} characters long (at most {MAX_SUPERCATEGORY_LENGTH})"
+        )
     if not isinstance(concept.base_fingerprint, str):
         raise ConceptFileError(f"{source}: the base-model fingerprint is not text")
     if not isinstance(concept.training, dict):

@@ -73,8 +73,10 @@ def time_ids_problem(unet, projection_dim: int) -> str | None:
     layer = getattr(getattr(unet, "add_embedding", None), "linear_1", None)
     width = (unet.config.addition_time_embed_dim or 0) * TIME_IDS + projection_dim
     if layer is None or layer.in_features != width:
-        return (f"the UNet's added condition is not SDXL base's (six time ids and a {projection_dim}-wide pooled "
-                "embedding): training cannot build it")  # fmt: skip
+        return (
+            f"the UNet's added condition is not SDXL base's (six time ids and a {projection_dim}-wide pooled "
+            "embedding): training cannot build it"
+        )
     return None
 
 
@@ -127,8 +129,10 @@ class TextConditioning:
         if getattr(pipe, "text_encoder_2", None) is None:
             return cls.single(pipe.text_encoder, pipe.tokenizer)
         penultimate = Readout(-2)  # StableDiffusionXLPipeline.encode_prompt: hidden_states[-2] when clip_skip is None
-        towers = [TextTower(pipe.tokenizer, pipe.text_encoder, penultimate, "text_encoder"),
-                  TextTower(pipe.tokenizer_2, pipe.text_encoder_2, penultimate, "text_encoder_2")]  # fmt: skip
+        towers = [
+            TextTower(pipe.tokenizer, pipe.text_encoder, penultimate, "text_encoder"),
+            TextTower(pipe.tokenizer_2, pipe.text_encoder_2, penultimate, "text_encoder_2"),
+        ]
         return cls(towers, base_time_ids, time_ids_problem(pipe.unet, int(pipe.text_encoder_2.config.projection_dim)))
 
     @classmethod

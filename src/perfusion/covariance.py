@@ -15,8 +15,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from perfusion.files import atomic_save_safetensors
 from perfusion.conditioning import Readout, TextConditioning
+from perfusion.files import atomic_save_safetensors
 from perfusion.fingerprint import text_encoder_fingerprint, text_encoder_tensors, weights_digest
 from perfusion.text import content_mask
 
@@ -77,8 +77,11 @@ def conditioning_fingerprint(text: TextConditioning) -> str:
     if len(text.towers) == 1 and text.towers[0].readout == Readout():  # SD 1.x and 2.x
         tower = text.towers[0]
         return text_encoder_fingerprint(tower.text_encoder, tower.tokenizer.vocab_size)
-    return weights_digest((f"{tower.name}.{name}@{tower.readout}", value) for tower in text.towers
-                          for name, value in text_encoder_tensors(tower.text_encoder, tower.tokenizer.vocab_size))  # fmt: skip
+    return weights_digest(
+        (f"{tower.name}.{name}@{tower.readout}", value)
+        for tower in text.towers
+        for name, value in text_encoder_tensors(tower.text_encoder, tower.tokenizer.vocab_size)
+    )
 
 
 def inverse_covariance(text: TextConditioning, captions: list[str] | None = None, progress: bool = False):

@@ -27,8 +27,10 @@ class FineTuning:
     def __init__(self, pipe, images: list[TrainingImage], token: str, supercategory: str, config):
         check_supported(pipe)
         if not self.sdxl and getattr(pipe, "text_encoder_2", None) is not None:
-            raise UnsupportedPipelineError(f"{type(pipe).__name__}: the {self.method} baseline trains on pipelines "
-                                           "with one text encoder (Stable Diffusion 1.x and 2.x), not SDXL")  # fmt: skip
+            raise UnsupportedPipelineError(
+                f"{type(pipe).__name__}: the {self.method} baseline trains on pipelines "
+                "with one text encoder (Stable Diffusion 1.x and 2.x), not SDXL"
+            )
         if not images:
             raise self.error("no training images")
         self.pipe, self.images, self.token, self.supercategory, self.config = pipe, images, token, supercategory, config
@@ -36,7 +38,9 @@ class FineTuning:
         if not supercategory.strip():
             raise self.error("the supercategory word is empty")
         if len(supercategory) > MAX_SUPERCATEGORY_LENGTH:  # a file with a longer one would not load
-            raise self.error(f"the supercategory is {len(supercategory)} characters long (at most {MAX_SUPERCATEGORY_LENGTH})")
+            raise self.error(
+                f"the supercategory is {len(supercategory)} characters long (at most {MAX_SUPERCATEGORY_LENGTH})"
+            )
         self.fingerprint = pipeline_fingerprint(pipe)  # of the weights as given, not as cast down for training
         frozen = freeze(pipe, config.mixed_precision)
         self.accelerator, self.device, self.weight_dtype = frozen.accelerator, frozen.device, frozen.weight_dtype

@@ -43,8 +43,11 @@ def cross_attention_modules(unet: torch.nn.Module) -> dict[str, torch.nn.Module]
 def base_model_fingerprint(text_encoders: list[tuple[str, torch.nn.Module, int]], unet: torch.nn.Module) -> str:
     """The text encoders (``(name, encoder, vocabulary size)``, named as the pipeline's attributes) and every
     cross-attention K/V projection: all that a concept's numbers depend on."""
-    tensors = [(f"{part}.{name}", value) for part, text_encoder, vocab_size in text_encoders
-               for name, value in text_encoder_tensors(text_encoder, vocab_size)]  # fmt: skip
+    tensors = [
+        (f"{part}.{name}", value)
+        for part, text_encoder, vocab_size in text_encoders
+        for name, value in text_encoder_tensors(text_encoder, vocab_size)
+    ]
     for name, attention in cross_attention_modules(unet).items():
         tensors.append((f"{name}.to_k", attention.to_k.weight))
         tensors.append((f"{name}.to_v", attention.to_v.weight))

@@ -77,8 +77,13 @@ def check_prompt(pipe, prompt: str) -> None:
     for token, (cut, total) in cut_off_tokens(pipe.tokenizer, prompt, used).items():
         which = f"{token}" if cut == total else f"{cut} of the {total} {token}"
         kept = total - cut
-        effect = ("the concept will not be in the image" if not kept else "only the first one still acts" if kept == 1
-                  else f"only the first {kept} still act")  # fmt: skip
+        effect = (
+            "the concept will not be in the image"
+            if not kept
+            else "only the first one still acts"
+            if kept == 1
+            else f"only the first {kept} still act"
+        )
         warnings.warn(
             f"{which} falls past the text encoder's limit of {limit} tokens and was cut off: {effect}; "
             f"shorten the prompt or move {token} earlier",
@@ -93,10 +98,19 @@ def generate(pipe, prompt: str, config: GenerationConfig | None = None, settings
     The settings of ``config`` and ``settings`` apply to this call only: the pipeline's own come back after it.
     """
     config = config or GenerationConfig()
-    given = {name: value for name, value in (("height", config.height), ("width", config.width),
-                                            ("guidance_scale", config.guidance_scale)) if value is not None}  # fmt: skip
+    given = {
+        name: value
+        for name, value in (
+            ("height", config.height),
+            ("width", config.width),
+            ("guidance_scale", config.guidance_scale),
+        )
+        if value is not None
+    }
     if set(given) & set(pipeline_kwargs):
-        raise GenerationError(f"{min(set(given) & set(pipeline_kwargs))} given twice: in the config and as a pipeline argument")
+        raise GenerationError(
+            f"{min(set(given) & set(pipeline_kwargs))} given twice: in the config and as a pipeline argument"
+        )
     factor = getattr(pipe, "vae_scale_factor", 8)
     for name in {"height", "width"} & set(given):
         if given[name] % factor:
@@ -111,10 +125,13 @@ def generate(pipe, prompt: str, config: GenerationConfig | None = None, settings
     scope = nullcontext()
     if loaded:  # the call's settings (checked there), put back afterwards
         scope = concept_settings(
-            pipe, beta={token: beta for token, (beta, _) in settings.items()},
-            tau={token: tau for token, (_, tau) in settings.items()}, global_lock=config.global_lock,
-            composition=config.composition, regions=config.regions,
-        )  # fmt: skip
+            pipe,
+            beta={token: beta for token, (beta, _) in settings.items()},
+            tau={token: tau for token, (_, tau) in settings.items()},
+            global_lock=config.global_lock,
+            composition=config.composition,
+            regions=config.regions,
+        )
     with scope:
         return pipe(
             prompt,

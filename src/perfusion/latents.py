@@ -35,11 +35,18 @@ class PipelineState:
     def of(cls, pipe) -> "PipelineState":
         parts = frozen_parts(pipe)
         return cls(
-            {f"{part}.{name}": (tensor.requires_grad, tensor.device, tensor.dtype)
-             for part, module in parts for name, tensor in module.named_parameters()},
+            {
+                f"{part}.{name}": (tensor.requires_grad, tensor.device, tensor.dtype)
+                for part, module in parts
+                for name, tensor in module.named_parameters()
+            },
             {f"{part}.{name}": sub.training for part, module in parts for name, sub in module.named_modules()},
-            {f"{part}.{name}": (tensor.device, tensor.dtype) for part, module in parts for name, tensor in module.named_buffers()},
-        )  # fmt: skip
+            {
+                f"{part}.{name}": (tensor.device, tensor.dtype)
+                for part, module in parts
+                for name, tensor in module.named_buffers()
+            },
+        )
 
     def restore(self, pipe) -> None:
         """Put every parameter and module back as recorded (a training run leaves the pipeline as it found it)."""

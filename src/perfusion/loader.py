@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from perfusion.models import check_supported
-from perfusion.concept import Concept, ConceptFileError, shorten
 from perfusion import covariance
+from perfusion.concept import Concept, ConceptFileError, shorten
 from perfusion.conditioning import TextConditioning
 from perfusion.fingerprint import base_model_fingerprint, cross_attention_modules
+from perfusion.models import check_supported
 from perfusion.processor import PerfusionAttnProcessor
 from perfusion.runtime import PerfusionRuntime
 
@@ -26,8 +26,9 @@ def find_runtime(pipe) -> PerfusionRuntime | None:
 
 def pipeline_fingerprint(pipe) -> str:
     towers = TextConditioning.of(pipe).towers
-    return base_model_fingerprint([(tower.name, tower.text_encoder, tower.tokenizer.vocab_size) for tower in towers],
-                                  pipe.unet)  # fmt: skip
+    return base_model_fingerprint(
+        [(tower.name, tower.text_encoder, tower.tokenizer.vocab_size) for tower in towers], pipe.unet
+    )
 
 
 @contextmanager
@@ -54,13 +55,16 @@ def add_token(pipe, token: str, embeddings: list[torch.Tensor]) -> None:
         for n, (tower, embedding) in enumerate(zip(towers, embeddings)):
             embedding = embedding.detach().to(tower.text_encoder.dtype)
             if not shares_tokenizer(towers, n):
-                pipe.load_textual_inversion(embedding, token=token, tokenizer=tower.tokenizer,
-                                            text_encoder=tower.text_encoder)  # fmt: skip
+                pipe.load_textual_inversion(
+                    embedding, token=token, tokenizer=tower.tokenizer, text_encoder=tower.text_encoder
+                )
                 continue
             if tower.text_encoder.get_input_embeddings().num_embeddings < len(tower.tokenizer):
                 tower.text_encoder.resize_token_embeddings(len(tower.tokenizer), mean_resizing=False)
             with torch.no_grad():
-                tower.text_encoder.get_input_embeddings().weight[tower.tokenizer.convert_tokens_to_ids(token)] = embedding
+                tower.text_encoder.get_input_embeddings().weight[tower.tokenizer.convert_tokens_to_ids(token)] = (
+                    embedding
+                )
 
 
 def remove_tokens(pipe, tokens: list[str]) -> None:
@@ -89,8 +93,9 @@ def drop_rows(text_encoder, ids: list[int]) -> None:
     text_encoder.set_input_embeddings(torch.nn.Embedding.from_pretrained(weight.detach()[keep], freeze=False))
 
 
-def install(pipe, captions=None, progress: bool = False, inverse: torch.Tensor | None = None,
-            fingerprint: str | None = None) -> PerfusionRuntime:  # fmt: skip
+def install(
+    pipe, captions=None, progress: bool = False, inverse: torch.Tensor | None = None, fingerprint: str | None = None
+) -> PerfusionRuntime:
     """Put the edit processors on every cross-attention layer (self-attention keeps its own) and attach hooks."""
     runtime = find_runtime(pipe)
     if runtime is not None:
@@ -128,7 +133,9 @@ def check_compatible(concept: Concept, fingerprint: str, pipe, source: str, chec
     towers = TextConditioning.of(pipe).towers
     if len(concept.token_embeddings) != len(towers):  # before the fingerprint: the clearer line
         kinds = {1: "one text encoder (Stable Diffusion 1.x or 2.x)", 2: "two text encoders (SDXL)"}
-        made, here = (kinds.get(count, f"{count} text encoders") for count in (len(concept.token_embeddings), len(towers)))
+        made, here = (
+            kinds.get(count, f"{count} text encoders") for count in (len(concept.token_embeddings), len(towers))
+        )
         raise ConceptFileError(f"{source}: made for a pipeline with {made}, this one has {here}")
     if check and concept.base_fingerprint != fingerprint:
         raise ConceptFileError(
@@ -139,22 +146,32 @@ def check_compatible(concept: Concept, fingerprint: str, pipe, source: str, chec
     if set(concept.value_targets) != set(layers):
         missing = [layer for layer in layers if layer not in concept.value_targets]
         extra = [layer for layer in concept.value_targets if layer not in layers]
-        detail = f"no value target for {missing[0]}" if missing else f"a value target for {shorten(extra[0], 80)}, not a layer here"
+        detail = (
+            f"no value target for {missing[0]}"
+            if missing
+            else f"a value target for {shorten(extra[0], 80)}, not a layer here"
+        )
         raise ConceptFileError(f"{source}: its layers do not match this pipeline's cross-attention layers ({detail})")
     for tower, embedding in zip(towers, concept.token_embeddings):
         embedding_width = tower.text_encoder.get_input_embeddings().weight.shape[1]
         if tuple(embedding.shape) != (embedding_width,):
-            raise ConceptFileError(f"{source}: v* has width {embedding.numel()}, "
-                                   f"this pipeline's {tower.name} token embeddings {embedding_width}")  # fmt: skip
+            raise ConceptFileError(
+                f"{source}: v* has width {embedding.numel()}, "
+                f"this pipeline's {tower.name} token embeddings {embedding_width}"
+            )
     for layer, attention in layers.items():
         width = features(attention.to_k, "in_features")
         for name, encoding in (("i*", concept.concept_encoding), ("i*_super", concept.supercategory_encoding)):
             if tuple(encoding.shape) != (width,):
-                raise ConceptFileError(f"{source}: {name} has width {encoding.numel()}, this pipeline's encodings {width}")
+                raise ConceptFileError(
+                    f"{source}: {name} has width {encoding.numel()}, this pipeline's encodings {width}"
+                )
         width = features(attention.to_v, "out_features")
         if tuple(concept.value_targets[layer].shape) != (width,):
-            raise ConceptFileError(f"{source}: the value target of {layer} has width "
-                                   f"{concept.value_targets[layer].numel()}, the layer's output {width}")  # fmt: skip
+            raise ConceptFileError(
+                f"{source}: the value target of {layer} has width "
+                f"{concept.value_targets[layer].numel()}, the layer's output {width}"
+            )
 
 
 def load_concepts(

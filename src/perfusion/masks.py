@@ -10,7 +10,6 @@ from perfusion.conditioning import TextConditioning
 from perfusion.latents import forward_process
 from perfusion.text import word_positions
 
-
 MASK_BATCH = 4  # images per UNet call when reading the default masks
 
 

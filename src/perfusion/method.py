@@ -17,7 +17,9 @@ def similarity_readout(concept_encodings: torch.Tensor, inverse_covariance: torc
     return (weighted / norms).T
 
 
-def similarity(encodings: torch.Tensor, concept_encoding: torch.Tensor, inverse_covariance: torch.Tensor) -> torch.Tensor:
+def similarity(
+    encodings: torch.Tensor, concept_encoding: torch.Tensor, inverse_covariance: torch.Tensor
+) -> torch.Tensor:
     """s(e) = (i*^T C^-1 e) / (i*^T C^-1 i*) for every encoding in ``encodings`` (..., d)."""
     readout = similarity_readout(concept_encoding[None], inverse_covariance)[:, 0]
     return encodings @ readout.to(encodings.dtype)

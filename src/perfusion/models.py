@@ -24,13 +24,17 @@ def check_supported(pipe) -> None:
     UNet's cross-attention. An SDXL refiner (the second text encoder only) is refused."""
     name = type(pipe).__name__
     if getattr(pipe, "text_encoder", None) is None and getattr(pipe, "text_encoder_2", None) is not None:
-        raise UnsupportedPipelineError(f"{name}: the pipeline has only the second text encoder (an SDXL refiner): "
-                                       f"concepts live in both of SDXL base's; {SUPPORTED}")  # fmt: skip
+        raise UnsupportedPipelineError(
+            f"{name}: the pipeline has only the second text encoder (an SDXL refiner): "
+            f"concepts live in both of SDXL base's; {SUPPORTED}"
+        )
     for part in ("unet", "text_encoder", "tokenizer"):
         if getattr(pipe, part, None) is None:
             raise UnsupportedPipelineError(f"{name}: the pipeline has no {part}; {SUPPORTED}")
     if getattr(pipe, "text_encoder_2", None) is not None and getattr(pipe, "tokenizer_2", None) is None:
-        raise UnsupportedPipelineError(f"{name}: the pipeline has a second text encoder but no tokenizer_2; {SUPPORTED}")
+        raise UnsupportedPipelineError(
+            f"{name}: the pipeline has a second text encoder but no tokenizer_2; {SUPPORTED}"
+        )
 
 
 def default_device() -> torch.device:

@@ -85,11 +85,21 @@ class PerfusionAttnProcessor:
 
             def edited(projected, projected_basis, targets):
                 return rank_one_edit(
-                    projected[rows], encodings[rows], plan.basis_readout, projected_basis,
-                    plan.similarity_readouts, betas, taus, targets,
-                )  # fmt: skip
+                    projected[rows],
+                    encodings[rows],
+                    plan.basis_readout,
+                    projected_basis,
+                    plan.similarity_readouts,
+                    betas,
+                    taus,
+                    targets,
+                )
 
-            value = value.index_copy(0, rows, edited(value, plan.value_basis, self.runtime.value_targets(tokens, self.layer, encodings.device)))
+            value = value.index_copy(
+                0,
+                rows,
+                edited(value, plan.value_basis, self.runtime.value_targets(tokens, self.layer, encodings.device)),
+            )
             if context.key_encodings is None:
                 key = key.index_copy(0, rows, edited(key, plan.key_basis, plan.key_targets))
         return key, value

@@ -34,8 +34,10 @@ class Recipe:
 
         training = {item.name: item for item in fields(TrainingConfig)}
         generation = {item.name: item for item in fields(GenerationConfig) if item.name in GENERATION_FIELDS}
-        for part, values, known, config in (("training", self.training, training, TrainingConfig),
-                                            ("generation", self.generation, generation, GenerationConfig)):  # fmt: skip
+        for part, values, known, config in (
+            ("training", self.training, training, TrainingConfig),
+            ("generation", self.generation, generation, GenerationConfig),
+        ):
             for name, value in values.items():
                 if name not in known:
                     raise RecipeError(f"unknown {part} setting {name!r} (known: {', '.join(known)})")

@@ -183,8 +183,10 @@ def split_row(router, match, tokens: tuple[str, ...]) -> SplitRow:
     the first text encoder's part that holds it.
     """
     variants = [router.substitute(match, keep) for keep in [(), *((token,) for token in tokens)]]
-    ids = [None if part is None else torch.cat([new_ids[tower] for new_ids, _ in variants])
-           for tower, part in enumerate(match.parts)]  # fmt: skip
+    ids = [
+        None if part is None else torch.cat([new_ids[tower] for new_ids, _ in variants])
+        for tower, part in enumerate(match.parts)
+    ]
     encodings = router.encode_rows(match, ids)  # plain first, then each concept's own
     key_encodings = locked_keys(router, match, ids, encodings) if router.registry.global_lock else [None] * len(tokens)
     own_rows = [router.entry_type(encodings[1 + n], (token,), key_encodings[n]) for n, token in enumerate(tokens)]
@@ -210,4 +212,6 @@ def locked_keys(router, match, ids: list, encodings: torch.Tensor) -> torch.Tens
     count = next(len(item) for item in ids if item is not None) - 1
     if all(new is None or torch.equal(new, old[:1].expand_as(new)) for new, old in zip(super_ids, ids)):
         return router.gather(match, encodings[:1].expand(count, -1, -1), indexes)
-    return router.gather(match, router.encode_rows(match, super_ids), indexes)  # an over-long prompt, truncated otherwise
+    return router.gather(
+        match, router.encode_rows(match, super_ids), indexes
+    )  # an over-long prompt, truncated otherwise

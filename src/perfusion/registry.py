@@ -59,8 +59,10 @@ class ConceptRegistry:
 
     def supercategory_replacements(self, tower: int = 0) -> dict[int, list[int]]:
         """Each installed concept's token id -> its supercategory word's ids, in one tower's tokenizer."""
-        return {token_id: self.concepts[token].supercategory_ids[tower]
-                for token_id, token in self.tokens_by_id(tower).items()}  # fmt: skip
+        return {
+            token_id: self.concepts[token].supercategory_ids[tower]
+            for token_id, token in self.tokens_by_id(tower).items()
+        }
 
     # -- settings ---------------------------------------------------------------------------------
     def set_options(self, token: str, beta: float | None = None, tau: float | None = None) -> None:
@@ -71,8 +73,10 @@ class ConceptRegistry:
     def gates(self, tokens: tuple[str, ...], device) -> tuple[torch.Tensor, torch.Tensor]:
         """(betas, taus) of ``tokens``, read live: a settings change needs no plan rebuilt."""
         installed = [self.concepts[token] for token in tokens]
-        return (torch.tensor([item.beta for item in installed], device=device),
-                torch.tensor([item.tau for item in installed], device=device))  # fmt: skip
+        return (
+            torch.tensor([item.beta for item in installed], device=device),
+            torch.tensor([item.tau for item in installed], device=device),
+        )
 
     def settings(self) -> RuntimeSettings:
         """Everything a generation call may change, to be put back with ``restore``."""

@@ -27,7 +27,9 @@ from perfusion.registry import ConceptRegistry
 from perfusion.text import supercategory_substitution
 
 REGISTRY_ROWS = 64  # encoded rows remembered between text encoding and denoising, per text encoder
-PROBE_FEATURES = 4  # features at each end of a position: compared first, and all that is kept of the other hidden states
+PROBE_FEATURES = (
+    4  # features at each end of a position: compared first, and all that is kept of the other hidden states
+)
 
 
 @dataclass
@@ -133,8 +135,16 @@ class PromptRouter:
             self.remembered[tower] = deque(self.remembered[tower], maxlen=len(wanted))
         for index in wanted:
             tokens = tuple(token for token in self.registry.concepts if token in rows[index])
-            row = EncodedRow(next(self.serials), tower, input_ids[index].detach().cpu(), tokens, encodings[index],
-                             readout, others, None if probes is None else probes[index])  # fmt: skip
+            row = EncodedRow(
+                next(self.serials),
+                tower,
+                input_ids[index].detach().cpu(),
+                tokens,
+                encodings[index],
+                readout,
+                others,
+                None if probes is None else probes[index],
+            )
             self.remembered[tower].append(row)
             self.encode_variants(row)
         self.stacks.clear()
@@ -194,8 +204,11 @@ class PromptRouter:
         """``ids`` (V, T) of one text encoder with every concept token but those in ``keep`` replaced by its
         supercategory word, and the index of each original position in them (V, T)."""
         by_id = self.registry.tokens_by_id(tower)
-        replacements = {key: value for key, value in self.registry.supercategory_replacements(tower).items()
-                        if by_id[key] not in keep}  # fmt: skip
+        replacements = {
+            key: value
+            for key, value in self.registry.supercategory_replacements(tower).items()
+            if by_id[key] not in keep
+        }
         return supercategory_substitution(ids, replacements, self.text.towers[tower].tokenizer.eos_token_id)
 
     def substitute(self, match: RowMatch, keep: tuple[str, ...] = (), rows=None):
@@ -253,10 +266,16 @@ class PromptRouter:
             rows = [row for row in reversed(self.remembered[tower]) if row.encodings.shape[0] == length]
             others = [(row, readout) for row in rows for readout in row.others]
             other_probes = [row.probes for row in rows if row.probes is not None]
-            self.stacks[key] = None if not rows else TowerStack(
-                rows, torch.stack([probe(row.encodings) for row in rows]).to(device, dtype), others,
-                torch.cat(other_probes).to(device, dtype) if other_probes else None,
-            )  # fmt: skip
+            self.stacks[key] = (
+                None
+                if not rows
+                else TowerStack(
+                    rows,
+                    torch.stack([probe(row.encodings) for row in rows]).to(device, dtype),
+                    others,
+                    torch.cat(other_probes).to(device, dtype) if other_probes else None,
+                )
+            )
         return self.stacks[key]
 
     def identify(self, tower: int, part: torch.Tensor) -> tuple[EncodedRow, Readout] | None:
@@ -294,9 +313,14 @@ class PromptRouter:
             if part is None:  # the row's own values enter what is built: keyed by their probe
                 unmatched.append(probe(match.states[:, start : start + width]).float().cpu().numpy().tobytes())
             start += width
-        key = (tuple(part[0].serial for part in match.parts if part is not None),
-               tuple(None if part is None else part[1] for part in match.parts), tuple(unmatched),
-               tuple(registry.concepts), registry.global_lock, None if regional is None else regional.config.min_concepts)  # fmt: skip
+        key = (
+            tuple(part[0].serial for part in match.parts if part is not None),
+            tuple(None if part is None else part[1] for part in match.parts),
+            tuple(unmatched),
+            tuple(registry.concepts),
+            registry.global_lock,
+            None if regional is None else regional.config.min_concepts,
+        )
         if key in self.built:
             return self.built[key]
         found = set().union(*(part[0].tokens for part in match.parts if part is not None))
@@ -304,13 +328,21 @@ class PromptRouter:
         held = [set() if part is None else set(part[0].tokens) for part in match.parts]
         partial = [token for token in tokens if not all(token in tower_tokens for tower_tokens in held)]
         if partial:
-            warnings.warn(f"{', '.join(partial)}: in the prompt of one text encoder only (prompt_2 without it?); the "
-                          "gate reads every encoder's part of e, so the concept may show weakly", UserWarning,
-                          stacklevel=2)  # fmt: skip
-        if tokens and any(part is not None and part[1] != tower.readout for part, tower in zip(match.parts, self.text.towers)):
-            warnings.warn(f"{', '.join(tokens)}: the UNet is given another hidden state of the text encoder than the one "
-                          "the concept's i* and C were made at (clip_skip?), so the gate may be off", UserWarning,
-                          stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"{', '.join(partial)}: in the prompt of one text encoder only (prompt_2 without it?); the "
+                "gate reads every encoder's part of e, so the concept may show weakly",
+                UserWarning,
+                stacklevel=2,
+            )
+        if tokens and any(
+            part is not None and part[1] != tower.readout for part, tower in zip(match.parts, self.text.towers)
+        ):
+            warnings.warn(
+                f"{', '.join(tokens)}: the UNet is given another hidden state of the text encoder than the one "
+                "the concept's i* and C were made at (clip_skip?), so the gate may be off",
+                UserWarning,
+                stacklevel=2,
+            )
         keys = self.supercategory_encodings(match) if registry.global_lock else None
         split = None
         if regional is not None and len(tokens) >= regional.config.min_concepts:
@@ -336,18 +368,26 @@ class PromptRouter:
         key_encodings = None
         if any(entry is not None and entry.key_encodings is not None for entry in entries):
             key_encodings = torch.stack(
-                [states[row] if entry is None or entry.key_encodings is None
-                 else entry.key_encodings.to(states.device, states.dtype) for row, entry in enumerate(entries)]
-            )  # fmt: skip
+                [
+                    states[row]
+                    if entry is None or entry.key_encodings is None
+                    else entry.key_encodings.to(states.device, states.dtype)
+                    for row, entry in enumerate(entries)
+                ]
+            )
         rows = [(tokens, torch.tensor(indices, device=states.device)) for tokens, indices in groups.items()]
         return CallContext(rows, key_encodings, regional)
 
     # -- hooks ----------------------------------------------------------------------------------
     def attach(self, unet) -> None:
-        self.hooks = [tower.text_encoder.register_forward_hook(self._after_text_encoder(index), with_kwargs=True)
-                      for index, tower in enumerate(self.text.towers)]  # fmt: skip
-        self.hooks += [unet.register_forward_pre_hook(self._before_unet, with_kwargs=True),
-                       unet.register_forward_hook(self._after_unet)]  # fmt: skip
+        self.hooks = [
+            tower.text_encoder.register_forward_hook(self._after_text_encoder(index), with_kwargs=True)
+            for index, tower in enumerate(self.text.towers)
+        ]
+        self.hooks += [
+            unet.register_forward_pre_hook(self._before_unet, with_kwargs=True),
+            unet.register_forward_hook(self._after_unet),
+        ]
 
     def forget(self) -> None:
         """Drop every remembered row and what was built for it."""

@@ -61,8 +61,15 @@ def composition_call(pipe, mode: str, regions: dict | None) -> RegionalCall | No
         raise GenerationError(str(error)) from None
 
 
-def set_concept_settings(pipe, *, beta=None, tau=None, global_lock: bool | None = None, composition: str | None = None,
-                         regions: dict | None = None) -> None:  # fmt: skip
+def set_concept_settings(
+    pipe,
+    *,
+    beta=None,
+    tau=None,
+    global_lock: bool | None = None,
+    composition: str | None = None,
+    regions: dict | None = None,
+) -> None:
     """Set the gate of every loaded concept (a float) or of some (a dict token -> float), global key locking and the
     composition mode ("joint" or "regions", with RegionsConfig's fields as ``regions``). None keeps a setting."""
     runtime = require_runtime(pipe)

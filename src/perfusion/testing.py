@@ -39,28 +39,52 @@ def write_tokenizer(directory: Path, pad_token: str | None = None) -> CLIPTokeni
 
 
 SD15_UNET = dict(  # Stable Diffusion 1.5's UNet: 16 cross-attention layers of widths 320/640/1280
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
     attention_head_dim=8,
-)  # fmt: skip
+)
 SD15_TEXT = dict(  # CLIP ViT-L/14's text tower, as SD 1.x conditions on it
-    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, hidden_act="quick_gelu",
-)  # fmt: skip
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    hidden_act="quick_gelu",
+)
 SD21_UNET = dict(SD15_UNET, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True)  # 64 channels a head
 SD21_TEXT = dict(  # OpenCLIP ViT-H/14's text tower without its last layer, as SD 2.x conditions on it
-    hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16, hidden_act="gelu",
-)  # fmt: skip
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=23,
+    num_attention_heads=16,
+    hidden_act="gelu",
+)
 TINY_UNET = dict(
-    sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(16, 32),
+    layers_per_block=1,
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=4, norm_num_groups=8,
-)  # fmt: skip
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    attention_head_dim=4,
+    norm_num_groups=8,
+)
 
 
 def text_encoder_config(tokenizer, **config) -> CLIPTextConfig:
-    return CLIPTextConfig(vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **config)  # fmt: skip
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **config,
+    )
 
 
 def assemble_pipeline(tokenizer, text_config: dict, unet_config: dict, vae_blocks: int, prediction_type: str):
@@ -68,18 +92,34 @@ def assemble_pipeline(tokenizer, text_config: dict, unet_config: dict, vae_block
     text_encoder = CLIPTextModel(text_encoder_config(tokenizer, **text_config))
     unet = UNet2DConditionModel(cross_attention_dim=text_config["hidden_size"], **unet_config)
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * vae_blocks,
-        up_block_types=("UpDecoderBlock2D",) * vae_blocks, block_out_channels=(8, 16, 16, 16)[:vae_blocks],
-        latent_channels=4, norm_num_groups=8, sample_size=16,
-    )  # fmt: skip
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * vae_blocks,
+        up_block_types=("UpDecoderBlock2D",) * vae_blocks,
+        block_out_channels=(8, 16, 16, 16)[:vae_blocks],
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=16,
+    )
     scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-        set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type,
-    )  # fmt: skip
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )
     return StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )  # fmt: skip
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
 
 
 def build_tiny_pipeline(path: Path, width: int = 32, seed: int = 0, prediction_type: str = "epsilon") -> Path:
@@ -97,8 +137,9 @@ def build_tiny_sd2_pipeline(path: Path, width: int = 32, seed: int = 0) -> Path:
     a head size per resolution; saved, returns the folder."""
     torch.manual_seed(seed)
     tokenizer = write_tokenizer(path / "_tokenizer_source", pad_token="!")
-    text_config = dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2, num_attention_heads=4,
-                       hidden_act="gelu")  # fmt: skip
+    text_config = dict(
+        hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2, num_attention_heads=4, hidden_act="gelu"
+    )
     unet_config = dict(TINY_UNET, attention_head_dim=(2, 4), use_linear_projection=True)
     pipe = assemble_pipeline(tokenizer, text_config, unet_config, vae_blocks=2, prediction_type="v_prediction")
     pipe.save_pretrained(path / "pipeline")
@@ -106,19 +147,36 @@ def build_tiny_sd2_pipeline(path: Path, width: int = 32, seed: int = 0) -> Path:
 
 
 SDXL_UNET = dict(  # SDXL base's UNet: 70 cross-attention layers (transformer depth 2 at 640 wide, 10 at 1280)
-    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+    sample_size=128,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280),
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(5, 10, 20),
-    transformer_layers_per_block=(1, 2, 10), use_linear_projection=True, cross_attention_dim=2048,
-    addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
-)  # fmt: skip
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    attention_head_dim=(5, 10, 20),
+    transformer_layers_per_block=(1, 2, 10),
+    use_linear_projection=True,
+    cross_attention_dim=2048,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+)
 SDXL_TEXT = dict(  # CLIP ViT-L/14's text tower, SDXL's first text encoder
-    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, hidden_act="quick_gelu",
-)  # fmt: skip
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    hidden_act="quick_gelu",
+)
 SDXL_TEXT_2 = dict(  # OpenCLIP ViT-bigG/14's text tower with its projection, SDXL's second
-    hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20, hidden_act="gelu",
+    hidden_size=1280,
+    intermediate_size=5120,
+    num_hidden_layers=32,
+    num_attention_heads=20,
+    hidden_act="gelu",
     projection_dim=1280,
-)  # fmt: skip
+)
 TINY_SDXL_WIDTHS = (16, 24)  # the two text encoders' widths differ, as SDXL's 768 and 1280 do
 TIME_EMBED = 8  # addition_time_embed_dim: six time ids of this width each
 
@@ -130,18 +188,25 @@ def assemble_sdxl_pipeline(tokenizers, text_configs: tuple[dict, dict], unet_con
     from transformers import CLIPTextModelWithProjection
 
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * vae_blocks,
-        up_block_types=("UpDecoderBlock2D",) * vae_blocks, block_out_channels=(8, 16, 16, 16)[:vae_blocks],
-        latent_channels=4, norm_num_groups=8, sample_size=16,
-    )  # fmt: skip
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * vae_blocks,
+        up_block_types=("UpDecoderBlock2D",) * vae_blocks,
+        block_out_channels=(8, 16, 16, 16)[:vae_blocks],
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=16,
+    )
     return StableDiffusionXLPipeline(
-        vae=vae, text_encoder=CLIPTextModel(text_encoder_config(tokenizers[0], **text_configs[0])),
+        vae=vae,
+        text_encoder=CLIPTextModel(text_encoder_config(tokenizers[0], **text_configs[0])),
         tokenizer=tokenizers[0],
         text_encoder_2=CLIPTextModelWithProjection(text_encoder_config(tokenizers[1], **text_configs[1])),
-        tokenizer_2=tokenizers[1], unet=UNet2DConditionModel(**unet_config),
+        tokenizer_2=tokenizers[1],
+        unet=UNet2DConditionModel(**unet_config),
         scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
         force_zeros_for_empty_prompt=True,
-    )  # fmt: skip
+    )
 
 
 def build_tiny_sdxl_pipeline(path: Path, seed: int = 0) -> Path:
@@ -151,17 +216,34 @@ def build_tiny_sdxl_pipeline(path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tokenizers = [write_tokenizer(path / f"_tokenizer_source_{n}", pad_token=pad) for n, pad in ((1, None), (2, "!"))]
     first, second = TINY_SDXL_WIDTHS
-    text_configs = (dict(hidden_size=first, intermediate_size=2 * first, num_hidden_layers=2, num_attention_heads=2),
-                    dict(hidden_size=second, intermediate_size=2 * second, num_hidden_layers=3, num_attention_heads=2,
-                         hidden_act="gelu", projection_dim=second))  # fmt: skip
+    text_configs = (
+        dict(hidden_size=first, intermediate_size=2 * first, num_hidden_layers=2, num_attention_heads=2),
+        dict(
+            hidden_size=second,
+            intermediate_size=2 * second,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            hidden_act="gelu",
+            projection_dim=second,
+        ),
+    )
     unet_config = dict(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16, 32), layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(8, 16, 32),
+        layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 2, 4),
-        transformer_layers_per_block=(1, 1, 2), norm_num_groups=8, use_linear_projection=True,
-        cross_attention_dim=first + second, addition_embed_type="text_time", addition_time_embed_dim=TIME_EMBED,
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 2, 4),
+        transformer_layers_per_block=(1, 1, 2),
+        norm_num_groups=8,
+        use_linear_projection=True,
+        cross_attention_dim=first + second,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=TIME_EMBED,
         projection_class_embeddings_input_dim=6 * TIME_EMBED + second,
-    )  # fmt: skip
+    )
     pipe = assemble_sdxl_pipeline(tokenizers, text_configs, unet_config, vae_blocks=2)
     pipe.save_pretrained(path / "pipeline")
     return path / "pipeline"
@@ -170,7 +252,9 @@ def build_tiny_sdxl_pipeline(path: Path, seed: int = 0) -> Path:
 def sdxl_shaped_pipeline(directory: Path, seed: int = 0):
     """SDXL base's UNet and text-encoder shapes with random weights (a small VAE)."""
     torch.manual_seed(seed)
-    tokenizers = [write_tokenizer(directory / f"_tokenizer_source_{n}", pad_token=pad) for n, pad in ((1, None), (2, "!"))]
+    tokenizers = [
+        write_tokenizer(directory / f"_tokenizer_source_{n}", pad_token=pad) for n, pad in ((1, None), (2, "!"))
+    ]
     return assemble_sdxl_pipeline(tokenizers, (SDXL_TEXT, SDXL_TEXT_2), SDXL_UNET, vae_blocks=4)
 
 
@@ -212,7 +296,9 @@ def handmade_concept(pipe, token: str = "<mycat>", supercategory: str = "cat", s
     ids = text.tokenize([f"a photo of a {supercategory}"])
     embeddings = []
     with torch.no_grad():
-        supercategory_encoding = text.encode(ids)[word_positions(ids[0], text.supercategory_ids(supercategory), True)][0]
+        supercategory_encoding = text.encode(ids)[word_positions(ids[0], text.supercategory_ids(supercategory), True)][
+            0
+        ]
         for tower in text.towers:
             embedding = tower.word_embeddings(supercategory).mean(0)
             embeddings.append(embedding + 0.5 * torch.randn(embedding.numel(), generator=generator) * embedding.std())
@@ -222,9 +308,12 @@ def handmade_concept(pipe, token: str = "<mycat>", supercategory: str = "cat", s
         token=token,
         supercategory=supercategory,
         token_embedding=embeddings[0],
-        concept_encoding=supercategory_encoding + 0.3 * torch.randn(width, generator=generator) * supercategory_encoding.std(),
+        concept_encoding=supercategory_encoding
+        + 0.3 * torch.randn(width, generator=generator) * supercategory_encoding.std(),
         supercategory_encoding=supercategory_encoding.clone(),
-        value_targets={name: torch.randn(module.to_v.out_features, generator=generator) for name, module in layers.items()},
+        value_targets={
+            name: torch.randn(module.to_v.out_features, generator=generator) for name, module in layers.items()
+        },
         base_fingerprint=pipeline_fingerprint(pipe),
         token_embedding_2=embeddings[1] if len(embeddings) > 1 else None,
     )

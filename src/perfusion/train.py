@@ -7,8 +7,8 @@ import pickle
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Literal
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -24,8 +24,8 @@ from perfusion.loader import find_runtime, load_concepts, unload_concepts
 from perfusion.masks import attention_masks
 from perfusion.method import ema_update, masked_mse
 from perfusion.pairs import pair_caption, paired_images
-from perfusion.settings import check_gate
 from perfusion.plans import linear_part
+from perfusion.settings import check_gate
 from perfusion.text import word_positions
 from perfusion.tokens import substitute_token_embedding
 
@@ -70,20 +70,25 @@ class TrainingConfig:
     resolution: int | None = field(default=None, metadata=_help("training size (default: the pipeline's native)"))
     flip: bool = field(default=True, metadata=_help("random horizontal flips (--no-flip: none)"))
     seed: int = 0
-    templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES),
-                                 metadata=_help("caption templates with {} for the token"))  # fmt: skip
+    templates: list[str] = field(
+        default_factory=lambda: list(DEFAULT_TEMPLATES), metadata=_help("caption templates with {} for the token")
+    )
     # Paired images (perfusion.pairs): the object beside an empty half, captioned "<token> next to a <word>"; off in
     # the SD1.5 recipe. Needs masks; each training sample is a paired one with this probability.
     pair_probability: float = field(default=0.0, metadata=_help("share of training samples that are paired images"))
-    pair_words: list[str] = field(default_factory=list, metadata=_help(
-        'also train "TOKEN next to a WORD" on the object cut onto one half (needs masks)'))  # fmt: skip
+    pair_words: list[str] = field(
+        default_factory=list,
+        metadata=_help('also train "TOKEN next to a WORD" on the object cut onto one half (needs masks)'),
+    )
     pair_side: float = field(default=0.4, metadata=_help("the paired object's longer side, a fraction of the width"))
     pair_template: str = "a photo of a {} next to a {}"
-    mask_prompt: str = field(default="a photo of a {}", metadata=_help(
-        "read for the supercategory's attention map when no mask is given"))  # fmt: skip
+    mask_prompt: str = field(
+        default="a photo of a {}", metadata=_help("read for the supercategory's attention map when no mask is given")
+    )
     mask_timestep: float = field(default=0.4, metadata=_help("fraction of the schedule at which that map is read"))
-    mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata=_help(
-        "fp16 or bf16 on a GPU: frozen modules cast down, trained tensors fp32"))  # fmt: skip
+    mixed_precision: Literal["no", "fp16", "bf16"] = field(
+        default="no", metadata=_help("fp16 or bf16 on a GPU: frozen modules cast down, trained tensors fp32")
+    )
     checkpoint_every: int = field(default=50, metadata=_help("optimizer steps between resumable checkpoints"))
 
     def __post_init__(self):
@@ -158,9 +163,13 @@ class ConceptTrainer(FineTuning):
             raise TrainingError("some images have masks and some do not: give a mask for every image or for none")
         else:
             bank.masks = attention_masks(
-                self.pipe, bank.means.to(self.weight_dtype), self.supercategory, self.config.mask_prompt,
-                self.config.mask_timestep, self.config.seed,
-            ).float()  # fmt: skip
+                self.pipe,
+                bank.means.to(self.weight_dtype),
+                self.supercategory,
+                self.config.mask_prompt,
+                self.config.mask_timestep,
+                self.config.seed,
+            ).float()
             bank.mask_source = "attention"
         return bank
 
@@ -180,8 +189,10 @@ class ConceptTrainer(FineTuning):
         words = self.config.pair_words
         chosen = torch.randint(len(words), (count,), generator=self.generator)
         concept_first = torch.rand(count, generator=self.generator) < 0.5
-        texts = [pair_caption(self.config.pair_template, self.token, words[i], bool(first))
-                 for i, first in zip(chosen, concept_first)]  # fmt: skip
+        texts = [
+            pair_caption(self.config.pair_template, self.token, words[i], bool(first))
+            for i, first in zip(chosen, concept_first)
+        ]
         return self.text.tokenize(texts)
 
     def prompts_ids(self, word: str, count: int | None = None) -> list[torch.Tensor]:
@@ -202,11 +213,13 @@ class ConceptTrainer(FineTuning):
     def initial_concept(self) -> Concept:
         pipe = self.pipe
         # v* of each text encoder starts at the mean of the supercategory word's embeddings there
-        embeddings = [torch.nn.Parameter(tower.word_embeddings(self.supercategory).float().mean(0))
-                      for tower in self.text.towers]  # fmt: skip
+        embeddings = [
+            torch.nn.Parameter(tower.word_embeddings(self.supercategory).float().mean(0)) for tower in self.text.towers
+        ]
         # Local key locking: i*_super is the supercategory word's encoding in the first batch of prompts.
-        supercategory_encoding = self.mean_encoding(self.prompts_ids(self.supercategory),
-                                                    self.text.supercategory_ids(self.supercategory))  # fmt: skip
+        supercategory_encoding = self.mean_encoding(
+            self.prompts_ids(self.supercategory), self.text.supercategory_ids(self.supercategory)
+        )
         layers = cross_attention_modules(pipe.unet)
         return Concept(
             token=self.token,
@@ -224,11 +237,13 @@ class ConceptTrainer(FineTuning):
             tau=self.config.tau,
         )
 
-    def install(self, captions: list[str] | None = None, inverse_covariance: torch.Tensor | None = None,
-                progress: bool = False) -> None:  # fmt: skip
+    def install(
+        self, captions: list[str] | None = None, inverse_covariance: torch.Tensor | None = None, progress: bool = False
+    ) -> None:
         pipe = self.pipe
-        load_concepts(pipe, self.concept, captions=captions, inverse_covariance=inverse_covariance, check=False,
-                      progress=progress)  # fmt: skip
+        load_concepts(
+            pipe, self.concept, captions=captions, inverse_covariance=inverse_covariance, check=False, progress=progress
+        )
         self.runtime = find_runtime(pipe)
         self.runtime.train_value_targets(self.token, self.concept.value_targets)  # the trainer's own tensors
         self.runtime.set_options(self.token, beta=self.config.train_beta, tau=self.config.train_tau)
@@ -305,11 +320,15 @@ class ConceptTrainer(FineTuning):
             total += loss.item() / config.gradient_accumulation
         if not math.isfinite(total):  # before the step: v* and o*_V (and the last checkpoint) stay as they were
             self.optimizer.zero_grad(set_to_none=True)
-            raise TrainingError(f"the loss is not finite ({total}) at step {len(self.losses) + 1}: training stopped, "
-                                "the last checkpoint (if any) is kept; lower the learning rates or check the images")
+            raise TrainingError(
+                f"the loss is not finite ({total}) at step {len(self.losses) + 1}: training stopped, "
+                "the last checkpoint (if any) is kept; lower the learning rates or check the images"
+            )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.move_concept_encoding(ema_update(self.concept.concept_encoding, torch.stack(observed).mean(0), config.ema_decay))
+        self.move_concept_encoding(
+            ema_update(self.concept.concept_encoding, torch.stack(observed).mean(0), config.ema_decay)
+        )
         return total
 
     # -- checkpoints ----------------------------------------------------------------------------
@@ -339,11 +358,15 @@ class ConceptTrainer(FineTuning):
         except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
             raise TrainingError(f"{path}: unreadable checkpoint ({error})") from None
         if (state["token"], state["supercategory"]) != (self.token, self.supercategory):
-            raise TrainingError(f"{path}: a checkpoint of {state['token']} ({state['supercategory']}), not of {self.token}")
+            raise TrainingError(
+                f"{path}: a checkpoint of {state['token']} ({state['supercategory']}), not of {self.token}"
+            )
         embeddings = state.get("token_embeddings") or [state["token_embedding"]]  # one, before SDXL
         if len(embeddings) != len(self.concept.token_embeddings):
-            raise TrainingError(f"{path}: a checkpoint for a pipeline with {len(embeddings)} text encoders, "
-                                f"this one has {len(self.concept.token_embeddings)}")  # fmt: skip
+            raise TrainingError(
+                f"{path}: a checkpoint for a pipeline with {len(embeddings)} text encoders, "
+                f"this one has {len(self.concept.token_embeddings)}"
+            )
         with torch.no_grad():
             for vector, saved in zip(self.concept.token_embeddings, embeddings):
                 vector.copy_(saved)
@@ -369,8 +392,13 @@ class ConceptTrainer(FineTuning):
             if state is not None:
                 self.optimizer.load_state_dict(state["optimizer"])
             loss_before = self.held_out_loss()
-            bar = tqdm(range(self.start_step, self.config.steps), desc=f"training {self.token}", disable=not progress,
-                       initial=self.start_step, total=self.config.steps)  # fmt: skip
+            bar = tqdm(
+                range(self.start_step, self.config.steps),
+                desc=f"training {self.token}",
+                disable=not progress,
+                initial=self.start_step,
+                total=self.config.steps,
+            )
             for step in bar:
                 self.losses.append(self.step())
                 bar.set_postfix(loss=f"{self.losses[-1]:.4f}")
@@ -388,14 +416,20 @@ class ConceptTrainer(FineTuning):
     def finished_concept(self) -> Concept:
         concept = self.concept
         settings = asdict(self.config)
-        settings.update(images=len(self.images), resolution=self.resolution, mask=self.bank.mask_source,
-                        paired=self.pair_bank is not None,
-                        final_loss=self.losses[-1] if self.losses else None)  # fmt: skip
+        settings.update(
+            images=len(self.images),
+            resolution=self.resolution,
+            mask=self.bank.mask_source,
+            paired=self.pair_bank is not None,
+            final_loss=self.losses[-1] if self.losses else None,
+        )
         return Concept(
             token=concept.token,
             supercategory=concept.supercategory,
             token_embedding=concept.token_embedding.detach().float().cpu(),
-            token_embedding_2=None if concept.token_embedding_2 is None else concept.token_embedding_2.detach().float().cpu(),
+            token_embedding_2=None
+            if concept.token_embedding_2 is None
+            else concept.token_embedding_2.detach().float().cpu(),
             concept_encoding=concept.concept_encoding.detach().float().cpu(),
             supercategory_encoding=concept.supercategory_encoding.detach().float().cpu(),
             value_targets={k: v.detach().float().cpu() for k, v in concept.value_targets.items()},

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from perfusion.testing import load_pipeline, write_concept_images
 
 from perfusion import baselines
 from perfusion.baselines.measure import run_isolated
 from perfusion.images import load_training_images
+from perfusion.testing import load_pipeline, write_concept_images
 
 TOKEN, SUPERCATEGORY = "<mydisc>", "cat"
 QUICK = dict(steps=3, batch_size=1, gradient_accumulation=1, num_class_images=2, class_inference_steps=2)
@@ -20,8 +20,11 @@ VARIANTS = {  # name -> (method, config overrides)
 
 
 def weights(pipe) -> dict[str, torch.Tensor]:
-    return {f"{part}.{name}": tensor.detach().clone() for part in ("unet", "vae", "text_encoder")
-            for name, tensor in getattr(pipe, part).state_dict().items()}  # fmt: skip
+    return {
+        f"{part}.{name}": tensor.detach().clone()
+        for part in ("unet", "vae", "text_encoder")
+        for name, tensor in getattr(pipe, part).state_dict().items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +60,9 @@ def changed(base: dict, pipe) -> set[str]:
 
 def image(pipe, prompt: str, **kwargs):
     generator = torch.Generator().manual_seed(0)
-    return pipe(prompt, num_inference_steps=2, height=16, width=16, generator=generator, output_type="np", **kwargs).images
+    return pipe(
+        prompt, num_inference_steps=2, height=16, width=16, generator=generator, output_type="np", **kwargs
+    ).images
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -127,8 +132,11 @@ def test_custom_diffusion_trains_cross_attention_kv_and_the_token(trained, tiny_
     run = trained["custom-diffusion"]
     tensors = run["result"].tensors
     layers = [name for name in run["before"] if name.startswith("unet.") and ".attn2.to_k." in name]
-    expected = {f"{name[len('unet.'):].replace('.to_k.weight', '')}.processor.{p}_custom_diffusion.weight"
-                for name in layers for p in ("to_k", "to_v")}  # fmt: skip
+    expected = {
+        f"{name[len('unet.') :].replace('.to_k.weight', '')}.processor.{p}_custom_diffusion.weight"
+        for name in layers
+        for p in ("to_k", "to_v")
+    }
     assert set(tensors) == expected | {TOKEN}
     for key in expected:  # every K and V moved from the base weight it started at
         base_name = "unet." + key.replace(".processor.", ".").replace("_custom_diffusion", "")
@@ -161,7 +169,9 @@ def test_prior_preservation_images_come_from_the_base_model_and_masks_are_option
     from perfusion.baselines.dreambooth import DreamBoothTrainer
 
     with_alpha = load_training_images(write_concept_images(tmp_path / "alpha", count=2))
-    trainer = DreamBoothTrainer(tiny_pipe, with_alpha, TOKEN, SUPERCATEGORY, baselines.dreambooth.CONFIG(**QUICK, use_masks=True))
+    trainer = DreamBoothTrainer(
+        tiny_pipe, with_alpha, TOKEN, SUPERCATEGORY, baselines.dreambooth.CONFIG(**QUICK, use_masks=True)
+    )
     assert trainer.class_bank.means.shape == (2, 4, 8, 8) and torch.all(trainer.class_bank.stds == 0)
     assert trainer.bank.masks.shape == (4, 1, 8, 8) and 0 < trainer.bank.masks.mean() < 1  # images and mirrors
     plain = load_training_images(write_concept_images(tmp_path / "plain", count=2, alpha=False))
@@ -182,7 +192,8 @@ def test_the_comparison_runs_methods_and_ablations_by_default_and_only_the_metho
     assert quick == ["perfusion", "textual-inversion", "dreambooth", "lora-r4", "lora-r16", "custom-diffusion"]
     assert set(quick) < set(full) and "perfusion-no-pairs" in full and "perfusion-3e-3" not in full
     assert {variant.method for variant in compare.chosen_variants(None, quick=True)} == {
-        variant.method for variant in compare.VARIANTS}  # every method is in the quick run
+        variant.method for variant in compare.VARIANTS
+    }  # every method is in the quick run
     named = compare.chosen_variants(["perfusion-3e-3", "lora-r4"], quick=True)
     assert [variant.name for variant in named] == ["perfusion-3e-3", "lora-r4"]  # names win over the mode
 
@@ -196,29 +207,75 @@ def test_the_comparison_runs_end_to_end_on_a_tiny_pipeline(tiny_pipeline_dir, tm
         concept = write_concept_images(tmp_path / "concepts" / name, count=2)
         (concept / "concept.json").write_text(json.dumps({"token": f"<{name}>", "supercategory": supercategory}))
     out = tmp_path / "out"
-    rows, compositions = compare.main(["--model", str(tiny_pipeline_dir), "--concepts", str(tmp_path / "concepts"), "--out", str(out),
-                         "--quick", "--steps", "2", "--prompts", "1", "--inference-steps", "2", "--no-isolate",
-                         "--variants", "perfusion", "lora-r4", "--concept", "mydisc", "myring"])  # fmt: skip
-    assert [(row.concept, row.variant) for row in rows] == [(concept, variant) for concept in ("mydisc", "myring")
-                                                            for variant in ("perfusion", "lora-r4")]  # fmt: skip
+    rows, compositions = compare.main(
+        [
+            "--model",
+            str(tiny_pipeline_dir),
+            "--concepts",
+            str(tmp_path / "concepts"),
+            "--out",
+            str(out),
+            "--quick",
+            "--steps",
+            "2",
+            "--prompts",
+            "1",
+            "--inference-steps",
+            "2",
+            "--no-isolate",
+            "--variants",
+            "perfusion",
+            "lora-r4",
+            "--concept",
+            "mydisc",
+            "myring",
+        ]
+    )
+    assert [(row.concept, row.variant) for row in rows] == [
+        (concept, variant) for concept in ("mydisc", "myring") for variant in ("perfusion", "lora-r4")
+    ]
     assert all(row.size_bytes > 0 and len(row.sweep) == 3 for row in rows)
     assert rows[0].size_bytes < rows[1].size_bytes
     table = (out / "table.csv").read_text().splitlines()
     assert len(table) == 5 and (out / "sweep.csv").exists() and (out / "pareto_mydisc.png").stat().st_size > 0
     assert sorted(path.name for path in (out / "sheets").glob("*.png")) == [  # the images behind every row
-        f"{concept}-{variant}.png" for concept in ("mydisc", "myring") for variant in ("lora-r4", "perfusion")]
+        f"{concept}-{variant}.png" for concept in ("mydisc", "myring") for variant in ("lora-r4", "perfusion")
+    ]
     assert [(row["pair"], row["variant"], row["images"]) for row in compositions] == [
-        ("mydisc+myring", "perfusion", 2), ("mydisc+myring", "lora-r4", 2)]  # unscored: no judge for these concepts
+        ("mydisc+myring", "perfusion", 2),
+        ("mydisc+myring", "lora-r4", 2),
+    ]  # unscored: no judge for these concepts
     assert [row["composition"] for row in compositions] == ["regions", ""]  # the recipe's mode, for Perfusion only
     assert (out / "composition.csv").exists()
     # one prompt gives each knob's slope but no noise estimate across prompts
-    assert [(t["metric"], t["verdict"]) for t in rows[1].trends] == [("fidelity", "unmeasured"), ("alignment", "unmeasured")]
+    assert [(t["metric"], t["verdict"]) for t in rows[1].trends] == [
+        ("fidelity", "unmeasured"),
+        ("alignment", "unmeasured"),
+    ]
     assert len((out / "trends.csv").read_text().splitlines()) == 1 + 2 * 4
 
     # --update redoes one row and keeps the others (and the compositions), each with the command that measured it
-    redo = ["--model", str(tiny_pipeline_dir), "--concepts", str(tmp_path / "concepts"), "--out", str(out), "--quick",
-            "--steps", "2", "--prompts", "1", "--inference-steps", "2", "--no-isolate", "--variants", "perfusion",
-            "--concept", "myring", "--update"]  # fmt: skip
+    redo = [
+        "--model",
+        str(tiny_pipeline_dir),
+        "--concepts",
+        str(tmp_path / "concepts"),
+        "--out",
+        str(out),
+        "--quick",
+        "--steps",
+        "2",
+        "--prompts",
+        "1",
+        "--inference-steps",
+        "2",
+        "--no-isolate",
+        "--variants",
+        "perfusion",
+        "--concept",
+        "myring",
+        "--update",
+    ]
     updated, kept = compare.main(redo)
     assert [(row.concept, row.variant) for row in updated] == [(row.concept, row.variant) for row in rows]
     assert [row.command.endswith("--update") for row in updated] == [False, False, True, False]

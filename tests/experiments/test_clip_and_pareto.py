@@ -16,17 +16,36 @@ def write_tiny_clip(directory):
     """A random CLIP (a few thousand weights) with a character-level BPE tokenizer, saved like a real checkpoint."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
-    tokens = ["<|startoftext|>", "<|endoftext|>", *string.ascii_lowercase, *(f"{c}</w>" for c in string.ascii_lowercase)]
+    tokens = [
+        "<|startoftext|>",
+        "<|endoftext|>",
+        *string.ascii_lowercase,
+        *(f"{c}</w>" for c in string.ascii_lowercase),
+    ]
     (directory / "vocab.json").write_text(json.dumps({token: index for index, token in enumerate(tokens)}))
     (directory / "merges.txt").write_text("#version: 0.2\n")
     tokenizer = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"))
     config = CLIPConfig(
-        text_config={"vocab_size": len(tokens), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "max_position_embeddings": 77, "eos_token_id": 1, "bos_token_id": 0},
-        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 16, "intermediate_size": 32,
-                       "num_hidden_layers": 1, "num_attention_heads": 2},
+        text_config={
+            "vocab_size": len(tokens),
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 77,
+            "eos_token_id": 1,
+            "bos_token_id": 0,
+        },
+        vision_config={
+            "image_size": 32,
+            "patch_size": 8,
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+        },
         projection_dim=8,
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     CLIPModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)

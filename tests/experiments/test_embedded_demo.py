@@ -25,7 +25,7 @@ def demo_out(tmp_path_factory):
         sweep=SweepConfig(betas=(0.5, 0.9), images_per_prompt=4, steps=12, guidance=recipe.GUIDANCE),
         prompts=3,
         composition_backgrounds=("blue",),
-    )  # fmt: skip
+    )
     out = tmp_path_factory.mktemp("demo")
     run_demo(pipe, out, config, log=lambda message: None)
     return out
@@ -38,8 +38,11 @@ def test_the_demo_reports_what_the_judge_recognised_and_accepted(demo_out):
         assert len(scores["per_prompt"]["accepted"]) == 3  # one share per prompt
 
 
-@pytest.mark.xfail(strict=True, reason="issue 22: the embedded recipe draws the concept as noise squares, which the "
-                   "judge refuses; this passes (and strict xfail then fails the suite) once a recipe draws it")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 22: the embedded recipe draws the concept as noise squares, which the "
+    "judge refuses; this passes (and strict xfail then fails the suite) once a recipe draws it",
+)
 def test_the_concept_is_recognised_in_new_contexts(demo_out):
     # Same prompts and seeds as the base model's "cat" row; the judge must name the black cat in half the images.
     assert json.loads((demo_out / "summary.json").read_text())["new_contexts"]["recognised"] >= 0.5

@@ -27,7 +27,9 @@ def test_text_and_json_prompt_files(tmp_path):
     text.write_text("# comment\n\na photo of {} on the beach\n{} in the snow\n")
     assert [p.text("<mycat>") for p in read_prompts(text)] == ["a photo of <mycat> on the beach", "<mycat> in the snow"]
     lines = tmp_path / "prompts.jsonl"
-    lines.write_text('{"background": "red", "position": "left"}\n{"prompt": "a {} next to a cup", "second_object": "cup"}\n')
+    lines.write_text(
+        '{"background": "red", "position": "left"}\n{"prompt": "a {} next to a cup", "second_object": "cup"}\n'
+    )
     prompts = read_prompts(lines, "cat")
     assert prompts[0].spec.background == "red" and "{}" in prompts[0].template
     assert prompts[1].text("<mycat>") == "a <mycat> next to a cup" and prompts[1].spec.second_object == "cup"
@@ -38,13 +40,16 @@ def test_world_prompts_round_trip_through_a_file(tmp_path):
     assert read_prompts(write_prompts(prompts, tmp_path / "world.jsonl"), "cat") == prompts
 
 
-@pytest.mark.parametrize("content, message", [
-    ("a photo without a placeholder\n", "no {} where the concept goes"),
-    ("", "no prompts"),
-    ('{"background": "plaid"}\n', "background"),
-    ('{"colour": "red"}\n', "unknown keys colour"),
-    ("{not json\n", "not JSON"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("a photo without a placeholder\n", "no {} where the concept goes"),
+        ("", "no prompts"),
+        ('{"background": "plaid"}\n', "background"),
+        ('{"colour": "red"}\n', "unknown keys colour"),
+        ("{not json\n", "not JSON"),
+    ],
+)
 def test_bad_prompt_files_are_refused_with_the_line(tmp_path, content, message):
     path = tmp_path / ("bad.jsonl" if content.startswith("{") else "bad.txt")
     path.write_text(content)
@@ -63,7 +68,12 @@ class CountingScorer:
     def score(self, images_by_prompt, references, supercategory):
         self.calls.append((len(images_by_prompt), sum(len(v) for v in images_by_prompt.values()), supercategory))
         count = len(images_by_prompt)
-        return Scores(alignment=0.5, fidelity=0.25, recognised=None, per_prompt={"alignment": (0.5,) * count, "fidelity": (0.25,) * count})
+        return Scores(
+            alignment=0.5,
+            fidelity=0.25,
+            recognised=None,
+            per_prompt={"alignment": (0.5,) * count, "fidelity": (0.25,) * count},
+        )
 
 
 def test_sweep_writes_images_table_and_plot(tiny_pipe, tmp_path):
@@ -86,9 +96,13 @@ def test_report_links_its_images_relatively(tmp_path):
     (tmp_path / "grid").mkdir()
     image = tmp_path / "grid" / "a.png"
     image.write_bytes(b"png")
-    report = write_report(tmp_path / "report.html", "title", [
-        Section("one", "text", rows=[ImageRow("row", [(image, "caption <b>")])], table=[{"beta": 0.5, "x": None}]),
-    ])  # fmt: skip
+    report = write_report(
+        tmp_path / "report.html",
+        "title",
+        [
+            Section("one", "text", rows=[ImageRow("row", [(image, "caption <b>")])], table=[{"beta": 0.5, "x": None}]),
+        ],
+    )
     html = report.read_text()
     assert "src='grid/a.png'" in html and "caption &lt;b&gt;" in html and "<td>0.500</td>" in html
 
@@ -115,7 +129,10 @@ def test_scores_keep_each_prompts_values_beside_their_means():
     scores = Scores.from_prompts([0.5, 1.0], [0.2, 0.4], recognised=[1.0, 0.0])
     assert (scores.alignment, scores.fidelity, scores.recognised) == (0.75, pytest.approx(0.3), 0.5)
     assert scores.per_prompt == {"alignment": (0.5, 1.0), "fidelity": (0.2, 0.4), "recognised": (1.0, 0.0)}
-    assert Scores.from_prompts([0.5], [0.2]).recognised is None and "recognised" not in Scores.from_prompts([0.5], [0.2]).per_prompt
+    assert (
+        Scores.from_prompts([0.5], [0.2]).recognised is None
+        and "recognised" not in Scores.from_prompts([0.5], [0.2]).per_prompt
+    )
 
 
 def test_a_prompt_with_no_accepted_image_is_left_out_of_the_fidelity_mean():

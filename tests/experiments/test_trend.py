@@ -36,8 +36,10 @@ def test_one_prompt_is_unmeasured_and_sweeps_need_two_betas():
 
 
 def test_sweep_trends_cover_the_metrics_every_beta_scored():
-    scored = [{"alignment": (0.5, 0.6), "fidelity": (0.9, 0.8), "recognised": (1.0, 1.0)},
-              {"alignment": (0.7, 0.8), "fidelity": (0.7, 0.6), "recognised": (0.5, 0.5)}]  # fmt: skip
+    scored = [
+        {"alignment": (0.5, 0.6), "fidelity": (0.9, 0.8), "recognised": (1.0, 1.0)},
+        {"alignment": (0.7, 0.8), "fidelity": (0.7, 0.6), "recognised": (0.5, 0.5)},
+    ]
     trends = sweep_trends([0.5, 0.9], scored)
     assert [t.metric for t in trends] == ["fidelity", "recognised", "alignment"]
     assert [t.verdict for t in trends] == ["as expected"] * 3 and monotone_within_noise(trends) is True

@@ -28,16 +28,25 @@ from perfusion.world.basemodel.tokenizer import build_tokenizer, words_split
 
 WORDS = "a photo of the cat kitten tabby dog cup on blue red background small large left right centre".split()
 TINY = ArchitectureConfig(
-    vae_block_out_channels=(8, 16, 16), vae_norm_num_groups=4, unet_block_out_channels=(16, 16, 32), unet_attention_heads=(1, 1, 2),
-    unet_norm_num_groups=8, text_hidden_size=32, text_intermediate_size=64, text_layers=1, text_heads=2,
-)  # fmt: skip
+    vae_block_out_channels=(8, 16, 16),
+    vae_norm_num_groups=4,
+    unet_block_out_channels=(16, 16, 32),
+    unet_attention_heads=(1, 1, 2),
+    unet_norm_num_groups=8,
+    text_hidden_size=32,
+    text_intermediate_size=64,
+    text_layers=1,
+    text_heads=2,
+)
 COLOURS = {"red": (220, 40, 40), "blue": (40, 60, 220)}
 
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tokenizer")
-    build_tokenizer(directory, WORDS, ["a small cat on the left, blue background"] * 10, TokenizerConfig(vocab_size=600))
+    build_tokenizer(
+        directory, WORDS, ["a small cat on the left, blue background"] * 10, TokenizerConfig(vocab_size=600)
+    )
     return directory
 
 
@@ -57,7 +66,9 @@ def test_any_text_tokenizes_without_unknowns_and_round_trips(tokenizer_dir):
 def test_pads_to_its_max_length_with_end_of_text_like_sd1(tokenizer_dir):
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
     ids = tokenizer("a cat", padding="max_length", max_length=tokenizer.model_max_length).input_ids
-    assert len(ids) == TokenizerConfig().model_max_length and ids[-1] == tokenizer.eos_token_id == tokenizer.pad_token_id
+    assert (
+        len(ids) == TokenizerConfig().model_max_length and ids[-1] == tokenizer.eos_token_id == tokenizer.pad_token_id
+    )
 
 
 def test_new_concept_token_is_one_token(tokenizer_dir):
@@ -130,8 +141,12 @@ def test_min_snr_weights_keep_the_noisiest_steps_under_v_prediction():
     timesteps = torch.tensor([0, 500, 999])
     v = train.min_snr_weights(scheduler, timesteps, 5.0, "v_prediction")
     assert v[0] < 0.01 and v[2] == 1.0  # low noise capped; zero SNR at t=999 keeps full weight
-    eps = train.min_snr_weights(models.build_training_scheduler(dataclasses.replace(TINY, prediction_type="epsilon",
-                                zero_terminal_snr=False)), timesteps, 5.0, "epsilon")  # fmt: skip
+    eps = train.min_snr_weights(
+        models.build_training_scheduler(dataclasses.replace(TINY, prediction_type="epsilon", zero_terminal_snr=False)),
+        timesteps,
+        5.0,
+        "epsilon",
+    )
     assert eps[0] < 0.01 and eps[2] == 1.0
 
 
@@ -183,9 +198,13 @@ def test_training_stages_resume_and_export(tmp_path):
     train.train_vae(tmp_path, SOURCE, TINY, dataclasses.replace(vae_config, max_steps=3), True, StopAfter(10), log)
     assert torch.load(tmp_path / "vae.ckpt", weights_only=False)["step"] == 3
     vae = train.load_exported_vae(tmp_path)
-    LatentPool(tmp_path / "latents", train.vae_fingerprint(tmp_path), chunk_size=8).fill(SOURCE, vae, vae.config.scaling_factor, 16)
+    LatentPool(tmp_path / "latents", train.vae_fingerprint(tmp_path), chunk_size=8).fill(
+        SOURCE, vae, vae.config.scaling_factor, 16
+    )
     config = UnetTrainingConfig(batch_size=4, warmup_steps=2)
-    epsilon = dataclasses.replace(TINY, prediction_type="epsilon", zero_terminal_snr=False)  # as the first shipped model
+    epsilon = dataclasses.replace(
+        TINY, prediction_type="epsilon", zero_terminal_snr=False
+    )  # as the first shipped model
     train.UnetTrainer(tmp_path, SOURCE, epsilon, config, log).run(False, StopAfter(2))
     resumed = train.UnetTrainer(tmp_path, SOURCE, TINY, config, log)  # switched to v on the zero-terminal-SNR schedule
     resumed.run(True, StopAfter(1))
@@ -208,8 +227,9 @@ def test_training_stages_resume_and_export(tmp_path):
     adopted = train.vae_fingerprint(fresh)
     train.train_vae(fresh, SOURCE, TINY, vae_config, True, StopAfter(10), log)  # make basemodel's vae stage: a no-op
     assert not (fresh / "vae.ckpt").exists() and train.vae_fingerprint(fresh) == adopted
-    LatentPool(fresh / "latents", train.vae_fingerprint(fresh), chunk_size=8).fill(SOURCE, train.load_exported_vae(fresh),
-                                                                                  vae.config.scaling_factor, 8)  # fmt: skip
+    LatentPool(fresh / "latents", train.vae_fingerprint(fresh), chunk_size=8).fill(
+        SOURCE, train.load_exported_vae(fresh), vae.config.scaling_factor, 8
+    )
     continued = train.UnetTrainer(fresh, SOURCE, TINY, config, log)
     continued.initialise_from(tmp_path / "model")
     assert continued.step == 3
@@ -254,9 +274,9 @@ def test_autoencoder_round_trip_keeps_size_and_count(tokenizer_dir):
 
 
 def test_layout_measures_find_the_object_and_read_the_unet(tmp_path):
-    from perfusion.testing import build_tiny_pipeline, load_pipeline
     from PIL import Image
 
+    from perfusion.testing import build_tiny_pipeline, load_pipeline
     from perfusion.world.basemodel import layout
 
     image = Image.new("RGB", (64, 64), "white")
@@ -264,11 +284,14 @@ def test_layout_measures_find_the_object_and_read_the_unet(tmp_path):
     assert layout.object_centre(image) == pytest.approx((11.5, 27.5))
     assert np.isnan(layout.object_centre(Image.new("RGB", (64, 64), "white"))[0])
     pipe = load_pipeline(build_tiny_pipeline(tmp_path / "v", prediction_type="v_prediction"))
-    noise = torch.randn(4, 4, pipe.unet.config.sample_size, pipe.unet.config.sample_size, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(
+        4, 4, pipe.unet.config.sample_size, pipe.unet.config.sample_size, generator=torch.Generator().manual_seed(0)
+    )
     x0 = layout.predicted_x0(pipe, "a photo of a cat", noise)
     with torch.no_grad():  # x0 = sqrt(abar) x_t - sqrt(1 - abar) v at the last timestep
-        ids = pipe.tokenizer(["a photo of a cat"], padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                             return_tensors="pt").input_ids  # fmt: skip
+        ids = pipe.tokenizer(
+            ["a photo of a cat"], padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
+        ).input_ids
         v = pipe.unet(noise, torch.full((4,), 999), pipe.text_encoder(ids)[0].expand(4, -1, -1)).sample
     abar = pipe.scheduler.alphas_cumprod[999]
     assert torch.allclose(x0, abar.sqrt() * noise - (1 - abar).sqrt() * v, atol=1e-5)

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from perfusion.world.families import captions, scenes
+from perfusion.world.families.instances import distance, evaluation_instance
 from perfusion.world.families.judge import Judge, save_judge
 from perfusion.world.families.judge_data import IGNORE, BatchRecipe, labelled_batch, neighbour
 from perfusion.world.families.judge_net import HEAD_CLASSES, JudgeNet, JudgeNetConfig
-from perfusion.world.families.instances import distance, evaluation_instance
 from perfusion.world.families.train_judge import supervised_contrastive
 
 SMALL = BatchRecipe(identity_instances=4, neighbours=1, pairs=2, negatives=2)
@@ -95,7 +95,10 @@ def test_concept_prompts_state_what_they_ask_and_change_only_what_they_say():
     assert len(prompts) == 12
     assert {prompt.kind for prompt in prompts} == {"scene", "second object", "size and position", "property"}
     small = next(p for p in prompts if p.stated.get("size") == "small")
-    assert small.text("<mycat>") == "a small <mycat> at the left" and small.text("orange cat") == "a small orange cat at the left"
+    assert (
+        small.text("<mycat>") == "a small <mycat> at the left"
+        and small.text("orange cat") == "a small orange cat at the left"
+    )
     recoloured = next(p for p in prompts if "colour" in p.stated)
     assert recoloured.stated["colour"] != instance.colour_name and set(recoloured.changes) == {"colour"}
     described = verbal_description(instance, leave_out=frozenset(recoloured.changes))
@@ -111,5 +114,7 @@ def test_alignment_reads_each_stated_property():
     for head, value in (("background", "blue"), ("position", "left"), ("size", "small"), ("count", 1)):
         probabilities[head][0, HEAD_CLASSES[head].index(value)] = 1.0
     reading = Reading(probabilities, torch.zeros(1, 1), torch.zeros(1, 4))
-    prompt = ConceptPrompt("{} at the left", prefix="small", stated={"size": "large", "position": "left", "background": "blue"})
+    prompt = ConceptPrompt(
+        "{} at the left", prefix="small", stated={"size": "large", "position": "left", "background": "blue"}
+    )
     assert alignment(reading, 0, prompt, "cat") == {"background": True, "position": True, "size": False}

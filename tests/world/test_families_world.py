@@ -115,5 +115,7 @@ def test_captions_name_the_category_or_a_family_word_and_only_true_coarse_attrib
 
 def test_colour_words_are_stated_at_about_the_chosen_rate():
     rng = random.Random(5)
-    stated = [("colour" in captions.describe(scenes.sample_spec(random.Random(seed)), rng).stated) for seed in range(600)]
+    stated = [
+        ("colour" in captions.describe(scenes.sample_spec(random.Random(seed)), rng).stated) for seed in range(600)
+    ]
     assert 0.38 < np.mean(stated) < 0.56  # 0.5 of non-bare captions (bare: 6% of one-object ones)

@@ -13,10 +13,10 @@ from perfusion.world.basemodel import train
 from perfusion.world.basemodel.config import ArchitectureConfig, UnetTrainingConfig
 from perfusion.world.basemodel.data import world_source
 from perfusion.world.basemodel.grounding import (
+    POSITION_WORDS,
     AttentionRecorder,
     CaptionGrounding,
     GroundingTargets,
-    POSITION_WORDS,
     box_coverage,
     token_grounding_loss,
     token_pixel_loss,
@@ -27,9 +27,14 @@ from perfusion.world.model_path import MODEL_DIR
 from perfusion.world.scenes import SceneSpec
 
 TINY = ArchitectureConfig(
-    unet_block_out_channels=(16, 16, 32), unet_attention_heads=(1, 1, 2), unet_norm_num_groups=8, text_hidden_size=32,
-    text_intermediate_size=64, text_layers=1, text_heads=2,
-)  # fmt: skip
+    unet_block_out_channels=(16, 16, 32),
+    unet_attention_heads=(1, 1, 2),
+    unet_norm_num_groups=8,
+    text_hidden_size=32,
+    text_intermediate_size=64,
+    text_layers=1,
+    text_heads=2,
+)
 ONE = SceneSpec(object="lovestruck cat", background="red", position="left", size="small")
 PAIR = SceneSpec(object="teacup", background="red", position="right", size="small", second_object="coffee cup")
 
@@ -53,8 +58,30 @@ def test_a_category_shared_by_both_objects_is_not_grounded():
 
 def test_pair_side_words_are_grounded_only_where_each_names_one_object():
     assert word_objects(PAIR, "a coffee cup on the left and a teacup on the right".split()) == [
-        None, 1, 1, None, None, 1, None, None, 0, None, None, 0]  # fmt: skip
-    assert word_objects(PAIR, "a teacup to the right of a coffee cup".split()) == [None, 0, None, None, None, None, None, 1, 1]
+        None,
+        1,
+        1,
+        None,
+        None,
+        1,
+        None,
+        None,
+        0,
+        None,
+        None,
+        0,
+    ]
+    assert word_objects(PAIR, "a teacup to the right of a coffee cup".split()) == [
+        None,
+        0,
+        None,
+        None,
+        None,
+        None,
+        None,
+        1,
+        1,
+    ]
 
 
 def test_grounded_tokens_are_the_named_words_tokens(tokenizer):
@@ -92,8 +119,11 @@ def test_recording_processor_keeps_the_unet_output_and_records_normalised_maps()
     assert torch.equal(recorded, unrecorded)
     assert sorted(m.shape[1] for m in recorder.maps) == [16, 64, 64, 64, 256, 256, 256]
     assert all(m.shape[::2] == (2, 7) and torch.allclose(m.sum(-1), torch.ones(())) for m in recorder.maps)
-    assert all(isinstance(p, type(unet.attn_processors["mid_block.attentions.0.transformer_blocks.0.attn1.processor"]))
-               for name, p in unet.attn_processors.items() if "attn1" in name)  # fmt: skip
+    assert all(
+        isinstance(p, type(unet.attn_processors["mid_block.attentions.0.transformer_blocks.0.attn1.processor"]))
+        for name, p in unet.attn_processors.items()
+        if "attn1" in name
+    )
 
 
 def test_loss_is_zero_inside_the_box_and_the_outside_share_squared_for_a_uniform_map():
@@ -122,8 +152,13 @@ def test_training_step_with_grounding_moves_the_named_tokens_attention_to_their_
         pytest.skip("the embedded model's tokenizer is not shipped")
     shutil.copytree(MODEL_DIR / "tokenizer", tmp_path / "tokenizer")
     torch.manual_seed(0)
-    weights = {"grounding_weight": 1.0 if term == "grounding" else 0.0, "grounding_pixel_weight": 1.0 if term == "pixel" else 0.0}
-    config = UnetTrainingConfig(batch_size=4, unet_learning_rate=1e-2, text_learning_rate=1e-2, warmup_steps=0, **weights)
+    weights = {
+        "grounding_weight": 1.0 if term == "grounding" else 0.0,
+        "grounding_pixel_weight": 1.0 if term == "pixel" else 0.0,
+    }
+    config = UnetTrainingConfig(
+        batch_size=4, unet_learning_rate=1e-2, text_learning_rate=1e-2, warmup_steps=0, **weights
+    )
     trainer = train.UnetTrainer(tmp_path, world_source(), TINY, config, print)
     specs = [dataclasses.replace(ONE, position=p) for p in ("left", "right", "top", "bottom")]
     captions = [f"a lovestruck cat {p}" for p in ("on the left", "on the right", "at the top", "at the bottom")]
@@ -147,5 +182,7 @@ def test_layout_reads_the_grounded_tokens_attention_and_restores_the_processors(
     noise = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     shares = layout.attention_on_box(pipe, "teacup", noise)
     assert set(shares) == {"left", "right"}
-    assert all(0 <= share <= 1 and 0 < even < 0.2 and 0 <= held <= 1 for share, even, held in shares.values())  # small box
+    assert all(
+        0 <= share <= 1 and 0 < even < 0.2 and 0 <= held <= 1 for share, even, held in shares.values()
+    )  # small box
     assert {name: type(p) for name, p in pipe.unet.attn_processors.items()} == before

@@ -13,11 +13,11 @@ from perfusion.world.examples import example_concept
 from perfusion.world.judge import Judge
 from perfusion.world.judge_data import draw_negatives, labelled_batch, specs_from_seeds
 from perfusion.world.judge_model import HEAD_CLASSES, NOTHING
-from perfusion.world.negatives import KINDS
-from perfusion.world.train_judge import count_refused
 from perfusion.world.metrics import identity_fidelity, recognised_share, text_alignment
+from perfusion.world.negatives import KINDS
 from perfusion.world.prompts import PromptSpec
 from perfusion.world.scenes import SceneSpec, render, sample_spec
+from perfusion.world.train_judge import count_refused
 
 SAMPLE_SEEDS = range(2_100_000_000, 2_100_000_200)  # 200 scenes from seeds neither training nor evaluation used
 REQUIRED_ACCURACY = 0.97  # the judge measures >= 99% on 4000 scenes; 97% leaves room for a 200-scene sample
@@ -42,7 +42,13 @@ def test_verdicts_name_the_scene(judge):
     spec = SceneSpec("black cat", "teal", "top", "large")
     pair = SceneSpec("teacup", "pink", "right", "large", second_object="penguin")
     single, double = judge.predict([render(spec), render(pair)])
-    assert (single.count, single.object, single.background, single.position, single.size) == (1, "black cat", "teal", "top", "large")
+    assert (single.count, single.object, single.background, single.position, single.size) == (
+        1,
+        "black cat",
+        "teal",
+        "top",
+        "large",
+    )
     assert (double.count, double.left_object, double.right_object) == (2, "penguin", "teacup")
     assert set(double.present) == {"penguin", "teacup"} and abs(float((single.embedding**2).sum()) - 1) < 1e-4
 
@@ -59,10 +65,32 @@ def test_accepts_tensors_and_larger_images(judge):
 def test_a_faithful_render_aligns_and_a_wrong_background_does_not(judge):
     rng = random.Random(3)
     prompt = PromptSpec(background="red", position="left", size="large", supercategory="cat")
-    faithful = [render(replace(sample_spec(rng), object="black cat", background="red", position="left", size="large", second_object=None))
-                for _ in range(8)]  # fmt: skip
-    wrong = [render(replace(sample_spec(rng), object="black cat", background="green", position="left", size="large", second_object=None))
-             for _ in range(8)]  # fmt: skip
+    faithful = [
+        render(
+            replace(
+                sample_spec(rng),
+                object="black cat",
+                background="red",
+                position="left",
+                size="large",
+                second_object=None,
+            )
+        )
+        for _ in range(8)
+    ]
+    wrong = [
+        render(
+            replace(
+                sample_spec(rng),
+                object="black cat",
+                background="green",
+                position="left",
+                size="large",
+                second_object=None,
+            )
+        )
+        for _ in range(8)
+    ]
     assert text_alignment(judge, faithful, prompt) > 0.95
     assert text_alignment(judge, wrong, prompt) < 0.75
 
@@ -71,9 +99,14 @@ def test_fidelity_prefers_the_concept_over_its_category_mates(judge):
     concept = example_concept("<mycat>")
     references = [Image.open(path).convert("RGB") for path in concept.image_paths()]
     rng = random.Random(5)
-    fresh = [render(replace(sample_spec(rng), object=concept.object, second_object=None, position="centre")) for _ in range(6)]
+    fresh = [
+        render(replace(sample_spec(rng), object=concept.object, second_object=None, position="centre"))
+        for _ in range(6)
+    ]
     other = next(name for name in members("cat") if name not in HELD_OUT)
-    impostors = [render(replace(sample_spec(rng), object=other, second_object=None, position="centre")) for _ in range(6)]
+    impostors = [
+        render(replace(sample_spec(rng), object=other, second_object=None, position="centre")) for _ in range(6)
+    ]
     assert identity_fidelity(judge, fresh, references) > identity_fidelity(judge, impostors, references) + 0.2
     assert recognised_share(judge, fresh, concept.object) == 1.0
     assert recognised_share(judge, impostors, concept.object) == 0.0

@@ -37,7 +37,9 @@ def test_alignment_counts_the_share_of_attributes_found():
 def test_two_object_alignment_checks_sides_and_categories():
     pair = SceneSpec("cat face", "red", "left", "large", second_object="teacup")
     assert alignment_per_image(oracle_output([pair]), PromptSpec("red", "left", None, "cup", "cat")) == [1.0]
-    assert alignment_per_image(oracle_output([pair]), PromptSpec("red", "right", None, "cup", "cat")) == [pytest.approx(2 / 3)]
+    assert alignment_per_image(oracle_output([pair]), PromptSpec("red", "right", None, "cup", "cat")) == [
+        pytest.approx(2 / 3)
+    ]
     assert alignment_per_image(oracle_output([pair]), PromptSpec("red", None, None, "dog", "cat")) == [0.5]
     single = SceneSpec("cat face", "red", "left", "large")
     assert alignment_per_image(oracle_output([single]), PromptSpec("red", None, None, "teacup", "cat")) == [0.5]
@@ -46,7 +48,11 @@ def test_two_object_alignment_checks_sides_and_categories():
 def test_prompt_specs_render_and_refuse_bad_values():
     prompt = PromptSpec(background="orange", position="top", size="large", supercategory="cat")
     assert prompt.text("<mycat>") == "a photo of a large <mycat> at the top on an orange background"
-    assert prompt.text("cat").endswith("on an orange background") and prompt.stated == ("background", "position", "size")
+    assert prompt.text("cat").endswith("on an orange background") and prompt.stated == (
+        "background",
+        "position",
+        "size",
+    )
     with pytest.raises(ValueError, match="background"):
         PromptSpec(background="mauve")
     with pytest.raises(ValueError, match="supercategory"):

@@ -62,7 +62,9 @@ def test_captions_state_only_true_attributes():
         assert any(word in text for word in _object_words(spec.object))
         if "background" in caption.stated:
             assert spec.background in text
-            assert all(colour == spec.background or not re.search(rf"\b{colour}\b", text) for colour in catalog.BACKGROUNDS)
+            assert all(
+                colour == spec.background or not re.search(rf"\b{colour}\b", text) for colour in catalog.BACKGROUNDS
+            )
         if "size" in caption.stated:
             assert any(re.search(rf"\b{word}\b", text) for word in SIZE_WORDS[spec.size])
             other = next(size for size in catalog.SIZES if size != spec.size)

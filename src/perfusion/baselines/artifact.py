@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from perfusion.baselines.training import BaselineError, BaselineResult
 from perfusion.files import atomic_save_safetensors
 from perfusion.loader import pipeline_fingerprint
-from perfusion.baselines.training import BaselineError, BaselineResult
 
 FORMAT = "perfusion-baseline"
 

@@ -52,9 +52,15 @@ def cross_attention_layers(unet) -> dict[str, torch.nn.Module]:
 
 
 def custom_processor(attention, weights: dict[str, torch.Tensor]) -> CustomDiffusionAttnProcessor2_0:
-    processor = CustomDiffusionAttnProcessor2_0(train_kv=True, train_q_out=False, hidden_size=attention.to_k.out_features,
-                                                cross_attention_dim=attention.to_k.in_features)  # fmt: skip
-    processor.load_state_dict({f"{projection}_custom_diffusion.weight": weights[projection] for projection in PROJECTIONS})
+    processor = CustomDiffusionAttnProcessor2_0(
+        train_kv=True,
+        train_q_out=False,
+        hidden_size=attention.to_k.out_features,
+        cross_attention_dim=attention.to_k.in_features,
+    )
+    processor.load_state_dict(
+        {f"{projection}_custom_diffusion.weight": weights[projection] for projection in PROJECTIONS}
+    )
     return processor.to(attention.to_k.weight.device)
 
 
@@ -77,8 +83,10 @@ class CustomDiffusionTrainer(BaselineTrainer):
     def setup(self) -> list[dict]:
         unet = self.pipe.unet
         self.originals = dict(unet.attn_processors)
-        base = {name: {projection: getattr(module, projection).weight.detach().float() for projection in PROJECTIONS}
-                for name, module in cross_attention_layers(unet).items()}  # fmt: skip
+        base = {
+            name: {projection: getattr(module, projection).weight.detach().float() for projection in PROJECTIONS}
+            for name, module in cross_attention_layers(unet).items()
+        }
         self.processors = install(unet, base)
         self.embedding = NewTokenEmbedding(self.pipe, self.token, self.config.initializer)
         weights = [parameter for processor in self.processors.values() for parameter in processor.parameters()]
@@ -89,16 +97,25 @@ class CustomDiffusionTrainer(BaselineTrainer):
         self.embedding.remove()
 
     def artifact(self) -> dict[str, torch.Tensor]:
-        tensors = {f"{name}.{key}": value for name, processor in self.processors.items()
-                   for key, value in processor.state_dict().items()}  # fmt: skip
+        tensors = {
+            f"{name}.{key}": value
+            for name, processor in self.processors.items()
+            for key, value in processor.state_dict().items()
+        }
         return {**tensors, self.token: self.embedding.vector}
 
 
 CONFIG = CustomDiffusionConfig
 
 
-def train(pipe, images: list[TrainingImage], token: str, supercategory: str,
-          config: CustomDiffusionConfig | None = None, progress: bool = True) -> BaselineResult:  # fmt: skip
+def train(
+    pipe,
+    images: list[TrainingImage],
+    token: str,
+    supercategory: str,
+    config: CustomDiffusionConfig | None = None,
+    progress: bool = True,
+) -> BaselineResult:
     """Train K/V of every cross-attention layer and ``token``; the pipeline is left as it was."""
     return CustomDiffusionTrainer(pipe, images, token, supercategory, config or CustomDiffusionConfig()).run(progress)
 
@@ -109,12 +126,18 @@ def apply(pipe, path: str | Path):
     check_base(pipe, metadata, path)
     token, unet = metadata["token"], pipe.unet
     layers = cross_attention_layers(unet)
-    base = {name: {p: getattr(module, p).weight.detach().float() for p in PROJECTIONS} for name, module in layers.items()}
+    base = {
+        name: {p: getattr(module, p).weight.detach().float() for p in PROJECTIONS} for name, module in layers.items()
+    }
     trained = {name: {p: tensors[f"{name}.{p}_custom_diffusion.weight"] for p in PROJECTIONS} for name in layers}
     processors = install(unet, trained)
     with embedding_frozen_state_kept(pipe.text_encoder):
-        pipe.load_textual_inversion(tensors[token].to(pipe.text_encoder.dtype), token=token,
-                                    tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)  # fmt: skip
+        pipe.load_textual_inversion(
+            tensors[token].to(pipe.text_encoder.dtype),
+            token=token,
+            tokenizer=pipe.tokenizer,
+            text_encoder=pipe.text_encoder,
+        )
 
     @torch.no_grad()
     def set_strength(scale: float) -> None:

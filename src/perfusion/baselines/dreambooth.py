@@ -62,8 +62,14 @@ class DreamBoothTrainer(RareWordTrainer):
 CONFIG = DreamBoothConfig
 
 
-def train(pipe, images: list[TrainingImage], token: str, supercategory: str,
-          config: DreamBoothConfig | None = None, progress: bool = True) -> BaselineResult:  # fmt: skip
+def train(
+    pipe,
+    images: list[TrainingImage],
+    token: str,
+    supercategory: str,
+    config: DreamBoothConfig | None = None,
+    progress: bool = True,
+) -> BaselineResult:
     """Fine-tune a copy of the UNet; ``token`` is how the benchmark's prompts name the concept."""
     return DreamBoothTrainer(pipe, images, token, supercategory, config or DreamBoothConfig()).run(progress)
 

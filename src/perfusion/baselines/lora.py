@@ -44,8 +44,12 @@ class LoraBaselineConfig(BaselineConfig):
         return cls(**{"steps": 400, "lr": 1e-3, **overrides})
 
     def peft_config(self) -> LoraConfig:
-        return LoraConfig(r=self.rank, lora_alpha=self.alpha or self.rank, init_lora_weights="gaussian",
-                          target_modules=list(self.target_modules))  # fmt: skip
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha or self.rank,
+            init_lora_weights="gaussian",
+            target_modules=list(self.target_modules),
+        )
 
 
 class LoraTrainer(RareWordTrainer):
@@ -76,8 +80,14 @@ class LoraTrainer(RareWordTrainer):
 CONFIG = LoraBaselineConfig
 
 
-def train(pipe, images: list[TrainingImage], token: str, supercategory: str,
-          config: LoraBaselineConfig | None = None, progress: bool = True) -> BaselineResult:  # fmt: skip
+def train(
+    pipe,
+    images: list[TrainingImage],
+    token: str,
+    supercategory: str,
+    config: LoraBaselineConfig | None = None,
+    progress: bool = True,
+) -> BaselineResult:
     """Train a LoRA of the UNet's attention; the pipeline passed in keeps its plain layers."""
     return LoraTrainer(pipe, images, token, supercategory, config or LoraBaselineConfig()).run(progress)
 

@@ -61,8 +61,14 @@ class TextualInversionTrainer(BaselineTrainer):
 CONFIG = TextualInversionConfig
 
 
-def train(pipe, images: list[TrainingImage], token: str, supercategory: str,
-          config: TextualInversionConfig | None = None, progress: bool = True) -> BaselineResult:  # fmt: skip
+def train(
+    pipe,
+    images: list[TrainingImage],
+    token: str,
+    supercategory: str,
+    config: TextualInversionConfig | None = None,
+    progress: bool = True,
+) -> BaselineResult:
     """Learn ``token``'s embedding; the pipeline's weights and tokenizer are left as they were."""
     return TextualInversionTrainer(pipe, images, token, supercategory, config or TextualInversionConfig()).run(progress)
 
@@ -73,6 +79,10 @@ def apply(pipe, path: str | Path):
     check_base(pipe, metadata, path)
     token = metadata["token"]
     with embedding_frozen_state_kept(pipe.text_encoder):
-        pipe.load_textual_inversion(tensors[token].to(pipe.text_encoder.dtype), token=token,
-                                    tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)  # fmt: skip
+        pipe.load_textual_inversion(
+            tensors[token].to(pipe.text_encoder.dtype),
+            token=token,
+            tokenizer=pipe.tokenizer,
+            text_encoder=pipe.text_encoder,
+        )
     return personalised(metadata)

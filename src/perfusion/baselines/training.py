@@ -90,8 +90,16 @@ def class_latent_bank(pipe, prompt: str, config: BaselineConfig) -> LatentBank:
     batches = []
     for start in range(0, config.num_class_images, CLASS_IMAGE_BATCH):
         count = min(CLASS_IMAGE_BATCH, config.num_class_images - start)
-        batches.append(pipe(prompt, num_inference_steps=config.class_inference_steps, guidance_scale=config.class_guidance,
-                            num_images_per_prompt=count, generator=generator, output_type="latent").images)  # fmt: skip
+        batches.append(
+            pipe(
+                prompt,
+                num_inference_steps=config.class_inference_steps,
+                guidance_scale=config.class_guidance,
+                num_images_per_prompt=count,
+                generator=generator,
+                output_type="latent",
+            ).images
+        )
     means = torch.cat(batches).float()
     return LatentBank(means, torch.zeros_like(means), torch.ones_like(means[:, :1]))
 
@@ -109,15 +117,21 @@ class NewTokenEmbedding:
         initializer_ids = pipe.tokenizer(initializer, add_special_tokens=False).input_ids
         self.vector = torch.nn.Parameter(embeddings.weight[initializer_ids].detach().float().mean(0).clone())
         with embedding_frozen_state_kept(pipe.text_encoder):
-            pipe.load_textual_inversion(self.vector.detach().to(embeddings.weight.dtype), token=token,
-                                        tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)  # fmt: skip
+            pipe.load_textual_inversion(
+                self.vector.detach().to(embeddings.weight.dtype),
+                token=token,
+                tokenizer=pipe.tokenizer,
+                text_encoder=pipe.text_encoder,
+            )
         self.token_id = pipe.tokenizer.convert_tokens_to_ids(token)
         self.hook = substitute_token_embedding(pipe.text_encoder, self.token_id, self.vector)
 
     def remove(self) -> None:
         self.hook.remove()
         with embedding_frozen_state_kept(self.pipe.text_encoder):
-            self.pipe.unload_textual_inversion(self.token, tokenizer=self.pipe.tokenizer, text_encoder=self.pipe.text_encoder)
+            self.pipe.unload_textual_inversion(
+                self.token, tokenizer=self.pipe.tokenizer, text_encoder=self.pipe.text_encoder
+            )
 
 
 class BaselineTrainer(FineTuning):
@@ -171,8 +185,14 @@ class BaselineTrainer(FineTuning):
         latents, masks, ids = self.sample(self.bank, config.batch_size, self.instance_prompts(config.batch_size))
         if self.class_bank is not None:  # DreamBooth's prior preservation: one batch, two losses
             class_prompt = config.class_prompt.format(self.supercategory)
-            class_latents, class_masks, class_ids = self.sample(self.class_bank, config.batch_size, [class_prompt] * config.batch_size)
-            latents, masks, ids = torch.cat([latents, class_latents]), torch.cat([masks, class_masks]), torch.cat([ids, class_ids])
+            class_latents, class_masks, class_ids = self.sample(
+                self.class_bank, config.batch_size, [class_prompt] * config.batch_size
+            )
+            latents, masks, ids = (
+                torch.cat([latents, class_latents]),
+                torch.cat([masks, class_masks]),
+                torch.cat([ids, class_ids]),
+            )
         noisy, timesteps, target = noised(self.forward_process, latents, self.generator)
         with self.accelerator.autocast():
             with torch.set_grad_enabled(self.text_trainable):
@@ -182,7 +202,9 @@ class BaselineTrainer(FineTuning):
             return masked_mse(prediction, target, masks)
         (instance, prior), (instance_target, prior_target) = prediction.chunk(2), target.chunk(2)
         instance_masks, prior_masks = masks.chunk(2)
-        return masked_mse(instance, instance_target, instance_masks) + config.prior_loss_weight * masked_mse(prior, prior_target, prior_masks)
+        return masked_mse(instance, instance_target, instance_masks) + config.prior_loss_weight * masked_mse(
+            prior, prior_target, prior_masks
+        )
 
     def step(self) -> float:
         total = 0.0
@@ -212,11 +234,24 @@ class BaselineTrainer(FineTuning):
             self.teardown()
             self.restore_pipeline()
         metadata = {
-            "method": self.method, "token": self.token, "supercategory": self.supercategory, "phrase": self.phrase,
-            "base_fingerprint": self.fingerprint, "settings": json.dumps(self.config.settings()),
-        }  # fmt: skip
-        return BaselineResult(self.method, self.token, self.supercategory, self.phrase, tensors, metadata,
-                              time.perf_counter() - started, self.config.steps, self.losses)  # fmt: skip
+            "method": self.method,
+            "token": self.token,
+            "supercategory": self.supercategory,
+            "phrase": self.phrase,
+            "base_fingerprint": self.fingerprint,
+            "settings": json.dumps(self.config.settings()),
+        }
+        return BaselineResult(
+            self.method,
+            self.token,
+            self.supercategory,
+            self.phrase,
+            tensors,
+            metadata,
+            time.perf_counter() - started,
+            self.config.steps,
+            self.losses,
+        )
 
 
 class RareWordTrainer(BaselineTrainer):

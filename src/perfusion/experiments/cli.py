@@ -9,7 +9,9 @@ from perfusion.train import TrainingConfig
 
 
 def add_commands(commands) -> None:
-    sweep = commands.add_parser("sweep", help="generate a prompt set over a range of beta, score it, plot the Pareto front")
+    sweep = commands.add_parser(
+        "sweep", help="generate a prompt set over a range of beta, score it, plot the Pareto front"
+    )
     add_scoring_arguments(sweep)
     sweep.add_argument("--betas", default="0.5:0.9:9", help="start:stop:count or a comma list (default 0.5:0.9:9)")
     sweep.set_defaults(run=run_sweep_command)
@@ -32,18 +34,27 @@ def add_scoring_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="base model folder the concept was trained on")
     parser.add_argument("--concept", required=True, help="concept file")
     parser.add_argument("--prompts", help="prompt file (.txt with {} or .jsonl); default: the micro-world prompt set")
-    parser.add_argument("--images", help="the concept's own images (fidelity references); default: the shipped example's")
+    parser.add_argument(
+        "--images", help="the concept's own images (fidelity references); default: the shipped example's"
+    )
     parser.add_argument("--object", help="micro-world object name of the concept, for the recognised share")
-    parser.add_argument("--clip", help="a local CLIP model folder: score with CLIP-I / CLIP-T instead of the world judge")
+    parser.add_argument(
+        "--clip", help="a local CLIP model folder: score with CLIP-I / CLIP-T instead of the world judge"
+    )
     parser.add_argument("--tau", type=float, default=None)
     parser.add_argument("--images-per-prompt", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="default: the model's recipe, else 25")
-    parser.add_argument("--guidance", type=float, default=None,
-                        help="default: the model's recipe, else the pipeline's own (7.5; SDXL 5.0)")
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="default: the model's recipe, else the pipeline's own (7.5; SDXL 5.0)",
+    )
     parser.add_argument("--global-lock", action="store_true")
-    parser.add_argument("--height", type=int, default=None, help="image height in pixels, a multiple of 8 "
-                                                                   "(default: the pipeline's own)")  # fmt: skip
+    parser.add_argument(
+        "--height", type=int, default=None, help="image height in pixels, a multiple of 8 (default: the pipeline's own)"
+    )
     parser.add_argument("--width", type=int, default=None, help="image width in pixels (default: the pipeline's own)")
     parser.add_argument("--out", required=True, help="output folder (images, metrics.csv, metrics.json, pareto.png)")
     parser.add_argument("--force", action="store_true", help="write into an existing output folder")
@@ -53,8 +64,8 @@ def prepare(args, betas):
     """Everything a sweep needs, checked before the model is loaded."""
     from PIL import Image
 
-    from perfusion.errors import CommandError
     from perfusion.concept import Concept
+    from perfusion.errors import CommandError
     from perfusion.experiments.prompts import read_prompts, world_prompts
     from perfusion.experiments.scoring import ClipScoring, WorldScorer
     from perfusion.experiments.sweep import SweepConfig
@@ -80,24 +91,40 @@ def prepare(args, betas):
         prompts = world_prompts(concept.supercategory)
     unstated = [prompt.template for prompt in prompts if prompt.spec is None]
     if args.clip is None and unstated:
-        raise CommandError(f"{args.prompts}: the world judge scores prompts that state attributes (a .jsonl file, "
-                           f"not {unstated[0]!r}); give --clip MODEL to score other prompts with CLIP")  # fmt: skip
+        raise CommandError(
+            f"{args.prompts}: the world judge scores prompts that state attributes (a .jsonl file, "
+            f"not {unstated[0]!r}); give --clip MODEL to score other prompts with CLIP"
+        )
     scorer = ClipScoring(args.clip) if args.clip else WorldScorer(object_name)
     recipe = read_recipe(args.model).generation  # the model's own sampling settings, under the flags given
     steps = args.steps if args.steps is not None else recipe.get("num_inference_steps", SweepConfig.steps)
     guidance = args.guidance if args.guidance is not None else recipe.get("guidance_scale", SweepConfig.guidance)
-    config = SweepConfig(betas=betas, tau=args.tau, images_per_prompt=args.images_per_prompt, seed=args.seed,
-                         steps=steps, guidance=guidance, global_lock=args.global_lock or recipe.get("global_lock", False),
-                         composition=recipe.get("composition", SweepConfig.composition), height=args.height,
-                         width=args.width)  # fmt: skip
+    config = SweepConfig(
+        betas=betas,
+        tau=args.tau,
+        images_per_prompt=args.images_per_prompt,
+        seed=args.seed,
+        steps=steps,
+        guidance=guidance,
+        global_lock=args.global_lock or recipe.get("global_lock", False),
+        composition=recipe.get("composition", SweepConfig.composition),
+        height=args.height,
+        width=args.width,
+    )
     return out, concept, references, prompts, scorer, config
 
 
 def matching_example(concept):
     from perfusion.world.examples import example_concepts
 
-    return next((example for example in example_concepts() if example.token == concept.token
-                 and example.supercategory == concept.supercategory), None)  # fmt: skip
+    return next(
+        (
+            example
+            for example in example_concepts()
+            if example.token == concept.token and example.supercategory == concept.supercategory
+        ),
+        None,
+    )
 
 
 def run_sweep_command(args) -> None:
@@ -122,14 +149,18 @@ def run_scored(args, betas) -> None:
     pipe.set_progress_bar_config(disable=True)
     load_concepts(pipe, args.concept)
     sweep = run_sweep(pipe, concept, prompts, config, scorer, references, out)
-    print(f"{'beta':>6} {'alignment':>10} {'fidelity':>9} {'recognised':>10} {'accepted':>8}  ({scorer.name}; "
-          f"{len(prompts)} prompts x {config.images_per_prompt} images; fidelity over the accepted images)")  # fmt: skip
+    print(
+        f"{'beta':>6} {'alignment':>10} {'fidelity':>9} {'recognised':>10} {'accepted':>8}  ({scorer.name}; "
+        f"{len(prompts)} prompts x {config.images_per_prompt} images; fidelity over the accepted images)"
+    )
     for row in sweep.rows:
         recognised, accepted = ("" if value is None else f"{value:.3f}" for value in (row.recognised, row.accepted))
         print(f"{row.beta:6.3f} {row.alignment:10.3f} {row.fidelity:9.3f} {recognised:>10} {accepted:>8}")
     if sweep.trends:
-        print("trend as beta rises (paired over prompts, +- one standard error): "
-              + "; ".join(trend.describe() for trend in sweep.trends))  # fmt: skip
+        print(
+            "trend as beta rises (paired over prompts, +- one standard error): "
+            + "; ".join(trend.describe() for trend in sweep.trends)
+        )
     print(f"{out / 'metrics.csv'}, {out / 'pareto.png'}, {out / 'sheet.png'} (the images behind the figures)")
 
 

@@ -27,14 +27,19 @@ class ClipScorer:
         path = Path(path)
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"{path}: no CLIP model folder (config.json missing)")
-        return cls(CLIPModel.from_pretrained(path, local_files_only=True), CLIPTokenizer.from_pretrained(path, local_files_only=True),
-                   CLIPImageProcessor.from_pretrained(path, local_files_only=True))  # fmt: skip
+        return cls(
+            CLIPModel.from_pretrained(path, local_files_only=True),
+            CLIPTokenizer.from_pretrained(path, local_files_only=True),
+            CLIPImageProcessor.from_pretrained(path, local_files_only=True),
+        )
 
     @torch.no_grad()
     def image_embeddings(self, images) -> torch.Tensor:
         if not images:
             raise ValueError("no images")
-        pixels = self.image_processor(images=[image.convert("RGB") for image in images], return_tensors="pt")["pixel_values"]
+        pixels = self.image_processor(images=[image.convert("RGB") for image in images], return_tensors="pt")[
+            "pixel_values"
+        ]
         features = self.model.get_image_features(pixel_values=pixels.to(self.model.device, self.model.dtype))
         return torch.nn.functional.normalize(_as_tensor(features).float(), dim=-1)
 

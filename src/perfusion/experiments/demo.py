@@ -64,8 +64,10 @@ def train_example(pipe, token: str, config: DemoConfig, out: Path, log):
     images = load_training_images(example.directory, example.mask_dir)
     result = train_concept(pipe, images, example.token, example.supercategory, config.training)
     path = result.concept.save(out / "concepts" / f"{example.directory.name}.safetensors")
-    log(f"{example.token} ({example.supercategory}, {example.object}): {len(images)} images, "
-        f"{config.training.steps} steps in {result.seconds:.0f} s, {path.stat().st_size / 1000:.1f} KB -> {path}")  # fmt: skip
+    log(
+        f"{example.token} ({example.supercategory}, {example.object}): {len(images)} images, "
+        f"{config.training.steps} steps in {result.seconds:.0f} s, {path.stat().st_size / 1000:.1f} KB -> {path}"
+    )
     return example, images, result, path
 
 
@@ -79,14 +81,28 @@ def run_demo(pipe, out: Path, config: DemoConfig, log=print) -> Path:
     for token in config.concepts:
         example, images, result, path = train_example(pipe, token, config, out, log)
         trained.append((example, images, result, path))
-        summary["concepts"][token] = {"object": example.object, "bytes": path.stat().st_size, "seconds": result.seconds,
-                                      "held_out_loss": result.held_out_loss}  # fmt: skip
-        sections.append(Section(
-            f"Training images of {token} (supercategory '{example.supercategory}')",
-            f"{len(images)} images; {config.training.steps} steps in {result.seconds:.0f} s; concept file "
-            f"{path.stat().st_size / 1000:.1f} KB; loss on fixed noise {result.held_out_loss[0]:.4f} -> {result.held_out_loss[1]:.4f}",
-            rows=[ImageRow("", [(p, p.name) for p in copy_images(example.image_paths(), out / "training" / example.directory.name)])],
-        ))  # fmt: skip
+        summary["concepts"][token] = {
+            "object": example.object,
+            "bytes": path.stat().st_size,
+            "seconds": result.seconds,
+            "held_out_loss": result.held_out_loss,
+        }
+        sections.append(
+            Section(
+                f"Training images of {token} (supercategory '{example.supercategory}')",
+                f"{len(images)} images; {config.training.steps} steps in {result.seconds:.0f} s; concept file "
+                f"{path.stat().st_size / 1000:.1f} KB; loss on fixed noise {result.held_out_loss[0]:.4f} -> {result.held_out_loss[1]:.4f}",
+                rows=[
+                    ImageRow(
+                        "",
+                        [
+                            (p, p.name)
+                            for p in copy_images(example.image_paths(), out / "training" / example.directory.name)
+                        ],
+                    )
+                ],
+            )
+        )
     load_concepts(pipe, [item[3] for item in trained])
 
     example, images, result, _ = trained[0]
@@ -102,28 +118,41 @@ def run_demo(pipe, out: Path, config: DemoConfig, log=print) -> Path:
     # The same prompts and seeds with the plain supercategory word: what the base model gives without the concept.
     plain = generate_prompts(pipe, concept, prompts, config.sweep, None, None, subject=example.supercategory)
     plain_scores = scorer.score(plain, images_of(example), example.supercategory)
-    write_sheet(out / "contexts.png", [SheetRow("training images", [(image, "") for image in images_of(example)]),
-                                       SheetRow(f"{concept.token} (beta {concept.beta})", prompt_cells(generated)),
-                                       SheetRow(f"'{example.supercategory}' (no concept)", prompt_cells(plain))],
-                f"{concept.token} in new contexts, and the base model with '{example.supercategory}'")  # fmt: skip
+    write_sheet(
+        out / "contexts.png",
+        [
+            SheetRow("training images", [(image, "") for image in images_of(example)]),
+            SheetRow(f"{concept.token} (beta {concept.beta})", prompt_cells(generated)),
+            SheetRow(f"'{example.supercategory}' (no concept)", prompt_cells(plain)),
+        ],
+        f"{concept.token} in new contexts, and the base model with '{example.supercategory}'",
+    )
     summary["new_contexts"], summary["supercategory_only"] = asdict(scores), asdict(plain_scores)
-    sections.append(Section(
-        f"{concept.token} in new contexts (beta {concept.beta}, tau {concept.tau})",
-        f"judge: recognised as the {example.object} {scores.recognised:.2f}, any object accepted {scores.accepted:.2f}, "
-        f"alignment {scores.alignment:.2f}, fidelity (accepted images) {scores.fidelity:.2f}; the same prompts and seeds "
-        f"with '{example.supercategory}' instead of {concept.token}: recognised {plain_scores.recognised:.2f}, accepted "
-        f"{plain_scores.accepted:.2f}, alignment {plain_scores.alignment:.2f}, fidelity {plain_scores.fidelity:.2f}. "
-        "Contact sheet: contexts.png",
-        rows=rows,
-    ))  # fmt: skip
+    sections.append(
+        Section(
+            f"{concept.token} in new contexts (beta {concept.beta}, tau {concept.tau})",
+            f"judge: recognised as the {example.object} {scores.recognised:.2f}, any object accepted {scores.accepted:.2f}, "
+            f"alignment {scores.alignment:.2f}, fidelity (accepted images) {scores.fidelity:.2f}; the same prompts and seeds "
+            f"with '{example.supercategory}' instead of {concept.token}: recognised {plain_scores.recognised:.2f}, accepted "
+            f"{plain_scores.accepted:.2f}, alignment {plain_scores.alignment:.2f}, fidelity {plain_scores.fidelity:.2f}. "
+            "Contact sheet: contexts.png",
+            rows=rows,
+        )
+    )
 
     sweep = run_sweep(pipe, concept, prompts, config.sweep, scorer, images_of(example), out / "sweep")
     summary["sweep"] = [asdict(row) for row in sweep.rows]
     summary["sweep_trends"], summary["sweep_monotone_within_noise"] = [asdict(t) for t in sweep.trends], sweep.monotone
     trends = "; ".join(trend.describe() for trend in sweep.trends)
-    sections.append(Section("Beta sweep: fidelity against alignment", "Lower beta: more like the concept; higher beta: "
-                            f"more like the prompt. Measured trend as beta rises (paired over prompts): {trends or 'none'}.",
-                            table=[asdict(row) for row in sweep.rows], plot=out / "sweep" / "pareto.png"))  # fmt: skip
+    sections.append(
+        Section(
+            "Beta sweep: fidelity against alignment",
+            "Lower beta: more like the concept; higher beta: "
+            f"more like the prompt. Measured trend as beta rises (paired over prompts): {trends or 'none'}.",
+            table=[asdict(row) for row in sweep.rows],
+            plot=out / "sweep" / "pareto.png",
+        )
+    )
 
     sections.append(composition_section(pipe, trained, config, out, summary))
     summary["seconds"] = time.perf_counter() - started
@@ -152,8 +181,10 @@ def composition_section(pipe, trained, config: DemoConfig, out: Path, summary: d
 
     (first, _, first_result, _), (second, _, _, _) = trained[:2]
     judge = Judge.load()
-    cases = [(f"a photo of a {first.token} next to a {second.token} on a {bg} background", {first.object, second.object})
-             for bg in config.composition_backgrounds]  # fmt: skip
+    cases = [
+        (f"a photo of a {first.token} next to a {second.token} on a {bg} background", {first.object, second.object})
+        for bg in config.composition_backgrounds
+    ]
     cases.append((f"a photo of a {first.token} next to a {first.supercategory} on a blue background", {first.object}))
     rows, successes, sheet_rows = [], [], []
     for index, (text, wanted) in enumerate(cases):
@@ -164,8 +195,9 @@ def composition_section(pipe, trained, config: DemoConfig, out: Path, summary: d
         hits = [wanted <= set(v.present) and (len(wanted) == 2 or len(v.present) == 2) for v in verdicts]
         successes.extend(hits)
         rows.append(ImageRow(text, [(p, "both found" if hit else "not both") for p, hit in zip(paths, hits)]))
-        sheet_rows.append(SheetRow(text, [(image, ", ".join(v.present) or "nothing recognised")
-                                          for image, v in zip(batch, verdicts)]))  # fmt: skip
+        sheet_rows.append(
+            SheetRow(text, [(image, ", ".join(v.present) or "nothing recognised") for image, v in zip(batch, verdicts)])
+        )
     write_sheet(out / "composition.png", sheet_rows, "composition: what the judge names in each image")
     rate = sum(successes) / len(successes)
     summary["composition_success"] = rate

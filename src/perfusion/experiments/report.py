@@ -36,8 +36,10 @@ def render(title: str, sections: list[Section], base: Path) -> str:
     def link(path: Path) -> str:
         return html.escape(str(Path(path).resolve().relative_to(base.resolve())))
 
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]  # fmt: skip
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
+    ]
     for section in sections:
         parts.append(f"<h2>{html.escape(section.heading)}</h2>")
         if section.text:
@@ -48,13 +50,17 @@ def render(title: str, sections: list[Section], base: Path) -> str:
             columns = list(section.table[0])
             parts.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr>")
             for record in section.table:
-                parts.append("<tr>" + "".join(f"<td>{html.escape(format_cell(record[c]))}</td>" for c in columns) + "</tr>")
+                parts.append(
+                    "<tr>" + "".join(f"<td>{html.escape(format_cell(record[c]))}</td>" for c in columns) + "</tr>"
+                )
             parts.append("</table>")
         for row in section.rows:
             parts.append(f"<div class='row'><b>{html.escape(row.title)}</b>")
             for path, caption in row.images:
-                parts.append(f"<figure><img src='{link(path)}' alt='{html.escape(caption)}'>"
-                             f"<figcaption>{html.escape(caption)}</figcaption></figure>")  # fmt: skip
+                parts.append(
+                    f"<figure><img src='{link(path)}' alt='{html.escape(caption)}'>"
+                    f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+                )
             parts.append("</div>")
     parts.append("</body></html>")
     return "\n".join(parts)

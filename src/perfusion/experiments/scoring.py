@@ -14,20 +14,34 @@ from perfusion.experiments.prompts import EvalPrompt
 class Scores:
     alignment: float  # world: share of stated attributes found; CLIP: CLIP-T with the supercategory word
     fidelity: float  # world: judge-embedding cosine to the concept images over the accepted images; CLIP: CLIP-I
-    recognised: float | None = None  # world only: share of images where the judge accepts an object and names the concept
+    recognised: float | None = (
+        None  # world only: share of images where the judge accepts an object and names the concept
+    )
     accepted: float | None = None  # world only: share of images where the judge accepts any object (fidelity's base)
     # Each metric per prompt, in prompt order (what the means above average; a sweep's trend needs them paired).
     per_prompt: dict[str, tuple[float, ...]] = field(default_factory=dict, compare=False)
 
     @classmethod
-    def from_prompts(cls, alignment: list[float], fidelity: list[float], recognised: list[float] | None = None,
-                     accepted: list[float] | None = None) -> Scores:  # fmt: skip
+    def from_prompts(
+        cls,
+        alignment: list[float],
+        fidelity: list[float],
+        recognised: list[float] | None = None,
+        accepted: list[float] | None = None,
+    ) -> Scores:
         """Means of per-prompt values, keeping those values (recognised / accepted left out when empty or None).
         A prompt whose fidelity is nan (no image accepted) is left out of the fidelity mean."""
         per_prompt = {"alignment": tuple(alignment), "fidelity": tuple(fidelity)}
-        per_prompt.update({name: tuple(values) for name, values in (("recognised", recognised), ("accepted", accepted)) if values})
-        return cls(mean(alignment), mean(fidelity), mean(recognised) if recognised else None,
-                   mean(accepted) if accepted else None, per_prompt)  # fmt: skip
+        per_prompt.update(
+            {name: tuple(values) for name, values in (("recognised", recognised), ("accepted", accepted)) if values}
+        )
+        return cls(
+            mean(alignment),
+            mean(fidelity),
+            mean(recognised) if recognised else None,
+            mean(accepted) if accepted else None,
+            per_prompt,
+        )
 
 
 def mean(values) -> float:
@@ -49,9 +63,13 @@ class WorldScorer:
         self.object_name = object_name
 
     def fit(self, images: list[Image.Image]) -> list[Image.Image]:
-        return [image if image.size == (self.size, self.size) else image.resize((self.size, self.size)) for image in images]
+        return [
+            image if image.size == (self.size, self.size) else image.resize((self.size, self.size)) for image in images
+        ]
 
-    def score(self, images_by_prompt: dict[EvalPrompt, list[Image.Image]], references: list[Image.Image], supercategory: str):
+    def score(
+        self, images_by_prompt: dict[EvalPrompt, list[Image.Image]], references: list[Image.Image], supercategory: str
+    ):
         from perfusion.world.metrics import accepted_fidelity, alignment_per_image, recognised
 
         missing = [prompt.template for prompt in images_by_prompt if prompt.spec is None]
@@ -80,7 +98,11 @@ class ClipScoring:
 
         self.clip = ClipScorer.load(path)
 
-    def score(self, images_by_prompt: dict[EvalPrompt, list[Image.Image]], references: list[Image.Image], supercategory: str):
-        alignment = [self.clip.clip_t(images, prompt.text(supercategory)) for prompt, images in images_by_prompt.items()]
+    def score(
+        self, images_by_prompt: dict[EvalPrompt, list[Image.Image]], references: list[Image.Image], supercategory: str
+    ):
+        alignment = [
+            self.clip.clip_t(images, prompt.text(supercategory)) for prompt, images in images_by_prompt.items()
+        ]
         fidelity = [self.clip.clip_i(images, references) for images in images_by_prompt.values()]
         return Scores.from_prompts(alignment, fidelity)

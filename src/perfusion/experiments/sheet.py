@@ -32,8 +32,11 @@ class SheetRow:
 
 def prompt_cells(images_by_prompt: dict) -> list[tuple[Image.Image, str]]:
     """Cells of a row from {EvalPrompt: [images]}: each image under its prompt ("*" where the concept goes)."""
-    return [(image, f"{prompt.template.removeprefix('a photo of ').replace('{}', '*')} #{number}")
-            for prompt, images in images_by_prompt.items() for number, image in enumerate(images)]  # fmt: skip
+    return [
+        (image, f"{prompt.template.removeprefix('a photo of ').replace('{}', '*')} #{number}")
+        for prompt, images in images_by_prompt.items()
+        for number, image in enumerate(images)
+    ]
 
 
 def sheet_image(rows: Sequence[SheetRow], title: str = "", columns: int | None = None) -> Image.Image:
@@ -60,7 +63,9 @@ def sheet_image(rows: Sequence[SheetRow], title: str = "", columns: int | None =
             left = ROW_LABEL_WIDTH + (index % columns) * (CELL + 4)
             cell_top = top + (index // columns) * cell_height
             scale = CELL / max(image.size)  # the whole image in the cell, its aspect kept
-            shown = image.convert("RGB").resize((round(image.width * scale), round(image.height * scale)), Image.NEAREST)
+            shown = image.convert("RGB").resize(
+                (round(image.width * scale), round(image.height * scale)), Image.NEAREST
+            )
             sheet.paste(shown, (left + (CELL - shown.width) // 2, cell_top + 2 + (CELL - shown.height) // 2))
             for line_index, line in enumerate(textwrap.wrap(label, LABEL_WIDTH)[:LABEL_LINES]):
                 draw.text((left, cell_top + CELL + 4 + line_index * LINE_HEIGHT), line, fill="black", font=font)

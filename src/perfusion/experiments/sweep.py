@@ -80,17 +80,29 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "prompt"
 
 
-def generate_prompts(pipe, concept: Concept, prompts: list[EvalPrompt], config: SweepConfig, beta: float | None,
-                     out_dir: Path | None, subject: str | None = None) -> dict[EvalPrompt, list[Image.Image]]:  # fmt: skip
+def generate_prompts(
+    pipe,
+    concept: Concept,
+    prompts: list[EvalPrompt],
+    config: SweepConfig,
+    beta: float | None,
+    out_dir: Path | None,
+    subject: str | None = None,
+) -> dict[EvalPrompt, list[Image.Image]]:
     """Images for every prompt at one beta (None: the concept's default), saved under ``out_dir`` if given."""
     settings = {concept.token: (beta, config.tau)}
     images_by_prompt = {}
     for index, prompt in enumerate(prompts):
-        generation = GenerationConfig(num_inference_steps=config.steps, guidance_scale=config.guidance,
-                                      num_images_per_prompt=config.images_per_prompt,
-                                      seed=config.seed + index * config.images_per_prompt,
-                                      global_lock=config.global_lock, composition=config.composition,
-                                      height=config.height, width=config.width)  # fmt: skip
+        generation = GenerationConfig(
+            num_inference_steps=config.steps,
+            guidance_scale=config.guidance,
+            num_images_per_prompt=config.images_per_prompt,
+            seed=config.seed + index * config.images_per_prompt,
+            global_lock=config.global_lock,
+            composition=config.composition,
+            height=config.height,
+            width=config.width,
+        )
         text = prompt.text(subject or concept.token)
         images = generate(pipe, text, generation, settings)
         images_by_prompt[prompt] = images
@@ -101,8 +113,16 @@ def generate_prompts(pipe, concept: Concept, prompts: list[EvalPrompt], config: 
     return images_by_prompt
 
 
-def run_sweep(pipe, concept: Concept, prompts: list[EvalPrompt], config: SweepConfig, scorer, references, out_dir: Path,
-              progress: bool = True) -> SweepResult:  # fmt: skip
+def run_sweep(
+    pipe,
+    concept: Concept,
+    prompts: list[EvalPrompt],
+    config: SweepConfig,
+    scorer,
+    references,
+    out_dir: Path,
+    progress: bool = True,
+) -> SweepResult:
     """The concept must be loaded in ``pipe``. Writes images, metrics.csv, metrics.json (with the trends), pareto.png and
     sheet.png (every image scored, one row per beta)."""
     from perfusion.generation import check_gate
@@ -115,13 +135,27 @@ def run_sweep(pipe, concept: Concept, prompts: list[EvalPrompt], config: SweepCo
         images = generate_prompts(pipe, concept, prompts, config, beta, out_dir / f"beta-{beta:.3f}")
         scores: Scores = scorer.score(images, references, concept.supercategory)
         count = sum(len(batch) for batch in images.values())
-        rows.append(SweepRow(beta, scores.alignment, scores.fidelity, scores.recognised, scores.accepted, count,
-                             time.perf_counter() - started))  # fmt: skip
+        rows.append(
+            SweepRow(
+                beta,
+                scores.alignment,
+                scores.fidelity,
+                scores.recognised,
+                scores.accepted,
+                count,
+                time.perf_counter() - started,
+            )
+        )
         per_prompt.append(scores.per_prompt)
         sheet_rows.append(SheetRow(f"beta {beta:.3f}", prompt_cells(images)))
     result = SweepResult(rows, sweep_trends(list(config.betas), per_prompt))
-    about = {"concept": concept.token, "scorer": scorer.name, "config": asdict(config),
-             "trends": [asdict(trend) for trend in result.trends], "monotone_within_noise": result.monotone}  # fmt: skip
+    about = {
+        "concept": concept.token,
+        "scorer": scorer.name,
+        "config": asdict(config),
+        "trends": [asdict(trend) for trend in result.trends],
+        "monotone_within_noise": result.monotone,
+    }
     write_table(rows, out_dir, about)
     write_sheet(out_dir / "sheet.png", sheet_rows, f"{concept.token}: one row per beta ({scorer.name})")
     plot_sweep({f"perfusion {concept.token}": rows}, out_dir / "pareto.png", scorer.name)

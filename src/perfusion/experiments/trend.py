@@ -50,12 +50,17 @@ def metric_trend(metric: str, betas: list[float], per_prompt: list[tuple[float, 
     return Trend(metric, mean, stderr, prompts, verdict)
 
 
-def sweep_trends(betas: list[float], per_prompt_by_beta: list[dict[str, tuple[float, ...]]], toward_prompt: int = 1) -> list[Trend]:
+def sweep_trends(
+    betas: list[float], per_prompt_by_beta: list[dict[str, tuple[float, ...]]], toward_prompt: int = 1
+) -> list[Trend]:
     """One Trend per metric that every beta scored per prompt (none for a sweep of fewer than two betas)."""
     if len(set(betas)) < 2:
         return []
-    metrics = [m for m in EXPECTED_SIGN  # a metric with a nan anywhere (fidelity with no image accepted) is not paired
-               if all(scores.get(m) and not any(math.isnan(v) for v in scores[m]) for scores in per_prompt_by_beta)]
+    metrics = [
+        m
+        for m in EXPECTED_SIGN  # a metric with a nan anywhere (fidelity with no image accepted) is not paired
+        if all(scores.get(m) and not any(math.isnan(v) for v in scores[m]) for scores in per_prompt_by_beta)
+    ]
     return [metric_trend(m, list(betas), [scores[m] for scores in per_prompt_by_beta], toward_prompt) for m in metrics]
 
 

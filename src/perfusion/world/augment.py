@@ -32,8 +32,12 @@ def blur(images: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     radius = kernels.shape[1] // 2
     weight = kernels.repeat_interleave(channels, dim=0)  # (N*C, k)
     flat = images.reshape(1, count * channels, height, width)
-    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), weight[:, None, None, :], groups=count * channels)
-    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), weight[:, None, :, None], groups=count * channels)
+    flat = F.conv2d(
+        F.pad(flat, (radius, radius, 0, 0), mode="replicate"), weight[:, None, None, :], groups=count * channels
+    )
+    flat = F.conv2d(
+        F.pad(flat, (0, 0, radius, radius), mode="replicate"), weight[:, None, :, None], groups=count * channels
+    )
     return flat.reshape(count, channels, height, width)
 
 

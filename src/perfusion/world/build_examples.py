@@ -1,6 +1,6 @@
 """Re-create the shipped example concepts (held-out objects, a few photos and masks each) from the committed glyphs.
 
-    python -m perfusion.world.build_examples
+python -m perfusion.world.build_examples
 """
 
 from __future__ import annotations
@@ -15,8 +15,12 @@ from .examples import EXAMPLES_DIR
 from .scenes import SceneSpec, render_with_mask
 
 # folder, token, held-out object
-EXAMPLES = (("mycat", "<mycat>", "black cat"), ("mydog", "<mydog>", "poodle"), ("mymug", "<mymug>", "beer mug"),
-            ("mybird", "<mybird>", "peacock"))  # fmt: skip
+EXAMPLES = (
+    ("mycat", "<mycat>", "black cat"),
+    ("mydog", "<mydog>", "poodle"),
+    ("mymug", "<mymug>", "beer mug"),
+    ("mybird", "<mybird>", "peacock"),
+)
 
 
 @dataclass(frozen=True)
@@ -34,10 +38,18 @@ def photo_specs(name: str, config: PhotoConfig, rng: random.Random) -> list[Scen
     specs = []
     for index in range(config.photos):
         base = SceneSpec(name, backgrounds[index], positions[index % len(positions)], SIZES[(index + 1) % len(SIZES)])
-        specs.append(replace(base, dx=rng.uniform(-config.max_shift, config.max_shift), dy=rng.uniform(-config.max_shift, config.max_shift),
-                             rotation=rng.uniform(-config.max_rotation, config.max_rotation), flip=index % 2 == 1,
-                             texture=rng.choice(("plain", "gradient", "noise")), texture_angle=rng.uniform(0, 360),
-                             texture_seed=rng.randrange(2**31)))  # fmt: skip
+        specs.append(
+            replace(
+                base,
+                dx=rng.uniform(-config.max_shift, config.max_shift),
+                dy=rng.uniform(-config.max_shift, config.max_shift),
+                rotation=rng.uniform(-config.max_rotation, config.max_rotation),
+                flip=index % 2 == 1,
+                texture=rng.choice(("plain", "gradient", "noise")),
+                texture_angle=rng.uniform(0, 360),
+                texture_seed=rng.randrange(2**31),
+            )
+        )
     return specs
 
 

@@ -65,8 +65,15 @@ def describe(spec, rng: random.Random, choice: CaptionChoice = CaptionChoice()) 
         intro = intro or "a photo of"
         text = f"{intro} {noun_phrase(spec.object, None, rng.random() < choice.category_word)}"
         return Caption(text, frozenset())
-    stated = {key for key, chance in (("background", choice.state_background), ("position", choice.state_position),
-                                      ("size", choice.state_size)) if rng.random() < chance}  # fmt: skip
+    stated = {
+        key
+        for key, chance in (
+            ("background", choice.state_background),
+            ("position", choice.state_position),
+            ("size", choice.state_size),
+        )
+        if rng.random() < chance
+    }
     size_word = rng.choice(SIZE_WORDS[spec.size]) if "size" in stated else None
     first = noun_phrase(spec.object, size_word, rng.random() < choice.category_word)
     if spec.second_object is None:
@@ -78,7 +85,10 @@ def describe(spec, rng: random.Random, choice: CaptionChoice = CaptionChoice()) 
     tail = [phrase for phrase in (position,) if phrase]
     if "background" in stated:
         after_comma = rng.random() < 0.3
-        tail.insert(rng.randrange(len(tail) + 1), (", " if after_comma else "") + _background_phrase(spec.background, rng, after_comma))
+        tail.insert(
+            rng.randrange(len(tail) + 1),
+            (", " if after_comma else "") + _background_phrase(spec.background, rng, after_comma),
+        )
     text = " ".join(part for part in (intro, subject, *tail) if part).replace(" ,", ",")
     return Caption(text, frozenset(stated))
 
@@ -99,8 +109,14 @@ def caption(spec, rng: random.Random) -> str:
 
 def template_words() -> set[str]:
     """Every word the templates themselves contribute (object and colour words come from the catalog)."""
-    phrases = [*INTROS, *BACKGROUND_PHRASES, *PAIR_PHRASES, *SIDE_PHRASES.values(), PLAIN_BACKGROUND_FORM,
-               "a an on the left and right"]  # fmt: skip
+    phrases = [
+        *INTROS,
+        *BACKGROUND_PHRASES,
+        *PAIR_PHRASES,
+        *SIDE_PHRASES.values(),
+        PLAIN_BACKGROUND_FORM,
+        "a an on the left and right",
+    ]
     phrases += [word for words in SIZE_WORDS.values() for word in words]
     phrases += [phrase for options in POSITION_PHRASES.values() for phrase in options]
     return {word for phrase in phrases for word in re.findall(r"[a-z]+", phrase)}

@@ -127,4 +127,3 @@ def world_object(name: str) -> WorldObject:
     if name not in OBJECTS:
         raise KeyError(f"unknown object {name!r}; see perfusion.world.catalog.OBJECTS")
     return OBJECTS[name]
-

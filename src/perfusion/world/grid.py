@@ -1,6 +1,6 @@
 """A contact sheet of world scenes with their captions (the picture in docs/world.md).
 
-    python -m perfusion.world.grid [--out docs/world_grid.png] [--first-seed 0] [--rows 4] [--columns 6]
+python -m perfusion.world.grid [--out docs/world_grid.png] [--first-seed 0] [--rows 4] [--columns 6]
 """
 
 from __future__ import annotations

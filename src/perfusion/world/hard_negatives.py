@@ -40,7 +40,9 @@ class HardNegatives:
     @classmethod
     def load(cls, path: Path = HARD_NEGATIVES_PATH) -> HardNegatives:
         if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: no hard negatives; build them with python -m perfusion.world.hard_negatives")
+            raise FileNotFoundError(
+                f"{path}: no hard negatives; build them with python -m perfusion.world.hard_negatives"
+            )
         with np.load(path) as data:
             return cls(data["images"], [str(name) for name in data["sources"]])
 
@@ -57,15 +59,27 @@ class HardNegatives:
 
     def tensor(self, split: str) -> torch.Tensor:
         if split not in self._tensors:
-            self._tensors[split] = torch.from_numpy(self.images[self.indices(split)]).permute(0, 3, 1, 2).float() / 255.0
+            self._tensors[split] = (
+                torch.from_numpy(self.images[self.indices(split)]).permute(0, 3, 1, 2).float() / 255.0
+            )
         return self._tensors[split]
 
-    def appended(self, images: torch.Tensor, targets: dict[str, torch.Tensor], count: int, generator: torch.Generator,
-                 split: str = "train") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+    def appended(
+        self,
+        images: torch.Tensor,
+        targets: dict[str, torch.Tensor],
+        count: int,
+        generator: torch.Generator,
+        split: str = "train",
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``images`` and ``targets`` with ``count`` random hard negatives of ``split`` appended."""
         pool = self.tensor(split)
         chosen = pool[torch.randint(len(pool), (count,), generator=generator)]
-        extra = {name: torch.full((count,), IGNORE, dtype=value.dtype) for name, value in targets.items() if name != "present"}
+        extra = {
+            name: torch.full((count,), IGNORE, dtype=value.dtype)
+            for name, value in targets.items()
+            if name != "present"
+        }
         extra["object"] = torch.full((count,), OBJECT_CLASSES.index(NOTHING), dtype=targets["object"].dtype)
         merged = {name: torch.cat([targets[name], extra[name]]) for name in extra}
         merged["present"] = torch.cat([targets["present"], torch.zeros(count, len(OBJECT_NAMES))])
@@ -94,8 +108,11 @@ def generate(concept_paths: list[Path], per_concept: int, seed: int = 1000) -> t
     betas = (0.5, 0.6, 0.7, 0.8)
     for path in concept_paths:
         concept = load_concepts(pipe, [path])[0]
-        prompts = [prompt for prompt in world_prompts(concept.supercategory, 4 * per_concept, seed=seed)
-                   if prompt.spec.second_object is None][:per_concept]  # fmt: skip
+        prompts = [
+            prompt
+            for prompt in world_prompts(concept.supercategory, 4 * per_concept, seed=seed)
+            if prompt.spec.second_object is None
+        ][:per_concept]
         cells = []
         for index, prompt in enumerate(prompts):
             config = GenerationConfig(num_inference_steps=25, guidance_scale=recipe.GUIDANCE, seed=seed + index)
@@ -103,7 +120,9 @@ def generate(concept_paths: list[Path], per_concept: int, seed: int = 1000) -> t
             image = generate_images(pipe, prompt.text(concept.token), config, {concept.token: (beta, None)})[0]
             images.append(np.asarray(image.convert("RGB").resize((64, 64)), dtype=np.uint8))
             sources.append(concept.token)
-            cells.append((image, f"{'val ' if (len(images) - 1) % VALIDATION_EVERY == VALIDATION_EVERY - 1 else ''}b{beta}"))
+            cells.append(
+                (image, f"{'val ' if (len(images) - 1) % VALIDATION_EVERY == VALIDATION_EVERY - 1 else ''}b{beta}")
+            )
         rows.append((concept.token, cells))
         unload_concepts(pipe, concept.token)
     return HardNegatives(np.stack(images), sources), rows
@@ -120,7 +139,9 @@ def main(argv: list[str] | None = None) -> None:
     arguments = parser.parse_args(argv)
     negatives, rows = generate(arguments.concepts, arguments.per_concept)
     path = negatives.save(arguments.out)
-    write_sheet(arguments.sheet, [SheetRow(token, cells) for token, cells in rows], "hard negatives (failed generations)")
+    write_sheet(
+        arguments.sheet, [SheetRow(token, cells) for token, cells in rows], "hard negatives (failed generations)"
+    )
     print(f"{len(negatives.images)} images -> {path} ({path.stat().st_size // 1024} KB); look at {arguments.sheet}")
 
 

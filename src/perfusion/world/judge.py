@@ -1,8 +1,8 @@
 """The judge: reads 64x64 images of the micro world and says what they show.
 
-    judge = Judge.load()
-    for verdict in judge.predict(images):          # PIL images, or a float tensor (N, 3, H, W) in [0, 1]
-        verdict.object, verdict.background, verdict.position, verdict.size, verdict.embedding
+judge = Judge.load()
+for verdict in judge.predict(images):          # PIL images, or a float tensor (N, 3, H, W) in [0, 1]
+    verdict.object, verdict.background, verdict.position, verdict.size, verdict.embedding
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from perfusion.files import atomic_save_safetensors
+
 from .judge_data import images_tensor
 from .judge_model import HEAD_CLASSES, NOTHING, JudgeNet, JudgeNetConfig
 
@@ -90,9 +91,7 @@ class Judge:
     def run(self, images, batch_size: int = 256) -> JudgeOutput:
         batch = self._tensor(images)
         outputs = [self.net(batch[start : start + batch_size]) for start in range(0, len(batch), batch_size)]
-        probabilities = {
-            name: torch.cat([logits[name] for logits, _ in outputs]).softmax(-1) for name in HEAD_CLASSES
-        }  # fmt: skip
+        probabilities = {name: torch.cat([logits[name] for logits, _ in outputs]).softmax(-1) for name in HEAD_CLASSES}
         return JudgeOutput(probabilities, torch.cat([embedding for _, embedding in outputs]))
 
     def predict(self, images) -> list[Verdict]:
@@ -101,18 +100,24 @@ class Judge:
         for row in range(len(output.embeddings)):
             single = output.label("count", row) == 1
             left, right = output.label("left_object", row), output.label("right_object", row)
-            verdicts.append(Verdict(
-                count=output.label("count", row),
-                object=output.label("object", row) if single else None,
-                object_confidence=float(output.probabilities["object"][row].max()) if single else None,
-                position=output.label("position", row) if single else None,
-                left_object=None if single else left,
-                right_object=None if single else right,
-                present=tuple(name for name in ((output.label("object", row),) if single else (left, right)) if name != NOTHING),
-                background=output.label("background", row),
-                size=output.label("size", row),
-                embedding=output.embeddings[row].numpy(),
-            ))  # fmt: skip
+            verdicts.append(
+                Verdict(
+                    count=output.label("count", row),
+                    object=output.label("object", row) if single else None,
+                    object_confidence=float(output.probabilities["object"][row].max()) if single else None,
+                    position=output.label("position", row) if single else None,
+                    left_object=None if single else left,
+                    right_object=None if single else right,
+                    present=tuple(
+                        name
+                        for name in ((output.label("object", row),) if single else (left, right))
+                        if name != NOTHING
+                    ),
+                    background=output.label("background", row),
+                    size=output.label("size", row),
+                    embedding=output.embeddings[row].numpy(),
+                )
+            )
         return verdicts
 
 
@@ -124,5 +129,8 @@ def save_judge(net: JudgeNet, path: Path, extra: dict) -> None:
         "classes": json.dumps({name: list(classes) for name, classes in HEAD_CLASSES.items()}),
         "extra": json.dumps(extra),
     }
-    tensors = {name: (tensor.half() if tensor.is_floating_point() else tensor).contiguous() for name, tensor in net.state_dict().items()}
+    tensors = {
+        name: (tensor.half() if tensor.is_floating_point() else tensor).contiguous()
+        for name, tensor in net.state_dict().items()
+    }
     atomic_save_safetensors(tensors, path, metadata)

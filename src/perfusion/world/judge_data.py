@@ -24,7 +24,9 @@ Negatives = tuple[str | None, ...]  # per object of a scene: a kind of perfusion
 
 def shown(spec: SceneSpec, negatives: Negatives = ()) -> tuple[str, ...]:
     """What a person would name for each object of the scene: its name, or NOTHING where a negative replaces it."""
-    return tuple(NOTHING if index < len(negatives) and negatives[index] else name for index, name in enumerate(spec.objects))
+    return tuple(
+        NOTHING if index < len(negatives) and negatives[index] else name for index, name in enumerate(spec.objects)
+    )
 
 
 def spec_labels(spec: SceneSpec, negatives: Negatives = ()) -> dict[str, int]:
@@ -49,8 +51,9 @@ def images_tensor(images: Sequence) -> torch.Tensor:
     return torch.from_numpy(array).permute(0, 3, 1, 2).float() / 255.0
 
 
-def labelled_batch(specs: Sequence[SceneSpec], negatives: Sequence[Negatives] | None = None,
-                   seed: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+def labelled_batch(
+    specs: Sequence[SceneSpec], negatives: Sequence[Negatives] | None = None, seed: int = 0
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Rendered images and their labels, including a multi-hot "present" target (negatives are not present).
     ``negatives`` gives each scene's negatives (default: none); ``seed`` draws their randomness."""
     negatives = list(negatives) if negatives is not None else [()] * len(specs)
@@ -65,7 +68,9 @@ def labelled_batch(specs: Sequence[SceneSpec], negatives: Sequence[Negatives] | 
     return images_tensor(images), targets
 
 
-def draw_negatives(specs: Sequence[SceneSpec], share: float, seed: int, kinds: Sequence[str] = KINDS) -> list[Negatives]:
+def draw_negatives(
+    specs: Sequence[SceneSpec], share: float, seed: int, kinds: Sequence[str] = KINDS
+) -> list[Negatives]:
     """For each scene, with probability ``share``, one or (in a pair, half the time) both objects replaced by a
     negative of a random kind."""
     rng = random.Random(seed)
@@ -80,7 +85,9 @@ def draw_negatives(specs: Sequence[SceneSpec], share: float, seed: int, kinds: S
     return drawn
 
 
-JUDGE_SAMPLING = SamplingConfig(second_object=0.35)  # more two-object scenes than the world's 0.25: their heads learn slower
+JUDGE_SAMPLING = SamplingConfig(
+    second_object=0.35
+)  # more two-object scenes than the world's 0.25: their heads learn slower
 
 
 def specs_from_seeds(seeds: Sequence[int], sampling: SamplingConfig = JUDGE_SAMPLING) -> list[SceneSpec]:

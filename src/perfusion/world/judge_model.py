@@ -50,7 +50,11 @@ class JudgeNetConfig:
 
 
 def conv_block(channels_in: int, channels_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(channels_in, channels_out, 3, padding=1, bias=False), nn.BatchNorm2d(channels_out), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(channels_in, channels_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(channels_out),
+        nn.ReLU(inplace=True),
+    )
 
 
 class JudgeNet(nn.Module):
@@ -67,17 +71,23 @@ class JudgeNet(nn.Module):
             width = stage_width
         self.trunk = nn.Sequential(*layers)
         self.spatial = nn.Sequential(
-            nn.AdaptiveAvgPool2d(config.spatial_grid), nn.Flatten(),
-            nn.Linear(width * config.spatial_grid**2, config.spatial_features), nn.ReLU(inplace=True),
-        )  # fmt: skip
+            nn.AdaptiveAvgPool2d(config.spatial_grid),
+            nn.Flatten(),
+            nn.Linear(width * config.spatial_grid**2, config.spatial_features),
+            nn.ReLU(inplace=True),
+        )
         self.identity = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, config.embedding_dim))
         # Multi-label "which objects are in the image": an auxiliary training target that makes the identity embedding
         # see both objects of a pair. Too weak to read (about 81% exact sets); predictions use the left/right heads.
         self.present = nn.Linear(config.embedding_dim, len(OBJECT_NAMES))
-        self.heads = nn.ModuleDict({
-            name: nn.Linear(config.embedding_dim if name in IDENTITY_HEADS else config.spatial_features, len(classes))
-            for name, classes in HEAD_CLASSES.items()
-        })  # fmt: skip
+        self.heads = nn.ModuleDict(
+            {
+                name: nn.Linear(
+                    config.embedding_dim if name in IDENTITY_HEADS else config.spatial_features, len(classes)
+                )
+                for name, classes in HEAD_CLASSES.items()
+            }
+        )
 
     def forward(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         features = self.trunk(images * 2.0 - 1.0)

@@ -43,8 +43,11 @@ def attribute_hits(output: JudgeOutput, row: int, prompt: PromptSpec) -> dict[st
     hits["second_object"] = count == 2 and any(_matches(name, prompt.second_object) for name in sides.values())
     if prompt.position is not None:
         other = "right" if prompt.position == "left" else "left"
-        hits["position"] = (count == 2 and _matches(sides[prompt.position], prompt.supercategory)
-                            and _matches(sides[other], prompt.second_object))  # fmt: skip
+        hits["position"] = (
+            count == 2
+            and _matches(sides[prompt.position], prompt.supercategory)
+            and _matches(sides[other], prompt.second_object)
+        )
     return hits
 
 

@@ -10,6 +10,8 @@ MODEL_DIR = Path(__file__).resolve().parent / "model"
 def default_model_path() -> Path:
     """The shipped pipeline folder; load it with StableDiffusionPipeline.from_pretrained(path, local_files_only=True)."""
     if not (MODEL_DIR / "model_index.json").exists():
-        raise FileNotFoundError(f"the embedded base model is not in {MODEL_DIR}: train and export it "
-                                "(python -m perfusion.world.basemodel.export)")  # fmt: skip
+        raise FileNotFoundError(
+            f"the embedded base model is not in {MODEL_DIR}: train and export it "
+            "(python -m perfusion.world.basemodel.export)"
+        )
     return MODEL_DIR

@@ -83,8 +83,13 @@ def _blur(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     # Blur premultiplied colour so transparent pixels do not bleed their (arbitrary) colour in.
     premultiplied = pixels.astype(np.float32)
     premultiplied[..., :3] *= premultiplied[..., 3:] / 255.0
-    channels = [np.asarray(Image.fromarray(premultiplied[..., c].astype(np.uint8)).filter(ImageFilter.GaussianBlur(radius)),
-                           dtype=np.float32) for c in range(4)]  # fmt: skip
+    channels = [
+        np.asarray(
+            Image.fromarray(premultiplied[..., c].astype(np.uint8)).filter(ImageFilter.GaussianBlur(radius)),
+            dtype=np.float32,
+        )
+        for c in range(4)
+    ]
     alpha = np.maximum(channels[3], 1e-3)
     out = np.zeros_like(pixels)
     for c in range(3):

@@ -14,8 +14,13 @@ from .captions import article
 from .catalog import BACKGROUNDS, CATEGORIES, OBJECTS, POSITIONS, SIZES, TWO_OBJECT_POSITIONS
 
 ATTRIBUTES = ("background", "position", "size", "second_object")
-POSITION_WORDS = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
-                  "centre": "in the centre"}  # fmt: skip
+POSITION_WORDS = {
+    "left": "on the left",
+    "right": "on the right",
+    "top": "at the top",
+    "bottom": "at the bottom",
+    "centre": "in the centre",
+}
 
 
 @dataclass(frozen=True)
@@ -34,10 +39,16 @@ class PromptSpec:
             raise ValueError(f"PromptSpec.background={self.background!r}; expected one of: {', '.join(BACKGROUNDS)}")
         if self.size is not None and self.size not in SIZES:
             raise ValueError(f"PromptSpec.size={self.size!r}; expected one of: {', '.join(SIZES)}")
-        if self.second_object is not None and self.second_object not in OBJECTS and self.second_object not in CATEGORIES:
+        if (
+            self.second_object is not None
+            and self.second_object not in OBJECTS
+            and self.second_object not in CATEGORIES
+        ):
             raise ValueError(f"PromptSpec.second_object={self.second_object!r} is neither an object nor a category")
         if self.supercategory is not None and self.supercategory not in CATEGORIES:
-            raise ValueError(f"PromptSpec.supercategory={self.supercategory!r}; expected one of: {', '.join(CATEGORIES)}")
+            raise ValueError(
+                f"PromptSpec.supercategory={self.supercategory!r}; expected one of: {', '.join(CATEGORIES)}"
+            )
         positions = POSITIONS if self.second_object is None else TWO_OBJECT_POSITIONS
         if self.position is not None and self.position not in positions:
             raise ValueError(f"PromptSpec.position={self.position!r}; expected one of: {', '.join(positions)}")
@@ -78,7 +89,13 @@ def standard_prompts(supercategory: str, count: int = 12, seed: int = 0) -> list
         background = backgrounds[index % len(backgrounds)]
         size = rng.choice(SIZES) if index % 3 == 0 else None
         if index % 4 == 3:
-            prompts.append(PromptSpec(background, rng.choice(TWO_OBJECT_POSITIONS + (None,)), size, rng.choice(others), supercategory))
+            prompts.append(
+                PromptSpec(
+                    background, rng.choice(TWO_OBJECT_POSITIONS + (None,)), size, rng.choice(others), supercategory
+                )
+            )
         else:
-            prompts.append(PromptSpec(background, rng.choice(POSITIONS) if index % 5 else None, size, None, supercategory))
+            prompts.append(
+                PromptSpec(background, rng.choice(POSITIONS) if index % 5 else None, size, None, supercategory)
+            )
     return prompts

@@ -40,14 +40,30 @@ def object_placements(spec, layout: Layout = LAYOUT) -> list[tuple[str, float, f
         offset = dict(layout.single_offset)[spec.size]
         ux, uy = DIRECTIONS[spec.position]
         centre = OUTPUT_SIDE / 2
-        return [(spec.object, centre + ux * offset + spec.dx, centre + uy * offset + spec.dy, side, spec.rotation, spec.flip)]
+        return [
+            (
+                spec.object,
+                centre + ux * offset + spec.dx,
+                centre + uy * offset + spec.dy,
+                side,
+                spec.rotation,
+                spec.flip,
+            )
+        ]
     side = dict(layout.pair_size)[spec.size] * spec.scale
     left, right = layout.pair_centres
     first_x, second_x = (left, right) if spec.position == "left" else (right, left)
     centre = OUTPUT_SIDE / 2
     return [
         (spec.object, first_x + spec.dx, centre + spec.dy, side, spec.rotation, spec.flip),
-        (spec.second_object, second_x + spec.second_dx, centre + spec.second_dy, side, spec.second_rotation, spec.second_flip),
+        (
+            spec.second_object,
+            second_x + spec.second_dx,
+            centre + spec.second_dy,
+            side,
+            spec.second_rotation,
+            spec.second_flip,
+        ),
     ]
 
 
@@ -69,8 +85,13 @@ def background(spec, layout: Layout = LAYOUT) -> np.ndarray:
     return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
-def _draw_object(canvas: Image.Image, mask: Image.Image | None, placement, negative: str | None = None,
-                 rng: random.Random | None = None) -> None:
+def _draw_object(
+    canvas: Image.Image,
+    mask: Image.Image | None,
+    placement,
+    negative: str | None = None,
+    rng: random.Random | None = None,
+) -> None:
     name, x, y, side, rotation, flip = placement
     sprite = scaled_glyph(name, max(2, round(side * SUPERSAMPLE)), flip)
     if negative is not None:
@@ -83,8 +104,9 @@ def _draw_object(canvas: Image.Image, mask: Image.Image | None, placement, negat
         mask.paste(sprite.getchannel("A"), corner, sprite.getchannel("A"))
 
 
-def render_layers(spec, with_mask: bool = False, negatives: tuple[str | None, ...] = (),
-                  rng: random.Random | None = None) -> tuple[Image.Image, Image.Image | None]:
+def render_layers(
+    spec, with_mask: bool = False, negatives: tuple[str | None, ...] = (), rng: random.Random | None = None
+) -> tuple[Image.Image, Image.Image | None]:
     """The 64x64 RGB scene and, if asked, the first object's mask (L, 255 on the object; 0 elsewhere).
 
     ``negatives`` names, per object, a kind of `perfusion.world.negatives` to draw instead of the glyph (None: the

@@ -1,7 +1,7 @@
 """Scenes of the micro world: a spec (what is where), its 64x64 rendering, and captions; all determined by a seed.
 
-    scene = make_scene(seed)          # Scene(image: PIL 64x64 RGB, caption: str, spec: SceneSpec)
-    spec = sample_spec(random.Random(seed)); image = render(spec); text = caption(spec, random.Random(1))
+scene = make_scene(seed)          # Scene(image: PIL 64x64 RGB, caption: str, spec: SceneSpec)
+spec = sample_spec(random.Random(seed)); image = render(spec); text = caption(spec, random.Random(1))
 """
 
 from __future__ import annotations
@@ -15,8 +15,17 @@ from .captions import caption, describe
 from .catalog import BACKGROUNDS, HELD_OUT, OBJECTS, POSITIONS, SEEN, SIZES, TWO_OBJECT_POSITIONS
 from .render import render_layers
 
-__all__ = ["Scene", "SceneSpec", "SamplingConfig", "sample_spec", "render", "render_with_mask", "caption", "describe",
-           "make_scene"]  # fmt: skip
+__all__ = [
+    "Scene",
+    "SceneSpec",
+    "SamplingConfig",
+    "sample_spec",
+    "render",
+    "render_with_mask",
+    "caption",
+    "describe",
+    "make_scene",
+]
 
 TEXTURES = ("plain", "gradient", "noise")
 
@@ -46,8 +55,12 @@ class SceneSpec:
     texture_seed: int = 0  # noise seed
 
     def __post_init__(self):
-        checks = (("object", self.object, OBJECTS), ("background", self.background, BACKGROUNDS),
-                  ("size", self.size, SIZES), ("texture", self.texture, TEXTURES))  # fmt: skip
+        checks = (
+            ("object", self.object, OBJECTS),
+            ("background", self.background, BACKGROUNDS),
+            ("size", self.size, SIZES),
+            ("texture", self.texture, TEXTURES),
+        )
         for field_name, value, allowed in checks:
             if value not in allowed:
                 raise ValueError(f"SceneSpec.{field_name}={value!r}; expected one of: {', '.join(allowed)}")
@@ -82,7 +95,9 @@ class Scene:
     spec: SceneSpec
 
 
-def sample_spec(rng: random.Random, include_held_out: bool = False, config: SamplingConfig = SamplingConfig()) -> SceneSpec:
+def sample_spec(
+    rng: random.Random, include_held_out: bool = False, config: SamplingConfig = SamplingConfig()
+) -> SceneSpec:
     """A random scene spec. Held-out objects appear only when ``include_held_out`` (never for the base model)."""
     names = SEEN + HELD_OUT if include_held_out else SEEN
     first = rng.choice(names)

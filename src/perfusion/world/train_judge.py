@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from .augment import AugmentConfig, augment
-from .judge import JUDGE_PATH, Judge, save_judge
 from .hard_negatives import HardNegatives
+from .judge import JUDGE_PATH, Judge, save_judge
 from .judge_data import EVAL_SEEDS, IGNORE, TRAIN_SEEDS, draw_negatives, labelled_batch, specs_from_seeds
 from .judge_model import HEAD_CLASSES, NOTHING, OBJECT_CLASSES, JudgeNet, JudgeNetConfig
 from .negatives import KINDS
@@ -45,8 +45,15 @@ class JudgeTrainingConfig:
     hard_negative_share: float = 0.1  # images per batch drawn from the failed generations (world.hard_negatives)
 
 
-def judge_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], config: JudgeTrainingConfig) -> torch.Tensor:
-    total = F.binary_cross_entropy_with_logits(logits["present"], targets["present"]) * config.present_weight * len(HEAD_CLASSES["object"]) / 4
+def judge_loss(
+    logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], config: JudgeTrainingConfig
+) -> torch.Tensor:
+    total = (
+        F.binary_cross_entropy_with_logits(logits["present"], targets["present"])
+        * config.present_weight
+        * len(HEAD_CLASSES["object"])
+        / 4
+    )
     for name in HEAD_CLASSES:
         if (targets[name] != IGNORE).any():
             total = total + F.cross_entropy(logits[name], targets[name], ignore_index=IGNORE)
@@ -106,7 +113,9 @@ def evaluate(net: JudgeNet, size: int, degrade: bool, batch_size: int = 200) -> 
     total: dict[str, int] = {}
     generator = torch.Generator().manual_seed(12345)
     for start in range(0, size, batch_size):
-        images, targets = labelled_batch(specs_from_seeds(range(EVAL_SEEDS + start, EVAL_SEEDS + min(size, start + batch_size))))
+        images, targets = labelled_batch(
+            specs_from_seeds(range(EVAL_SEEDS + start, EVAL_SEEDS + min(size, start + batch_size)))
+        )
         if degrade:
             images = augment(images, generator)
         logits, _ = net(images)
@@ -140,7 +149,9 @@ def train(config: JudgeTrainingConfig, checkpoint: Path, resume: bool, log=print
         first_seed = TRAIN_SEEDS + step * config.batch_size
         hard_count = round(config.hard_negative_share * config.batch_size) if hard is not None else 0
         specs = specs_from_seeds(range(first_seed, first_seed + config.batch_size - hard_count))
-        images, targets = labelled_batch(specs, draw_negatives(specs, config.negative_share, seed=first_seed), seed=first_seed)
+        images, targets = labelled_batch(
+            specs, draw_negatives(specs, config.negative_share, seed=first_seed), seed=first_seed
+        )
         if hard_count:
             images, targets = hard.appended(images, targets, hard_count, generator, split="train")
         for group in optimizer.param_groups:
@@ -153,10 +164,17 @@ def train(config: JudgeTrainingConfig, checkpoint: Path, resume: bool, log=print
         running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
         step += 1
         if step % 50 == 0:
-            log(f"step {step}/{config.steps} loss {running:.4f} lr {learning_rate(step, config):.2e} {time.time() - started:.0f}s")
+            log(
+                f"step {step}/{config.steps} loss {running:.4f} lr {learning_rate(step, config):.2e} {time.time() - started:.0f}s"
+            )
         if step % config.checkpoint_every == 0 or step == config.steps:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            state = {"net": net.state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "step": step}
+            state = {
+                "net": net.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(),
+                "step": step,
+            }
             torch.save(state, checkpoint.with_suffix(".tmp"))
             os.replace(checkpoint.with_suffix(".tmp"), checkpoint)
     return net
@@ -179,13 +197,18 @@ def main(argv: list[str] | None = None) -> None:
         net = Judge.load(arguments.out).net
     else:
         net = train(config, arguments.checkpoint, arguments.resume)
-    accuracy = {"clean": evaluate(net, config.eval_size, degrade=False), "degraded": evaluate(net, config.eval_size, degrade=True),
-                "refused": refusals(net, config.eval_size // 4)}
+    accuracy = {
+        "clean": evaluate(net, config.eval_size, degrade=False),
+        "degraded": evaluate(net, config.eval_size, degrade=True),
+        "refused": refusals(net, config.eval_size // 4),
+    }
     if HardNegatives.exists():
         accuracy["refused"]["failed_generations"] = HardNegatives.load().refused(net, split="validation")
     print(json.dumps(accuracy, indent=2))
     if not arguments.evaluate_only:
-        save_judge(net, arguments.out, {"accuracy": accuracy, "training": asdict(config), "augment": asdict(AugmentConfig())})
+        save_judge(
+            net, arguments.out, {"accuracy": accuracy, "training": asdict(config), "augment": asdict(AugmentConfig())}
+        )
         print(f"judge written to {arguments.out} ({arguments.out.stat().st_size // 1024} KB)")
 
 

@@ -39,8 +39,11 @@ def world_source(state_position: float | None = None, category_word: float | Non
     from perfusion.world.captions import CaptionChoice, vocabulary
 
     caption = scenes.caption
-    overrides = {name: value for name, value in (("state_position", state_position), ("category_word", category_word))
-                 if value is not None}  # fmt: skip
+    overrides = {
+        name: value
+        for name, value in (("state_position", state_position), ("category_word", category_word))
+        if value is not None
+    }
     if overrides:
         caption = functools.partial(_caption_with, choice=CaptionChoice(**overrides))
     return SceneSource(
@@ -88,7 +91,9 @@ class LatentPool:
         if meta_path.exists():
             meta = json.loads(meta_path.read_text())
             if meta["vae"] != vae_fingerprint:
-                raise ValueError(f"latent pool {self.directory} was encoded by another autoencoder; delete it to rebuild")
+                raise ValueError(
+                    f"latent pool {self.directory} was encoded by another autoencoder; delete it to rebuild"
+                )
             self.chunk_size = meta["chunk_size"]
         else:
             self.chunk_size = chunk_size
@@ -115,7 +120,9 @@ class LatentPool:
                 images = images_to_tensor([scene.image for scene in scenes])
                 latents.append((vae.encode(images).latent_dist.mean * scaling_factor).half())
                 specs += [scene.spec for scene in scenes]
-            atomic_torch_save({"latents": torch.cat(latents), "specs": specs, "seeds": list(seeds)}, self.chunk_path(index))
+            atomic_torch_save(
+                {"latents": torch.cat(latents), "specs": specs, "seeds": list(seeds)}, self.chunk_path(index)
+            )
             log(f"latent pool: chunk {index + 1}/{chunks} written")
 
     def load(self) -> tuple[torch.Tensor, list]:

@@ -27,8 +27,17 @@ from .config import SamplingConfig
 from .model import pipeline_from_checkpoint
 
 EVAL_FIRST_SEED = 800_000
-EVERY_ATTRIBUTE = CaptionChoice(state_background=1.0, state_position=1.0, state_size=1.0, category_word=0.0, bare_photo=0.0)
-QUALITY_BAR = {"category": 0.85, "object": 0.70, "background": 0.95, "position": 0.85, "size": 0.85, "both_present": 0.60}
+EVERY_ATTRIBUTE = CaptionChoice(
+    state_background=1.0, state_position=1.0, state_size=1.0, category_word=0.0, bare_photo=0.0
+)
+QUALITY_BAR = {
+    "category": 0.85,
+    "object": 0.70,
+    "background": 0.95,
+    "position": 0.85,
+    "size": 0.85,
+    "both_present": 0.60,
+}
 
 
 @dataclass
@@ -55,7 +64,9 @@ def combination(spec: SceneSpec) -> tuple:
 
 
 @torch.no_grad()
-def generate(pipe: StableDiffusionPipeline, texts: list[str], seeds: list[int], config: EvaluationConfig) -> list[Image.Image]:
+def generate(
+    pipe: StableDiffusionPipeline, texts: list[str], seeds: list[int], config: EvaluationConfig
+) -> list[Image.Image]:
     """One image per (text, seed), batched; each image's noise comes from its own seed."""
     pipe.set_progress_bar_config(disable=True)
     jobs = [(text, seed) for text in texts for seed in seeds]
@@ -63,8 +74,12 @@ def generate(pipe: StableDiffusionPipeline, texts: list[str], seeds: list[int], 
     for start in range(0, len(jobs), config.batch_size):
         batch = jobs[start : start + config.batch_size]
         generators = [torch.Generator().manual_seed(seed) for _, seed in batch]
-        images += pipe([text for text, _ in batch], num_inference_steps=config.num_inference_steps,
-                       guidance_scale=config.guidance_scale, generator=generators).images  # fmt: skip
+        images += pipe(
+            [text for text, _ in batch],
+            num_inference_steps=config.num_inference_steps,
+            guidance_scale=config.guidance_scale,
+            generator=generators,
+        ).images
     return images
 
 
@@ -78,7 +93,9 @@ def score(verdicts, specs: list[SceneSpec]) -> dict[str, list[bool]]:
         if spec.second_object is None:
             found = verdict.object if verdict.count == 1 else None
             hits["object"].append(found == spec.object)
-            hits["category"].append(found is not None and world_object(found).category == world_object(spec.object).category)
+            hits["category"].append(
+                found is not None and world_object(found).category == world_object(spec.object).category
+            )
             hits["position"].append(verdict.position == spec.position)
         else:  # the judge's left/right heads (exact on renders); its multi-label head misses ~40% of true pairs
             found = {verdict.left_object, verdict.right_object} if verdict.count == 2 else set(verdict.present)
@@ -118,8 +135,14 @@ def seconds_for_eight(pipe, config: EvaluationConfig) -> float:
     texts = [text for _, text in prompt_set(8)]
     generate(pipe, texts[:1], [0], config)
     started = time.perf_counter()
-    generate(pipe, texts, [0], EvaluationConfig(batch_size=8, num_inference_steps=config.num_inference_steps,
-                                                guidance_scale=config.guidance_scale))  # fmt: skip
+    generate(
+        pipe,
+        texts,
+        [0],
+        EvaluationConfig(
+            batch_size=8, num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale
+        ),
+    )
     return time.perf_counter() - started
 
 
@@ -174,7 +197,11 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, default=EvaluationConfig.seeds)
     parser.add_argument("--guidance-scale", type=float, default=EvaluationConfig.guidance_scale)
     parser.add_argument("--grid", type=Path, default=None, help="write a grid of samples (16 prompts) here")
-    parser.add_argument("--reference", action="store_true", help="also score the judge on true renders of the prompts and on their autoencoder round trips")
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="also score the judge on true renders of the prompts and on their autoencoder round trips",
+    )
     parser.add_argument("--threads", type=int, default=2)
     arguments = parser.parse_args(argv)
     torch.set_num_threads(arguments.threads)
@@ -194,7 +221,10 @@ def main(argv=None) -> None:
 
         specs = [spec for spec, _ in outcome["prompts"]]
         renders, judge = [render(spec) for spec in specs], Judge.load()
-        for name, images in (("true renders", renders), ("renders through the autoencoder", autoencoded(pipe, renders))):
+        for name, images in (
+            ("true renders", renders),
+            ("renders through the autoencoder", autoencoded(pipe, renders)),
+        ):
             hits = score(judge.predict(images), specs)
             print(f"judge on {name}:", {key: f"{np.mean(values):.1%}" for key, values in hits.items() if values})
     if arguments.grid:

@@ -1,6 +1,6 @@
 """Write the trained base model as a diffusers pipeline folder (EMA weights, fp16 safetensors):
 
-    python -m perfusion.world.basemodel.export [--run-dir checkpoints/basemodel] [--out src/perfusion/world/model]
+python -m perfusion.world.basemodel.export [--run-dir checkpoints/basemodel] [--out src/perfusion/world/model]
 """
 
 from __future__ import annotations
@@ -53,15 +53,25 @@ Load with `StableDiffusionPipeline.from_pretrained(perfusion.world.default_model
 
 def write_model_card(out: Path, pipe, info: dict, table_text: str, config) -> None:
     arch = info["arch"]
-    (out / "README.md").write_text(MODEL_CARD.format(
-        unet=models.parameter_count(pipe.unet) / 1e6, blocks=tuple(arch["unet_block_out_channels"]),
-        width=arch["text_hidden_size"], text=models.parameter_count(pipe.text_encoder) / 1e6, vocab=len(pipe.tokenizer),
-        vae=models.parameter_count(pipe.vae) / 1e6, scaling=pipe.vae.config.scaling_factor,
-        prediction=arch["prediction_type"],
-        rescaled=" rescaled to zero terminal SNR, trailing timesteps" if arch.get("zero_terminal_snr") else "",
-        step=info["unet_step"], batch=info["config"]["batch_size"],
-        prompts=config.prompts, seeds=config.seeds, guidance=config.guidance_scale, table=table_text,
-    ))  # fmt: skip
+    (out / "README.md").write_text(
+        MODEL_CARD.format(
+            unet=models.parameter_count(pipe.unet) / 1e6,
+            blocks=tuple(arch["unet_block_out_channels"]),
+            width=arch["text_hidden_size"],
+            text=models.parameter_count(pipe.text_encoder) / 1e6,
+            vocab=len(pipe.tokenizer),
+            vae=models.parameter_count(pipe.vae) / 1e6,
+            scaling=pipe.vae.config.scaling_factor,
+            prediction=arch["prediction_type"],
+            rescaled=" rescaled to zero terminal SNR, trailing timesteps" if arch.get("zero_terminal_snr") else "",
+            step=info["unet_step"],
+            batch=info["config"]["batch_size"],
+            prompts=config.prompts,
+            seeds=config.seeds,
+            guidance=config.guidance_scale,
+            table=table_text,
+        )
+    )
 
 
 def evaluate_export(out: Path, info: dict) -> str:
@@ -87,7 +97,9 @@ def main(argv=None) -> None:
     parser.add_argument("--fp32", action="store_true")
     parser.add_argument("--evaluate", action="store_true", help="score the export; write README.md and samples.png")
     arguments = parser.parse_args(argv)
-    out = export(arguments.run_dir, arguments.out, torch.float32 if arguments.fp32 else torch.float16, not arguments.no_ema)
+    out = export(
+        arguments.run_dir, arguments.out, torch.float32 if arguments.fp32 else torch.float16, not arguments.no_ema
+    )
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote {out} ({size / 1e6:.1f} MB)")
     if arguments.evaluate:

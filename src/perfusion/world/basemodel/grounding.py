@@ -85,7 +85,9 @@ def word_objects(spec, words: list[str]) -> list[int | None]:
     for index, name in enumerate(spec.objects):
         name_words = name.split()
         for start in range(len(words) - len(name_words) + 1):
-            if words[start : start + len(name_words)] == name_words and all(o is None for o in owners[start : start + len(name_words)]):
+            if words[start : start + len(name_words)] == name_words and all(
+                o is None for o in owners[start : start + len(name_words)]
+            ):
                 owners[start : start + len(name_words)] = [index] * len(name_words)
     categories = [world_object(name).category for name in spec.objects]
     for index, category in enumerate(categories):
@@ -141,7 +143,9 @@ class CaptionGrounding:
                 for r in resolutions:
                     masks[r].append(boxes[r][owner])
         stacked = {r: torch.stack(m) if m else torch.zeros(0, r * r) for r, m in masks.items()}
-        return GroundingTargets(torch.tensor(samples, dtype=torch.long), torch.tensor(indices, dtype=torch.long), stacked)
+        return GroundingTargets(
+            torch.tensor(samples, dtype=torch.long), torch.tensor(indices, dtype=torch.long), stacked
+        )
 
 
 class AttentionRecorder:
@@ -173,7 +177,9 @@ class AttentionRecorder:
 def box_shares(maps: list[torch.Tensor], targets: GroundingTargets) -> list[torch.Tensor]:
     """Per cross-attention layer, (tokens,): the share of each grounded token's attention map that falls on its
     object's box (soft box: each cell counts by the share of it the box covers)."""
-    return [(attention * mask).sum(1) / attention.sum(1).clamp(min=1e-8) for attention, mask in box_attention(maps, targets)]
+    return [
+        (attention * mask).sum(1) / attention.sum(1).clamp(min=1e-8) for attention, mask in box_attention(maps, targets)
+    ]
 
 
 def box_attention(maps: list[torch.Tensor], targets: GroundingTargets) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -193,7 +199,10 @@ def token_pixel_loss(maps: list[torch.Tensor], targets: GroundingTargets) -> tor
     writes the object there. EOS and padding otherwise take most of the attention everywhere."""
     if not len(targets):
         return maps[0].new_zeros(())
-    losses = [F.binary_cross_entropy(attention.clamp(1e-6, 1 - 1e-6), mask) for attention, mask in box_attention(maps, targets)]
+    losses = [
+        F.binary_cross_entropy(attention.clamp(1e-6, 1 - 1e-6), mask)
+        for attention, mask in box_attention(maps, targets)
+    ]
     return torch.stack(losses).mean()
 
 

@@ -45,8 +45,12 @@ def sampled_positions(pipe, obj: str, seeds: int, steps: int, guidance: float) -
     xs = {}
     for position in ("on the left", "on the right"):
         generators = [torch.Generator().manual_seed(seed) for seed in range(seeds)]
-        images = pipe([PROMPT.format(object=obj, position=position, colour="white")] * seeds, num_inference_steps=steps,
-                      guidance_scale=guidance, generator=generators).images  # fmt: skip
+        images = pipe(
+            [PROMPT.format(object=obj, position=position, colour="white")] * seeds,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=generators,
+        ).images
         xs[position] = np.array([object_centre(image)[0] for image in images])
     return xs
 
@@ -130,23 +134,43 @@ def main(argv=None) -> None:
     xs = sampled_positions(pipe, arguments.object, arguments.seeds, steps=25, guidance=4.0)
     left, right = xs["on the left"], xs["on the right"]
     print(f"object x, {arguments.seeds} seeds (image 64 px): left {np.round(left, 1)}, right {np.round(right, 1)}")
-    print(f"  mean left {np.nanmean(left):.1f}, right {np.nanmean(right):.1f}; per-seed correlation "
-          f"{np.corrcoef(left, right)[0, 1]:.3f}; spread between seeds {np.nanstd(left):.1f} px, "
-          f"between the prompts {np.nanstd(left - right):.1f} px")  # fmt: skip
+    print(
+        f"  mean left {np.nanmean(left):.1f}, right {np.nanmean(right):.1f}; per-seed correlation "
+        f"{np.corrcoef(left, right)[0, 1]:.3f}; spread between seeds {np.nanstd(left):.1f} px, "
+        f"between the prompts {np.nanstd(left - right):.1f} px"
+    )
 
-    noise = torch.randn(16, pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size,
-                        generator=torch.Generator().manual_seed(0))  # fmt: skip
-    x0 = {key: predicted_x0(pipe, PROMPT.format(object=arguments.object, position=position, colour=colour), noise)
-          for key, (position, colour) in {"left": ("on the left", "blue"), "right": ("on the right", "blue"),
-                                           "red": ("on the left", "red")}.items()}  # fmt: skip
-    print(f"x0 predicted from the noisiest step: left vs right differ by {(x0['left'] - x0['right']).abs().mean():.4f}, "
-          f"blue vs red background by {(x0['left'] - x0['red']).abs().mean():.4f} (mean absolute)")  # fmt: skip
+    noise = torch.randn(
+        16,
+        pipe.unet.config.in_channels,
+        pipe.unet.config.sample_size,
+        pipe.unet.config.sample_size,
+        generator=torch.Generator().manual_seed(0),
+    )
+    x0 = {
+        key: predicted_x0(pipe, PROMPT.format(object=arguments.object, position=position, colour=colour), noise)
+        for key, (position, colour) in {
+            "left": ("on the left", "blue"),
+            "right": ("on the right", "blue"),
+            "red": ("on the left", "red"),
+        }.items()
+    }
+    print(
+        f"x0 predicted from the noisiest step: left vs right differ by {(x0['left'] - x0['right']).abs().mean():.4f}, "
+        f"blue vs red background by {(x0['left'] - x0['red']).abs().mean():.4f} (mean absolute)"
+    )
     prompt = PROMPT.format(object=arguments.object, position="", colour="blue").replace("  ", " ")
-    print(f"linear probe of a cell's x from the middle block's features: R^2 {middle_block_x_probe(pipe, noise, prompt):.3f}")
+    print(
+        f"linear probe of a cell's x from the middle block's features: R^2 {middle_block_x_probe(pipe, noise, prompt):.3f}"
+    )
     shares = attention_on_box(pipe, arguments.object, noise)
-    print("the noun's and position word's attention from pure noise: share of their map on the object's box " + ", ".join(
-        f"{position} {share:.3f}" for position, (share, _, _) in shares.items()) + f" (even spread: {shares['left'][1]:.3f}); "
-        "their share of each box cell's attention " + ", ".join(f"{position} {held:.3f}" for position, (_, _, held) in shares.items()))  # fmt: skip
+    print(
+        "the noun's and position word's attention from pure noise: share of their map on the object's box "
+        + ", ".join(f"{position} {share:.3f}" for position, (share, _, _) in shares.items())
+        + f" (even spread: {shares['left'][1]:.3f}); "
+        "their share of each box cell's attention "
+        + ", ".join(f"{position} {held:.3f}" for position, (_, _, held) in shares.items())
+    )
 
 
 if __name__ == "__main__":

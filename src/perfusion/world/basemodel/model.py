@@ -146,5 +146,11 @@ def pipeline_from_checkpoint(run_dir: Path, use_ema: bool = True) -> tuple[Stabl
         text_encoder.load_state_dict(state["text_encoder"])
     vae = AutoencoderKL.from_pretrained(run_dir / "vae")
     pipeline = assemble_pipeline(vae, unet.eval(), text_encoder.eval(), tokenizer, arch)
-    info = {"unet_step": state["step"], "ema": use_ema, "vae": state["vae"], "arch": state["arch"], "config": state["config"]}
+    info = {
+        "unet_step": state["step"],
+        "ema": use_ema,
+        "vae": state["vae"],
+        "arch": state["arch"],
+        "config": state["config"],
+    }
     return pipeline, info

@@ -23,7 +23,9 @@ MERGES_HEADER = "#version: 0.2"
 
 def bytes_to_unicode() -> dict[int, str]:
     """CLIP's reversible byte-to-character table (the base alphabet of its BPE)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     characters = printable[:]
     extra = 0
     for byte in range(256):
@@ -87,7 +89,9 @@ def write_tokenizer(directory: Path, merges: list[tuple[str, str]], config: Toke
     (directory / "vocab.json").write_text(json.dumps(clip_vocabulary(merges), ensure_ascii=False))
     (directory / "merges.txt").write_text("\n".join([MERGES_HEADER] + [f"{a} {b}" for a, b in merges]) + "\n")
     tokenizer = CLIPTokenizer(
-        vocab=str(directory / "vocab.json"), merges=str(directory / "merges.txt"), model_max_length=config.model_max_length
+        vocab=str(directory / "vocab.json"),
+        merges=str(directory / "merges.txt"),
+        model_max_length=config.model_max_length,
     )
     tokenizer.save_pretrained(directory)
     return CLIPTokenizer.from_pretrained(directory)

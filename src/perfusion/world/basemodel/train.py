@@ -46,9 +46,23 @@ from .config import (
     saved_architecture,
     to_dict,
 )
-from .data import VAE_SEED_RANGE, LatentPool, SceneSource, atomic_torch_save, families_source, render_batch, world_source
+from .data import (
+    VAE_SEED_RANGE,
+    LatentPool,
+    SceneSource,
+    atomic_torch_save,
+    families_source,
+    render_batch,
+    world_source,
+)
 from .evaluate import EvaluationConfig, evaluate
-from .grounding import AttentionRecorder, CaptionGrounding, attention_resolutions, token_grounding_loss, token_pixel_loss
+from .grounding import (
+    AttentionRecorder,
+    CaptionGrounding,
+    attention_resolutions,
+    token_grounding_loss,
+    token_pixel_loss,
+)
 from .model import pipeline_from_checkpoint
 from .tokenizer import build_tokenizer, words_split
 
@@ -155,14 +169,21 @@ def vae_loss(vae: AutoencoderKL, images: torch.Tensor, config: VaeTrainingConfig
     edge = sum((reconstruction.diff(dim=d) - images.diff(dim=d)).abs().mean() for d in (2, 3))
     kl = posterior.kl().mean()
     loss = l1 + config.edge_weight * edge + (0.0 if decoder_only else config.kl_weight * kl)
-    return loss, {"l1": l1.item(), "edge": edge.item(), "kl": kl.item(), "mse": F.mse_loss(reconstruction, images).item()}
+    return loss, {
+        "l1": l1.item(),
+        "edge": edge.item(),
+        "kl": kl.item(),
+        "mse": F.mse_loss(reconstruction, images).item(),
+    }
 
 
 @torch.no_grad()
 def scaling_factor(vae: AutoencoderKL, source: SceneSource) -> float:
     """1 / std of latents over fixed scenes, so the diffusion model sees unit-variance latents (SD's 0.18215)."""
     seeds = range(SCALING_FIRST_SEED, SCALING_FIRST_SEED + SCALING_SAMPLES)
-    latents = torch.cat([vae.encode(render_batch(source, seeds[i : i + 64])).latent_dist.mean for i in range(0, len(seeds), 64)])
+    latents = torch.cat(
+        [vae.encode(render_batch(source, seeds[i : i + 64])).latent_dist.mean for i in range(0, len(seeds), 64)]
+    )
     return float(1.0 / latents.std())
 
 
@@ -175,8 +196,17 @@ def export_vae(vae: AutoencoderKL, source: SceneSource, directory: Path, factor:
     return factor
 
 
-def train_vae(run_dir: Path, source: SceneSource, arch: ArchitectureConfig, config: VaeTrainingConfig, resume: bool,
-              stop, log, decoder_only: bool = False, warm_start: Path | None = None):  # fmt: skip
+def train_vae(
+    run_dir: Path,
+    source: SceneSource,
+    arch: ArchitectureConfig,
+    config: VaeTrainingConfig,
+    resume: bool,
+    stop,
+    log,
+    decoder_only: bool = False,
+    warm_start: Path | None = None,
+):
     """Stage 1 (encoder and decoder), or with `decoder_only` a later fine-tuning of the decoder alone, which keeps
     the latent space, hence the latent pool and the UNet, valid."""
     name = "decoder" if decoder_only else "vae"
@@ -192,7 +222,9 @@ def train_vae(run_dir: Path, source: SceneSource, arch: ArchitectureConfig, conf
         vae.quant_conv.requires_grad_(False)
     else:
         vae, factor = models.build_vae(arch), None
-        if warm_start is not None and not (resume and checkpoint_path.exists()):  # a new world, an old autoencoder's start
+        if warm_start is not None and not (
+            resume and checkpoint_path.exists()
+        ):  # a new world, an old autoencoder's start
             vae.load_state_dict(AutoencoderKL.from_pretrained(Path(warm_start) / "vae").float().state_dict())
             log(f"vae: starting from {warm_start}")
     trained = [p for p in vae.parameters() if p.requires_grad]
@@ -208,11 +240,19 @@ def train_vae(run_dir: Path, source: SceneSource, arch: ArchitectureConfig, conf
         if step >= config.max_steps:  # finished: re-exporting would overwrite a decoder fine-tuned since
             log(f"{name}: already trained ({step} steps)")
             return
-    log(f"{name}: {models.parameter_count(vae) / 1e6:.2f}M parameters, {sum(p.numel() for p in trained) / 1e6:.2f}M trained")
+    log(
+        f"{name}: {models.parameter_count(vae) / 1e6:.2f}M parameters, {sum(p.numel() for p in trained) / 1e6:.2f}M trained"
+    )
 
     def save():
-        state = {"vae": vae.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(generator, py_rng),
-                 "step": step, "arch": to_dict(arch), "config": to_dict(config)}  # fmt: skip
+        state = {
+            "vae": vae.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": rng_state(generator, py_rng),
+            "step": step,
+            "arch": to_dict(arch),
+            "config": to_dict(config),
+        }
         atomic_torch_save(state, checkpoint_path)
         vae.eval()
         written = export_vae(vae, source, run_dir / "vae", factor)
@@ -299,7 +339,9 @@ def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float, prediction
     return torch.clamp(snr, max=gamma) / snr
 
 
-def sample_timesteps(count: int, total: int, generator: torch.Generator, high_fraction: float, high_from: int) -> torch.Tensor:
+def sample_timesteps(
+    count: int, total: int, generator: torch.Generator, high_fraction: float, high_from: int
+) -> torch.Tensor:
     """Uniform timesteps, except that a `high_fraction` of them are drawn from [high_from, total) only."""
     timesteps = torch.randint(total, (count,), generator=generator)
     if high_fraction > 0:
@@ -323,26 +365,45 @@ class UnetTrainer:
         self.text_encoder = models.build_text_encoder(arch, self.tokenizer)
         self.scheduler = models.build_training_scheduler(arch)
         self.optimizer = torch.optim.AdamW(
-            [{"params": self.unet.parameters(), "lr": config.unet_learning_rate, "base_lr": config.unet_learning_rate},
-             {"params": self.text_encoder.parameters(), "lr": config.text_learning_rate, "base_lr": config.text_learning_rate}],
+            [
+                {
+                    "params": self.unet.parameters(),
+                    "lr": config.unet_learning_rate,
+                    "base_lr": config.unet_learning_rate,
+                },
+                {
+                    "params": self.text_encoder.parameters(),
+                    "lr": config.text_learning_rate,
+                    "base_lr": config.text_learning_rate,
+                },
+            ],
             weight_decay=config.weight_decay,
-        )  # fmt: skip
+        )
         self.ema_unet = moving_average(self.unet, config.ema_decay)
         self.ema_text = moving_average(self.text_encoder, config.ema_decay)
         self.generator, self.py_rng, self.step = torch.Generator().manual_seed(0), random.Random(0), 0
         self.ema_start = 0  # the step the EMA last started from a copy of the weights
         self.checkpoint_path = run_dir / "unet.ckpt"
-        self.grounding = CaptionGrounding(self.tokenizer) if config.grounding_weight or config.grounding_pixel_weight else None
+        self.grounding = (
+            CaptionGrounding(self.tokenizer) if config.grounding_weight or config.grounding_pixel_weight else None
+        )
         self.attention = AttentionRecorder(self.unet) if self.grounding else None
         self.attention_resolutions = attention_resolutions(self.unet)
 
     def state(self) -> dict:
         return {
-            "unet": self.unet.state_dict(), "text_encoder": self.text_encoder.state_dict(),
-            "ema_unet": averaged_weights(self.ema_unet, self.unet), "ema_text": averaged_weights(self.ema_text, self.text_encoder),
-            "optimizer": self.optimizer.state_dict(), "rng": rng_state(self.generator, self.py_rng), "step": self.step,
-            "ema_start": self.ema_start, "arch": to_dict(self.arch), "config": to_dict(self.config), "vae": vae_fingerprint(self.run_dir),
-        }  # fmt: skip
+            "unet": self.unet.state_dict(),
+            "text_encoder": self.text_encoder.state_dict(),
+            "ema_unet": averaged_weights(self.ema_unet, self.unet),
+            "ema_text": averaged_weights(self.ema_text, self.text_encoder),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng_state(self.generator, self.py_rng),
+            "step": self.step,
+            "ema_start": self.ema_start,
+            "arch": to_dict(self.arch),
+            "config": to_dict(self.config),
+            "vae": vae_fingerprint(self.run_dir),
+        }
 
     def load(self, state: dict) -> None:
         self.unet.load_state_dict(state["unet"])
@@ -357,8 +418,10 @@ class UnetTrainer:
         saved = saved_architecture(state["arch"])
         if (saved.prediction_type, saved.zero_terminal_snr) != (self.arch.prediction_type, self.arch.zero_terminal_snr):
             self.restart_ema()  # an average over both parameterisations would predict neither
-            self.log(f"unet: from step {self.step} trained as {self.arch.prediction_type}, zero terminal SNR "
-                     f"{self.arch.zero_terminal_snr} (was {saved.prediction_type}, {saved.zero_terminal_snr}); EMA restarted")
+            self.log(
+                f"unet: from step {self.step} trained as {self.arch.prediction_type}, zero terminal SNR "
+                f"{self.arch.zero_terminal_snr} (was {saved.prediction_type}, {saved.zero_terminal_snr}); EMA restarted"
+            )
 
     def restart_ema(self) -> None:
         self.ema_unet = moving_average(self.unet, self.config.ema_decay)
@@ -371,7 +434,9 @@ class UnetTrainer:
         steps)."""
         model_dir = Path(model_dir)
         self.unet.load_state_dict(UNet2DConditionModel.from_pretrained(model_dir / "unet").float().state_dict())
-        self.text_encoder.load_state_dict(CLIPTextModel.from_pretrained(model_dir / "text_encoder").float().state_dict())
+        self.text_encoder.load_state_dict(
+            CLIPTextModel.from_pretrained(model_dir / "text_encoder").float().state_dict()
+        )
         info_path = model_dir / "basemodel.json"
         self.step = json.loads(info_path.read_text())["unet_step"] if info_path.exists() else 0
         self.restart_ema()
@@ -385,10 +450,16 @@ class UnetTrainer:
         self.unet.load_state_dict(UNet2DConditionModel.from_pretrained(model_dir / "unet").float().state_dict())
         other = CLIPTextModel.from_pretrained(model_dir / "text_encoder").float().state_dict()
         other_vocab = CLIPTokenizer.from_pretrained(model_dir / "tokenizer").get_vocab()
-        key = "text_model.embeddings.token_embedding.weight" if "text_model.embeddings.token_embedding.weight" in other else None
+        key = (
+            "text_model.embeddings.token_embedding.weight"
+            if "text_model.embeddings.token_embedding.weight" in other
+            else None
+        )
         key = key or next(name for name in other if name.endswith("token_embedding.weight"))
         rows = self.text_encoder.state_dict()[key].clone()
-        shared = [(index, other_vocab[token]) for token, index in self.tokenizer.get_vocab().items() if token in other_vocab]
+        shared = [
+            (index, other_vocab[token]) for token, index in self.tokenizer.get_vocab().items() if token in other_vocab
+        ]
         for index, other_index in shared:
             rows[index] = other[key][other_index]
         other[key] = rows
@@ -401,8 +472,13 @@ class UnetTrainer:
         self.log(f"unet: checkpoint at step {self.step}")
 
     def encode_captions(self, captions: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids  # fmt: skip
+        ids = self.tokenizer(
+            captions,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
         return self.text_encoder(ids)[0]
 
     def batch(self, latents: torch.Tensor, specs: list, two_objects: torch.Tensor | None = None):
@@ -422,8 +498,13 @@ class UnetTrainer:
     def training_step(self, latents: torch.Tensor, captions: list[str], specs: list | None = None) -> dict[str, float]:
         config = self.config
         noise = torch.randn(latents.shape, generator=self.generator)
-        timesteps = sample_timesteps(len(latents), self.scheduler.config.num_train_timesteps, self.generator,
-                                     config.high_noise_fraction, config.high_noise_from)  # fmt: skip
+        timesteps = sample_timesteps(
+            len(latents),
+            self.scheduler.config.num_train_timesteps,
+            self.generator,
+            config.high_noise_fraction,
+            config.high_noise_from,
+        )
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
         prediction_type = self.scheduler.config.prediction_type
         target = self.scheduler.get_velocity(latents, noise, timesteps) if prediction_type == "v_prediction" else noise
@@ -437,12 +518,17 @@ class UnetTrainer:
             targets = self.grounding.targets(specs, captions, self.attention_resolutions)
             losses["grounding"] = token_grounding_loss(self.attention.maps, targets)
             losses["pixel"] = token_pixel_loss(self.attention.maps, targets)
-        loss = diffusion + config.grounding_weight * losses.get("grounding", 0.0) + config.grounding_pixel_weight * losses.get("pixel", 0.0)
+        loss = (
+            diffusion
+            + config.grounding_weight * losses.get("grounding", 0.0)
+            + config.grounding_pixel_weight * losses.get("pixel", 0.0)
+        )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(self.unet.parameters()) + list(self.text_encoder.parameters()), 1.0)
-        factor = learning_rate_factor(self.step, config.warmup_steps, config.max_steps, config.min_learning_rate_ratio,
-                                      config.decay_from)  # fmt: skip
+        factor = learning_rate_factor(
+            self.step, config.warmup_steps, config.max_steps, config.min_learning_rate_ratio, config.decay_from
+        )
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         self.optimizer.step()
@@ -451,7 +537,9 @@ class UnetTrainer:
         self.ema_text.step(self.text_encoder.parameters())
         return {name: value.item() for name, value in losses.items()}
 
-    def run(self, resume: bool, stop, on_eval=None, init_from: Path | None = None, warm_start: Path | None = None) -> None:
+    def run(
+        self, resume: bool, stop, on_eval=None, init_from: Path | None = None, warm_start: Path | None = None
+    ) -> None:
         if resume and self.checkpoint_path.exists():
             state = torch.load(self.checkpoint_path, weights_only=False)
             if state["vae"] != vae_fingerprint(self.run_dir):
@@ -463,14 +551,18 @@ class UnetTrainer:
         elif warm_start is not None:
             self.warm_start(warm_start)
         if self.step >= self.config.max_steps:
-            self.log(f"unet: step {self.step} has reached max_steps {self.config.max_steps}, the end of the learning-rate "
-                     "decay; pass a larger --max-steps (and --decay-from) to go on")  # fmt: skip
+            self.log(
+                f"unet: step {self.step} has reached max_steps {self.config.max_steps}, the end of the learning-rate "
+                "decay; pass a larger --max-steps (and --decay-from) to go on"
+            )
             return
         pool = LatentPool(self.run_dir / "latents", vae_fingerprint(self.run_dir))
         latents, specs = pool.load()
         chunks = len(specs) // pool.chunk_size
-        self.log(f"unet: {models.parameter_count(self.unet) / 1e6:.2f}M, text encoder "
-                 f"{models.parameter_count(self.text_encoder) / 1e6:.2f}M parameters; pool of {len(specs)} scenes")  # fmt: skip
+        self.log(
+            f"unet: {models.parameter_count(self.unet) / 1e6:.2f}M, text encoder "
+            f"{models.parameter_count(self.text_encoder) / 1e6:.2f}M parameters; pool of {len(specs)} scenes"
+        )
         self.unet.train()
         self.text_encoder.train()
         last_save, losses, started = time.time(), [], time.time()
@@ -479,8 +571,13 @@ class UnetTrainer:
             losses.append(self.training_step(*self.batch(latents, specs, two_objects)))
             if self.step % self.config.log_every == 0:
                 means = {name: float(np.mean([step[name] for step in losses])) for name in losses[0]}
-                self.log(stage="unet", step=self.step, **means, lr=self.optimizer.param_groups[0]["lr"],
-                         samples_per_s=len(losses) * self.config.batch_size / (time.time() - started))  # fmt: skip
+                self.log(
+                    stage="unet",
+                    step=self.step,
+                    **means,
+                    lr=self.optimizer.param_groups[0]["lr"],
+                    samples_per_s=len(losses) * self.config.batch_size / (time.time() - started),
+                )
                 losses, started = [], time.time()
             if time.time() - last_save > self.config.checkpoint_minutes * 60:
                 self.save()
@@ -525,12 +622,18 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:
     for field in dataclasses.fields(cls):
         if field.name not in taken and field.type in ("int", "float", "str", int, float, str):
             kind = {"int": int, "float": float, "str": str}.get(field.type, field.type)
-            parser.add_argument("--" + field.name.replace("_", "-"), type=kind, default=None, help=f"{cls.__name__}.{field.name}")
+            parser.add_argument(
+                "--" + field.name.replace("_", "-"), type=kind, default=None, help=f"{cls.__name__}.{field.name}"
+            )
 
 
 def config_from_arguments(cls, arguments: argparse.Namespace, saved: dict | None = None):
     config = from_dict(cls, saved) if saved else cls()
-    overrides = {f.name: getattr(arguments, f.name) for f in dataclasses.fields(cls) if getattr(arguments, f.name, None) is not None}
+    overrides = {
+        f.name: getattr(arguments, f.name)
+        for f in dataclasses.fields(cls)
+        if getattr(arguments, f.name, None) is not None
+    }
     return dataclasses.replace(config, **overrides)
 
 
@@ -546,17 +649,32 @@ def main(argv=None) -> None:
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
     parser.add_argument("--force", action="store_true", help="tokenizer: rebuild even if it exists")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--init-from", type=Path, default=None,
-                        help="take the tokenizer and autoencoder of a shipped pipeline folder where the run directory lacks "
-                        "them, and (unet stage) its weights when there is no checkpoint, e.g. after losing checkpoints/")  # fmt: skip
-    parser.add_argument("--v-prediction", action="store_true",
-                        help="unet stage: go on training a resumed epsilon model as v-prediction on the zero-terminal-SNR "
-                        "schedule (new runs start so); the EMA restarts at the switch")  # fmt: skip
-    parser.add_argument("--world", choices=["families", "emoji"], default="families",
-                        help="which world's scenes to train on (default: the families world)")
-    parser.add_argument("--warm-start", type=Path, default=None,
-                        help="vae and unet stages of a new run: start from a pipeline folder's weights (the autoencoder "
-                        "whole; the UNet whole and the text encoder's rows for the tokens both tokenizers share)")
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="take the tokenizer and autoencoder of a shipped pipeline folder where the run directory lacks "
+        "them, and (unet stage) its weights when there is no checkpoint, e.g. after losing checkpoints/",
+    )
+    parser.add_argument(
+        "--v-prediction",
+        action="store_true",
+        help="unet stage: go on training a resumed epsilon model as v-prediction on the zero-terminal-SNR "
+        "schedule (new runs start so); the EMA restarts at the switch",
+    )
+    parser.add_argument(
+        "--world",
+        choices=["families", "emoji"],
+        default="families",
+        help="which world's scenes to train on (default: the families world)",
+    )
+    parser.add_argument(
+        "--warm-start",
+        type=Path,
+        default=None,
+        help="vae and unet stages of a new run: start from a pipeline folder's weights (the autoencoder "
+        "whole; the UNet whole and the text encoder's rows for the tokens both tokenizers share)",
+    )
     add_config_arguments(parser, VaeTrainingConfig)
     add_config_arguments(parser, UnetTrainingConfig)
     arguments = parser.parse_args(argv)
@@ -577,8 +695,17 @@ def main(argv=None) -> None:
         saved_arch = continuing and saved_config(run_dir / "vae.ckpt", "arch")
         arch = saved_architecture(saved_arch) if saved_arch else ArchitectureConfig()
         config = config_from_arguments(VaeTrainingConfig, arguments, saved)
-        train_vae(run_dir, source, arch, config, arguments.resume, stop, log, decoder_only=arguments.stage == "decoder",
-                  warm_start=arguments.warm_start)
+        train_vae(
+            run_dir,
+            source,
+            arch,
+            config,
+            arguments.resume,
+            stop,
+            log,
+            decoder_only=arguments.stage == "decoder",
+            warm_start=arguments.warm_start,
+        )
     elif arguments.stage == "latents":
         fill_latent_pool(run_dir, source, config_from_arguments(UnetTrainingConfig, arguments), log)
     else:
@@ -595,8 +722,13 @@ def main(argv=None) -> None:
         config = config_from_arguments(UnetTrainingConfig, arguments, saved)
         unet_source = source if families else world_source(config.state_position, config.category_word)
         trainer = UnetTrainer(run_dir, unet_source, arch, config, log)
-        trainer.run(arguments.resume, stop, on_eval=None if families else judge_scores, init_from=arguments.init_from,
-                    warm_start=arguments.warm_start)
+        trainer.run(
+            arguments.resume,
+            stop,
+            on_eval=None if families else judge_scores,
+            init_from=arguments.init_from,
+            warm_start=arguments.warm_start,
+        )
 
 
 if __name__ == "__main__":

@@ -34,10 +34,29 @@ from .scenes import photos, sample_spec
 
 EVAL_FIRST_SEED = 800_000
 SPREAD_SAMPLES = 64
-NAMING = CaptionChoice(colour=0.7, pattern=0.7, pattern_colour=0.3, plain=0.3, shape=0.5, accessory=0.7, pose=0.3,
-                       family_word=0.0, size=0.8, position=0.8, background=0.9, bare=0.0)  # fmt: skip
-BARS = {"category": 0.90, "colour": 0.85, "pattern": 0.75, "shape": 0.70, "background": 0.95, "position": 0.85,
-        "size": 0.85}  # fmt: skip
+NAMING = CaptionChoice(
+    colour=0.7,
+    pattern=0.7,
+    pattern_colour=0.3,
+    plain=0.3,
+    shape=0.5,
+    accessory=0.7,
+    pose=0.3,
+    family_word=0.0,
+    size=0.8,
+    position=0.8,
+    background=0.9,
+    bare=0.0,
+)
+BARS = {
+    "category": 0.90,
+    "colour": 0.85,
+    "pattern": 0.75,
+    "shape": 0.70,
+    "background": 0.95,
+    "position": 0.85,
+    "size": 0.85,
+}
 
 
 def prompt_set(count: int):
@@ -107,17 +126,24 @@ def spread(judge: Judge, pipe, name: str, generate, samples: int = SPREAD_SAMPLE
         summary[label] = {
             "colour": dict(Counter(reading.label("colour", r) for r in rows)),
             "pattern": dict(Counter(reading.label("pattern", r) for r in rows)),
-            "shape_mean": {k: float(np.mean([reading.shape(r, name)[k] for r in rows])) for k in CATEGORIES[name].shape_names},
-            "shape_std": {k: float(np.std([reading.shape(r, name)[k] for r in rows])) for k in CATEGORIES[name].shape_names},
+            "shape_mean": {
+                k: float(np.mean([reading.shape(r, name)[k] for r in rows])) for k in CATEGORIES[name].shape_names
+            },
+            "shape_std": {
+                k: float(np.std([reading.shape(r, name)[k] for r in rows])) for k in CATEGORIES[name].shape_names
+            },
         }
     for key in ("colour", "pattern"):  # total variation distance between the two histograms
         names = set(summary["world"][key]) | set(summary["model"][key])
-        summary[f"{key}_tv"] = 0.5 * sum(abs(summary["world"][key].get(n, 0) - summary["model"][key].get(n, 0)) / samples for n in names)
+        summary[f"{key}_tv"] = 0.5 * sum(
+            abs(summary["world"][key].get(n, 0) - summary["model"][key].get(n, 0)) / samples for n in names
+        )
     return summary, drawn
 
 
-def evaluate(pipe, judge: Judge, prompts: int, seeds: int, out: Path | None, steps: int = 25,
-             guidance: float | None = None) -> dict:  # fmt: skip
+def evaluate(
+    pipe, judge: Judge, prompts: int, seeds: int, out: Path | None, steps: int = 25, guidance: float | None = None
+) -> dict:
     steps, guidance = sampling_defaults(steps, guidance)
 
     def generate(texts, seed_list):
@@ -133,10 +159,18 @@ def evaluate(pipe, judge: Judge, prompts: int, seeds: int, out: Path | None, ste
             image_hits = score_image(reading, row, spec, caption)
             hits.append(image_hits)
             by_category.setdefault(spec.first.instance.category, []).append(image_hits)
-            verdict = "ok" if all(image_hits.values()) else "miss " + ",".join(k for k, v in image_hits.items() if not v)
+            verdict = (
+                "ok" if all(image_hits.values()) else "miss " + ",".join(k for k, v in image_hits.items() if not v)
+            )
             cells.append((images[row], f"{caption.text} | {verdict}"))
-    results = {"pooled": pooled(hits), "per_category": {name: pooled(h) for name, h in sorted(by_category.items())},
-               "prompts": prompts, "seeds": seeds, "steps": steps, "guidance": guidance}  # fmt: skip
+    results = {
+        "pooled": pooled(hits),
+        "per_category": {name: pooled(h) for name, h in sorted(by_category.items())},
+        "prompts": prompts,
+        "seeds": seeds,
+        "steps": steps,
+        "guidance": guidance,
+    }
     spreads, spread_rows = {}, []
     for name in CATEGORY_NAMES:
         spreads[name], drawn = spread(judge, pipe, name, generate)

@@ -60,9 +60,10 @@ def article(phrase: str) -> str:
     return f"{'an' if phrase[0] in 'aeiou' else 'a'} {phrase}"
 
 
-def noun_phrase(placement, rng: random.Random, choice: CaptionChoice, size_word: str | None,
-                stated: set[str], prefix: str = "") -> str:  # fmt: skip
-    """"a small chubby black cat with white spots wearing a red collar": what the caption says of one object, with
+def noun_phrase(
+    placement, rng: random.Random, choice: CaptionChoice, size_word: str | None, stated: set[str], prefix: str = ""
+) -> str:
+    """ "a small chubby black cat with white spots wearing a red collar": what the caption says of one object, with
     the attributes it names added to `stated` (keys prefixed by `prefix`)."""
     instance = placement.instance
     family = CATEGORIES[instance.category]

@@ -85,8 +85,10 @@ CATEGORIES: dict[str, Category] = {
             patterns=("plain", "stripes", "spots", "patches"),
             accessory="collar",
             poses=("standing", "sitting"),
-            family_words=(("tabby", lambda i: i.pattern == "stripes"),
-                          ("kitten", lambda i: i.shape["head"] > 0.6 and i.shape["legs"] < 0.4)),  # fmt: skip
+            family_words=(
+                ("tabby", lambda i: i.pattern == "stripes"),
+                ("kitten", lambda i: i.shape["head"] > 0.6 and i.shape["legs"] < 0.4),
+            ),
             pet=True,
         ),
         Category(
@@ -104,9 +106,13 @@ CATEGORIES: dict[str, Category] = {
             patterns=("plain", "spots", "patches"),
             accessory="collar",
             poses=("standing", "sitting"),
-            family_words=(("puppy", lambda i: i.shape["legs"] < 0.4 and i.shape["build"] > 0.5),
-                          ("dalmatian", lambda i: i.pattern == "spots" and i.colour_name == "white"
-                           and i.second_colour_name == "black")),  # fmt: skip
+            family_words=(
+                ("puppy", lambda i: i.shape["legs"] < 0.4 and i.shape["build"] > 0.5),
+                (
+                    "dalmatian",
+                    lambda i: i.pattern == "spots" and i.colour_name == "white" and i.second_colour_name == "black",
+                ),
+            ),
             pet=True,
         ),
         Category(

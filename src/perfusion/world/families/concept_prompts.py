@@ -19,7 +19,9 @@ from .palette import COLOURS
 class ConceptPrompt:
     template: str  # "{} on a blue background": {} is the subject's noun phrase, article included
     prefix: str = ""  # words before the noun ("small", "green")
-    stated: dict = field(default_factory=dict)  # what the prompt asks: background, position, size, second, colour, pattern
+    stated: dict = field(
+        default_factory=dict
+    )  # what the prompt asks: background, position, size, second, colour, pattern
     changes: dict = field(default_factory=dict)  # Instance fields the prompt changes on purpose
 
     def text(self, noun: str) -> str:
@@ -55,7 +57,11 @@ def concept_prompts(instance: Instance) -> list[ConceptPrompt]:
         ConceptPrompt("{} at the top", prefix="large", stated={"size": "large", "position": "top"}),
         ConceptPrompt("{} on the right on a green background", stated={"position": "right", "background": "green"}),
         ConceptPrompt("{}", prefix=colour, stated={"colour": colour}, changes={"colour": COLOURS[colour]}),
-        ConceptPrompt("{} on a white background", prefix=recolour, stated={"colour": recolour, "background": "white"},
-                      changes={"colour": COLOURS[recolour]}),  # fmt: skip
+        ConceptPrompt(
+            "{} on a white background",
+            prefix=recolour,
+            stated={"colour": recolour, "background": "white"},
+            changes={"colour": COLOURS[recolour]},
+        ),
         ConceptPrompt("{}", prefix=adjective, stated={"pattern": pattern}, changes={"pattern": pattern}),
     ]

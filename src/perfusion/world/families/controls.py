@@ -36,8 +36,11 @@ def verbal_description(instance: Instance, leave_out: frozenset[str] = frozenset
     words.append(instance.category)
     if instance.pattern != "plain" and "pattern" not in leave_out:
         noun = PATTERN_WORDS[instance.pattern][1].removeprefix("with ").removeprefix("a ")
-        words.append(f"with {instance.second_colour_name} {noun}" if instance.pattern != "band"
-                     else f"with a {instance.second_colour_name} band")  # fmt: skip
+        words.append(
+            f"with {instance.second_colour_name} {noun}"
+            if instance.pattern != "band"
+            else f"with a {instance.second_colour_name} band"
+        )
     if instance.accessory is not None:
         words.append(f"wearing a {instance.accessory_name} {family.accessory}")
     return " ".join(words)
@@ -75,7 +78,9 @@ def value_oracle(pipe, instance: Instance, token: str = ORACLE_TOKEN) -> Concept
         token_embedding=embeddings[0].float(),
         concept_encoding=encoding.float(),
         supercategory_encoding=encoding.float().clone(),
-        value_targets={name: module.to_v(mixture.to(module.to_v.weight.dtype)).float() for name, module in layers.items()},
+        value_targets={
+            name: module.to_v(mixture.to(module.to_v.weight.dtype)).float() for name, module in layers.items()
+        },
         base_fingerprint=pipeline_fingerprint(pipe),
         token_embedding_2=embeddings[1].float() if len(embeddings) > 1 else None,
     )

@@ -115,8 +115,13 @@ def draw_cat(canvas: Canvas, instance: Instance, pose: str) -> None:
     fur.curve(tail, 10 + 5 * s["build"])
     for side in (-1, 1):  # ears: triangles on the head's top
         base = hx + side * head_r * 0.45
-        fur.polygon([(base - ear * 0.55, hy - head_r * 0.6), (base + ear * 0.55, hy - head_r * 0.6),
-                     (base + side * ear * 0.2, hy - head_r * 0.55 - ear * 1.25)])  # fmt: skip
+        fur.polygon(
+            [
+                (base - ear * 0.55, hy - head_r * 0.6),
+                (base + ear * 0.55, hy - head_r * 0.6),
+                (base + side * ear * 0.2, hy - head_r * 0.55 - ear * 1.25),
+            ]
+        )
     fur.ellipse(hx, hy, head_r, head_r * 0.92)
     _collar(canvas, instance, hx, hy, head_r)
     face = canvas.overlay(EYE)
@@ -160,14 +165,26 @@ def draw_dog(canvas: Canvas, instance: Instance, pose: str) -> None:
     if s["floppy"] > 0.5:  # hanging ears, longer the floppier
         droop = ear_len * (0.6 + 0.8 * (s["floppy"] - 0.5))
         ears = canvas.overlay(shade(instance.colour, 0.7))
-        ears.ellipse((hx - head_r * 0.55 - ear_w / 2, hy - head_r * 0.6, hx - head_r * 0.55 + ear_w / 2,
-                      hy - head_r * 0.6 + droop * 1.6), fill=255)  # fmt: skip
+        ears.ellipse(
+            (
+                hx - head_r * 0.55 - ear_w / 2,
+                hy - head_r * 0.6,
+                hx - head_r * 0.55 + ear_w / 2,
+                hy - head_r * 0.6 + droop * 1.6,
+            ),
+            fill=255,
+        )
     else:  # standing ears, pointier the less floppy
         point = ear_len * (1.3 - s["floppy"])
         for offset in (-0.35, 0.15):
             base = hx + offset * head_r
-            canvas.polygon([(base - ear_w * 0.6, hy - head_r * 0.55), (base + ear_w * 0.6, hy - head_r * 0.55),
-                            (base - ear_w * 0.1, hy - head_r * 0.5 - point)])  # fmt: skip
+            canvas.polygon(
+                [
+                    (base - ear_w * 0.6, hy - head_r * 0.55),
+                    (base + ear_w * 0.6, hy - head_r * 0.55),
+                    (base - ear_w * 0.1, hy - head_r * 0.5 - point),
+                ]
+            )
     _collar(canvas, instance, hx - 4, hy, head_r)
     _dot(canvas.overlay(EYE), hx + head_r * 0.25, hy - head_r * 0.2, 6)
     _dot(canvas.overlay(EYE), hx + head_r * 0.4 + snout + head_r * 0.3, hy + head_r * 0.22, 7)
@@ -182,7 +199,9 @@ def draw_bird(canvas: Canvas, instance: Instance, pose: str) -> None:
     canvas.ellipse(cx, cy, body_w / 2, body_h / 2)
     tail = 18 + 70 * s["tail"]
     tx, ty = cx - body_w * 0.38, cy - body_h * 0.05
-    canvas.polygon([(tx + 10, ty - 14), (tx + 10, ty + 14), (tx - tail, ty + 4 + tail * 0.35), (tx - tail, ty - 6 - tail * 0.15)])
+    canvas.polygon(
+        [(tx + 10, ty - 14), (tx + 10, ty + 14), (tx - tail, ty + 4 + tail * 0.35), (tx - tail, ty - 6 - tail * 0.15)]
+    )
     head_r = 30 + 6 * s["build"]
     hx, hy = cx + body_w * 0.36, cy - body_h / 2 - head_r * 0.35
     canvas.ellipse(hx, hy, head_r, head_r)
@@ -190,10 +209,17 @@ def draw_bird(canvas: Canvas, instance: Instance, pose: str) -> None:
         crest = 14 + 40 * (s["crest"] - 1 / 3)
         for lean in (-0.5, 0.0, 0.5):
             base = hx + lean * head_r * 0.5
-            canvas.polygon([(base - 8, hy - head_r * 0.8), (base + 8, hy - head_r * 0.8),
-                            (base + lean * 10 - 6, hy - head_r * 0.7 - crest)])  # fmt: skip
+            canvas.polygon(
+                [
+                    (base - 8, hy - head_r * 0.8),
+                    (base + 8, hy - head_r * 0.8),
+                    (base + lean * 10 - 6, hy - head_r * 0.7 - crest),
+                ]
+            )
     beak = 10 + 36 * s["beak"]
-    canvas.overlay(BEAK).polygon([(hx + head_r * 0.8, hy - 9), (hx + head_r * 0.8, hy + 9), (hx + head_r * 0.8 + beak, hy + 2)], fill=255)
+    canvas.overlay(BEAK).polygon(
+        [(hx + head_r * 0.8, hy - 9), (hx + head_r * 0.8, hy + 9), (hx + head_r * 0.8 + beak, hy + 2)], fill=255
+    )
     wing = canvas.overlay(shade(instance.colour, 0.78))
     wing.ellipse((cx - body_w * 0.32, cy - body_h * 0.22, cx + body_w * 0.22, cy + body_h * 0.25), fill=255)
     feet = canvas.overlay(shade(BEAK, 0.7))
@@ -213,7 +239,9 @@ def draw_fish(canvas: Canvas, instance: Instance, pose: str) -> None:
     canvas.polygon([(tx + 6, cy), (tx - tail, cy - tail * 0.85), (tx - tail * 0.7, cy), (tx - tail, cy + tail * 0.85)])
     fin = 12 + 36 * s["fins"]
     canvas.polygon([(cx - 30, cy - body_h / 2 + 8), (cx + 24, cy - body_h / 2 + 6), (cx - 20, cy - body_h / 2 - fin)])
-    canvas.polygon([(cx - 10, cy + body_h / 2 - 8), (cx + 20, cy + body_h / 2 - 6), (cx - 6, cy + body_h / 2 + fin * 0.6)])
+    canvas.polygon(
+        [(cx - 10, cy + body_h / 2 - 8), (cx + 20, cy + body_h / 2 - 6), (cx - 6, cy + body_h / 2 + fin * 0.6)]
+    )
     eye_r = 8 + 10 * s["eye"]
     ex, ey = cx + body_w * 0.3, cy - body_h * 0.12
     _dot(canvas.overlay((245, 245, 245)), ex, ey, eye_r)
@@ -229,7 +257,9 @@ def draw_mug(canvas: Canvas, instance: Instance, pose: str) -> None:
     cx, bottom = 112, GROUND - 4
     top = bottom - height
     rim = 7 + 9 * s["rim"]
-    canvas.polygon([(cx - top_w / 2, top), (cx + top_w / 2, top), (cx + bottom_w / 2, bottom), (cx - bottom_w / 2, bottom)])
+    canvas.polygon(
+        [(cx - top_w / 2, top), (cx + top_w / 2, top), (cx + bottom_w / 2, bottom), (cx - bottom_w / 2, bottom)]
+    )
     canvas.ellipse(cx, bottom, bottom_w / 2, 10)
     canvas.ellipse(cx, top, top_w / 2 + rim * 0.4, rim + 8)
     size = 0.6 + 0.6 * s["handle_size"]
@@ -238,10 +268,18 @@ def draw_mug(canvas: Canvas, instance: Instance, pose: str) -> None:
     corner = (1.0 - s["handle"]) * 0.5 * min(hx1 - hx0, hy1 - hy0)  # round handles are ellipses, square ones boxes
     canvas.pen.rounded_rectangle((hx0, hy0, hx1, hy1), radius=max(2.0, corner), fill=255)
     hole = 14 + 4 * s["handle_size"]
-    canvas.pen.rounded_rectangle((hx0 + hole * 0.6, hy0 + hole, hx1 - hole, hy1 - hole), radius=max(1.0, corner - hole),
-                                 fill=0)  # fmt: skip
-    canvas.pen.polygon([(cx - top_w / 2 + 2, top + 4), (cx + top_w / 2 - 2, top + 4), (cx + bottom_w / 2 - 2, bottom - 4),
-                        (cx - bottom_w / 2 + 2, bottom - 4)], fill=255)  # the body covers the handle's inner end
+    canvas.pen.rounded_rectangle(
+        (hx0 + hole * 0.6, hy0 + hole, hx1 - hole, hy1 - hole), radius=max(1.0, corner - hole), fill=0
+    )
+    canvas.pen.polygon(
+        [
+            (cx - top_w / 2 + 2, top + 4),
+            (cx + top_w / 2 - 2, top + 4),
+            (cx + bottom_w / 2 - 2, bottom - 4),
+            (cx - bottom_w / 2 + 2, bottom - 4),
+        ],
+        fill=255,
+    )  # the body covers the handle's inner end
     canvas.pattern_box = (cx - top_w / 2, top + rim, cx + top_w / 2, bottom)
     opening = canvas.overlay(shade(instance.colour, INSIDE))
     opening.ellipse((cx - top_w / 2 + rim * 0.6, top - 8, cx + top_w / 2 - rim * 0.6, top + 8), fill=255)
@@ -259,8 +297,13 @@ def draw_teddy(canvas: Canvas, instance: Instance, pose: str) -> None:
     arm = 34 + 34 * s["arms"]
     for side in (-1, 1):
         canvas.limb(cx + side * body_w * 0.32, GROUND - 18, cx + side * body_w * 0.48, GROUND - 10, 32 + 8 * s["build"])
-        canvas.limb(cx + side * body_w * 0.38, cy - body_h * 0.25, cx + side * (body_w * 0.38 + arm * 0.6),
-                    cy - body_h * 0.25 + arm * 0.8, 24 + 6 * s["build"])  # fmt: skip
+        canvas.limb(
+            cx + side * body_w * 0.38,
+            cy - body_h * 0.25,
+            cx + side * (body_w * 0.38 + arm * 0.6),
+            cy - body_h * 0.25 + arm * 0.8,
+            24 + 6 * s["build"],
+        )
         canvas.ellipse(hx + side * head_r * 0.72, hy - head_r * 0.68, ear_r, ear_r)
     canvas.ellipse(cx, cy, body_w / 2, body_h / 2)
     canvas.ellipse(hx, hy, head_r, head_r * 0.95)
@@ -327,7 +370,14 @@ def draw_car(canvas: Canvas, instance: Instance, pose: str) -> None:
     canvas.pen.rounded_rectangle((x0, body_top, x1, body_bottom), radius=14, fill=255)
     cabin_x0, cabin_x1 = x0 + length * 0.22, x0 + length * 0.72
     roof = body_top - cabin_h
-    canvas.polygon([(cabin_x0, body_top + 2), (cabin_x0 + slope * 0.5, roof), (cabin_x1 - slope, roof), (cabin_x1 + slope * 0.3, body_top + 2)])
+    canvas.polygon(
+        [
+            (cabin_x0, body_top + 2),
+            (cabin_x0 + slope * 0.5, roof),
+            (cabin_x1 - slope, roof),
+            (cabin_x1 + slope * 0.3, body_top + 2),
+        ]
+    )
     canvas.pattern_box = (x0, body_top, x1, body_bottom)
     windows = canvas.overlay(WINDOW)
     inset = 9
@@ -335,7 +385,9 @@ def draw_car(canvas: Canvas, instance: Instance, pose: str) -> None:
     for a, b in ((cabin_x0 + inset, middle - 4), (middle + 4, cabin_x1 - inset)):
         top_a = a + (slope * 0.5 if a < middle else 0)
         top_b = b - (slope if b > middle else 0)
-        windows.polygon([(a, body_top - 2), (top_a + 2, roof + inset), (top_b - 2, roof + inset), (b, body_top - 2)], fill=255)
+        windows.polygon(
+            [(a, body_top - 2), (top_a + 2, roof + inset), (top_b - 2, roof + inset), (b, body_top - 2)], fill=255
+        )
     wheels, hubs = canvas.overlay(WHEEL), canvas.overlay(HUB)
     for x in (x0 + length * 0.2, x1 - length * 0.2):
         _dot(wheels, x, GROUND - wheel_r, wheel_r)
@@ -343,8 +395,16 @@ def draw_car(canvas: Canvas, instance: Instance, pose: str) -> None:
     _dot(canvas.overlay(HEADLIGHT), x1 - 8, body_top + body_h * 0.3, 7)
 
 
-DRAWERS = {"cat": draw_cat, "dog": draw_dog, "bird": draw_bird, "fish": draw_fish, "mug": draw_mug,
-           "teddy": draw_teddy, "vase": draw_vase, "car": draw_car}  # fmt: skip
+DRAWERS = {
+    "cat": draw_cat,
+    "dog": draw_dog,
+    "bird": draw_bird,
+    "fish": draw_fish,
+    "mug": draw_mug,
+    "teddy": draw_teddy,
+    "vase": draw_vase,
+    "car": draw_car,
+}
 
 
 def _collar(canvas: Canvas, instance: Instance, hx: float, hy: float, head_r: float) -> None:
@@ -369,7 +429,11 @@ def pattern_mask(instance: Instance, canvas: Canvas) -> Image.Image | None:
         offset = rng.uniform(0, 2 * width)
         position = -offset
         while position < SPRITE:
-            box = (position, 0, position + width, SPRITE) if canvas.pattern_axis == "vertical" else (0, position, SPRITE, position + width)
+            box = (
+                (position, 0, position + width, SPRITE)
+                if canvas.pattern_axis == "vertical"
+                else (0, position, SPRITE, position + width)
+            )
             pen.rectangle(box, fill=255)
             position += 2.2 * width
     elif instance.pattern == "spots":

@@ -84,23 +84,37 @@ class Instance:
     def describe(self) -> str:
         """A short human-readable summary (not a caption)."""
         shapes = ", ".join(f"{name} {value:.2f}" for name, value in self.shape.items())
-        pattern = "plain" if self.pattern == "plain" else f"{self.second_colour_name} {self.pattern} ({self.pattern_scale:.2f})"
+        pattern = (
+            "plain"
+            if self.pattern == "plain"
+            else f"{self.second_colour_name} {self.pattern} ({self.pattern_scale:.2f})"
+        )
         accessory = f", {self.accessory_name} {self.family.accessory}" if self.accessory else ""
         return f"{self.colour_name} {self.category}, {pattern}{accessory}; {shapes}"
 
     def to_dict(self) -> dict:
-        return {"category": self.category, "shape": self.shape, "colour": list(self.colour),
-                "second_colour": list(self.second_colour), "pattern": self.pattern,
-                "pattern_scale": self.pattern_scale,
-                "accessory": None if self.accessory is None else list(self.accessory)}  # fmt: skip
+        return {
+            "category": self.category,
+            "shape": self.shape,
+            "colour": list(self.colour),
+            "second_colour": list(self.second_colour),
+            "pattern": self.pattern,
+            "pattern_scale": self.pattern_scale,
+            "accessory": None if self.accessory is None else list(self.accessory),
+        }
 
     @classmethod
     def from_dict(cls, values: dict) -> Instance:
         family = category(values["category"])
-        return cls(values["category"], tuple(float(values["shape"][name]) for name in family.shape_names),
-                   tuple(values["colour"]), tuple(values["second_colour"]), values["pattern"],
-                   float(values["pattern_scale"]),
-                   None if values.get("accessory") is None else tuple(values["accessory"]))  # fmt: skip
+        return cls(
+            values["category"],
+            tuple(float(values["shape"][name]) for name in family.shape_names),
+            tuple(values["colour"]),
+            tuple(values["second_colour"]),
+            values["pattern"],
+            float(values["pattern_scale"]),
+            None if values.get("accessory") is None else tuple(values["accessory"]),
+        )
 
 
 def distance(first: Instance, second: Instance) -> float:
@@ -160,10 +174,13 @@ def sample_training_instance(name: str, rng: random.Random) -> Instance:
 
 def seen_instances(name: str) -> tuple[Instance, ...]:
     """The category's fixed seen members: training scenes show them again and again."""
-    return _SEEN.setdefault(name, tuple(
-        sample_training_instance(name, random.Random(SEEN_FIRST_SEED + 100 * CATEGORIES_ORDER[name] + index))
-        for index in range(SEEN_PER_CATEGORY)
-    ))  # fmt: skip
+    return _SEEN.setdefault(
+        name,
+        tuple(
+            sample_training_instance(name, random.Random(SEEN_FIRST_SEED + 100 * CATEGORIES_ORDER[name] + index))
+            for index in range(SEEN_PER_CATEGORY)
+        ),
+    )
 
 
 def evaluation_instance(name: str, seed: int) -> Instance:

@@ -1,8 +1,8 @@
 """The families judge: reads 64x64 images of the families world and says what they show.
 
-    judge = Judge.load()
-    reading = judge.read(images)                    # PIL images or a (N, 3, H, W) tensor in [0, 1]
-    reading.label("category", 0), reading.accepted(0), reading.shape(0), reading.embeddings[0]
+judge = Judge.load()
+reading = judge.read(images)                    # PIL images or a (N, 3, H, W) tensor in [0, 1]
+reading.label("category", 0), reading.accepted(0), reading.shape(0), reading.embeddings[0]
 """
 
 from __future__ import annotations
@@ -74,13 +74,17 @@ class Judge:
     def load(cls, path: str | Path = JUDGE_PATH) -> Judge:
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"{path}: no judge weights; train them with python -m perfusion.world.families.train_judge")
+            raise FileNotFoundError(
+                f"{path}: no judge weights; train them with python -m perfusion.world.families.train_judge"
+            )
         with safe_open(str(path), framework="pt") as handle:
             header = handle.metadata() or {}
         if "config" not in header or "classes" not in header:
             raise ValueError(f"{path}: not a judge file (no config/classes metadata)")
         if json.loads(header["classes"]) != _classes():
-            raise ValueError(f"{path}: trained for another world; retrain with python -m perfusion.world.families.train_judge")
+            raise ValueError(
+                f"{path}: trained for another world; retrain with python -m perfusion.world.families.train_judge"
+            )
         net = JudgeNet(JudgeNetConfig.from_dict(json.loads(header["config"])))
         net.load_state_dict({name: tensor.float() for name, tensor in load_file(str(path)).items()})
         return cls(net, json.loads(header.get("extra", "{}")))
@@ -108,6 +112,13 @@ def save_judge(net: JudgeNet, path: Path, extra: dict) -> None:
     """fp16 weights with the network config, the class lists and ``extra`` as metadata."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {"config": json.dumps(net.config.to_dict()), "classes": json.dumps(_classes()), "extra": json.dumps(extra)}
-    tensors = {name: (tensor.half() if tensor.is_floating_point() else tensor).contiguous() for name, tensor in net.state_dict().items()}
+    metadata = {
+        "config": json.dumps(net.config.to_dict()),
+        "classes": json.dumps(_classes()),
+        "extra": json.dumps(extra),
+    }
+    tensors = {
+        name: (tensor.half() if tensor.is_floating_point() else tensor).contiguous()
+        for name, tensor in net.state_dict().items()
+    }
     atomic_save_safetensors(tensors, path, metadata)

@@ -21,7 +21,7 @@ from perfusion.world.negatives import KINDS
 
 from .categories import CATEGORY_NAMES
 from .judge import Judge
-from .judge_data import instance_labels, one_object_spec, validation_instances, _negative_filter
+from .judge_data import _negative_filter, instance_labels, one_object_spec, validation_instances
 from .judge_net import HEAD_CLASSES
 from .metrics import Gallery, attribute_match, match_share
 from .scenes import photos, render_with_mask
@@ -56,7 +56,10 @@ def check(judge: Judge, instances_per_category: int = 4, out: Path | None = None
             images.append(render_with_mask(spec, _negative_filter((kind,), rng))[0])
         reading = judge.read(images)
         refused[kind] = float(np.mean([not reading.accepted(row) for row in range(len(images))]))
-        negative_cells += [(image, f"{kind} {'refused' if not reading.accepted(r) else 'ACCEPTED'}") for r, image in enumerate(images[:4])]
+        negative_cells += [
+            (image, f"{kind} {'refused' if not reading.accepted(r) else 'ACCEPTED'}")
+            for r, image in enumerate(images[:4])
+        ]
     results = {
         "renders_recognised": float(np.mean(recognised)),
         "attribute_match": match_share(matches),
@@ -68,8 +71,12 @@ def check(judge: Judge, instances_per_category: int = 4, out: Path | None = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "judge_check.json").write_text(json.dumps(results, indent=1))
-        write_sheet(out / "judge_check.png", [SheetRow("reserved renders", cells), SheetRow("negatives", negative_cells)],
-                    title="judge check: renders it never saw, and negatives", columns=16)  # fmt: skip
+        write_sheet(
+            out / "judge_check.png",
+            [SheetRow("reserved renders", cells), SheetRow("negatives", negative_cells)],
+            title="judge check: renders it never saw, and negatives",
+            columns=16,
+        )
     return results
 
 

@@ -22,9 +22,8 @@ from perfusion.world.negatives import KINDS, negative_sprite
 from .categories import ALL_COLOURS, CATEGORY_NAMES, PATTERNS, category
 from .instances import Instance, _draw, evaluation_instance
 from .judge_net import HEAD_CLASSES, NOTHING, PATTERN_SCALE, REGRESSION_OUTPUTS, SHAPE_SLICES
-from .palette import colour_name
+from .palette import BACKGROUND_TEXTURES, colour_name
 from .scenes import POSITIONS, SIZES, SceneSpec, pick_background, render_with_mask, sample_placement
-from .palette import BACKGROUND_TEXTURES
 
 IGNORE = -100
 
@@ -148,7 +147,9 @@ def labelled_batch(rng: random.Random, recipe: BatchRecipe = BatchRecipe(), inst
     def add(spec: SceneSpec, labels: dict, value, known, group: int, kinds=()):
         image, _ = render_with_mask(spec, _negative_filter(kinds, rng) if kinds else None)
         images.append(np.asarray(image))
-        rows.append({**empty, "background": _index("background", spec.background), "size": _index("size", spec.size), **labels})
+        rows.append(
+            {**empty, "background": _index("background", spec.background), "size": _index("size", spec.size), **labels}
+        )
         values.append(value)
         knowns.append(known)
         identity.append(group)
@@ -172,8 +173,13 @@ def labelled_batch(rng: random.Random, recipe: BatchRecipe = BatchRecipe(), inst
         add(spec, {"count": 1, "left": _index("left", left), "right": _index("right", right)}, *nothing, -1, kinds)
     for _ in range(recipe.negatives):
         spec = one_object_spec(free_instance(rng, stretch=recipe.stretch), rng, recipe.small)
-        add(spec, {"accept": 0, "count": 0, "position": _index("position", spec.position)}, *nothing, -1,
-            (rng.choice(KINDS),))  # fmt: skip
+        add(
+            spec,
+            {"accept": 0, "count": 0, "position": _index("position", spec.position)},
+            *nothing,
+            -1,
+            (rng.choice(KINDS),),
+        )
     return LabelledBatch(
         images=torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0,
         targets={head: torch.tensor([row[head] for row in rows], dtype=torch.long) for head in HEAD_CLASSES},
@@ -185,4 +191,6 @@ def labelled_batch(rng: random.Random, recipe: BatchRecipe = BatchRecipe(), inst
 
 def validation_instances(count_per_category: int, first_seed: int = 2_000_000) -> list[Instance]:
     """Reserved instances the judge never trains on (seeds far from tuning and evaluation ranges)."""
-    return [evaluation_instance(name, first_seed + index) for name in CATEGORY_NAMES for index in range(count_per_category)]
+    return [
+        evaluation_instance(name, first_seed + index) for name in CATEGORY_NAMES for index in range(count_per_category)
+    ]

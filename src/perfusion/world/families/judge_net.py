@@ -68,8 +68,11 @@ class JudgeNetConfig:
 
 
 def conv_block(channels_in: int, channels_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(channels_in, channels_out, 3, padding=1, bias=False), nn.BatchNorm2d(channels_out),
-                         nn.ReLU(inplace=True))  # fmt: skip
+    return nn.Sequential(
+        nn.Conv2d(channels_in, channels_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(channels_out),
+        nn.ReLU(inplace=True),
+    )
 
 
 class JudgeNet(nn.Module):
@@ -85,15 +88,23 @@ class JudgeNet(nn.Module):
             layers += [nn.MaxPool2d(2), conv_block(width, stage_width), conv_block(stage_width, stage_width)]
             width = stage_width
         self.trunk = nn.Sequential(*layers)
-        self.spatial = nn.Sequential(nn.AdaptiveAvgPool2d(config.spatial_grid), nn.Flatten(),
-                                     nn.Linear(width * config.spatial_grid**2, config.spatial_features), nn.ReLU(inplace=True))  # fmt: skip
+        self.spatial = nn.Sequential(
+            nn.AdaptiveAvgPool2d(config.spatial_grid),
+            nn.Flatten(),
+            nn.Linear(width * config.spatial_grid**2, config.spatial_features),
+            nn.ReLU(inplace=True),
+        )
         # Mean and max pooling: a small object's parts (an eye, a spot) are a few cells of the last grid.
         self.identity = nn.Sequential(nn.Linear(2 * width, config.identity_features), nn.ReLU(inplace=True))
         self.embedding = nn.Linear(config.identity_features, config.embedding_dim)
-        self.heads = nn.ModuleDict({
-            name: nn.Linear(config.spatial_features if name in SPATIAL_HEADS else config.identity_features, len(classes))
-            for name, classes in HEAD_CLASSES.items()
-        })  # fmt: skip
+        self.heads = nn.ModuleDict(
+            {
+                name: nn.Linear(
+                    config.spatial_features if name in SPATIAL_HEADS else config.identity_features, len(classes)
+                )
+                for name, classes in HEAD_CLASSES.items()
+            }
+        )
         self.regression = nn.Linear(config.identity_features, REGRESSION_OUTPUTS)
 
     def forward(self, images: torch.Tensor):
@@ -102,4 +113,8 @@ class JudgeNet(nn.Module):
         pooled = torch.cat([features.mean(dim=(2, 3)), features.amax(dim=(2, 3))], dim=1)
         identity = self.identity(pooled)
         logits = {name: head(spatial if name in SPATIAL_HEADS else identity) for name, head in self.heads.items()}
-        return logits, torch.sigmoid(self.regression(identity)), nn.functional.normalize(self.embedding(identity), dim=-1)
+        return (
+            logits,
+            torch.sigmoid(self.regression(identity)),
+            nn.functional.normalize(self.embedding(identity), dim=-1),
+        )

@@ -28,10 +28,10 @@ from .categories import CATEGORY_NAMES
 from .concept_prompts import concept_prompts
 from .controls import ORACLE_TOKEN, value_oracle, verbal_description
 from .examples import example_instances
+from .instances import seen_instances
 from .judge import Judge
 from .sampling import generate_images
 from .scenes import photos
-from .instances import seen_instances
 from .scoring import ConceptScores, Galleries, score_concept_images
 
 SEEDS = (0, 1)
@@ -49,8 +49,16 @@ def world_captions(count: int = 5000) -> list[str]:
     return [caption(sample_spec(rng), rng) for _ in range(count)]
 
 
-def score_rows(pipe, judge: Judge, instance, subject: str, galleries: Galleries, label: str, seeds=SEEDS,
-               leave_out_changed: bool = False) -> tuple[ConceptScores, SheetRow]:  # fmt: skip
+def score_rows(
+    pipe,
+    judge: Judge,
+    instance,
+    subject: str,
+    galleries: Galleries,
+    label: str,
+    seeds=SEEDS,
+    leave_out_changed: bool = False,
+) -> tuple[ConceptScores, SheetRow]:
     """Draw and score the 12 concept prompts with ``subject`` as the noun ("<concept>", "cat", or the verbal
     description, which then leaves out the attribute a prompt changes)."""
     scores, cells = ConceptScores(), []
@@ -82,8 +90,9 @@ def controls(pipe, judge: Judge, galleries: Galleries, out: Path) -> dict:
         unload_concepts(pipe, [ORACLE_TOKEN])
         results[folder]["value_oracle"], _ = oracle.summary(), rows.append(row)
         photo_row = SheetRow("the concept's photos", [(image, "") for image, _, _ in photos(instance, 5, seed=0)])
-        write_sheet(out / f"controls-{folder}.png", [photo_row, *rows], title=f"{folder}: {instance.describe()}",
-                    columns=12)  # fmt: skip
+        write_sheet(
+            out / f"controls-{folder}.png", [photo_row, *rows], title=f"{folder}: {instance.describe()}", columns=12
+        )
     return results
 
 
@@ -109,15 +118,19 @@ def seen_member(pipe, judge: Judge, galleries: Galleries, out: Path, model: Path
         unload_concepts(pipe, [CONCEPT_TOKEN])
         results[name] = {**scores.summary(), "training_seconds": time.time() - started}
         photo_row = SheetRow("the photos", [(image, "") for image, _, _ in shots])
-        write_sheet(out / f"seen-{name}.png", [photo_row, row], title=f"seen member {name}: {instance.describe()}", columns=12)
+        write_sheet(
+            out / f"seen-{name}.png", [photo_row, row], title=f"seen member {name}: {instance.describe()}", columns=12
+        )
     return results
 
 
 def write_html(out: Path, summary: dict) -> None:
     sheets = sorted(path.name for path in out.rglob("*.png"))
     body = [f"<h1>Laboratory report</h1><pre>{html.escape(json.dumps(summary, indent=1))}</pre>"]
-    body += [f"<h2>{html.escape(name)}</h2><img src='{html.escape(str(path.relative_to(out)))}'>"
-             for name, path in ((p, next(out.rglob(p))) for p in sheets)]  # fmt: skip
+    body += [
+        f"<h2>{html.escape(name)}</h2><img src='{html.escape(str(path.relative_to(out)))}'>"
+        for name, path in ((p, next(out.rglob(p))) for p in sheets)
+    ]
     page = "<!doctype html><meta charset='utf-8'><title>Laboratory report</title>" + "\n".join(body)
     atomic_write(out / "report.html", lambda temporary: Path(temporary).write_text(page))
 
@@ -144,9 +157,14 @@ def main(argv=None) -> None:
     checked = judge_check.check(judge, 2 if arguments.quick else 4, out / "judge")
     summary = {
         "base_model": {key: base["pooled"].get(key) for key in base_eval.BARS},
-        "judge": {"renders_recognised": checked["renders_recognised"], "garbage_refused_min": checked["garbage_refused_min"]},
+        "judge": {
+            "renders_recognised": checked["renders_recognised"],
+            "garbage_refused_min": checked["garbage_refused_min"],
+        },
         "examples": controls(pipe, judge, galleries, out),
-        "seen_member": seen_member(pipe, judge, galleries, out, model, ("cat", "mug") if arguments.quick else CATEGORY_NAMES),
+        "seen_member": seen_member(
+            pipe, judge, galleries, out, model, ("cat", "mug") if arguments.quick else CATEGORY_NAMES
+        ),
     }
     atomic_write(out / "summary.json", lambda temporary: Path(temporary).write_text(json.dumps(summary, indent=1)))
     write_html(out, summary)

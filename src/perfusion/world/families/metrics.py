@@ -45,15 +45,20 @@ class Gallery:
     @classmethod
     def build(cls, concept: Instance, judge: Judge, changes: dict | None = None, seed: int = 0) -> Gallery:
         rng = random.Random(f"gallery/{concept.category}/{seed}")
-        candidates = [_draw(concept.category, random.Random(f"gallery/{concept.category}/{seed}/{index}"))
-                      for index in range(CANDIDATES)]  # fmt: skip
+        candidates = [
+            _draw(concept.category, random.Random(f"gallery/{concept.category}/{seed}/{index}"))
+            for index in range(CANDIDATES)
+        ]
         candidates = [c for c in candidates if distance(c, concept) > 0]
         by_distance = sorted(candidates, key=lambda c: distance(c, concept))
         neighbours = by_distance[:GALLERY_NEIGHBOURS]
         others = rng.sample(by_distance[GALLERY_NEIGHBOURS:], GALLERY_RANDOM)
         members = [concept, *neighbours, *others]
-        images = [image for member in members
-                  for image, _, _ in photos(changed(member, changes), REFERENCE_RENDERS, seed=seed)]  # fmt: skip
+        images = [
+            image
+            for member in members
+            for image, _, _ in photos(changed(member, changes), REFERENCE_RENDERS, seed=seed)
+        ]
         embeddings = judge.read(images).embeddings.reshape(len(members), REFERENCE_RENDERS, -1)
         return cls(concept, members, embeddings)
 
@@ -68,11 +73,15 @@ class Gallery:
 
     def recognised(self, reading: Reading) -> list[bool]:
         ranks = self.ranks(reading)
-        return [reading.accepted(row) and reading.label("category", row) == self.concept.category and ranks[row] == 0
-                for row in range(len(reading))]  # fmt: skip
+        return [
+            reading.accepted(row) and reading.label("category", row) == self.concept.category and ranks[row] == 0
+            for row in range(len(reading))
+        ]
 
 
-def attribute_match(reading: Reading, row: int, instance: Instance, ignore: frozenset[str] = frozenset()) -> dict[str, bool]:
+def attribute_match(
+    reading: Reading, row: int, instance: Instance, ignore: frozenset[str] = frozenset()
+) -> dict[str, bool]:
     """Which of the instance's attributes the judge reads in one image: the colour's and pattern's names, the
     pattern's colour (patterned instances), the accessory (categories that have one), and each shape value within
     SHAPE_TOLERANCE. Attributes in ``ignore`` (those a prompt changes) are left out."""

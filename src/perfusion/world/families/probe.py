@@ -45,8 +45,10 @@ PROBE_PROMPTS = (
 
 def draw_prompts(pipe, prompts, seeds: int, steps: int | None = None, guidance: float | None = None) -> list[SheetRow]:
     images = generate_images(pipe, list(prompts), list(range(seeds)), steps, guidance)
-    return [SheetRow(prompt, [(images[index * seeds + seed], f"seed {seed}") for seed in range(seeds)])
-            for index, prompt in enumerate(prompts)]  # fmt: skip
+    return [
+        SheetRow(prompt, [(images[index * seeds + seed], f"seed {seed}") for seed in range(seeds)])
+        for index, prompt in enumerate(prompts)
+    ]
 
 
 def main(argv=None) -> None:

@@ -9,13 +9,21 @@ import torch
 def sampling_defaults(steps: int | None, guidance: float | None) -> tuple[int, float]:
     from perfusion.world.basemodel.config import SamplingConfig
 
-    return (SamplingConfig.num_inference_steps if steps is None else steps,
-            SamplingConfig.guidance_scale if guidance is None else guidance)  # fmt: skip
+    return (
+        SamplingConfig.num_inference_steps if steps is None else steps,
+        SamplingConfig.guidance_scale if guidance is None else guidance,
+    )
 
 
 @torch.no_grad()
-def generate_images(pipe, texts: list[str], seeds: list[int], steps: int | None = None, guidance: float | None = None,
-                    batch_size: int = 16) -> list:  # fmt: skip
+def generate_images(
+    pipe,
+    texts: list[str],
+    seeds: list[int],
+    steps: int | None = None,
+    guidance: float | None = None,
+    batch_size: int = 16,
+) -> list:
     """Images in the order (text 0, seed 0), (text 0, seed 1), ..."""
     steps, guidance = sampling_defaults(steps, guidance)
     pipe.set_progress_bar_config(disable=True)
@@ -23,6 +31,10 @@ def generate_images(pipe, texts: list[str], seeds: list[int], steps: int | None 
     images = []
     for start in range(0, len(jobs), batch_size):
         batch = jobs[start : start + batch_size]
-        images += pipe([text for text, _ in batch], num_inference_steps=steps, guidance_scale=guidance,
-                       generator=[torch.Generator().manual_seed(seed) for _, seed in batch]).images  # fmt: skip
+        images += pipe(
+            [text for text, _ in batch],
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=[torch.Generator().manual_seed(seed) for _, seed in batch],
+        ).images
     return images

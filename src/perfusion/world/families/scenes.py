@@ -99,9 +99,15 @@ class Scene:
 def sample_placement(instance: Instance, rng: random.Random, sampling: WorldSampling = WorldSampling()) -> Placement:
     poses = category(instance.category).poses
     pose = "sitting" if "sitting" in poses and rng.random() < sampling.sitting else "standing"
-    return Placement(instance, pose, rng.choice(FACINGS), rng.uniform(-sampling.tilt, sampling.tilt),
-                     rng.uniform(-sampling.shift, sampling.shift), rng.uniform(-sampling.shift, sampling.shift),
-                     rng.uniform(*sampling.scale))  # fmt: skip
+    return Placement(
+        instance,
+        pose,
+        rng.choice(FACINGS),
+        rng.uniform(-sampling.tilt, sampling.tilt),
+        rng.uniform(-sampling.shift, sampling.shift),
+        rng.uniform(-sampling.shift, sampling.shift),
+        rng.uniform(*sampling.scale),
+    )
 
 
 def sample_instance(rng: random.Random, sampling: WorldSampling = WorldSampling(), name: str | None = None) -> Instance:
@@ -114,8 +120,11 @@ def sample_instance(rng: random.Random, sampling: WorldSampling = WorldSampling(
 
 def pick_background(rng: random.Random, instances: tuple[Instance, ...]) -> str:
     """A named background that every object's body colour stands out from."""
-    usable = [name for name, colour in BACKGROUNDS.items()
-              if all(colour_distance(colour, instance.colour) >= MIN_CONTRAST for instance in instances)]  # fmt: skip
+    usable = [
+        name
+        for name, colour in BACKGROUNDS.items()
+        if all(colour_distance(colour, instance.colour) >= MIN_CONTRAST for instance in instances)
+    ]
     return rng.choice(usable or list(BACKGROUNDS))
 
 
@@ -151,8 +160,10 @@ def object_boxes(spec: SceneSpec) -> list[tuple[float, float, float]]:
     left, right = PAIR_CENTRES
     first_x, second_x = (left, right) if spec.position == "left" else (right, left)
     centre = OUTPUT_SIDE / 2
-    return [(x + placement.dx, centre + placement.dy, PAIR_SIDE[spec.size] * placement.scale)
-            for x, placement in ((first_x, spec.first), (second_x, spec.second))]  # fmt: skip
+    return [
+        (x + placement.dx, centre + placement.dy, PAIR_SIDE[spec.size] * placement.scale)
+        for x, placement in ((first_x, spec.first), (second_x, spec.second))
+    ]
 
 
 def background(spec: SceneSpec) -> Image.Image:
@@ -217,8 +228,13 @@ def make_scene(seed: int, sampling: WorldSampling = WorldSampling()) -> Scene:
     return Scene(render(spec), caption(spec, rng), spec)
 
 
-def photos(instance: Instance, count: int, seed: int, sizes: tuple[str, ...] = ("medium", "large"),
-           positions: tuple[str, ...] = POSITIONS) -> list[tuple[Image.Image, Image.Image, SceneSpec]]:  # fmt: skip
+def photos(
+    instance: Instance,
+    count: int,
+    seed: int,
+    sizes: tuple[str, ...] = ("medium", "large"),
+    positions: tuple[str, ...] = POSITIONS,
+) -> list[tuple[Image.Image, Image.Image, SceneSpec]]:
     """``count`` photos of one instance, as a user would take them: varied pose, facing, ground, position and size
     (medium or large by default); each with its mask and spec."""
     rng = random.Random(f"photos/{seed}")

@@ -60,8 +60,12 @@ class ConceptScores:
             getattr(self, name).extend(getattr(other, name))
 
     def summary(self) -> dict[str, float]:
-        return {"recognised": float(np.mean(self.recognised)), "attribute_match": float(np.mean(self.attribute_match)),
-                "alignment": float(np.mean(self.alignment)), "images": len(self.recognised)}  # fmt: skip
+        return {
+            "recognised": float(np.mean(self.recognised)),
+            "attribute_match": float(np.mean(self.attribute_match)),
+            "alignment": float(np.mean(self.alignment)),
+            "images": len(self.recognised),
+        }
 
 
 class Galleries:
@@ -77,8 +81,9 @@ class Galleries:
         return self._built[key]
 
 
-def score_concept_images(judge: Judge, instance, prompt: ConceptPrompt, images: list[Image.Image],
-                         galleries: Galleries) -> ConceptScores:  # fmt: skip
+def score_concept_images(
+    judge: Judge, instance, prompt: ConceptPrompt, images: list[Image.Image], galleries: Galleries
+) -> ConceptScores:
     whole = judge.read(images)
     if "second" in prompt.stated:  # read the concept's own side: the side where the judge sees its category
         crops = []

@@ -1,6 +1,6 @@
 """The families in one sheet: a row of training instances per category, then the reserved and stretch tiers.
 
-    python -m perfusion.world.families.sheet --out docs/sheets/families.png
+python -m perfusion.world.families.sheet --out docs/sheets/families.png
 """
 
 from __future__ import annotations
@@ -26,12 +26,24 @@ def family_rows(per_row: int = 12) -> list[SheetRow]:
     for name in CATEGORY_NAMES:
         rng = random.Random(f"sheet/{name}")
         instances = [sample_training_instance(name, rng) for _ in range(per_row)]
-        rows.append(SheetRow(f"{name}: training instances", [_cell(instance, i) for i, instance in enumerate(instances)]))
-    rows.append(SheetRow("seen members (first of each category)", [_cell(seen_instances(n)[0], 0) for n in CATEGORY_NAMES]))
-    rows.append(SheetRow("reserved: evaluation seeds 1000, 1001",
-                         [_cell(evaluation_instance(n, seed), seed) for n in CATEGORY_NAMES[:6] for seed in (1000, 1001)]))  # fmt: skip
-    rows.append(SheetRow("stretch tier (seeds 0, 1)",
-                         [_cell(stretch_instance(n, seed), seed) for n in CATEGORY_NAMES[:6] for seed in (0, 1)]))  # fmt: skip
+        rows.append(
+            SheetRow(f"{name}: training instances", [_cell(instance, i) for i, instance in enumerate(instances)])
+        )
+    rows.append(
+        SheetRow("seen members (first of each category)", [_cell(seen_instances(n)[0], 0) for n in CATEGORY_NAMES])
+    )
+    rows.append(
+        SheetRow(
+            "reserved: evaluation seeds 1000, 1001",
+            [_cell(evaluation_instance(n, seed), seed) for n in CATEGORY_NAMES[:6] for seed in (1000, 1001)],
+        )
+    )
+    rows.append(
+        SheetRow(
+            "stretch tier (seeds 0, 1)",
+            [_cell(stretch_instance(n, seed), seed) for n in CATEGORY_NAMES[:6] for seed in (0, 1)],
+        )
+    )
     return rows
 
 

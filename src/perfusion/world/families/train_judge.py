@@ -112,8 +112,9 @@ def train(config: JudgeTrainingConfig, resume: bool, workers: int, out: Path, va
         optimizer.load_state_dict(state["optimizer"])
         step, seed = state["step"], state["step"]  # a fresh stream after a resume: batches are never reused anyway
         log(f"judge: resumed at step {step}")
-    stream = torch.utils.data.DataLoader(BatchStream(seed, BatchRecipe()), batch_size=None, num_workers=workers,
-                                         prefetch_factor=4 if workers else None)  # fmt: skip
+    stream = torch.utils.data.DataLoader(
+        BatchStream(seed, BatchRecipe()), batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None
+    )
     generator = torch.Generator().manual_seed(seed)
     net.train()
     started, window = time.time(), []
@@ -131,7 +132,11 @@ def train(config: JudgeTrainingConfig, resume: bool, workers: int, out: Path, va
         window.append(parts)
         if step % 50 == 0:
             means = {name: sum(p.get(name, 0.0) for p in window) / len(window) for name in window[-1]}
-            log(f"step {step} " + " ".join(f"{k}={v:.3f}" for k, v in means.items()) + f" ({(time.time() - started) / 50:.2f} s/step)")
+            log(
+                f"step {step} "
+                + " ".join(f"{k}={v:.3f}" for k, v in means.items())
+                + f" ({(time.time() - started) / 50:.2f} s/step)"
+            )
             started, window = time.time(), []
         if step % config.checkpoint_every == 0 or step == config.steps:
             CHECKPOINT.parent.mkdir(parents=True, exist_ok=True)
@@ -151,8 +156,12 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=1, help="processes that render batches beside training")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=JUDGE_PATH)
-    parser.add_argument("--vae", type=Path, default=Path("checkpoints/families/vae"),
-                        help="the base model's autoencoder, for the round-trip share (skipped if absent)")
+    parser.add_argument(
+        "--vae",
+        type=Path,
+        default=Path("checkpoints/families/vae"),
+        help="the base model's autoencoder, for the round-trip share (skipped if absent)",
+    )
     arguments = parser.parse_args(argv)
     torch.set_num_threads(arguments.threads)
     vae = None
