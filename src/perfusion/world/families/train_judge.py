@@ -102,7 +102,11 @@ class BatchStream(torch.utils.data.IterableDataset):
             yield labelled_batch(rng, self.recipe)
 
 
-def train(config: JudgeTrainingConfig, resume: bool, workers: int, out: Path, vae=None, log=print) -> JudgeNet:
+def flushed(message: str) -> None:
+    print(message, flush=True)
+
+
+def train(config: JudgeTrainingConfig, resume: bool, workers: int, out: Path, vae=None, log=flushed) -> JudgeNet:
     net = JudgeNet(JudgeNetConfig())
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     step, seed = 0, 0
