@@ -66,7 +66,7 @@ def judge_loss(net: JudgeNet, batch, config: JudgeTrainingConfig, images: torch.
     mask = batch.regression_mask
     parts["regression"] = config.regression_weight * (regression - batch.regression).abs()[mask].mean()
     parts["identity"] = config.identity_weight * supervised_contrastive(embeddings, batch.identity, config.temperature)
-    return sum(parts.values()), {name: float(value) for name, value in parts.items()}
+    return sum(parts.values()), {name: value.item() for name, value in parts.items()}
 
 
 @torch.no_grad()
