@@ -225,3 +225,16 @@ def test_the_concepts_fingerprint_is_the_base_models_under_mixed_precision(tiny_
 def test_a_training_size_that_is_not_a_multiple_of_8_pixels_is_refused(resolution):
     with pytest.raises(TrainingError, match=f"resolution must be a positive multiple of 8 pixels, got {resolution}"):
         TrainingConfig(resolution=resolution)
+
+
+@pytest.mark.parametrize("pipeline_dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mixed_precision", ["auto", "no", "bf16"])
+def test_the_defaults_train_a_half_precision_pipeline(tiny_pipe, concept_images, pipeline_dtype, mixed_precision):
+    """A GPU user's pipeline is loaded in fp16 (issue 33): training once fed it fp32 inputs ("mat1 and mat2 must
+    have the same dtype"). Every setting trains, and the pipeline keeps its dtype afterwards."""
+    tiny_pipe.to(pipeline_dtype)
+    config = TrainingConfig(steps=2, mixed_precision=mixed_precision, **QUICK)
+    result = train_concept(tiny_pipe, concept_images, "<mydisc>", "cat", config, captions=CAPTIONS, progress=False)
+    assert all(torch.isfinite(target).all() for target in result.concept.value_targets.values())
+    assert result.concept.value_targets[next(iter(result.concept.value_targets))].dtype == torch.float32
+    assert tiny_pipe.unet.dtype == pipeline_dtype and tiny_pipe.vae.dtype == pipeline_dtype

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from diffusers import DDPMScheduler
 
 from perfusion.images import TrainingImage, image_tensor, mask_tensor
@@ -74,17 +75,41 @@ class FrozenPipeline:
     before: PipelineState  # the pipeline as it was given: ``before.restore(pipe)`` when training ends
 
 
-def freeze(pipe, mixed_precision: str = "no") -> FrozenPipeline:
-    """Every base weight frozen (no gradients at all) and placed by accelerate; cast down under mixed precision."""
+def resolve_precision(pipe, mixed_precision: str) -> str:
+    """ "auto": the pipeline's own precision where it trains well (bf16 anywhere, fp16 on a GPU); an fp16 pipeline on
+    a CPU trains in fp32 (CPU fp16 kernels are slow or missing). Other values as given."""
+    if mixed_precision != "auto":
+        return mixed_precision
+    dtype, device = pipe.unet.dtype, pipe.unet.device
+    if dtype == torch.bfloat16:
+        return "bf16"
+    if dtype == torch.float16 and (device.type == "cuda" or torch.cuda.is_available()):
+        return "fp16"
+    return "no"
+
+
+def accelerator_for(mixed_precision: str) -> Accelerator:
+    """An Accelerator at this precision. accelerate keeps one precision per process; a process that trains several
+    concepts ("auto" follows each pipeline's dtype, a service trains many) starts its state afresh when it changes."""
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", mixed_precision) != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(mixed_precision=mixed_precision)
+
+
+def freeze(pipe, mixed_precision: str = "auto") -> FrozenPipeline:
+    """Every base weight frozen (no gradients at all) and placed by accelerate, in the training's weight dtype: cast
+    down under mixed precision, up to fp32 without it (a pipeline loaded in fp16 otherwise meets fp32 inputs). The
+    trained tensors stay fp32 (no "unscale FP16 gradients"); ``before.restore`` puts every dtype back."""
     before = PipelineState.of(pipe)
-    accelerator = Accelerator(mixed_precision=mixed_precision)
+    mixed_precision = resolve_precision(pipe, mixed_precision)
+    accelerator = accelerator_for(mixed_precision)
     weight_dtype = WEIGHT_DTYPES.get(mixed_precision, torch.float32)
     for part, module in frozen_parts(pipe):
         module.requires_grad_(False)
         module.to(accelerator.device)
         upcast = part == "vae" and getattr(module.config, "force_upcast", False)  # SDXL's VAE overflows in fp16
-        if weight_dtype != torch.float32 and not upcast:  # trained tensors stay fp32 (no "unscale FP16 gradients")
-            module.to(dtype=weight_dtype)
+        module.to(dtype=torch.float32 if upcast else weight_dtype)
     return FrozenPipeline(accelerator, accelerator.device, weight_dtype, before)
 
 

@@ -86,8 +86,12 @@ class TrainingConfig:
         default="a photo of a {}", metadata=_help("read for the supercategory's attention map when no mask is given")
     )
     mask_timestep: float = field(default=0.4, metadata=_help("fraction of the schedule at which that map is read"))
-    mixed_precision: Literal["no", "fp16", "bf16"] = field(
-        default="no", metadata=_help("fp16 or bf16 on a GPU: frozen modules cast down, trained tensors fp32")
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = field(
+        default="auto",
+        metadata=_help(
+            "auto: the pipeline's own precision (fp16 on a GPU, bf16 anywhere; fp32 for an fp16 pipeline on a CPU); "
+            "no: fp32; fp16 or bf16: frozen modules cast to it, trained tensors fp32"
+        ),
     )
     checkpoint_every: int = field(default=50, metadata=_help("optimizer steps between resumable checkpoints"))
 
@@ -107,8 +111,8 @@ class TrainingConfig:
             raise TrainingError("pair_side must lie in (0, 1], mask_timestep and ema_decay in [0, 1]")
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):  # as the pipelines generate
             raise TrainingError(f"resolution must be a positive multiple of 8 pixels, got {self.resolution}")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise TrainingError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
+            raise TrainingError(f"mixed_precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
         if not self.templates or any("{}" not in template for template in self.templates):
             raise TrainingError("every caption template needs {} where the token goes")
         if self.mask_prompt.count("{}") != 1 or self.pair_template.count("{}") != 2:
