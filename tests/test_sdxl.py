@@ -82,6 +82,44 @@ def test_the_tiny_pipeline_has_sdxls_traits(sdxl_pipe):
     assert max(config.transformer_layers_per_block) > 1
     widths = {module.to_v.out_features for module in cross_attention_modules(sdxl_pipe.unet).values()}
     assert len(widths) == 2  # cross-attention at two resolutions
+    # As SDXL base's published text encoder configs: the legacy end-of-text id 2, so CLIP pools at the largest id.
+    assert sdxl_pipe.text_encoder.config.eos_token_id == sdxl_pipe.text_encoder_2.config.eos_token_id == 2
+
+
+def end_of_text_pooled(pipe, prompt):
+    """text_encoder_2's projected output read at the first end-of-text token (what CLIP means to pool)."""
+    ids = pipe.tokenizer_2(
+        prompt, padding="max_length", max_length=pipe.tokenizer_2.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    with torch.no_grad():
+        states = pipe.text_encoder_2(ids, output_hidden_states=True).last_hidden_state
+    position = int((ids[0] == pipe.tokenizer_2.eos_token_id).nonzero()[0])
+    return pipe.text_encoder_2.text_projection(states[0, position])
+
+
+@pytest.mark.parametrize("prompt", ["<mycat> sleeping on a sofa", "a photo of a <mycat>"])
+def test_the_pooled_embedding_of_a_concept_prompt_is_read_at_the_end_of_text(cat_pipe, prompt):
+    """Concept tokens sit above end-of-text: under the legacy id CLIP pooled at the concept token (issue 33)."""
+    with torch.no_grad():
+        *_, pooled, _ = cat_pipe.encode_prompt(prompt, do_classifier_free_guidance=False)
+    assert torch.allclose(pooled[0], end_of_text_pooled(cat_pipe, prompt), atol=1e-5)
+
+
+def test_the_pooled_embedding_of_a_row_without_concepts_is_unchanged(sdxl_pipe):
+    prompt = "a photo of a cat sleeping on a sofa"
+    with torch.no_grad():
+        *_, stock, _ = sdxl_pipe.encode_prompt(prompt, do_classifier_free_guidance=False)
+        load_concepts(sdxl_pipe, handmade_concept(sdxl_pipe), captions=CAPTIONS)
+        *_, loaded, _ = sdxl_pipe.encode_prompt(prompt, do_classifier_free_guidance=False)
+    assert torch.equal(stock, loaded)
+
+
+def test_training_pools_the_concept_caption_at_the_end_of_text(cat_pipe):
+    text = TextConditioning.of(cat_pipe)
+    ids = text.tokenize(["a photo of a <mycat>"])
+    with torch.no_grad():
+        _, pooled = text.encode_with_pooled(ids)
+    assert torch.allclose(pooled[0], end_of_text_pooled(cat_pipe, "a photo of a <mycat>"), atol=1e-5)
 
 
 def test_the_edit_reads_the_pipelines_own_concatenated_penultimate_layers(sdxl_pipe):

@@ -59,6 +59,31 @@ def readouts_of(output) -> list[Readout]:
 
 POOLED = Readout(pooled=True)
 
+
+def pool_at_end_of_text(text_encoder, input_ids: torch.Tensor, output, eos_token_id: int):
+    """The encoder's output with every row pooled at its first end-of-text token.
+
+    Under the legacy ``eos_token_id`` 2 that SD 1.5's and SDXL's published configs carry, transformers' CLIP pools at
+    ``input_ids.argmax(-1)``: the end-of-text token only while it is the largest id. A concept token is added above
+    it, so a concept row would be pooled at the concept token (SDXL's added condition would then see only what
+    precedes it). Rows already pooled at their end-of-text token are left bit for bit as they are."""
+    if getattr(text_encoder.config, "eos_token_id", None) != 2 or not hasattr(output, "last_hidden_state"):
+        return output
+    ids = input_ids.to(output.last_hidden_state.device)
+    is_end = ids == eos_token_id
+    end = is_end.int().argmax(-1)
+    wrong = is_end.any(-1) & (ids.argmax(-1) != end)
+    if not wrong.any():
+        return output
+    rows = torch.arange(len(ids), device=ids.device)
+    pooled = output.last_hidden_state[rows, end]
+    if getattr(output, "text_embeds", None) is not None:  # CLIPTextModelWithProjection (SDXL's second encoder)
+        output["text_embeds"] = torch.where(wrong[:, None], text_encoder.text_projection(pooled), output.text_embeds)
+    if getattr(output, "pooler_output", None) is not None:  # CLIPTextModel
+        output["pooler_output"] = torch.where(wrong[:, None], pooled, output.pooler_output)
+    return output
+
+
 TIME_IDS = 6  # SDXL base's add_time_ids: original size (2), crop top-left (2), target size (2)
 
 

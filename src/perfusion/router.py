@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from perfusion.conditioning import POOLED, Readout, TextConditioning, readouts_of
+from perfusion.conditioning import POOLED, Readout, TextConditioning, pool_at_end_of_text, readouts_of
 from perfusion.regions import RegionalCall, SplitRow, split_row
 from perfusion.registry import ConceptRegistry
 from perfusion.text import supercategory_substitution
@@ -404,10 +404,16 @@ class PromptRouter:
         self.forget()
 
     def _after_text_encoder(self, tower: int):
+        eos_token_id = self.text.towers[tower].tokenizer.eos_token_id
+
         def hook(module, args, kwargs, output):
             input_ids = args[0] if args else kwargs.get("input_ids")
-            if input_ids is not None and self.registry.concepts and not self._encoding_internally:
+            if input_ids is None:
+                return output
+            output = pool_at_end_of_text(module, input_ids, output, eos_token_id)  # concept rows, in training too
+            if self.registry.concepts and not self._encoding_internally:
                 self.remember(tower, input_ids, output)
+            return output
 
         return hook
 

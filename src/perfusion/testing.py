@@ -77,11 +77,13 @@ TINY_UNET = dict(
 
 
 def text_encoder_config(tokenizer, **config) -> CLIPTextConfig:
+    """As SD 1.5's and SDXL's published text encoder configs: the legacy eos_token_id 2, under which transformers'
+    CLIP pools at the largest token id (end-of-text, until concept tokens are added above it)."""
     return CLIPTextConfig(
         vocab_size=len(tokenizer),
         max_position_embeddings=77,
         bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=2,
         pad_token_id=tokenizer.pad_token_id,
         **config,
     )
