@@ -170,17 +170,56 @@ def test_raising_beta_moves_the_unet_output_steadily_away_from_the_concept(tiny_
     assert all(later > earlier for earlier, later in zip(distances, distances[1:])), distances
 
 
-def test_fingerprint_is_the_same_for_fp32_and_fp16_loads_and_fp16_generation_runs(tiny_pipeline_dir):
-    from perfusion.loader import pipeline_fingerprint
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_concept_made_in_fp32_loads_into_a_half_precision_load_of_its_base_model(tiny_pipeline_dir, dtype):
+    """The same weights opened in fp32, fp16 or bf16 are one base model (issue 33; an fp16-rounded digest told bf16
+    apart)."""
+    from perfusion.loader import trained_on
     from perfusion.testing import load_pipeline
 
     full = load_pipeline(tiny_pipeline_dir)
     concept = handmade_concept(full)
-    half = load_pipeline(tiny_pipeline_dir).to(torch.float16)
-    assert pipeline_fingerprint(half) == pipeline_fingerprint(full) == concept.base_fingerprint
+    half = load_pipeline(tiny_pipeline_dir).to(dtype)
+    assert trained_on(half, concept.base_fingerprint) and trained_on(full, handmade_concept(half).base_fingerprint)
     load_concepts(half, concept, captions=CAPTIONS)
     picture = images(half, "a photo of a <mycat>")
     assert picture.shape == (1, 16, 16, 3)
+
+
+def test_another_base_model_does_not_match(tiny_pipeline_dir, tmp_path):
+    from perfusion.loader import trained_on
+    from perfusion.testing import build_tiny_pipeline, load_pipeline
+
+    other = load_pipeline(build_tiny_pipeline(tmp_path / "other", seed=1))
+    assert not trained_on(other, handmade_concept(load_pipeline(tiny_pipeline_dir)).base_fingerprint)
+
+
+def test_transformers_4_weight_names_give_the_same_fingerprint(tiny_pipe):
+    """transformers 4's CLIPTextModel names its weights "text_model.encoder...", 5's "encoder..."."""
+    from perfusion.fingerprint import format_fingerprint
+    from perfusion.loader import pipeline_tensors
+
+    tensors = pipeline_tensors(tiny_pipe)
+    version_4 = [(name.replace("text_encoder.", "text_encoder.text_model.", 1), tensor) for name, tensor in tensors]
+    assert format_fingerprint(version_4) == format_fingerprint(tensors)
+
+
+@pytest.mark.parametrize("layout", ["transformers 5", "transformers 4"])
+def test_a_concept_file_with_the_fingerprint_of_before_still_loads(tiny_pipe, layout):
+    """Files written before the v2 fingerprint carry a digest of the fp16-rounded values by name."""
+    from perfusion.fingerprint import weights_digest
+    from perfusion.loader import pipeline_tensors
+
+    tensors = pipeline_tensors(tiny_pipe)
+    if layout == "transformers 4":
+        tensors = [(name.replace("text_encoder.", "text_encoder.text_model.", 1), tensor) for name, tensor in tensors]
+    concept = handmade_concept(tiny_pipe)
+    concept.base_fingerprint = weights_digest(tensors)[:32]
+    load_concepts(tiny_pipe, concept, captions=CAPTIONS)
+    stranger = handmade_concept(tiny_pipe, token="<mydog>", supercategory="dog")
+    stranger.base_fingerprint = "f" * 32
+    with pytest.raises(ConceptFileError, match="another base model"):
+        load_concepts(tiny_pipe, stranger, captions=CAPTIONS)
 
 
 def test_every_top_level_name_is_what_the_readme_calls_even_after_its_module_is_imported():

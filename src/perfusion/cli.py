@@ -15,6 +15,7 @@ from transformers import HfArgumentParser
 
 from perfusion.concept import Concept, ConceptFileError
 from perfusion.errors import CommandError
+from perfusion.fingerprint import fingerprints_match, short
 from perfusion.generation import GenerationConfig, GenerationError, check_gate, generate
 from perfusion.images import ImageInputError, load_training_images
 from perfusion.models import ModelError, UnsupportedPipelineError, open_pipeline
@@ -84,7 +85,9 @@ def training_config(args) -> TrainingConfig:
     return TrainingConfig(**{**recipe, **given})  # the recipe's values were checked against the fields when read
 
 
-def finished_run_differs(concept: Concept, args, config: TrainingConfig, images: list, fingerprint: str) -> str | None:
+def finished_run_differs(
+    concept: Concept, args, config: TrainingConfig, images: list, fingerprint: str, tensors=lambda: []
+) -> str | None:
     """Why a concept file at OUT is not this run, finished (None: it is). A kill that lands once OUT is written and
     its checkpoint removed leaves such a file; anything else there is another run."""
     made = concept.training
@@ -100,7 +103,7 @@ def finished_run_differs(concept: Concept, args, config: TrainingConfig, images:
     ):
         if given != kept:
             return f"{name} {kept!r}, not {given!r}"
-    if concept.base_fingerprint != fingerprint:
+    if not fingerprints_match(concept.base_fingerprint, fingerprint, tensors):
         return "another base model"
     return None
 
@@ -119,9 +122,11 @@ def run_train(args) -> None:
         except ConceptFileError:
             concept = None  # not a concept file: resuming it is the mistake load_checkpoint names
         if concept is not None:
-            from perfusion.loader import pipeline_fingerprint
+            from perfusion.loader import pipeline_fingerprint, pipeline_tensors
 
-            differs = finished_run_differs(concept, args, config, images, pipeline_fingerprint(pipe))
+            differs = finished_run_differs(
+                concept, args, config, images, pipeline_fingerprint(pipe), lambda: pipeline_tensors(pipe)
+            )
             if differs:
                 raise CommandError(
                     f"{out}: a finished run with other settings ({differs}), no checkpoint to resume "
@@ -278,7 +283,7 @@ def run_inspect(args) -> None:
     print(f"token           {concept.token}")
     print(f"supercategory   {concept.supercategory}")
     print(f"default gate    beta {concept.beta}, tau {concept.tau}")
-    print(f"base model      {concept.base_fingerprint}")
+    print(f"base model      {short(concept.base_fingerprint)} (fingerprint {concept.base_fingerprint.split(':')[0]})")
     print(
         f"text encoders   {len(concept.token_embeddings)} (v* widths "
         f"{', '.join(str(vector.numel()) for vector in concept.token_embeddings)})"

@@ -11,7 +11,13 @@ import torch
 from perfusion import covariance
 from perfusion.concept import Concept, ConceptFileError, shorten
 from perfusion.conditioning import TextConditioning
-from perfusion.fingerprint import base_model_fingerprint, cross_attention_modules
+from perfusion.fingerprint import (
+    base_model_fingerprint,
+    base_model_tensors,
+    cross_attention_modules,
+    fingerprints_match,
+    short,
+)
 from perfusion.models import check_supported
 from perfusion.processor import PerfusionAttnProcessor
 from perfusion.runtime import PerfusionRuntime
@@ -22,6 +28,20 @@ def find_runtime(pipe) -> PerfusionRuntime | None:
         if isinstance(processor, PerfusionAttnProcessor):
             return processor.runtime
     return None
+
+
+def pipeline_tensors(pipe) -> list:
+    """What a concept's numbers depend on: the text encoders and the cross-attention K/V projections."""
+    towers = TextConditioning.of(pipe).towers
+    return base_model_tensors(
+        [(tower.name, tower.text_encoder, tower.tokenizer.vocab_size) for tower in towers], pipe.unet
+    )
+
+
+def trained_on(pipe, fingerprint: str, current: str | None = None) -> bool:
+    """Whether a concept or artifact with this base-model fingerprint was trained on this pipeline's base model,
+    however its weights were opened (perfusion.fingerprint); ``current``: the pipeline's own, if known."""
+    return fingerprints_match(fingerprint, current or pipeline_fingerprint(pipe), lambda: pipeline_tensors(pipe))
 
 
 def pipeline_fingerprint(pipe) -> str:
@@ -137,10 +157,10 @@ def check_compatible(concept: Concept, fingerprint: str, pipe, source: str, chec
             kinds.get(count, f"{count} text encoders") for count in (len(concept.token_embeddings), len(towers))
         )
         raise ConceptFileError(f"{source}: made for a pipeline with {made}, this one has {here}")
-    if check and concept.base_fingerprint != fingerprint:
+    if check and not trained_on(pipe, concept.base_fingerprint, fingerprint):
         raise ConceptFileError(
-            f"{source}: trained on another base model (fingerprint {concept.base_fingerprint[:12]!r}, "
-            f"this pipeline is {fingerprint[:12]})"
+            f"{source}: trained on another base model (fingerprint {short(concept.base_fingerprint)!r}, "
+            f"this pipeline is {short(fingerprint)})"
         )
     layers = cross_attention_modules(pipe.unet)
     if set(concept.value_targets) != set(layers):

@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from perfusion.baselines.training import BaselineError, BaselineResult
 from perfusion.files import atomic_save_safetensors
-from perfusion.loader import pipeline_fingerprint
+from perfusion.loader import trained_on
 
 FORMAT = "perfusion-baseline"
 
@@ -39,7 +39,7 @@ def read(path: str | Path, method: str) -> tuple[dict[str, torch.Tensor], dict[s
 
 
 def check_base(pipe, metadata: dict[str, str], path) -> None:
-    if metadata["base_fingerprint"] != pipeline_fingerprint(pipe):
+    if not trained_on(pipe, metadata["base_fingerprint"]):
         raise BaselineError(f"{path}: trained on another base model")
 
 
