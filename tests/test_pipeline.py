@@ -365,3 +365,32 @@ def test_a_call_with_more_prompt_rows_than_the_router_keeps_is_edited_in_every_r
     prompts = [f"a photo of a <mycat> {'on a sofa ' * (n % 3)}{'red ' * (n // 3)}" for n in range(REGISTRY_ROWS + 6)]
     entries = routed_entries(tiny_pipe, prompts)
     assert len(set(prompts)) == len(prompts) and all(entry is not None for entry in entries)
+
+
+def test_a_concept_trained_against_another_corpus_is_warned_about_in_one_line(tiny_pipe):
+    """s(e) is measured in the C^-1 metric: a C from other captions may open the gate elsewhere (issue 33)."""
+    import warnings
+
+    from perfusion.covariance import corpus_label
+
+    concept = handmade_concept(tiny_pipe)
+    concept.training = {"covariance_corpus": corpus_label(CAPTIONS[:-1])}
+    with pytest.warns(UserWarning, match="trained with C from captions:"):
+        load_concepts(tiny_pipe, concept, captions=CAPTIONS)
+    unload_concepts(tiny_pipe)
+    concept.training = {"covariance_corpus": corpus_label(CAPTIONS)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_concepts(tiny_pipe, concept, captions=CAPTIONS)
+
+
+def test_training_records_the_corpus_of_its_c(tiny_pipe, tmp_path):
+    from perfusion.covariance import corpus_label
+    from perfusion.images import load_training_images
+    from perfusion.testing import write_concept_images
+    from perfusion.train import TrainingConfig, train_concept
+
+    images = load_training_images(write_concept_images(tmp_path / "disc"))
+    config = TrainingConfig(steps=1, batch_size=1, gradient_accumulation=1)
+    result = train_concept(tiny_pipe, images, "<mydisc>", "cat", config, captions=CAPTIONS, progress=False)
+    assert result.concept.training["covariance_corpus"] == corpus_label(CAPTIONS)

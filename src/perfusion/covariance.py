@@ -59,6 +59,15 @@ def corpus_digest(captions: list[str]) -> str:
     return hashlib.sha256("\n".join(captions).encode()).hexdigest()[:16]
 
 
+def corpus_label(captions: list[str] | None) -> str:
+    """Which corpus C comes from, as a concept file records it: "packaged:<digest>" or "captions:<digest>"."""
+    if captions is None:
+        from perfusion.corpus import default_captions
+
+        return f"packaged:{corpus_digest(default_captions(DEFAULT_CAPTIONS))}"
+    return f"captions:{corpus_digest(captions)}"
+
+
 def read_cached(path: Path, width: int) -> torch.Tensor | None:
     """The cached C^-1, or None when the entry is unreadable, of another width or not finite."""
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -121,9 +122,11 @@ def install(
     if runtime is not None:
         return runtime
     text = TextConditioning.of(pipe)
+    given_inverse = inverse
     if inverse is None:
         inverse = covariance.inverse_covariance(text, captions, progress=progress)
     runtime = PerfusionRuntime(text, inverse, fingerprint or pipeline_fingerprint(pipe))
+    runtime.corpus = covariance.corpus_label(captions) if given_inverse is None else None  # None: C^-1 given directly
     layers = cross_attention_modules(pipe.unet)
     processors = {
         name: PerfusionAttnProcessor(processor, runtime, name.removesuffix(".processor"))
@@ -246,7 +249,22 @@ def load_concepts(
     except BaseException:
         roll_back(pipe, added, created)
         raise
+    for concept, source in loaded:
+        warn_if_other_corpus(concept, runtime, source)
     return [concept for concept, _ in loaded]
+
+
+def warn_if_other_corpus(concept: Concept, runtime, source: str) -> None:
+    """One line when a concept's i* met a C of another caption corpus than this pipeline's: s(e) is measured in the
+    C^-1 metric, so the gate may open at other tokens than it did in training."""
+    recorded = concept.training.get("covariance_corpus")
+    if recorded and runtime.corpus and recorded != runtime.corpus:
+        warnings.warn(
+            f"{source}: trained with C from {recorded}, this pipeline's C is from {runtime.corpus}; the gate may "
+            "fire differently (load with the captions it was trained with)",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def roll_back(pipe, tokens: list[str], created: bool) -> None:

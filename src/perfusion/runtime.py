@@ -29,6 +29,7 @@ class PerfusionRuntime:
         # layer plans are rebuilt at each new prompt (a few small products per layer), the span plans are kept.
         self.router = PromptRouter(self.registry, text, on_prompt=self.plans.clear_layers)
         self.base_fingerprint = base_fingerprint
+        self.corpus: str | None = None  # which caption corpus C came from (covariance.corpus_label); None: given
 
     @property
     def inverse_covariance(self) -> torch.Tensor:

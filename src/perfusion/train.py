@@ -249,6 +249,7 @@ class ConceptTrainer(FineTuning):
             pipe, self.concept, captions=captions, inverse_covariance=inverse_covariance, check=False, progress=progress
         )
         self.runtime = find_runtime(pipe)
+        self.corpus = self.runtime.corpus  # recorded in the file: the C its i* was tracked against
         self.runtime.train_value_targets(self.token, self.concept.value_targets)  # the trainer's own tensors
         self.runtime.set_options(self.token, beta=self.config.train_beta, tau=self.config.train_tau)
         self.token_id = self.runtime.registry.token_id(self.token)  # the same position in every tower's ids
@@ -421,6 +422,7 @@ class ConceptTrainer(FineTuning):
         concept = self.concept
         settings = asdict(self.config)
         settings.update(
+            covariance_corpus=self.corpus,
             images=len(self.images),
             resolution=self.resolution,
             mask=self.bank.mask_source,
