@@ -394,3 +394,24 @@ def test_training_records_the_corpus_of_its_c(tiny_pipe, tmp_path):
     config = TrainingConfig(steps=1, batch_size=1, gradient_accumulation=1)
     result = train_concept(tiny_pipe, images, "<mydisc>", "cat", config, captions=CAPTIONS, progress=False)
     assert result.concept.training["covariance_corpus"] == corpus_label(CAPTIONS)
+
+
+def test_attention_slicing_after_loading_keeps_the_edit_and_says_so_once(tiny_pipe):
+    """Low-VRAM users call enable_attention_slicing() after loading: it replaced every processor, and the concept
+    acted as textual inversion only, without a word (issue 33)."""
+    load_concepts(tiny_pipe, handmade_concept(tiny_pipe), captions=CAPTIONS)
+    edited = images(tiny_pipe, "a photo of a <mycat>")
+    tiny_pipe.enable_attention_slicing(1)
+    with pytest.warns(UserWarning, match="put back on top of them"):
+        sliced = images(tiny_pipe, "a photo of a <mycat>")
+    assert np.abs(sliced.astype(int) - edited.astype(int)).max() <= 1  # slicing itself moves the last bits only
+    layers = cross_attention_modules(tiny_pipe.unet).values()
+    assert all(isinstance(module.processor, PerfusionAttnProcessor) for module in layers)
+    assert type(next(iter(layers)).processor.original).__name__ == "SlicedAttnProcessor"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        images(tiny_pipe, "a photo of a <mycat>")  # said once
+    unload_concepts(tiny_pipe)
+    assert type(next(iter(layers)).processor).__name__ == "SlicedAttnProcessor"  # the user's choice stays

@@ -136,7 +136,26 @@ def install(
     }
     pipe.unet.set_attn_processor(processors)
     runtime.attach(pipe.unet)
+    runtime.router.before_call = lambda unet: keep_edit_processors(runtime, layers)
     return runtime
+
+
+def keep_edit_processors(runtime: PerfusionRuntime, layers: dict) -> None:
+    """Put the edit back on top of any processor set since loading: ``enable_attention_slicing()`` or xformers
+    replace every processor, and the concept would act as textual inversion only. Checked at each UNet call (a
+    loop over the cross-attention layers); the new processor becomes the one rows without concepts go through."""
+    replaced = [name for name, module in layers.items() if not isinstance(module.processor, PerfusionAttnProcessor)]
+    for name in replaced:
+        module = layers[name]
+        module.set_processor(PerfusionAttnProcessor(module.processor, runtime, name))
+    if replaced and not runtime.warned_processors:
+        runtime.warned_processors = True
+        warnings.warn(
+            f"the attention processors of {len(replaced)} cross-attention layers were replaced after the concepts "
+            "were loaded (attention slicing, xformers?): the edit is put back on top of them",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def features(projection: torch.nn.Module, attribute: str) -> int:

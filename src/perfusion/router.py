@@ -109,6 +109,7 @@ class PromptRouter:
         self.serials = itertools.count()
         self.context: CallContext | None = None
         self.hooks: list = []
+        self.before_call = None  # called with the UNet at each of its calls (the loader keeps its processors there)
         self._encoding_internally = False
 
     # -- remembering encoded rows ---------------------------------------------------------------
@@ -418,6 +419,8 @@ class PromptRouter:
         return hook
 
     def _before_unet(self, module, args, kwargs):
+        if self.before_call is not None:
+            self.before_call(module)
         states = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
         entries = self.find(states)
         regional = self.registry.regional

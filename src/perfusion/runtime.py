@@ -30,6 +30,7 @@ class PerfusionRuntime:
         self.router = PromptRouter(self.registry, text, on_prompt=self.plans.clear_layers)
         self.base_fingerprint = base_fingerprint
         self.corpus: str | None = None  # which caption corpus C came from (covariance.corpus_label); None: given
+        self.warned_processors = False  # the one warning that processors set after loading were wrapped again
 
     @property
     def inverse_covariance(self) -> torch.Tensor:
