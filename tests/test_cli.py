@@ -491,3 +491,19 @@ def test_eval_takes_the_image_size_and_refuses_a_bad_one_before_the_model(
         [*common, "--width", "12", "--out", tmp_path / "bad"], capsys, "width must be a positive multiple of 8"
     )
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_hub_id_offline_is_one_line_that_says_so(tmp_path, captions_file, capsys, monkeypatch):
+    """A user's model is often a hub id (issue 34); offline it cannot download, and says so in one line."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    images = write_concept_images(tmp_path / "disc")
+    argv = train_args("stable-diffusion-v1-5/stable-diffusion-v1-5", images, tmp_path / "c.safetensors", captions_file)
+    expect_refusal(argv, capsys, "HF_HUB_OFFLINE is set")
+
+
+def test_a_folder_without_a_pipeline_is_one_line(tmp_path, captions_file, capsys):
+    images = write_concept_images(tmp_path / "disc")
+    (tmp_path / "empty").mkdir()
+    expect_refusal(
+        train_args(tmp_path / "empty", images, tmp_path / "c.safetensors", captions_file), capsys, "no model_index.json"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -48,21 +49,40 @@ def has_component(path: Path, name: str) -> bool:
         return False
 
 
+def looks_like_hub_id(text: str) -> bool:
+    """ "owner/name" (as stable-diffusion-v1-5/stable-diffusion-v1-5): two path parts, no local file or folder."""
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not Path(text).exists() and not text.startswith((".", "/", "~"))
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def open_pipeline(path: str | Path, device: str | torch.device | None = None, half: bool | None = None):
-    """A diffusers pipeline from a local folder (no downloads); fp16 on a GPU unless told otherwise."""
+    """A diffusers pipeline from a local folder, or a model hub id ("owner/name", downloaded when online); fp16 on a
+    GPU unless told otherwise."""
     from diffusers import DiffusionPipeline
 
-    path = Path(path)
-    if not (path / "model_index.json").is_file():
-        raise ModelError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
+    source = str(path)
+    hub = looks_like_hub_id(source)
+    folder = Path(source)
+    if not hub and not (folder / "model_index.json").is_file():
+        raise ModelError(f"{folder}: not a diffusers pipeline folder (no model_index.json) nor a hub id (owner/name)")
+    if hub and offline():
+        raise ModelError(
+            f"{source}: a model hub id, and HF_HUB_OFFLINE is set: download it once online, or give a folder"
+        )
     device = torch.device(device) if device is not None else default_device()
     half = device.type == "cuda" if half is None else half
     kwargs = {"torch_dtype": torch.float16} if half else {}
-    if has_component(path, "safety_checker"):  # SD 1.x's: off (SDXL has none, and warns at an unknown argument)
+    if hub or has_component(folder, "safety_checker"):  # SD 1.x's: off (SDXL has none; unknown arguments are ignored)
         kwargs["safety_checker"] = None
     try:
-        pipe = DiffusionPipeline.from_pretrained(path, local_files_only=True, **kwargs)
+        pipe = DiffusionPipeline.from_pretrained(source, local_files_only=not hub, **kwargs)
     except (OSError, ValueError) as error:
-        raise ModelError(f"{path}: cannot load the pipeline ({str(error).splitlines()[0]})") from None
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        where = "cannot download or find the pipeline" if hub else "cannot load the pipeline"
+        raise ModelError(f"{source}: {where} ({reason})") from None
     check_supported(pipe)
     return pipe.to(device)
