@@ -52,25 +52,31 @@ def test_training_draws_paired_samples_with_their_captions(tiny_pipe, tmp_path):
     config = TrainingConfig(pair_probability=1.0, pair_words=("dog",), **QUICK)
     trainer = ConceptTrainer(tiny_pipe, images, "<mydisc>", "cat", config)
     assert trainer.pair_bank.means.shape[0] == 2 * 2 * len(images)  # two halves, mirrored
-    *_, masks, ids = trainer.micro_batch()
+    *_, masks, ids, _ = trainer.micro_batch()
     texts = tiny_pipe.tokenizer.batch_decode(ids[0], skip_special_tokens=True)
     assert all("next to" in text and "dog" in text for text in texts), texts
     assert masks.sum() > 0
 
     plain = ConceptTrainer(tiny_pipe, images, "<mydisc>", "cat", TrainingConfig(**QUICK))
     assert plain.pair_bank is None
-    texts = tiny_pipe.tokenizer.batch_decode(plain.micro_batch()[-1][0], skip_special_tokens=True)
+    texts = tiny_pipe.tokenizer.batch_decode(plain.micro_batch()[-2][0], skip_special_tokens=True)
     assert not any("next to" in text for text in texts)
 
 
-def test_paired_training_refuses_missing_masks_or_words(tiny_pipe, tmp_path):
+def test_paired_training_refuses_missing_words(tiny_pipe, tmp_path):
     masked = load_training_images(write_concept_images(tmp_path / "disc"))
     with pytest.raises(TrainingError, match="word"):
         ConceptTrainer(tiny_pipe, masked, "<mydisc>", "cat", TrainingConfig(pair_probability=0.5, **QUICK))
+
+
+def test_photos_without_masks_train_without_pairs(tiny_pipe, tmp_path):
+    """Pairs are cut out along the objects' masks: without masks they are switched off, with a warning (a user with
+    only photos must be able to train with the model's own recipe)."""
     plain = load_training_images(write_concept_images(tmp_path / "plain", alpha=False))
-    with pytest.raises(TrainingError, match="mask"):
-        config = TrainingConfig(pair_probability=0.5, pair_words=("dog",), **QUICK)
-        ConceptTrainer(tiny_pipe, plain, "<mydisc>", "cat", config)
+    config = TrainingConfig(pair_probability=0.5, pair_words=("dog",), **QUICK)
+    with pytest.warns(UserWarning, match="no masks"):
+        trainer = ConceptTrainer(tiny_pipe, plain, "<mydisc>", "cat", config)
+    assert trainer.pair_bank is None and trainer.bank.mask_source == "attention"
 
 
 def test_an_empty_mask_is_a_training_error(tiny_pipe, tmp_path):

@@ -545,3 +545,29 @@ def test_a_misspelt_concept_in_prompt_2_is_refused_as_in_the_prompt(cat_pipe):
         generate(cat_pipe, "a photo of a <mycat>", config, prompt_2="a photo of a <MYCAT>")
     with pytest.raises(GenerationError, match="<mydog>"):
         generate(cat_pipe, "a photo of a <mycat>", config, negative_prompt="a <mydog>")
+
+
+def test_training_sends_each_photos_original_size_and_crop_as_time_ids(sdxl_pipe):
+    """As diffusers' SDXL training scripts: (original height, width, crop top, left, size, size); it sent
+    (S, S, 0, 0, S, S) for every photo (issue 33)."""
+    from PIL import Image
+
+    from perfusion.images import TrainingImage
+
+    wide = Image.new("RGB", (48, 24), (200, 30, 30))
+    tall = Image.new("RGB", (16, 40), (30, 30, 200))
+    images = [TrainingImage("wide.png", wide, None), TrainingImage("tall.png", tall, None)]
+    trainer = ConceptTrainer(sdxl_pipe, images, "<mydisc>", "cat", TrainingConfig(steps=1, batch_size=8, flip=False))
+    size = trainer.resolution
+    seen = []
+    hook = sdxl_pipe.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["added_cond_kwargs"]["time_ids"].clone()), with_kwargs=True
+    )
+    try:
+        trainer.run(captions=CAPTIONS, progress=False)
+    finally:
+        hook.remove()
+    rows = {tuple(int(v) for v in row) for ids in seen for row in ids}
+    wide_row = (24, 48, 0, round((48 * size / 24 - size) / 2), size, size)
+    tall_row = (40, 16, round((40 * size / 16 - size) / 2), 0, size, size)
+    assert wide_row in rows and tall_row in rows

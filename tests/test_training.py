@@ -121,7 +121,7 @@ def test_v_prediction_models_train_on_velocity(tmp_path, concept_images, sampler
     abar = DDPMScheduler.from_config(pipe.scheduler.config).alphas_cumprod[timesteps].view(-1, 1, 1, 1)
     assert torch.allclose(target, abar.sqrt() * noise - (1 - abar).sqrt() * latents, atol=1e-5)  # v (Salimans & Ho)
     trainer = ConceptTrainer(pipe, concept_images, "<mydisc>", "cat", TrainingConfig(**QUICK))
-    noisy, timesteps, target, _, _ = trainer.micro_batch()
+    noisy, timesteps, target, _, _, _ = trainer.micro_batch()
     assert not torch.equal(target, noisy)  # sanity: the target is the velocity, not the input
     result = train_concept(
         pipe, concept_images, "<mydisc>", "cat", TrainingConfig(steps=3, **QUICK), captions=CAPTIONS, progress=False

@@ -197,15 +197,18 @@ class TextConditioning:
             pooled = output[0] if self.time_ids is not None and output[0].ndim == 2 else pooled
         return torch.cat(states, -1), pooled
 
-    def unet_conditions(self, ids: list[torch.Tensor], size: int, dtype) -> dict:
+    def unet_conditions(self, ids: list[torch.Tensor], size: int, dtype, time_ids: torch.Tensor | None = None) -> dict:
         """The UNet's conditioning arguments for ``ids`` at image side ``size``: ``encoder_hidden_states`` and, on
-        SDXL, ``added_cond_kwargs`` (pooled text embedding and time ids, as the pipeline builds them)."""
+        SDXL, ``added_cond_kwargs`` (pooled text embedding and time ids, as the pipeline builds them, or the rows'
+        own ``time_ids``, (B, 6))."""
         if self.time_ids_problem is not None:
             raise UnsupportedPipelineError(self.time_ids_problem)
         states, pooled = self.encode_with_pooled(ids)
         conditions = {"encoder_hidden_states": states.to(dtype)}
         if self.time_ids is not None:
-            time_ids = self.time_ids(size).to(states.device, dtype).repeat(states.shape[0], 1)
+            if time_ids is None:
+                time_ids = self.time_ids(size).repeat(states.shape[0], 1)
+            time_ids = time_ids.to(states.device, dtype)
             conditions["added_cond_kwargs"] = {"text_embeds": pooled.to(dtype), "time_ids": time_ids}
         return conditions
 

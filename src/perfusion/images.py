@@ -145,6 +145,14 @@ def square_resize(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
 
 
+def square_crop(image: Image.Image, size: int) -> tuple[int, int, int, int]:
+    """What square_resize does, as SDXL's time ids tell it: (original height, width, crop top, crop left), the crop's
+    corner counted in the image resized so that its shorter side is ``size`` (diffusers' SDXL training scripts)."""
+    width, height = image.size
+    scale = size / min(width, height)
+    return height, width, round((height * scale - size) / 2), round((width * scale - size) / 2)
+
+
 def images_to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
     """PIL images -> float tensor (N, 3, H, W) in [-1, 1], the range SD's autoencoder reads (diffusers'
     VaeImageProcessor; imported here, not at the top, so that reading images stays light)."""

@@ -9,7 +9,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from diffusers import DDPMScheduler
 
-from perfusion.images import TrainingImage, image_tensor, mask_tensor
+from perfusion.images import TrainingImage, image_tensor, mask_tensor, square_crop
 
 WEIGHT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -121,12 +121,26 @@ class LatentBank:
     stds: torch.Tensor
     masks: torch.Tensor  # (n, 1, h, w)
     mask_source: str = "none"
+    crops: torch.Tensor | None = None  # (n, 4): original height, width, crop top, left (SDXL's time ids); None: square
+
+    def draw(self, count: int, generator: torch.Generator):
+        """Latents of ``count`` random images (fresh VAE posterior noise), their masks, and which images they are."""
+        index = torch.randint(self.means.shape[0], (count,), generator=generator).to(self.means.device)
+        noise = torch.randn(self.means[index].shape, generator=generator).to(self.means.device)
+        return self.means[index] + self.stds[index] * noise, self.masks[index], index
 
     def sample(self, count: int, generator: torch.Generator):
         """Latents of ``count`` random images (fresh VAE posterior noise) and their masks."""
-        index = torch.randint(self.means.shape[0], (count,), generator=generator).to(self.means.device)
-        noise = torch.randn(self.means[index].shape, generator=generator).to(self.means.device)
-        return self.means[index] + self.stds[index] * noise, self.masks[index]
+        return self.draw(count, generator)[:2]
+
+    def time_ids(self, index: torch.Tensor, size: int) -> torch.Tensor:
+        """(count, 6): SDXL's add_time_ids of these images as diffusers' SDXL training scripts send them: the photo's
+        original size, the crop's top-left corner in the resized image, the training size."""
+        if self.crops is None:
+            crops = torch.tensor([[size, size, 0, 0]], dtype=torch.float32).repeat(len(index), 1)
+        else:
+            crops = self.crops[index.cpu()]
+        return torch.cat([crops, torch.full((len(index), 2), float(size))], dim=1)
 
 
 @torch.no_grad()
@@ -135,10 +149,12 @@ def encode_images(pipe, images: list[TrainingImage], size: int, flip: bool) -> L
     all ones."""
     pixels = torch.stack([image_tensor(item.image, size) for item in images])
     pixels = torch.cat([pixels, pixels.flip(-1)]) if flip else pixels
+    crops = torch.tensor([square_crop(item.image, size) for item in images], dtype=torch.float32)
+    crops = torch.cat([crops, crops]) if flip else crops  # a centre crop mirrors onto itself
     distribution = pipe.vae.encode(pixels.to(pipe.vae.device, pipe.vae.dtype)).latent_dist
     scale = pipe.vae.config.scaling_factor
     means = distribution.mean.float() * scale
-    return LatentBank(means, distribution.std.float() * scale, torch.ones_like(means[:, :1]))
+    return LatentBank(means, distribution.std.float() * scale, torch.ones_like(means[:, :1]), crops=crops)
 
 
 def given_masks(images: list[TrainingImage], size: int, latent_size: int, flip: bool) -> torch.Tensor | None:

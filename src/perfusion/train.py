@@ -278,22 +278,24 @@ class ConceptTrainer(FineTuning):
 
     # -- one optimizer step -------------------------------------------------------------------
     def micro_batch(self):
-        """Latents, noise and prompts of one micro-batch; the paired samples (if any) come last."""
+        """Latents, noise, prompts and SDXL time ids of one micro-batch; the paired samples (if any) come last."""
         count, paired = self.config.batch_size, 0
         if self.pair_bank is not None:
             paired = int((torch.rand(count, generator=self.generator) < self.config.pair_probability).sum())
-        latents, masks = self.bank.sample(count - paired, self.generator)
+        latents, masks, index = self.bank.draw(count - paired, self.generator)
+        time_ids = self.bank.time_ids(index, self.resolution)
         if paired:
-            pair_latents, pair_masks = self.pair_bank.sample(paired, self.generator)
+            pair_latents, pair_masks, pair_index = self.pair_bank.draw(paired, self.generator)
             latents, masks = torch.cat([latents, pair_latents]), torch.cat([masks, pair_masks])
+            time_ids = torch.cat([time_ids, self.pair_bank.time_ids(pair_index, self.resolution)])
         noisy, timesteps, target = noised(self.forward_process, latents, self.generator)
         ids = [self.prompts_ids(self.token, count - paired)] if paired < count else []
         ids += [self.pair_prompts_ids(paired)] if paired else []
-        return noisy, timesteps, target, masks, [torch.cat(tower_ids) for tower_ids in zip(*ids)]
+        return noisy, timesteps, target, masks, [torch.cat(tower_ids) for tower_ids in zip(*ids)], time_ids
 
-    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, ids: list[torch.Tensor]):
+    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, ids: list[torch.Tensor], time_ids=None):
         """The UNet's prediction for ``ids`` (conditioned as the pipeline conditions it), and the encodings e."""
-        conditions = self.text.unet_conditions(ids, self.resolution, self.weight_dtype)
+        conditions = self.text.unet_conditions(ids, self.resolution, self.weight_dtype, time_ids)
         prediction = self.pipe.unet(noisy.to(self.weight_dtype), timesteps, **conditions).sample
         return prediction, conditions["encoder_hidden_states"]
 
@@ -304,9 +306,9 @@ class ConceptTrainer(FineTuning):
         try:
             total = 0.0
             for _ in range(batches):
-                noisy, timesteps, target, masks, ids = self.micro_batch()
+                noisy, timesteps, target, masks, ids, time_ids = self.micro_batch()
                 with self.accelerator.autocast():
-                    prediction, _ = self.predict(noisy, timesteps, ids)
+                    prediction, _ = self.predict(noisy, timesteps, ids, time_ids)
                 total += masked_mse(prediction, target, masks).item() / batches
             return total
         finally:
@@ -316,9 +318,9 @@ class ConceptTrainer(FineTuning):
         config = self.config
         observed, total = [], 0.0
         for _ in range(config.gradient_accumulation):
-            noisy, timesteps, target, masks, ids = self.micro_batch()
+            noisy, timesteps, target, masks, ids, time_ids = self.micro_batch()
             with self.accelerator.autocast():
-                prediction, encodings = self.predict(noisy, timesteps, ids)
+                prediction, encodings = self.predict(noisy, timesteps, ids, time_ids)
             loss = masked_mse(prediction, target, masks)
             self.accelerator.backward(loss / config.gradient_accumulation)
             observed.append(encodings[(ids[0] == self.token_id).to(self.device)].detach().float().mean(0))
