@@ -507,3 +507,65 @@ def test_a_folder_without_a_pipeline_is_one_line(tmp_path, captions_file, capsys
     expect_refusal(
         train_args(tmp_path / "empty", images, tmp_path / "c.safetensors", captions_file), capsys, "no model_index.json"
     )
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_generate_from_an_init_image_img2img_and_inpainting(
+    tiny_pipeline_dir, concept_file, tmp_path, capsys, with_mask
+):
+    """Users of these tools work in img2img and inpainting as much as in text-to-image (issue 34)."""
+    Image.new("RGB", (16, 16), (200, 40, 40)).save(tmp_path / "start.png")
+    mask = Image.new("L", (16, 16), 0)
+    mask.paste(255, (4, 4, 12, 12))
+    mask.save(tmp_path / "mask.png")
+    argv = [
+        "generate",
+        "--model",
+        tiny_pipeline_dir,
+        "--concept",
+        concept_file,
+        "--prompt",
+        "a photo of a <mycat>",
+        "--steps",
+        "3",
+        "--init-image",
+        tmp_path / "start.png",
+        "--strength",
+        "0.7",
+        "--out",
+        tmp_path / "out",
+    ]
+    if with_mask:
+        argv += ["--mask-image", tmp_path / "mask.png"]
+    code, stdout, err = run(argv, capsys)
+    assert code == 0, err
+    written = [line for line in stdout.splitlines() if line.endswith(".png")]
+    assert len(written) == 1 and Image.open(written[0]).size == (16, 16)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--mask-image", "mask.png"], "--mask-image needs --init-image"),
+        (["--init-image", "start.png", "--strength", "0"], "--strength must lie in (0, 1]"),
+        (["--init-image", "missing.png"], "missing.png"),
+        (["--init-image", "start.png", "--height", "64"], "do not apply with --init-image"),
+    ],
+)
+def test_generate_refuses_bad_image_to_image_arguments_in_one_line(
+    tiny_pipeline_dir, concept_file, tmp_path, capsys, extra, message
+):
+    Image.new("RGB", (16, 16)).save(tmp_path / "start.png")
+    extra = [str(tmp_path / part) if part.endswith(".png") else part for part in extra]
+    argv = [
+        "generate",
+        "--model",
+        tiny_pipeline_dir,
+        "--concept",
+        concept_file,
+        "--prompt",
+        "a <mycat>",
+        "--out",
+        tmp_path / "o",
+    ]
+    expect_refusal([*argv, *extra], capsys, message)

@@ -177,10 +177,52 @@ def add_generate(commands) -> None:
     )
     parser.add_argument("--tau", type=float, action="append", help="gate temperature; once or once per concept")
     add_generation_arguments(parser)
+    parser.add_argument("--init-image", help="img2img: start from this image (the pipeline's img2img form)")
+    parser.add_argument(
+        "--strength", type=float, default=None, help="img2img and inpainting: how much to change (0-1; 0.8)"
+    )
+    parser.add_argument("--mask-image", help="inpainting: white where --init-image is redrawn")
     parser.add_argument("--out", default="perfusion-out", help="output folder")
     parser.add_argument("--captions", help="caption file for the covariance, instead of the packaged corpus")
     parser.add_argument("--force", action="store_true", help="overwrite existing images")
     parser.set_defaults(run=run_generate)
+
+
+def image_to_image(args) -> dict:
+    """img2img or inpainting arguments from --init-image, --strength and --mask-image (checked before the model
+    loads), or none."""
+    from perfusion.images import open_image
+
+    if args.mask_image and not args.init_image:
+        raise CommandError("--mask-image needs --init-image (the image it masks)")
+    if args.strength is not None and not args.init_image:
+        raise CommandError("--strength needs --init-image")
+    if not args.init_image:
+        return {}
+    if hasattr(args, "height") or hasattr(args, "width"):
+        raise CommandError("--height and --width do not apply with --init-image: the image's own size is used")
+    strength = 0.8 if args.strength is None else args.strength
+    if not 0.0 < strength <= 1.0:
+        raise CommandError(f"--strength must lie in (0, 1], got {strength}")
+    extra = {"image": open_image(Path(args.init_image)).convert("RGB"), "strength": strength}
+    if args.mask_image:
+        extra["mask_image"] = open_image(Path(args.mask_image)).convert("L")
+    return extra
+
+
+def pipeline_for(pipe, extra: dict):
+    """The loaded pipeline, or its img2img or inpainting form on the same components (the concepts act there too)."""
+    if not extra:
+        return pipe
+    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+    kind = AutoPipelineForInpainting if "mask_image" in extra else AutoPipelineForImage2Image
+    try:
+        return kind.from_pipe(pipe)
+    except ValueError as error:
+        raise CommandError(
+            f"this pipeline has no {'inpainting' if 'mask_image' in extra else 'img2img'} form ({error})"
+        )
 
 
 # GenerationConfig's fields as flags (diffusers' names, and the short ones earlier versions had); absent unless given,
@@ -253,6 +295,7 @@ def run_generate(args) -> None:
     for beta, tau in zip(betas, taus):
         check_gate(beta, tau)
     config = generation_config(args.model, args)
+    extra = image_to_image(args)
     out = Path(args.out)
     names = [out / f"{slug(args.prompt)}-s{config.seed}-{index}.png" for index in range(config.num_images_per_prompt)]
     for path in names:
@@ -261,7 +304,8 @@ def run_generate(args) -> None:
     if concepts:  # by path, so that errors name the file
         load_concepts(pipe, args.concept, captions=read_captions(args.captions), progress=True)
     settings = {concept.token: (beta, tau) for concept, beta, tau in zip(concepts, betas, taus)}
-    images = generate(pipe, args.prompt, config, settings, negative_prompt=args.negative_prompt)
+    pipe = pipeline_for(pipe, extra)
+    images = generate(pipe, args.prompt, config, settings, negative_prompt=args.negative_prompt, **extra)
     from perfusion.files import save_png
 
     for image, path in zip(images, names):
