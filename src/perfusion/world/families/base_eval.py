@@ -142,7 +142,14 @@ def spread(judge: Judge, pipe, name: str, generate, samples: int = SPREAD_SAMPLE
 
 
 def evaluate(
-    pipe, judge: Judge, prompts: int, seeds: int, out: Path | None, steps: int = 25, guidance: float | None = None
+    pipe,
+    judge: Judge,
+    prompts: int,
+    seeds: int,
+    out: Path | None,
+    steps: int = 25,
+    guidance: float | None = None,
+    spread_samples: int = SPREAD_SAMPLES,
 ) -> dict:
     steps, guidance = sampling_defaults(steps, guidance)
 
@@ -173,7 +180,7 @@ def evaluate(
     }
     spreads, spread_rows = {}, []
     for name in CATEGORY_NAMES:
-        spreads[name], drawn = spread(judge, pipe, name, generate)
+        spreads[name], drawn = spread(judge, pipe, name, generate, spread_samples)
         spread_rows.append(SheetRow(f"a photo of a {name}", [(image, "") for image in drawn[:16]]))
     results["spread"] = spreads
     if out is not None:

@@ -139,7 +139,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="pipeline folder (default: the embedded model)")
     parser.add_argument("--out", type=Path, default=Path("lab-report"))
-    parser.add_argument("--quick", action="store_true", help="16 base-model prompts, seen members of cat and mug only")
+    parser.add_argument(
+        "--quick", action="store_true", help="16 base-model prompts, 16 spread samples, seen members of cat and mug only"
+    )
     parser.add_argument("--threads", type=int, default=2)
     arguments = parser.parse_args(argv)
     torch.set_num_threads(arguments.threads)
@@ -153,7 +155,8 @@ def main(argv=None) -> None:
     out = arguments.out
     out.mkdir(parents=True, exist_ok=True)
     galleries = Galleries(judge)
-    base = base_eval.evaluate(pipe, judge, 16 if arguments.quick else 64, 2, out / "base")
+    quick = arguments.quick
+    base = base_eval.evaluate(pipe, judge, 16 if quick else 64, 2, out / "base", spread_samples=16 if quick else 64)
     checked = judge_check.check(judge, 2 if arguments.quick else 4, out / "judge")
     summary = {
         "base_model": {key: base["pooled"].get(key) for key in base_eval.BARS},
