@@ -169,7 +169,7 @@ def evaluate(
             verdict = (
                 "ok" if all(image_hits.values()) else "miss " + ",".join(k for k, v in image_hits.items() if not v)
             )
-            cells.append((images[row], f"{caption.text} | {verdict}"))
+            cells.append((images[row], f"{verdict} | {caption.text}"))
     results = {
         "pooled": pooled(hits),
         "per_category": {name: pooled(h) for name, h in sorted(by_category.items())},
