@@ -140,7 +140,9 @@ def main(argv=None) -> None:
     parser.add_argument("--model", type=Path, default=None, help="pipeline folder (default: the embedded model)")
     parser.add_argument("--out", type=Path, default=Path("lab-report"))
     parser.add_argument(
-        "--quick", action="store_true", help="16 base-model prompts, 16 spread samples, seen members of cat and mug only"
+        "--quick",
+        action="store_true",
+        help="16 base-model prompts, 16 spread samples, seen members of cat and mug only",
     )
     parser.add_argument("--threads", type=int, default=2)
     arguments = parser.parse_args(argv)
