@@ -89,20 +89,25 @@ def text_encoder_config(tokenizer, **config) -> CLIPTextConfig:
     )
 
 
-def assemble_pipeline(tokenizer, text_config: dict, unet_config: dict, vae_blocks: int, prediction_type: str):
-    """A StableDiffusionPipeline of random weights from configs, in memory."""
-    text_encoder = CLIPTextModel(text_encoder_config(tokenizer, **text_config))
-    unet = UNet2DConditionModel(cross_attention_dim=text_config["hidden_size"], **unet_config)
-    vae = AutoencoderKL(
+def tiny_vae(blocks: int) -> AutoencoderKL:
+    """A small random autoencoder with ``blocks`` levels (a 2 ** (blocks - 1) downsampling factor)."""
+    return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * vae_blocks,
-        up_block_types=("UpDecoderBlock2D",) * vae_blocks,
-        block_out_channels=(8, 16, 16, 16)[:vae_blocks],
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        block_out_channels=(8, 16, 16, 16)[:blocks],
         latent_channels=4,
         norm_num_groups=8,
         sample_size=16,
     )
+
+
+def assemble_pipeline(tokenizer, text_config: dict, unet_config: dict, vae_blocks: int, prediction_type: str):
+    """A StableDiffusionPipeline of random weights from configs, in memory."""
+    text_encoder = CLIPTextModel(text_encoder_config(tokenizer, **text_config))
+    unet = UNet2DConditionModel(cross_attention_dim=text_config["hidden_size"], **unet_config)
+    vae = tiny_vae(vae_blocks)
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -189,16 +194,7 @@ def assemble_sdxl_pipeline(tokenizers, text_configs: tuple[dict, dict], unet_con
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextModelWithProjection
 
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * vae_blocks,
-        up_block_types=("UpDecoderBlock2D",) * vae_blocks,
-        block_out_channels=(8, 16, 16, 16)[:vae_blocks],
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=16,
-    )
+    vae = tiny_vae(vae_blocks)
     return StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=CLIPTextModel(text_encoder_config(tokenizers[0], **text_configs[0])),

@@ -18,11 +18,11 @@ from perfusion.fingerprint import cross_attention_modules
 from perfusion.loader import pipeline_fingerprint
 from perfusion.text import word_positions
 
+from .captions import UNGROUNDED
 from .categories import PATTERN_WORDS
 from .instances import Instance
 
 ORACLE_TOKEN = "<oracle>"
-LINKING_TOKENS = frozenset({"a", "an", "with", "wearing", "-"})  # not attribute words: left out of the oracle's mean
 
 
 def verbal_description(instance: Instance, leave_out: frozenset[str] = frozenset()) -> str:
@@ -56,7 +56,7 @@ def attribute_encoding(pipe, instance: Instance) -> torch.Tensor:
     start = len(tokenizer.tokenize("a photo of a")) + 1  # after BOS
     pieces = tokenizer.convert_ids_to_tokens(ids[0][0].tolist())
     end = pieces.index(tokenizer.eos_token) if tokenizer.eos_token in pieces else len(pieces)
-    keep = [i for i in range(start, end) if pieces[i].removesuffix("</w>") not in LINKING_TOKENS]
+    keep = [i for i in range(start, end) if pieces[i].removesuffix("</w>") not in UNGROUNDED]  # attribute words only
     return states[keep].mean(0)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from .categories import CATEGORIES, PATTERNS, category
 from .palette import COLOURS, Colour, colour_distance, colour_name, sample_colour
@@ -201,10 +201,6 @@ def stretch_instance(name: str, seed: int) -> Instance:
     if use_pattern:
         return _draw(name, rng, patterns=tuple(p for p in family.stretch_patterns if p != "plain") or ("band",))
     return _draw(name, rng, colours=family.stretch_colours)
-
-
-def with_changes(instance: Instance, **changes) -> Instance:
-    return replace(instance, **changes)
 
 
 CATEGORIES_ORDER = {name: index for index, name in enumerate(CATEGORIES)}

@@ -19,7 +19,7 @@ import torch
 
 from perfusion.world.negatives import KINDS, negative_sprite
 
-from .categories import ALL_COLOURS, CATEGORY_NAMES, PATTERNS, category
+from .categories import ALL_COLOURS, CATEGORY_NAMES, PATTERNS
 from .instances import Instance, _draw, evaluation_instance
 from .judge_net import HEAD_CLASSES, NOTHING, PATTERN_SCALE, REGRESSION_OUTPUTS, SHAPE_SLICES
 from .palette import BACKGROUND_TEXTURES, colour_name
@@ -52,7 +52,6 @@ class LabelledBatch:
 def free_instance(rng: random.Random, name: str | None = None, stretch: float = 0.0) -> Instance:
     """An instance outside the reserved part, of any colour or pattern the judge must read."""
     name = name or rng.choice(CATEGORY_NAMES)
-    family = category(name)
     while True:
         if rng.random() < stretch:
             instance = _draw(name, rng, colours=ALL_COLOURS, patterns=PATTERNS)
@@ -60,7 +59,6 @@ def free_instance(rng: random.Random, name: str | None = None, stretch: float = 
             instance = _draw(name, rng)
         if not instance.reserved:
             return instance
-    return family  # unreachable
 
 
 def neighbour(instance: Instance, rng: random.Random, spread: float = 0.25) -> Instance:
