@@ -24,7 +24,7 @@ class GenerationConfig:
     num_inference_steps: int = 25
     guidance_scale: float | None = None  # None: the pipeline's own (7.5 on SD 1.x and 2.x, 5.0 on SDXL)
     num_images_per_prompt: int = 1
-    seed: int = 0
+    seed: int | list[int] = 0  # a list: one seed for each image (prompts x num_images_per_prompt, prompt by prompt)
     # None keeps the pipeline's own setting (set_global_lock, set_composition; off and "joint" until set)
     global_lock: bool | None = None  # keys read the prompt with concepts replaced by their supercategory
     composition: str | None = None  # "joint" or "regions": each concept denoised in its own region (perfusion.regions)
@@ -92,12 +92,17 @@ def check_prompt(pipe, prompt: str) -> None:
         )
 
 
-def generate(pipe, prompt: str, config: GenerationConfig | None = None, settings=None, **pipeline_kwargs):
-    """Images for ``prompt`` (PIL list); ``settings`` maps a concept token to (beta, tau), None keeping its own.
+def generate(pipe, prompt: str | list[str], config: GenerationConfig | None = None, settings=None, **pipeline_kwargs):
+    """Images for ``prompt`` (PIL list, prompt by prompt); ``settings`` maps a concept token to (beta, tau), None
+    keeping its own, or is a list of such maps, one for each prompt of a list (a batch of prompts at their own gates,
+    in one pipeline call).
 
     The settings of ``config`` and ``settings`` apply to this call only: the pipeline's own come back after it.
     """
     config = config or GenerationConfig()
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise GenerationError("no prompt given")
     given = {
         name: value
         for name, value in (
@@ -115,29 +120,48 @@ def generate(pipe, prompt: str, config: GenerationConfig | None = None, settings
     for name in {"height", "width"} & set(given):
         if given[name] % factor:
             raise GenerationError(f"{name} must be a multiple of {factor} for this pipeline's VAE, got {given[name]}")
-    check_prompt(pipe, prompt)
+    for text in prompts:
+        check_prompt(pipe, text)
     for name in PROMPT_ARGUMENTS:  # the pipeline's other prompts, when given as text
-        if isinstance(pipeline_kwargs.get(name), str):
-            check_prompt(pipe, pipeline_kwargs[name])
-    settings, loaded = settings or {}, loaded_tokens(pipe)
-    check_loaded(settings, loaded)
-    generator = torch.Generator().manual_seed(config.seed)  # CPU generator: the same images on every device
+        given_texts = pipeline_kwargs.get(name)
+        for text in [given_texts] if isinstance(given_texts, str) else given_texts or []:
+            if isinstance(text, str):
+                check_prompt(pipe, text)
+    loaded = loaded_tokens(pipe)
+    per_prompt = isinstance(settings, (list, tuple))
+    if per_prompt and len(settings) != len(prompts):
+        raise GenerationError(f"settings for {len(settings)} prompts, but {len(prompts)} prompts given")
+    maps = [entry or {} for entry in settings] if per_prompt else [settings or {}]
+    for entry in maps:
+        check_loaded(entry, loaded)
+    generator = generators(config.seed, len(prompts) * config.num_images_per_prompt)
+    beta = [{token: beta for token, (beta, _) in entry.items()} for entry in maps]
+    tau = [{token: tau for token, (_, tau) in entry.items()} for entry in maps]
     scope = nullcontext()
     if loaded:  # the call's settings (checked there), put back afterwards
         scope = concept_settings(
             pipe,
-            beta={token: beta for token, (beta, _) in settings.items()},
-            tau={token: tau for token, (_, tau) in settings.items()},
+            beta=beta if per_prompt else beta[0],
+            tau=tau if per_prompt else tau[0],
             global_lock=config.global_lock,
             composition=config.composition,
             regions=config.regions,
         )
     with scope:
         return pipe(
-            prompt,
+            prompt if isinstance(prompt, str) else prompts,
             num_inference_steps=config.num_inference_steps,
             num_images_per_prompt=config.num_images_per_prompt,
             generator=generator,
             **given,
             **pipeline_kwargs,
         ).images
+
+
+def generators(seed: int | list[int], images: int):
+    """CPU generators (the same images on every device): one for the call, or one per image from a list of seeds."""
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != images:
+            raise GenerationError(f"{len(seed)} seeds for {images} images: give one seed per image")
+        return [torch.Generator().manual_seed(int(value)) for value in seed]
+    return torch.Generator().manual_seed(seed)

@@ -79,9 +79,9 @@ class PerfusionAttnProcessor:
     def edit(self, attn, encodings: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
         """Apply each row group's edit; keys only under local locking (global locking re-encoded them)."""
         context = self.runtime.context
-        for tokens, rows in context.groups:
+        for tokens, rows, gates in context.groups:
             plan = self.runtime.layer_plan(tokens, self.layer, attn, encodings.device)
-            betas, taus = self.runtime.gates(tokens, encodings.device)
+            betas, taus = self.runtime.gates(tokens, encodings.device, gates)
 
             def edited(projected, projected_basis, targets):
                 return rank_one_edit(

@@ -175,11 +175,12 @@ class RegionalCall:
 
 
 @torch.no_grad()
-def split_row(router, match, tokens: tuple[str, ...]) -> SplitRow:
+def split_row(router, match, tokens: tuple[str, ...], gates=None) -> SplitRow:
     """Regional composition's rows for one matched UNet row: the plain row, and each concept's own row.
 
     ``router`` (perfusion.router.PromptRouter) re-encodes ``match`` (a RowMatch) with concepts replaced, each text
-    encoder at the hidden state the row was read at, and gives the entry type. A concept's position is its token's in
+    encoder at the hidden state the row was read at, and gives the entry type; ``gates`` are the row's own (set per
+    prompt), handed to each concept's own row. A concept's position is its token's in
     the first text encoder's part that holds it.
     """
     variants = [router.substitute(match, keep) for keep in [(), *((token,) for token in tokens)]]
@@ -189,7 +190,15 @@ def split_row(router, match, tokens: tuple[str, ...]) -> SplitRow:
     ]
     encodings = router.encode_rows(match, ids)  # plain first, then each concept's own
     key_encodings = locked_keys(router, match, ids, encodings) if router.registry.global_lock else [None] * len(tokens)
-    own_rows = [router.entry_type(encodings[1 + n], (token,), key_encodings[n]) for n, token in enumerate(tokens)]
+    own_rows = [
+        router.entry_type(
+            encodings[1 + n],
+            (token,),
+            key_encodings[n],
+            gates=None if gates is None else tuple(gate for gate in gates if gate[0] == token),
+        )
+        for n, token in enumerate(tokens)
+    ]
     positions = []  # (plain, own) of each concept
     for n, token in enumerate(tokens):
         tower = match.holding(token)

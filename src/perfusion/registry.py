@@ -18,11 +18,19 @@ class InstalledConcept:
     tau: float
 
 
+Gates = tuple[tuple[str, float, float], ...]  # (token, beta, tau) of each concept of one prompt row
+
+
+class PromptCountError(ValueError):
+    """Per-prompt settings given for another number of prompts than the text encoder was called with."""
+
+
 @dataclass
 class RuntimeSettings:
     gates: dict[str, tuple[float, float]]  # token -> (beta, tau)
     global_lock: bool
     regional: RegionalCall | None
+    prompt_gates: list[dict[str, tuple[float | None, float | None]]] | None = None
 
 
 class ConceptRegistry:
@@ -34,6 +42,9 @@ class ConceptRegistry:
         self.concepts: dict[str, InstalledConcept] = {}
         self.global_lock = False
         self.regional: RegionalCall | None = None  # None: the paper's joint edit
+        # Per-prompt gates for one call: entry n, token -> (beta, tau) (None: the concept's own), for prompt n of
+        # each text-encoder call; None: every row reads the concepts' own gates, live
+        self.prompt_gates: list[dict[str, tuple[float | None, float | None]]] | None = None
 
     def __getitem__(self, token: str) -> InstalledConcept:
         return self.concepts[token]
@@ -70,21 +81,45 @@ class ConceptRegistry:
         installed.beta = installed.beta if beta is None else float(beta)
         installed.tau = installed.tau if tau is None else float(tau)
 
-    def gates(self, tokens: tuple[str, ...], device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(betas, taus) of ``tokens``, read live: a settings change needs no plan rebuilt."""
-        installed = [self.concepts[token] for token in tokens]
+    def gates(self, tokens: tuple[str, ...], device, fixed: Gates | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(betas, taus) of ``tokens``: ``fixed`` (a row's own, set per prompt) or the concepts' own, read live (a
+        settings change needs no plan rebuilt)."""
+        if fixed is not None:
+            by_token = {token: (beta, tau) for token, beta, tau in fixed}
+            pairs = [by_token[token] for token in tokens]
+        else:
+            pairs = [(self.concepts[token].beta, self.concepts[token].tau) for token in tokens]
         return (
-            torch.tensor([item.beta for item in installed], device=device),
-            torch.tensor([item.tau for item in installed], device=device),
+            torch.tensor([beta for beta, _ in pairs], device=device),
+            torch.tensor([tau for _, tau in pairs], device=device),
         )
+
+    def row_gates(self, index: int, count: int, tokens: tuple[str, ...]) -> Gates | None:
+        """The gates of prompt ``index`` of a text-encoder call of ``count`` prompts, fixed now; None without
+        per-prompt settings (the row reads the concepts' own, live)."""
+        if self.prompt_gates is None:
+            return None
+        if len(self.prompt_gates) != count:
+            raise PromptCountError(
+                f"per-prompt concept settings for {len(self.prompt_gates)} prompts, but the text encoder was given "
+                f"{count}: give one entry per prompt"
+            )
+        given = self.prompt_gates[index]
+        gates = []
+        for token in tokens:
+            beta, tau = given.get(token, (None, None))
+            installed = self.concepts[token]
+            gates.append((token, installed.beta if beta is None else beta, installed.tau if tau is None else tau))
+        return tuple(gates)
 
     def settings(self) -> RuntimeSettings:
         """Everything a generation call may change, to be put back with ``restore``."""
         gates = {token: (installed.beta, installed.tau) for token, installed in self.concepts.items()}
-        return RuntimeSettings(gates, self.global_lock, self.regional)
+        return RuntimeSettings(gates, self.global_lock, self.regional, self.prompt_gates)
 
     def restore(self, settings: RuntimeSettings) -> None:
         for token, (beta, tau) in settings.gates.items():
             if token in self.concepts:
                 self.set_options(token, beta=beta, tau=tau)
         self.global_lock, self.regional = settings.global_lock, settings.regional
+        self.prompt_gates = settings.prompt_gates

@@ -23,7 +23,7 @@ import torch
 
 from perfusion.conditioning import POOLED, Readout, TextConditioning, pool_at_end_of_text, readouts_of
 from perfusion.regions import RegionalCall, SplitRow, split_row
-from perfusion.registry import ConceptRegistry
+from perfusion.registry import ConceptRegistry, Gates
 from perfusion.text import supercategory_substitution
 
 REGISTRY_ROWS = 64  # encoded rows remembered between text encoding and denoising, per text encoder
@@ -45,6 +45,9 @@ class EncodedRow:
     others: tuple[Readout, ...] = ()  # the other hidden states the call returned
     probes: torch.Tensor | None = None  # (len(others), T, 2 PROBE_FEATURES): their features at both ends
     reencoded: dict = field(default_factory=dict)  # (readout, ids) -> (T, d): this row with concepts replaced
+    call: int = 0  # which text-encoder call it came from
+    index: int = 0  # its prompt's place in that call
+    gates: Gates | None = None  # per-prompt settings fixed when it was encoded; None: the concepts' own, live
 
 
 @dataclass
@@ -55,6 +58,7 @@ class EncodedPrompt:
     tokens: tuple[str, ...]
     key_encodings: torch.Tensor | None  # the supercategory re-encoding, under global key locking
     split: SplitRow | None = None  # the plain and per-concept rows, under regional composition
+    gates: Gates | None = None  # the row's own (beta, tau) of each concept, set per prompt; None: the concepts' own
 
 
 @dataclass
@@ -82,7 +86,8 @@ class TowerStack:
 
 @dataclass
 class CallContext:
-    groups: list[tuple[tuple[str, ...], torch.Tensor]]  # (concept tokens, batch rows using exactly them)
+    groups: list[tuple[tuple[str, ...], torch.Tensor, Gates | None]]  # (concept tokens, batch rows using exactly
+    # them at the same gates, those gates: None for the concepts' own)
     key_encodings: torch.Tensor | None  # (B, T, d) keys' input under global locking
     regional: RegionalCall | None = None  # regional composition's plan for this call
 
@@ -107,6 +112,7 @@ class PromptRouter:
         self.built: dict[tuple, EncodedPrompt] = {}  # what was built for a matched row, by its key()
         self.stacks: dict[tuple, TowerStack | None] = {}  # by (tower, length, device, dtype); emptied on remember
         self.serials = itertools.count()
+        self.calls = itertools.count()
         self.context: CallContext | None = None
         self.hooks: list = []
         self.before_call = None  # called with the UNet at each of its calls (the loader keeps its processors there)
@@ -134,8 +140,10 @@ class PromptRouter:
             probes = torch.stack([probe(item(encoder, output)) for item in others], 1) if others else None
         if len(wanted) > self.remembered[tower].maxlen:  # one call with more rows than kept: keep all of this call's
             self.remembered[tower] = deque(self.remembered[tower], maxlen=len(wanted))
+        call = next(self.calls)
         for index in wanted:
             tokens = tuple(token for token in self.registry.concepts if token in rows[index])
+            gates = self.registry.row_gates(index, len(rows), tokens)
             row = EncodedRow(
                 next(self.serials),
                 tower,
@@ -145,6 +153,9 @@ class PromptRouter:
                 readout,
                 others,
                 None if probes is None else probes[index],
+                call=call,
+                index=index,
+                gates=gates,
             )
             self.remembered[tower].append(row)
             self.encode_variants(row)
@@ -335,6 +346,7 @@ class PromptRouter:
                 UserWarning,
                 stacklevel=2,
             )
+        gates = next((part[0].gates for part in match.parts if part is not None and part[0].gates), None)
         if tokens and any(
             part is not None and part[1] != tower.readout for part, tower in zip(match.parts, self.text.towers)
         ):
@@ -347,8 +359,8 @@ class PromptRouter:
         keys = self.supercategory_encodings(match) if registry.global_lock else None
         split = None
         if regional is not None and len(tokens) >= regional.config.min_concepts:
-            split = split_row(self, match, tokens)
-        self.built[key] = entry = EncodedPrompt(match.states.detach(), tokens, keys, split)
+            split = split_row(self, match, tokens, gates)
+        self.built[key] = entry = EncodedPrompt(match.states.detach(), tokens, keys, split, gates)
         return entry
 
     def find(self, states: torch.Tensor | None) -> list[EncodedPrompt | None] | None:
@@ -358,14 +370,49 @@ class PromptRouter:
         matches = [self.match(states[row]) for row in range(states.shape[0])]
         if all(match is None for match in matches):
             return None
+        self.spread_over_twins(matches)
         return [None if match is None else self.entry(match) for match in matches]
+
+    def spread_over_twins(self, matches: list[RowMatch | None]) -> None:
+        """Prompts of one call that are the same text encode to the same rows, which the UNet's rows cannot tell
+        apart; under per-prompt settings they may still differ in their gates. The UNet rows that matched such a row
+        are given out to its twins in order, in equal runs (a pipeline repeats each prompt's images side by side:
+        ``prompt_embeds.repeat(1, n, 1).view(B * n, ...)``)."""
+        groups: dict[tuple, list[int]] = {}
+        for row, match in enumerate(matches):
+            if match is not None and any(part is not None and part[0].gates is not None for part in match.parts):
+                groups.setdefault(tuple(None if part is None else part[0].serial for part in match.parts), []).append(
+                    row
+                )
+        for rows in groups.values():
+            parts = list(matches[rows[0]].parts)
+            twins = [None if part is None else self.twins(part[0]) for part in parts]
+            if all(found is None or len(found) < 2 for found in twins):
+                continue
+            for order, row in enumerate(rows):
+                matches[row] = RowMatch(
+                    tuple(
+                        part if found is None else (found[order * len(found) // len(rows)], part[1])
+                        for part, found in zip(parts, twins)
+                    ),
+                    matches[row].states,
+                )
+
+    def twins(self, row: EncodedRow) -> list[EncodedRow]:
+        """The rows of ``row``'s text-encoder call with the same ids (itself among them), in prompt order."""
+        found = [
+            other
+            for other in self.remembered[row.tower]
+            if other.call == row.call and torch.equal(other.input_ids, row.input_ids)
+        ]
+        return sorted(found, key=lambda other: other.index)
 
     @staticmethod
     def context_for(entries: list[EncodedPrompt | None], states: torch.Tensor, regional=None) -> CallContext:
-        groups: dict[tuple[str, ...], list[int]] = {}
+        groups: dict[tuple, list[int]] = {}
         for row, entry in enumerate(entries):
             if entry is not None:
-                groups.setdefault(entry.tokens, []).append(row)
+                groups.setdefault((entry.tokens, entry.gates), []).append(row)
         key_encodings = None
         if any(entry is not None and entry.key_encodings is not None for entry in entries):
             key_encodings = torch.stack(
@@ -376,7 +423,9 @@ class PromptRouter:
                     for row, entry in enumerate(entries)
                 ]
             )
-        rows = [(tokens, torch.tensor(indices, device=states.device)) for tokens, indices in groups.items()]
+        rows = [
+            (tokens, torch.tensor(indices, device=states.device), gates) for (tokens, gates), indices in groups.items()
+        ]
         return CallContext(rows, key_encodings, regional)
 
     # -- hooks ----------------------------------------------------------------------------------

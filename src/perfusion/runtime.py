@@ -91,8 +91,8 @@ class PerfusionRuntime:
 
         return self.plans.layer(tokens, layer, attn, encodings, supercategory, device)
 
-    def gates(self, tokens: tuple[str, ...], device) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.registry.gates(tokens, device)
+    def gates(self, tokens: tuple[str, ...], device, fixed=None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.registry.gates(tokens, device, fixed)
 
     def value_targets(self, tokens: tuple[str, ...], layer: str, device) -> torch.Tensor:
         """o*_V of each concept, (out, N); read live, since training updates them."""

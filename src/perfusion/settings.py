@@ -1,7 +1,9 @@
 """A pipeline's Perfusion settings: each concept's gate (beta, tau), key locking and composition.
 
 ``set_concept_settings`` changes them for good (in the manner of diffusers' ``set_adapters``); ``concept_settings`` is
-a context manager whose settings last one block and are put back after it, even when the block raises.
+a context manager whose settings last one block and are put back after it, even when the block raises. Within a
+block, beta and tau may also be given per prompt, as a list with one float or dict for each prompt of the pipeline
+call: a batch of prompts then runs in one call, each prompt at its own gates (a server's mixed batch).
 """
 
 from __future__ import annotations
@@ -49,6 +51,25 @@ def per_token(value, tokens: list[str]) -> dict[str, float]:
     return {token: float(value) for token in tokens}
 
 
+def per_prompt(beta, tau, tokens: list[str]) -> list[dict[str, tuple[float | None, float | None]]] | None:
+    """Per-prompt gates from ``beta`` and ``tau`` where either is a list (one float, dict or None per prompt): entry n
+    maps token -> (beta, tau), None keeping the concept's own; None when neither is a list."""
+    lists = [value for value in (beta, tau) if isinstance(value, (list, tuple))]
+    if not lists:
+        return None
+    count = len(lists[0])
+    if count == 0 or any(len(value) != count for value in lists):
+        raise GenerationError("per-prompt beta and tau must be lists of one entry per prompt, of the same length")
+    prompts = []
+    for n in range(count):
+        betas = per_token(beta[n] if isinstance(beta, (list, tuple)) else beta, tokens)
+        taus = per_token(tau[n] if isinstance(tau, (list, tuple)) else tau, tokens)
+        for token in set(betas) | set(taus):
+            check_gate(betas.get(token), taus.get(token))
+        prompts.append({token: (betas.get(token), taus.get(token)) for token in set(betas) | set(taus)})
+    return prompts
+
+
 def composition_call(pipe, mode: str, regions: dict | None) -> RegionalCall | None:
     if mode not in MODES:
         raise GenerationError(f"composition must be one of {', '.join(MODES)}, got {mode!r}")
@@ -71,9 +92,19 @@ def set_concept_settings(
     regions: dict | None = None,
 ) -> None:
     """Set the gate of every loaded concept (a float) or of some (a dict token -> float), global key locking and the
-    composition mode ("joint" or "regions", with RegionsConfig's fields as ``regions``). None keeps a setting."""
+    composition mode ("joint" or "regions", with RegionsConfig's fields as ``regions``). None keeps a setting.
+    Per-prompt gates (lists) last one call: they are ``concept_settings``'s."""
+    if isinstance(beta, (list, tuple)) or isinstance(tau, (list, tuple)):
+        raise GenerationError("per-prompt beta or tau (a list) lasts one call: give it to concept_settings or generate")
+    apply_settings(pipe, beta, tau, global_lock, composition, regions)
+
+
+def apply_settings(pipe, beta, tau, global_lock, composition, regions) -> None:
     runtime = require_runtime(pipe)
     tokens = list(runtime.concepts)
+    prompts = per_prompt(beta, tau, tokens)
+    if prompts is not None:
+        beta = tau = None
     betas, taus = per_token(beta, tokens), per_token(tau, tokens)
     for token in tokens:
         check_gate(betas.get(token), taus.get(token))
@@ -87,15 +118,17 @@ def set_concept_settings(
     if global_lock is not None:
         registry.global_lock = bool(global_lock)
     registry.regional = regional
+    registry.prompt_gates = prompts
 
 
 @contextmanager
-def concept_settings(pipe, **settings):
-    """``set_concept_settings(pipe, **settings)`` for the block only: the pipeline's own settings come back after."""
+def concept_settings(pipe, *, beta=None, tau=None, global_lock=None, composition=None, regions=None):
+    """``set_concept_settings``'s settings for the block only: the pipeline's own come back after it. ``beta`` and
+    ``tau`` may also be lists, one float or dict for each prompt of the block's pipeline call."""
     runtime = require_runtime(pipe)
     saved = runtime.settings()
     try:
-        set_concept_settings(pipe, **settings)
+        apply_settings(pipe, beta, tau, global_lock, composition, regions)
         yield pipe
     finally:
         runtime.restore(saved)
