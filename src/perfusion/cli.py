@@ -350,6 +350,9 @@ def parser() -> argparse.ArgumentParser:
     add_train(commands)
     add_generate(commands)
     add_inspect(commands)
+    from perfusion.service.cli import add_serve
+
+    add_serve(commands)
     from perfusion.experiments.cli import add_commands  # sweep, eval, demo: built on the micro world
 
     add_commands(commands)

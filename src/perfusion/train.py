@@ -6,6 +6,7 @@ import math
 import pickle
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -387,7 +388,16 @@ class ConceptTrainer(FineTuning):
         return state
 
     # -- the whole run --------------------------------------------------------------------------
-    def run(self, checkpoint: Path | None = None, resume: bool = False, captions=None, progress: bool = True):
+    def run(
+        self,
+        checkpoint: Path | None = None,
+        resume: bool = False,
+        captions=None,
+        progress: bool = True,
+        callback: Callable[[int, int, float], None] | None = None,
+    ):
+        """Train; ``callback(step, steps, loss)`` after each optimizer step (after its checkpoint; an exception it
+        raises stops the run, the pipeline restored)."""
         started = time.perf_counter()
         if resume and checkpoint is None:
             raise TrainingError("resuming needs a checkpoint path")
@@ -412,6 +422,8 @@ class ConceptTrainer(FineTuning):
                 done = step + 1
                 if checkpoint is not None and done % self.config.checkpoint_every == 0 and done < self.config.steps:
                     self.save_checkpoint(checkpoint, done)
+                if callback is not None:
+                    callback(done, self.config.steps, self.losses[-1])
             loss_after = self.held_out_loss()
         finally:
             if installed:
@@ -459,7 +471,9 @@ def train_concept(
     resume: bool = False,
     captions: list[str] | None = None,
     progress: bool = True,
+    callback: Callable[[int, int, float], None] | None = None,
 ) -> TrainingResult:
-    """Train ``token`` (e.g. "<mycat>") from images of one thing; the pipeline is left as it was."""
+    """Train ``token`` (e.g. "<mycat>") from images of one thing; the pipeline is left as it was.
+    ``callback(step, steps, loss)`` is called after each optimizer step; an exception it raises stops training."""
     trainer = ConceptTrainer(pipe, images, token, supercategory, config or TrainingConfig())
-    return trainer.run(Path(checkpoint) if checkpoint else None, resume, captions, progress)
+    return trainer.run(Path(checkpoint) if checkpoint else None, resume, captions, progress, callback)

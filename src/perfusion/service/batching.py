@@ -1,0 +1,148 @@
+"""Generation requests gathered into one pipeline call: the point of serving Perfusion.
+
+Requests that arrive within ``batch_window_s`` of the first and share steps, guidance and size are run as one call of
+up to ``batch_rows`` images, whatever concepts they use: each row keeps its own concepts, beta, tau and seed
+(perfusion.settings' per-prompt gates; one CPU generator per image), so a row's images are those it would get alone.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from perfusion.generation import GenerationConfig, generate
+from perfusion.service.concept_cache import ConceptCache
+
+
+class QueueFull(RuntimeError):
+    """More generation requests are waiting than the service takes."""
+
+
+@dataclass
+class GenerationRequest:
+    prompt: str  # with the service's concept tokens (perfusion.service.prompts)
+    negative_prompt: str
+    gates: dict[int, tuple[float | None, float | None]]  # concept id -> (beta, tau), None: the concept's own
+    seed: int
+    steps: int
+    guidance: float
+    images: int
+    height: int | None = None
+    width: int | None = None
+    future: Future = field(default_factory=Future)
+    batch_rows: int = 0  # set when it ran: the image rows of the call it ran in
+
+    def key(self) -> tuple:
+        return (self.steps, self.guidance, self.height, self.width)
+
+
+def run_batch(pipe, cache: ConceptCache, requests: list[GenerationRequest]) -> list[list]:
+    """One pipeline call for ``requests`` (same key): each request's images, one PIL image per image asked for."""
+    tokens = cache.ensure({concept_id for request in requests for concept_id in request.gates})
+    prompts, negatives, settings, seeds = [], [], [], []
+    for request in requests:
+        gates = {tokens[concept_id]: gate for concept_id, gate in request.gates.items()}
+        for image in range(request.images):
+            prompts.append(request.prompt)
+            negatives.append(request.negative_prompt)
+            settings.append(gates)
+            seeds.append(request.seed + image)
+    first = requests[0]
+    config = GenerationConfig(
+        num_inference_steps=first.steps,
+        guidance_scale=first.guidance,
+        seed=seeds,
+        height=first.height,
+        width=first.width,
+    )
+    images = generate(pipe, prompts, config, settings, negative_prompt=negatives)
+    out, start = [], 0
+    for request in requests:
+        out.append(images[start : start + request.images])
+        request.batch_rows = len(prompts)
+        start += request.images
+    return out
+
+
+class GenerationBatcher:
+    """A thread that runs queued requests in batches; ``lock`` is held while the pipeline is in use."""
+
+    def __init__(self, pipe, cache: ConceptCache, batch_rows: int, window_s: float, queue_limit: int):
+        self.pipe, self.cache = pipe, cache
+        self.batch_rows, self.window_s, self.queue_limit = batch_rows, window_s, queue_limit
+        self.lock = threading.Lock()
+        self.pending: deque[GenerationRequest] = deque()
+        self.changed = threading.Condition()
+        self.stopping = False
+        self.batches = 0
+        self.thread = threading.Thread(target=self.loop, name="perfusion-generation", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        with self.changed:
+            self.stopping = True
+            self.changed.notify_all()
+        self.thread.join(timeout=60)
+        with self.changed:
+            while self.pending:
+                self.pending.popleft().future.set_exception(RuntimeError("the service is stopping"))
+
+    def submit(self, request: GenerationRequest) -> Future:
+        with self.changed:
+            if self.stopping:
+                raise QueueFull("the service is stopping")
+            if len(self.pending) >= self.queue_limit:
+                raise QueueFull(f"{len(self.pending)} generation requests are waiting: try again shortly")
+            self.pending.append(request)
+            self.changed.notify_all()
+        return request.future
+
+    def take(self) -> list[GenerationRequest] | None:
+        """The next batch: the oldest request, and after the window, every waiting one of its key that fits."""
+        with self.changed:
+            while not self.pending and not self.stopping:
+                self.changed.wait()
+            if self.stopping:
+                return None
+            first = self.pending[0]
+            deadline = time.monotonic() + self.window_s
+            while not self.stopping and self.rows_waiting(first.key()) < self.batch_rows:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.changed.wait(left)
+            batch, rows = [], 0
+            for request in list(self.pending):
+                if request.key() != first.key() or (batch and rows + request.images > self.batch_rows):
+                    continue
+                batch.append(request)
+                rows += request.images
+                self.pending.remove(request)
+            return batch
+
+    def rows_waiting(self, key: tuple) -> int:
+        return sum(request.images for request in self.pending if request.key() == key)
+
+    def loop(self) -> None:
+        while True:
+            batch = self.take()
+            if batch is None:
+                return
+            live = [request for request in batch if request.future.set_running_or_notify_cancel()]
+            if not live:
+                continue
+            try:
+                with self.lock:
+                    results = run_batch(self.pipe, self.cache, live)
+                self.batches += 1
+            except Exception as error:  # every request of the batch gets the reason; the thread goes on
+                for request in live:
+                    request.future.set_exception(error)
+                continue
+            for request, images in zip(live, results):
+                request.future.set_result(images)
