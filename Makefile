@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e '.[test,baselines,experiments]'
+	$(PY) -m pip install -q -e '.[test,baselines,experiments,serve]'
 	touch $@
 
 $(FONT):
@@ -20,9 +20,15 @@ $(FONT):
 	  apt-get install -y -q fonts-noto-color-emoji >/dev/null)) 2>/dev/null || \
 	  echo "fonts-noto-color-emoji could not be installed (apt-get as root): the glyph test will be skipped"
 
-setup: $(VENV)/.installed $(FONT)
+# The web page's tests drive Debian's Chromium through its ChromeDriver (browser downloads are not reachable here).
+CHROMEDRIVER := /usr/bin/chromedriver
+$(CHROMEDRIVER):
+	(apt-get install -y -q chromium chromium-driver >/dev/null || (apt-get update -q >/dev/null && \
+	  apt-get install -y -q chromium chromium-driver >/dev/null))
 
-test: $(VENV)/.installed $(FONT)
+setup: $(VENV)/.installed $(FONT) $(CHROMEDRIVER)
+
+test: $(VENV)/.installed $(FONT) $(CHROMEDRIVER)
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q
