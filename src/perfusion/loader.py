@@ -68,24 +68,30 @@ def shares_tokenizer(towers, n: int) -> bool:
     return any(other.tokenizer is towers[n].tokenizer for other in towers[:n])
 
 
-def add_token(pipe, token: str, embeddings: list[torch.Tensor]) -> None:
-    """The token into every tokenizer, with its v* in that tower's text encoder (diffusers' textual-inversion loader);
-    a shared tokenizer takes it once, and the later encoder gets its v* at the same id."""
+def add_tokens(pipe, tokens: list[str], embeddings: list[list[torch.Tensor]]) -> None:
+    """The tokens into every tokenizer, each with its v* of each tower (``embeddings[n]`` for ``tokens[n]``), through
+    diffusers' textual-inversion loader, all in one call per text encoder (one resize of its embedding, however many
+    concepts); a shared tokenizer takes them once, and the later encoder gets its v* at the same ids."""
+    if not tokens:
+        return
     towers = TextConditioning.of(pipe).towers
     with embedding_frozen_state_kept(*(tower.text_encoder for tower in towers)):
-        for n, (tower, embedding) in enumerate(zip(towers, embeddings)):
-            embedding = embedding.detach().to(tower.text_encoder.dtype)
+        for n, tower in enumerate(towers):
+            vectors = [vectors_[n].detach().to(tower.text_encoder.dtype) for vectors_ in embeddings]
             if not shares_tokenizer(towers, n):
                 pipe.load_textual_inversion(
-                    embedding, token=token, tokenizer=tower.tokenizer, text_encoder=tower.text_encoder
+                    vectors if len(vectors) > 1 else vectors[0],
+                    token=list(tokens) if len(tokens) > 1 else tokens[0],
+                    tokenizer=tower.tokenizer,
+                    text_encoder=tower.text_encoder,
                 )
                 continue
             if tower.text_encoder.get_input_embeddings().num_embeddings < len(tower.tokenizer):
                 tower.text_encoder.resize_token_embeddings(len(tower.tokenizer), mean_resizing=False)
             with torch.no_grad():
-                tower.text_encoder.get_input_embeddings().weight[tower.tokenizer.convert_tokens_to_ids(token)] = (
-                    embedding
-                )
+                weight = tower.text_encoder.get_input_embeddings().weight
+                for token, vector in zip(tokens, vectors):
+                    weight[tower.tokenizer.convert_tokens_to_ids(token)] = vector
 
 
 def remove_tokens(pipe, tokens: list[str]) -> None:
@@ -261,9 +267,9 @@ def load_concepts(
     try:
         runtime = install(pipe, captions, progress, inverse_covariance, fingerprint)
         device = pipe.unet.device
-        for concept, source in loaded:
-            added.append(concept.token)
-            add_token(pipe, concept.token, concept.token_embeddings)
+        added = [concept.token for concept, _ in loaded]
+        add_tokens(pipe, added, [concept.token_embeddings for concept, _ in loaded])
+        for concept, _ in loaded:
             runtime.add(installed_copy(concept, device))
     except BaseException:
         roll_back(pipe, added, created)
