@@ -106,3 +106,39 @@ def test_masked_mse_is_normalised_per_image():
     only_left[..., :4] = 1
     expected = ((prediction - target)[..., :4] ** 2).mean()
     assert torch.allclose(masked_mse(prediction, target, only_left), expected)
+
+
+def test_the_edit_with_each_rows_own_concepts_equals_the_edit_row_by_row():
+    """rank_one_edit with a leading row dimension on every concept tensor (a mixed batch) gives each row what its
+    own call gives, to float32 rounding (1e-6)."""
+    generator = torch.Generator().manual_seed(0)
+    rows, length, width, out, count = 3, 5, 8, 6, 2
+    inputs = [
+        torch.randn(rows, length, width, generator=generator),
+        torch.randn(rows, length, out, generator=generator),
+    ]
+    per_row = [
+        torch.randn(rows, *shape, generator=generator)
+        for shape in ((width, count), (out, count), (width, count), (out, count))
+    ]
+    betas, taus = (
+        torch.rand(rows, 1, count, generator=generator),
+        0.05 + torch.rand(rows, 1, count, generator=generator),
+    )
+    encodings, projected = inputs
+    basis_readout, projected_basis, similarity_readouts, targets = per_row
+    together = rank_one_edit(
+        projected, encodings, basis_readout, projected_basis, similarity_readouts, betas, taus, targets
+    )
+    for row in range(rows):
+        alone = rank_one_edit(
+            projected[row : row + 1],
+            encodings[row : row + 1],
+            basis_readout[row],
+            projected_basis[row],
+            similarity_readouts[row],
+            betas[row, 0],
+            taus[row, 0],
+            targets[row],
+        )
+        torch.testing.assert_close(together[row : row + 1], alone, atol=1e-6, rtol=1e-6)

@@ -61,12 +61,25 @@ def rank_one_edit(
 
     Computed as a correction on top of ``projected`` = W e (so it composes with LoRA-wrapped layers):
     ``encodings`` (B, T, d); ``basis_readout`` (d, k) holds C^-1 u_n; ``projected_basis`` (out, k) holds W u_n;
-    ``similarity_readouts`` (d, N); ``betas``/``taus`` (N,); ``targets`` (out, N) holds o*_n.
+    ``similarity_readouts`` (d, N); ``betas``/``taus`` (N,); ``targets`` (out, N) holds o*_n. Each row may have
+    its own concepts: then every one of these carries a leading B, and ``betas``/``taus`` are (B, 1, N).
     """
+    coefficients, gates = edit_readings(encodings, basis_readout, similarity_readouts, betas, taus)
+    return corrected(projected, coefficients, gates, projected_basis, targets)
+
+
+def edit_readings(encodings, basis_readout, similarity_readouts, betas, taus) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u_n^T C^-1 e, sigmoid((s_n(e) - beta_n) / tau_n)): what the edit reads off e, (B, T, k) and (B, T, N); the
+    same for K and V."""
     encodings = encodings.to(basis_readout.dtype)
-    coefficients = encodings @ basis_readout  # u_n^T C^-1 e, (B, T, k)
-    gates = gate(encodings @ similarity_readouts, betas, taus)  # (B, T, N)
-    correction = gates @ targets.to(gates.dtype).T - coefficients @ projected_basis.to(coefficients.dtype).T
+    return encodings @ basis_readout, gate(encodings @ similarity_readouts, betas, taus)
+
+
+def corrected(projected, coefficients, gates, projected_basis, targets) -> torch.Tensor:
+    """W e - sum_n (u_n^T C^-1 e) W u_n + sum_n gate_n o*_n, from ``projected`` = W e and the readings."""
+    correction = gates @ targets.to(gates.dtype).transpose(-1, -2) - coefficients @ projected_basis.to(
+        coefficients.dtype
+    ).transpose(-1, -2)
     return projected + correction.to(projected.dtype)
 
 

@@ -44,15 +44,18 @@ class PlanCache:
         self.factor = inverse_covariance_factor(self.inverse_covariance)  # once per base model
         self._spans: dict = {}
         self._layers: dict = {}
+        self.generation = 0  # counts the drops: what was built from the plans is stale when it moved
 
     def drop(self, token: str) -> None:
         """Forget every plan of a concept set that holds ``token`` (its i* moved, or it was added or removed)."""
         for plans in (self._spans, self._layers):
             for key in [key for key in plans if token in key[0]]:
                 del plans[key]
+        self.generation += 1
 
     def clear_layers(self) -> None:
         self._layers.clear()
+        self.generation += 1
 
     def span(self, tokens: tuple[str, ...], encodings, device) -> SpanPlan:
         """``encodings()``: the concepts' i* (N, d), in the order of ``tokens``; called only to build a plan."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from perfusion.method import rank_one_edit
+from perfusion.method import corrected, edit_readings
 
 
 class PerfusionAttnProcessor:
@@ -79,27 +81,75 @@ class PerfusionAttnProcessor:
     def edit(self, attn, encodings: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
         """Apply each row group's edit; keys only under local locking (global locking re-encoded them)."""
         context = self.runtime.context
-        for tokens, rows, gates in context.groups:
-            plan = self.runtime.layer_plan(tokens, self.layer, attn, encodings.device)
-            betas, taus = self.runtime.gates(tokens, encodings.device, gates)
-
-            def edited(projected, projected_basis, targets):
-                return rank_one_edit(
-                    projected[rows],
-                    encodings[rows],
-                    plan.basis_readout,
-                    projected_basis,
-                    plan.similarity_readouts,
-                    betas,
-                    taus,
-                    targets,
-                )
-
-            value = value.index_copy(
-                0,
-                rows,
-                edited(value, plan.value_basis, self.runtime.value_targets(tokens, self.layer, encodings.device)),
-            )
+        version = (self.layer, str(encodings.device), self.runtime.plans.generation, self.runtime.registry.version)
+        if version not in context.prepared:  # once per call: every denoising step reuses it
+            context.prepared[version] = self.prepare(attn, context.groups, encodings.device)
+        for edit in context.prepared[version]:
+            rows = edit.rows
+            readings = edit_readings(
+                encodings[rows], edit.basis_readout, edit.similarity_readouts, edit.betas, edit.taus
+            )  # once for K and V
+            value = value.index_copy(0, rows, corrected(value[rows], *readings, edit.value_basis, edit.value_targets))
             if context.key_encodings is None:
-                key = key.index_copy(0, rows, edited(key, plan.key_basis, plan.key_targets))
+                key = key.index_copy(0, rows, corrected(key[rows], *readings, edit.key_basis, edit.key_targets))
         return key, value
+
+    def prepare(self, attn, groups, device) -> list[RowsEdit]:
+        """Each group's plan, gates and targets; groups with as many concepts as each other (a mixed batch: one
+        concept a row, each its own) in one edit, every row with its group's tensors stacked."""
+        by_count: dict[int, list] = {}
+        for group in groups:
+            by_count.setdefault(len(group[0]), []).append(group)
+        edits = []
+        for same in by_count.values():
+            parts = []
+            for tokens, rows, fixed in same:
+                plan = self.runtime.layer_plan(tokens, self.layer, attn, device)
+                betas, taus = self.runtime.gates(tokens, device, fixed)
+                value_targets = self.runtime.value_targets(tokens, self.layer, device)
+                parts.append(
+                    RowsEdit(
+                        rows,
+                        plan.basis_readout,
+                        plan.similarity_readouts,
+                        plan.value_basis,
+                        plan.key_basis,
+                        value_targets,
+                        plan.key_targets,
+                        betas,
+                        taus,
+                    )
+                )
+            if len(parts) == 1:
+                edits.append(parts[0])
+                continue
+            which = torch.cat([torch.full((len(part.rows),), n, device=device) for n, part in enumerate(parts)])
+
+            def per_row(name):
+                return torch.stack([getattr(part, name) for part in parts])[which]
+
+            edits.append(
+                RowsEdit(
+                    torch.cat([part.rows for part in parts]),
+                    *(per_row(name) for name in RowsEdit.STACKED),
+                    per_row("betas")[:, None],
+                    per_row("taus")[:, None],
+                )
+            )
+        return edits
+
+
+@dataclass
+class RowsEdit:
+    """What one edit over some rows of a batch reads: (..., shape) below, or (R, ...) with each row's own."""
+
+    STACKED = ("basis_readout", "similarity_readouts", "value_basis", "key_basis", "value_targets", "key_targets")
+    rows: torch.Tensor  # (R,) batch rows
+    basis_readout: torch.Tensor  # (d, k)
+    similarity_readouts: torch.Tensor  # (d, N)
+    value_basis: torch.Tensor  # W_V u_n, (out, k)
+    key_basis: torch.Tensor  # W_K u_n, (out, k)
+    value_targets: torch.Tensor  # o*_V, (out, N)
+    key_targets: torch.Tensor  # o*_K, (out, N)
+    betas: torch.Tensor  # (N,)
+    taus: torch.Tensor  # (N,)

@@ -45,6 +45,7 @@ class ConceptRegistry:
         # Per-prompt gates for one call: entry n, token -> (beta, tau) (None: the concept's own), for prompt n of
         # each text-encoder call; None: every row reads the concepts' own gates, live
         self.prompt_gates: list[dict[str, tuple[float | None, float | None]]] | None = None
+        self.version = 0  # counts the changes to concepts and gates: what was built from them is stale when it moved
 
     def __getitem__(self, token: str) -> InstalledConcept:
         return self.concepts[token]
@@ -52,9 +53,11 @@ class ConceptRegistry:
     def add(self, concept: Concept) -> None:
         ids = [tokenizer(concept.supercategory, add_special_tokens=False).input_ids for tokenizer in self.tokenizers]
         self.concepts[concept.token] = InstalledConcept(concept, ids, float(concept.beta), float(concept.tau))
+        self.version += 1
 
     def remove(self, token: str) -> None:
         del self.concepts[token]
+        self.version += 1
 
     def token_id(self, token: str, tower: int = 0) -> int | None:
         """The token's id in a tower's tokenizer, or None when it no longer has it (a caller's
@@ -80,6 +83,7 @@ class ConceptRegistry:
         installed = self.concepts[token]
         installed.beta = installed.beta if beta is None else float(beta)
         installed.tau = installed.tau if tau is None else float(tau)
+        self.version += 1
 
     def gates(self, tokens: tuple[str, ...], device, fixed: Gates | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(betas, taus) of ``tokens``: ``fixed`` (a row's own, set per prompt) or the concepts' own, read live (a

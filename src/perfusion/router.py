@@ -90,6 +90,7 @@ class CallContext:
     # them at the same gates, those gates: None for the concepts' own)
     key_encodings: torch.Tensor | None  # (B, T, d) keys' input under global locking
     regional: RegionalCall | None = None  # regional composition's plan for this call
+    prepared: dict = field(default_factory=dict)  # what each layer's processor built for these groups, by layer
 
 
 def probe(states: torch.Tensor) -> torch.Tensor:
@@ -116,6 +117,7 @@ class PromptRouter:
         self.context: CallContext | None = None
         self.hooks: list = []
         self.before_call = None  # called with the UNet at each of its calls (the loader keeps its processors there)
+        self.last_context: tuple | None = None  # (entries, states, context) of the last joint call: the next step's
         self._encoding_internally = False
 
     # -- remembering encoded rows ---------------------------------------------------------------
@@ -407,6 +409,21 @@ class PromptRouter:
         ]
         return sorted(found, key=lambda other: other.index)
 
+    def joint_context(self, entries: list[EncodedPrompt | None], states: torch.Tensor) -> CallContext:
+        """The call's context, the last one again when the rows are the same (every denoising step of one pipeline
+        call): what the processors prepared for it is kept with it."""
+        last = self.last_context
+        if (
+            last is not None
+            and last[1] is states
+            and len(last[0]) == len(entries)
+            and all(a is b for a, b in zip(last[0], entries))
+        ):
+            return last[2]
+        context = self.context_for(entries, states)
+        self.last_context = (entries, states, context)
+        return context
+
     @staticmethod
     def context_for(entries: list[EncodedPrompt | None], states: torch.Tensor, regional=None) -> CallContext:
         groups: dict[tuple, list[int]] = {}
@@ -445,6 +462,7 @@ class PromptRouter:
             rows.clear()
         self.built.clear()
         self.stacks.clear()
+        self.last_context = None
 
     def detach(self) -> None:
         for hook in self.hooks:
@@ -477,7 +495,7 @@ class PromptRouter:
             self.context = None
             return None
         if regional is None or all(entry is None or entry.split is None for entry in entries):
-            self.context = self.context_for(entries, states)
+            self.context = self.joint_context(entries, states)
             return None
         args, kwargs, entries = regional.expand(args, kwargs, entries, states)
         states = kwargs["encoder_hidden_states"] if "encoder_hidden_states" in kwargs else args[2]
