@@ -9,6 +9,7 @@ Prints and writes (benchmarks/results/serve_load.json):
    step (the router and edit processors, timed by benchmarks/overhead.py's method).
 3. 1,000 concepts loaded into the running pipeline: the load time, the resident memory they add, and a batch's time
    with them loaded against with 8.
+Run it alone: the machine's other work shows in every figure.
 Usage: python benchmarks/serve_load.py [--clients 16] [--seconds 60] [--rounds 15] [--concepts 1000] [--steps 10]
 """
 
@@ -119,28 +120,34 @@ def requests_for(sessions, steps: int, with_concepts: bool) -> list[GenerationRe
 
 
 def batch_rounds(service, sessions, rounds: int, steps: int) -> dict:
-    """Mixed batch, plain batch and one at a time, interleaved; the ratios of each round."""
+    """Mixed batch against plain batch, and mixed batch against the 8 requests one at a time (each waited for before
+    the next is sent), each pair timed back to back in alternating order; the ratios of each pair."""
     timings = {"mixed": [], "plain": [], "single": []}
 
-    def timed(kind, batches):
+    def timed(kind):
+        """Through the service's own batcher thread, as requests are served."""
+        if kind == "single":
+            batches = [[request] for request in requests_for(sessions, steps, True)]
+        else:
+            batches = [requests_for(sessions, steps, kind == "mixed")]
         started = time.perf_counter()
-        with service.batcher.lock:
-            for batch in batches:
-                run_batch(service.pipe, service.cache, batch)
-        timings[kind].append(time.perf_counter() - started)
+        for batch in batches:
+            for future in service.batcher.submit_many(batch):
+                future.result()
+        return time.perf_counter() - started
 
-    for kind in ("mixed", "plain"):  # warm-up: concepts loaded, plans built
-        timed(kind, [requests_for(sessions, steps, kind == "mixed")])
-        timings[kind].clear()
+    window, service.batcher.window_s = service.batcher.window_s, 0.0  # a lone request runs at once
+    for kind in ("mixed", "plain", "single"):  # warm-up: concepts loaded, plans built
+        timed(kind)
+    plain_ratios, single_ratios = [], []
     for round_ in range(rounds):
-        order = ("mixed", "plain", "single") if round_ % 2 else ("plain", "single", "mixed")
-        for kind in order:
-            if kind == "single":
-                timed(kind, [[request] for request in requests_for(sessions, steps, True)])
-            else:
-                timed(kind, [requests_for(sessions, steps, kind == "mixed")])
-    ratios = [plain / mixed for plain, mixed in zip(timings["plain"], timings["mixed"])]
-    singles = [single / mixed for single, mixed in zip(timings["single"], timings["mixed"])]
+        for other, ratios in (("plain", plain_ratios), ("single", single_ratios)):
+            pair = {}
+            for kind in ("mixed", other) if round_ % 2 else (other, "mixed"):
+                pair[kind] = timed(kind)
+                timings[kind].append(pair[kind])
+            ratios.append(pair[other] / pair["mixed"])
+    service.batcher.window_s = window
     return {
         "rounds": rounds,
         "rows": 8,
@@ -148,9 +155,10 @@ def batch_rounds(service, sessions, rounds: int, steps: int) -> dict:
         "mixed_batch_s": round(statistics.median(timings["mixed"]), 3),
         "plain_batch_s": round(statistics.median(timings["plain"]), 3),
         "one_at_a_time_s": round(statistics.median(timings["single"]), 3),
-        "mixed_vs_plain_throughput_median": round(statistics.median(ratios), 3),
-        "mixed_vs_plain_throughput_range": [round(min(ratios), 3), round(max(ratios), 3)],
-        "mixed_vs_one_at_a_time_speedup_median": round(statistics.median(singles), 2),
+        "mixed_vs_plain_throughput_median": round(statistics.median(plain_ratios), 3),
+        "mixed_vs_plain_throughput_range": [round(min(plain_ratios), 3), round(max(plain_ratios), 3)],
+        "mixed_vs_plain_throughput_quartiles": [round(q, 3) for q in statistics.quantiles(plain_ratios, n=4)],
+        "mixed_vs_one_at_a_time_speedup_median": round(statistics.median(single_ratios), 2),
     }
 
 
@@ -187,6 +195,15 @@ def edit_share(service, sessions, steps: int) -> dict:
     }
 
 
+def median_time(call, repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def many_concepts(service, folder: Path, count: int, steps: int, sessions) -> dict:
     """``count`` concepts registered and loaded into the running pipeline; what it costs."""
     process = psutil.Process()
@@ -194,21 +211,21 @@ def many_concepts(service, folder: Path, count: int, steps: int, sessions) -> di
     for n in range(count):
         concept = handmade_concept(service.pipe, "<x>", "cat", seed=1000 + n)
         concept.save(service.cache.path(start_id + n))
-    batch = requests_for(sessions, steps, True)
-    with service.batcher.lock:
-        run_batch(service.pipe, service.cache, batch)  # warm: plans built
-        before_rss = process.memory_info().rss
-        timed = time.perf_counter()
-        run_batch(service.pipe, service.cache, batch)
-        with_few = time.perf_counter() - timed
+
+    def batch():
+        for future in service.batcher.submit_many(requests_for(sessions, steps, True)):
+            future.result()
+
+    batch()  # warm: plans built
+    before_rss = process.memory_info().rss
+    with_few = median_time(batch)
+    with service.batcher.lock:  # between batches, as the service loads
         started = time.perf_counter()
         service.cache.ensure(set(range(start_id, start_id + count)) | {s.concept_id for s in sessions[:8]})
         load_s = time.perf_counter() - started
-        after_rss = process.memory_info().rss
-        run_batch(service.pipe, service.cache, batch)  # warm again: loading dropped the plans
-        timed = time.perf_counter()
-        run_batch(service.pipe, service.cache, batch)
-        with_many = time.perf_counter() - timed
+    after_rss = process.memory_info().rss
+    batch()  # warm again: loading dropped the plans
+    with_many = median_time(batch)
     from perfusion.loader import loaded_tokens
 
     return {
@@ -231,7 +248,6 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="pipeline folder (default: the embedded model)")
     parser.add_argument("--out", default="benchmarks/results/serve_load.json")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, psutil.cpu_count(logical=False) or 1))
     with tempfile.TemporaryDirectory() as folder:
         config = ServiceConfig(
             model=args.model or str(default_model_path()),

@@ -93,14 +93,18 @@ class GenerationBatcher:
                 self.pending.popleft().future.set_exception(RuntimeError("the service is stopping"))
 
     def submit(self, request: GenerationRequest) -> Future:
+        return self.submit_many([request])[0]
+
+    def submit_many(self, requests: list[GenerationRequest]) -> list[Future]:
+        """Queue requests together (all or none): the batcher sees them at once."""
         with self.changed:
             if self.stopping:
                 raise QueueFull("the service is stopping")
-            if len(self.pending) >= self.queue_limit:
+            if len(self.pending) + len(requests) > self.queue_limit:
                 raise QueueFull(f"{len(self.pending)} generation requests are waiting: try again shortly")
-            self.pending.append(request)
+            self.pending.extend(requests)
             self.changed.notify_all()
-        return request.future
+        return [request.future for request in requests]
 
     def take(self) -> list[GenerationRequest] | None:
         """The next batch: the oldest request, and after the window, every waiting one of its key that fits."""
