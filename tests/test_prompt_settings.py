@@ -89,3 +89,19 @@ def test_sdxl_same_prompt_at_two_betas_each_its_own(sdxl_dir):
     batch = run(pipe, [prompt, prompt], [low, high], [5, 6])
     np.testing.assert_allclose(batch[0], alone(pipe, prompt, low, [5])[0], atol=TOLERANCE)
     np.testing.assert_allclose(batch[1], alone(pipe, prompt, high, [6])[0], atol=TOLERANCE)
+
+
+def test_sdxl_prompts_told_apart_only_by_prompt_2_each_get_their_own_gates(sdxl_dir):
+    """The first text encoder's rows are twins, the second's are not: each row follows its own prompt."""
+    from perfusion.testing import load_pipeline
+
+    pipe = load_pipeline(sdxl_dir)
+    load_concepts(pipe, handmade_concept(pipe), captions=CAPTIONS)
+    prompt, seconds = "a <mycat> on a sofa", ["a <mycat> on a sofa, photo", "a <mycat> on a sofa, drawing"]
+    low, high = {"<mycat>": (0.05, 0.1)}, {"<mycat>": (0.95, 0.1)}
+    config = GenerationConfig(num_inference_steps=3, guidance_scale=5.0, seed=[5, 6])
+    batch = np.stack(generate(pipe, [prompt, prompt], config, [low, high], prompt_2=seconds, output_type="np"))
+    for row, (gates, second) in enumerate(((low, seconds[0]), (high, seconds[1]))):
+        config = GenerationConfig(num_inference_steps=3, guidance_scale=5.0, seed=[5 + row])
+        alone = np.stack(generate(pipe, [prompt], config, [gates], prompt_2=[second], output_type="np"))
+        np.testing.assert_allclose(batch[row], alone[0], atol=TOLERANCE)

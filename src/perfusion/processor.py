@@ -82,9 +82,13 @@ class PerfusionAttnProcessor:
         """Apply each row group's edit; keys only under local locking (global locking re-encoded them)."""
         context = self.runtime.context
         version = (self.layer, str(encodings.device), self.runtime.plans.generation, self.runtime.registry.version)
-        if version not in context.prepared:  # once per call: every denoising step reuses it
-            context.prepared[version] = self.prepare(attn, context.groups, encodings.device)
-        for edit in context.prepared[version]:
+        if torch.is_grad_enabled():  # training: o*_V moves at every optimizer step, so nothing is kept
+            edits = self.prepare(attn, context.groups, encodings.device)
+        else:  # once per call: every denoising step reuses it
+            if version not in context.prepared:
+                context.prepared[version] = self.prepare(attn, context.groups, encodings.device)
+            edits = context.prepared[version]
+        for edit in edits:
             rows = edit.rows
             readings = edit_readings(
                 encodings[rows], edit.basis_readout, edit.similarity_readouts, edit.betas, edit.taus

@@ -388,15 +388,15 @@ class PromptRouter:
                 )
         for rows in groups.values():
             parts = list(matches[rows[0]].parts)
-            twins = [None if part is None else self.twins(part[0]) for part in parts]
-            if all(found is None or len(found) < 2 for found in twins):
+            twins = [None if part is None else {twin.index: twin for twin in self.twins(part[0])} for part in parts]
+            # prompts are twins only where every text encoder's row is (SDXL's prompt_2 may tell them apart)
+            shared = sorted(set.intersection(*(set(found) for found in twins if found is not None)))
+            if not shared:
                 continue
             for order, row in enumerate(rows):
+                index = shared[order * len(shared) // len(rows)]
                 matches[row] = RowMatch(
-                    tuple(
-                        part if found is None else (found[order * len(found) // len(rows)], part[1])
-                        for part, found in zip(parts, twins)
-                    ),
+                    tuple(part if found is None else (found[index], part[1]) for part, found in zip(parts, twins)),
                     matches[row].states,
                 )
 

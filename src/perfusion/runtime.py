@@ -95,7 +95,8 @@ class PerfusionRuntime:
         return self.registry.gates(tokens, device, fixed)
 
     def value_targets(self, tokens: tuple[str, ...], layer: str, device) -> torch.Tensor:
-        """o*_V of each concept, (out, N); read live, since training updates them."""
+        """o*_V of each concept, (out, N); read at each call while training (which updates them), kept for a call's
+        denoising steps otherwise (perfusion.processor)."""
         return torch.stack([self.registry[token].concept.value_targets[layer].to(device) for token in tokens], -1)
 
     # -- hooks ----------------------------------------------------------------------------------

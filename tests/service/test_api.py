@@ -5,6 +5,7 @@ import io
 
 from PIL import Image
 
+from perfusion.files import safetensors_bytes
 from perfusion.service.testing import call, photos, wait_for_job
 from perfusion.testing import handmade_concept
 
@@ -175,3 +176,38 @@ def test_a_queued_job_can_be_cancelled_and_leaves_no_files(running, tmp_path):
     assert not (running.config.data / "jobs" / str(first["id"])).exists()
     assert not (running.config.data / "jobs" / str(second["id"])).exists()
     assert call(user, "GET", "/api/concepts").json() == []
+
+
+def test_a_deleted_concepts_id_is_never_given_again(running):
+    user = running.user("recycler")
+    concept = handmade_concept(running.service.pipe, "<first>")
+    data = safetensors_bytes(concept.tensors(), concept.metadata())
+    first = call(user, "POST", "/api/concepts", files={"file": ("a", data)}).json()["id"]
+    assert call(user, "DELETE", f"/api/concepts/{first}").status_code == 204
+    second = call(user, "POST", "/api/concepts", files={"file": ("a", data)}).json()["id"]
+    assert second > first
+
+
+def test_ids_past_sqlites_range_and_keyless_bodies_are_refused_plainly(running):
+    import requests
+
+    user = running.user("prober")
+    for method, path in (
+        ("GET", "/api/jobs/99999999999999999999999"),
+        ("POST", "/api/jobs/99999999999999999999999/cancel"),
+    ):
+        answer = call(user, method, path)
+        assert answer.status_code == 422 and "less than or equal" in answer.json()["detail"]
+    keyless = requests.post(running.url + "/api/generate", data=b"{not json", timeout=10)
+    assert keyless.status_code == 401  # refused before the body is read
+
+
+def test_an_unexpected_failure_is_a_500_without_internals(running, monkeypatch):
+    user = running.user("unlucky")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("/secret/path/on/the/server")
+
+    monkeypatch.setattr(running.service.store, "images", broken)
+    answer = call(user, "GET", "/api/images")
+    assert answer.status_code == 500 and "/secret" not in answer.text and "reference" in answer.json()["detail"]

@@ -88,3 +88,29 @@ def test_a_full_queue_is_refused_and_the_rest_are_answered(batching):
     assert len(answers) == 14 and set(codes) <= {200, 503} and 503 in codes and 200 in codes
     refused = next(answer for answer in answers if answer.status_code == 503)
     assert "waiting" in refused.json()["detail"]
+
+
+def test_a_concept_deleted_while_its_request_waits_fails_that_request_only(batching):
+    owner, other = batching.user("deleter"), batching.user("bystander")
+    add_concepts(batching, owner, ["<doomed>"], seed=50)
+    add_concepts(batching, other, ["<kept>"], seed=51)
+    doomed = call(owner, "GET", "/api/concepts").json()[0]["id"]
+    answers = {}
+
+    def send(name, session, prompt):
+        answers[name] = call(session, "POST", "/api/generate", json={"prompt": prompt, "steps": 2})
+
+    threads = [
+        threading.Thread(target=send, args=("owner", owner, "a <doomed>")),
+        threading.Thread(target=send, args=("other", other, "a <kept>")),
+    ]
+    for thread in threads:
+        thread.start()
+    import time
+
+    time.sleep(0.5)  # both wait in the 1.5 s window
+    assert call(owner, "DELETE", f"/api/concepts/{doomed}").status_code == 204
+    for thread in threads:
+        thread.join()
+    assert answers["other"].status_code == 200
+    assert answers["owner"].status_code == 400 and "was deleted" in answers["owner"].json()["detail"]

@@ -110,3 +110,26 @@ def test_a_body_over_the_limit_is_refused_by_its_length_before_it_is_read(runnin
         connection.settimeout(30)
         answer = connection.recv(4096).decode()
     assert answer.startswith("HTTP/1.1 413") and "request body over" in answer
+
+
+def test_a_body_sent_without_a_length_is_cut_off_at_the_limit(tiny_pipeline_dir, tmp_path):
+    from perfusion.service.config import ServiceConfig
+    from perfusion.service.testing import RunningService
+
+    config = ServiceConfig(model=str(tiny_pipeline_dir), data=tmp_path / "data", max_request_bytes=4000)
+    with RunningService(config) as small:
+        key = small.user("chunky").headers["Authorization"]
+        head = (
+            f"POST /api/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {key}\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ).encode()
+        part = b'--b\r\nContent-Disposition: form-data; name="images"; filename="a.png"\r\n\r\n'
+        chunk = b"x" * 1000
+        with socket.create_connection(("127.0.0.1", small.port)) as connection:
+            connection.sendall(head + b"%x\r\n" % len(part) + part + b"\r\n")
+            for _ in range(8):
+                connection.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            connection.settimeout(30)
+            answer = connection.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 413") and "request body over 4,000 bytes" in answer
+        assert not list(config.folder("jobs").iterdir())

@@ -7,29 +7,32 @@ jobs and images (anyone else's id is a 404). A refused request is a 4xx with a o
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import logging
 import re
 import shutil
+import sqlite3
 import uuid
 from contextlib import asynccontextmanager
 from importlib.resources import files
+from pathlib import Path as FilePath
 
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Path, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.requests import ClientDisconnect
 
-from perfusion.concept import BETA_RANGE, TAU_RANGE, ConceptFileError, one_line
+from perfusion.concept import BETA_RANGE, TAU_RANGE, ConceptFileError
 from perfusion.files import atomic_write
 from perfusion.generation import GenerationError
-from perfusion.service.batching import QueueFull
+from perfusion.service.batching import QueueFull, UserQueueFull
 from perfusion.service.config import ServiceConfig
 from perfusion.service.core import Service
 from perfusion.service.prompts import PromptError
-from perfusion.service.store import User
+from perfusion.service.store import MAX_ID, User
 from perfusion.service.uploads import UploadError, check_concept_file, check_images, write_images
 from perfusion.text import CONCEPT_TOKEN_PATTERN
 from perfusion.tokens import TokenError, check_new_token
@@ -38,35 +41,51 @@ log = logging.getLogger("perfusion.service")
 GENERATION_TIMEOUT_S = 600
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class BodyLimit:
-    """Refuse a request body over ``limit`` bytes: at once by its Content-Length, or when a body sent without one
-    passes it."""
+    """Before a request's body is read: an API call that sends one needs a valid key (401), and a body over ``limit``
+    bytes is refused (413), at once by its Content-Length, or when a body sent without one passes it (the app then
+    sees the client gone, and what it would answer is dropped)."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, authorised):
+        self.app, self.limit, self.authorised = app, limit, authorised
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        if scope["method"] in ("POST", "PUT", "PATCH") and scope["path"].startswith("/api/"):
+            if not self.authorised(api_key(headers.get(b"authorization", b"").decode("latin-1"), headers)):
+                return await refusal(401, "a valid API key is needed (Authorization: Bearer KEY)")(scope, receive, send)
+        length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            response = JSONResponse({"detail": f"request body over {self.limit:,} bytes"}, status_code=413)
-            return await response(scope, receive, send)
-        seen = 0
+            return await refusal(413, f"request body over {self.limit:,} bytes")(scope, receive, send)
+        seen, answered = 0, False
+
+        async def guarded_send(message):
+            if not answered:
+                await send(message)
 
         async def limited():
-            nonlocal seen
+            nonlocal seen, answered
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise BodyTooLarge
+            if seen > self.limit and not answered:
+                await refusal(413, f"request body over {self.limit:,} bytes")(scope, receive, send)
+                answered = True
+                return {"type": "http.disconnect"}
             return message
 
-        return await self.app(scope, limited, send)
+        return await self.app(scope, limited, guarded_send)
+
+
+def refusal(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+def api_key(authorization: str, headers: dict) -> str:
+    if authorization.lower().startswith("bearer "):
+        return authorization[7:].strip()
+    return headers.get(b"x-api-key", b"").decode("latin-1").strip()
 
 
 class ConceptGate(BaseModel):
@@ -125,24 +144,30 @@ def create_app(config: ServiceConfig, service: Service | None = None) -> FastAPI
         where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path"))
         return JSONResponse({"detail": f"{where}: {first['msg']}" if where else first["msg"]}, status_code=422)
 
-    @app.exception_handler(BodyTooLarge)
-    async def too_large(request, error):
-        return JSONResponse({"detail": f"request body over {config.max_request_bytes:,} bytes"}, status_code=413)
-
     @app.exception_handler(ClientDisconnect)
     async def gone(request, error):
         return Response(status_code=499)  # nobody reads it
 
+    @app.exception_handler(sqlite3.IntegrityError)
+    async def conflict(request, error):
+        return JSONResponse({"detail": "that conflicts with a concept or job made at the same time"}, status_code=409)
+
     @app.exception_handler(Exception)
     async def unexpected(request, error: Exception):
-        log.exception("unexpected error on %s", request.url.path)
-        return JSONResponse({"detail": f"internal error: {one_line(error, 160)}"}, status_code=500)
+        reference = uuid.uuid4().hex[:8]
+        log.exception("unexpected error %s on %s", reference, request.url.path)
+        return JSONResponse({"detail": f"internal error (reference {reference} in the server's log)"}, status_code=500)
 
-    app.add_middleware(BodyLimit, limit=config.max_request_bytes)
+    app.add_middleware(
+        BodyLimit,
+        limit=config.max_request_bytes,
+        authorised=lambda key: bool(key) and service.store.user_for_key(key) is not None,
+    )
 
     def user(request: Request) -> User:
-        header = request.headers.get("authorization", "")
-        key = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+        key = api_key(
+            request.headers.get("authorization", ""), {b"x-api-key": request.headers.get("x-api-key", "").encode()}
+        )
         found = service.store.user_for_key(key) if key else None
         if found is None:
             raise HTTPException(401, "a valid API key is needed (Authorization: Bearer KEY)")
@@ -155,7 +180,7 @@ def create_app(config: ServiceConfig, service: Service | None = None) -> FastAPI
 
     @app.get("/api/me")
     def me(who: User = Depends(user)):
-        return {"name": who.name, "model": str(config.model), "defaults": service.defaults()}
+        return {"name": who.name, "model": FilePath(str(config.model)).name, "defaults": service.defaults()}
 
     # -- concepts ----------------------------------------------------------------------------------
     @app.get("/api/concepts")
@@ -169,17 +194,17 @@ def create_app(config: ServiceConfig, service: Service | None = None) -> FastAPI
         return row
 
     @app.delete("/api/concepts/{concept_id}", status_code=204)
-    def delete_concept(concept_id: int, who: User = Depends(user)):
-        owned(who, concept_id)
-        service.forget_concept(concept_id)
-        service.store.delete_concept(who.id, concept_id)
-        service.concept_path(concept_id).unlink(missing_ok=True)
+    def delete_concept(concept_id: int = Path(ge=1, le=MAX_ID), who: User = Depends(user)):
+        if not service.delete_concept(who.id, concept_id):
+            raise HTTPException(404, f"no concept {concept_id}")
         return Response(status_code=204)
 
     @app.get("/api/concepts/{concept_id}/file")
-    def download_concept(concept_id: int, who: User = Depends(user)):
+    def download_concept(concept_id: int = Path(ge=1, le=MAX_ID), who: User = Depends(user)):
         row = owned(who, concept_id)
         name = re.sub(r"[^A-Za-z0-9_-]", "", row["token"]) or "concept"
+        if not service.concept_path(concept_id).is_file():
+            raise HTTPException(404, f"no concept {concept_id}")
         return FileResponse(
             service.concept_path(concept_id), media_type="application/octet-stream", filename=f"{name}.safetensors"
         )
@@ -191,6 +216,7 @@ def create_app(config: ServiceConfig, service: Service | None = None) -> FastAPI
     def check_token(who: User, token: str) -> None:
         try:
             check_new_token(service.tokenizer, token)
+            check_new_token(service.tokenizer, token.lower())  # the tokenizer reads text in lower case
         except TokenError as error:
             raise HTTPException(400, str(error)) from None
         if service.store.token_taken(who.id, token):
@@ -205,17 +231,21 @@ def create_app(config: ServiceConfig, service: Service | None = None) -> FastAPI
             service.check_compatible(concept, file.filename)
         except (UploadError, ConceptFileError) as error:
             raise HTTPException(getattr(error, "status", 400), str(error)) from None
-        check_token(who, concept.token)
-        db = service.store.connection()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        if CONCEPT_TOKEN_PATTERN.search(concept.supercategory):
+            raise HTTPException(400, "the concept's supercategory holds a <token>: not taken")
+        with service.store.transaction():  # the checks and the insert with no other writer between
+            check_quota(who)
+            check_token(who, concept.token)
             concept_id = service.store.add_concept(who.id, concept.token, concept.supercategory, "uploaded")
             concept.save(service.concept_path(concept_id))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return concept_view(service.store.concept(who.id, concept_id))
+
+    def check_limits(who: User) -> None:
+        check_quota(who)
+        if service.store.active_jobs(who.id) >= config.max_jobs_per_user:
+            raise HTTPException(429, f"you have {config.max_jobs_per_user} jobs queued or running: wait for one")
+        if service.store.active_jobs() >= config.job_queue_limit:
+            raise HTTPException(503, "the training queue is full: try again later")
 
     # -- training jobs -----------------------------------------------------------------------------
     @app.post("/api/jobs", status_code=202)
@@ -233,26 +263,23 @@ def create_app(config: ServiceConfig, service: Service | None = None) -> FastAPI
         steps = service.training_steps() if steps is None else steps
         if not 1 <= steps <= config.max_training_steps:
             raise HTTPException(400, f"steps must lie in [1, {config.max_training_steps}]")
-        check_quota(who)
-        if service.store.active_jobs(who.id) >= config.max_jobs_per_user:
-            raise HTTPException(429, f"you have {config.max_jobs_per_user} jobs queued or running: wait for one")
-        if service.store.active_jobs() >= config.job_queue_limit:
-            raise HTTPException(503, "the training queue is full: try again later")
+        check_limits(who)
         try:
             checked = check_images(
                 [(item.filename, item.file.read(config.max_image_bytes + 1)) for item in images], config
             )
         except UploadError as error:
             raise HTTPException(error.status, str(error)) from None
-        job_id = service.store.add_job(who.id, token, supercategory, len(checked), steps)
         staging = service.config.folder("jobs") / f".upload-{uuid.uuid4().hex}"
-        try:
+        try:  # the images on disk first, then the job and its folder in one transaction: the worker sees both or none
             write_images(checked, staging / "images")
-            staging.rename(service.worker.job_folder(job_id))
-        except BaseException:
+            with service.store.transaction():
+                check_token(who, token)
+                check_limits(who)
+                job_id = service.store.add_job(who.id, token, supercategory, len(checked), steps)
+                staging.rename(service.worker.job_folder(job_id))
+        finally:
             shutil.rmtree(staging, ignore_errors=True)
-            service.store.update_job(job_id, state="failed", error="its images could not be stored")
-            raise
         service.worker.wake.set()
         return job_view(service.store.job(job_id))
 
@@ -261,14 +288,14 @@ def create_app(config: ServiceConfig, service: Service | None = None) -> FastAPI
         return [job_view(row) for row in service.store.jobs(who.id)]
 
     @app.get("/api/jobs/{job_id}")
-    def get_job(job_id: int, who: User = Depends(user)):
+    def get_job(job_id: int = Path(ge=1, le=MAX_ID), who: User = Depends(user)):
         row = service.store.job(job_id, who.id)
         if row is None:
             raise HTTPException(404, f"no job {job_id}")
         return job_view(row)
 
     @app.post("/api/jobs/{job_id}/cancel")
-    def cancel_job(job_id: int, who: User = Depends(user)):
+    def cancel_job(job_id: int = Path(ge=1, le=MAX_ID), who: User = Depends(user)):
         state = service.store.cancel_job(job_id, who.id)
         if state is None:
             raise HTTPException(404, f"no job {job_id}")
@@ -280,19 +307,26 @@ def create_app(config: ServiceConfig, service: Service | None = None) -> FastAPI
 
     # -- generation --------------------------------------------------------------------------------
     @app.post("/api/generate")
-    def generate_images(body: GenerateBody, who: User = Depends(user)):
+    async def generate_images(body: GenerateBody, who: User = Depends(user)):
         try:
-            request = service.generation_request(who, body)
+            request = await asyncio.to_thread(service.generation_request, who, body)
         except (GenerationError, PromptError) as error:
             raise HTTPException(400, str(error)) from None
         try:
             future = service.batcher.submit(request)
+        except UserQueueFull as error:
+            raise HTTPException(429, str(error)) from None
         except QueueFull as error:
             raise HTTPException(503, str(error)) from None
-        try:
-            images = future.result(timeout=GENERATION_TIMEOUT_S)
+        try:  # waiting holds no worker thread: many clients cannot starve the other routes
+            images = await asyncio.wait_for(asyncio.wrap_future(future), GENERATION_TIMEOUT_S)
         except (GenerationError, PromptError) as error:
             raise HTTPException(400, str(error)) from None
+        except asyncio.TimeoutError:
+            raise HTTPException(503, "generation took too long: try again with fewer steps or images") from None
+        return await asyncio.to_thread(save_images, who, body, images, request.batch_rows)
+
+    def save_images(who: User, body: GenerateBody, images: list, batch_rows: int) -> dict:
         out = []
         for image in images:
             image_id = uuid.uuid4().hex
@@ -303,7 +337,7 @@ def create_app(config: ServiceConfig, service: Service | None = None) -> FastAPI
             )
             service.store.add_image(image_id, who.id, body.prompt, body.model_dump(exclude={"prompt"}))
             out.append({"id": image_id, "png": base64.b64encode(buffer.getvalue()).decode()})
-        return {"images": out, "batch_rows": request.batch_rows}
+        return {"images": out, "batch_rows": batch_rows}
 
     @app.get("/api/images")
     def gallery(who: User = Depends(user)):
@@ -314,8 +348,9 @@ def create_app(config: ServiceConfig, service: Service | None = None) -> FastAPI
 
     @app.get("/api/images/{image_id}", response_class=FileResponse)
     def image(image_id: str, who: User = Depends(user)):
-        if not re.fullmatch(r"[0-9a-f]{32}", image_id) or service.store.image(image_id, who.id) is None:
-            raise HTTPException(404, f"no image {image_id}")
+        found = re.fullmatch(r"[0-9a-f]{32}", image_id) and service.store.image(image_id, who.id)
+        if not found or not service.image_path(who.id, image_id).is_file():
+            raise HTTPException(404, f"no image {image_id[:40]}")
         return FileResponse(service.image_path(who.id, image_id), media_type="image/png")
 
     return app

@@ -21,6 +21,10 @@ class QueueFull(RuntimeError):
     """More generation requests are waiting than the service takes."""
 
 
+class UserQueueFull(QueueFull):
+    """More of one user's generation requests are waiting than one user may have."""
+
+
 @dataclass
 class GenerationRequest:
     prompt: str  # with the service's concept tokens (perfusion.service.prompts)
@@ -32,6 +36,7 @@ class GenerationRequest:
     images: int
     height: int | None = None
     width: int | None = None
+    user_id: int = 0  # whose: checked again, under the pipeline's lock, just before it runs
     future: Future = field(default_factory=Future)
     batch_rows: int = 0  # set when it ran: the image rows of the call it ran in
 
@@ -70,8 +75,12 @@ def run_batch(pipe, cache: ConceptCache, requests: list[GenerationRequest]) -> l
 class GenerationBatcher:
     """A thread that runs queued requests in batches; ``lock`` is held while the pipeline is in use."""
 
-    def __init__(self, pipe, cache: ConceptCache, batch_rows: int, window_s: float, queue_limit: int):
+    def __init__(
+        self, pipe, cache: ConceptCache, batch_rows: int, window_s: float, queue_limit: int, refuse=None, per_user=None
+    ):
         self.pipe, self.cache = pipe, cache
+        self.refuse = refuse  # request -> an exception when it may no longer run (a concept deleted since), else None
+        self.per_user = per_user  # most requests one user may have waiting
         self.batch_rows, self.window_s, self.queue_limit = batch_rows, window_s, queue_limit
         self.lock = threading.Lock()
         self.pending: deque[GenerationRequest] = deque()
@@ -102,6 +111,13 @@ class GenerationBatcher:
                 raise QueueFull("the service is stopping")
             if len(self.pending) + len(requests) > self.queue_limit:
                 raise QueueFull(f"{len(self.pending)} generation requests are waiting: try again shortly")
+            users = {request.user_id for request in requests}
+            if self.per_user is not None and any(
+                sum(waiting.user_id == user for waiting in self.pending) + sum(r.user_id == user for r in requests)
+                > self.per_user
+                for user in users
+            ):
+                raise UserQueueFull(f"you have {self.per_user} generation requests waiting: wait for one")
             self.pending.extend(requests)
             self.changed.notify_all()
         return [request.future for request in requests]
@@ -129,6 +145,17 @@ class GenerationBatcher:
                 self.pending.remove(request)
             return batch
 
+    def still_allowed(self, requests: list[GenerationRequest]) -> list[GenerationRequest]:
+        """The requests that may still run; the others get their reason (their concept was deleted meanwhile)."""
+        allowed = []
+        for request in requests:
+            refusal = None if self.refuse is None else self.refuse(request)
+            if refusal is None:
+                allowed.append(request)
+            else:
+                request.future.set_exception(refusal)
+        return allowed
+
     def rows_waiting(self, key: tuple) -> int:
         return sum(request.images for request in self.pending if request.key() == key)
 
@@ -142,7 +169,8 @@ class GenerationBatcher:
                 continue
             try:
                 with self.lock:
-                    results = run_batch(self.pipe, self.cache, live)
+                    live = self.still_allowed(live)
+                    results = run_batch(self.pipe, self.cache, live) if live else []
                 self.batches += 1
             except Exception as error:  # every request of the batch gets the reason; the thread goes on
                 for request in live:

@@ -29,6 +29,7 @@ class ServiceConfig:
     batch_rows: int = 8  # image rows in one pipeline call
     batch_window_s: float = 0.05  # how long a batch waits for more requests once the first arrived
     queue_limit: int = 64  # generation requests waiting; one more is refused (503)
+    max_pending_per_user: int = 16  # generation requests one user may have waiting (429 beyond)
     cache_concepts: int = 2048  # concepts loaded in the running pipeline at once (least recently used leave)
     # training
     training_steps: int | None = None  # None: the model's recipe (perfusion_recipe.json) or TrainingConfig's
@@ -53,6 +54,7 @@ class ServiceConfig:
             "max_images_per_request",
             "batch_rows",
             "queue_limit",
+            "max_pending_per_user",
             "cache_concepts",
             "max_training_steps",
             "checkpoint_every",

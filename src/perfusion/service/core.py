@@ -19,6 +19,7 @@ from perfusion.service.concept_cache import ConceptCache, internal_token
 from perfusion.service.config import ServiceConfig
 from perfusion.service.prompts import PromptError, concepts_in, rewrite
 from perfusion.service.store import Store, User
+from perfusion.service.uploads import quoted
 from perfusion.service.worker import TrainingWorker
 from perfusion.train import TrainingConfig
 
@@ -44,7 +45,13 @@ class Service:
             inverse_covariance(TextConditioning.of(self.pipe)),
         )
         self.batcher = GenerationBatcher(
-            self.pipe, self.cache, config.batch_rows, config.batch_window_s, config.queue_limit
+            self.pipe,
+            self.cache,
+            config.batch_rows,
+            config.batch_window_s,
+            config.queue_limit,
+            refuse=self.gone,
+            per_user=config.max_pending_per_user,
         )
         self.worker = TrainingWorker(self.store, config, lambda: self.open_training_pipeline())
 
@@ -82,12 +89,24 @@ class Service:
         return min(int(self.recipe_training.get("steps", TrainingConfig.steps)), self.config.max_training_steps)
 
     def check_compatible(self, concept, name: str | None) -> None:
-        check_compatible(concept, self.fingerprint, self.pipe, name or "the concept file")
+        check_compatible(concept, self.fingerprint, self.pipe, quoted(name))
 
-    def forget_concept(self, concept_id: int) -> None:
-        """Out of the running pipeline, between batches."""
+    def delete_concept(self, user_id: int, concept_id: int) -> bool:
+        """The row, the file and the loaded concept, together, between batches (a request waiting for it is then
+        refused before it runs)."""
         with self.batcher.lock:
+            if not self.store.delete_concept(user_id, concept_id):
+                return False
+            self.concept_path(concept_id).unlink(missing_ok=True)
             self.cache.unload([concept_id])
+        return True
+
+    def gone(self, request: GenerationRequest) -> Exception | None:
+        """A request whose concept was deleted since it was queued (checked under the batcher's lock)."""
+        for concept_id in request.gates:
+            if self.store.concept(request.user_id, concept_id) is None:
+                return PromptError(f"concept {concept_id} was deleted before this request ran")
+        return None
 
     # -- generation -----------------------------------------------------------------------------------
     def generation_request(self, who: User, body) -> GenerationRequest:
@@ -127,4 +146,5 @@ class Service:
             steps=steps,
             guidance=guidance,
             images=body.images,
+            user_id=who.id,
         )

@@ -1,7 +1,8 @@
 """The service's state in SQLite: users and their hashed keys, concepts, training jobs, generated images.
 
 One connection per thread (sqlite3's rule), WAL journaling so that readers never wait for the worker's writes. Keys
-are 32 random bytes: a SHA-256 of one is as safe to store as a slow hash of a password, and fast to check.
+are 32 random bytes: a SHA-256 of one is as safe to store as a slow hash of a password, and fast to check. Ids are
+never reused (AUTOINCREMENT): a deleted concept's id, and its file name, never come back as another user's.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +23,10 @@ CREATE TABLE IF NOT EXISTS users (
     id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, key_hash TEXT NOT NULL, revoked INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS concepts (
-    id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL REFERENCES users(id), token TEXT NOT NULL,
+    id INTEGER PRIMARY KEY AUTOINCREMENT, user_id INTEGER NOT NULL REFERENCES users(id), token TEXT NOT NULL,
     supercategory TEXT NOT NULL, source TEXT NOT NULL, created REAL NOT NULL, UNIQUE (user_id, token));
 CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL REFERENCES users(id), token TEXT NOT NULL,
+    id INTEGER PRIMARY KEY AUTOINCREMENT, user_id INTEGER NOT NULL REFERENCES users(id), token TEXT NOT NULL,
     supercategory TEXT NOT NULL, images INTEGER NOT NULL, steps INTEGER NOT NULL, state TEXT NOT NULL,
     step INTEGER NOT NULL DEFAULT 0, loss REAL, error TEXT, concept_id INTEGER, created REAL NOT NULL,
     updated REAL NOT NULL);
@@ -32,7 +34,8 @@ CREATE TABLE IF NOT EXISTS images (
     id TEXT PRIMARY KEY, user_id INTEGER NOT NULL REFERENCES users(id), prompt TEXT NOT NULL, settings TEXT NOT NULL,
     created REAL NOT NULL);
 """
-ACTIVE = ("queued", "running")  # a job's states before it ends: done, failed or cancelled
+ACTIVE = ("queued", "running")
+MAX_ID = 2**63 - 1  # SQLite's largest integer  # a job's states before it ends: done, failed or cancelled
 
 
 def key_hash(key: str) -> str:
@@ -68,6 +71,18 @@ class Store:
     def row(self, sql: str, *args) -> dict | None:
         found = self.rows(sql, *args)
         return found[0] if found else None
+
+    @contextmanager
+    def transaction(self):
+        """BEGIN IMMEDIATE ... COMMIT: checks and writes inside it see no other writer in between."""
+        db = self.connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     def execute(self, sql: str, *args) -> int:
         """Run one statement; the new row's id (an INSERT) or the number of rows changed."""
@@ -169,10 +184,14 @@ class Store:
             "SELECT * FROM jobs WHERE state IN ('running', 'queued') ORDER BY state = 'running' DESC, id LIMIT 1"
         )
 
-    def update_job(self, job_id: int, **values) -> None:
+    def update_job(self, job_id: int, only_if: str | None = None, **values) -> bool:
+        """Set a job's fields (only while its state is ``only_if``, when given); whether it changed."""
         values["updated"] = time.time()
         assignments = ", ".join(f"{name} = ?" for name in values)
-        self.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", *values.values(), job_id)
+        if only_if is None:
+            return bool(self.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", *values.values(), job_id))
+        query = f"UPDATE jobs SET {assignments} WHERE id = ? AND state = ?"
+        return bool(self.execute(query, *values.values(), job_id, only_if))
 
     def claim_job(self, job_id: int) -> bool:
         """The worker takes a job: running, unless it was cancelled meanwhile."""

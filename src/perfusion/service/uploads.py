@@ -13,6 +13,7 @@ from PIL import Image, UnidentifiedImageError
 
 from perfusion.concept import Concept, ConceptFileError, one_line
 from perfusion.files import atomic_write
+from perfusion.images import upright
 from perfusion.service.config import ServiceConfig
 
 FORMATS = {"PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"}
@@ -55,7 +56,8 @@ def check_image(name: str | None, data: bytes, config: ServiceConfig) -> Uploade
                         f"{label}: {width}x{height} pixels, more than the {config.max_image_pixels:,} allowed", 413
                     )
                 opened.load()
-                image = opened.convert("RGBA" if has_transparency(opened) else "RGB")
+                image = upright(opened)  # as the photo is shown (EXIF orientation), as the CLI reads it
+                image = image.convert("RGBA" if has_transparency(image) else "RGB")
     except UploadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

@@ -49,17 +49,31 @@ class TrainingWorker:
         self.thread.join(timeout=120)
 
     def loop(self) -> None:
+        self.sweep()
         while not self.stopping:
-            job = self.store.next_job()
-            if job is None:
-                self.wake.wait(1.0)
-                self.wake.clear()
-                continue
-            self.current = job["id"]
             try:
+                job = self.store.next_job()
+                if job is None:
+                    self.wake.wait(1.0)
+                    self.wake.clear()
+                    continue
+                self.current = job["id"]
                 self.run(job)
+            except Exception:  # the worker goes on: one job's trouble never stops training for everyone
+                log.exception("training worker")
+                self.wake.wait(1.0)
             finally:
                 self.current = None
+
+    def sweep(self) -> None:
+        """Folders a stop left behind: uploads never queued, and jobs that ended (their files are not needed)."""
+        for folder in self.config.folder("jobs").iterdir():
+            if folder.name.startswith(".upload-"):
+                shutil.rmtree(folder, ignore_errors=True)
+            elif folder.name.isdigit():
+                job = self.store.job(int(folder.name))
+                if job is None or job["state"] not in ("queued", "running"):
+                    shutil.rmtree(folder, ignore_errors=True)
 
     def training_config(self, steps: int) -> TrainingConfig:
         recipe = read_recipe(self.config.model) if Path(self.config.model).is_dir() else None
@@ -106,7 +120,8 @@ class TrainingWorker:
             shutil.rmtree(folder, ignore_errors=True)
         except Exception as error:
             log.exception("training job %s failed", job_id)
-            self.store.update_job(job_id, state="failed", error=one_line(error))
+            reason = one_line(error).replace(str(folder), f"job {job_id}")
+            self.store.update_job(job_id, only_if="running", state="failed", error=reason)
             shutil.rmtree(folder, ignore_errors=True)
 
     def finish(self, job: dict, concept) -> None:
@@ -116,6 +131,7 @@ class TrainingWorker:
         try:
             if store.job(job["id"])["state"] != "running":  # cancelled at the last step
                 db.execute("ROLLBACK")
+                shutil.rmtree(self.job_folder(job["id"]), ignore_errors=True)
                 return
             concept_id = store.add_concept(job["user_id"], job["token"], job["supercategory"], "trained")
             concept.save(self.config.folder("concepts") / f"{concept_id}.safetensors")
