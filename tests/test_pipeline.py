@@ -195,6 +195,16 @@ def test_another_base_model_does_not_match(tiny_pipeline_dir, tmp_path):
     assert not trained_on(other, handmade_concept(load_pipeline(tiny_pipeline_dir)).base_fingerprint)
 
 
+@pytest.mark.parametrize("damage", ["2.661133904e+0181.199857644e+00", "nan", "1.0,2.0"])
+def test_a_damaged_fingerprint_is_refused_as_another_base_model(tiny_pipe, damage):
+    """A fuzzed header byte once made a v2 fingerprint unparsable: a ValueError escaped instead of one clear line."""
+    concept = handmade_concept(tiny_pipe)
+    names = concept.base_fingerprint.split(":")[1]
+    concept.base_fingerprint = f"{concept.base_fingerprint.split(':')[0]}:{names}:{damage}"
+    with pytest.raises(ConceptFileError, match="another base model"):
+        load_concepts(tiny_pipe, concept, captions=CAPTIONS)
+
+
 def test_transformers_4_weight_names_give_the_same_fingerprint(tiny_pipe):
     """transformers 4's CLIPTextModel names its weights "text_model.encoder...", 5's "encoder..."."""
     from perfusion.fingerprint import format_fingerprint

@@ -53,21 +53,38 @@ def names_digest(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
     return digest.hexdigest()[:16]
 
 
+class MalformedFingerprint(ValueError):
+    """A fingerprint that says it is v2 but cannot be read (a damaged file)."""
+
+
 def parse(fingerprint: str) -> tuple[str, torch.Tensor] | None:
-    """(names digest, sketch) of a v2 fingerprint; None for an older plain digest."""
+    """(names digest, sketch) of a v2 fingerprint; None for an older plain digest; MalformedFingerprint when it
+    cannot be read."""
     if not fingerprint.startswith(FORMAT + ":"):
         return None
-    _, names, numbers = fingerprint.split(":", 2)
-    return names, torch.tensor([float(x) for x in numbers.split(",")], dtype=torch.float64)
+    try:
+        _, names, numbers = fingerprint.split(":", 2)
+        sketch = torch.tensor([float(x) for x in numbers.split(",")], dtype=torch.float64)
+    except ValueError:
+        raise MalformedFingerprint(f"unreadable fingerprint {fingerprint[:40]!r}") from None
+    if not torch.isfinite(sketch).all():
+        raise MalformedFingerprint(f"unreadable fingerprint {fingerprint[:40]!r}")
+    return names, sketch
 
 
 def fingerprints_match(stored: str, current: str, tensors: Callable[[], list[tuple[str, torch.Tensor]]]) -> bool:
     """Whether a stored fingerprint names the base model whose v2 fingerprint is ``current``: by names and a close
     sketch; an older plain digest as it was made, from ``tensors()`` (names with or without transformers 4's prefix,
     values rounded to fp16)."""
-    theirs, ours = parse(stored), parse(current)
+    ours = parse(current)
+    try:
+        theirs = parse(stored)
+    except MalformedFingerprint:  # a damaged file's fingerprint names no base model
+        return False
     if theirs is not None and ours is not None:
         (their_names, their_sketch), (our_names, our_sketch) = theirs, ours
+        if their_sketch.shape != our_sketch.shape:
+            return False
         scale = max(float(their_sketch.norm()), float(our_sketch.norm()), 1e-12)
         return their_names == our_names and float((their_sketch - our_sketch).norm()) <= SKETCH_TOLERANCE * scale
     if theirs is not None or stored == current:
@@ -79,7 +96,10 @@ def fingerprints_match(stored: str, current: str, tensors: Callable[[], list[tup
 
 def short(fingerprint: str) -> str:
     """A fingerprint as people read it: the names digest of a v2 one, the start of an older one."""
-    parsed = parse(fingerprint)
+    try:
+        parsed = parse(fingerprint)
+    except MalformedFingerprint:
+        return f"{fingerprint[:12]} (unreadable)"
     return parsed[0][:12] if parsed else fingerprint[:12]
 
 
