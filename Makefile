@@ -48,10 +48,10 @@ benchmark: $(VENV)/.installed
 # directory; docs/basemodel.md). Then `$(PY) -m perfusion.world.basemodel.export --run-dir checkpoints/families`.
 RUN_DIR ?= checkpoints/families
 basemodel: $(VENV)/.installed
-	$(PY) -m perfusion.world.basemodel.train --stage tokenizer --run-dir $(RUN_DIR)
-	$(PY) -m perfusion.world.basemodel.train --stage vae --resume --run-dir $(RUN_DIR)
-	$(PY) -m perfusion.world.basemodel.train --stage latents --run-dir $(RUN_DIR) --pool-size 30000
-	OMP_WAIT_POLICY=PASSIVE $(PY) -m perfusion.world.basemodel.train --stage unet --resume --run-dir $(RUN_DIR) \
+	$(PY) -m perfusion.world.basemodel.train_base --stage tokenizer --run-dir $(RUN_DIR)
+	$(PY) -m perfusion.world.basemodel.train_base --stage vae --resume --run-dir $(RUN_DIR)
+	$(PY) -m perfusion.world.basemodel.train_base --stage latents --run-dir $(RUN_DIR) --pool-size 30000
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m perfusion.world.basemodel.train_base --stage unet --resume --run-dir $(RUN_DIR) \
 	  --grounding-weight 0.3 --grounding-pixel-weight 0.1
 
 # The laboratory's report: base model, judge, controls and the seen-member control (lab-report/report.html and

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from overhead import MODELS, SUPERCATEGORIES, ProcessorSwitch, random_inverse_covariance
 
-from perfusion.conditioning import TextConditioning
-from perfusion.loader import load_concepts
+from perfusion.pipeline.conditioning import TextConditioning
+from perfusion.pipeline.loader import load_concepts
 from perfusion.testing import handmade_concept
 
 ROWS = ["<c0> next to <c1> and <c2> and <c3>", "<c3> and <c2> next to <c1> and <c0>"]

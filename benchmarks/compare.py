@@ -36,17 +36,17 @@ import torch
 
 from perfusion import baselines
 from perfusion.baselines.measure import run_isolated
-from perfusion.experiments.prompts import EvalPrompt, read_prompts, world_prompts
+from perfusion.composition.regions import MODES
+from perfusion.experiments.prompt_sets import EvalPrompt, read_prompts, world_prompts
 from perfusion.experiments.scoring import ClipScoring, Scores, WorldScorer
-from perfusion.experiments.sheet import SheetRow, prompt_cells, write_sheet
 from perfusion.experiments.trend import sweep_trends
-from perfusion.generation import GenerationConfig, generate
-from perfusion.images import load_training_images
-from perfusion.loader import load_concepts
-from perfusion.models import open_pipeline
-from perfusion.regions import MODES
-from perfusion.train import TrainingConfig, train_concept
-from perfusion.world import recipe
+from perfusion.pipeline.generation import GenerationConfig, generate
+from perfusion.pipeline.loader import load_concepts
+from perfusion.pipeline.models import open_pipeline
+from perfusion.sheets import SheetRow, prompt_cells, write_sheet
+from perfusion.training.images import load_training_images
+from perfusion.training.trainer import TrainingConfig, train_concept
+from perfusion.world import lab_recipe
 
 PERFUSION = "perfusion"
 
@@ -64,16 +64,16 @@ class Variant:
     role: str = "method"  # "method": as the method comes; "ablation": one change to it; "candidate": another recipe
 
 
-# Settings for the embedded micro-world model: Perfusion's are measured (perfusion.world.recipe); the baselines' are
+# Settings for the embedded micro-world model: Perfusion's are measured (perfusion.world.lab_recipe); the baselines' are
 # starting points scaled to the model, not tuned.
-GUIDANCE_SWEEP = tuple(sorted({2.0, recipe.GUIDANCE, 4.0, 6.0, 8.0}))
+GUIDANCE_SWEEP = tuple(sorted({2.0, lab_recipe.GUIDANCE, 4.0, 6.0, 8.0}))
 VARIANTS = (
-    Variant(PERFUSION, PERFUSION, dict(recipe.TRAINING), "beta", (0.5, 0.6, 0.7, 0.8, 0.9), 0.7),
-    # The same without paired images (perfusion.pairs): what "<token> next to a <word>" training adds.
+    Variant(PERFUSION, PERFUSION, dict(lab_recipe.TRAINING), "beta", (0.5, 0.6, 0.7, 0.8, 0.9), 0.7),
+    # The same without paired images (perfusion.training.pairs): what "<token> next to a <word>" training adds.
     Variant(
         "perfusion-no-pairs",
         PERFUSION,
-        dict(recipe.TRAINING, pair_probability=0.0),
+        dict(lab_recipe.TRAINING, pair_probability=0.0),
         "beta",
         (0.5, 0.6, 0.7, 0.8, 0.9),
         0.7,
@@ -83,7 +83,7 @@ VARIANTS = (
     Variant(
         "perfusion-3e-3",
         PERFUSION,
-        dict(recipe.TRAINING, lr_values=recipe.EARLIER_LR_VALUES),
+        dict(lab_recipe.TRAINING, lr_values=lab_recipe.EARLIER_LR_VALUES),
         "beta",
         (0.5, 0.6, 0.7, 0.8, 0.9),
         0.7,
@@ -94,7 +94,7 @@ VARIANTS = (
     Variant(
         "perfusion-v-6e-3",
         PERFUSION,
-        dict(recipe.TRAINING, lr_embedding=TrainingConfig.lr_embedding),
+        dict(lab_recipe.TRAINING, lr_embedding=TrainingConfig.lr_embedding),
         "beta",
         (0.5, 0.6, 0.7, 0.8, 0.9),
         0.7,
@@ -105,14 +105,14 @@ VARIANTS = (
     Variant(
         "perfusion-pairs-only",
         PERFUSION,
-        dict(recipe.TRAINING, pair_probability=1.0),
+        dict(lab_recipe.TRAINING, pair_probability=1.0),
         "beta",
         (0.5, 0.6, 0.7, 0.8, 0.9),
         0.7,
         "candidate",
     ),
-    # Methods without a knob of their own sweep guidance; their default is the embedded model's (recipe.GUIDANCE).
-    Variant("textual-inversion", "textual-inversion", {}, "guidance", GUIDANCE_SWEEP, recipe.GUIDANCE),
+    # Methods without a knob of their own sweep guidance; their default is the embedded model's (lab_recipe.GUIDANCE).
+    Variant("textual-inversion", "textual-inversion", {}, "guidance", GUIDANCE_SWEEP, lab_recipe.GUIDANCE),
     # Textual Inversion at Perfusion's learning rate for v*: how much of Perfusion's result v* alone gives.
     Variant(
         "textual-inversion-6e-3",
@@ -120,12 +120,17 @@ VARIANTS = (
         dict(lr=TrainingConfig.lr_embedding),
         "guidance",
         GUIDANCE_SWEEP,
-        recipe.GUIDANCE,
+        lab_recipe.GUIDANCE,
         "ablation",
     ),
     # Prior-preservation class images at the base model's own guidance (7.5 gives this model's worst samples).
     Variant(
-        "dreambooth", "dreambooth", dict(class_guidance=recipe.GUIDANCE), "guidance", GUIDANCE_SWEEP, recipe.GUIDANCE
+        "dreambooth",
+        "dreambooth",
+        dict(class_guidance=lab_recipe.GUIDANCE),
+        "guidance",
+        GUIDANCE_SWEEP,
+        lab_recipe.GUIDANCE,
     ),
     Variant("lora-r4", "lora", dict(rank=4), "scale", (0.25, 0.5, 0.75, 1.0), 1.0),
     Variant("lora-r16", "lora", dict(rank=16), "scale", (0.25, 0.5, 0.75, 1.0), 1.0),
@@ -146,18 +151,18 @@ class RunSettings:
     quick: bool = False
     steps: int | None = None  # every method's training steps (overrides the variant's)
     prompts: int = 12  # evaluation prompts per concept
-    prompts_file: str | None = None  # .txt or .jsonl (perfusion.experiments.prompts); default: the world's prompts
+    prompts_file: str | None = None  # .txt or .jsonl (perfusion.experiments.prompt_sets); default: the world's prompts
     clip: str | None = None  # a local CLIP folder: score with CLIP-I / CLIP-T instead of the world judge
     images_per_prompt: int = 2
     composition_images_per_prompt: int = 8  # per composition template (two templates): 16 images per method
     inference_steps: int = 25
-    guidance: float = recipe.GUIDANCE  # for variants whose knob is not guidance (7.5 is SD1.5's)
+    guidance: float = lab_recipe.GUIDANCE  # for variants whose knob is not guidance (7.5 is SD1.5's)
     seed: int = 0
     threads: int | None = None
     isolate: bool = True  # train in a fresh process (peak memory); off: in this process, no memory figure
     command: str = ""  # the command line that produced the results (written into results.json)
     update: bool = False  # keep --out's earlier rows and compositions for what this run does not redo
-    composition: str = recipe.COMPOSITION  # how Perfusion composes two concepts: "joint" (the paper's) or "regions"
+    composition: str = lab_recipe.COMPOSITION  # how Perfusion composes two concepts: "joint" (the paper's) or "regions"
     compositions_only: bool = False  # redo the compositions from --out's artifacts; keep every row (implies update)
 
     def quickened(self) -> RunSettings:

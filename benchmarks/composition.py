@@ -22,13 +22,13 @@ import json
 import sys
 from pathlib import Path
 
-from perfusion.concept import Concept, ConceptFileError
-from perfusion.experiments.sheet import SheetRow, write_sheet
+from perfusion.composition.regions import MODES
+from perfusion.concept.format import Concept, ConceptFileError
 from perfusion.files import atomic_write
-from perfusion.generation import GenerationConfig, GenerationError, check_gate, generate
-from perfusion.loader import load_concepts
-from perfusion.models import open_pipeline
-from perfusion.regions import MODES
+from perfusion.pipeline.generation import GenerationConfig, GenerationError, check_gate, generate
+from perfusion.pipeline.loader import load_concepts
+from perfusion.pipeline.models import open_pipeline
+from perfusion.sheets import SheetRow, write_sheet
 
 BACKGROUNDS = ("red", "blue", "green", "yellow")
 TEMPLATE = "a photo of a {} on a {} background"
@@ -77,14 +77,14 @@ def main(argv: list[str] | None = None) -> dict:
         "--sheet", help="contact sheet of every image judged (PNG; default: beside --out, else composition-sheet.png)"
     )
     args = parser.parse_args(argv)
-    from perfusion.world import recipe
+    from perfusion.world import lab_recipe
     from perfusion.world.catalog import OBJECTS, members
     from perfusion.world.examples import example_concept
     from perfusion.world.judge import Judge
     from perfusion.world.model_path import default_model_path
 
-    args.guidance = recipe.GUIDANCE
-    args.composition = args.composition or recipe.COMPOSITION
+    args.guidance = lab_recipe.GUIDANCE
+    args.composition = args.composition or lab_recipe.COMPOSITION
     if args.object not in OBJECTS:
         sys.exit(f"composition: {args.object!r} is not a micro-world object")
     args.sheet = args.sheet or (str(Path(args.out).with_suffix(".png")) if args.out else "composition-sheet.png")

@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from perfusion.concept import VALUE_PREFIX, Concept, ConceptFileError
-from perfusion.conditioning import TextConditioning
-from perfusion.covariance import estimate_covariance
-from perfusion.generation import GenerationConfig, generate
-from perfusion.loader import find_runtime, load_concepts, unload_concepts
+from perfusion.concept.format import VALUE_PREFIX, Concept, ConceptFileError
+from perfusion.pipeline.conditioning import TextConditioning
+from perfusion.pipeline.covariance import estimate_covariance
+from perfusion.pipeline.generation import GenerationConfig, generate
+from perfusion.pipeline.loader import find_runtime, load_concepts, unload_concepts
 from perfusion.testing import build_tiny_pipeline, handmade_concept, load_pipeline, small_corpus
 
 OUTCOMES = ("refused by Concept.load", "refused by load_concepts", "loaded, finite", "FAILED")

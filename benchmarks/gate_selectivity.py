@@ -16,14 +16,14 @@ import sys
 
 import torch
 
-from perfusion.concept import Concept, ConceptFileError
-from perfusion.conditioning import TextConditioning
-from perfusion.covariance import DEFAULT_CAPTIONS, inverse_covariance
-from perfusion.experiments.prompts import world_prompts
-from perfusion.loader import find_runtime, load_concepts
+from perfusion.concept.format import Concept, ConceptFileError
+from perfusion.experiments.prompt_sets import world_prompts
 from perfusion.method import similarity
-from perfusion.models import open_pipeline
-from perfusion.text import content_mask, encode, tokenize
+from perfusion.pipeline.conditioning import TextConditioning
+from perfusion.pipeline.covariance import DEFAULT_CAPTIONS, inverse_covariance
+from perfusion.pipeline.loader import find_runtime, load_concepts
+from perfusion.pipeline.models import open_pipeline
+from perfusion.pipeline.text import content_mask, encode, tokenize
 
 
 def world_captions(count: int, seed: int = 0) -> list[str]:

@@ -22,12 +22,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from perfusion.concept import Concept, ConceptFileError
-from perfusion.experiments.sheet import SheetRow, write_sheet
-from perfusion.generation import GenerationConfig, generate
-from perfusion.loader import load_concepts, unload_concepts
-from perfusion.models import open_pipeline
-from perfusion.world import recipe
+from perfusion.concept.format import Concept, ConceptFileError
+from perfusion.pipeline.generation import GenerationConfig, generate
+from perfusion.pipeline.loader import load_concepts, unload_concepts
+from perfusion.pipeline.models import open_pipeline
+from perfusion.sheets import SheetRow, write_sheet
+from perfusion.world import lab_recipe
 from perfusion.world.catalog import BACKGROUNDS, POSITIONS, SEEN, SIZES
 from perfusion.world.examples import example_concept
 from perfusion.world.judge import Judge
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     pipe.set_progress_bar_config(disable=True)
     judge = Judge.load()
     config = GenerationConfig(
-        num_inference_steps=25, guidance_scale=recipe.GUIDANCE, num_images_per_prompt=args.seeds, seed=args.seed
+        num_inference_steps=25, guidance_scale=lab_recipe.GUIDANCE, num_images_per_prompt=args.seeds, seed=args.seed
     )
     prompts = seen_prompts(args.prompts, args.seed)
     results, rows = {}, []

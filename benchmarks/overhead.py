@@ -23,13 +23,13 @@ from pathlib import Path
 import psutil
 import torch
 
-from perfusion.conditioning import TextConditioning
-from perfusion.fingerprint import cross_attention_modules
-from perfusion.images import load_training_images
-from perfusion.loader import find_runtime, load_concepts
-from perfusion.processor import PerfusionAttnProcessor
+from perfusion.concept.fingerprint import cross_attention_modules
+from perfusion.pipeline.conditioning import TextConditioning
+from perfusion.pipeline.loader import find_runtime, load_concepts
+from perfusion.pipeline.processor import PerfusionAttnProcessor
 from perfusion.testing import handmade_concept, sd15_shaped_pipeline, sdxl_shaped_pipeline, write_concept_images
-from perfusion.train import ConceptTrainer, TrainingConfig
+from perfusion.training.images import load_training_images
+from perfusion.training.trainer import ConceptTrainer, TrainingConfig
 
 MODELS = {"sd15": ("SD1.5", sd15_shaped_pipeline), "sdxl": ("SDXL base", sdxl_shaped_pipeline)}
 
@@ -252,7 +252,7 @@ def main() -> None:
                 f"{figure.processor_seconds * 1e3:+.1f} ms of a {figure.stock_seconds:.2f} s step); "
                 f"target <= {(target - 1) * 100:.0f}%"
             )
-        from perfusion.loader import unload_concepts
+        from perfusion.pipeline.loader import unload_concepts
 
         unload_concepts(pipe)
         ratio, training_peak, inference_peak = training_figures(

@@ -165,7 +165,7 @@ def batch_rounds(service, sessions, rounds: int, steps: int) -> dict:
 def edit_share(service, sessions, steps: int) -> dict:
     """The edit's own share of a mixed batch's UNet step: one recorded call of that batch timed with the edit
     processors and with the stock ones (the router's pre-hook runs in both: it is timed in benchmarks/overhead.py)."""
-    from perfusion.processor import PerfusionAttnProcessor
+    from perfusion.pipeline.processor import PerfusionAttnProcessor
 
     unet = service.pipe.unet
     processors = unet.attn_processors
@@ -226,7 +226,7 @@ def many_concepts(service, folder: Path, count: int, steps: int, sessions) -> di
     after_rss = process.memory_info().rss
     batch()  # warm again: loading dropped the plans
     with_many = median_time(batch)
-    from perfusion.loader import loaded_tokens
+    from perfusion.pipeline.loader import loaded_tokens
 
     return {
         "concepts_loaded": len(loaded_tokens(service.pipe)),

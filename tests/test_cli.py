@@ -9,7 +9,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from perfusion.cli import main
-from perfusion.concept import Concept
+from perfusion.concept.format import Concept
 from perfusion.testing import build_tiny_pipeline, handmade_concept, load_pipeline, small_corpus, write_concept_images
 
 
@@ -407,8 +407,8 @@ def test_every_config_field_is_a_flag_of_its_command():
     from dataclasses import fields
 
     from perfusion.cli import parser
-    from perfusion.generation import GenerationConfig
-    from perfusion.train import TrainingConfig
+    from perfusion.pipeline.generation import GenerationConfig
+    from perfusion.training.trainer import TrainingConfig
 
     commands = next(action for action in parser()._actions if action.dest == "command").choices
     for command, config, api_only in (("train", TrainingConfig, set()), ("generate", GenerationConfig, {"regions"})):

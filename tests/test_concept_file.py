@@ -7,8 +7,8 @@ import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import save_file
 
-from perfusion.concept import Concept, ConceptFileError
-from perfusion.fingerprint import cross_attention_modules
+from perfusion.concept.fingerprint import cross_attention_modules
+from perfusion.concept.format import Concept, ConceptFileError
 from perfusion.testing import SD15_UNET
 
 KB = 1000  # the 100KB: 100,000 bytes

@@ -11,8 +11,8 @@ import torch
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from perfusion.concept import MAX_MAGNITUDE, Concept, ConceptFileError
-from perfusion.loader import find_runtime, load_concepts, unload_concepts
+from perfusion.concept.format import MAX_MAGNITUDE, Concept, ConceptFileError
+from perfusion.pipeline.loader import find_runtime, load_concepts, unload_concepts
 from perfusion.testing import handmade_concept
 
 

@@ -3,7 +3,7 @@ from importlib.resources import files
 
 import pytest
 
-from perfusion.corpus import SLOT_UNIONS, caption_templates, default_captions, load_captions, word_list
+from perfusion.pipeline.corpus import SLOT_UNIONS, caption_templates, default_captions, load_captions, word_list
 
 SLOT = re.compile(r"\{(\w+)(:s)?\}")
 MIN_WORDS, MAX_WORDS = 3, 30  # typical prompt lengths, well inside CLIP's 77 tokens

@@ -2,10 +2,10 @@
 
 import torch
 
-from perfusion.conditioning import TextConditioning
-from perfusion.covariance import cache_root, estimate_covariance, inverse_covariance
+from perfusion.pipeline.conditioning import TextConditioning
+from perfusion.pipeline.covariance import cache_root, estimate_covariance, inverse_covariance
+from perfusion.pipeline.text import content_mask, encode, tokenize
 from perfusion.testing import small_corpus
-from perfusion.text import content_mask, encode, tokenize
 
 
 def test_content_mask_keeps_up_to_the_first_end_of_text():

@@ -4,14 +4,14 @@ import pytest
 import torch
 
 from perfusion.cli import main
-from perfusion.conditioning import TextConditioning
-from perfusion.fingerprint import cross_attention_modules
-from perfusion.generation import GenerationConfig, generate
-from perfusion.loader import find_runtime, load_concepts
+from perfusion.concept.fingerprint import cross_attention_modules
 from perfusion.method import composition_basis, gate, inverse_covariance_factor, similarity
-from perfusion.processor import PerfusionAttnProcessor
-from perfusion.router import CallContext
-from perfusion.settings import set_concept_options
+from perfusion.pipeline.conditioning import TextConditioning
+from perfusion.pipeline.generation import GenerationConfig, generate
+from perfusion.pipeline.loader import find_runtime, load_concepts
+from perfusion.pipeline.processor import PerfusionAttnProcessor
+from perfusion.pipeline.router import CallContext
+from perfusion.pipeline.settings import set_concept_options
 from perfusion.testing import handmade_concept, load_pipeline, small_corpus, write_concept_images
 
 CAPTIONS = small_corpus()

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from perfusion.cli import main
-from perfusion.images import ImageInputError, load_training_images
 from perfusion.testing import small_corpus, write_concept_images
+from perfusion.training.images import ImageInputError, load_training_images
 
 
 def write_png(path, width, height, depth, colour_type, rows=()):

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from perfusion.cli import main
-from perfusion.conditioning import TextConditioning
-from perfusion.images import load_training_images
+from perfusion.pipeline.conditioning import TextConditioning
 from perfusion.testing import load_pipeline, small_corpus, write_concept_images
-from perfusion.train import TrainingConfig, TrainingError, train_concept
+from perfusion.training.images import load_training_images
+from perfusion.training.trainer import TrainingConfig, TrainingError, train_concept
 
 CAPTIONS = small_corpus()
 
@@ -64,7 +64,7 @@ def test_a_concept_file_is_the_same_bytes_whichever_process_writes_it(tiny_pipel
 
     concept = handmade_concept(load_pipeline(tiny_pipeline_dir))
     concept.save(tmp_path / "here.safetensors")
-    code = "import sys\nfrom perfusion.concept import Concept\nConcept.load(sys.argv[1]).save(sys.argv[2])\n"
+    code = "import sys\nfrom perfusion.concept.format import Concept\nConcept.load(sys.argv[1]).save(sys.argv[2])\n"
     for n in range(3):
         subprocess.run(
             [sys.executable, "-c", code, str(tmp_path / "here.safetensors"), str(tmp_path / f"{n}.safetensors")],
@@ -198,9 +198,9 @@ def test_two_processes_computing_c_at_once_share_one_consistent_cache(tiny_pipel
     code = (
         "import sys, torch\n"
         "from perfusion.testing import load_pipeline\n"
-        "from perfusion.covariance import inverse_covariance\n"
-        "from perfusion.conditioning import TextConditioning\n"
-        "from perfusion.corpus import load_captions\n"
+        "from perfusion.pipeline.covariance import inverse_covariance\n"
+        "from perfusion.pipeline.conditioning import TextConditioning\n"
+        "from perfusion.pipeline.corpus import load_captions\n"
         "pipe = load_pipeline(sys.argv[1])\n"
         "inverse = inverse_covariance(TextConditioning.of(pipe), load_captions(sys.argv[2]))\n"
         "torch.save(inverse, sys.argv[3])\n"
@@ -221,7 +221,7 @@ def test_two_processes_computing_c_at_once_share_one_consistent_cache(tiny_pipel
 
 
 def test_a_corrupt_covariance_cache_is_recomputed_with_a_warning(tiny_pipe, tmp_path, monkeypatch):
-    from perfusion.covariance import inverse_covariance
+    from perfusion.pipeline.covariance import inverse_covariance
 
     monkeypatch.setenv("PERFUSION_CACHE", str(tmp_path / "cache"))
     expected = inverse_covariance(TextConditioning.of(tiny_pipe), CAPTIONS)

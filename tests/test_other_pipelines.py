@@ -7,7 +7,7 @@ import torch
 from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
 from PIL import Image
 
-from perfusion.loader import find_runtime, load_concepts, unload_concepts
+from perfusion.pipeline.loader import find_runtime, load_concepts, unload_concepts
 from perfusion.testing import handmade_concept, small_corpus
 
 CAPTIONS = small_corpus()

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from perfusion.images import TrainingImage, load_training_images
-from perfusion.pairs import pair_caption, paired_image, paired_images
 from perfusion.testing import write_concept_images
-from perfusion.train import ConceptTrainer, TrainingConfig, TrainingError
+from perfusion.training.images import TrainingImage, load_training_images
+from perfusion.training.pairs import pair_caption, paired_image, paired_images
+from perfusion.training.trainer import ConceptTrainer, TrainingConfig, TrainingError
 
 QUICK = dict(batch_size=4, gradient_accumulation=1, seed=0)
 

@@ -5,14 +5,14 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from perfusion.concept import ConceptFileError
-from perfusion.fingerprint import cross_attention_modules
-from perfusion.generation import GenerationConfig, GenerationError, generate
-from perfusion.loader import find_runtime, load_concepts, unload_concepts
-from perfusion.processor import PerfusionAttnProcessor
-from perfusion.settings import set_concept_options, set_global_lock
+from perfusion.concept.fingerprint import cross_attention_modules
+from perfusion.concept.format import ConceptFileError
+from perfusion.pipeline.generation import GenerationConfig, GenerationError, generate
+from perfusion.pipeline.loader import find_runtime, load_concepts, unload_concepts
+from perfusion.pipeline.processor import PerfusionAttnProcessor
+from perfusion.pipeline.settings import set_concept_options, set_global_lock
+from perfusion.pipeline.text import encode, tokenize
 from perfusion.testing import handmade_concept, routed_entries, small_corpus
-from perfusion.text import encode, tokenize
 
 CAPTIONS = small_corpus()
 
@@ -142,7 +142,7 @@ def test_edit_composes_with_a_peft_lora_on_the_projections(tiny_pipe):
     concept = handmade_concept(tiny_pipe)
     load_concepts(tiny_pipe, concept, captions=CAPTIONS, check=False)
     set_concept_options(tiny_pipe, "<mycat>", beta=0.5, tau=1e-4)
-    from perfusion.router import CallContext
+    from perfusion.pipeline.router import CallContext
 
     find_runtime(tiny_pipe).router.context = CallContext(
         [(("<mycat>",), torch.tensor([0]), None)], None
@@ -175,7 +175,7 @@ def test_raising_beta_moves_the_unet_output_steadily_away_from_the_concept(tiny_
 def test_a_concept_made_in_fp32_loads_into_a_half_precision_load_of_its_base_model(tiny_pipeline_dir, dtype):
     """The same weights opened in fp32, fp16 or bf16 are one base model (issue 33; an fp16-rounded digest told bf16
     apart)."""
-    from perfusion.loader import trained_on
+    from perfusion.pipeline.loader import trained_on
     from perfusion.testing import load_pipeline
 
     full = load_pipeline(tiny_pipeline_dir)
@@ -188,7 +188,7 @@ def test_a_concept_made_in_fp32_loads_into_a_half_precision_load_of_its_base_mod
 
 
 def test_another_base_model_does_not_match(tiny_pipeline_dir, tmp_path):
-    from perfusion.loader import trained_on
+    from perfusion.pipeline.loader import trained_on
     from perfusion.testing import build_tiny_pipeline, load_pipeline
 
     other = load_pipeline(build_tiny_pipeline(tmp_path / "other", seed=1))
@@ -207,8 +207,8 @@ def test_a_damaged_fingerprint_is_refused_as_another_base_model(tiny_pipe, damag
 
 def test_transformers_4_weight_names_give_the_same_fingerprint(tiny_pipe):
     """transformers 4's CLIPTextModel names its weights "text_model.encoder...", 5's "encoder..."."""
-    from perfusion.fingerprint import format_fingerprint
-    from perfusion.loader import pipeline_tensors
+    from perfusion.concept.fingerprint import format_fingerprint
+    from perfusion.pipeline.loader import pipeline_tensors
 
     tensors = pipeline_tensors(tiny_pipe)
     version_4 = [(name.replace("text_encoder.", "text_encoder.text_model.", 1), tensor) for name, tensor in tensors]
@@ -218,8 +218,8 @@ def test_transformers_4_weight_names_give_the_same_fingerprint(tiny_pipe):
 @pytest.mark.parametrize("layout", ["transformers 5", "transformers 4"])
 def test_a_concept_file_with_the_fingerprint_of_before_still_loads(tiny_pipe, layout):
     """Files written before the v2 fingerprint carry a digest of the fp16-rounded values by name."""
-    from perfusion.fingerprint import weights_digest
-    from perfusion.loader import pipeline_tensors
+    from perfusion.concept.fingerprint import weights_digest
+    from perfusion.pipeline.loader import pipeline_tensors
 
     tensors = pipeline_tensors(tiny_pipe)
     if layout == "transformers 4":
@@ -370,7 +370,7 @@ def test_an_image_size_the_vae_cannot_make_is_refused_before_any_step(tiny_pipe)
 
 def test_a_call_with_more_prompt_rows_than_the_router_keeps_is_edited_in_every_row(tiny_pipe):
     """The router keeps 64 rows per text encoder between encoding and denoising; one call with more keeps them all."""
-    from perfusion.router import REGISTRY_ROWS
+    from perfusion.pipeline.router import REGISTRY_ROWS
 
     load_concepts(tiny_pipe, handmade_concept(tiny_pipe), captions=CAPTIONS)
     prompts = [f"a photo of a <mycat> {'on a sofa ' * (n % 3)}{'red ' * (n // 3)}" for n in range(REGISTRY_ROWS + 6)]
@@ -382,7 +382,7 @@ def test_a_concept_trained_against_another_corpus_is_warned_about_in_one_line(ti
     """s(e) is measured in the C^-1 metric: a C from other captions may open the gate elsewhere (issue 33)."""
     import warnings
 
-    from perfusion.covariance import corpus_label
+    from perfusion.pipeline.covariance import corpus_label
 
     concept = handmade_concept(tiny_pipe)
     concept.training = {"covariance_corpus": corpus_label(CAPTIONS[:-1])}
@@ -396,10 +396,10 @@ def test_a_concept_trained_against_another_corpus_is_warned_about_in_one_line(ti
 
 
 def test_training_records_the_corpus_of_its_c(tiny_pipe, tmp_path):
-    from perfusion.covariance import corpus_label
-    from perfusion.images import load_training_images
+    from perfusion.pipeline.covariance import corpus_label
     from perfusion.testing import write_concept_images
-    from perfusion.train import TrainingConfig, train_concept
+    from perfusion.training.images import load_training_images
+    from perfusion.training.trainer import TrainingConfig, train_concept
 
     images = load_training_images(write_concept_images(tmp_path / "disc"))
     config = TrainingConfig(steps=1, batch_size=1, gradient_accumulation=1)

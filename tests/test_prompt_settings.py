@@ -5,9 +5,9 @@ differ from single ones in the last bits, so the tolerance is 1e-5 (pixel values
 import numpy as np
 import pytest
 
-from perfusion.generation import GenerationConfig, GenerationError, generate
-from perfusion.loader import find_runtime, load_concepts
-from perfusion.settings import concept_settings, set_concept_settings
+from perfusion.pipeline.generation import GenerationConfig, GenerationError, generate
+from perfusion.pipeline.loader import find_runtime, load_concepts
+from perfusion.pipeline.settings import concept_settings, set_concept_settings
 from perfusion.testing import handmade_concept, small_corpus
 
 CAPTIONS = small_corpus()

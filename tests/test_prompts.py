@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from perfusion.generation import GenerationConfig, GenerationError, check_prompt, generate
-from perfusion.loader import load_concepts
-from perfusion.settings import set_global_lock
+from perfusion.pipeline.generation import GenerationConfig, GenerationError, check_prompt, generate
+from perfusion.pipeline.loader import load_concepts
+from perfusion.pipeline.settings import set_global_lock
+from perfusion.pipeline.text import encode, tokenize
 from perfusion.testing import handmade_concept, routed_entries, small_corpus
-from perfusion.text import encode, tokenize
 
 CAPTIONS = small_corpus()
 LIMIT = 75  # the tiny pipeline's tokenizer keeps 77 ids: start, 75 of the prompt's, end

@@ -1,16 +1,16 @@
-"""Regional composition: each concept denoised only in its own region (perfusion.regions)."""
+"""Regional composition: each concept denoised only in its own region (perfusion.composition.regions)."""
 
 import numpy as np
 import pytest
 import torch
 
-from perfusion.generation import GenerationConfig, GenerationError, generate
-from perfusion.loader import find_runtime, load_concepts
-from perfusion.masks import on_latent_grid
-from perfusion.regions import RegionsConfig, batch_indexed, region_masks
-from perfusion.settings import set_composition, set_global_lock
+from perfusion.composition.regions import RegionsConfig, batch_indexed, region_masks
+from perfusion.pipeline.attention import on_latent_grid
+from perfusion.pipeline.generation import GenerationConfig, GenerationError, generate
+from perfusion.pipeline.loader import find_runtime, load_concepts
+from perfusion.pipeline.settings import set_composition, set_global_lock
+from perfusion.pipeline.text import encode, supercategory_substitution, tokenize
 from perfusion.testing import handmade_concept, routed_entries, small_corpus
-from perfusion.text import encode, supercategory_substitution, tokenize
 
 CAPTIONS = small_corpus()
 PAIR = "a <mycat> next to a <mymug>"

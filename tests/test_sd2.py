@@ -6,14 +6,14 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from perfusion.concept import Concept
-from perfusion.fingerprint import cross_attention_modules
-from perfusion.generation import GenerationConfig, generate
-from perfusion.images import load_training_images
-from perfusion.loader import load_concepts, unload_concepts
+from perfusion.concept.fingerprint import cross_attention_modules
+from perfusion.concept.format import Concept
+from perfusion.pipeline.generation import GenerationConfig, generate
+from perfusion.pipeline.loader import load_concepts, unload_concepts
+from perfusion.pipeline.text import content_mask, supercategory_substitution, tokenize
 from perfusion.testing import SD21_UNET, handmade_concept, load_pipeline, small_corpus, write_concept_images
-from perfusion.text import content_mask, supercategory_substitution, tokenize
-from perfusion.train import TrainingConfig, train_concept
+from perfusion.training.images import load_training_images
+from perfusion.training.trainer import TrainingConfig, train_concept
 
 CAPTIONS = small_corpus()
 KB = 1000

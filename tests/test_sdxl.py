@@ -11,16 +11,16 @@ from diffusers import UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from perfusion.cli import main
-from perfusion.concept import Concept, ConceptFileError
-from perfusion.conditioning import TextConditioning
-from perfusion.covariance import estimate_covariance
-from perfusion.fingerprint import cross_attention_modules
-from perfusion.generation import GenerationConfig, GenerationError, generate
-from perfusion.images import load_training_images
-from perfusion.loader import find_runtime, load_concepts, unload_concepts
-from perfusion.models import UnsupportedPipelineError
-from perfusion.plans import linear_part
-from perfusion.settings import set_composition, set_global_lock
+from perfusion.concept.fingerprint import cross_attention_modules
+from perfusion.concept.format import Concept, ConceptFileError
+from perfusion.pipeline.conditioning import TextConditioning
+from perfusion.pipeline.covariance import estimate_covariance
+from perfusion.pipeline.generation import GenerationConfig, GenerationError, generate
+from perfusion.pipeline.loader import find_runtime, load_concepts, unload_concepts
+from perfusion.pipeline.models import UnsupportedPipelineError
+from perfusion.pipeline.plans import linear_part
+from perfusion.pipeline.settings import set_composition, set_global_lock
+from perfusion.pipeline.text import content_mask, tokenize
 from perfusion.testing import (
     SDXL_TEXT,
     SDXL_TEXT_2,
@@ -32,8 +32,8 @@ from perfusion.testing import (
     small_corpus,
     write_concept_images,
 )
-from perfusion.text import content_mask, tokenize
-from perfusion.train import ConceptTrainer, TrainingConfig, train_concept
+from perfusion.training.images import load_training_images
+from perfusion.training.trainer import ConceptTrainer, TrainingConfig, train_concept
 
 CAPTIONS = small_corpus()
 KB = 1000
@@ -193,7 +193,7 @@ def test_the_default_mask_noises_as_training_does_whatever_the_sampler_did_befor
     mask's latents are noised by the DDPM forward process of training instead, the same before and after a call."""
     from diffusers import DDPMScheduler
 
-    from perfusion.masks import attention_masks
+    from perfusion.training.masks import attention_masks
 
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
 
@@ -209,7 +209,7 @@ def test_the_default_mask_noises_as_training_does_whatever_the_sampler_did_befor
 
 def test_the_default_masks_are_the_same_read_a_few_images_at_a_time(sdxl_pipe, monkeypatch):
     """The bank goes through the UNet in chunks (the whole of it at 1024 px is a lot of memory); rows are independent."""
-    from perfusion import masks
+    from perfusion.training import masks
 
     latents = torch.randn(5, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     whole = masks.attention_masks(sdxl_pipe, latents, "cat", "a photo of a {}", 0.4, seed=0)
@@ -552,7 +552,7 @@ def test_training_sends_each_photos_original_size_and_crop_as_time_ids(sdxl_pipe
     (S, S, 0, 0, S, S) for every photo (issue 33)."""
     from PIL import Image
 
-    from perfusion.images import TrainingImage
+    from perfusion.training.images import TrainingImage
 
     wide = Image.new("RGB", (48, 24), (200, 30, 30))
     tall = Image.new("RGB", (16, 40), (30, 30, 200))

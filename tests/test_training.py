@@ -4,11 +4,11 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-from perfusion.images import load_training_images
-from perfusion.latents import forward_process, noised
-from perfusion.plans import linear_part
+from perfusion.pipeline.plans import linear_part
 from perfusion.testing import build_tiny_pipeline, load_pipeline, small_corpus, write_concept_images
-from perfusion.train import ConceptTrainer, TrainingConfig, TrainingError, train_concept
+from perfusion.training.images import load_training_images
+from perfusion.training.latents import forward_process, noised
+from perfusion.training.trainer import ConceptTrainer, TrainingConfig, TrainingError, train_concept
 
 CAPTIONS = small_corpus()
 QUICK = dict(batch_size=2, gradient_accumulation=2, seed=0)
@@ -163,14 +163,16 @@ def test_training_steps_rebuild_the_span_plan_but_never_the_cholesky_factor(tiny
     """i* moves every step: the C^-1-orthonormal basis is recomputed, the factor of C^-1 is computed once."""
     from unittest import mock
 
-    import perfusion.plans
+    import perfusion.pipeline.plans
 
     trainer = ConceptTrainer(tiny_pipe, concept_images, "<mydisc>", "cat", TrainingConfig(steps=3, **QUICK))
     trainer.install(captions=CAPTIONS)
     try:
         with (
             mock.patch("torch.linalg.cholesky", wraps=torch.linalg.cholesky) as cholesky,
-            mock.patch.object(perfusion.plans, "composition_basis", wraps=perfusion.plans.composition_basis) as basis,
+            mock.patch.object(
+                perfusion.pipeline.plans, "composition_basis", wraps=perfusion.pipeline.plans.composition_basis
+            ) as basis,
         ):
             for _ in range(3):
                 trainer.step()
@@ -194,7 +196,7 @@ def test_a_training_that_fails_to_start_leaves_the_pipeline_as_it_found_it(tiny_
             progress=False,
         )
     assert module_state(tiny_pipe) == before
-    from perfusion.loader import find_runtime
+    from perfusion.pipeline.loader import find_runtime
 
     assert find_runtime(tiny_pipe) is None
 
@@ -202,7 +204,7 @@ def test_a_training_that_fails_to_start_leaves_the_pipeline_as_it_found_it(tiny_
 def test_the_concepts_fingerprint_is_the_base_models_under_mixed_precision(tiny_pipe, concept_images):
     from accelerate.state import AcceleratorState
 
-    from perfusion.loader import pipeline_fingerprint
+    from perfusion.pipeline.loader import pipeline_fingerprint
 
     expected = pipeline_fingerprint(tiny_pipe)
     AcceleratorState._reset_state(reset_partial_state=True)  # accelerate keeps one precision per process

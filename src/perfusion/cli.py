@@ -13,16 +13,16 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from perfusion.concept import Concept, ConceptFileError
+from perfusion.composition.regions import MODES
+from perfusion.concept.fingerprint import fingerprints_match, short
+from perfusion.concept.format import Concept, ConceptFileError
 from perfusion.errors import CommandError
-from perfusion.fingerprint import fingerprints_match, short
-from perfusion.generation import GenerationConfig, GenerationError, check_gate, generate
-from perfusion.images import ImageInputError, load_training_images
-from perfusion.models import ModelError, UnsupportedPipelineError, open_pipeline
+from perfusion.pipeline.generation import GenerationConfig, GenerationError, check_gate, generate
+from perfusion.pipeline.models import ModelError, UnsupportedPipelineError, open_pipeline
+from perfusion.pipeline.tokens import TokenError
 from perfusion.recipes import GENERATION_FIELDS, RecipeError, read_recipe
-from perfusion.regions import MODES
-from perfusion.tokens import TokenError
-from perfusion.train import TrainingConfig, TrainingError, train_concept
+from perfusion.training.images import ImageInputError, load_training_images
+from perfusion.training.trainer import TrainingConfig, TrainingError, train_concept
 
 USER_ERRORS = (
     ConceptFileError,
@@ -38,7 +38,7 @@ USER_ERRORS = (
 
 
 def user_errors() -> tuple[type[Exception], ...]:
-    from perfusion.experiments.prompts import PromptFileError
+    from perfusion.experiments.prompt_sets import PromptFileError
     from perfusion.experiments.sweep import SweepError
 
     return (*USER_ERRORS, CommandError, PromptFileError, SweepError)
@@ -122,7 +122,7 @@ def run_train(args) -> None:
         except ConceptFileError:
             concept = None  # not a concept file: resuming it is the mistake load_checkpoint names
         if concept is not None:
-            from perfusion.loader import pipeline_fingerprint, pipeline_tensors
+            from perfusion.pipeline.loader import pipeline_fingerprint, pipeline_tensors
 
             differs = finished_run_differs(
                 concept, args, config, images, pipeline_fingerprint(pipe), lambda: pipeline_tensors(pipe)
@@ -157,7 +157,7 @@ def run_train(args) -> None:
 def read_captions(path: str | None):
     if path is None:
         return None
-    from perfusion.corpus import load_captions
+    from perfusion.pipeline.corpus import load_captions
 
     try:
         return load_captions(path)
@@ -191,7 +191,7 @@ def add_generate(commands) -> None:
 def image_to_image(args) -> dict:
     """img2img or inpainting arguments from --init-image, --strength and --mask-image (checked before the model
     loads), or none."""
-    from perfusion.images import open_image
+    from perfusion.training.images import open_image
 
     if args.mask_image and not args.init_image:
         raise CommandError("--mask-image needs --init-image (the image it masks)")
@@ -287,7 +287,7 @@ def slug(text: str) -> str:
 
 
 def run_generate(args) -> None:
-    from perfusion.loader import load_concepts
+    from perfusion.pipeline.loader import load_concepts
 
     concepts = [Concept.load(path) for path in args.concept]
     betas = per_concept(args.beta, len(concepts), "beta")
@@ -350,10 +350,10 @@ def parser() -> argparse.ArgumentParser:
     add_train(commands)
     add_generate(commands)
     add_inspect(commands)
-    from perfusion.service.cli import add_serve
+    from perfusion.service.commands import add_serve
 
     add_serve(commands)
-    from perfusion.experiments.cli import add_commands  # sweep, eval, demo: built on the micro world
+    from perfusion.experiments.commands import add_commands  # sweep, eval, demo: built on the micro world
 
     add_commands(commands)
     return root

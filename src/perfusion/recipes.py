@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from perfusion.files import atomic_write
+from perfusion.pipeline.generation import GenerationConfig
+from perfusion.training.trainer import TrainingConfig
 
 RECIPE_FILE = "perfusion_recipe.json"
 GENERATION_FIELDS = ("num_inference_steps", "guidance_scale", "composition", "global_lock")
@@ -29,9 +31,6 @@ class Recipe:
     generation: dict = field(default_factory=dict)  # GENERATION_FIELDS
 
     def __post_init__(self):
-        from perfusion.generation import GenerationConfig
-        from perfusion.train import TrainingConfig
-
         training = {item.name: item for item in fields(TrainingConfig)}
         generation = {item.name: item for item in fields(GenerationConfig) if item.name in GENERATION_FIELDS}
         for part, values, known, config in (

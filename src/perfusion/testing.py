@@ -283,11 +283,11 @@ def small_corpus(count: int = 300, seed: int = 0) -> list[str]:
 def handmade_concept(pipe, token: str = "<mycat>", supercategory: str = "cat", seed: int = 0):
     """A concept with plausible numbers (i* near the supercategory's encoding, v* near its embedding in each text
     encoder) and random targets."""
-    from perfusion.concept import Concept
-    from perfusion.conditioning import TextConditioning
-    from perfusion.fingerprint import cross_attention_modules
-    from perfusion.loader import pipeline_fingerprint
-    from perfusion.text import word_positions
+    from perfusion.concept.fingerprint import cross_attention_modules
+    from perfusion.concept.format import Concept
+    from perfusion.pipeline.conditioning import TextConditioning
+    from perfusion.pipeline.loader import pipeline_fingerprint
+    from perfusion.pipeline.text import word_positions
 
     generator = torch.Generator().manual_seed(seed)
     text = TextConditioning.of(pipe)
@@ -318,11 +318,11 @@ def handmade_concept(pipe, token: str = "<mycat>", supercategory: str = "cat", s
 
 
 def routed_entries(pipe, prompts):
-    """The router's entries (perfusion.router.EncodedPrompt, None for a row without concepts) for ``prompts`` (text,
+    """The router's entries (perfusion.pipeline.router.EncodedPrompt, None for a row without concepts) for ``prompts`` (text,
     or one (B, T) id tensor per text encoder) encoded by the pipeline's hooked text encoders, as the UNet would get
     them."""
-    from perfusion.conditioning import TextConditioning
-    from perfusion.loader import find_runtime
+    from perfusion.pipeline.conditioning import TextConditioning
+    from perfusion.pipeline.loader import find_runtime
 
     text = TextConditioning.of(pipe)
     ids = text.tokenize(prompts) if isinstance(prompts[0], str) else prompts

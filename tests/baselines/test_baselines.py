@@ -5,8 +5,8 @@ import torch
 
 from perfusion import baselines
 from perfusion.baselines.measure import run_isolated
-from perfusion.images import load_training_images
 from perfusion.testing import load_pipeline, write_concept_images
+from perfusion.training.images import load_training_images
 
 TOKEN, SUPERCATEGORY = "<mydisc>", "cat"
 QUICK = dict(steps=3, batch_size=1, gradient_accumulation=1, num_class_images=2, class_inference_steps=2)

@@ -9,7 +9,7 @@ import pytest
 
 from perfusion.experiments.demo import DemoConfig, run_demo
 from perfusion.experiments.sweep import SweepConfig
-from perfusion.world import recipe
+from perfusion.world import lab_recipe
 from perfusion.world.model_path import MODEL_DIR
 
 
@@ -17,12 +17,12 @@ from perfusion.world.model_path import MODEL_DIR
 def demo_out(tmp_path_factory):
     if not (MODEL_DIR / "model_index.json").exists():
         pytest.skip("the embedded base model has not been exported yet")
-    from perfusion.models import open_pipeline
+    from perfusion.pipeline.models import open_pipeline
 
     pipe = open_pipeline(str(MODEL_DIR))
     config = DemoConfig(
-        training=recipe.training_config(steps=80, seed=0),
-        sweep=SweepConfig(betas=(0.5, 0.9), images_per_prompt=4, steps=12, guidance=recipe.GUIDANCE),
+        training=lab_recipe.training_config(steps=80, seed=0),
+        sweep=SweepConfig(betas=(0.5, 0.9), images_per_prompt=4, steps=12, guidance=lab_recipe.GUIDANCE),
         prompts=3,
         composition_backgrounds=("blue",),
     )

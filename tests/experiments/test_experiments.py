@@ -5,11 +5,11 @@ import math
 
 import pytest
 
-from perfusion.experiments.prompts import EvalPrompt, PromptFileError, read_prompts, world_prompts, write_prompts
+from perfusion.experiments.prompt_sets import EvalPrompt, PromptFileError, read_prompts, world_prompts, write_prompts
 from perfusion.experiments.report import ImageRow, Section, write_report
 from perfusion.experiments.scoring import Scores
 from perfusion.experiments.sweep import SweepConfig, SweepError, parse_betas, run_sweep
-from perfusion.loader import load_concepts
+from perfusion.pipeline.loader import load_concepts
 from perfusion.testing import handmade_concept, small_corpus
 
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from perfusion.conditioning import TextConditioning
-from perfusion.covariance import estimate_covariance
-from perfusion.loader import loaded_tokens
+from perfusion.pipeline.conditioning import TextConditioning
+from perfusion.pipeline.covariance import estimate_covariance
+from perfusion.pipeline.loader import loaded_tokens
 from perfusion.service.concept_cache import ConceptCache
 from perfusion.testing import handmade_concept, small_corpus
 
@@ -19,8 +19,8 @@ def cache(tiny_pipe, tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("C was recomputed")
 
-    monkeypatch.setattr("perfusion.covariance.estimate_covariance", refuse)
-    monkeypatch.setattr("perfusion.loader.covariance.inverse_covariance", refuse)
+    monkeypatch.setattr("perfusion.pipeline.covariance.estimate_covariance", refuse)
+    monkeypatch.setattr("perfusion.pipeline.loader.covariance.inverse_covariance", refuse)
     return ConceptCache(tiny_pipe, tmp_path, capacity=3, inverse_covariance=inverse)
 
 

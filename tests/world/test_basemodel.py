@@ -11,9 +11,9 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 from transformers import CLIPTokenizer
 
-from perfusion.fingerprint import cross_attention_modules
+from perfusion.concept.fingerprint import cross_attention_modules
 from perfusion.world.basemodel import model as models
-from perfusion.world.basemodel import train
+from perfusion.world.basemodel import train_base as train
 from perfusion.world.basemodel.config import (
     ArchitectureConfig,
     TokenizerConfig,

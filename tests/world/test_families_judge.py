@@ -73,7 +73,7 @@ def test_grounding_gives_each_objects_attribute_words_to_it_and_the_background_t
 
 def test_the_value_oracle_is_W_V_of_the_attribute_words_mean_encoding(tiny_pipe):
     from perfusion import load_concepts
-    from perfusion.fingerprint import cross_attention_modules
+    from perfusion.concept.fingerprint import cross_attention_modules
     from perfusion.world.families.controls import attribute_encoding, value_oracle
 
     instance = evaluation_instance("cat", 1)

@@ -22,7 +22,7 @@ from perfusion.world.families.instances import (
 
 
 def test_a_seed_gives_the_same_scene():
-    first, second = scenes.make_scene(123), scenes.make_scene(123)
+    first, second = captions.make_scene(123), captions.make_scene(123)
     assert first.caption == second.caption and first.spec == second.spec
     assert np.array_equal(np.asarray(first.image), np.asarray(second.image))
     assert first.image.size == (64, 64)

@@ -9,7 +9,7 @@ import torch
 from transformers import CLIPTokenizer
 
 from perfusion.world.basemodel import model as models
-from perfusion.world.basemodel import train
+from perfusion.world.basemodel import train_base as train
 from perfusion.world.basemodel.config import ArchitectureConfig, UnetTrainingConfig
 from perfusion.world.basemodel.data import world_source
 from perfusion.world.basemodel.grounding import (

@@ -17,9 +17,9 @@ from diffusers.models.attention_processor import CustomDiffusionAttnProcessor2_0
 
 from perfusion.baselines.artifact import check_base, personalised, read
 from perfusion.baselines.training import BaselineConfig, BaselineResult, BaselineTrainer, NewTokenEmbedding
-from perfusion.fingerprint import cross_attention_modules
-from perfusion.images import TrainingImage
-from perfusion.loader import embedding_frozen_state_kept
+from perfusion.concept.fingerprint import cross_attention_modules
+from perfusion.pipeline.loader import embedding_frozen_state_kept
+from perfusion.training.images import TrainingImage
 
 METHOD = "custom-diffusion"
 KNOB = "scale"

@@ -16,7 +16,7 @@ import torch
 
 from perfusion.baselines.artifact import check_base, personalised, read
 from perfusion.baselines.training import BaselineConfig, BaselineResult, RareWordTrainer
-from perfusion.images import TrainingImage
+from perfusion.training.images import TrainingImage
 
 METHOD = "dreambooth"
 KNOB = "guidance"

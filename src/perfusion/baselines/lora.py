@@ -20,7 +20,7 @@ from peft.utils import get_peft_model_state_dict
 
 from perfusion.baselines.artifact import check_base, personalised, read
 from perfusion.baselines.training import BaselineConfig, BaselineResult, RareWordTrainer
-from perfusion.images import TrainingImage
+from perfusion.training.images import TrainingImage
 
 METHOD = "lora"
 KNOB = "scale"

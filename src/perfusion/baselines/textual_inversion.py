@@ -13,9 +13,9 @@ import torch
 
 from perfusion.baselines.artifact import check_base, personalised, read
 from perfusion.baselines.training import BaselineConfig, BaselineResult, BaselineTrainer, NewTokenEmbedding
-from perfusion.images import TrainingImage
-from perfusion.loader import embedding_frozen_state_kept
-from perfusion.train import DEFAULT_TEMPLATES
+from perfusion.pipeline.loader import embedding_frozen_state_kept
+from perfusion.training.images import TrainingImage
+from perfusion.training.trainer import DEFAULT_TEMPLATES
 
 METHOD = "textual-inversion"
 KNOB = "guidance"

@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from perfusion.finetune import FineTuning
-from perfusion.images import TrainingImage
-from perfusion.latents import LatentBank, encode_images, given_masks, noised
-from perfusion.loader import embedding_frozen_state_kept
 from perfusion.method import masked_mse
-from perfusion.text import encode, tokenize
-from perfusion.tokens import substitute_token_embedding
+from perfusion.pipeline.loader import embedding_frozen_state_kept
+from perfusion.pipeline.text import encode, tokenize
+from perfusion.pipeline.tokens import substitute_token_embedding
+from perfusion.training.finetune import FineTuning
+from perfusion.training.images import TrainingImage
+from perfusion.training.latents import LatentBank, encode_images, given_masks, noised
 
 CLASS_IMAGE_BATCH = 8  # class images generated per pipeline call (bounds memory, not results)
 

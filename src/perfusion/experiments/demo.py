@@ -16,22 +16,22 @@ from pathlib import Path
 
 from PIL import Image
 
-from perfusion.experiments.prompts import EvalPrompt, world_prompts
+from perfusion.experiments.prompt_sets import EvalPrompt, world_prompts
 from perfusion.experiments.report import ImageRow, Section, write_report
 from perfusion.experiments.scoring import WorldScorer
-from perfusion.experiments.sheet import SheetRow, prompt_cells, write_sheet
 from perfusion.experiments.sweep import SweepConfig, generate_prompts, run_sweep, slug
 from perfusion.files import atomic_write, save_png
-from perfusion.train import TrainingConfig
-from perfusion.world import recipe
+from perfusion.sheets import SheetRow, prompt_cells, write_sheet
+from perfusion.training.trainer import TrainingConfig
+from perfusion.world import lab_recipe
 
 
 @dataclass
 class DemoConfig:
     concepts: tuple[str, str] = ("<mycat>", "<mymug>")  # shipped examples: the first is swept, both are composed
-    training: TrainingConfig = field(default_factory=recipe.training_config)
+    training: TrainingConfig = field(default_factory=lab_recipe.training_config)
     sweep: SweepConfig = field(
-        default_factory=lambda: SweepConfig(guidance=recipe.GUIDANCE, composition=recipe.COMPOSITION)
+        default_factory=lambda: SweepConfig(guidance=lab_recipe.GUIDANCE, composition=lab_recipe.COMPOSITION)
     )
     prompts: int = 8  # new-context prompts per concept
     composition_backgrounds: tuple[str, ...] = ("red", "blue", "green", "yellow")
@@ -56,8 +56,8 @@ def save_images(images: list[Image.Image], directory: Path, stem: str) -> list[P
 
 
 def train_example(pipe, token: str, config: DemoConfig, out: Path, log):
-    from perfusion.images import load_training_images
-    from perfusion.train import train_concept
+    from perfusion.training.images import load_training_images
+    from perfusion.training.trainer import train_concept
     from perfusion.world.examples import example_concept
 
     example = example_concept(token)
@@ -72,7 +72,7 @@ def train_example(pipe, token: str, config: DemoConfig, out: Path, log):
 
 
 def run_demo(pipe, out: Path, config: DemoConfig, log=print) -> Path:
-    from perfusion.loader import load_concepts
+    from perfusion.pipeline.loader import load_concepts
 
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)

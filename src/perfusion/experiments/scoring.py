@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from perfusion.experiments.prompts import EvalPrompt
+from perfusion.experiments.prompt_sets import EvalPrompt
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,13 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
-from perfusion.concept import Concept
-from perfusion.experiments.prompts import EvalPrompt
+from perfusion.concept.format import Concept
+from perfusion.experiments.prompt_sets import EvalPrompt
 from perfusion.experiments.scoring import Scores
-from perfusion.experiments.sheet import SheetRow, prompt_cells, write_sheet
 from perfusion.experiments.trend import Trend, monotone_within_noise, sweep_trends
 from perfusion.files import atomic_write, save_png
-from perfusion.generation import GenerationConfig, generate
+from perfusion.pipeline.generation import GenerationConfig, generate
+from perfusion.sheets import SheetRow, prompt_cells, write_sheet
 
 
 class SweepError(ValueError):
@@ -33,7 +33,7 @@ class SweepConfig:
     steps: int = 25
     guidance: float | None = None  # None: the pipeline's own (7.5; SDXL 5.0)
     global_lock: bool = False
-    composition: str = "joint"  # prompts with several concepts (perfusion.regions)
+    composition: str = "joint"  # prompts with several concepts (perfusion.composition.regions)
     height: int | None = None  # pixels; None: the pipeline's own size
     width: int | None = None
 
@@ -125,7 +125,7 @@ def run_sweep(
 ) -> SweepResult:
     """The concept must be loaded in ``pipe``. Writes images, metrics.csv, metrics.json (with the trends), pareto.png and
     sheet.png (every image scored, one row per beta)."""
-    from perfusion.generation import check_gate
+    from perfusion.pipeline.generation import check_gate
 
     for beta in config.betas:
         check_gate(beta, config.tau)

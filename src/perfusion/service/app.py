@@ -25,17 +25,17 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.requests import ClientDisconnect
 
-from perfusion.concept import BETA_RANGE, TAU_RANGE, ConceptFileError
+from perfusion.concept.format import BETA_RANGE, TAU_RANGE, ConceptFileError
 from perfusion.files import atomic_write
-from perfusion.generation import GenerationError
+from perfusion.pipeline.generation import GenerationError
+from perfusion.pipeline.text import CONCEPT_TOKEN_PATTERN
+from perfusion.pipeline.tokens import TokenError, check_new_token
 from perfusion.service.batching import QueueFull, UserQueueFull
 from perfusion.service.config import ServiceConfig
 from perfusion.service.core import Service
-from perfusion.service.prompts import PromptError
+from perfusion.service.prompt_tokens import PromptError
 from perfusion.service.store import MAX_ID, User
 from perfusion.service.uploads import UploadError, check_concept_file, check_images, write_images
-from perfusion.text import CONCEPT_TOKEN_PATTERN
-from perfusion.tokens import TokenError, check_new_token
 
 log = logging.getLogger("perfusion.service")
 GENERATION_TIMEOUT_S = 600

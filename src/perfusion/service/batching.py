@@ -2,7 +2,7 @@
 
 Requests that arrive within ``batch_window_s`` of the first and share steps, guidance and size are run as one call of
 up to ``batch_rows`` images, whatever concepts they use: each row keeps its own concepts, beta, tau and seed
-(perfusion.settings' per-prompt gates; one CPU generator per image), so a row's images are those it would get alone.
+(perfusion.pipeline.settings' per-prompt gates; one CPU generator per image), so a row's images are those it would get alone.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from perfusion.generation import GenerationConfig, generate
+from perfusion.pipeline.generation import GenerationConfig, generate
 from perfusion.service.concept_cache import ConceptCache
 
 
@@ -27,7 +27,7 @@ class UserQueueFull(QueueFull):
 
 @dataclass
 class GenerationRequest:
-    prompt: str  # with the service's concept tokens (perfusion.service.prompts)
+    prompt: str  # with the service's concept tokens (perfusion.service.prompt_tokens)
     negative_prompt: str
     gates: dict[int, tuple[float | None, float | None]]  # concept id -> (beta, tau), None: the concept's own
     seed: int

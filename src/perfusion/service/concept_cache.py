@@ -1,7 +1,7 @@
 """The concepts loaded in the service's running pipeline: a bounded set, least recently used out first.
 
 Every user's concept goes in under a token of the service's own (``<pc{id}>``), so that two users' "<mycat>" never
-meet; prompts are rewritten to it (perfusion.service.prompts). C^-1 is computed once when the service starts and
+meet; prompts are rewritten to it (perfusion.service.prompt_tokens). C^-1 is computed once when the service starts and
 handed to every load: loading never recomputes it. Only the generation thread calls ``ensure``; anything else that
 changes the pipeline holds the batcher's lock, so a batch in flight is never disturbed.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from perfusion.concept import Concept
-from perfusion.loader import load_concepts, unload_concepts
+from perfusion.concept.format import Concept
+from perfusion.pipeline.loader import load_concepts, unload_concepts
 
 
 def internal_token(concept_id: int) -> str:

@@ -7,21 +7,21 @@ import copy
 import logging
 from pathlib import Path
 
-from perfusion.concept import BETA_RANGE, TAU_RANGE
-from perfusion.conditioning import TextConditioning
-from perfusion.covariance import inverse_covariance
-from perfusion.generation import GenerationError
-from perfusion.loader import check_compatible, pipeline_fingerprint
-from perfusion.models import open_pipeline
+from perfusion.concept.format import BETA_RANGE, TAU_RANGE
+from perfusion.pipeline.conditioning import TextConditioning
+from perfusion.pipeline.covariance import inverse_covariance
+from perfusion.pipeline.generation import GenerationError
+from perfusion.pipeline.loader import check_compatible, pipeline_fingerprint
+from perfusion.pipeline.models import open_pipeline
 from perfusion.recipes import read_recipe
 from perfusion.service.batching import GenerationBatcher, GenerationRequest
 from perfusion.service.concept_cache import ConceptCache, internal_token
 from perfusion.service.config import ServiceConfig
-from perfusion.service.prompts import PromptError, concepts_in, rewrite
+from perfusion.service.prompt_tokens import PromptError, concepts_in, rewrite
 from perfusion.service.store import Store, User
 from perfusion.service.uploads import quoted
 from perfusion.service.worker import TrainingWorker
-from perfusion.train import TrainingConfig
+from perfusion.training.trainer import TrainingConfig
 
 log = logging.getLogger("perfusion.service")
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from perfusion.concept import Concept, ConceptFileError, one_line
+from perfusion.concept.format import Concept, ConceptFileError, one_line
 from perfusion.files import atomic_write
-from perfusion.images import upright
 from perfusion.service.config import ServiceConfig
+from perfusion.training.images import upright
 
 FORMATS = {"PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"}
 
@@ -87,7 +87,7 @@ def write_images(images: list[UploadedImage], folder: Path) -> None:
 
 
 def check_concept_file(name: str | None, data: bytes, config: ServiceConfig) -> Concept:
-    """A concept file's bytes, read and checked as any concept file is (perfusion.concept)."""
+    """A concept file's bytes, read and checked as any concept file is (perfusion.concept.format)."""
     label = quoted(name)
     if len(data) > config.max_concept_bytes:
         raise UploadError(f"{label}: {len(data):,} bytes, more than the {config.max_concept_bytes:,} allowed", 413)

@@ -1,7 +1,7 @@
 """Training jobs, one at a time, in a thread beside the server, on a pipeline of its own.
 
 A job's images are in ``jobs/{id}/images``, its resumable checkpoint at ``jobs/{id}/checkpoint.pt`` (written every
-``checkpoint_every`` steps by perfusion.train), its state in SQLite. A job found running when the service starts was
+``checkpoint_every`` steps by perfusion.training.trainer), its state in SQLite. A job found running when the service starts was
 cut off by a stop: it resumes from its checkpoint. A finished concept is written atomically to
 ``concepts/{concept id}.safetensors`` in the same transaction that records it.
 """
@@ -14,12 +14,12 @@ import threading
 import time
 from pathlib import Path
 
-from perfusion.concept import one_line
-from perfusion.images import load_training_images
+from perfusion.concept.format import one_line
 from perfusion.recipes import read_recipe
 from perfusion.service.config import ServiceConfig
 from perfusion.service.store import Store
-from perfusion.train import TrainingConfig, train_concept
+from perfusion.training.images import load_training_images
+from perfusion.training.trainer import TrainingConfig, train_concept
 
 log = logging.getLogger("perfusion.service")
 

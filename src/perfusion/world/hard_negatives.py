@@ -22,6 +22,7 @@ import torch
 from .augment import augment
 from .judge_data import IGNORE
 from .judge_model import NOTHING, OBJECT_CLASSES, OBJECT_NAMES
+from .prompts import standard_prompts
 
 HARD_NEGATIVES_PATH = Path(__file__).resolve().parent / "assets" / "hard_negatives.npz"
 VALIDATION_EVERY = 4  # image i is a validation image when i % 4 == 3
@@ -95,12 +96,11 @@ class HardNegatives:
 
 def generate(concept_paths: list[Path], per_concept: int, seed: int = 1000) -> tuple[HardNegatives, list]:
     """Images of each concept in one-object world prompts at several betas, from seeds the evaluations never use."""
-    from perfusion.experiments.prompts import world_prompts
-    from perfusion.generation import GenerationConfig
-    from perfusion.generation import generate as generate_images
-    from perfusion.loader import load_concepts, unload_concepts
-    from perfusion.models import open_pipeline
-    from perfusion.world import default_model_path, recipe
+    from perfusion.pipeline.generation import GenerationConfig
+    from perfusion.pipeline.generation import generate as generate_images
+    from perfusion.pipeline.loader import load_concepts, unload_concepts
+    from perfusion.pipeline.models import open_pipeline
+    from perfusion.world import default_model_path, lab_recipe
 
     pipe = open_pipeline(str(default_model_path()))
     pipe.set_progress_bar_config(disable=True)
@@ -109,13 +109,13 @@ def generate(concept_paths: list[Path], per_concept: int, seed: int = 1000) -> t
     for path in concept_paths:
         concept = load_concepts(pipe, [path])[0]
         prompts = [
-            prompt
-            for prompt in world_prompts(concept.supercategory, 4 * per_concept, seed=seed)
-            if prompt.spec.second_object is None
+            spec
+            for spec in standard_prompts(concept.supercategory, 4 * per_concept, seed)
+            if spec.second_object is None
         ][:per_concept]
         cells = []
         for index, prompt in enumerate(prompts):
-            config = GenerationConfig(num_inference_steps=25, guidance_scale=recipe.GUIDANCE, seed=seed + index)
+            config = GenerationConfig(num_inference_steps=25, guidance_scale=lab_recipe.GUIDANCE, seed=seed + index)
             beta = betas[index % len(betas)]
             image = generate_images(pipe, prompt.text(concept.token), config, {concept.token: (beta, None)})[0]
             images.append(np.asarray(image.convert("RGB").resize((64, 64)), dtype=np.uint8))
@@ -129,7 +129,7 @@ def generate(concept_paths: list[Path], per_concept: int, seed: int = 1000) -> t
 
 
 def main(argv: list[str] | None = None) -> None:
-    from perfusion.experiments.sheet import SheetRow, write_sheet
+    from perfusion.sheets import SheetRow, write_sheet
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concepts", type=Path, nargs="+", required=True, help="concept files of a failing recipe")

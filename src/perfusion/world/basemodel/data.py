@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from perfusion.images import images_to_tensor
+from perfusion.training.images import images_to_tensor
 
 POOL_FIRST_SEED = 1_000_000  # pool scenes use seeds from here on; evaluation uses its own range
 VAE_SEED_RANGE = (100_000_000, 2**31 - 1)  # autoencoder scenes: fresh random seeds
@@ -56,9 +56,9 @@ def world_source(state_position: float | None = None, category_word: float | Non
 def families_source() -> SceneSource:
     """The families world's training scenes (perfusion.world.families): reserved instances and the examples'
     neighbourhoods never enter."""
-    from perfusion.world.families import captions, scenes
+    from perfusion.world.families import captions
 
-    return SceneSource(make_scene=scenes.make_scene, caption=captions.caption, vocabulary=captions.vocabulary)
+    return SceneSource(make_scene=captions.make_scene, caption=captions.caption, vocabulary=captions.vocabulary)
 
 
 def _caption_with(spec, rng: random.Random, choice) -> str:

@@ -34,7 +34,7 @@ def export(run_dir: Path, out: Path, dtype: torch.dtype = torch.float16, use_ema
 MODEL_CARD = """# Embedded base model: a tiny Stable Diffusion of the micro world
 
 Trained from scratch on `perfusion.world` scenes (held-out objects never shown) with
-`python -m perfusion.world.basemodel.train`; written by `python -m perfusion.world.basemodel.export`.
+`python -m perfusion.world.basemodel.train_base`; written by `python -m perfusion.world.basemodel.export`.
 Load with `StableDiffusionPipeline.from_pretrained(perfusion.world.default_model_path(), local_files_only=True)`.
 
 - UNet2DConditionModel {unet:.2f}M parameters, blocks {blocks}, cross-attention width {width}, 16x16x4 latents

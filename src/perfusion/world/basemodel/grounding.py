@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from perfusion.attention import install_recording
+from perfusion.pipeline.attention import install_recording
 from perfusion.world.catalog import world_object
 from perfusion.world.render import OUTPUT_SIDE, object_placements
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 
-from perfusion.text import encode, tokenize
+from perfusion.pipeline.text import encode, tokenize
 from perfusion.world.scenes import SceneSpec
 
 from .grounding import AttentionRecorder, CaptionGrounding, attention_resolutions, box_attention, box_shares

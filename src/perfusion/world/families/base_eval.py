@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from perfusion.experiments.sheet import SheetRow, write_sheet
+from perfusion.sheets import SheetRow, write_sheet
 
 from .captions import CaptionChoice, describe
 from .categories import CATEGORIES, CATEGORY_NAMES

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .categories import CATEGORIES, PATTERN_WORDS
 from .palette import BACKGROUNDS, COLOURS
-from .scenes import SceneSpec
+from .scenes import Scene, SceneSpec, WorldSampling, render, sample_spec
 
 INTROS = ("", "", "", "a photo of", "a picture of", "an image of", "a drawing of")
 SIZE_WORDS = {"small": ("small", "tiny", "little"), "medium": ("medium-sized",), "large": ("large", "big", "huge")}
@@ -206,3 +206,10 @@ def word_objects(spec: SceneSpec, words: list[str]) -> list[int | None]:
         sides = {"left": left_object, "right": 1 - left_object}
         owners = [sides.get(word) if owner is None else owner for word, owner in zip(words, owners)]
     return owners
+
+
+def make_scene(seed: int, sampling: WorldSampling = WorldSampling()) -> Scene:
+    """The training scene of ``seed``: the same seed always gives the same image, caption and spec."""
+    rng = random.Random(seed)
+    spec = sample_spec(rng, sampling)
+    return Scene(render(spec), caption(spec, rng), spec)

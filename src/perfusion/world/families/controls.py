@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import torch
 
-from perfusion.concept import Concept
-from perfusion.conditioning import TextConditioning
-from perfusion.fingerprint import cross_attention_modules
-from perfusion.loader import pipeline_fingerprint
-from perfusion.text import word_positions
+from perfusion.concept.fingerprint import cross_attention_modules
+from perfusion.concept.format import Concept
+from perfusion.pipeline.conditioning import TextConditioning
+from perfusion.pipeline.loader import pipeline_fingerprint
+from perfusion.pipeline.text import word_positions
 
 from .captions import UNGROUNDED
 from .categories import PATTERN_WORDS

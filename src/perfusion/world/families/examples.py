@@ -6,14 +6,6 @@ evaluation ranges never use), and training never samples within EXAMPLE_EXCLUSIO
 
 from __future__ import annotations
 
-import functools
+from .instances import EXAMPLE_SEEDS, example_instances
 
-EXAMPLE_SEEDS = {"mycat": ("cat", 500), "mydog": ("dog", 500), "mymug": ("mug", 500), "myteddy": ("teddy", 500)}
-
-
-@functools.cache
-def example_instances() -> dict:
-    """folder name -> Instance of each shipped example."""
-    from .instances import evaluation_instance
-
-    return {folder: evaluation_instance(category, seed) for folder, (category, seed) in EXAMPLE_SEEDS.items()}
+__all__ = ["EXAMPLE_SEEDS", "example_instances"]

@@ -13,6 +13,7 @@ instances, as a user's own cat lies among the cats a model has seen.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 from dataclasses import dataclass
@@ -157,8 +158,6 @@ def _draw(name: str, rng: random.Random, colours=None, patterns=None) -> Instanc
 
 def excluded(instance: Instance) -> bool:
     """True for instances training never samples: the reserved part and the neighbourhoods of the examples."""
-    from .examples import example_instances  # the examples are instances too; imported late to avoid a cycle
-
     if instance.reserved:
         return True
     return any(distance(instance, example) < EXAMPLE_EXCLUSION for example in example_instances().values())
@@ -205,3 +204,12 @@ def stretch_instance(name: str, seed: int) -> Instance:
 
 CATEGORIES_ORDER = {name: index for index, name in enumerate(CATEGORIES)}
 _SEEN: dict[str, tuple[Instance, ...]] = {}
+
+
+EXAMPLE_SEEDS = {"mycat": ("cat", 500), "mydog": ("dog", 500), "mymug": ("mug", 500), "myteddy": ("teddy", 500)}
+
+
+@functools.cache
+def example_instances() -> dict:
+    """folder name -> Instance of each shipped example (perfusion.world.families.examples)."""
+    return {folder: evaluation_instance(category, seed) for folder, (category, seed) in EXAMPLE_SEEDS.items()}

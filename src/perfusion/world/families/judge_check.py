@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from perfusion.experiments.sheet import SheetRow, write_sheet
+from perfusion.sheets import SheetRow, write_sheet
 from perfusion.world.negatives import KINDS
 
 from .categories import CATEGORY_NAMES

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from perfusion.experiments.sheet import SheetRow, write_sheet
 from perfusion.files import atomic_write
+from perfusion.sheets import SheetRow, write_sheet
 
 from . import base_eval, judge_check
 from .categories import CATEGORY_NAMES
@@ -99,9 +99,9 @@ def controls(pipe, judge: Judge, galleries: Galleries, out: Path) -> dict:
 def seen_member(pipe, judge: Judge, galleries: Galleries, out: Path, model: Path, categories) -> dict:
     """Perfusion with the model's recipe on 5 photos of each category's first seen instance."""
     from perfusion import load_concepts, unload_concepts
-    from perfusion.images import TrainingImage
     from perfusion.recipes import read_recipe
-    from perfusion.train import TrainingConfig, train_concept
+    from perfusion.training.images import TrainingImage
+    from perfusion.training.trainer import TrainingConfig, train_concept
 
     recipe = read_recipe(model)
     captions = world_captions()

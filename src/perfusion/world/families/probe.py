@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from perfusion.experiments.sheet import SheetRow, write_sheet
+from perfusion.sheets import SheetRow, write_sheet
 
 from .sampling import generate_images
 

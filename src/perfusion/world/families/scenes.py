@@ -219,15 +219,6 @@ def render(spec: SceneSpec) -> Image.Image:
     return render_with_mask(spec)[0]
 
 
-def make_scene(seed: int, sampling: WorldSampling = WorldSampling()) -> Scene:
-    """The training scene of ``seed``: the same seed always gives the same image, caption and spec."""
-    from .captions import caption
-
-    rng = random.Random(seed)
-    spec = sample_spec(rng, sampling)
-    return Scene(render(spec), caption(spec, rng), spec)
-
-
 def photos(
     instance: Instance,
     count: int,

@@ -9,7 +9,7 @@ import argparse
 import random
 from pathlib import Path
 
-from perfusion.experiments.sheet import SheetRow, write_sheet
+from perfusion.sheets import SheetRow, write_sheet
 
 from .categories import CATEGORY_NAMES
 from .instances import evaluation_instance, sample_training_instance, seen_instances, stretch_instance

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from perfusion.masks import on_latent_grid
+from perfusion.pipeline.attention import batch_indexed, on_latent_grid
 
 MODES = ("joint", "regions")
 
@@ -74,18 +74,6 @@ def region_masks(maps: torch.Tensor, threshold: float) -> torch.Tensor:
 def attention_to(query: torch.Tensor, key: torch.Tensor, scale: float, position: int) -> torch.Tensor:
     """softmax(q k^T * scale) at one token position, averaged over heads: (heads, N, d), (heads, T, d) -> (N,)."""
     return torch.softmax((query @ key.transpose(-1, -2)).float() * scale, dim=-1)[..., position].mean(0)
-
-
-def batch_indexed(value, size: int, index: torch.Tensor):
-    """A UNet argument with one row per batch row, re-indexed, inside dicts, lists and tuples too (IP-Adapter's
-    image embeddings, ControlNet's residuals); anything else as it is."""
-    if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == size:
-        return value[index.to(value.device)]
-    if isinstance(value, dict):
-        return {name: batch_indexed(item, size, index) for name, item in value.items()}
-    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):  # a named tuple is left as it is
-        return type(value)(batch_indexed(item, size, index) for item in value)
-    return value
 
 
 @dataclass
@@ -178,7 +166,7 @@ class RegionalCall:
 def split_row(router, match, tokens: tuple[str, ...], gates=None) -> SplitRow:
     """Regional composition's rows for one matched UNet row: the plain row, and each concept's own row.
 
-    ``router`` (perfusion.router.PromptRouter) re-encodes ``match`` (a RowMatch) with concepts replaced, each text
+    ``router`` (perfusion.pipeline.router.PromptRouter) re-encodes ``match`` (a RowMatch) with concepts replaced, each text
     encoder at the hidden state the row was read at, and gives the entry type; ``gates`` are the row's own (set per
     prompt), handed to each concept's own row. A concept's position is its token's in
     the first text encoder's part that holds it.

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from perfusion.models import UnsupportedPipelineError
-from perfusion.text import tokenize
+from perfusion.pipeline.models import UnsupportedPipelineError
+from perfusion.pipeline.text import tokenize
 
 
 @dataclass(frozen=True)

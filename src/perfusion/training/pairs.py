@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from perfusion.images import TrainingImage
+from perfusion.training.images import TrainingImage
 
 HALF_CENTRES = {"left": 0.25, "right": 0.75}  # x of the object's centre, as a fraction of the width
 MASK_THRESHOLD = 128

@@ -9,19 +9,19 @@ from pathlib import Path
 
 import torch
 
-from perfusion import covariance
-from perfusion.concept import Concept, ConceptFileError, shorten
-from perfusion.conditioning import TextConditioning
-from perfusion.fingerprint import (
+from perfusion.concept.fingerprint import (
     base_model_fingerprint,
     base_model_tensors,
     cross_attention_modules,
     fingerprints_match,
     short,
 )
-from perfusion.models import check_supported
-from perfusion.processor import PerfusionAttnProcessor
-from perfusion.runtime import PerfusionRuntime
+from perfusion.concept.format import Concept, ConceptFileError, shorten
+from perfusion.pipeline import covariance
+from perfusion.pipeline.conditioning import TextConditioning
+from perfusion.pipeline.models import check_supported
+from perfusion.pipeline.processor import PerfusionAttnProcessor
+from perfusion.pipeline.runtime import PerfusionRuntime
 
 
 def find_runtime(pipe) -> PerfusionRuntime | None:
@@ -41,7 +41,7 @@ def pipeline_tensors(pipe) -> list:
 
 def trained_on(pipe, fingerprint: str, current: str | None = None) -> bool:
     """Whether a concept or artifact with this base-model fingerprint was trained on this pipeline's base model,
-    however its weights were opened (perfusion.fingerprint); ``current``: the pipeline's own, if known."""
+    however its weights were opened (perfusion.concept.fingerprint); ``current``: the pipeline's own, if known."""
     return fingerprints_match(fingerprint, current or pipeline_fingerprint(pipe), lambda: pipeline_tensors(pipe))
 
 

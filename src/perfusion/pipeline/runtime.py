@@ -1,21 +1,21 @@
 """The state Perfusion keeps inside a pipeline, in three parts with one job each:
 
-- the **registry** (perfusion.registry): the installed concepts and their settings;
-- the **router** (perfusion.router): the text-encoder and UNet hooks, and which concepts act on which rows;
-- the **plan cache** (perfusion.plans): what the edit precomputes, dropped only by what changed.
+- the **registry** (perfusion.pipeline.registry): the installed concepts and their settings;
+- the **router** (perfusion.pipeline.router): the text-encoder and UNet hooks, and which concepts act on which rows;
+- the **plan cache** (perfusion.pipeline.plans): what the edit precomputes, dropped only by what changed.
 
-The cross-attention processors (perfusion.processor) read the call's context, plans, gates and value targets here.
+The cross-attention processors (perfusion.pipeline.processor) read the call's context, plans, gates and value targets here.
 """
 
 from __future__ import annotations
 
 import torch
 
-from perfusion.concept import Concept
-from perfusion.conditioning import TextConditioning
-from perfusion.plans import LayerPlan, PlanCache, linear_part
-from perfusion.registry import ConceptRegistry, RuntimeSettings
-from perfusion.router import CallContext, PromptRouter
+from perfusion.concept.format import Concept
+from perfusion.pipeline.conditioning import TextConditioning
+from perfusion.pipeline.plans import LayerPlan, PlanCache, linear_part
+from perfusion.pipeline.registry import ConceptRegistry, RuntimeSettings
+from perfusion.pipeline.router import CallContext, PromptRouter
 
 __all__ = ["PerfusionRuntime", "linear_part"]
 
@@ -96,7 +96,7 @@ class PerfusionRuntime:
 
     def value_targets(self, tokens: tuple[str, ...], layer: str, device) -> torch.Tensor:
         """o*_V of each concept, (out, N); read at each call while training (which updates them), kept for a call's
-        denoising steps otherwise (perfusion.processor)."""
+        denoising steps otherwise (perfusion.pipeline.processor)."""
         return torch.stack([self.registry[token].concept.value_targets[layer].to(device) for token in tokens], -1)
 
     # -- hooks ----------------------------------------------------------------------------------

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from perfusion.concept import MAX_TOKEN_LENGTH
-from perfusion.text import CONCEPT_TOKEN_PATTERN
+from perfusion.concept.format import MAX_TOKEN_LENGTH
+from perfusion.pipeline.text import CONCEPT_TOKEN_PATTERN
 
 
 class TokenError(ValueError):

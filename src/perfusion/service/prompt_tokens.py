@@ -4,7 +4,7 @@ that is not theirs."""
 
 from __future__ import annotations
 
-from perfusion.text import CONCEPT_TOKEN_PATTERN
+from perfusion.pipeline.text import CONCEPT_TOKEN_PATTERN
 
 
 class PromptError(ValueError):

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 import torch
 
-from perfusion.loader import loaded_tokens
-from perfusion.regions import MODES
-from perfusion.settings import GenerationError, check_gate, check_loaded, concept_settings
-from perfusion.text import cut_off_tokens, prompt_tokens
+from perfusion.composition.regions import MODES
+from perfusion.pipeline.loader import loaded_tokens
+from perfusion.pipeline.settings import GenerationError, check_gate, check_loaded, concept_settings
+from perfusion.pipeline.text import cut_off_tokens, prompt_tokens
 
 __all__ = ["GenerationConfig", "GenerationError", "check_gate", "check_prompt", "generate"]
 
@@ -27,7 +27,9 @@ class GenerationConfig:
     seed: int | list[int] = 0  # a list: one seed for each image (prompts x num_images_per_prompt, prompt by prompt)
     # None keeps the pipeline's own setting (set_global_lock, set_composition; off and "joint" until set)
     global_lock: bool | None = None  # keys read the prompt with concepts replaced by their supercategory
-    composition: str | None = None  # "joint" or "regions": each concept denoised in its own region (perfusion.regions)
+    composition: str | None = (
+        None  # "joint" or "regions": each concept denoised in its own region (perfusion.composition.regions)
+    )
     regions: dict | None = None  # RegionsConfig's fields with composition "regions" (layout, threshold, min_concepts)
     height: int | None = None  # pixels, a multiple of 8; None: the pipeline's own (its UNet's sample size)
     width: int | None = None

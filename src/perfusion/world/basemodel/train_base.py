@@ -1,10 +1,10 @@
 """Train the embedded base model in stages, resumably, on a CPU:
 
-    python -m perfusion.world.basemodel.train --stage tokenizer
-    python -m perfusion.world.basemodel.train --stage vae --resume --max-minutes 30
-    python -m perfusion.world.basemodel.train --stage latents          # cache the latent pool (once per autoencoder)
-    python -m perfusion.world.basemodel.train --stage unet --resume    # hours; stop any time, --resume continues
-    python -m perfusion.world.basemodel.train --stage decoder --resume # optional: sharpen the decoder, any time
+    python -m perfusion.world.basemodel.train_base --stage tokenizer
+    python -m perfusion.world.basemodel.train_base --stage vae --resume --max-minutes 30
+    python -m perfusion.world.basemodel.train_base --stage latents          # cache the latent pool (once per autoencoder)
+    python -m perfusion.world.basemodel.train_base --stage unet --resume    # hours; stop any time, --resume continues
+    python -m perfusion.world.basemodel.train_base --stage decoder --resume # optional: sharpen the decoder, any time
 
 Run with OMP_WAIT_POLICY=PASSIVE when the CPU is shared: spinning OpenMP threads halve throughput under contention.
 

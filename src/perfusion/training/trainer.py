@@ -14,21 +14,21 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
-from perfusion.concept import DEFAULT_BETA, DEFAULT_TAU, Concept
-from perfusion.conditioning import TextConditioning
+from perfusion.concept.fingerprint import cross_attention_modules
+from perfusion.concept.format import DEFAULT_BETA, DEFAULT_TAU, Concept
 from perfusion.files import atomic_torch_save
-from perfusion.finetune import FineTuning
-from perfusion.fingerprint import cross_attention_modules
-from perfusion.images import TrainingImage
-from perfusion.latents import LatentBank, encode_images, given_masks, noised
-from perfusion.loader import find_runtime, load_concepts, unload_concepts
-from perfusion.masks import attention_masks
 from perfusion.method import ema_update, masked_mse
-from perfusion.pairs import pair_caption, paired_images
-from perfusion.plans import linear_part
-from perfusion.settings import check_gate
-from perfusion.text import word_positions
-from perfusion.tokens import substitute_token_embedding
+from perfusion.pipeline.conditioning import TextConditioning
+from perfusion.pipeline.loader import find_runtime, load_concepts, unload_concepts
+from perfusion.pipeline.plans import linear_part
+from perfusion.pipeline.settings import check_gate
+from perfusion.pipeline.text import word_positions
+from perfusion.pipeline.tokens import substitute_token_embedding
+from perfusion.training.finetune import FineTuning
+from perfusion.training.images import TrainingImage
+from perfusion.training.latents import LatentBank, encode_images, given_masks, noised
+from perfusion.training.masks import attention_masks
+from perfusion.training.pairs import pair_caption, paired_images
 
 DEFAULT_TEMPLATES = (
     "a photo of a {}",
@@ -74,7 +74,7 @@ class TrainingConfig:
     templates: list[str] = field(
         default_factory=lambda: list(DEFAULT_TEMPLATES), metadata=_help("caption templates with {} for the token")
     )
-    # Paired images (perfusion.pairs): the object beside an empty half, captioned "<token> next to a <word>"; off in
+    # Paired images (perfusion.training.pairs): the object beside an empty half, captioned "<token> next to a <word>"; off in
     # the SD1.5 recipe. Needs masks; each training sample is a paired one with this probability.
     pair_probability: float = field(default=0.0, metadata=_help("share of training samples that are paired images"))
     pair_words: list[str] = field(
@@ -179,7 +179,7 @@ class ConceptTrainer(FineTuning):
         return bank
 
     def encode_pairs(self) -> LatentBank:
-        """Latents and masks of the paired images (perfusion.pairs), built from the given masks."""
+        """Latents and masks of the paired images (perfusion.training.pairs), built from the given masks."""
         if self.bank.mask_source != "given":
             raise TrainingError("paired images need the objects' masks (an alpha channel or --mask-dir)")
         if not self.config.pair_words:

@@ -1,6 +1,6 @@
 """C = E[e e^T] over a caption corpus, estimated with the pipeline's own text encoders and cached per model.
 
-e is what the UNet's cross-attention reads (perfusion.conditioning): SD's last hidden state, SDXL's two penultimate
+e is what the UNet's cross-attention reads (perfusion.pipeline.conditioning): SD's last hidden state, SDXL's two penultimate
 layers concatenated."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from perfusion.conditioning import Readout, TextConditioning
+from perfusion.concept.fingerprint import text_encoder_fingerprint, text_encoder_tensors, weights_digest
 from perfusion.files import atomic_save_safetensors
-from perfusion.fingerprint import text_encoder_fingerprint, text_encoder_tensors, weights_digest
-from perfusion.text import content_mask
+from perfusion.pipeline.conditioning import Readout, TextConditioning
+from perfusion.pipeline.text import content_mask
 
 # Keeps C invertible when a small corpus or a tiny encoder leaves a direction unseen; relative to mean(diag C).
 RIDGE = 1e-6
@@ -62,7 +62,7 @@ def corpus_digest(captions: list[str]) -> str:
 def corpus_label(captions: list[str] | None) -> str:
     """Which corpus C comes from, as a concept file records it: "packaged:<digest>" or "captions:<digest>"."""
     if captions is None:
-        from perfusion.corpus import default_captions
+        from perfusion.pipeline.corpus import default_captions
 
         return f"packaged:{corpus_digest(default_captions(DEFAULT_CAPTIONS))}"
     return f"captions:{corpus_digest(captions)}"
@@ -96,7 +96,7 @@ def conditioning_fingerprint(text: TextConditioning) -> str:
 def inverse_covariance(text: TextConditioning, captions: list[str] | None = None, progress: bool = False):
     """C^-1 in float64 (CPU), from the disk cache when these text encoders and corpus were seen before."""
     if captions is None:
-        from perfusion.corpus import default_captions
+        from perfusion.pipeline.corpus import default_captions
 
         captions = default_captions(DEFAULT_CAPTIONS)
     key = f"{conditioning_fingerprint(text)[:24]}-{corpus_digest(captions)}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from perfusion.recipes import read_recipe
-from perfusion.train import TrainingConfig
+from perfusion.training.trainer import TrainingConfig
 
 
 def add_commands(commands) -> None:
@@ -64,13 +64,13 @@ def prepare(args, betas):
     """Everything a sweep needs, checked before the model is loaded."""
     from PIL import Image
 
-    from perfusion.concept import Concept
+    from perfusion.concept.format import Concept
     from perfusion.errors import CommandError
-    from perfusion.experiments.prompts import read_prompts, world_prompts
+    from perfusion.experiments.prompt_sets import read_prompts, world_prompts
     from perfusion.experiments.scoring import ClipScoring, WorldScorer
     from perfusion.experiments.sweep import SweepConfig
-    from perfusion.generation import GenerationConfig
-    from perfusion.images import load_training_images
+    from perfusion.pipeline.generation import GenerationConfig
+    from perfusion.training.images import load_training_images
 
     GenerationConfig(height=args.height, width=args.width)  # a size diffusers would refuse: one line, before the model
     out = Path(args.out)
@@ -139,8 +139,8 @@ def run_eval_command(args) -> None:
 
 def run_scored(args, betas) -> None:
     from perfusion.experiments.sweep import run_sweep
-    from perfusion.loader import load_concepts
-    from perfusion.models import open_pipeline
+    from perfusion.pipeline.loader import load_concepts
+    from perfusion.pipeline.models import open_pipeline
 
     out, concept, references, prompts, scorer, config = prepare(args, betas or (0.0,))
     if betas is None:
@@ -166,7 +166,7 @@ def run_scored(args, betas) -> None:
 
 def run_demo_command(args) -> None:
     from perfusion.experiments.demo import DemoConfig, quick, run_demo
-    from perfusion.models import ModelError, open_pipeline
+    from perfusion.pipeline.models import ModelError, open_pipeline
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:

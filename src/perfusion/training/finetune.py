@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from perfusion.concept import MAX_SUPERCATEGORY_LENGTH
-from perfusion.conditioning import TextConditioning
-from perfusion.images import TrainingImage
-from perfusion.latents import forward_process, freeze
-from perfusion.loader import pipeline_fingerprint
-from perfusion.models import UnsupportedPipelineError, check_supported
-from perfusion.tokens import check_new_token
+from perfusion.concept.format import MAX_SUPERCATEGORY_LENGTH
+from perfusion.pipeline.conditioning import TextConditioning
+from perfusion.pipeline.loader import pipeline_fingerprint
+from perfusion.pipeline.models import UnsupportedPipelineError, check_supported
+from perfusion.pipeline.tokens import check_new_token
+from perfusion.training.images import TrainingImage
+from perfusion.training.latents import forward_process, freeze
 
 
 class FineTuning:

@@ -3,31 +3,13 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from perfusion.attention import install_recording
-from perfusion.conditioning import TextConditioning
-from perfusion.latents import forward_process
-from perfusion.text import word_positions
+from perfusion.pipeline.attention import batch_indexed, install_recording, on_latent_grid
+from perfusion.pipeline.conditioning import TextConditioning
+from perfusion.pipeline.text import word_positions
+from perfusion.training.latents import forward_process
 
 MASK_BATCH = 4  # images per UNet call when reading the default masks
-
-
-def layer_grid(pixels: int, height: int, width: int) -> tuple[int, int]:
-    """The (rows, columns) of a UNet layer with ``pixels`` positions over a height x width latent: each stride-2
-    downsampling halves a side rounding up, so 90 x 160 goes 45 x 80, 23 x 40, 12 x 20."""
-    rows, columns = height, width
-    while rows * columns > pixels:
-        rows, columns = -(-rows // 2), -(-columns // 2)
-    if rows * columns != pixels:
-        raise ValueError(f"a layer of {pixels} positions is no downsampling of a {height} x {width} latent")
-    return rows, columns
-
-
-def on_latent_grid(layer_map: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(B, pixels) attention of one layer -> (B, 1, height, width), bilinear from the layer's own resolution."""
-    grid = layer_map.view(layer_map.shape[0], 1, *layer_grid(layer_map.shape[1], height, width))
-    return F.interpolate(grid.float(), size=(height, width), mode="bilinear", align_corners=False)
 
 
 @torch.no_grad()
@@ -38,7 +20,6 @@ def attention_masks(
 
     ``latents`` are clean, scaled VAE latents; they are noised to ``timestep_fraction`` of the schedule.
     """
-    from perfusion.regions import batch_indexed  # here, not at the top: regions reads its maps with on_latent_grid
 
     batch_size, _, height, width = latents.shape
     text = TextConditioning.of(pipe)

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 import torch
 
-from perfusion.concept import Concept
-from perfusion.regions import RegionalCall
+from perfusion.composition.regions import RegionalCall
+from perfusion.concept.format import Concept
 
 
 @dataclass
 class InstalledConcept:
-    concept: Concept  # the registry's own copy (perfusion.loader copies what a caller gives)
+    concept: Concept  # the registry's own copy (perfusion.pipeline.loader copies what a caller gives)
     supercategory_ids: list[list[int]]  # the supercategory word's ids in each tower's tokenizer
     beta: float
     tau: float

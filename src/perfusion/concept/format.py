@@ -7,7 +7,7 @@ no C^-1.
 
 A file may come from anywhere: ``Concept.load`` refuses, with one ConceptFileError line that names the file, whatever
 would load and then draw non-finite images or crash a generation (the bounds are the constants below);
-perfusion.loader checks the widths against the pipeline before installing anything.
+perfusion.pipeline.loader checks the widths against the pipeline before installing anything.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 
 from perfusion.files import atomic_save_safetensors
-from perfusion.text import CONCEPT_TOKEN_PATTERN
+from perfusion.pipeline.text import CONCEPT_TOKEN_PATTERN
 
 FORMAT = "perfusion-concept"
 FORMAT_VERSION = 1
@@ -104,7 +104,7 @@ class Concept:
     def validate(self, source: str) -> None:
         """Refuse (ConceptFileError naming ``source``) what would load and then draw NaNs or crash a generation.
 
-        Only what the concept alone decides is checked here; widths against a pipeline are perfusion.loader's.
+        Only what the concept alone decides is checked here; widths against a pipeline are perfusion.pipeline.loader's.
         """
         check_metadata_values(self, source)
         named = self.tensors()

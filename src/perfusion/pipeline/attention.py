@@ -1,4 +1,4 @@
-"""Cross-attention whose probabilities are read: one processor for the default object mask (perfusion.masks) and the
+"""Cross-attention whose probabilities are read, on the latent grid: one processor for the default object mask (perfusion.training.masks) and the
 base model's token grounding (perfusion.world.basemodel.grounding)."""
 
 from __future__ import annotations
@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
-from perfusion.fingerprint import cross_attention_modules
+from perfusion.concept.fingerprint import cross_attention_modules
 
 
 class RecordingCrossAttention:
@@ -47,3 +48,32 @@ def install_recording(unet, record: Callable[[torch.Tensor], None]) -> dict:
         }
     )
     return original
+
+
+def layer_grid(pixels: int, height: int, width: int) -> tuple[int, int]:
+    """The (rows, columns) of a UNet layer with ``pixels`` positions over a height x width latent: each stride-2
+    downsampling halves a side rounding up, so 90 x 160 goes 45 x 80, 23 x 40, 12 x 20."""
+    rows, columns = height, width
+    while rows * columns > pixels:
+        rows, columns = -(-rows // 2), -(-columns // 2)
+    if rows * columns != pixels:
+        raise ValueError(f"a layer of {pixels} positions is no downsampling of a {height} x {width} latent")
+    return rows, columns
+
+
+def on_latent_grid(layer_map: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, pixels) attention of one layer -> (B, 1, height, width), bilinear from the layer's own resolution."""
+    grid = layer_map.view(layer_map.shape[0], 1, *layer_grid(layer_map.shape[1], height, width))
+    return F.interpolate(grid.float(), size=(height, width), mode="bilinear", align_corners=False)
+
+
+def batch_indexed(value, size: int, index: torch.Tensor):
+    """A UNet argument with one row per batch row, re-indexed, inside dicts, lists and tuples too (IP-Adapter's
+    image embeddings, ControlNet's residuals); anything else as it is."""
+    if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == size:
+        return value[index.to(value.device)]
+    if isinstance(value, dict):
+        return {name: batch_indexed(item, size, index) for name, item in value.items()}
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):  # a named tuple is left as it is
+        return type(value)(batch_indexed(item, size, index) for item in value)
+    return value

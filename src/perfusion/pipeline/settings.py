@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from perfusion.concept import BETA_RANGE, TAU_RANGE
-from perfusion.loader import find_runtime
-from perfusion.regions import MODES, RegionalCall, RegionsConfig
-from perfusion.runtime import PerfusionRuntime
+from perfusion.composition.regions import MODES, RegionalCall, RegionsConfig
+from perfusion.concept.format import BETA_RANGE, TAU_RANGE
+from perfusion.pipeline.loader import find_runtime
+from perfusion.pipeline.runtime import PerfusionRuntime
 
 
 class GenerationError(ValueError):

@@ -9,7 +9,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from diffusers import DDPMScheduler
 
-from perfusion.images import TrainingImage, image_tensor, mask_tensor, square_crop
+from perfusion.training.images import TrainingImage, image_tensor, mask_tensor, square_crop
 
 WEIGHT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 

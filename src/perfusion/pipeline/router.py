@@ -1,14 +1,14 @@
 """Which concepts act on which prompt rows: the text-encoder and UNet hooks.
 
 Each text encoder's forward hook remembers every encoded row that holds a concept token: the hidden state its pipeline
-reads by default (perfusion.conditioning), whole, and a probe of every other one the call returned, since a pipeline
+reads by default (perfusion.pipeline.conditioning), whole, and a probe of every other one the call returned, since a pipeline
 may condition the UNet on one of them (``clip_skip``). The UNet's forward pre-hook cuts each row it is given into the
 text encoders' widths (SDXL concatenates two) and matches each part against that encoder's remembered rows, so
 classifier-free guidance, repeated images and any pipeline's batching are handled without knowing how a pipeline
 builds its batch. It leaves the call's ``CallContext`` for the cross-attention processors. What a matched row needs
 besides its encodings (the supercategory re-encoding under global key locking, regional composition's split rows) is
 built at its first match, from the same hidden state of each text encoder, and kept while the row is remembered.
-Under regional composition (perfusion.regions) the pre-hook hands each row with concepts to the regional call, which
+Under regional composition (perfusion.composition.regions) the pre-hook hands each row with concepts to the regional call, which
 splits it and merges it back after the UNet.
 """
 
@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from perfusion.conditioning import POOLED, Readout, TextConditioning, pool_at_end_of_text, readouts_of
-from perfusion.regions import RegionalCall, SplitRow, split_row
-from perfusion.registry import ConceptRegistry, Gates
-from perfusion.text import supercategory_substitution
+from perfusion.composition.regions import RegionalCall, SplitRow, split_row
+from perfusion.pipeline.conditioning import POOLED, Readout, TextConditioning, pool_at_end_of_text, readouts_of
+from perfusion.pipeline.registry import ConceptRegistry, Gates
+from perfusion.pipeline.text import supercategory_substitution
 
 REGISTRY_ROWS = 64  # encoded rows remembered between text encoding and denoising, per text encoder
 PROBE_FEATURES = (
@@ -166,7 +166,7 @@ class PromptRouter:
         self.built = {key: entry for key, entry in self.built.items() if all(serial in live for serial in key[0])}
 
     def encode_variants(self, row: EncodedRow) -> None:
-        """The replaced rows the settings will ask for (perfusion.regions for the split ones), encoded ahead."""
+        """The replaced rows the settings will ask for (perfusion.composition.regions for the split ones), encoded ahead."""
         registry, regional, split = self.registry, self.registry.regional, set()
         if regional is not None and len(row.tokens) >= regional.config.min_concepts:
             split = {(), *((token,) for token in row.tokens)}
