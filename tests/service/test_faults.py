@@ -68,6 +68,24 @@ def test_a_job_cut_off_by_a_killed_server_resumes_and_its_concept_works(tiny_pip
         server.wait(timeout=60)
 
 
+def read_response(connection) -> str:
+    """One whole HTTP response: headers, then Content-Length bytes of body (they may come in several segments)."""
+    connection.settimeout(30)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += connection.recv(4096)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")), 0
+    )
+    while len(body) < length:
+        more = connection.recv(4096)
+        if not more:
+            break
+        body += more
+    return (head + b"\r\n\r\n" + body).decode()
+
+
 def call_state(data, job_id):
     return Store(data / "perfusion.db").job(job_id)["state"]
 
@@ -107,8 +125,7 @@ def test_a_body_over_the_limit_is_refused_by_its_length_before_it_is_read(runnin
     ).encode()
     with socket.create_connection(("127.0.0.1", running.port)) as connection:
         connection.sendall(request + b"--b\r\n")
-        connection.settimeout(30)
-        answer = connection.recv(4096).decode()
+        answer = read_response(connection)
     assert answer.startswith("HTTP/1.1 413") and "request body over" in answer
 
 
@@ -129,7 +146,6 @@ def test_a_body_sent_without_a_length_is_cut_off_at_the_limit(tiny_pipeline_dir,
             connection.sendall(head + b"%x\r\n" % len(part) + part + b"\r\n")
             for _ in range(8):
                 connection.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
-            connection.settimeout(30)
-            answer = connection.recv(4096).decode()
+            answer = read_response(connection)
         assert answer.startswith("HTTP/1.1 413") and "request body over 4,000 bytes" in answer
         assert not list(config.folder("jobs").iterdir())
