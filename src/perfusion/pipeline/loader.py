@@ -25,10 +25,8 @@ from perfusion.pipeline.runtime import PerfusionRuntime
 
 
 def find_runtime(pipe) -> PerfusionRuntime | None:
-    for processor in pipe.unet.attn_processors.values():
-        if isinstance(processor, PerfusionAttnProcessor):
-            return processor.runtime
-    return None
+    """``PerfusionRuntime.of(pipe)``: the pipeline's Perfusion state, or None."""
+    return PerfusionRuntime.of(pipe)
 
 
 def pipeline_tensors(pipe) -> list:

@@ -81,7 +81,7 @@ class PerfusionAttnProcessor:
     def edit(self, attn, encodings: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
         """Apply each row group's edit; keys only under local locking (global locking re-encoded them)."""
         context = self.runtime.context
-        version = (self.layer, str(encodings.device), self.runtime.plans.generation, self.runtime.registry.version)
+        version = (self.layer, str(encodings.device), self.runtime.plans.generation, self.runtime.settings_version)
         if torch.is_grad_enabled():  # training: o*_V moves at every optimizer step, so nothing is kept
             edits = self.prepare(attn, context.groups, encodings.device)
         else:  # once per call: every denoising step reuses it

@@ -32,6 +32,16 @@ class PerfusionRuntime:
         self.corpus: str | None = None  # which caption corpus C came from (covariance.corpus_label); None: given
         self.warned_processors = False  # the one warning that processors set after loading were wrapped again
 
+    @classmethod
+    def of(cls, pipe) -> "PerfusionRuntime | None":
+        """The pipeline's Perfusion state: the runtime its edit processors share; None before any concept is loaded."""
+        from perfusion.pipeline.processor import PerfusionAttnProcessor
+
+        for processor in pipe.unet.attn_processors.values():
+            if isinstance(processor, PerfusionAttnProcessor):
+                return processor.runtime
+        return None
+
     @property
     def inverse_covariance(self) -> torch.Tensor:
         return self.plans.inverse_covariance
@@ -57,6 +67,26 @@ class PerfusionRuntime:
 
     def set_options(self, token: str, beta: float | None = None, tau: float | None = None) -> None:
         self.registry.set_options(token, beta=beta, tau=tau)  # gates are read live: no plan is stale
+
+    def set_call_settings(self, global_lock: bool | None, regional, prompt_gates) -> None:
+        """Key locking (None keeps it), the composition mode (a RegionalCall, None: joint) and per-prompt gates (for one
+        call; None: none)."""
+        if global_lock is not None:
+            self.registry.global_lock = bool(global_lock)
+        self.registry.regional = regional
+        self.registry.prompt_gates = prompt_gates
+
+    @property
+    def regional(self):
+        return self.registry.regional
+
+    def token_id(self, token: str, tower: int = 0) -> int | None:
+        return self.registry.token_id(token, tower)
+
+    @property
+    def settings_version(self) -> int:
+        """Counts the changes to concepts and gates: what was built from them is stale when it moved."""
+        return self.registry.version
 
     def settings(self) -> RuntimeSettings:
         return self.registry.settings()

@@ -110,15 +110,11 @@ def apply_settings(pipe, beta, tau, global_lock, composition, regions) -> None:
         check_gate(betas.get(token), taus.get(token))
     if regions and composition != "regions":
         raise GenerationError('regions settings need composition="regions"')
-    registry = runtime.registry
-    regional = registry.regional if composition is None else composition_call(pipe, composition, regions)
+    regional = runtime.regional if composition is None else composition_call(pipe, composition, regions)
     for token in tokens:
         if token in betas or token in taus:
             runtime.set_options(token, beta=betas.get(token), tau=taus.get(token))
-    if global_lock is not None:
-        registry.global_lock = bool(global_lock)
-    registry.regional = regional
-    registry.prompt_gates = prompts
+    runtime.set_call_settings(global_lock, regional, prompts)
 
 
 @contextmanager

@@ -253,9 +253,9 @@ class ConceptTrainer(FineTuning):
         self.corpus = self.runtime.corpus  # recorded in the file: the C its i* was tracked against
         self.runtime.train_value_targets(self.token, self.concept.value_targets)  # the trainer's own tensors
         self.runtime.set_options(self.token, beta=self.config.train_beta, tau=self.config.train_tau)
-        self.token_id = self.runtime.registry.token_id(self.token)  # the same position in every tower's ids
+        self.token_id = self.runtime.token_id(self.token)  # the same position in every tower's ids
         self.embedding_hooks = [  # each v* enters through the token's embedding row of its text encoder
-            substitute_token_embedding(tower.text_encoder, self.runtime.registry.token_id(self.token, index), vector)
+            substitute_token_embedding(tower.text_encoder, self.runtime.token_id(self.token, index), vector)
             for index, (tower, vector) in enumerate(zip(self.text.towers, self.concept.token_embeddings))
         ]
         if self.start_step == 0:
