@@ -11,36 +11,16 @@ import json
 import tempfile
 from pathlib import Path
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from perfusion.service.config import ServiceConfig
 from perfusion.service.store import Store
-from perfusion.service.testing import RunningService
+from perfusion.service.testing import RunningService, headless_chromium
 from perfusion.world.model_path import default_model_path
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "src" / "perfusion" / "world" / "examples"
-
-
-def browser(profile: Path):
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        f"--user-data-dir={profile}",
-        "--window-size=1280,1000",
-    ):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=DriverService("/usr/bin/chromedriver"), options=options)
 
 
 def main() -> None:
@@ -57,7 +37,7 @@ def main() -> None:
         config = ServiceConfig(model=str(default_model_path()), data=Path(data))
         with RunningService(config) as running:
             key = Store(config.database).add_user("demo")
-            driver = browser(Path(data) / "profile")
+            driver = headless_chromium(Path(data) / "profile", "1280,1000")
             try:
                 wait = WebDriverWait(driver, 1800)
                 driver.get(running.url + "/")

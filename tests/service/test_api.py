@@ -6,19 +6,13 @@ import io
 from PIL import Image
 
 from perfusion.files import safetensors_bytes
-from perfusion.service.testing import call, photos, wait_for_job
+from perfusion.service.testing import call, photos, submit_job, wait_for_job
 from perfusion.testing import handmade_concept
 
 
 def test_a_user_trains_a_concept_and_generates_with_it(running, tmp_path):
     alice = running.user("alice")
-    answer = call(
-        alice,
-        "POST",
-        "/api/jobs",
-        data={"token": "<mydisc>", "supercategory": "ball", "steps": "4"},
-        files=photos(tmp_path / "photos"),
-    )
+    answer = submit_job(alice, tmp_path / "photos", "<mydisc>", "ball", 4)
     assert answer.status_code == 202, answer.text
     job = wait_for_job(alice, answer.json()["id"])
     assert job["state"] == "done" and job["step"] == 4, job
@@ -149,20 +143,8 @@ def test_a_revoked_key_is_refused(running):
 
 def test_a_queued_job_can_be_cancelled_and_leaves_no_files(running, tmp_path):
     user = running.user("canceller")
-    first = call(
-        user,
-        "POST",
-        "/api/jobs",
-        data={"token": "<c1>", "supercategory": "cat", "steps": "40"},
-        files=photos(tmp_path / "a"),
-    ).json()
-    second = call(
-        user,
-        "POST",
-        "/api/jobs",
-        data={"token": "<c2>", "supercategory": "cat", "steps": "40"},
-        files=photos(tmp_path / "b"),
-    ).json()
+    first = submit_job(user, tmp_path / "a", "<c1>", "cat", 40).json()
+    second = submit_job(user, tmp_path / "b", "<c2>", "cat", 40).json()
     for job in (second, first):
         answer = call(user, "POST", f"/api/jobs/{job['id']}/cancel")
         assert answer.status_code == 200 and answer.json()["state"] == "cancelled"

@@ -10,7 +10,7 @@ import time
 import requests
 
 from perfusion.service.store import Store
-from perfusion.service.testing import call, free_port, photos, wait_for_job
+from perfusion.service.testing import call, free_port, submit_job, wait_for_job
 
 
 def start_server(model, data, port, cache):
@@ -40,13 +40,7 @@ def test_a_job_cut_off_by_a_killed_server_resumes_and_its_concept_works(tiny_pip
     session.base = f"http://127.0.0.1:{port}"
     server = start_server(tiny_pipeline_dir, data, port, tmp_path / "cache")
     try:
-        job = call(
-            session,
-            "POST",
-            "/api/jobs",
-            data={"token": "<kept>", "supercategory": "ball", "steps": "14"},
-            files=photos(tmp_path / "photos"),
-        ).json()
+        job = submit_job(session, tmp_path / "photos", "<kept>", "ball", 14).json()
         checkpoint = data / "jobs" / str(job["id"]) / "checkpoint.pt"
         deadline = time.monotonic() + 240
         while not checkpoint.exists() and time.monotonic() < deadline:  # the first checkpoint, at step 10

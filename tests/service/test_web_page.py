@@ -8,14 +8,13 @@ move the beta slider and see the images change, and find them in the gallery. A 
 import shutil
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as ready
 from selenium.webdriver.support.ui import WebDriverWait
 
 from perfusion.service.store import Store
+from perfusion.service.testing import headless_chromium
 from perfusion.testing import write_concept_images
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -24,22 +23,7 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 @pytest.fixture
 def browser(tmp_path):
     assert shutil.which(CHROMEDRIVER) and shutil.which(CHROMIUM), "Chromium is missing: run make setup"
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--window-size=1200,900",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=DriverService(CHROMEDRIVER), options=options)
+    driver = headless_chromium(tmp_path / "profile")
     yield driver
     driver.quit()
 

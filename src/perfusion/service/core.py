@@ -53,7 +53,7 @@ class Service:
             refuse=self.gone,
             per_user=config.max_pending_per_user,
         )
-        self.worker = TrainingWorker(self.store, config, lambda: self.open_training_pipeline())
+        self.worker = TrainingWorker(self.store, config, self.open_training_pipeline, self.recipe_training)
 
     def open_training_pipeline(self):
         pipe = open_pipeline(self.config.model)

@@ -62,6 +62,36 @@ def photos(folder, count=3):
     return [("images", (path.name, path.read_bytes(), "image/png")) for path in sorted(folder.iterdir())]
 
 
+def submit_job(session, folder, token: str, supercategory: str = "cat", steps: int = 4, count: int = 3):
+    """POST /api/jobs with ``count`` photos written into ``folder``; the response."""
+    data = {"token": token, "supercategory": supercategory, "steps": str(steps)}
+    return call(session, "POST", "/api/jobs", data=data, files=photos(folder, count))
+
+
+def headless_chromium(profile, size: str = "1200,900"):
+    """Debian's Chromium through its ChromeDriver (selenium), headless, with a fresh profile and no background
+    networking (this machine's network is closed)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        f"--window-size={size}",
+    ):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=DriverService("/usr/bin/chromedriver"), options=options)
+
+
 def wait_for_job(session, job_id: int, timeout: float = 240) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

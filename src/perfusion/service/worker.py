@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 from perfusion.concept.format import one_line
-from perfusion.recipes import read_recipe
 from perfusion.service.config import ServiceConfig
 from perfusion.service.store import Store
 from perfusion.training.images import load_training_images
@@ -29,8 +28,9 @@ class JobCancelled(Exception):
 
 
 class TrainingWorker:
-    def __init__(self, store: Store, config: ServiceConfig, open_pipeline):
+    def __init__(self, store: Store, config: ServiceConfig, open_pipeline, recipe_training: dict):
         self.store, self.config, self.open_pipeline = store, config, open_pipeline
+        self.recipe_training = recipe_training  # the model's recipe's training fields (read once, by the service)
         self.pipe = None  # opened at the first job
         self.wake = threading.Event()
         self.stopping = False
@@ -76,10 +76,9 @@ class TrainingWorker:
                     shutil.rmtree(folder, ignore_errors=True)
 
     def training_config(self, steps: int) -> TrainingConfig:
-        recipe = read_recipe(self.config.model) if Path(self.config.model).is_dir() else None
-        values = dict(recipe.training) if recipe is not None else {}
-        values.update(steps=steps, checkpoint_every=self.config.checkpoint_every)
-        return TrainingConfig(**values)
+        return TrainingConfig(
+            **{**self.recipe_training, "steps": steps, "checkpoint_every": self.config.checkpoint_every}
+        )
 
     def run(self, job: dict) -> None:
         job_id = job["id"]
