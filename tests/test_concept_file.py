@@ -22,7 +22,7 @@ def sd15_concept(seed=0) -> Concept:
     return Concept(
         token="<mycat>",
         supercategory="cat",
-        token_embedding=torch.randn(768, generator=generator),
+        token_embeddings=[torch.randn(768, generator=generator)],
         concept_encoding=torch.randn(768, generator=generator),
         supercategory_encoding=torch.randn(768, generator=generator),
         value_targets={name: torch.randn(m.to_v.out_features, generator=generator) for name, m in layers.items()},

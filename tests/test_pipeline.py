@@ -175,7 +175,7 @@ def test_raising_beta_moves_the_unet_output_steadily_away_from_the_concept(tiny_
 def test_a_concept_made_in_fp32_loads_into_a_half_precision_load_of_its_base_model(tiny_pipeline_dir, dtype):
     """The same weights opened in fp32, fp16 or bf16 are one base model (issue 33; an fp16-rounded digest told bf16
     apart)."""
-    from perfusion.pipeline.loader import trained_on
+    from perfusion.pipeline.fingerprint import trained_on
     from perfusion.testing import load_pipeline
 
     full = load_pipeline(tiny_pipeline_dir)
@@ -188,7 +188,7 @@ def test_a_concept_made_in_fp32_loads_into_a_half_precision_load_of_its_base_mod
 
 
 def test_another_base_model_does_not_match(tiny_pipeline_dir, tmp_path):
-    from perfusion.pipeline.loader import trained_on
+    from perfusion.pipeline.fingerprint import trained_on
     from perfusion.testing import build_tiny_pipeline, load_pipeline
 
     other = load_pipeline(build_tiny_pipeline(tmp_path / "other", seed=1))
@@ -208,7 +208,7 @@ def test_a_damaged_fingerprint_is_refused_as_another_base_model(tiny_pipe, damag
 def test_transformers_4_weight_names_give_the_same_fingerprint(tiny_pipe):
     """transformers 4's CLIPTextModel names its weights "text_model.encoder...", 5's "encoder..."."""
     from perfusion.concept.fingerprint import format_fingerprint
-    from perfusion.pipeline.loader import pipeline_tensors
+    from perfusion.pipeline.fingerprint import pipeline_tensors
 
     tensors = pipeline_tensors(tiny_pipe)
     version_4 = [(name.replace("text_encoder.", "text_encoder.text_model.", 1), tensor) for name, tensor in tensors]
@@ -219,7 +219,7 @@ def test_transformers_4_weight_names_give_the_same_fingerprint(tiny_pipe):
 def test_a_concept_file_with_the_fingerprint_of_before_still_loads(tiny_pipe, layout):
     """Files written before the v2 fingerprint carry a digest of the fp16-rounded values by name."""
     from perfusion.concept.fingerprint import weights_digest
-    from perfusion.pipeline.loader import pipeline_tensors
+    from perfusion.pipeline.fingerprint import pipeline_tensors
 
     tensors = pipeline_tensors(tiny_pipe)
     if layout == "transformers 4":

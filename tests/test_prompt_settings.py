@@ -59,8 +59,8 @@ def test_the_same_prompt_at_two_betas_in_one_call_gets_each_its_own(two_concepts
 def test_per_prompt_settings_last_one_call(two_concepts):
     runtime = find_runtime(two_concepts)
     with concept_settings(two_concepts, beta=[0.1, {"<mycat>": 0.9}]):
-        assert runtime.registry.prompt_gates[1] == {"<mycat>": (0.9, None)}
-    assert runtime.registry.prompt_gates is None
+        assert runtime.prompt_gates[1] == {"<mycat>": (0.9, None)}
+    assert runtime.prompt_gates is None
 
 
 def test_per_prompt_settings_for_another_number_of_prompts_are_refused_before_any_step(two_concepts):

@@ -87,7 +87,7 @@ def test_after_the_layout_each_concept_row_predicts_inside_its_own_region(tiny_p
     timestep = torch.tensor(500)
     with torch.no_grad():
         merged = tiny_pipe.unet(sample, timestep, encoder_hidden_states=states).sample
-        maps = runtime.registry.regional.maps[1].clone()
+        maps = runtime.regional.maps[1].clone()
         split = routed_entries(tiny_pipe, [PAIR])[0].split
         set_composition(tiny_pipe, "joint")
         routed_entries(tiny_pipe, OWN_PROMPTS)  # each concept's own row, edited as any prompt with that concept
@@ -133,7 +133,7 @@ def test_split_rows_locked_keys_are_the_plain_rows_gathered_as_encoding_them_wou
     load_concepts(tiny_pipe, handmade_concept(tiny_pipe, "<mymug>", "large red mug", seed=2))
     runtime = find_runtime(tiny_pipe)
     ids = tokenize(tiny_pipe.tokenizer, [PAIR + tail])
-    replacements = runtime.registry.supercategory_replacements()
+    replacements = runtime.supercategory_replacements()
     eos = tiny_pipe.tokenizer.eos_token_id
     others = [{key: value for key, value in replacements.items() if key != own} for own in replacements]
     own_ids = [supercategory_substitution(ids, variant, eos)[0] for variant in others]
@@ -157,7 +157,7 @@ def test_maps_add_up_along_a_trajectory_and_start_again_when_the_timestep_rises(
 
         def total(timestep):
             tiny_pipe.unet(sample, torch.tensor(timestep), encoder_hidden_states=states)
-            return runtime.registry.regional.maps[0].sum().item()
+            return runtime.regional.maps[0].sum().item()
 
         first = total(999)
         assert total(500) > first  # the same trajectory: the maps add up

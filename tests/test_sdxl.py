@@ -147,12 +147,11 @@ def test_sdxl_base_concept_file_is_seventy_layers_under_400kb_and_200kb_half(tmp
     concept = Concept(
         "<mycat>",
         "cat",
-        vector(widths[0]),
+        [vector(widths[0]), vector(widths[1])],
         vector(encoding_width),
         vector(encoding_width),
         {name: vector(module.to_v.out_features) for name, module in layers.items()},
         "f" * 32,
-        token_embedding_2=vector(widths[1]),
     )
     assert len(layers) == 70 and sum(t.numel() for t in concept.value_targets.values()) == 83_200
     assert widths == [768, 1280] and encoding_width == 2048 and {m.to_k.in_features for m in layers.values()} == {2048}
@@ -163,7 +162,7 @@ def test_sdxl_base_concept_file_is_seventy_layers_under_400kb_and_200kb_half(tmp
         half.stat().st_size,
     )
     loaded = Concept.load(full)
-    assert torch.equal(loaded.token_embedding_2, concept.token_embedding_2)
+    assert torch.equal(loaded.token_embeddings[1], concept.token_embeddings[1])
 
 
 def test_c_is_over_both_encoders_concatenated_content_positions(sdxl_pipe):
@@ -250,8 +249,8 @@ def test_negative_rows_and_other_prompts_in_a_batch_stay_stock(sdxl_pipe):
 def test_v_star_of_both_encoders_reaches_the_prompt_and_the_pooled_embedding(cat_pipe):
     concept = find_runtime(cat_pipe).concepts["<mycat>"].concept
     for encoder, tokenizer, vector in (
-        (cat_pipe.text_encoder, cat_pipe.tokenizer, concept.token_embedding),
-        (cat_pipe.text_encoder_2, cat_pipe.tokenizer_2, concept.token_embedding_2),
+        (cat_pipe.text_encoder, cat_pipe.tokenizer, concept.token_embeddings[0]),
+        (cat_pipe.text_encoder_2, cat_pipe.tokenizer_2, concept.token_embeddings[1]),
     ):
         row = encoder.get_input_embeddings().weight[tokenizer.convert_tokens_to_ids("<mycat>")]
         assert torch.equal(row, vector)
@@ -355,8 +354,8 @@ def test_training_lowers_the_loss_and_moves_only_both_v_stars_and_value_targets(
     assert "<mydisc>" not in sdxl_pipe.tokenizer.get_vocab() and "<mydisc>" not in sdxl_pipe.tokenizer_2.get_vocab()
     concept = result.concept
     for tokenizer, encoder, vector in (
-        (sdxl_pipe.tokenizer, sdxl_pipe.text_encoder, concept.token_embedding),
-        (sdxl_pipe.tokenizer_2, sdxl_pipe.text_encoder_2, concept.token_embedding_2),
+        (sdxl_pipe.tokenizer, sdxl_pipe.text_encoder, concept.token_embeddings[0]),
+        (sdxl_pipe.tokenizer_2, sdxl_pipe.text_encoder_2, concept.token_embeddings[1]),
     ):
         word = tokenizer("cat", add_special_tokens=False).input_ids
         start = encoder.get_input_embeddings().weight[word].mean(0)
@@ -471,7 +470,7 @@ def test_a_concept_in_one_of_the_two_prompts_only_is_warned_about(cat_pipe):
 
 def test_a_second_v_star_of_the_wrong_width_is_refused_in_one_line(sdxl_pipe, tmp_path):
     concept = handmade_concept(sdxl_pipe)
-    concept.token_embedding_2 = concept.token_embedding_2[:-1]
+    concept.token_embeddings[1] = concept.token_embeddings[1][:-1]
     path = concept.save(tmp_path / "narrow.safetensors")
     with pytest.raises(ConceptFileError, match=f"v\\* has width {TINY_SDXL_WIDTHS[1] - 1}.*text_encoder_2") as refused:
         load_concepts(sdxl_pipe, path, captions=CAPTIONS)

@@ -44,7 +44,7 @@ def test_training_lowers_the_loss_and_moves_only_v_star_and_value_targets(tiny_p
     concept = result.concept
     word = tiny_pipe.tokenizer("cat", add_special_tokens=False).input_ids
     start_embedding = tiny_pipe.text_encoder.get_input_embeddings().weight[word].mean(0)
-    assert not torch.allclose(concept.token_embedding, start_embedding)
+    assert not torch.allclose(concept.token_embeddings[0], start_embedding)
     attn = tiny_pipe.unet.get_submodule(next(iter(concept.value_targets)))
     start_values = linear_part(attn.to_v, concept.supercategory_encoding[None])[:, 0]
     assert not torch.allclose(concept.value_targets[next(iter(concept.value_targets))], start_values)
@@ -204,7 +204,7 @@ def test_a_training_that_fails_to_start_leaves_the_pipeline_as_it_found_it(tiny_
 def test_the_concepts_fingerprint_is_the_base_models_under_mixed_precision(tiny_pipe, concept_images):
     from accelerate.state import AcceleratorState
 
-    from perfusion.pipeline.loader import pipeline_fingerprint
+    from perfusion.pipeline.fingerprint import pipeline_fingerprint
 
     expected = pipeline_fingerprint(tiny_pipe)
     AcceleratorState._reset_state(reset_partial_state=True)  # accelerate keeps one precision per process

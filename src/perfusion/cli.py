@@ -122,7 +122,7 @@ def run_train(args) -> None:
         except ConceptFileError:
             concept = None  # not a concept file: resuming it is the mistake load_checkpoint names
         if concept is not None:
-            from perfusion.pipeline.loader import pipeline_fingerprint, pipeline_tensors
+            from perfusion.pipeline.fingerprint import pipeline_fingerprint, pipeline_tensors
 
             differs = finished_run_differs(
                 concept, args, config, images, pipeline_fingerprint(pipe), lambda: pipeline_tensors(pipe)

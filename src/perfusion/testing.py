@@ -286,7 +286,7 @@ def handmade_concept(pipe, token: str = "<mycat>", supercategory: str = "cat", s
     from perfusion.concept.fingerprint import cross_attention_modules
     from perfusion.concept.format import Concept
     from perfusion.pipeline.conditioning import TextConditioning
-    from perfusion.pipeline.loader import pipeline_fingerprint
+    from perfusion.pipeline.fingerprint import pipeline_fingerprint
     from perfusion.pipeline.text import word_positions
 
     generator = torch.Generator().manual_seed(seed)
@@ -305,7 +305,7 @@ def handmade_concept(pipe, token: str = "<mycat>", supercategory: str = "cat", s
     return Concept(
         token=token,
         supercategory=supercategory,
-        token_embedding=embeddings[0],
+        token_embeddings=embeddings,
         concept_encoding=supercategory_encoding
         + 0.3 * torch.randn(width, generator=generator) * supercategory_encoding.std(),
         supercategory_encoding=supercategory_encoding.clone(),
@@ -313,7 +313,6 @@ def handmade_concept(pipe, token: str = "<mycat>", supercategory: str = "cat", s
             name: torch.randn(module.to_v.out_features, generator=generator) for name, module in layers.items()
         },
         base_fingerprint=pipeline_fingerprint(pipe),
-        token_embedding_2=embeddings[1] if len(embeddings) > 1 else None,
     )
 
 

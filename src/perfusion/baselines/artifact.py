@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from perfusion.baselines.training import BaselineError, BaselineResult
 from perfusion.files import atomic_save_safetensors
-from perfusion.pipeline.loader import trained_on
+from perfusion.pipeline.fingerprint import trained_on
 
 FORMAT = "perfusion-baseline"
 

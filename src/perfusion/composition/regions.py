@@ -13,6 +13,7 @@ region, whatever the UNet's convolutions and self-attention carry across the ima
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,25 @@ import torch.nn.functional as F
 from perfusion.pipeline.attention import batch_indexed, on_latent_grid
 
 MODES = ("joint", "regions")
+
+
+class RowEncoder(Protocol):
+    """All that regional composition asks of the prompt router (perfusion.pipeline.router.PromptRouter): re-encode a
+    matched UNet row (a RowMatch) with concepts replaced, and build a concept's own row as the edit reads rows."""
+
+    global_lock: bool  # whether keys are locked to the supercategory for every row
+
+    def substitute(self, match, keep: tuple[str, ...] = (), rows=None) -> tuple[list, list]: ...
+
+    def encode_rows(self, match, ids: list) -> torch.Tensor: ...
+
+    def gather(self, match, encodings: torch.Tensor, indexes: list) -> torch.Tensor: ...
+
+    def pooled_variants(self, match, ids: list) -> torch.Tensor | None: ...
+
+    def token_position(self, match, token: str) -> tuple[int, int]: ...
+
+    def own_row(self, encodings: torch.Tensor, tokens: tuple[str, ...], key_encodings, gates): ...
 
 
 @dataclass
@@ -163,12 +183,12 @@ class RegionalCall:
 
 
 @torch.no_grad()
-def split_row(router, match, tokens: tuple[str, ...], gates=None) -> SplitRow:
+def split_row(router: RowEncoder, match, tokens: tuple[str, ...], gates=None) -> SplitRow:
     """Regional composition's rows for one matched UNet row: the plain row, and each concept's own row.
 
-    ``router`` (perfusion.pipeline.router.PromptRouter) re-encodes ``match`` (a RowMatch) with concepts replaced, each text
-    encoder at the hidden state the row was read at, and gives the entry type; ``gates`` are the row's own (set per
-    prompt), handed to each concept's own row. A concept's position is its token's in
+    ``router`` re-encodes ``match`` (a RowMatch) with concepts replaced, each text encoder at the hidden state the row
+    was read at, and builds each concept's own row; ``gates`` are the row's own (set per prompt), handed to each
+    concept's own row. A concept's position is its token's in
     the first text encoder's part that holds it.
     """
     variants = [router.substitute(match, keep) for keep in [(), *((token,) for token in tokens)]]
@@ -177,9 +197,9 @@ def split_row(router, match, tokens: tuple[str, ...], gates=None) -> SplitRow:
         for tower, part in enumerate(match.parts)
     ]
     encodings = router.encode_rows(match, ids)  # plain first, then each concept's own
-    key_encodings = locked_keys(router, match, ids, encodings) if router.registry.global_lock else [None] * len(tokens)
+    key_encodings = locked_keys(router, match, ids, encodings) if router.global_lock else [None] * len(tokens)
     own_rows = [
-        router.entry_type(
+        router.own_row(
             encodings[1 + n],
             (token,),
             key_encodings[n],
@@ -189,8 +209,7 @@ def split_row(router, match, tokens: tuple[str, ...], gates=None) -> SplitRow:
     ]
     positions = []  # (plain, own) of each concept
     for n, token in enumerate(tokens):
-        tower = match.holding(token)
-        at = match.parts[tower][0].input_ids.tolist().index(router.registry.token_id(token, tower))
+        tower, at = router.token_position(match, token)
         positions.append((int(variants[0][1][tower][0, at]), int(variants[1 + n][1][tower][0, at])))
     return SplitRow(
         plain=encodings[0],
@@ -201,7 +220,7 @@ def split_row(router, match, tokens: tuple[str, ...], gates=None) -> SplitRow:
     )
 
 
-def locked_keys(router, match, ids: list, encodings: torch.Tensor) -> torch.Tensor:
+def locked_keys(router: RowEncoder, match, ids: list, encodings: torch.Tensor) -> torch.Tensor:
     """Global key locking for split rows (plain first, then each concept's own): each own row with its concept
     replaced too is the plain row, so its key encodings are the plain row's, gathered at the own row's positions."""
     own = [None if tower_ids is None else tower_ids[1:] for tower_ids in ids]

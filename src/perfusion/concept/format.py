@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -30,7 +30,15 @@ DEFAULT_BETA = 0.7
 DEFAULT_TAU = 0.15
 VALUE_PREFIX = "value_targets."
 ENCODING_NAMES = ("token_embedding", "concept_encoding", "supercategory_encoding")
-SECOND_EMBEDDING = "token_embedding_2"  # v* of a second text encoder (SDXL)
+MAX_TEXT_ENCODERS = 2  # SDXL's two; a file names v* of text encoder n (from 0) token_embedding, token_embedding_2, ...
+
+
+def embedding_name(tower: int) -> str:
+    """The file's name for v* of text encoder ``tower`` (0: the first)."""
+    return "token_embedding" if tower == 0 else f"token_embedding_{tower + 1}"
+
+
+EMBEDDING_NAMES = tuple(embedding_name(tower) for tower in range(MAX_TEXT_ENCODERS))
 REQUIRED_METADATA = ("token", "supercategory", "base_fingerprint", "beta", "tau")
 
 # What a concept file may hold; anything else is refused at load time (ConceptFileError), since it would load and
@@ -57,7 +65,7 @@ class ConceptFileError(ValueError):
 class Concept:
     token: str
     supercategory: str
-    token_embedding: torch.Tensor  # v*
+    token_embeddings: list[torch.Tensor]  # v* of each text encoder, in the pipeline's order (SDXL has two)
     concept_encoding: torch.Tensor  # i*
     supercategory_encoding: torch.Tensor  # i*_super, the key lock
     value_targets: dict[str, torch.Tensor]  # o*_V by cross-attention layer name
@@ -65,21 +73,34 @@ class Concept:
     beta: float = DEFAULT_BETA
     tau: float = DEFAULT_TAU
     training: dict = field(default_factory=dict)
-    token_embedding_2: torch.Tensor | None = None  # v* of the second text encoder, on SDXL
 
-    @property
-    def token_embeddings(self) -> list[torch.Tensor]:
-        """v* of each text encoder, in the pipeline's order."""
-        return [self.token_embedding] + ([] if self.token_embedding_2 is None else [self.token_embedding_2])
+    def __post_init__(self):
+        vectors = self.token_embeddings  # one tensor: a pipeline with one text encoder
+        self.token_embeddings = [vectors] if isinstance(vectors, torch.Tensor) else list(vectors)
+        if not 1 <= len(self.token_embeddings) <= MAX_TEXT_ENCODERS:
+            raise ConceptFileError(
+                f"{self.token}: v* for {len(self.token_embeddings)} text encoders (1 to {MAX_TEXT_ENCODERS})"
+            )
+
+    def copy(self, device=None, dtype=None, value_device=None) -> "Concept":
+        """A copy whose tensors share nothing with this one's: detached, on ``device`` (the value targets on
+        ``value_device`` if given) and in ``dtype`` where given, as they are otherwise."""
+
+        def own(tensor: torch.Tensor, to=None) -> torch.Tensor:
+            return tensor.detach().to(to or device, dtype, copy=True)
+
+        return replace(
+            self,
+            token_embeddings=[own(vector) for vector in self.token_embeddings],
+            concept_encoding=own(self.concept_encoding),
+            supercategory_encoding=own(self.supercategory_encoding),
+            value_targets={layer: own(target, value_device) for layer, target in self.value_targets.items()},
+            training=dict(self.training),
+        )
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        named = {
-            "token_embedding": self.token_embedding,
-            "concept_encoding": self.concept_encoding,
-            "supercategory_encoding": self.supercategory_encoding,
-        }
-        if self.token_embedding_2 is not None:
-            named[SECOND_EMBEDDING] = self.token_embedding_2
+        named = {embedding_name(tower): vector for tower, vector in enumerate(self.token_embeddings)}
+        named.update({"concept_encoding": self.concept_encoding, "supercategory_encoding": self.supercategory_encoding})
         named.update({VALUE_PREFIX + layer: target for layer, target in self.value_targets.items()})
         return named
 
@@ -158,7 +179,7 @@ class Concept:
         unexpected = [
             name
             for name in tensors
-            if name not in (*ENCODING_NAMES, SECOND_EMBEDDING) and not name.startswith(VALUE_PREFIX)
+            if name not in (*ENCODING_NAMES, *EMBEDDING_NAMES) and not name.startswith(VALUE_PREFIX)
         ]
         if unexpected:
             raise ConceptFileError(f"{path}: unexpected tensor {shorten(unexpected[0])}")
@@ -170,7 +191,7 @@ class Concept:
         concept = cls(
             token=metadata["token"],
             supercategory=metadata["supercategory"],
-            token_embedding=tensors["token_embedding"].to(torch.float32),
+            token_embeddings=[tensors[name].to(torch.float32) for name in EMBEDDING_NAMES if name in tensors],
             concept_encoding=tensors["concept_encoding"].to(torch.float32),
             supercategory_encoding=tensors["supercategory_encoding"].to(torch.float32),
             value_targets={
@@ -182,7 +203,6 @@ class Concept:
             beta=parse_number(metadata, "beta", path),
             tau=parse_number(metadata, "tau", path),
             training=parse_training(metadata.get("training", "{}"), path),
-            token_embedding_2=tensors[SECOND_EMBEDDING].to(torch.float32) if SECOND_EMBEDDING in tensors else None,
         )
         concept.validate(str(path))
         return concept

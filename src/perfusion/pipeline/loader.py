@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from perfusion.concept.fingerprint import (
-    base_model_fingerprint,
-    base_model_tensors,
-    cross_attention_modules,
-    fingerprints_match,
-    short,
-)
+from perfusion.concept.fingerprint import cross_attention_modules, short
 from perfusion.concept.format import Concept, ConceptFileError, shorten
 from perfusion.pipeline import covariance
 from perfusion.pipeline.conditioning import TextConditioning
+from perfusion.pipeline.fingerprint import pipeline_fingerprint, trained_on
 from perfusion.pipeline.models import check_supported
 from perfusion.pipeline.processor import PerfusionAttnProcessor
 from perfusion.pipeline.runtime import PerfusionRuntime
@@ -27,27 +21,6 @@ from perfusion.pipeline.runtime import PerfusionRuntime
 def find_runtime(pipe) -> PerfusionRuntime | None:
     """``PerfusionRuntime.of(pipe)``: the pipeline's Perfusion state, or None."""
     return PerfusionRuntime.of(pipe)
-
-
-def pipeline_tensors(pipe) -> list:
-    """What a concept's numbers depend on: the text encoders and the cross-attention K/V projections."""
-    towers = TextConditioning.of(pipe).towers
-    return base_model_tensors(
-        [(tower.name, tower.text_encoder, tower.tokenizer.vocab_size) for tower in towers], pipe.unet
-    )
-
-
-def trained_on(pipe, fingerprint: str, current: str | None = None) -> bool:
-    """Whether a concept or artifact with this base-model fingerprint was trained on this pipeline's base model,
-    however its weights were opened (perfusion.concept.fingerprint); ``current``: the pipeline's own, if known."""
-    return fingerprints_match(fingerprint, current or pipeline_fingerprint(pipe), lambda: pipeline_tensors(pipe))
-
-
-def pipeline_fingerprint(pipe) -> str:
-    towers = TextConditioning.of(pipe).towers
-    return base_model_fingerprint(
-        [(tower.name, tower.text_encoder, tower.tokenizer.vocab_size) for tower in towers], pipe.unet
-    )
 
 
 @contextmanager
@@ -306,15 +279,7 @@ def roll_back(pipe, tokens: list[str], created: bool) -> None:
 
 def installed_copy(concept: Concept, device) -> Concept:
     """The runtime's own copy of a caller's concept (value targets on the UNet's device); the caller's is untouched."""
-    return replace(
-        concept,
-        token_embedding=concept.token_embedding.detach().clone(),
-        token_embedding_2=None if concept.token_embedding_2 is None else concept.token_embedding_2.detach().clone(),
-        concept_encoding=concept.concept_encoding.detach().clone(),
-        supercategory_encoding=concept.supercategory_encoding.detach().clone(),
-        value_targets={layer: target.detach().to(device, copy=True) for layer, target in concept.value_targets.items()},
-        training=dict(concept.training),
-    )
+    return concept.copy(value_device=device)
 
 
 def unload_concepts(pipe, tokens: str | list[str] | None = None) -> None:

@@ -104,10 +104,8 @@ def hits(probes: torch.Tensor, wanted: torch.Tensor) -> list[int]:
 
 
 class PromptRouter:
-    entry_type = EncodedPrompt  # what regions.split_row builds each concept's own row as
-
     def __init__(self, registry: ConceptRegistry, text: TextConditioning, on_prompt=None):
-        self.registry, self.text = registry, text
+        self._registry, self.text = registry, text
         self.on_prompt = on_prompt  # called when a prompt with a concept is encoded (a new generation call)
         self.remembered: list[deque[EncodedRow]] = [deque(maxlen=REGISTRY_ROWS) for _ in text.towers]
         self.built: dict[tuple, EncodedPrompt] = {}  # what was built for a matched row, by its key()
@@ -125,7 +123,7 @@ class PromptRouter:
         """Keep every row of a text encoder's call that holds a concept token; under global key locking or regional
         composition, encode its replaced variants now (the encoder as the pipeline set it up: on its device, at its
         LoRA scale) for the default hidden state."""
-        by_id = self.registry.tokens_by_id(tower)
+        by_id = self._registry.tokens_by_id(tower)
         rows = [tuple(by_id[i] for i in row if i in by_id) for row in input_ids.tolist()]
         wanted = [index for index, tokens in enumerate(rows) if tokens]
         if not wanted:
@@ -144,8 +142,8 @@ class PromptRouter:
             self.remembered[tower] = deque(self.remembered[tower], maxlen=len(wanted))
         call = next(self.calls)
         for index in wanted:
-            tokens = tuple(token for token in self.registry.concepts if token in rows[index])
-            gates = self.registry.row_gates(index, len(rows), tokens)
+            tokens = tuple(token for token in self._registry.concepts if token in rows[index])
+            gates = self._registry.row_gates(index, len(rows), tokens)
             row = EncodedRow(
                 next(self.serials),
                 tower,
@@ -167,7 +165,7 @@ class PromptRouter:
 
     def encode_variants(self, row: EncodedRow) -> None:
         """The replaced rows the settings will ask for (perfusion.composition.regions for the split ones), encoded ahead."""
-        registry, regional, split = self.registry, self.registry.regional, set()
+        registry, regional, split = self._registry, self._registry.regional, set()
         if regional is not None and len(row.tokens) >= regional.config.min_concepts:
             split = {(), *((token,) for token in row.tokens)}
         keeps = split | {()} if registry.global_lock else split
@@ -213,14 +211,28 @@ class PromptRouter:
             row.reencoded.update(zip(missing, encoded))
         return torch.stack([row.reencoded[key] for key in keys])
 
+    # -- what regional composition reads (perfusion.composition.regions.RowEncoder) ----------------
+    @property
+    def global_lock(self) -> bool:
+        return self._registry.global_lock
+
+    def token_position(self, match: RowMatch, token: str) -> tuple[int, int]:
+        """The text encoder that first holds ``token`` in the matched row, and the token's position in its ids."""
+        tower = match.holding(token)
+        return tower, match.parts[tower][0].input_ids.tolist().index(self._registry.token_id(token, tower))
+
+    def own_row(self, encodings, tokens: tuple[str, ...], key_encodings, gates: Gates | None) -> EncodedPrompt:
+        """One concept's own row of a split, as the edit reads any row."""
+        return EncodedPrompt(encodings, tokens, key_encodings, gates=gates)
+
     # -- re-encoding a matched row with concepts replaced -----------------------------------------
     def substitute_row(self, tower: int, ids: torch.Tensor, keep: tuple[str, ...] = ()):
         """``ids`` (V, T) of one text encoder with every concept token but those in ``keep`` replaced by its
         supercategory word, and the index of each original position in them (V, T)."""
-        by_id = self.registry.tokens_by_id(tower)
+        by_id = self._registry.tokens_by_id(tower)
         replacements = {
             key: value
-            for key, value in self.registry.supercategory_replacements(tower).items()
+            for key, value in self._registry.supercategory_replacements(tower).items()
             if by_id[key] not in keep
         }
         return supercategory_substitution(ids, replacements, self.text.towers[tower].tokenizer.eos_token_id)
@@ -319,7 +331,7 @@ class PromptRouter:
 
     def entry(self, match: RowMatch) -> EncodedPrompt:
         """What the edit needs for a matched row, built under the registry's settings (and kept for the next call)."""
-        registry = self.registry
+        registry = self._registry
         regional = registry.regional
         unmatched, start = [], 0
         for tower, part in enumerate(match.parts):
@@ -479,7 +491,7 @@ class PromptRouter:
             if input_ids is None:
                 return output
             output = pool_at_end_of_text(module, input_ids, output, eos_token_id)  # concept rows, in training too
-            if self.registry.concepts and not self._encoding_internally:
+            if self._registry.concepts and not self._encoding_internally:
                 self.remember(tower, input_ids, output)
             return output
 
@@ -490,7 +502,7 @@ class PromptRouter:
             self.before_call(module)
         states = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
         entries = self.find(states)
-        regional = self.registry.regional
+        regional = self._registry.regional
         if entries is None:
             self.context = None
             return None

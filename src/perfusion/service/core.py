@@ -10,8 +10,9 @@ from pathlib import Path
 from perfusion.concept.format import BETA_RANGE, TAU_RANGE
 from perfusion.pipeline.conditioning import TextConditioning
 from perfusion.pipeline.covariance import inverse_covariance
+from perfusion.pipeline.fingerprint import pipeline_fingerprint
 from perfusion.pipeline.generation import GenerationError
-from perfusion.pipeline.loader import check_compatible, pipeline_fingerprint
+from perfusion.pipeline.loader import check_compatible
 from perfusion.pipeline.models import open_pipeline
 from perfusion.recipes import read_recipe
 from perfusion.service.batching import GenerationBatcher, GenerationRequest

@@ -6,11 +6,12 @@ import torch
 
 from perfusion.concept.format import MAX_SUPERCATEGORY_LENGTH
 from perfusion.pipeline.conditioning import TextConditioning
-from perfusion.pipeline.loader import pipeline_fingerprint
+from perfusion.pipeline.fingerprint import pipeline_fingerprint
 from perfusion.pipeline.models import UnsupportedPipelineError, check_supported
 from perfusion.pipeline.tokens import check_new_token
+from perfusion.training.frozen import freeze
 from perfusion.training.images import TrainingImage
-from perfusion.training.latents import forward_process, freeze
+from perfusion.training.latents import forward_process
 
 
 class FineTuning:

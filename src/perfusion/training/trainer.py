@@ -7,7 +7,7 @@ import pickle
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -229,8 +229,7 @@ class ConceptTrainer(FineTuning):
         return Concept(
             token=self.token,
             supercategory=self.supercategory,
-            token_embedding=embeddings[0],
-            token_embedding_2=embeddings[1] if len(embeddings) > 1 else None,
+            token_embeddings=embeddings,
             concept_encoding=supercategory_encoding,
             supercategory_encoding=supercategory_encoding,
             value_targets={  # o*_V starts at W_V i*_super
@@ -443,17 +442,8 @@ class ConceptTrainer(FineTuning):
             paired=self.pair_bank is not None,
             final_loss=self.losses[-1] if self.losses else None,
         )
-        return Concept(
-            token=concept.token,
-            supercategory=concept.supercategory,
-            token_embedding=concept.token_embedding.detach().float().cpu(),
-            token_embedding_2=None
-            if concept.token_embedding_2 is None
-            else concept.token_embedding_2.detach().float().cpu(),
-            concept_encoding=concept.concept_encoding.detach().float().cpu(),
-            supercategory_encoding=concept.supercategory_encoding.detach().float().cpu(),
-            value_targets={k: v.detach().float().cpu() for k, v in concept.value_targets.items()},
-            base_fingerprint=concept.base_fingerprint,
+        return replace(
+            concept.copy(device="cpu", dtype=torch.float32),
             beta=self.config.beta,
             tau=self.config.tau,
             training=settings,

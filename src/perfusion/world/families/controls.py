@@ -15,7 +15,7 @@ import torch
 from perfusion.concept.fingerprint import cross_attention_modules
 from perfusion.concept.format import Concept
 from perfusion.pipeline.conditioning import TextConditioning
-from perfusion.pipeline.loader import pipeline_fingerprint
+from perfusion.pipeline.fingerprint import pipeline_fingerprint
 from perfusion.pipeline.text import word_positions
 
 from .captions import UNGROUNDED
@@ -75,12 +75,11 @@ def value_oracle(pipe, instance: Instance, token: str = ORACLE_TOKEN) -> Concept
     return Concept(
         token=token,
         supercategory=category,
-        token_embedding=embeddings[0].float(),
+        token_embeddings=[vector.float() for vector in embeddings],
         concept_encoding=encoding.float(),
         supercategory_encoding=encoding.float().clone(),
         value_targets={
             name: module.to_v(mixture.to(module.to_v.weight.dtype)).float() for name, module in layers.items()
         },
         base_fingerprint=pipeline_fingerprint(pipe),
-        token_embedding_2=embeddings[1].float() if len(embeddings) > 1 else None,
     )
