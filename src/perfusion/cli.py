@@ -18,7 +18,7 @@ from perfusion.concept.fingerprint import fingerprints_match, short
 from perfusion.concept.format import Concept, ConceptFileError
 from perfusion.errors import CommandError
 from perfusion.pipeline.generation import GenerationConfig, GenerationError, check_gate, generate
-from perfusion.pipeline.models import ModelError, UnsupportedPipelineError, open_pipeline
+from perfusion.pipeline.models import ModelError, UnsupportedPipelineError, add_model_arguments, open_pipeline
 from perfusion.pipeline.tokens import TokenError
 from perfusion.recipes import GENERATION_FIELDS, RecipeError, read_recipe
 from perfusion.training.images import ImageInputError, load_training_images
@@ -58,7 +58,7 @@ def add_train(commands) -> None:
     for action in parser._actions:  # absent unless given: the model's recipe, then the dataclass, fill the rest
         if action.dest in config_names:
             action.default = argparse.SUPPRESS
-    parser.add_argument("--model", required=True, help="base model folder (diffusers format)")
+    add_model_arguments(parser)
     parser.add_argument("--images", required=True, help="folder of 4-8 images of the concept")
     parser.add_argument("--token", required=True, help='the new word, e.g. "<mycat>"')
     parser.add_argument("--supercategory", required=True, help='what it is, e.g. "cat"')
@@ -114,7 +114,7 @@ def run_train(args) -> None:
     refuse_existing(out, args.force or args.resume)  # a run killed after writing OUT resumes to the same file
     config = training_config(args)
     images = load_training_images(args.images, args.mask_dir)
-    pipe = open_pipeline(args.model)
+    pipe = open_pipeline(args.model, config=args.config)
     pipe.set_progress_bar_config(disable=True)
     if args.resume and not checkpoint.exists() and out.is_file():
         try:
@@ -168,7 +168,7 @@ def read_captions(path: str | None):
 # -- generate ------------------------------------------------------------------------------------
 def add_generate(commands) -> None:
     parser = commands.add_parser("generate", help="generate images with one or more concepts")
-    parser.add_argument("--model", required=True, help="base model folder the concepts were trained on")
+    add_model_arguments(parser, what="the base model the concepts were trained on")
     parser.add_argument("--concept", action="append", default=[], help="concept file (repeat for several)")
     parser.add_argument("--prompt", required=True, help='e.g. "<mycat> sleeping on a red sofa"')
     parser.add_argument("--negative-prompt", default=None)
@@ -300,7 +300,7 @@ def run_generate(args) -> None:
     names = [out / f"{slug(args.prompt)}-s{config.seed}-{index}.png" for index in range(config.num_images_per_prompt)]
     for path in names:
         refuse_existing(path, args.force)
-    pipe = open_pipeline(args.model)
+    pipe = open_pipeline(args.model, config=args.config)
     if concepts:  # by path, so that errors name the file
         load_concepts(pipe, args.concept, captions=read_captions(args.captions), progress=True)
     settings = {concept.token: (beta, tau) for concept, beta, tau in zip(concepts, betas, taus)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from perfusion.pipeline.models import add_model_arguments
 from perfusion.recipes import read_recipe
 from perfusion.training.trainer import TrainingConfig
 
@@ -31,7 +32,7 @@ def add_commands(commands) -> None:
 
 
 def add_scoring_arguments(parser) -> None:
-    parser.add_argument("--model", required=True, help="base model folder the concept was trained on")
+    add_model_arguments(parser, what="the base model the concept was trained on")
     parser.add_argument("--concept", required=True, help="concept file")
     parser.add_argument("--prompts", help="prompt file (.txt with {} or .jsonl); default: the micro-world prompt set")
     parser.add_argument(
@@ -145,7 +146,7 @@ def run_scored(args, betas) -> None:
     out, concept, references, prompts, scorer, config = prepare(args, betas or (0.0,))
     if betas is None:
         config.betas = (concept.beta if args.beta is None else args.beta,)
-    pipe = open_pipeline(args.model)
+    pipe = open_pipeline(args.model, config=args.config)
     pipe.set_progress_bar_config(disable=True)
     load_concepts(pipe, args.concept)
     sweep = run_sweep(pipe, concept, prompts, config, scorer, references, out)

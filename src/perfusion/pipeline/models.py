@@ -1,7 +1,8 @@
-"""Opening a base model folder as a Stable Diffusion pipeline."""
+"""Opening a base model as a Stable Diffusion pipeline: a diffusers folder, a hub id or a single-file checkpoint."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
@@ -38,6 +39,20 @@ def check_supported(pipe) -> None:
         )
 
 
+def add_model_arguments(parser, required: bool = True, what: str = "the base model") -> None:
+    """The command line's --model and --config, read by ``open_pipeline(args.model, config=args.config)``."""
+    parser.add_argument(
+        "--model",
+        required=required,
+        help=f"{what}: a diffusers folder, a hub id (owner/name) or a single-file checkpoint (.safetensors, .ckpt)",
+    )
+    parser.add_argument(
+        "--config",
+        help="with a single-file --model: a diffusers folder or hub id of the same kind of model, for its configs "
+        "(needed offline)",
+    )
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -59,22 +74,102 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def open_pipeline(path: str | Path, device: str | torch.device | None = None, half: bool | None = None):
-    """A diffusers pipeline from a local folder, or a model hub id ("owner/name", downloaded when online); fp16 on a
-    GPU unless told otherwise."""
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+def is_single_file(source: str) -> bool:
+    return Path(source).suffix.lower() in SINGLE_FILE_SUFFIXES
+
+
+def checkpoint_keys(path: Path) -> list[str]:
+    """The tensor names of a single-file checkpoint (from the header only, for safetensors)."""
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            return list(handle.keys())
+    state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    return list(state.get("state_dict", state))
+
+
+def single_file_class(path: Path, config: str | None):
+    """The pipeline class for a single-file checkpoint: the one the ``config`` folder names, else SDXL base where the
+    file holds SDXL's second text encoder, else Stable Diffusion 1.x/2.x."""
+    import diffusers
+
+    if config is not None and (Path(config) / "model_index.json").is_file():
+        name = json.loads((Path(config) / "model_index.json").read_text()).get("_class_name", "")
+        if not hasattr(diffusers, name) or not hasattr(getattr(diffusers, name), "from_single_file"):
+            raise ModelError(f"{config}: its pipeline ({name or 'unnamed'}) cannot be read from a single file")
+        return getattr(diffusers, name)
+    try:
+        keys = checkpoint_keys(path)
+    except Exception as error:  # a damaged file fails in safetensors or torch in several ways
+        raise ModelError(f"{path}: not a readable checkpoint ({one_line(error)})") from None
+    if any(key.startswith("conditioner.embedders.1.") for key in keys):
+        return diffusers.StableDiffusionXLPipeline
+    return diffusers.StableDiffusionPipeline
+
+
+def one_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
+def open_single_file(path: Path, config: str | None, dtype):
+    """A pipeline from one checkpoint in the original (LDM) layout, through diffusers' ``from_single_file``; the
+    components' configs from ``config`` (a diffusers folder or a hub id), downloaded by diffusers when none is given."""
+    if not path.is_file():
+        raise ModelError(f"{path}: no such checkpoint file")
+    if config is None and offline():
+        raise ModelError(
+            f"{path}: a single-file checkpoint needs --config (a diffusers folder or a hub id of the same kind of model)"
+            " while HF_HUB_OFFLINE is set"
+        )
+    if config is not None and looks_like_hub_id(config) and offline():
+        raise ModelError(f"{config}: a model hub id, and HF_HUB_OFFLINE is set: give a diffusers folder as --config")
+    if config is not None and not looks_like_hub_id(config) and not (Path(config) / "model_index.json").is_file():
+        raise ModelError(f"{config}: --config is not a diffusers pipeline folder (no model_index.json) nor a hub id")
+    cls = single_file_class(path, config)
+    kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+    if "safety_checker" in inspect.signature(cls.__init__).parameters:
+        kwargs["safety_checker"] = None
+    local = config is not None and not looks_like_hub_id(config)
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
+
+    try:
+        return cls.from_single_file(str(path), config=config, local_files_only=local or offline(), **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError) as error:
+        raise ModelError(f"{path}: cannot load the checkpoint as {cls.__name__} ({one_line(error)})") from None
+
+
+def open_pipeline(
+    path: str | Path, device: str | torch.device | None = None, half: bool | None = None, config: str | None = None
+):
+    """A diffusers pipeline from a local folder, a model hub id ("owner/name", downloaded when online) or a single-file
+    checkpoint (.safetensors, .ckpt; ``config``: a diffusers folder or hub id with the same kind of model's configs);
+    fp16 on a GPU unless told otherwise."""
     from diffusers import DiffusionPipeline
 
     source = str(path)
+    device = torch.device(device) if device is not None else default_device()
+    half = device.type == "cuda" if half is None else half
+    if is_single_file(source):
+        pipe = open_single_file(Path(source), None if config is None else str(config), torch.float16 if half else None)
+        check_supported(pipe)
+        return pipe.to(device)
+    if config is not None:
+        raise ModelError(f"{source}: --config is for single-file checkpoints (.safetensors, .ckpt), not a folder")
     hub = looks_like_hub_id(source)
     folder = Path(source)
     if not hub and not (folder / "model_index.json").is_file():
-        raise ModelError(f"{folder}: not a diffusers pipeline folder (no model_index.json) nor a hub id (owner/name)")
+        raise ModelError(
+            f"{folder}: not a diffusers pipeline folder (no model_index.json), a hub id (owner/name) nor a single-file "
+            "checkpoint (.safetensors, .ckpt)"
+        )
     if hub and offline():
         raise ModelError(
             f"{source}: a model hub id, and HF_HUB_OFFLINE is set: download it once online, or give a folder"
         )
-    device = torch.device(device) if device is not None else default_device()
-    half = device.type == "cuda" if half is None else half
     kwargs = {"torch_dtype": torch.float16} if half else {}
     if hub or has_component(folder, "safety_checker"):  # SD 1.x's: off (SDXL has none; unknown arguments are ignored)
         kwargs["safety_checker"] = None

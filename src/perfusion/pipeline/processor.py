@@ -68,7 +68,7 @@ class PerfusionAttnProcessor:
         if attn.norm_k is not None:
             key = attn.norm_k(key)
         if context.regional is not None:
-            context.regional.record(query, key, attn.scale)
+            record(context.regional, query, key, attn.scale)
         hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0)
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
@@ -81,14 +81,7 @@ class PerfusionAttnProcessor:
     def edit(self, attn, encodings: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
         """Apply each row group's edit; keys only under local locking (global locking re-encoded them)."""
         context = self.runtime.context
-        version = (self.layer, str(encodings.device), self.runtime.plans.generation, self.runtime.settings_version)
-        if torch.is_grad_enabled():  # training: o*_V moves at every optimizer step, so nothing is kept
-            edits = self.prepare(attn, context.groups, encodings.device)
-        else:  # once per call: every denoising step reuses it
-            if version not in context.prepared:
-                context.prepared[version] = self.prepare(attn, context.groups, encodings.device)
-            edits = context.prepared[version]
-        for edit in edits:
+        for edit in self.edits(attn, encodings.device):
             rows = edit.rows
             readings = edit_readings(
                 encodings[rows], edit.basis_readout, edit.similarity_readouts, edit.betas, edit.taus
@@ -97,6 +90,18 @@ class PerfusionAttnProcessor:
             if context.key_encodings is None:
                 key = key.index_copy(0, rows, corrected(key[rows], *readings, edit.key_basis, edit.key_targets))
         return key, value
+
+    @torch.compiler.disable  # plans and caches are Python bookkeeping: a compiled UNet takes their tensors as inputs
+    def edits(self, attn, device) -> list[RowsEdit]:
+        """This call's row edits at this layer: prepared once per call (every denoising step reuses them), or at
+        every step while training (o*_V moves at every optimizer step, so nothing is kept)."""
+        context = self.runtime.context
+        if torch.is_grad_enabled():
+            return self.prepare(attn, context.groups, device)
+        version = (self.layer, str(device), self.runtime.plans.generation, self.runtime.settings_version)
+        if version not in context.prepared:
+            context.prepared[version] = self.prepare(attn, context.groups, device)
+        return context.prepared[version]
 
     def prepare(self, attn, groups, device) -> list[RowsEdit]:
         """Each group's plan, gates and targets; groups with as many concepts as each other (a mixed batch: one
@@ -157,3 +162,8 @@ class RowsEdit:
     key_targets: torch.Tensor  # o*_K, (out, N)
     betas: torch.Tensor  # (N,)
     taus: torch.Tensor  # (N,)
+
+
+@torch.compiler.disable  # regional composition's maps are summed in Python state across the call
+def record(regional, query: torch.Tensor, key: torch.Tensor, scale: float) -> None:
+    regional.record(query, key, scale)

@@ -497,6 +497,7 @@ class PromptRouter:
 
         return hook
 
+    @torch.compiler.disable  # matching rows is Python bookkeeping: a compiled UNet calls it as is, never traces it
     def _before_unet(self, module, args, kwargs):
         if self.before_call is not None:
             self.before_call(module)
@@ -514,6 +515,7 @@ class PromptRouter:
         self.context = self.context_for(entries, states, regional)
         return args, kwargs
 
+    @torch.compiler.disable
     def _after_unet(self, module, args, output):
         context, self.context = self.context, None
         if context is not None and context.regional is not None:
