@@ -42,7 +42,7 @@ def test_local_key_lock_gives_the_concept_the_supercategory_keys(family_pipe):
     load_concepts(family_pipe, concept, captions=CAPTIONS)
     set_concept_options(family_pipe, "<mycat>", beta=0.5, tau=1e-4)
     find_runtime(family_pipe).router.context = CallContext(
-        [(("<mycat>",), torch.tensor([0]), None)], None
+        [(("<mycat>",), torch.tensor([0]), None, None)], None
     )  # the processor alone
     for processor in edit_processors(family_pipe):
         attn = family_pipe.unet.get_submodule(processor.layer)
@@ -64,7 +64,7 @@ def test_two_concepts_compose_exactly_in_the_c_inverse_orthonormal_basis(family_
     basis = composition_basis(encodings.double(), inverse_covariance_factor(runtime.inverse_covariance))
     torch.testing.assert_close(basis @ runtime.inverse_covariance @ basis.T, torch.eye(2, dtype=torch.float64))
     runtime.router.context = CallContext(
-        [(("<mycat>", "<mymug>"), torch.tensor([0]), None)], None
+        [(("<mycat>", "<mymug>"), torch.tensor([0]), None, None)], None
     )  # the processor alone
     gates = torch.stack(
         [

@@ -145,7 +145,7 @@ def test_edit_composes_with_a_peft_lora_on_the_projections(tiny_pipe):
     from perfusion.pipeline.router import CallContext
 
     find_runtime(tiny_pipe).router.context = CallContext(
-        [(("<mycat>",), torch.tensor([0]), None)], None
+        [(("<mycat>",), torch.tensor([0]), None, None)], None
     )  # the processor alone
     processor = next(p for p in tiny_pipe.unet.attn_processors.values() if isinstance(p, PerfusionAttnProcessor))
     attn = tiny_pipe.unet.get_submodule(processor.layer)

@@ -75,6 +75,15 @@ def edit_readings(encodings, basis_readout, similarity_readouts, betas, taus) ->
     return encodings @ basis_readout, gate(encodings @ similarity_readouts, betas, taus)
 
 
+def scoped(coefficients: torch.Tensor, gates: torch.Tensor, scopes: torch.Tensor | None):
+    """(min_n m_tn (u_k^T C^-1 e_t), m_tn gate_n(e_t)): the edit only where its scope allows (m_tn in {0, 1}: concept
+    n at position t; None: everywhere); a position outside any concept's scope keeps W e_t whole."""
+    if scopes is None:
+        return coefficients, gates
+    scopes = scopes.to(gates.dtype)
+    return coefficients * scopes.amin(-1, keepdim=True).to(coefficients.dtype), gates * scopes
+
+
 def corrected(projected, coefficients, gates, projected_basis, targets) -> torch.Tensor:
     """W e - sum_n (u_n^T C^-1 e) W u_n + sum_n gate_n o*_n, from ``projected`` = W e and the readings."""
     correction = gates @ targets.to(gates.dtype).transpose(-1, -2) - coefficients @ projected_basis.to(

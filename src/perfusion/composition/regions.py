@@ -39,7 +39,7 @@ class RowEncoder(Protocol):
 
     def token_position(self, match, token: str) -> tuple[int, int]: ...
 
-    def own_row(self, encodings: torch.Tensor, tokens: tuple[str, ...], key_encodings, gates): ...
+    def own_row(self, encodings: torch.Tensor, tokens: tuple[str, ...], key_encodings, gates, ids: list): ...
 
 
 @dataclass
@@ -204,6 +204,7 @@ def split_row(router: RowEncoder, match, tokens: tuple[str, ...], gates=None) ->
             (token,),
             key_encodings[n],
             gates=None if gates is None else tuple(gate for gate in gates if gate[0] == token),
+            ids=[None if tower_ids is None else tower_ids[1 + n] for tower_ids in ids],
         )
         for n, token in enumerate(tokens)
     ]

@@ -33,6 +33,10 @@ ENCODING_NAMES = ("token_embedding", "concept_encoding", "supercategory_encoding
 MAX_TEXT_ENCODERS = 2  # SDXL's two; a file names v* of text encoder n (from 0) token_embedding, token_embedding_2, ...
 
 
+GATE_SCOPES = ("except-word", "prompt", "all")  # where the edit acts (perfusion.pipeline.text.gate_scope); "all": the
+# paper's, every position
+
+
 def embedding_name(tower: int) -> str:
     """The file's name for v* of text encoder ``tower`` (0: the first)."""
     return "token_embedding" if tower == 0 else f"token_embedding_{tower + 1}"
@@ -301,6 +305,10 @@ def check_metadata_values(concept: Concept, source: str) -> None:
         raise ConceptFileError(f"{source}: the base-model fingerprint is not text")
     if not isinstance(concept.training, dict):
         raise ConceptFileError(f"{source}: its training settings must be a dict, not {type(concept.training).__name__}")
+    if concept.training.get("gate_scope", "all") not in GATE_SCOPES:
+        raise ConceptFileError(
+            f"{source}: gate_scope {shorten(concept.training['gate_scope'])} is not one of {', '.join(GATE_SCOPES)}"
+        )
     for key, (low, high), low_open in (("beta", BETA_RANGE, False), ("tau", TAU_RANGE, True)):
         try:
             value = float(getattr(concept, key))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from perfusion.method import corrected, edit_readings
+from perfusion.method import corrected, edit_readings, scoped
 
 
 class PerfusionAttnProcessor:
@@ -83,9 +83,10 @@ class PerfusionAttnProcessor:
         context = self.runtime.context
         for edit in self.edits(attn, encodings.device):
             rows = edit.rows
-            readings = edit_readings(
+            coefficients, gates = edit_readings(
                 encodings[rows], edit.basis_readout, edit.similarity_readouts, edit.betas, edit.taus
             )  # once for K and V
+            readings = scoped(coefficients, gates, edit.scopes)
             value = value.index_copy(0, rows, corrected(value[rows], *readings, edit.value_basis, edit.value_targets))
             if context.key_encodings is None:
                 key = key.index_copy(0, rows, corrected(key[rows], *readings, edit.key_basis, edit.key_targets))
@@ -112,7 +113,7 @@ class PerfusionAttnProcessor:
         edits = []
         for same in by_count.values():
             parts = []
-            for tokens, rows, fixed in same:
+            for tokens, rows, fixed, scopes in same:
                 plan = self.runtime.layer_plan(tokens, self.layer, attn, device)
                 betas, taus = self.runtime.gates(tokens, device, fixed)
                 value_targets = self.runtime.value_targets(tokens, self.layer, device)
@@ -127,6 +128,7 @@ class PerfusionAttnProcessor:
                         plan.key_targets,
                         betas,
                         taus,
+                        scopes,
                     )
                 )
             if len(parts) == 1:
@@ -143,6 +145,7 @@ class PerfusionAttnProcessor:
                     *(per_row(name) for name in RowsEdit.STACKED),
                     per_row("betas")[:, None],
                     per_row("taus")[:, None],
+                    merged_scopes(parts),
                 )
             )
         return edits
@@ -162,6 +165,20 @@ class RowsEdit:
     key_targets: torch.Tensor  # o*_K, (out, N)
     betas: torch.Tensor  # (N,)
     taus: torch.Tensor  # (N,)
+    scopes: torch.Tensor | None = None  # (R, T, N): where each concept's edit may act; None: everywhere
+
+
+def merged_scopes(parts: list[RowsEdit]) -> torch.Tensor | None:
+    """The gate scopes of several groups' rows, in their rows' order (ones for a group without one)."""
+    if all(part.scopes is None for part in parts):
+        return None
+    shape = next(part.scopes.shape[1:] for part in parts if part.scopes is not None)
+    return torch.cat(
+        [
+            part.scopes if part.scopes is not None else torch.ones(len(part.rows), *shape, device=part.rows.device)
+            for part in parts
+        ]
+    )
 
 
 @torch.compiler.disable  # regional composition's maps are summed in Python state across the call

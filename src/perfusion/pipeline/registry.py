@@ -16,6 +16,9 @@ class InstalledConcept:
     supercategory_ids: list[list[int]]  # the supercategory word's ids in each tower's tokenizer
     beta: float
     tau: float
+    # Where its edit acts (perfusion.pipeline.text.gate_scope), as it was trained: "prompt", or "all" (every
+    # position, the paper's edit, and every concept file made before the scope was recorded)
+    scope: str = "all"
 
 
 Gates = tuple[tuple[str, float, float], ...]  # (token, beta, tau) of each concept of one prompt row
@@ -52,7 +55,8 @@ class ConceptRegistry:
 
     def add(self, concept: Concept) -> None:
         ids = [tokenizer(concept.supercategory, add_special_tokens=False).input_ids for tokenizer in self.tokenizers]
-        self.concepts[concept.token] = InstalledConcept(concept, ids, float(concept.beta), float(concept.tau))
+        scope = concept.training.get("gate_scope", "all")
+        self.concepts[concept.token] = InstalledConcept(concept, ids, float(concept.beta), float(concept.tau), scope)
         self.version += 1
 
     def remove(self, token: str) -> None:

@@ -24,7 +24,7 @@ import torch
 from perfusion.composition.regions import RegionalCall, SplitRow, split_row
 from perfusion.pipeline.conditioning import POOLED, Readout, TextConditioning, pool_at_end_of_text, readouts_of
 from perfusion.pipeline.registry import ConceptRegistry, Gates
-from perfusion.pipeline.text import supercategory_substitution
+from perfusion.pipeline.text import gate_scope, supercategory_substitution
 
 REGISTRY_ROWS = 64  # encoded rows remembered between text encoding and denoising, per text encoder
 PROBE_FEATURES = (
@@ -59,6 +59,7 @@ class EncodedPrompt:
     key_encodings: torch.Tensor | None  # the supercategory re-encoding, under global key locking
     split: SplitRow | None = None  # the plain and per-concept rows, under regional composition
     gates: Gates | None = None  # the row's own (beta, tau) of each concept, set per prompt; None: the concepts' own
+    scope: torch.Tensor | None = None  # (T, N): 1 where concept n's edit may act; None: everywhere (the paper)
 
 
 @dataclass
@@ -86,8 +87,9 @@ class TowerStack:
 
 @dataclass
 class CallContext:
-    groups: list[tuple[tuple[str, ...], torch.Tensor, Gates | None]]  # (concept tokens, batch rows using exactly
-    # them at the same gates, those gates: None for the concepts' own)
+    groups: list[tuple[tuple[str, ...], torch.Tensor, Gates | None, torch.Tensor | None]]  # (concept tokens, batch
+    # rows using exactly them at the same gates, those gates: None for the concepts' own, each row's gate scope
+    # (R, T, N): None where every concept acts everywhere)
     key_encodings: torch.Tensor | None  # (B, T, d) keys' input under global locking
     regional: RegionalCall | None = None  # regional composition's plan for this call
     prepared: dict = field(default_factory=dict)  # what each layer's processor built for these groups, by layer
@@ -221,9 +223,28 @@ class PromptRouter:
         tower = match.holding(token)
         return tower, match.parts[tower][0].input_ids.tolist().index(self._registry.token_id(token, tower))
 
-    def own_row(self, encodings, tokens: tuple[str, ...], key_encodings, gates: Gates | None) -> EncodedPrompt:
-        """One concept's own row of a split, as the edit reads any row."""
-        return EncodedPrompt(encodings, tokens, key_encodings, gates=gates)
+    def own_row(self, encodings, tokens: tuple[str, ...], key_encodings, gates: Gates | None, ids) -> EncodedPrompt:
+        """One concept's own row of a split (``ids``: its ids in each text encoder, None where unmatched), as the
+        edit reads any row."""
+        return EncodedPrompt(encodings, tokens, key_encodings, gates=gates, scope=self.scope_of(ids, tokens))
+
+    def scope_of(self, ids: list[torch.Tensor | None], tokens: tuple[str, ...]) -> torch.Tensor | None:
+        """(T, N): where each concept's edit may act in a row whose ids in each text encoder are ``ids`` (T,): its
+        gate scope (perfusion.pipeline.text.gate_scope) in every matched encoder; None when every concept's is "all"
+        (the paper's edit)."""
+        installed = [self._registry[token] for token in tokens]
+        if all(concept.scope == "all" for concept in installed):
+            return None
+        length = next(row.shape[-1] for row in ids if row is not None)
+        columns = []
+        for concept in installed:
+            allowed = torch.ones(length, dtype=torch.bool)
+            for tower, row in enumerate(ids):
+                if row is not None:
+                    eos = self.text.towers[tower].tokenizer.eos_token_id
+                    allowed &= gate_scope(row.cpu(), eos, concept.supercategory_ids[tower], concept.scope)
+            columns.append(allowed)
+        return torch.stack(columns, -1).float()
 
     # -- re-encoding a matched row with concepts replaced -----------------------------------------
     def substitute_row(self, tower: int, ids: torch.Tensor, keep: tuple[str, ...] = ()):
@@ -374,7 +395,8 @@ class PromptRouter:
         split = None
         if regional is not None and len(tokens) >= regional.config.min_concepts:
             split = split_row(self, match, tokens, gates)
-        self.built[key] = entry = EncodedPrompt(match.states.detach(), tokens, keys, split, gates)
+        scope = self.scope_of([None if part is None else part[0].input_ids for part in match.parts], tokens)
+        self.built[key] = entry = EncodedPrompt(match.states.detach(), tokens, keys, split, gates, scope)
         return entry
 
     def find(self, states: torch.Tensor | None) -> list[EncodedPrompt | None] | None:
@@ -452,9 +474,16 @@ class PromptRouter:
                     for row, entry in enumerate(entries)
                 ]
             )
-        rows = [
-            (tokens, torch.tensor(indices, device=states.device), gates) for (tokens, gates), indices in groups.items()
-        ]
+        rows = []
+        for (tokens, gates), indices in groups.items():
+            scopes = [entries[row].scope for row in indices]
+            if all(scope is None for scope in scopes):
+                stacked = None
+            else:
+                shape = next(scope.shape for scope in scopes if scope is not None)
+                stacked = torch.stack([torch.ones(shape) if scope is None else scope for scope in scopes])
+                stacked = stacked.to(states.device)
+            rows.append((tokens, torch.tensor(indices, device=states.device), gates, stacked))
         return CallContext(rows, key_encodings, regional)
 
     # -- hooks ----------------------------------------------------------------------------------

@@ -73,6 +73,19 @@ def supercategory_substitution(
     return torch.tensor(new_rows, dtype=input_ids.dtype), torch.tensor(index_rows, dtype=torch.long)
 
 
+def gate_scope(input_ids: torch.Tensor, eos_token_id: int, plain_ids: list[int], scope: str) -> torch.Tensor:
+    """(T,) bool: where a concept's edit may act in one row of ids. "all": every position (the paper's edit);
+    "except-word": every position but the concept's plain supercategory word ("<mycat> next to a cat": the cat stays
+    a cat); "prompt": besides, only the prompt's words and its first end-of-text token, not the padding after it
+    (whose share of the gate grows as the prompt shortens)."""
+    allowed = torch.ones(input_ids.shape[-1], dtype=torch.bool)
+    if scope != "all":
+        allowed &= ~word_positions(input_ids[None], plain_ids)[0]
+    if scope == "prompt":
+        allowed &= content_mask(input_ids[None], eos_token_id)[0]
+    return allowed
+
+
 def word_positions(input_ids: torch.Tensor, word_ids: list[int], last_only: bool = False) -> torch.Tensor:
     """(B, T) bool on each occurrence of a word (a run of ``word_ids``).
 

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from perfusion.concept.fingerprint import cross_attention_modules
-from perfusion.concept.format import DEFAULT_BETA, DEFAULT_TAU, Concept
+from perfusion.concept.format import DEFAULT_BETA, DEFAULT_TAU, GATE_SCOPES, Concept
 from perfusion.files import atomic_torch_save
 from perfusion.method import ema_update, masked_mse
 from perfusion.pipeline.conditioning import TextConditioning
@@ -95,6 +95,14 @@ class TrainingConfig:
         ),
     )
     checkpoint_every: int = field(default=50, metadata=_help("optimizer steps between resumable checkpoints"))
+    gate_scope: Literal["except-word", "prompt", "all"] = field(
+        default="except-word",
+        metadata=_help(
+            "where the edit acts, in training and wherever the concept is used: except-word: every position but the "
+            "plain supercategory word; prompt: besides, not the padding after the first end-of-text; all: every "
+            "position (the paper)"
+        ),
+    )
 
     def __post_init__(self):
         self.templates, self.pair_words = list(self.templates), list(self.pair_words)
@@ -112,6 +120,8 @@ class TrainingConfig:
             raise TrainingError("pair_side must lie in (0, 1], mask_timestep and ema_decay in [0, 1]")
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):  # as the pipelines generate
             raise TrainingError(f"resolution must be a positive multiple of 8 pixels, got {self.resolution}")
+        if self.gate_scope not in GATE_SCOPES:
+            raise TrainingError(f"gate_scope must be one of {', '.join(GATE_SCOPES)}, got {self.gate_scope!r}")
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
             raise TrainingError(f"mixed_precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
         if not self.templates or any("{}" not in template for template in self.templates):
@@ -239,6 +249,7 @@ class ConceptTrainer(FineTuning):
             base_fingerprint=self.fingerprint,
             beta=self.config.beta,
             tau=self.config.tau,
+            training={"gate_scope": self.config.gate_scope},  # the registry reads where its edit acts from here
         )
 
     def install(
