@@ -118,3 +118,32 @@ def test_alignment_reads_each_stated_property():
         "{} at the left", prefix="small", stated={"size": "large", "position": "left", "background": "blue"}
     )
     assert alignment(reading, 0, prompt, "cat") == {"background": True, "position": True, "size": False}
+
+
+def test_eye_labels_are_stored_by_split_and_join_a_batch_as_accept_only(tmp_path):
+    """A person's verdicts on generated images: kept per split (the audit split is never trained on), and added to a
+    judge batch with every head but accept ignored."""
+    import json
+
+    import numpy as np
+
+    from perfusion.world.families.eye_labels import EyeLabels, label
+    from perfusion.world.families.train_judge import with_eye_labels
+
+    images = np.random.default_rng(0).integers(0, 255, (6, 64, 64, 3), dtype=np.uint8)
+    (tmp_path / "a").mkdir()
+    captions = [f"a cat {n}" for n in range(6)]
+    np.savez_compressed(tmp_path / "a" / "images.npz", images=images, captions=json.dumps(captions))
+    store = tmp_path / "labels.npz"
+    label(tmp_path / "a", "train", {1, 4}, store)
+    with pytest.raises(SystemExit, match="already"):
+        label(tmp_path / "a", "audit", set(), store)  # the same images never in both splits
+    labels = EyeLabels.load(store)
+    assert labels.accepted.tolist() == [True, False, True, True, False, True] and len(labels.split("audit")) == 0
+    batch = labelled_batch(random.Random(0), SMALL)
+    extended, stacked = with_eye_labels(batch, batch.images, labels.split("train"), 5, torch.Generator().manual_seed(0))
+    count = len(batch.images)
+    assert len(extended.images) == len(stacked) == count + 5
+    assert set(extended.targets["accept"][count:].tolist()) <= {0, 1}
+    assert (extended.targets["category"][count:] == IGNORE).all() and (extended.identity[count:] == -1).all()
+    assert not extended.regression_mask[count:].any()

@@ -14,7 +14,7 @@ import argparse
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from perfusion.files import atomic_torch_save
 from perfusion.world.augment import augment
 
+from .eye_labels import EyeLabels, sample_rows
 from .judge import JUDGE_PATH, save_judge
 from .judge_data import IGNORE, BatchRecipe, labelled_batch
 from .judge_net import HEAD_CLASSES, JudgeNet, JudgeNetConfig
@@ -41,6 +42,7 @@ class JudgeTrainingConfig:
     temperature: float = 0.1
     checkpoint_every: int = 200
     vae_share: float = 0.3  # images passed through the base model's autoencoder first: generated images are its decodes
+    eye_labelled: int = 16  # generated images labelled by eye (eye_labels, train split) added to each batch, if any
 
 
 def supervised_contrastive(embeddings: torch.Tensor, groups: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -82,6 +84,25 @@ def autoencoder_roundtrip(images: torch.Tensor, vae, share: float, generator: to
     return images
 
 
+def with_eye_labels(batch, images: torch.Tensor, labels, count: int, generator: torch.Generator):
+    """The batch with ``count`` generated images labelled by eye appended: accepted or refused, every other head
+    ignored (what else they show is not known)."""
+    extra, accepted = sample_rows(labels, count, generator)
+    targets = {
+        head: torch.cat([target, accepted if head == "accept" else torch.full((count,), IGNORE)])
+        for head, target in batch.targets.items()
+    }
+    batch = replace(
+        batch,
+        images=torch.cat([batch.images, extra]),
+        targets=targets,
+        regression=torch.cat([batch.regression, torch.zeros(count, batch.regression.shape[1])]),
+        regression_mask=torch.cat([batch.regression_mask, torch.zeros(count, batch.regression.shape[1], dtype=bool)]),
+        identity=torch.cat([batch.identity, torch.full((count,), -1)]),
+    )
+    return batch, torch.cat([images, extra])
+
+
 def learning_rate(step: int, config: JudgeTrainingConfig) -> float:
     if step < config.warmup_steps:
         return config.learning_rate * (step + 1) / config.warmup_steps
@@ -120,6 +141,8 @@ def train(config: JudgeTrainingConfig, resume: bool, workers: int, out: Path, va
         BatchStream(seed, BatchRecipe()), batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None
     )
     generator = torch.Generator().manual_seed(seed)
+    eye_labelled = EyeLabels.load().split("train")  # the audit split is never trained on
+    log(f"judge: {len(eye_labelled)} generated images labelled by eye ({int((~eye_labelled.accepted).sum())} rejected)")
     net.train()
     started, window = time.time(), []
     for batch in stream:
@@ -128,6 +151,8 @@ def train(config: JudgeTrainingConfig, resume: bool, workers: int, out: Path, va
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
         images = autoencoder_roundtrip(batch.images, vae, config.vae_share, generator)
+        if len(eye_labelled) and config.eye_labelled:
+            batch, images = with_eye_labels(batch, images, eye_labelled, config.eye_labelled, generator)
         loss, parts = judge_loss(net, batch, config, augment(images, generator))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,0 +1,217 @@
+"""Generated images labelled by eye: real failures for the judge to refuse, and its audit (issue 30, section 3).
+
+A person looks at numbered contact sheets of a base model's generations (fresh captions, fresh seeds) and lists the
+images they reject: no recognisable object of any category (blobs, noise, smears, fragments). Those labels go into
+the judge's training (its "train" split: the rejected as negatives, the accepted as objects, every other head
+ignored) or into its audit ("audit" split, never trained on): the judge's verdict beside the person's, with the
+agreement and the false accepts.
+
+    python -m perfusion.world.families.eye_labels collect --run-dir checkpoints/families --count 100 \\
+        --first-seed 900000 --out work/eye-a            # images.npz and numbered sheets to look at
+    python -m perfusion.world.families.eye_labels label --collection work/eye-a --split train \\
+        --rejected 3,17,42                              # adds them to assets/families_eye_labels.npz
+    python -m perfusion.world.families.eye_labels audit [--out docs/sheets/judge-audit.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from perfusion.sheets import SheetRow, write_sheet
+
+from .captions import describe
+from .scenes import sample_spec
+
+EYE_LABELS_PATH = Path(__file__).resolve().parents[1] / "assets" / "families_eye_labels.npz"
+SPLITS = ("train", "audit")
+PER_SHEET = 25
+
+
+@dataclass
+class EyeLabels:
+    """Images (N, 64, 64, 3) uint8 with a person's verdict (True: accepted as an object) and their split."""
+
+    images: np.ndarray
+    accepted: np.ndarray  # (N,) bool
+    splits: np.ndarray  # (N,) str
+    captions: list[str]
+
+    @classmethod
+    def load(cls, path: Path = EYE_LABELS_PATH) -> EyeLabels:
+        if not Path(path).is_file():
+            return cls(np.zeros((0, 64, 64, 3), np.uint8), np.zeros(0, bool), np.zeros(0, "<U5"), [])
+        data = np.load(path)
+        return cls(data["images"], data["accepted"], data["splits"], json.loads(str(data["captions"])))
+
+    def save(self, path: Path = EYE_LABELS_PATH) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + ".partial.npz")
+        np.savez_compressed(
+            temporary,
+            images=self.images,
+            accepted=self.accepted,
+            splits=self.splits,
+            captions=json.dumps(self.captions),
+        )
+        temporary.replace(path)
+
+    def split(self, name: str) -> EyeLabels:
+        keep = self.splits == name
+        return EyeLabels(self.images[keep], self.accepted[keep], self.splits[keep], list(np.array(self.captions)[keep]))
+
+    def __len__(self) -> int:
+        return len(self.accepted)
+
+
+def sample_rows(labels: EyeLabels, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` random images (N, 3, 64, 64) in [0, 1] of the train split and their verdicts (1 accepted, 0 not)."""
+    index = torch.randint(len(labels), (count,), generator=generator).numpy()
+    images = torch.from_numpy(labels.images[index]).permute(0, 3, 1, 2).float() / 255.0
+    return images, torch.from_numpy(labels.accepted[index].astype(np.int64))
+
+
+def collect(pipe, count: int, first_seed: int, out: Path) -> None:
+    """``count`` generations of fresh captions (one seed each) as images.npz, and numbered sheets of PER_SHEET."""
+    from .sampling import sampling_defaults
+
+    captions = []
+    for index in range(count):
+        rng = random.Random(first_seed + index)
+        captions.append(describe(sample_spec(rng), rng).text)
+    steps, guidance = sampling_defaults(None, None)
+    pipe.set_progress_bar_config(disable=True)
+    images = []
+    for start in range(0, count, 16):  # one seed per caption, its own
+        seeds = range(first_seed + start, first_seed + min(count, start + 16))
+        with torch.no_grad():
+            images += pipe(
+                captions[start : start + 16],
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=[torch.Generator().manual_seed(seed) for seed in seeds],
+            ).images
+    out.mkdir(parents=True, exist_ok=True)
+    array = np.stack([np.asarray(image.convert("RGB")) for image in images])
+    np.savez_compressed(out / "images.npz", images=array, captions=json.dumps(captions))
+    write_numbered_sheets(array, captions, out, [""] * len(captions))
+
+
+def write_numbered_sheets(images: np.ndarray, captions: list[str], out: Path, notes: list[str]) -> list[Path]:
+    from PIL import Image
+
+    paths = []
+    for start in range(0, len(images), PER_SHEET):
+        cells = [
+            (Image.fromarray(images[n]), f"{n}: {captions[n][:28]}{notes[n]}")
+            for n in range(start, min(len(images), start + PER_SHEET))
+        ]
+        rows = [SheetRow("", cells[i : i + 5]) for i in range(0, len(cells), 5)]
+        path = out / f"sheet-{start // PER_SHEET:02d}.png"
+        write_sheet(path, rows, title=f"{out.name}: images {start}-{start + len(cells) - 1}", columns=5)
+        paths.append(path)
+    return paths
+
+
+def label(collection: Path, split: str, rejected: set[int], path: Path = EYE_LABELS_PATH) -> EyeLabels:
+    """The collection's images with a person's verdicts, added to the store (refused if already there)."""
+    data = np.load(collection / "images.npz")
+    images, captions = data["images"], json.loads(str(data["captions"]))
+    if max(rejected, default=-1) >= len(images):
+        raise SystemExit(f"eye_labels: {collection} holds {len(images)} images, not {max(rejected) + 1}")
+    store = EyeLabels.load(path)
+    if any(caption in store.captions for caption in captions):
+        raise SystemExit(f"eye_labels: {collection} is in {path} already")
+    accepted = np.array([n not in rejected for n in range(len(images))])
+    store = EyeLabels(
+        np.concatenate([store.images, images]),
+        np.concatenate([store.accepted, accepted]),
+        np.concatenate([store.splits, np.array([split] * len(images))]),
+        store.captions + captions,
+    )
+    store.save(path)
+    return store
+
+
+def audit(judge, labels: EyeLabels, out: Path) -> dict:
+    """The judge against the person on the audit split: agreement, false accepts (accepted by the judge, rejected by
+    the person, over the person's rejections) and false refusals; a sheet with both verdicts under each image."""
+    from PIL import Image
+
+    reading = judge.read(torch.from_numpy(labels.images).permute(0, 3, 1, 2).float() / 255.0)
+    verdicts = np.array([reading.accepted(row) for row in range(len(labels))])
+    person = labels.accepted
+    summary = {
+        "images": int(len(labels)),
+        "rejected_by_eye": int((~person).sum()),
+        "agreement": float((verdicts == person).mean()),
+        "false_accepts": float((verdicts & ~person).sum() / max(1, (~person).sum())),
+        "false_refusals": float((~verdicts & person).sum() / max(1, person.sum())),
+    }
+    cells = [
+        (
+            Image.fromarray(labels.images[n]),
+            f"eye {'ok' if person[n] else 'NO'} / judge {'ok' if verdicts[n] else 'NO'}"
+            + ("" if verdicts[n] == person[n] else " !"),
+        )
+        for n in range(len(labels))
+    ]
+    rows = [SheetRow("", cells[i : i + 10]) for i in range(0, len(cells), 10)]
+    title = (
+        f"judge audit: {summary['images']} generated images, agreement {summary['agreement']:.2f}, "
+        f"false accepts {summary['false_accepts']:.2f}"
+    )
+    write_sheet(out, rows, title=title, columns=10)
+    return summary
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    collecting = commands.add_parser("collect")
+    collecting.add_argument("--run-dir", type=Path, default=Path("checkpoints/families"))
+    collecting.add_argument("--model", type=Path, help="a pipeline folder instead of a checkpoint")
+    collecting.add_argument("--count", type=int, default=100)
+    collecting.add_argument("--first-seed", type=int, required=True)
+    collecting.add_argument("--out", type=Path, required=True)
+    collecting.add_argument("--threads", type=int, default=1)
+    collecting.add_argument("--no-ema", action="store_true", help="the live weights (the EMA lags early in a run)")
+    labelling = commands.add_parser("label")
+    labelling.add_argument("--collection", type=Path, required=True)
+    labelling.add_argument("--split", choices=SPLITS, required=True)
+    labelling.add_argument("--rejected", default="", help="comma-separated image numbers a person rejects")
+    auditing = commands.add_parser("audit")
+    auditing.add_argument("--judge", type=Path)
+    auditing.add_argument("--out", type=Path, default=Path("lab-report/judge-audit.png"))
+    arguments = parser.parse_args(argv)
+    if arguments.command == "collect":
+        torch.set_num_threads(arguments.threads)
+        if arguments.model is not None:
+            from diffusers import StableDiffusionPipeline
+
+            pipe = StableDiffusionPipeline.from_pretrained(arguments.model, local_files_only=True)
+        else:
+            from perfusion.world.basemodel.model import pipeline_from_checkpoint
+
+            pipe, _ = pipeline_from_checkpoint(arguments.run_dir, not arguments.no_ema)
+        collect(pipe, arguments.count, arguments.first_seed, arguments.out)
+        print(arguments.out)
+    elif arguments.command == "label":
+        rejected = {int(item) for item in arguments.rejected.replace(" ", "").split(",") if item}
+        store = label(arguments.collection, arguments.split, rejected)
+        print(f"{EYE_LABELS_PATH}: {len(store)} images ({int((~store.accepted).sum())} rejected)")
+    else:
+        from .judge import Judge
+
+        judge = Judge.load(arguments.judge) if arguments.judge else Judge.load()
+        print(json.dumps(audit(judge, EyeLabels.load().split("audit"), arguments.out), indent=1))
+
+
+if __name__ == "__main__":
+    main()
