@@ -126,7 +126,8 @@ def label(collection: Path, split: str, rejected: set[int], path: Path = EYE_LAB
     if max(rejected, default=-1) >= len(images):
         raise SystemExit(f"eye_labels: {collection} holds {len(images)} images, not {max(rejected) + 1}")
     store = EyeLabels.load(path)
-    if any(caption in store.captions for caption in captions):
+    stored = {image.tobytes() for image in store.images}
+    if any(image.tobytes() in stored for image in images):
         raise SystemExit(f"eye_labels: {collection} is in {path} already")
     accepted = np.array([n not in rejected for n in range(len(images))])
     store = EyeLabels(
