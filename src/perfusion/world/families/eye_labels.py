@@ -145,6 +145,8 @@ def audit(judge, labels: EyeLabels, out: Path) -> dict:
     the person, over the person's rejections) and false refusals; a sheet with both verdicts under each image."""
     from PIL import Image
 
+    if not len(labels):
+        return {}
     reading = judge.read(torch.from_numpy(labels.images).permute(0, 3, 1, 2).float() / 255.0)
     verdicts = np.array([reading.accepted(row) for row in range(len(labels))])
     person = labels.accepted

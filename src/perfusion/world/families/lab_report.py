@@ -4,7 +4,8 @@ lab-report/summary.json.
     python -m perfusion.world.families.lab_report [--model DIR] [--out lab-report] [--quick]
 
 - base_model: the base model's bars (base_eval), pooled over categories;
-- judge: renders of reserved instances recognised, the least-refused kind of negative (judge_check);
+- judge: renders of reserved instances recognised, the least-refused kind of negative (judge_check), and its
+  agreement with a person on generated images it never trained on (eye_labels, the audit split; None without one);
 - examples: on each shipped example, the prior, the verbal oracle and the value oracle, 12 prompts x 2 seeds;
 - seen_member: Perfusion with the model folder's recipe, trained on 5 photos of each category's first seen
   instance, recognised on the same prompts.
@@ -28,6 +29,8 @@ from .categories import CATEGORY_NAMES
 from .concept_prompts import concept_prompts
 from .controls import ORACLE_TOKEN, value_oracle, verbal_description
 from .examples import example_instances
+from .eye_labels import EyeLabels
+from .eye_labels import audit as eye_audit
 from .instances import seen_instances
 from .judge import Judge
 from .sampling import generate_images
@@ -160,11 +163,14 @@ def main(argv=None) -> None:
     quick = arguments.quick
     base = base_eval.evaluate(pipe, judge, 16 if quick else 64, 2, out / "base", spread_samples=16 if quick else 64)
     checked = judge_check.check(judge, 2 if arguments.quick else 4, out / "judge")
+    audited = eye_audit(judge, EyeLabels.load().split("audit"), out / "judge" / "audit.png")
     summary = {
         "base_model": {key: base["pooled"].get(key) for key in base_eval.BARS},
         "judge": {
             "renders_recognised": checked["renders_recognised"],
             "garbage_refused_min": checked["garbage_refused_min"],
+            "audit_agreement": audited["agreement"] if audited else None,
+            "audit_false_accepts": audited["false_accepts"] if audited else None,
         },
         "examples": controls(pipe, judge, galleries, out),
         "seen_member": seen_member(
