@@ -184,6 +184,9 @@ def main(argv=None) -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--workers", type=int, default=1, help="processes that render batches beside training")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--eye-labelled", type=int, default=JudgeTrainingConfig.eye_labelled, help="eye-labelled images per batch"
+    )
     parser.add_argument("--out", type=Path, default=JUDGE_PATH)
     parser.add_argument(
         "--vae",
@@ -198,7 +201,8 @@ def main(argv=None) -> None:
         from diffusers import AutoencoderKL
 
         vae = AutoencoderKL.from_pretrained(arguments.vae).float().eval()
-    train(JudgeTrainingConfig(steps=arguments.steps), arguments.resume, arguments.workers, arguments.out, vae)
+    config = JudgeTrainingConfig(steps=arguments.steps, eye_labelled=arguments.eye_labelled)
+    train(config, arguments.resume, arguments.workers, arguments.out, vae)
 
 
 if __name__ == "__main__":
