@@ -33,9 +33,12 @@ def test_each_scope_marks_its_positions(scope, expected):
 
 
 def values_by_position(pipe, concept, prompt):
-    """V of every position of ``prompt`` in one cross-attention layer, edited, beside the stock W_V e."""
-    load_concepts(pipe, concept, captions=CAPTIONS)
-    set_concept_options(pipe, concept.token, beta=0.0, tau=1.0)  # a gate half open wherever s(e) is near 0
+    """V of every position of ``prompt`` in one cross-attention layer, edited, beside the stock W_V e; ``concept``
+    is loaded first (None: the concepts loaded already), every gate half open wherever s(e) is near 0."""
+    if concept is not None:
+        load_concepts(pipe, concept, captions=CAPTIONS)
+    for token in find_runtime(pipe).concepts:
+        set_concept_options(pipe, token, beta=0.0, tau=1.0)
     processor = next(p for p in pipe.unet.attn_processors.values() if isinstance(p, PerfusionAttnProcessor))
     attn = pipe.unet.get_submodule(processor.layer)
     seen = {}
@@ -99,3 +102,44 @@ def test_a_file_with_an_unknown_scope_is_refused_in_one_line(tiny_pipe, tmp_path
     concept = replace(handmade_concept(tiny_pipe), training={"gate_scope": "everywhere"})
     with pytest.raises(ConceptFileError, match="gate_scope 'everywhere' is not one of except-word, prompt, all"):
         concept.validate("c.safetensors")
+
+
+def test_beside_a_concept_of_another_scope_the_plain_word_still_keeps_w_e(tiny_pipe):
+    """A new concept (except-word) next to an old one (all): at the new one's plain word the whole edit is off, so V
+    is the stock W_V e there, not W_V e plus the other concept's target without its removal."""
+    cat = replace(handmade_concept(tiny_pipe, "<mycat>", "cat", seed=1), training={"gate_scope": "except-word"})
+    mug = replace(handmade_concept(tiny_pipe, "<mymug>", "mug", seed=2), training={})  # made before: "all"
+    load_concepts(tiny_pipe, [cat, mug], captions=CAPTIONS)
+    ids, stock, edited = values_by_position(tiny_pipe, None, "a <mycat> and a <mymug> next to a cat")
+    cat_ids = tiny_pipe.tokenizer("cat", add_special_tokens=False).input_ids
+    at_cat = next(n + len(cat_ids) - 1 for n in range(len(ids)) if ids[n : n + len(cat_ids)] == cat_ids)
+    at_mug = ids.index(tiny_pipe.tokenizer.convert_tokens_to_ids("<mymug>"))
+    assert torch.equal(edited[at_cat], stock[at_cat])
+    assert not torch.equal(edited[at_mug], stock[at_mug])
+
+
+def test_a_checkpoint_of_another_scope_is_not_resumed(tiny_pipe, tmp_path):
+    """A run begun before the default scope changed (no scope recorded: "all") is not silently finished as another."""
+    from perfusion.testing import write_concept_images
+    from perfusion.training.images import load_training_images
+    from perfusion.training.trainer import train_concept
+
+    images = load_training_images(write_concept_images(tmp_path / "photos"))
+    checkpoint = tmp_path / "c.ckpt"
+    config = TrainingConfig(steps=2, batch_size=1, gradient_accumulation=1, checkpoint_every=1, gate_scope="all")
+    train_concept(tiny_pipe, images, "<mycat>", "cat", config, checkpoint=checkpoint, captions=CAPTIONS, progress=False)
+    state = torch.load(checkpoint, weights_only=False)
+    assert state["config"]["gate_scope"] == "all"
+    longer = TrainingConfig(steps=4, batch_size=1, gradient_accumulation=1)
+    with pytest.raises(TrainingError, match="gate_scope 'all', not 'except-word'"):
+        train_concept(
+            tiny_pipe,
+            images,
+            "<mycat>",
+            "cat",
+            longer,
+            checkpoint=checkpoint,
+            resume=True,
+            captions=CAPTIONS,
+            progress=False,
+        )

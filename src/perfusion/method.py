@@ -76,12 +76,13 @@ def edit_readings(encodings, basis_readout, similarity_readouts, betas, taus) ->
 
 
 def scoped(coefficients: torch.Tensor, gates: torch.Tensor, scopes: torch.Tensor | None):
-    """(min_n m_tn (u_k^T C^-1 e_t), m_tn gate_n(e_t)): the edit only where its scope allows (m_tn in {0, 1}: concept
-    n at position t; None: everywhere); a position outside any concept's scope keeps W e_t whole."""
+    """(r_t (u_k^T C^-1 e_t), r_t gate_n(e_t)), r_t = min_n m_tn: the edit only where every concept's scope allows it
+    (m_tn in {0, 1}: concept n at position t; None: everywhere); elsewhere e_t keeps W e_t whole. (The removal of
+    the joint span cannot be split per concept, so one concept out of scope turns the whole edit off there.)"""
     if scopes is None:
         return coefficients, gates
-    scopes = scopes.to(gates.dtype)
-    return coefficients * scopes.amin(-1, keepdim=True).to(coefficients.dtype), gates * scopes
+    allowed = scopes.amin(-1, keepdim=True)
+    return coefficients * allowed.to(coefficients.dtype), gates * allowed.to(gates.dtype)
 
 
 def corrected(projected, coefficients, gates, projected_basis, targets) -> torch.Tensor:

@@ -88,13 +88,16 @@ def checkpoint_keys(path: Path) -> list[str]:
 
         with safe_open(str(path), framework="pt") as handle:
             return list(handle.keys())
-    state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except RuntimeError:  # an old, non-zip .ckpt cannot be memory-mapped
+        state = torch.load(path, map_location="cpu", weights_only=True)
     return list(state.get("state_dict", state))
 
 
 def single_file_class(path: Path, config: str | None):
-    """The pipeline class for a single-file checkpoint: the one the ``config`` folder names, else SDXL base where the
-    file holds SDXL's second text encoder, else Stable Diffusion 1.x/2.x."""
+    """The pipeline class for a single-file checkpoint: the one the ``config`` folder names, else SDXL where the file
+    holds SDXL's text conditioner, else Stable Diffusion 1.x/2.x."""
     import diffusers
 
     if config is not None and (Path(config) / "model_index.json").is_file():
@@ -106,7 +109,7 @@ def single_file_class(path: Path, config: str | None):
         keys = checkpoint_keys(path)
     except Exception as error:  # a damaged file fails in safetensors or torch in several ways
         raise ModelError(f"{path}: not a readable checkpoint ({one_line(error)})") from None
-    if any(key.startswith("conditioner.embedders.1.") for key in keys):
+    if any(key.startswith("conditioner.embedders.") for key in keys):  # SDXL (a refiner is refused once opened)
         return diffusers.StableDiffusionXLPipeline
     return diffusers.StableDiffusionPipeline
 

@@ -16,8 +16,8 @@ class InstalledConcept:
     supercategory_ids: list[list[int]]  # the supercategory word's ids in each tower's tokenizer
     beta: float
     tau: float
-    # Where its edit acts (perfusion.pipeline.text.gate_scope), as it was trained: "prompt", or "all" (every
-    # position, the paper's edit, and every concept file made before the scope was recorded)
+    # Where its edit acts (perfusion.pipeline.text.gate_scope), as it was trained: "except-word", "prompt", or "all"
+    # (every position, the paper's edit, and every concept file made before the scope was recorded)
     scope: str = "all"
 
 

@@ -379,6 +379,12 @@ class ConceptTrainer(FineTuning):
             raise TrainingError(
                 f"{path}: a checkpoint of {state['token']} ({state['supercategory']}), not of {self.token}"
             )
+        scope = state.get("config", {}).get("gate_scope", "all")  # runs begun before the scope was recorded: all
+        if scope != self.config.gate_scope:
+            raise TrainingError(
+                f"{path}: a checkpoint of a run with gate_scope {scope!r}, not {self.config.gate_scope!r} "
+                f"(resume with --gate-scope {scope})"
+            )
         embeddings = state.get("token_embeddings") or [state["token_embedding"]]  # one, before SDXL
         if len(embeddings) != len(self.concept.token_embeddings):
             raise TrainingError(

@@ -123,6 +123,10 @@ def label(collection: Path, split: str, rejected: set[int], path: Path = EYE_LAB
     """The collection's images with a person's verdicts, added to the store (refused if already there)."""
     data = np.load(collection / "images.npz")
     images, captions = data["images"], json.loads(str(data["captions"]))
+    if images.ndim != 4 or images.shape[1:] != (64, 64, 3):
+        raise SystemExit(f"eye_labels: {collection} holds images of shape {images.shape[1:]}, not 64x64 RGB")
+    if min(rejected, default=0) < 0:
+        raise SystemExit(f"eye_labels: image numbers start at 0, not {min(rejected)}")
     if max(rejected, default=-1) >= len(images):
         raise SystemExit(f"eye_labels: {collection} holds {len(images)} images, not {max(rejected) + 1}")
     store = EyeLabels.load(path)
