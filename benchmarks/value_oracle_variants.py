@@ -4,8 +4,8 @@ made from different parts of the verbal oracle's encodings, beside the verbal or
     python benchmarks/value_oracle_variants.py --model work/families-model --example mymug [--out sheet.png]
 
 Rows: the oracle as shipped (W_V of the mean of the attribute words' and noun's encodings), the noun's own encoding
-in context, the colour word's alone, the sum of every word's, the mean of the appearance words (colour, pattern,
-accessory), and the verbal oracle's prompt; three prompts x seeds 0 and 1. Keys are locked to the category in every
+in context, the colour word's alone, the sum of every word's (and that sum scaled by each of --scales), the mean of
+the appearance words (colour, pattern, accessory), and the verbal oracle's prompt; three prompts x seeds 0 and 1. Keys are locked to the category in every
 row, so only the value differs.
 """
 
@@ -31,8 +31,9 @@ PROMPTS = ("a {} on a blue background", "a photo of a {}", "a {} against a yello
 
 
 @torch.no_grad()
-def variants(pipe, instance) -> dict:
-    """label -> a value-oracle concept whose o*_V is W_V of one choice of the verbal oracle's encodings."""
+def variants(pipe, instance, scales=()) -> dict:
+    """label -> a value-oracle concept whose o*_V is W_V of one choice of the verbal oracle's encodings (and of their
+    sum times each of ``scales``)."""
     text = TextConditioning.of(pipe)
     ids = text.tokenize([f"a photo of a {verbal_description(instance)}"])
     states = text.encode(ids)[0]
@@ -64,6 +65,7 @@ def variants(pipe, instance) -> dict:
         "noun in context": with_value(states[noun]),
         "colour word alone": with_value(states[colour]),
         "sum of the words": with_value(states[words].sum(0)),
+        **{f"sum x {scale}": with_value(states[words].sum(0) * scale) for scale in scales},
         "mean of appearance words": with_value(states[appearance].mean(0)),
     }
 
@@ -74,6 +76,7 @@ def main(argv=None) -> None:
     parser.add_argument("--example", default="mymug", help="a shipped example's folder name")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--scales", type=float, nargs="*", default=(), help="also the sum of the words times these")
     arguments = parser.parse_args(argv)
     torch.set_num_threads(arguments.threads)
     from diffusers import StableDiffusionPipeline
@@ -82,7 +85,7 @@ def main(argv=None) -> None:
     instance = example_instances()[arguments.example]
     description = verbal_description(instance)
     rows = []
-    for label, concept in variants(pipe, instance).items():
+    for label, concept in variants(pipe, instance, arguments.scales).items():
         load_concepts(pipe, concept)
         images = generate_images(pipe, [prompt.format(ORACLE_TOKEN) for prompt in PROMPTS], [0, 1])
         unload_concepts(pipe)
