@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from perfusion.concept.format import one_line
+
 
 class ModelError(ValueError):
     """A base model folder that cannot be opened."""
@@ -112,10 +114,6 @@ def single_file_class(path: Path, config: str | None):
     if any(key.startswith("conditioner.embedders.") for key in keys):  # SDXL (a refiner is refused once opened)
         return diffusers.StableDiffusionXLPipeline
     return diffusers.StableDiffusionPipeline
-
-
-def one_line(error: BaseException) -> str:
-    return (str(error).splitlines() or [type(error).__name__])[0]
 
 
 def open_single_file(path: Path, config: str | None, dtype):

@@ -476,13 +476,9 @@ class PromptRouter:
             )
         rows = []
         for (tokens, gates), indices in groups.items():
+            # the same concepts, so the same scopes' presence (scope_of: None where every one's is "all")
             scopes = [entries[row].scope for row in indices]
-            if all(scope is None for scope in scopes):
-                stacked = None
-            else:
-                shape = next(scope.shape for scope in scopes if scope is not None)
-                stacked = torch.stack([torch.ones(shape) if scope is None else scope for scope in scopes])
-                stacked = stacked.to(states.device)
+            stacked = None if scopes[0] is None else torch.stack(scopes).to(states.device)
             rows.append((tokens, torch.tensor(indices, device=states.device), gates, stacked))
         return CallContext(rows, key_encodings, regional)
 
