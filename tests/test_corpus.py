@@ -1,12 +1,27 @@
 import re
+import shutil
 from importlib.resources import files
 
 import pytest
 
-from perfusion.pipeline.corpus import SLOT_UNIONS, caption_templates, default_captions, load_captions, word_list
+from perfusion.pipeline.corpus import (
+    MAX_PHRASES,
+    MODEL_CAPTIONS,
+    PROMPT_SHARE,
+    SLOT_UNIONS,
+    caption_templates,
+    default_captions,
+    load_captions,
+    model_captions,
+    prompt_phrases,
+    word_list,
+)
+from perfusion.pipeline.covariance import corpus_digest
+from perfusion.testing import load_pipeline
 
 SLOT = re.compile(r"\{(\w+)(:s)?\}")
-MIN_WORDS, MAX_WORDS = 3, 30  # typical prompt lengths, well inside CLIP's 77 tokens
+MIN_WORDS, MAX_WORDS = 3, 30  # templated captions: typical short prompt lengths
+TEMPLATED_DIGEST = "6486da043268b5b6"  # the packaged corpus before the phrases: what concept files of then record
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +42,26 @@ def test_same_seed_same_captions_other_seed_others(captions):
 
 def test_captions_are_diverse(captions):
     assert len(captions) == 20000
-    assert len(set(captions)) >= 5000
+    assert len(set(captions)) >= 15000
+    words = {word for caption in captions for word in caption.replace(",", " ").split()}
+    assert len(words) >= 8000  # the templates alone have under 900
+
+
+def test_without_phrases_the_corpus_is_the_templated_one_of_before():
+    assert corpus_digest(default_captions(10000, prompt_share=0)) == TEMPLATED_DIGEST
+
+
+def test_about_half_the_captions_carry_prompt_phrases(captions):
+    phrases = set(prompt_phrases())
+    extended = sum(", " in caption and caption.rsplit(", ", 1)[1] in phrases for caption in captions) / len(captions)
+    # 20000 draws: the standard error is 0.0035; a template's own last comma part may be a phrase too (a few %)
+    assert PROMPT_SHARE - 0.01 < extended < PROMPT_SHARE + 0.04
+
+
+def test_long_captions_reach_clip_length(captions):
+    lengths = sorted(len(caption.split()) for caption in captions)
+    assert lengths[-1] >= 55  # CLIP's 77 tokens are about 55-60 words of prompt text
+    assert lengths[len(lengths) * 9 // 10] >= 30  # a tenth are longer than any templated caption
 
 
 def test_many_templates_and_several_hundred_words():
@@ -38,7 +72,8 @@ def test_many_templates_and_several_hundred_words():
 
 
 def test_every_word_list_is_used_by_a_template():
-    packaged = {path.name.removesuffix(".txt") for path in files("perfusion").joinpath("data", "corpus").iterdir()}
+    folder = files("perfusion").joinpath("data", "corpus")
+    packaged = {path.name.removesuffix(".txt") for path in folder.iterdir() if path.name.endswith(".txt")}
     used = template_slots() | {part for parts in SLOT_UNIONS.values() for part in parts}
     assert packaged - {"templates"} <= used
     assert all(word_list(slot) for slot in template_slots())  # every slot resolves to a non-empty list
@@ -48,15 +83,15 @@ def test_every_template_is_used(captions):
     # A template matches its captions once slots become wildcards and "a" may have become "an".
     def pattern(template):
         literal = re.escape(template).replace(r"\{", "{").replace(r"\}", "}")
-        return re.compile(re.sub(r"\ban?\b", "an?", SLOT.sub(".+", literal)) + "$")
+        return re.compile(re.sub(r"\ban?\b", "an?", SLOT.sub(".+", literal)) + "(, .+)?$")  # and phrases
 
     first_round = captions[: len(caption_templates())]  # templates are dealt in shuffled rounds
     for template in caption_templates():
         assert any(pattern(template).match(caption) for caption in first_round), template
 
 
-def test_caption_lengths_are_prompt_like(captions):
-    lengths = [len(caption.split()) for caption in captions]
+def test_templated_caption_lengths_are_prompt_like():
+    lengths = [len(caption.split()) for caption in default_captions(20000, prompt_share=0)]
     assert MIN_WORDS <= min(lengths) and max(lengths) <= MAX_WORDS
     # The bound holds for every seed: the longest words in every slot still fit.
     for template in caption_templates():
@@ -67,8 +102,8 @@ def test_caption_lengths_are_prompt_like(captions):
         assert words + longest <= MAX_WORDS, template
 
 
-def test_articles_agree_with_the_next_word(captions):
-    text = "\n".join(captions)
+def test_articles_agree_with_the_next_word():
+    text = "\n".join(default_captions(20000, prompt_share=0))  # the phrases are quoted as users wrote them
     assert not re.search(r"\ba [aeio]", text)
     assert not re.search(r"\ban [^aeiou\W]", text)
 
@@ -87,3 +122,18 @@ def test_load_captions_rejects_missing_or_empty_file(tmp_path, content):
         path.write_text(content)
     with pytest.raises(ValueError, match=re.escape(str(path))):
         load_captions(path)
+
+
+def test_phrases_are_single_clean_phrases():
+    phrases = prompt_phrases()
+    assert len(phrases) >= 20000 and len(set(phrases)) == len(phrases)
+    assert all(re.fullmatch(r"[a-z][a-z0-9' \-]*[a-z0-9]", phrase) and len(phrase) <= 40 for phrase in phrases)
+    assert MAX_PHRASES * 6 < 77 * 2  # with the template, a caption can reach CLIP's length but not twice over
+
+
+def test_a_model_folder_brings_its_own_corpus(tiny_pipeline_dir, tmp_path):
+    assert model_captions(load_pipeline(tiny_pipeline_dir)) is None  # a folder without one: the packaged corpus
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_pipeline_dir, folder)
+    (folder / MODEL_CAPTIONS).write_text("a red cup\n\na blue ball on a table\n")
+    assert model_captions(load_pipeline(folder)) == ["a red cup", "a blue ball on a table"]

@@ -3,7 +3,7 @@
 import torch
 
 from perfusion.pipeline.conditioning import TextConditioning
-from perfusion.pipeline.covariance import cache_root, estimate_covariance, inverse_covariance
+from perfusion.pipeline.covariance import cache_root, corpus_digest, estimate_covariance, inverse_covariance
 from perfusion.pipeline.text import content_mask, encode, tokenize
 from perfusion.testing import small_corpus
 
@@ -42,6 +42,8 @@ def test_inverse_is_cached_on_disk_per_corpus(tiny_pipe):
 def test_a_damaged_cache_entry_is_recomputed(tiny_pipe):
     captions = small_corpus(30)
     first = inverse_covariance(TextConditioning.of(tiny_pipe), captions)
-    for path in (cache_root() / "covariance").glob("*.safetensors"):
+    entries = list((cache_root() / "covariance").glob(f"*-{corpus_digest(captions)}.safetensors"))
+    assert entries  # only this test's: other tests share the session's cache
+    for path in entries:
         path.write_bytes(b"damaged")
     assert torch.equal(inverse_covariance(TextConditioning.of(tiny_pipe), captions), first)

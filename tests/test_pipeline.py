@@ -407,6 +407,28 @@ def test_training_records_the_corpus_of_its_c(tiny_pipe, tmp_path):
     assert result.concept.training["covariance_corpus"] == corpus_label(CAPTIONS)
 
 
+def test_a_model_folders_own_captions_give_its_c(tiny_pipeline_dir, tmp_path):
+    """A folder with perfusion_captions.txt (the embedded model's: its world's captions) estimates C from them when
+    no captions are given, and says so in the label concept files record."""
+    import shutil
+
+    from perfusion.pipeline.corpus import MODEL_CAPTIONS
+    from perfusion.pipeline.covariance import corpus_label
+    from perfusion.pipeline.loader import find_runtime
+    from perfusion.testing import load_pipeline
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_pipeline_dir, folder)
+    (folder / MODEL_CAPTIONS).write_text("\n".join(CAPTIONS))
+    pipe = load_pipeline(folder)
+    load_concepts(pipe, handmade_concept(pipe))
+    assert find_runtime(pipe).corpus == corpus_label(CAPTIONS)
+    given = CAPTIONS[:-1]  # captions given by the caller still win
+    other = load_pipeline(folder)
+    load_concepts(other, handmade_concept(other), captions=given)
+    assert find_runtime(other).corpus == corpus_label(given)
+
+
 def test_attention_slicing_after_loading_keeps_the_edit_and_says_so_once(tiny_pipe):
     """Low-VRAM users call enable_attention_slicing() after loading: it replaced every processor, and the concept
     acted as textual inversion only, without a word (issue 33)."""

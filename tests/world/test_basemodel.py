@@ -12,6 +12,7 @@ from PIL import Image
 from transformers import CLIPTokenizer
 
 from perfusion.concept.fingerprint import cross_attention_modules
+from perfusion.pipeline.corpus import model_captions
 from perfusion.world.basemodel import model as models
 from perfusion.world.basemodel import train_base as train
 from perfusion.world.basemodel.config import (
@@ -22,7 +23,7 @@ from perfusion.world.basemodel.config import (
     from_dict,
     to_dict,
 )
-from perfusion.world.basemodel.data import LatentPool, SceneSource
+from perfusion.world.basemodel.data import LatentPool, SceneSource, world_captions
 from perfusion.world.basemodel.export import export
 from perfusion.world.basemodel.tokenizer import build_tokenizer, words_split
 
@@ -211,6 +212,7 @@ def test_training_stages_resume_and_export(tmp_path):
     assert (resumed.step, resumed.ema_start) == (3, 2)  # the EMA restarted at the switch
     pipe = StableDiffusionPipeline.from_pretrained(export(tmp_path, tmp_path / "model"), local_files_only=True)
     assert pipe.scheduler.config.prediction_type == "v_prediction" and pipe.scheduler.config.rescale_betas_zero_snr
+    assert model_captions(pipe) == world_captions("families")  # C from its world's captions, at its own length
     pipe.scheduler.set_timesteps(2)
     assert pipe.scheduler.timesteps[0] == 999  # sampling starts from pure noise
     image = pipe("a red cup on blue background", num_inference_steps=2, height=64, width=64).images[0]

@@ -1,9 +1,13 @@
-"""Caption corpora for C = E[e e^T]: a packaged offline generator, or the user's own file.
+"""Caption corpora for C = E[e e^T]: a packaged offline generator, a model folder's own captions, or the user's file.
 
-The paper estimates C over ~100K real captions (LAION/COCO). Offline we fill COCO- and
-prompt-style templates (data/corpus/templates.txt) with words from the lists beside them.
+The paper estimates C over ~100K real captions (LAION/COCO). Offline we fill COCO- and prompt-style templates
+(data/corpus/templates.txt) with words from the lists beside them, and extend half of them, as SD users write
+prompts, with comma-separated phrases from real prompts (data/corpus/phrases.txt.gz, from clip-interrogator: NOTICE)
+up to CLIP's 77 tokens. A model folder may carry its own corpus (MODEL_CAPTIONS), used in place of the packaged one:
+the embedded model's prompts are its world's captions, at its own length.
 """
 
+import gzip
 import random
 import re
 from collections import Counter
@@ -22,11 +26,21 @@ _ARTICLE = re.compile(r"\b(?:a|an) (?=(\w+))")
 # Words spelt with a vowel that take "a" (a unicorn), or with a consonant that take "an" (an hour).
 _VOWEL_SPELT_CONSONANT = ("uni", "use", "usu", "eu", "one", "ufo")
 _CONSONANT_SPELT_VOWEL = ("hour", "honest", "heir")
+PHRASES = "phrases.txt.gz"
+PROMPT_SHARE = 0.5  # of captions extended with prompt phrases
+MAX_PHRASES = 14  # phrases appended to one caption: 1..MAX_PHRASES, evenly (up to about 77 CLIP tokens)
+MODEL_CAPTIONS = "perfusion_captions.txt"  # a model folder's own corpus, one caption per line
 
 
 def _data_lines(name: str) -> list[str]:
-    text = files("perfusion").joinpath("data", "corpus", name).read_text(encoding="utf-8")
+    resource = files("perfusion").joinpath("data", "corpus", name)
+    text = gzip.decompress(resource.read_bytes()).decode() if name.endswith(".gz") else resource.read_text("utf-8")
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+@cache
+def prompt_phrases() -> tuple[str, ...]:
+    return tuple(_data_lines(PHRASES))
 
 
 @cache
@@ -68,8 +82,15 @@ def fill_template(template: str, rng: random.Random) -> str:
     return _ARTICLE.sub(_article, caption)
 
 
-def default_captions(n: int = 20000, seed: int = 0) -> list[str]:
-    """n captions from the packaged templates, the same for the same (n, seed).
+def with_phrases(caption: str, rng: random.Random) -> str:
+    """``caption`` followed by 1 to MAX_PHRASES prompt phrases, comma-separated, as SD prompts are written."""
+    return ", ".join([caption, *rng.sample(prompt_phrases(), rng.randint(1, MAX_PHRASES))])
+
+
+def default_captions(n: int = 20000, seed: int = 0, prompt_share: float = PROMPT_SHARE) -> list[str]:
+    """n captions from the packaged templates, ``prompt_share`` of them extended with prompt phrases; the same for
+    the same arguments, and the first m of n are the m captions of (m, seed). ``prompt_share=0`` gives the templated
+    corpus that C came from before the phrases were added (concept files of then record "packaged:<its digest>").
 
     Templates are dealt in shuffled rounds, so every template is used once n >= their count.
     """
@@ -80,8 +101,19 @@ def default_captions(n: int = 20000, seed: int = 0) -> list[str]:
     captions = []
     while len(captions) < n:
         rng.shuffle(templates)
-        captions.extend(fill_template(template, rng) for template in templates[: n - len(captions)])
+        for template in templates[: n - len(captions)]:
+            caption = fill_template(template, rng)
+            captions.append(with_phrases(caption, rng) if prompt_share and rng.random() < prompt_share else caption)
     return captions
+
+
+def model_captions(pipe) -> list[str] | None:
+    """The corpus a pipeline's model folder carries (MODEL_CAPTIONS), or None: a hub id, a single file, or a folder
+    without one. Read from the folder the pipeline was opened from (diffusers' ``name_or_path``)."""
+    folder = getattr(pipe, "name_or_path", None)
+    if not folder or not (Path(folder) / MODEL_CAPTIONS).is_file():
+        return None
+    return load_captions(Path(folder) / MODEL_CAPTIONS)
 
 
 def load_captions(path) -> list[str]:

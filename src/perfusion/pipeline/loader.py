@@ -12,6 +12,7 @@ from perfusion.concept.fingerprint import cross_attention_modules, short
 from perfusion.concept.format import Concept, ConceptFileError, shorten
 from perfusion.pipeline import covariance
 from perfusion.pipeline.conditioning import TextConditioning
+from perfusion.pipeline.corpus import model_captions
 from perfusion.pipeline.fingerprint import pipeline_fingerprint, trained_on
 from perfusion.pipeline.models import check_supported
 from perfusion.pipeline.processor import PerfusionAttnProcessor
@@ -100,6 +101,8 @@ def install(
         return runtime
     text = TextConditioning.of(pipe)
     given_inverse = inverse
+    if captions is None:
+        captions = model_captions(pipe)  # the model folder's own corpus, else (None) the packaged one
     if inverse is None:
         inverse = covariance.inverse_covariance(text, captions, progress=progress)
     runtime = PerfusionRuntime(text, inverse, fingerprint or pipeline_fingerprint(pipe))
@@ -204,7 +207,8 @@ def load_concepts(
 ) -> list[Concept]:
     """Load concept files (paths or ``Concept`` objects) into ``pipe``; their tokens become usable in prompts.
 
-    ``captions`` replaces the packaged corpus for estimating C (computed once per base model, then cached);
+    ``captions`` replaces the corpus for estimating C (computed once per base model and corpus, then cached): by
+    default the model folder's own (``perfusion_captions.txt``), else the packaged one;
     ``inverse_covariance`` gives C^-1 directly; ``check=False`` skips the base-model fingerprint check (a LoRA-wrapped
     or trained pipeline), never the checks of layers and widths.
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from perfusion.concept.format import BETA_RANGE, TAU_RANGE
 from perfusion.pipeline.conditioning import TextConditioning
+from perfusion.pipeline.corpus import model_captions
 from perfusion.pipeline.covariance import inverse_covariance
 from perfusion.pipeline.fingerprint import pipeline_fingerprint
 from perfusion.pipeline.generation import GenerationError
@@ -43,7 +44,7 @@ class Service:
             self.pipe,
             config.folder("concepts"),
             config.cache_concepts,
-            inverse_covariance(TextConditioning.of(self.pipe)),
+            inverse_covariance(TextConditioning.of(self.pipe), model_captions(self.pipe)),
         )
         self.batcher = GenerationBatcher(
             self.pipe,

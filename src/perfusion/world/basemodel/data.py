@@ -61,6 +61,23 @@ def families_source() -> SceneSource:
     return SceneSource(make_scene=captions.make_scene, caption=captions.caption, vocabulary=captions.vocabulary)
 
 
+MODEL_CAPTION_COUNT = 5000
+
+
+def world_captions(world: str = "families", count: int = MODEL_CAPTION_COUNT) -> list[str]:
+    """Fresh captions of the world's own scenes (``"families"`` or ``"emoji"``), the same on every call: the corpus
+    for C of a model trained on that world, shipped in its folder (perfusion.pipeline.corpus.MODEL_CAPTIONS)."""
+    if world == "families":
+        from perfusion.world.families.captions import caption
+        from perfusion.world.families.scenes import sample_spec
+    elif world == "emoji":
+        from perfusion.world.scenes import caption, sample_spec
+    else:
+        raise ValueError(f"unknown world {world!r} (families or emoji)")
+    rng = random.Random("covariance-corpus")
+    return [caption(sample_spec(rng), rng) for _ in range(count)]
+
+
 def _caption_with(spec, rng: random.Random, choice) -> str:
     from perfusion.world.captions import describe
 

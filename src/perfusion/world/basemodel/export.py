@@ -1,6 +1,6 @@
 """Write the trained base model as a diffusers pipeline folder (EMA weights, fp16 safetensors):
 
-python -m perfusion.world.basemodel.export [--run-dir checkpoints/basemodel] [--out src/perfusion/world/model]
+python -m perfusion.world.basemodel.export [--run-dir checkpoints/basemodel] [--out src/perfusion/world/model] [--world emoji]
 """
 
 from __future__ import annotations
@@ -13,22 +13,34 @@ from pathlib import Path
 import torch
 from diffusers import StableDiffusionPipeline
 
+from perfusion.pipeline.corpus import MODEL_CAPTIONS
+
 from . import model as models
 from .config import DEFAULT_RUN_DIR
+from .data import world_captions
 from .evaluate import EvaluationConfig, evaluate, sample_grid, seconds_for_eight, table
 from .model import pipeline_from_checkpoint
 
 INFO_FILE = "basemodel.json"  # training provenance, next to model_index.json
 
 
-def export(run_dir: Path, out: Path, dtype: torch.dtype = torch.float16, use_ema: bool = True) -> Path:
+def export(
+    run_dir: Path, out: Path, dtype: torch.dtype = torch.float16, use_ema: bool = True, world: str = "families"
+) -> Path:
+    """A pipeline folder of the checkpoint, with its provenance and its world's captions (the corpus for C)."""
     pipeline, info = pipeline_from_checkpoint(run_dir, use_ema)
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
     models.save_pipeline(pipeline, out, dtype)
     (out / INFO_FILE).write_text(json.dumps(info, indent=1))
+    write_model_captions(out, world)
     return out
+
+
+def write_model_captions(out: Path, world: str) -> None:
+    """The folder's own corpus for C: its world's captions, at its own prompt length."""
+    (Path(out) / MODEL_CAPTIONS).write_text("\n".join(world_captions(world)) + "\n", encoding="utf-8")
 
 
 MODEL_CARD = """# Embedded base model: a tiny Stable Diffusion of the micro world
@@ -94,11 +106,16 @@ def main(argv=None) -> None:
     parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
     parser.add_argument("--out", type=Path, default=MODEL_DIR)
     parser.add_argument("--no-ema", action="store_true")
+    parser.add_argument("--world", choices=["families", "emoji"], default="families", help="the world it learned")
     parser.add_argument("--fp32", action="store_true")
     parser.add_argument("--evaluate", action="store_true", help="score the export; write README.md and samples.png")
     arguments = parser.parse_args(argv)
     out = export(
-        arguments.run_dir, arguments.out, torch.float32 if arguments.fp32 else torch.float16, not arguments.no_ema
+        arguments.run_dir,
+        arguments.out,
+        torch.float32 if arguments.fp32 else torch.float16,
+        not arguments.no_ema,
+        arguments.world,
     )
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote {out} ({size / 1e6:.1f} MB)")

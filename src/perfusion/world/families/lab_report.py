@@ -23,6 +23,7 @@ import torch
 
 from perfusion.files import atomic_write
 from perfusion.sheets import SheetRow, write_sheet
+from perfusion.world.basemodel.data import world_captions
 
 from . import base_eval, judge_check
 from .categories import CATEGORY_NAMES
@@ -39,17 +40,6 @@ from .scoring import ConceptScores, Galleries, score_concept_images
 
 SEEDS = (0, 1)
 CONCEPT_TOKEN = "<concept>"
-
-
-def world_captions(count: int = 5000) -> list[str]:
-    """Captions of the world's own scenes: the corpus C is estimated from for the embedded model."""
-    import random
-
-    from .captions import caption
-    from .scenes import sample_spec
-
-    rng = random.Random("covariance-corpus")
-    return [caption(sample_spec(rng), rng) for _ in range(count)]
 
 
 def score_rows(
