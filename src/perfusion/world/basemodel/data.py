@@ -64,9 +64,10 @@ def families_source() -> SceneSource:
 MODEL_CAPTION_COUNT = 5000
 
 
-def world_captions(world: str = "families", count: int = MODEL_CAPTION_COUNT) -> list[str]:
-    """Fresh captions of the world's own scenes (``"families"`` or ``"emoji"``), the same on every call: the corpus
-    for C of a model trained on that world, shipped in its folder (perfusion.pipeline.corpus.MODEL_CAPTIONS)."""
+def world_captions(world: str = "families", count: int = MODEL_CAPTION_COUNT, seed="covariance-corpus") -> list[str]:
+    """Fresh captions of the world's own scenes (``"families"`` or ``"emoji"``), the same for the same arguments: by
+    default the corpus for C of a model trained on that world, shipped in its folder
+    (perfusion.pipeline.corpus.MODEL_CAPTIONS)."""
     if world == "families":
         from perfusion.world.families.captions import caption
         from perfusion.world.families.scenes import sample_spec
@@ -74,7 +75,7 @@ def world_captions(world: str = "families", count: int = MODEL_CAPTION_COUNT) ->
         from perfusion.world.scenes import caption, sample_spec
     else:
         raise ValueError(f"unknown world {world!r} (families or emoji)")
-    rng = random.Random("covariance-corpus")
+    rng = random.Random(seed)
     return [caption(sample_spec(rng), rng) for _ in range(count)]
 
 
