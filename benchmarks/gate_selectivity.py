@@ -2,16 +2,15 @@
 
     python benchmarks/gate_selectivity.py --concept mycat.safetensors [--model PATH] [--prompts 12]
 
-Encodes the micro world's standard prompts with the concept in them and prints, for C estimated from the
-packaged caption corpus (what `load_concepts` uses) and from the world's own training captions, the mean |s| of
-the tokens before the concept, of the concept token, of the content tokens after it, and of the padding. Where
-the tokens after the concept reach s >= beta, the gate opens on them too (docs/results.md, "Gate selectivity").
+Encodes the micro world's standard prompts with the concept in them and prints, for the C that `load_concepts`
+installed (the model folder's own captions, for the embedded model its world's) and for the packaged corpus's, the
+mean |s| of the tokens before the concept, of the concept token, of the content tokens after it, and of the padding.
+Where the tokens after the concept reach s >= beta, the gate opens on them too (docs/results.md, "Gate selectivity").
 """
 
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 
 import torch
@@ -20,18 +19,11 @@ from perfusion.concept.format import Concept, ConceptFileError
 from perfusion.experiments.prompt_sets import world_prompts
 from perfusion.method import similarity
 from perfusion.pipeline.conditioning import TextConditioning
+from perfusion.pipeline.corpus import default_captions
 from perfusion.pipeline.covariance import DEFAULT_CAPTIONS, inverse_covariance
 from perfusion.pipeline.loader import find_runtime, load_concepts
 from perfusion.pipeline.models import open_pipeline
 from perfusion.pipeline.text import content_mask, encode, tokenize
-
-
-def world_captions(count: int, seed: int = 0) -> list[str]:
-    from perfusion.world.captions import caption
-    from perfusion.world.scenes import sample_spec
-
-    rng = random.Random(seed)
-    return [caption(sample_spec(rng), rng) for _ in range(count)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,9 +57,9 @@ def main(argv: list[str] | None = None) -> None:
         "padding": after & ~content,
     }
     inverses = {  # the first is the C^-1 that load_concepts installed; both come from the per-model disk cache
-        "packaged corpus": find_runtime(pipe).inverse_covariance,
-        "world captions": inverse_covariance(
-            TextConditioning.single(text_encoder, tokenizer), world_captions(DEFAULT_CAPTIONS)
+        "installed (the folder's own corpus, else packaged)": find_runtime(pipe).inverse_covariance,
+        "packaged corpus": inverse_covariance(
+            TextConditioning.single(text_encoder, tokenizer), default_captions(DEFAULT_CAPTIONS)
         ),
     }
     print(f"{concept.token} on {args.model}, {len(ids)} prompts; mean |s| (max |s|) per token group")
