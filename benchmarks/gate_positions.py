@@ -28,7 +28,7 @@ import torch
 from perfusion.concept.format import GATE_SCOPES, Concept, ConceptFileError
 from perfusion.method import gate, similarity
 from perfusion.pipeline.conditioning import TextConditioning
-from perfusion.pipeline.corpus import default_captions
+from perfusion.pipeline.corpus import default_captions, model_captions
 from perfusion.pipeline.covariance import DEFAULT_CAPTIONS, RIDGE
 from perfusion.pipeline.loader import load_concepts
 from perfusion.pipeline.models import open_pipeline
@@ -90,7 +90,7 @@ def measure(pipe, concept: Concept, beta: float, tau: float, corpus: list[str]) 
     token_id = tower.tokenizer.convert_tokens_to_ids(concept.token)
     word_ids = text.supercategory_ids(concept.supercategory)
     eos = tower.tokenizer.eos_token_id
-    installed = PerfusionRuntime.of(pipe).inverse_covariance  # what load_concepts computed (the packaged corpus)
+    installed = PerfusionRuntime.of(pipe).inverse_covariance  # what load_concepts computed
     inverses = {"paper": installed, "C over all": covariance_over_all_positions(text, corpus)}
     i_star = concept.concept_encoding.double()
     results = {}
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
             from perfusion.world.model_path import default_model_path
 
             args.model = str(default_model_path())
-        corpus = None  # the packaged one, as load_concepts uses by default
+        corpus = None  # the model folder's own, else the packaged one, as load_concepts uses by default
         try:
             concept = Concept.load(args.concept)
             pipe = open_pipeline(args.model, device="cpu")
@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     load_concepts(pipe, concept, captions=corpus)
     beta = concept.beta if args.beta is None else args.beta
     tau = concept.tau if args.tau is None else args.tau
-    results = measure(pipe, concept, beta, tau, corpus or default_captions(DEFAULT_CAPTIONS))
+    corpus = corpus or model_captions(pipe) or default_captions(DEFAULT_CAPTIONS)  # the installed C's corpus
+    results = measure(pipe, concept, beta, tau, corpus)
     print(f"{concept.token} ({concept.supercategory}) on {args.model or 'a tiny SD 1.5-shaped pipeline'}")
     print(report(results, beta, tau))
     if args.out:
