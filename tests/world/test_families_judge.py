@@ -147,3 +147,14 @@ def test_eye_labels_are_stored_by_split_and_join_a_batch_as_accept_only(tmp_path
     assert set(extended.targets["accept"][count:].tolist()) <= {0, 1}
     assert (extended.targets["category"][count:] == IGNORE).all() and (extended.identity[count:] == -1).all()
     assert not extended.regression_mask[count:].any()
+
+
+def test_unprompted_generations_are_stored_as_refused(tmp_path, tiny_pipe):
+    """Empty-prompt generations are negatives by rule: every one refused, its own split, one image per seed."""
+    from perfusion.world.families.eye_labels import UNPROMPTED, EyeLabels, collect_unprompted
+
+    path = tmp_path / "unprompted.npz"
+    labels = collect_unprompted(tiny_pipe, 3, 5, path)
+    again = EyeLabels.load(path)
+    assert len(again) == 3 and not again.accepted.any() and set(again.splits) == {UNPROMPTED}
+    assert (again.images == labels.images).all() and not (again.images[0] == again.images[1]).all()

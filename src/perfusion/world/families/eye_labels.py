@@ -11,6 +11,12 @@ agreement and the false accepts.
     python -m perfusion.world.families.eye_labels label --collection work/eye-a --split train \\
         --rejected 3,17,42                              # adds them to assets/families_eye_labels.npz
     python -m perfusion.world.families.eye_labels audit [--out docs/sheets/judge-audit.png]
+    python -m perfusion.world.families.eye_labels unprompted --count 1500 --first-seed 960000
+
+``unprompted`` stores a different kind of negative, labelled by rule, not by eye: the base model's generations from
+the empty prompt at guidance 1 (assets/families_unprompted.npz). Without a caption the model mixes parts of several
+categories in its own textures, so almost all are the failures a person rejects (about 23 in 25 by eye at step
+~11,000; the rest pass for an object, and are label noise the judge's training tolerates).
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ from .captions import describe
 from .scenes import sample_spec
 
 EYE_LABELS_PATH = Path(__file__).resolve().parents[1] / "assets" / "families_eye_labels.npz"
+UNPROMPTED_PATH = EYE_LABELS_PATH.with_name("families_unprompted.npz")
 SPLITS = ("train", "audit")
+UNPROMPTED = "unprompted"  # the split name of rule-labelled empty-prompt generations
 PER_SHEET = 25
 
 
@@ -71,7 +79,7 @@ class EyeLabels:
 
 
 def sample_rows(labels: EyeLabels, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``count`` random images (N, 3, 64, 64) in [0, 1] of the train split and their verdicts (1 accepted, 0 not)."""
+    """``count`` random images (N, 3, 64, 64) in [0, 1] of ``labels`` and their verdicts (1 accepted, 0 not)."""
     index = torch.randint(len(labels), (count,), generator=generator).numpy()
     images = torch.from_numpy(labels.images[index]).permute(0, 3, 1, 2).float() / 255.0
     return images, torch.from_numpy(labels.accepted[index].astype(np.int64))
@@ -101,6 +109,28 @@ def collect(pipe, count: int, first_seed: int, out: Path) -> None:
     array = np.stack([np.asarray(image.convert("RGB")) for image in images])
     np.savez_compressed(out / "images.npz", images=array, captions=json.dumps(captions))
     write_numbered_sheets(array, captions, out, [""] * len(captions))
+
+
+def collect_unprompted(pipe, count: int, first_seed: int, path: Path = UNPROMPTED_PATH) -> EyeLabels:
+    """``count`` generations from the empty prompt at guidance 1 (a seed each), all refused, saved to ``path``."""
+    from .sampling import sampling_defaults
+
+    steps, _ = sampling_defaults(None, None)
+    pipe.set_progress_bar_config(disable=True)
+    images = []
+    for start in range(0, count, 16):
+        seeds = range(first_seed + start, first_seed + min(count, start + 16))
+        with torch.no_grad():
+            images += pipe(
+                [""] * len(seeds),
+                num_inference_steps=steps,
+                guidance_scale=1.0,
+                generator=[torch.Generator().manual_seed(seed) for seed in seeds],
+            ).images
+    array = np.stack([np.asarray(image.convert("RGB")) for image in images])
+    labels = EyeLabels(array, np.zeros(count, dtype=bool), np.array([UNPROMPTED] * count), [""] * count)
+    labels.save(path)
+    return labels
 
 
 def write_numbered_sheets(images: np.ndarray, captions: list[str], out: Path, notes: list[str]) -> list[Path]:
@@ -193,6 +223,11 @@ def main(argv=None) -> None:
     labelling.add_argument("--collection", type=Path, required=True)
     labelling.add_argument("--split", choices=SPLITS, required=True)
     labelling.add_argument("--rejected", default="", help="comma-separated image numbers a person rejects")
+    unprompted = commands.add_parser("unprompted", help="empty-prompt generations, refused by rule")
+    unprompted.add_argument("--run-dir", type=Path, default=Path("checkpoints/families"))
+    unprompted.add_argument("--count", type=int, default=1500)
+    unprompted.add_argument("--first-seed", type=int, required=True)
+    unprompted.add_argument("--threads", type=int, default=1)
     auditing = commands.add_parser("audit")
     auditing.add_argument("--judge", type=Path)
     auditing.add_argument("--out", type=Path, default=Path("lab-report/judge-audit.png"))
@@ -209,6 +244,14 @@ def main(argv=None) -> None:
             pipe, _ = pipeline_from_checkpoint(arguments.run_dir, not arguments.no_ema)
         collect(pipe, arguments.count, arguments.first_seed, arguments.out)
         print(arguments.out)
+    elif arguments.command == "unprompted":
+        from perfusion.world.basemodel.model import pipeline_from_checkpoint
+
+        torch.set_num_threads(arguments.threads)
+        pipe, _ = pipeline_from_checkpoint(arguments.run_dir, True)
+        labels = collect_unprompted(pipe, arguments.count, arguments.first_seed)
+        write_numbered_sheets(labels.images[:PER_SHEET], labels.captions, Path("work/unprompted"), [""] * PER_SHEET)
+        print(f"{UNPROMPTED_PATH}: {len(labels)} images")
     elif arguments.command == "label":
         rejected = {int(item) for item in arguments.rejected.replace(" ", "").split(",") if item}
         store = label(arguments.collection, arguments.split, rejected)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from perfusion.files import atomic_torch_save
 from perfusion.world.augment import augment
 
-from .eye_labels import EyeLabels, sample_rows
+from .eye_labels import UNPROMPTED_PATH, EyeLabels, sample_rows
 from .judge import JUDGE_PATH, save_judge
 from .judge_data import IGNORE, BatchRecipe, labelled_batch
 from .judge_net import HEAD_CLASSES, JudgeNet, JudgeNetConfig
@@ -43,6 +43,7 @@ class JudgeTrainingConfig:
     checkpoint_every: int = 200
     vae_share: float = 0.3  # images passed through the base model's autoencoder first: generated images are its decodes
     eye_labelled: int = 16  # generated images labelled by eye (eye_labels, train split) added to each batch, if any
+    unprompted: int = 16  # empty-prompt generations (eye_labels.collect_unprompted), refused, added to each batch
 
 
 def supervised_contrastive(embeddings: torch.Tensor, groups: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -143,6 +144,8 @@ def train(config: JudgeTrainingConfig, resume: bool, workers: int, out: Path, va
     generator = torch.Generator().manual_seed(seed)
     eye_labelled = EyeLabels.load().split("train")  # the audit split is never trained on
     log(f"judge: {len(eye_labelled)} generated images labelled by eye ({int((~eye_labelled.accepted).sum())} rejected)")
+    unprompted = EyeLabels.load(UNPROMPTED_PATH) if UNPROMPTED_PATH.exists() else None
+    log(f"judge: {len(unprompted) if unprompted is not None else 0} empty-prompt generations, refused")
     net.train()
     started, window = time.time(), []
     for batch in stream:
@@ -153,6 +156,8 @@ def train(config: JudgeTrainingConfig, resume: bool, workers: int, out: Path, va
         images = autoencoder_roundtrip(batch.images, vae, config.vae_share, generator)
         if len(eye_labelled) and config.eye_labelled:
             batch, images = with_eye_labels(batch, images, eye_labelled, config.eye_labelled, generator)
+        if unprompted is not None and config.unprompted:
+            batch, images = with_eye_labels(batch, images, unprompted, config.unprompted, generator)
         loss, parts = judge_loss(net, batch, config, augment(images, generator))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -187,6 +192,9 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--eye-labelled", type=int, default=JudgeTrainingConfig.eye_labelled, help="eye-labelled images per batch"
     )
+    parser.add_argument(
+        "--unprompted", type=int, default=JudgeTrainingConfig.unprompted, help="empty-prompt generations per batch"
+    )
     parser.add_argument("--out", type=Path, default=JUDGE_PATH)
     parser.add_argument(
         "--vae",
@@ -201,7 +209,9 @@ def main(argv=None) -> None:
         from diffusers import AutoencoderKL
 
         vae = AutoencoderKL.from_pretrained(arguments.vae).float().eval()
-    config = JudgeTrainingConfig(steps=arguments.steps, eye_labelled=arguments.eye_labelled)
+    config = JudgeTrainingConfig(
+        steps=arguments.steps, eye_labelled=arguments.eye_labelled, unprompted=arguments.unprompted
+    )
     train(config, arguments.resume, arguments.workers, arguments.out, vae)
 
 
