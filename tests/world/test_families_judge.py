@@ -158,3 +158,21 @@ def test_unprompted_generations_are_stored_as_refused(tmp_path, tiny_pipe):
     again = EyeLabels.load(path)
     assert len(again) == 3 and not again.accepted.any() and set(again.splits) == {UNPROMPTED}
     assert (again.images == labels.images).all() and not (again.images[0] == again.images[1]).all()
+
+
+def test_a_collection_holds_one_image_per_fresh_caption_and_a_numbered_sheet(tmp_path, tiny_pipe):
+    import json
+
+    import numpy as np
+
+    from perfusion.world.families.eye_labels import collect, generate_one_each
+    from perfusion.world.families.sampling import sampling_defaults
+
+    collect(tiny_pipe, 3, 7, tmp_path / "c")
+    data = np.load(tmp_path / "c" / "images.npz")
+    captions = json.loads(str(data["captions"]))
+    assert len(data["images"]) == len(captions) == 3 and len(set(captions)) == 3
+    assert (tmp_path / "c" / "sheet-00.png").exists()
+    guidance = sampling_defaults(None, None)[1]
+    again = generate_one_each(tiny_pipe, captions[1:], 8, guidance)  # image n comes from seed first_seed + n alone
+    assert np.array_equal(again[0], data["images"][1])

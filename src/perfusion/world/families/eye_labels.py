@@ -85,6 +85,25 @@ def sample_rows(labels: EyeLabels, count: int, generator: torch.Generator) -> tu
     return images, torch.from_numpy(labels.accepted[index].astype(np.int64))
 
 
+@torch.no_grad()
+def generate_one_each(pipe, prompts: list[str], first_seed: int, guidance: float) -> np.ndarray:
+    """One image per prompt, prompt n from seed first_seed + n, with the base model's step count: (N, 64, 64, 3)."""
+    from .sampling import sampling_defaults
+
+    steps, _ = sampling_defaults(None, None)
+    pipe.set_progress_bar_config(disable=True)
+    images = []
+    for start in range(0, len(prompts), 16):
+        seeds = range(first_seed + start, first_seed + min(len(prompts), start + 16))
+        images += pipe(
+            prompts[start : start + 16],
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=[torch.Generator().manual_seed(seed) for seed in seeds],
+        ).images
+    return np.stack([np.asarray(image.convert("RGB")) for image in images])
+
+
 def collect(pipe, count: int, first_seed: int, out: Path) -> None:
     """``count`` generations of fresh captions (one seed each) as images.npz, and numbered sheets of PER_SHEET."""
     from .sampling import sampling_defaults
@@ -93,41 +112,15 @@ def collect(pipe, count: int, first_seed: int, out: Path) -> None:
     for index in range(count):
         rng = random.Random(first_seed + index)
         captions.append(describe(sample_spec(rng), rng).text)
-    steps, guidance = sampling_defaults(None, None)
-    pipe.set_progress_bar_config(disable=True)
-    images = []
-    for start in range(0, count, 16):  # one seed per caption, its own
-        seeds = range(first_seed + start, first_seed + min(count, start + 16))
-        with torch.no_grad():
-            images += pipe(
-                captions[start : start + 16],
-                num_inference_steps=steps,
-                guidance_scale=guidance,
-                generator=[torch.Generator().manual_seed(seed) for seed in seeds],
-            ).images
+    array = generate_one_each(pipe, captions, first_seed, sampling_defaults(None, None)[1])
     out.mkdir(parents=True, exist_ok=True)
-    array = np.stack([np.asarray(image.convert("RGB")) for image in images])
     np.savez_compressed(out / "images.npz", images=array, captions=json.dumps(captions))
     write_numbered_sheets(array, captions, out, [""] * len(captions))
 
 
 def collect_unprompted(pipe, count: int, first_seed: int, path: Path = UNPROMPTED_PATH) -> EyeLabels:
     """``count`` generations from the empty prompt at guidance 1 (a seed each), all refused, saved to ``path``."""
-    from .sampling import sampling_defaults
-
-    steps, _ = sampling_defaults(None, None)
-    pipe.set_progress_bar_config(disable=True)
-    images = []
-    for start in range(0, count, 16):
-        seeds = range(first_seed + start, first_seed + min(count, start + 16))
-        with torch.no_grad():
-            images += pipe(
-                [""] * len(seeds),
-                num_inference_steps=steps,
-                guidance_scale=1.0,
-                generator=[torch.Generator().manual_seed(seed) for seed in seeds],
-            ).images
-    array = np.stack([np.asarray(image.convert("RGB")) for image in images])
+    array = generate_one_each(pipe, [""] * count, first_seed, guidance=1.0)
     labels = EyeLabels(array, np.zeros(count, dtype=bool), np.array([UNPROMPTED] * count), [""] * count)
     labels.save(path)
     return labels
