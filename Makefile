@@ -45,7 +45,7 @@ benchmark: $(VENV)/.installed
 
 # Train the families laboratory's base model, or continue it: every stage resumes from checkpoints/families (hours
 # on 2 CPU cores; stop it any time). The run started from the emoji model's weights (--warm-start on a fresh run
-# directory; docs/basemodel.md). Then `$(PY) -m perfusion.world.basemodel.export --run-dir checkpoints/families`.
+# directory; docs/basemodel.md). Then `$(PY) -m perfusion.world.basemodel.export --world families --run-dir checkpoints/families`.
 RUN_DIR ?= checkpoints/families
 basemodel: $(VENV)/.installed
 	$(PY) -m perfusion.world.basemodel.train_base --stage tokenizer --run-dir $(RUN_DIR)

@@ -65,7 +65,8 @@ def add_train(commands) -> None:
     parser.add_argument("--out", required=True, help="concept file to write (.safetensors)")
     parser.add_argument("--mask-dir", help="masks with the images' file names (white = object)")
     parser.add_argument(
-        "--captions", help="caption file (one per line) for the covariance, instead of the packaged corpus"
+        "--captions",
+        help="caption file (one per line) for the covariance, instead of the model folder's or the packaged corpus",
     )
     parser.add_argument(
         "--resume", action="store_true", help="continue from OUT's checkpoint (OUT.ckpt), writing OUT even if it exists"
@@ -183,7 +184,9 @@ def add_generate(commands) -> None:
     )
     parser.add_argument("--mask-image", help="inpainting: white where --init-image is redrawn")
     parser.add_argument("--out", default="perfusion-out", help="output folder")
-    parser.add_argument("--captions", help="caption file for the covariance, instead of the packaged corpus")
+    parser.add_argument(
+        "--captions", help="caption file for the covariance, instead of the model folder's or the packaged corpus"
+    )
     parser.add_argument("--force", action="store_true", help="overwrite existing images")
     parser.set_defaults(run=run_generate)
 

@@ -175,4 +175,6 @@ def test_a_collection_holds_one_image_per_fresh_caption_and_a_numbered_sheet(tmp
     assert (tmp_path / "c" / "sheet-00.png").exists()
     guidance = sampling_defaults(None, None)[1]
     again = generate_one_each(tiny_pipe, captions[1:], 8, guidance)  # image n comes from seed first_seed + n alone
-    assert np.array_equal(again[0], data["images"][1])
+    difference = np.abs(again[0].astype(int) - data["images"][1]).max()
+    assert difference <= 2  # within the last bits: another batch size may round differently
+    assert np.abs(again[0].astype(int) - data["images"][2]).max() > 20  # another caption and seed differ

@@ -108,12 +108,19 @@ def default_captions(n: int = 20000, seed: int = 0, prompt_share: float = PROMPT
 
 
 def model_captions(pipe) -> list[str] | None:
-    """The corpus a pipeline's model folder carries (MODEL_CAPTIONS), or None: a hub id, a single file, or a folder
-    without one. Read from the folder the pipeline was opened from (diffusers' ``name_or_path``)."""
+    """The corpus a pipeline's model folder carries (MODEL_CAPTIONS), or None: a hub id (the hub's copy is not
+    fetched), a single file, or a folder without one. Read from the folder the pipeline was opened from (diffusers'
+    ``name_or_path``); a file there that cannot be read or holds no caption is a ModelError naming it."""
+    from perfusion.pipeline.models import ModelError
+
     folder = getattr(pipe, "name_or_path", None)
-    if not folder or not (Path(folder) / MODEL_CAPTIONS).is_file():
+    path = Path(folder) / MODEL_CAPTIONS if folder else None
+    if path is None or not path.is_file():
         return None
-    return load_captions(Path(folder) / MODEL_CAPTIONS)
+    try:
+        return load_captions(path)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ModelError(f"{path}: unreadable or empty ({error}); fix or delete it, or pass --captions") from None
 
 
 def load_captions(path) -> list[str]:

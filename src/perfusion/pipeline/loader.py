@@ -101,7 +101,7 @@ def install(
         return runtime
     text = TextConditioning.of(pipe)
     given_inverse = inverse
-    if captions is None:
+    if captions is None and inverse is None:
         captions = model_captions(pipe)  # the model folder's own corpus, else (None) the packaged one
     if inverse is None:
         inverse = covariance.inverse_covariance(text, captions, progress=progress)

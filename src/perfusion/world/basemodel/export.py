@@ -1,6 +1,6 @@
 """Write the trained base model as a diffusers pipeline folder (EMA weights, fp16 safetensors):
 
-python -m perfusion.world.basemodel.export [--run-dir checkpoints/basemodel] [--out src/perfusion/world/model] [--world emoji]
+python -m perfusion.world.basemodel.export [--run-dir checkpoints/basemodel] [--out src/perfusion/world/model] --world emoji|families
 """
 
 from __future__ import annotations
@@ -106,7 +106,9 @@ def main(argv=None) -> None:
     parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
     parser.add_argument("--out", type=Path, default=MODEL_DIR)
     parser.add_argument("--no-ema", action="store_true")
-    parser.add_argument("--world", choices=["families", "emoji"], default="families", help="the world it learned")
+    parser.add_argument(
+        "--world", choices=["families", "emoji"], required=True, help="the world it learned: its captions go with it"
+    )
     parser.add_argument("--fp32", action="store_true")
     parser.add_argument("--evaluate", action="store_true", help="score the export; write README.md and samples.png")
     arguments = parser.parse_args(argv)

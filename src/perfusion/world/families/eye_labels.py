@@ -240,6 +240,9 @@ def main(argv=None) -> None:
     elif arguments.command == "unprompted":
         from perfusion.world.basemodel.model import pipeline_from_checkpoint
 
+        if UNPROMPTED_PATH.exists():
+            raise SystemExit(f"eye_labels: {UNPROMPTED_PATH} exists; delete it first to collect afresh")
+
         torch.set_num_threads(arguments.threads)
         pipe, _ = pipeline_from_checkpoint(arguments.run_dir, True)
         labels = collect_unprompted(pipe, arguments.count, arguments.first_seed)
