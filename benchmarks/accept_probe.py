@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from perfusion.world.families.eye_labels import UNPROMPTED_PATH, EyeLabels
+from perfusion.world.families.eye_labels import UNPROMPTED_PATH, EyeLabels, verdict_scores
 
 torch.set_num_threads(1)
 torch.manual_seed(0)
@@ -78,6 +78,12 @@ def augment(x):
     return x
 
 
+def figures(p, y) -> str:
+    """AUC of the accept probability, and agreement and false accepts at 0.5, against the eye's verdicts."""
+    scores = verdict_scores(p > 0.5, y)
+    return f"auc {auc(p, y):.3f} agree@.5 {scores['agreement']:.2f} FA {scores['false_accepts']:.2f}"
+
+
 def auc(p, y):
     return float((p[y][:, None] > p[~y][None, :]).mean())
 
@@ -100,26 +106,5 @@ for step in range(1, 1501):
     loss.backward()
     opt.step()
     if step % 250 == 0:
-        pa, pf = score(audit.images), score(f)
-        ya = audit.accepted
-
-        def fa(p, y, th):
-            return ((p > th) & ~y).sum() / (~y).sum()
-
-        print(
-            step,
-            round(loss.item(), 3),
-            "audit auc",
-            round(auc(pa, ya), 3),
-            "agree@.5",
-            round(float(((pa > 0.5) == ya).mean()), 2),
-            "FA",
-            round(float(fa(pa, ya, 0.5)), 2),
-            "| held-out auc",
-            round(auc(pf, yf), 3),
-            "agree",
-            round(float(((pf > 0.5) == yf).mean()), 2),
-            "FA",
-            round(float(fa(pf, yf, 0.5)), 2),
-            flush=True,
-        )
+        print(step, round(loss.item(), 3), "audit", figures(score(audit.images), audit.accepted), end=" | ")
+        print("held out", figures(score(f), yf), flush=True)

@@ -15,18 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from perfusion.world.families.eye_labels import verdict_scores
+
 
 def verdicts(rejected: set[int], count: int) -> np.ndarray:
     return np.array([n not in rejected for n in range(count)])
 
 
 def scores(judged: np.ndarray, person: np.ndarray) -> dict[str, float]:
-    return {
-        "images": int(len(person)),
-        "rejected_by_eye": int((~person).sum()),
-        "agreement": round(float((judged == person).mean()), 3),
-        "false_accepts": round(float((judged & ~person).sum() / max(1, (~person).sum())), 3),
-    }
+    return {name: round(value, 3) for name, value in verdict_scores(judged, person).items()}
 
 
 def main(argv=None) -> None:

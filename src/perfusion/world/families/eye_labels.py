@@ -167,6 +167,18 @@ def label(collection: Path, split: str, rejected: set[int], path: Path = EYE_LAB
     return store
 
 
+def verdict_scores(judged: np.ndarray, person: np.ndarray) -> dict:
+    """Verdicts (True: accepted) against a person's: agreement, false accepts (accepted, though the person rejects,
+    over the person's rejections) and false refusals (over the person's acceptances)."""
+    return {
+        "images": int(len(person)),
+        "rejected_by_eye": int((~person).sum()),
+        "agreement": float((judged == person).mean()),
+        "false_accepts": float((judged & ~person).sum() / max(1, (~person).sum())),
+        "false_refusals": float((~judged & person).sum() / max(1, person.sum())),
+    }
+
+
 def audit(judge, labels: EyeLabels, out: Path) -> dict:
     """The judge against the person on the audit split: agreement, false accepts (accepted by the judge, rejected by
     the person, over the person's rejections) and false refusals; a sheet with both verdicts under each image."""
@@ -177,13 +189,7 @@ def audit(judge, labels: EyeLabels, out: Path) -> dict:
     reading = judge.read(torch.from_numpy(labels.images).permute(0, 3, 1, 2).float() / 255.0)
     verdicts = np.array([reading.accepted(row) for row in range(len(labels))])
     person = labels.accepted
-    summary = {
-        "images": int(len(labels)),
-        "rejected_by_eye": int((~person).sum()),
-        "agreement": float((verdicts == person).mean()),
-        "false_accepts": float((verdicts & ~person).sum() / max(1, (~person).sum())),
-        "false_refusals": float((~verdicts & person).sum() / max(1, person.sum())),
-    }
+    summary = verdict_scores(verdicts, person)
     cells = [
         (
             Image.fromarray(labels.images[n]),
