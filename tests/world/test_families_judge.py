@@ -2,6 +2,7 @@
 
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -178,3 +179,26 @@ def test_a_collection_holds_one_image_per_fresh_caption_and_a_numbered_sheet(tmp
     difference = np.abs(again[0].astype(int) - data["images"][1]).max()
     assert difference <= 2  # within the last bits: another batch size may round differently
     assert np.abs(again[0].astype(int) - data["images"][2]).max() > 20  # another caption and seed differ
+
+
+def test_regenerated_renders_keep_every_label_and_join_a_batch(tmp_path, tiny_pipe):
+    """Renders regenerated part of the way by the base model: scene n from seed first + n, every head labelled as
+    the render is, stored and reloaded unchanged, and appended to a judge batch with their targets."""
+    from perfusion.world.families.regenerated import HEADS, Regenerated, collect, scene
+    from perfusion.world.families.train_judge import with_regenerated
+
+    store = collect(tiny_pipe, 3, 40, batch_size=2, log=lambda message: None)
+    render, caption, labels, values, known = scene(41)
+    assert store.captions[1] == caption and store.targets[1].tolist() == labels
+    assert labels[HEADS.index("accept")] == 1 and labels[HEADS.index("category")] != IGNORE
+    assert (store.regression[1] == values).all() and store.regression_mask[1].tolist() == known.tolist()
+    assert store.images.shape == (3, 64, 64, 3) and not (store.images[1] == np.asarray(render)).all()
+    store.save(tmp_path / "regenerated.npz")
+    again = Regenerated.load(tmp_path / "regenerated.npz")
+    assert (again.images == store.images).all() and (again.targets == store.targets).all()
+    batch = labelled_batch(random.Random(0), SMALL)
+    extended, stacked = with_regenerated(batch, batch.images, again, 4, torch.Generator().manual_seed(0))
+    count = len(batch.images)
+    assert len(extended.images) == len(stacked) == count + 4
+    assert (extended.targets["accept"][count:] == 1).all() and (extended.targets["category"][count:] != IGNORE).all()
+    assert extended.regression_mask[count:].any(1).all() and (extended.identity[count:] == -1).all()

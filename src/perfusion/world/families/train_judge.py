@@ -27,6 +27,7 @@ from .eye_labels import UNPROMPTED_PATH, EyeLabels, sample_rows
 from .judge import JUDGE_PATH, save_judge
 from .judge_data import IGNORE, BatchRecipe, labelled_batch
 from .judge_net import HEAD_CLASSES, JudgeNet, JudgeNetConfig
+from .regenerated import REGENERATED_PATH, Regenerated
 
 CHECKPOINT = Path("checkpoints/families-judge.pt")
 
@@ -44,6 +45,7 @@ class JudgeTrainingConfig:
     vae_share: float = 0.3  # images passed through the base model's autoencoder first: generated images are its decodes
     eye_labelled: int = 16  # generated images labelled by eye (eye_labels, train split) added to each batch, if any
     unprompted: int = 16  # empty-prompt generations (eye_labels.collect_unprompted), refused, added to each batch
+    regenerated: int = 0  # renders regenerated part of the way by the base model (regenerated.py), added to each batch
 
 
 def supervised_contrastive(embeddings: torch.Tensor, groups: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -85,23 +87,34 @@ def autoencoder_roundtrip(images: torch.Tensor, vae, share: float, generator: to
     return images
 
 
+def with_rows(batch, images: torch.Tensor, extra: torch.Tensor, targets: dict, regression=None, known=None):
+    """The batch with ``extra`` images appended, with their targets per head (and regression targets, if known)."""
+    count = len(extra)
+    width = batch.regression.shape[1]
+    batch = replace(
+        batch,
+        images=torch.cat([batch.images, extra]),
+        targets={head: torch.cat([target, targets[head]]) for head, target in batch.targets.items()},
+        regression=torch.cat([batch.regression, torch.zeros(count, width) if regression is None else regression]),
+        regression_mask=torch.cat(
+            [batch.regression_mask, torch.zeros(count, width, dtype=bool) if known is None else known]
+        ),
+        identity=torch.cat([batch.identity, torch.full((count,), -1)]),
+    )
+    return batch, torch.cat([images, extra])
+
+
 def with_eye_labels(batch, images: torch.Tensor, labels, count: int, generator: torch.Generator):
     """The batch with ``count`` generated images labelled by eye appended: accepted or refused, every other head
     ignored (what else they show is not known)."""
     extra, accepted = sample_rows(labels, count, generator)
-    targets = {
-        head: torch.cat([target, accepted if head == "accept" else torch.full((count,), IGNORE)])
-        for head, target in batch.targets.items()
-    }
-    batch = replace(
-        batch,
-        images=torch.cat([batch.images, extra]),
-        targets=targets,
-        regression=torch.cat([batch.regression, torch.zeros(count, batch.regression.shape[1])]),
-        regression_mask=torch.cat([batch.regression_mask, torch.zeros(count, batch.regression.shape[1], dtype=bool)]),
-        identity=torch.cat([batch.identity, torch.full((count,), -1)]),
-    )
-    return batch, torch.cat([images, extra])
+    targets = {head: accepted if head == "accept" else torch.full((count,), IGNORE) for head in batch.targets}
+    return with_rows(batch, images, extra, targets)
+
+
+def with_regenerated(batch, images: torch.Tensor, store, count: int, generator: torch.Generator):
+    """The batch with ``count`` regenerated renders appended, every head labelled by the render's ground truth."""
+    return with_rows(batch, images, *store.sample_rows(count, generator))
 
 
 def learning_rate(step: int, config: JudgeTrainingConfig) -> float:
@@ -146,6 +159,8 @@ def train(config: JudgeTrainingConfig, resume: bool, workers: int, out: Path, va
     log(f"judge: {len(eye_labelled)} generated images labelled by eye ({int((~eye_labelled.accepted).sum())} rejected)")
     unprompted = EyeLabels.load(UNPROMPTED_PATH) if UNPROMPTED_PATH.exists() else None
     log(f"judge: {len(unprompted) if unprompted is not None else 0} empty-prompt generations, refused")
+    regenerated = Regenerated.load() if config.regenerated and REGENERATED_PATH.exists() else None
+    log(f"judge: {len(regenerated) if regenerated is not None else 0} regenerated renders, every head labelled")
     net.train()
     started, window = time.time(), []
     for batch in stream:
@@ -158,6 +173,8 @@ def train(config: JudgeTrainingConfig, resume: bool, workers: int, out: Path, va
             batch, images = with_eye_labels(batch, images, eye_labelled, config.eye_labelled, generator)
         if unprompted is not None and config.unprompted:
             batch, images = with_eye_labels(batch, images, unprompted, config.unprompted, generator)
+        if regenerated is not None:
+            batch, images = with_regenerated(batch, images, regenerated, config.regenerated, generator)
         loss, parts = judge_loss(net, batch, config, augment(images, generator))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -195,6 +212,9 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--unprompted", type=int, default=JudgeTrainingConfig.unprompted, help="empty-prompt generations per batch"
     )
+    parser.add_argument(
+        "--regenerated", type=int, default=JudgeTrainingConfig.regenerated, help="regenerated renders per batch"
+    )
     parser.add_argument("--out", type=Path, default=JUDGE_PATH)
     parser.add_argument(
         "--vae",
@@ -210,7 +230,10 @@ def main(argv=None) -> None:
 
         vae = AutoencoderKL.from_pretrained(arguments.vae).float().eval()
     config = JudgeTrainingConfig(
-        steps=arguments.steps, eye_labelled=arguments.eye_labelled, unprompted=arguments.unprompted
+        steps=arguments.steps,
+        eye_labelled=arguments.eye_labelled,
+        unprompted=arguments.unprompted,
+        regenerated=arguments.regenerated,
     )
     train(config, arguments.resume, arguments.workers, arguments.out, vae)
 
