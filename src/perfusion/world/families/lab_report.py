@@ -138,6 +138,7 @@ def main(argv=None) -> None:
         help="16 base-model prompts, 16 spread samples, seen members of cat and mug only",
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--judge", type=Path, default=None, help="judge weights (default: the shipped judge)")
     arguments = parser.parse_args(argv)
     torch.set_num_threads(arguments.threads)
     from diffusers import StableDiffusionPipeline
@@ -146,7 +147,7 @@ def main(argv=None) -> None:
 
     model = arguments.model or default_model_path()
     pipe = StableDiffusionPipeline.from_pretrained(model, local_files_only=True)
-    judge = Judge.load()
+    judge = Judge.load(arguments.judge) if arguments.judge else Judge.load()
     out = arguments.out
     out.mkdir(parents=True, exist_ok=True)
     galleries = Galleries(judge)
