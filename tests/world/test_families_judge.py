@@ -202,3 +202,37 @@ def test_regenerated_renders_keep_every_label_and_join_a_batch(tmp_path, tiny_pi
     assert len(extended.images) == len(stacked) == count + 4
     assert (extended.targets["accept"][count:] == 1).all() and (extended.targets["category"][count:] != IGNORE).all()
     assert extended.regression_mask[count:].any(1).all() and (extended.identity[count:] == -1).all()
+
+
+def test_a_second_blind_labelling_sets_the_consensus_the_audit_is_scored_on(tmp_path):
+    """relabel stores a second verdict beside the first; the audit reports the eye's self-agreement and the judge's
+    figures on the images both labellings agree on, beside those against the first."""
+    import json
+
+    from perfusion.world.families.eye_labels import NOT_RELABELLED, EyeLabels, audit, label, relabel
+
+    images = np.random.default_rng(1).integers(0, 255, (4, 64, 64, 3), dtype=np.uint8)
+    (tmp_path / "a").mkdir()
+    np.savez_compressed(tmp_path / "a" / "images.npz", images=images, captions=json.dumps(["a cat"] * 4))
+    store = tmp_path / "labels.npz"
+    label(tmp_path / "a", "audit", {0, 1}, store)
+    assert (EyeLabels.load(store).second == NOT_RELABELLED).all() and not EyeLabels.load(store).sure.any()
+    relabel(tmp_path / "a", {0, 2}, store)  # agrees on 0 (rejected) and 3 (accepted)
+    labels = EyeLabels.load(store).split("audit")
+    assert labels.second.tolist() == [0, 1, 0, 1] and labels.sure.tolist() == [True, False, False, True]
+
+    class AcceptsAll:
+        def read(self, batch):
+            from perfusion.world.families.judge import Reading
+
+            count = len(batch)
+            accept = torch.tensor([[0.0, 1.0]]).repeat(count, 1)
+            return Reading({"accept": accept}, torch.zeros(count, 1), torch.zeros(count, 2))
+
+    summary = audit(AcceptsAll(), labels, tmp_path / "audit.png")
+    assert summary["agreement"] == 0.5 and summary["eye_self_agreement"] == 0.5
+    assert summary["consensus"]["images"] == 2 and summary["consensus"]["false_accepts"] == 1.0
+    with pytest.raises(SystemExit, match="not in"):
+        (tmp_path / "b").mkdir()
+        np.savez_compressed(tmp_path / "b" / "images.npz", images=images[::-1] // 2, captions="[]")
+        relabel(tmp_path / "b", set(), store)

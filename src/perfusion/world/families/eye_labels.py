@@ -4,12 +4,15 @@ A person looks at numbered contact sheets of a base model's generations (fresh c
 images they reject: no recognisable object of any category (blobs, noise, smears, fragments). Those labels go into
 the judge's training (its "train" split: the rejected as negatives, the accepted as objects, every other head
 ignored) or into its audit ("audit" split, never trained on): the judge's verdict beside the person's, with the
-agreement and the false accepts.
+agreement and the false accepts. One person's eye does not agree with itself on borderline shapes (0.84 on the audit
+split, labelled twice a session apart), so the audit's bars are scored on the consensus: the images that a second
+labelling, blind to the first (``relabel``), puts on the same side.
 
     python -m perfusion.world.families.eye_labels collect --run-dir checkpoints/families --count 100 \\
         --first-seed 900000 --out work/eye-a            # images.npz and numbered sheets to look at
     python -m perfusion.world.families.eye_labels label --collection work/eye-a --split train \\
         --rejected 3,17,42                              # adds them to assets/families_eye_labels.npz
+    python -m perfusion.world.families.eye_labels relabel --collection work/eye-a --rejected 3,42  # a second look
     python -m perfusion.world.families.eye_labels audit [--out docs/sheets/judge-audit.png]
     python -m perfusion.world.families.eye_labels unprompted --count 1500 --first-seed 960000
 
@@ -40,6 +43,7 @@ UNPROMPTED_PATH = EYE_LABELS_PATH.with_name("families_unprompted.npz")
 SPLITS = ("train", "audit")
 UNPROMPTED = "unprompted"  # the split name of rule-labelled empty-prompt generations
 PER_SHEET = 25
+NOT_RELABELLED = -1
 
 
 @dataclass
@@ -50,13 +54,19 @@ class EyeLabels:
     accepted: np.ndarray  # (N,) bool
     splits: np.ndarray  # (N,) str
     captions: list[str]
+    second: np.ndarray | None = None  # (N,) int8: a second, blind labelling (1 accepted, 0 rejected, -1 none)
+
+    def __post_init__(self):
+        if self.second is None:
+            self.second = np.full(len(self.accepted), NOT_RELABELLED, dtype=np.int8)
 
     @classmethod
     def load(cls, path: Path = EYE_LABELS_PATH) -> EyeLabels:
         if not Path(path).is_file():
             return cls(np.zeros((0, 64, 64, 3), np.uint8), np.zeros(0, bool), np.zeros(0, "<U5"), [])
         data = np.load(path)
-        return cls(data["images"], data["accepted"], data["splits"], json.loads(str(data["captions"])))
+        second = data["second"] if "second" in data.files else None
+        return cls(data["images"], data["accepted"], data["splits"], json.loads(str(data["captions"])), second)
 
     def save(self, path: Path = EYE_LABELS_PATH) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,12 +77,19 @@ class EyeLabels:
             accepted=self.accepted,
             splits=self.splits,
             captions=json.dumps(self.captions),
+            second=self.second,
         )
         temporary.replace(path)
 
     def split(self, name: str) -> EyeLabels:
         keep = self.splits == name
-        return EyeLabels(self.images[keep], self.accepted[keep], self.splits[keep], list(np.array(self.captions)[keep]))
+        captions = list(np.array(self.captions)[keep])
+        return EyeLabels(self.images[keep], self.accepted[keep], self.splits[keep], captions, self.second[keep])
+
+    @property
+    def sure(self) -> np.ndarray:
+        """(N,) bool: relabelled, and both labellings agree (the consensus the audit's bars are scored on)."""
+        return (self.second != NOT_RELABELLED) & (self.second == self.accepted)
 
     def __len__(self) -> int:
         return len(self.accepted)
@@ -167,6 +184,23 @@ def label(collection: Path, split: str, rejected: set[int], path: Path = EYE_LAB
     return store
 
 
+def relabel(collection: Path, rejected: set[int], path: Path = EYE_LABELS_PATH) -> EyeLabels:
+    """A second labelling of a stored collection, made blind to the first: kept beside it, so that the audit can
+    be scored where the two agree (one person's eye does not agree with itself on borderline shapes)."""
+    images = np.load(collection / "images.npz")["images"]
+    if max(rejected, default=-1) >= len(images) or min(rejected, default=0) < 0:
+        raise SystemExit(f"eye_labels: {collection} holds images 0-{len(images) - 1}")
+    store = EyeLabels.load(path)
+    rows = {image.tobytes(): row for row, image in enumerate(store.images)}
+    missing = sum(image.tobytes() not in rows for image in images)
+    if missing:
+        raise SystemExit(f"eye_labels: {missing} images of {collection} are not in {path}; label them first")
+    for n, image in enumerate(images):
+        store.second[rows[image.tobytes()]] = int(n not in rejected)
+    store.save(path)
+    return store
+
+
 def verdict_scores(judged: np.ndarray, person: np.ndarray) -> dict:
     """Verdicts (True: accepted) against a person's: agreement, false accepts (accepted, though the person rejects,
     over the person's rejections) and false refusals (over the person's acceptances)."""
@@ -190,19 +224,31 @@ def audit(judge, labels: EyeLabels, out: Path) -> dict:
     verdicts = np.array([reading.accepted(row) for row in range(len(labels))])
     person = labels.accepted
     summary = verdict_scores(verdicts, person)
+    sure = labels.sure
+    title = (
+        f"judge audit: {summary['images']} generated images, agreement {summary['agreement']:.2f}, "
+        f"false accepts {summary['false_accepts']:.2f}"
+    )
+    if sure.any():
+        relabelled = labels.second != NOT_RELABELLED
+        summary["eye_self_agreement"] = float(sure.sum() / relabelled.sum())
+        summary["consensus"] = verdict_scores(verdicts[sure], person[sure])
+        title += (
+            f"; where two blind labellings agree ({int(sure.sum())}): agreement "
+            f"{summary['consensus']['agreement']:.2f}, false accepts {summary['consensus']['false_accepts']:.2f}"
+        )
+    second = {1: "ok", 0: "NO", NOT_RELABELLED: ""}
     cells = [
         (
             Image.fromarray(labels.images[n]),
-            f"eye {'ok' if person[n] else 'NO'} / judge {'ok' if verdicts[n] else 'NO'}"
+            f"eye {'ok' if person[n] else 'NO'}"
+            + (f",{second[int(labels.second[n])]}" if labels.second[n] != NOT_RELABELLED else "")
+            + f" / judge {'ok' if verdicts[n] else 'NO'}"
             + ("" if verdicts[n] == person[n] else " !"),
         )
         for n in range(len(labels))
     ]
     rows = [SheetRow("", cells[i : i + 10]) for i in range(0, len(cells), 10)]
-    title = (
-        f"judge audit: {summary['images']} generated images, agreement {summary['agreement']:.2f}, "
-        f"false accepts {summary['false_accepts']:.2f}"
-    )
     write_sheet(out, rows, title=title, columns=10)
     return summary
 
@@ -222,6 +268,9 @@ def main(argv=None) -> None:
     labelling.add_argument("--collection", type=Path, required=True)
     labelling.add_argument("--split", choices=SPLITS, required=True)
     labelling.add_argument("--rejected", default="", help="comma-separated image numbers a person rejects")
+    relabelling = commands.add_parser("relabel", help="a second labelling, blind to the first, of a stored collection")
+    relabelling.add_argument("--collection", type=Path, required=True)
+    relabelling.add_argument("--rejected", default="", help="comma-separated image numbers rejected this time")
     unprompted = commands.add_parser("unprompted", help="empty-prompt generations, refused by rule")
     unprompted.add_argument("--run-dir", type=Path, default=Path("checkpoints/families"))
     unprompted.add_argument("--count", type=int, default=1500)
@@ -254,10 +303,16 @@ def main(argv=None) -> None:
         labels = collect_unprompted(pipe, arguments.count, arguments.first_seed)
         write_numbered_sheets(labels.images[:PER_SHEET], labels.captions, Path("work/unprompted"), [""] * PER_SHEET)
         print(f"{UNPROMPTED_PATH}: {len(labels)} images")
-    elif arguments.command == "label":
+    elif arguments.command in ("label", "relabel"):
         rejected = {int(item) for item in arguments.rejected.replace(" ", "").split(",") if item}
-        store = label(arguments.collection, arguments.split, rejected)
-        print(f"{EYE_LABELS_PATH}: {len(store)} images ({int((~store.accepted).sum())} rejected)")
+        if arguments.command == "label":
+            store = label(arguments.collection, arguments.split, rejected)
+        else:
+            store = relabel(arguments.collection, rejected)
+        relabelled = int((store.second != NOT_RELABELLED).sum())
+        print(
+            f"{EYE_LABELS_PATH}: {len(store)} images ({int((~store.accepted).sum())} rejected; {relabelled} relabelled)"
+        )
     else:
         from .judge import Judge
 

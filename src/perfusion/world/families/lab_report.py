@@ -162,6 +162,7 @@ def main(argv=None) -> None:
             "garbage_refused_min": checked["garbage_refused_min"],
             "audit_agreement": audited["agreement"] if audited else None,
             "audit_false_accepts": audited["false_accepts"] if audited else None,
+            "audit_consensus": audited.get("consensus"),  # where two blind labellings agree: the bars' protocol
         },
         "examples": controls(pipe, judge, galleries, out),
         "seen_member": seen_member(
