@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from perfusion.files import atomic_write
+from perfusion.recipes import read_recipe
 from perfusion.sheets import SheetRow, write_sheet
 from perfusion.world.basemodel.data import world_captions
 
@@ -89,31 +90,30 @@ def controls(pipe, judge: Judge, galleries: Galleries, out: Path) -> dict:
     return results
 
 
-def seen_member(pipe, judge: Judge, galleries: Galleries, out: Path, model: Path, categories) -> dict:
-    """Perfusion with the model's recipe on 5 photos of each category's first seen instance."""
+def seen_member(pipe, judge: Judge, galleries: Galleries, out: Path, training: dict, categories, tag: str = "") -> dict:
+    """Perfusion with the ``training`` settings (TrainingConfig's fields; the model folder's recipe in the report) on
+    5 photos of each category's first seen instance; a sheet per category (``seen-{name}{tag}.png``)."""
     from perfusion import load_concepts, unload_concepts
-    from perfusion.recipes import read_recipe
     from perfusion.training.images import TrainingImage
     from perfusion.training.trainer import TrainingConfig, train_concept
 
-    recipe = read_recipe(model)
     captions = world_captions()
     results = {}
     for name in categories:
         instance = seen_instances(name)[0]
         shots = photos(instance, 5, seed=0)
         images = [TrainingImage(f"{index:02d}.png", image, mask) for index, (image, mask, _) in enumerate(shots)]
-        config = TrainingConfig(**{**recipe.training, "pair_words": tuple(recipe.training.get("pair_words", ()))})
+        config = TrainingConfig(**{**training, "pair_words": tuple(training.get("pair_words", ()))})
         started = time.time()
         result = train_concept(pipe, images, CONCEPT_TOKEN, name, config, captions=captions, progress=False)
+        seconds = time.time() - started
         load_concepts(pipe, [result.concept], captions=captions)
         scores, row = score_rows(pipe, judge, instance, CONCEPT_TOKEN, galleries, f"Perfusion, seen {name}")
         unload_concepts(pipe, [CONCEPT_TOKEN])
-        results[name] = {**scores.summary(), "training_seconds": time.time() - started}
+        results[name] = {**scores.summary(), "training_seconds": seconds}
         photo_row = SheetRow("the photos", [(image, "") for image, _, _ in shots])
-        write_sheet(
-            out / f"seen-{name}.png", [photo_row, row], title=f"seen member {name}: {instance.describe()}", columns=12
-        )
+        title = f"seen member {name}{tag}: {instance.describe()}"
+        write_sheet(out / f"seen-{name}{tag}.png", [photo_row, row], title=title, columns=12)
     return results
 
 
@@ -166,7 +166,12 @@ def main(argv=None) -> None:
         },
         "examples": controls(pipe, judge, galleries, out),
         "seen_member": seen_member(
-            pipe, judge, galleries, out, model, ("cat", "mug") if arguments.quick else CATEGORY_NAMES
+            pipe,
+            judge,
+            galleries,
+            out,
+            read_recipe(model).training,
+            ("cat", "mug") if arguments.quick else CATEGORY_NAMES,
         ),
     }
     atomic_write(out / "summary.json", lambda temporary: Path(temporary).write_text(json.dumps(summary, indent=1)))

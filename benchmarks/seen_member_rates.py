@@ -1,0 +1,53 @@
+"""The seen-member control at several value learning rates (issue 30, section 4; issue 31's first bar).
+
+Perfusion trained on 5 photos of each category's first seen instance (a member the base model saw in 5% of its
+scenes), with the model folder's recipe and o*_V's learning rate (and, optionally, the step count) replaced; each
+concept drawn on the 12 concept prompts x 2 seeds and scored by the judge. A recipe that cannot draw a member the
+model already draws fails for its own reasons, not the laboratory's.
+
+    python benchmarks/seen_member_rates.py --model DIR --rates 3e-3 1e-2 3e-2 [--categories cat mug] [--steps 400]
+
+Writes OUT/seen-{category}-lr{rate}.png and OUT/summary.json (recognised, attribute match, alignment, seconds).
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from perfusion.recipes import read_recipe
+from perfusion.world.families.judge import JUDGE_PATH, Judge
+from perfusion.world.families.lab_report import seen_member
+from perfusion.world.families.scoring import Galleries
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--rates", type=float, nargs="+", default=[3e-3, 1e-2, 3e-2])
+    parser.add_argument("--categories", nargs="+", default=["cat", "mug"])
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the recipe's)")
+    parser.add_argument("--judge", type=Path, default=JUDGE_PATH)
+    parser.add_argument("--out", type=Path, default=Path("work/seen-member-rates"))
+    parser.add_argument("--threads", type=int, default=1)
+    arguments = parser.parse_args()
+    torch.set_num_threads(arguments.threads)
+    pipe = StableDiffusionPipeline.from_pretrained(arguments.model, local_files_only=True)
+    judge = Judge.load(arguments.judge)
+    galleries = Galleries(judge)
+    arguments.out.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    for rate in arguments.rates:
+        training = {**read_recipe(arguments.model).training, "lr_values": rate}
+        if arguments.steps:
+            training["steps"] = arguments.steps
+        tag = f"-lr{rate:g}"
+        summary[tag[1:]] = seen_member(pipe, judge, galleries, arguments.out, training, arguments.categories, tag)
+        print(tag[1:], json.dumps(summary[tag[1:]]), flush=True)
+        (arguments.out / "summary.json").write_text(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
