@@ -236,3 +236,20 @@ def test_a_second_blind_labelling_sets_the_consensus_the_audit_is_scored_on(tmp_
         (tmp_path / "b").mkdir()
         np.savez_compressed(tmp_path / "b" / "images.npz", images=images[::-1] // 2, captions="[]")
         relabel(tmp_path / "b", set(), store)
+
+
+def test_fine_tuning_starts_from_a_judge_file_and_keeps_its_own_checkpoint(tmp_path):
+    """--start-from loads a judge file's weights into a new schedule (at learning rate 0 its parameters come out
+    unchanged, to fp16; normalisation statistics still move), and the run's state goes to its own checkpoint."""
+    from perfusion.world.families.train_judge import CHECKPOINT, JudgeTrainingConfig, train
+
+    start = tmp_path / "start.safetensors"
+    torch.manual_seed(3)
+    save_judge(JudgeNet(JudgeNetConfig()), start, {})
+    before = CHECKPOINT.stat().st_mtime if CHECKPOINT.exists() else None
+    config = JudgeTrainingConfig(steps=1, learning_rate=0.0, warmup_steps=1, eye_labelled=0, unprompted=0)
+    checkpoint = tmp_path / "run.pt"
+    net = train(config, False, 0, tmp_path / "out.safetensors", start_from=start, checkpoint=checkpoint, log=print)
+    loaded = dict(Judge.load(start).net.named_parameters())
+    assert all(torch.equal(value, loaded[name]) for name, value in net.named_parameters())
+    assert checkpoint.exists() and (CHECKPOINT.stat().st_mtime if CHECKPOINT.exists() else None) == before

@@ -24,7 +24,7 @@ from perfusion.files import atomic_torch_save
 from perfusion.world.augment import augment
 
 from .eye_labels import UNPROMPTED_PATH, EyeLabels, sample_rows
-from .judge import JUDGE_PATH, save_judge
+from .judge import JUDGE_PATH, Judge, save_judge
 from .judge_data import IGNORE, BatchRecipe, labelled_batch
 from .judge_net import HEAD_CLASSES, JudgeNet, JudgeNetConfig
 from .regenerated import REGENERATED_PATH, Regenerated
@@ -141,12 +141,27 @@ def flushed(message: str) -> None:
     print(message, flush=True)
 
 
-def train(config: JudgeTrainingConfig, resume: bool, workers: int, out: Path, vae=None, log=flushed) -> JudgeNet:
+def train(
+    config: JudgeTrainingConfig,
+    resume: bool,
+    workers: int,
+    out: Path,
+    vae=None,
+    log=flushed,
+    start_from: Path | None = None,
+    seed: int = 0,
+    checkpoint: Path = CHECKPOINT,
+) -> JudgeNet:
+    """Train from scratch, go on from CHECKPOINT (``resume``), or start a new schedule from the weights of a judge
+    file (``start_from``: fine-tuning, with a fresh optimizer and a fresh stream of batches from ``seed``)."""
     net = JudgeNet(JudgeNetConfig())
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    step, seed = 0, 0
-    if resume and CHECKPOINT.exists():
-        state = torch.load(CHECKPOINT, weights_only=False)
+    step = 0
+    if start_from is not None and not (resume and checkpoint.exists()):
+        net.load_state_dict(Judge.load(start_from).net.state_dict())
+        log(f"judge: starting from the weights of {start_from}")
+    if resume and checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
         net.load_state_dict(state["net"])
         optimizer.load_state_dict(state["optimizer"])
         step, seed = state["step"], state["step"]  # a fresh stream after a resume: batches are never reused anyway
@@ -190,8 +205,8 @@ def train(config: JudgeTrainingConfig, resume: bool, workers: int, out: Path, va
             )
             started, window = time.time(), []
         if step % config.checkpoint_every == 0 or step == config.steps:
-            CHECKPOINT.parent.mkdir(parents=True, exist_ok=True)
-            atomic_torch_save({"net": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, CHECKPOINT)
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            atomic_torch_save({"net": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, checkpoint)
             net.eval()  # the weights so far are usable while training goes on
             save_judge(net, out, {"training": asdict(config), "steps": step})
             net.train()
@@ -215,6 +230,11 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--regenerated", type=int, default=JudgeTrainingConfig.regenerated, help="regenerated renders per batch"
     )
+    parser.add_argument("--learning-rate", type=float, default=JudgeTrainingConfig.learning_rate)
+    parser.add_argument("--warmup-steps", type=int, default=JudgeTrainingConfig.warmup_steps)
+    parser.add_argument("--start-from", type=Path, help="a judge file whose weights start a new schedule (fine-tuning)")
+    parser.add_argument("--seed", type=int, default=0, help="of the batch stream, when not resuming")
+    parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT, help="where the run's state is kept")
     parser.add_argument("--out", type=Path, default=JUDGE_PATH)
     parser.add_argument(
         "--vae",
@@ -231,11 +251,22 @@ def main(argv=None) -> None:
         vae = AutoencoderKL.from_pretrained(arguments.vae).float().eval()
     config = JudgeTrainingConfig(
         steps=arguments.steps,
+        learning_rate=arguments.learning_rate,
+        warmup_steps=arguments.warmup_steps,
         eye_labelled=arguments.eye_labelled,
         unprompted=arguments.unprompted,
         regenerated=arguments.regenerated,
     )
-    train(config, arguments.resume, arguments.workers, arguments.out, vae)
+    train(
+        config,
+        arguments.resume,
+        arguments.workers,
+        arguments.out,
+        vae,
+        start_from=arguments.start_from,
+        seed=arguments.seed,
+        checkpoint=arguments.checkpoint,
+    )
 
 
 if __name__ == "__main__":
