@@ -18,6 +18,7 @@ from PIL import Image, ImageFilter
 
 from perfusion.world.families.categories import CATEGORIES
 from perfusion.world.families.eye_labels import EyeLabels
+from perfusion.world.families.eye_labels import ranking_auc as auc
 from perfusion.world.families.instances import Instance
 from perfusion.world.families.judge import JUDGE_PATH, Judge
 from perfusion.world.families.palette import COLOURS
@@ -25,12 +26,6 @@ from perfusion.world.families.scenes import Placement, SceneSpec, render_with_ma
 
 SHIFTS = (-4, -2, 0, 2, 4)
 SCALES = (0.85, 1.0, 1.15)
-
-
-def auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """The chance that a positive outscores a negative (ties count half)."""
-    above = scores[positive][:, None] - scores[~positive][None, :]
-    return float((above > 0).mean() + 0.5 * (above == 0).mean())
 
 
 def read_instance(reading, row: int) -> Instance:

@@ -232,10 +232,20 @@ def test_a_second_blind_labelling_sets_the_consensus_the_audit_is_scored_on(tmp_
     summary = audit(AcceptsAll(), labels, tmp_path / "audit.png")
     assert summary["agreement"] == 0.5 and summary["eye_self_agreement"] == 0.5
     assert summary["consensus"]["images"] == 2 and summary["consensus"]["false_accepts"] == 1.0
+    assert summary["accept_auc"] == 0.5  # one probability for every image ranks nothing
     with pytest.raises(SystemExit, match="not in"):
         (tmp_path / "b").mkdir()
         np.savez_compressed(tmp_path / "b" / "images.npz", images=images[::-1] // 2, captions="[]")
         relabel(tmp_path / "b", set(), store)
+
+
+def test_ranking_auc_counts_ordered_pairs_and_half_the_ties():
+    from perfusion.world.families.eye_labels import ranking_auc
+
+    person = np.array([True, True, False, False])
+    assert ranking_auc(np.array([0.9, 0.8, 0.1, 0.2]), person) == 1.0
+    assert ranking_auc(np.array([0.1, 0.2, 0.9, 0.8]), person) == 0.0
+    assert ranking_auc(np.array([0.9, 0.5, 0.5, 0.1]), person) == 0.875  # 3 of 4 pairs ordered, 1 tied
 
 
 def test_fine_tuning_starts_from_a_judge_file_and_keeps_its_own_checkpoint(tmp_path):

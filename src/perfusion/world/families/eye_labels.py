@@ -201,6 +201,13 @@ def relabel(collection: Path, rejected: set[int], path: Path = EYE_LABELS_PATH) 
     return store
 
 
+def ranking_auc(scores: np.ndarray, person: np.ndarray) -> float:
+    """How well ``scores`` rank what the person accepts above what they reject: the chance that an accepted image
+    outscores a rejected one (ties count half). 0.5 is chance, whatever the threshold."""
+    above = scores[person][:, None] - scores[~person][None, :]
+    return float((above > 0).mean() + 0.5 * (above == 0).mean()) if above.size else float("nan")
+
+
 def verdict_scores(judged: np.ndarray, person: np.ndarray) -> dict:
     """Verdicts (True: accepted) against a person's: agreement, false accepts (accepted, though the person rejects,
     over the person's rejections) and false refusals (over the person's acceptances)."""
@@ -224,6 +231,8 @@ def audit(judge, labels: EyeLabels, out: Path) -> dict:
     verdicts = np.array([reading.accepted(row) for row in range(len(labels))])
     person = labels.accepted
     summary = verdict_scores(verdicts, person)
+    accept = reading.probabilities["accept"][:, 1].numpy()
+    summary["accept_auc"] = ranking_auc(accept, person)
     sure = labels.sure
     title = (
         f"judge audit: {summary['images']} generated images, agreement {summary['agreement']:.2f}, "
@@ -232,7 +241,10 @@ def audit(judge, labels: EyeLabels, out: Path) -> dict:
     if sure.any():
         relabelled = labels.second != NOT_RELABELLED
         summary["eye_self_agreement"] = float(sure.sum() / relabelled.sum())
-        summary["consensus"] = verdict_scores(verdicts[sure], person[sure])
+        summary["consensus"] = {
+            **verdict_scores(verdicts[sure], person[sure]),
+            "accept_auc": ranking_auc(accept[sure], person[sure]),
+        }
         title += (
             f"; where two blind labellings agree ({int(sure.sum())}): agreement "
             f"{summary['consensus']['agreement']:.2f}, false accepts {summary['consensus']['false_accepts']:.2f}"
