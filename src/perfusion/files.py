@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save
 
@@ -51,6 +52,16 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path, metadata: di
 def save_png(image, path) -> Path:
     """A PIL image as a PNG, whole or not at all."""
     return atomic_write(path, lambda temporary: image.save(temporary, format="PNG"))
+
+
+def atomic_savez(path, **arrays) -> Path:
+    """Arrays as a compressed .npz, whole or not at all (written through an open file: numpy adds no suffix)."""
+
+    def write(temporary: Path) -> None:
+        with open(temporary, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+
+    return atomic_write(path, write)
 
 
 def atomic_torch_save(state, path) -> Path:

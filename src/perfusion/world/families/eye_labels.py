@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from perfusion.files import atomic_savez
 from perfusion.sheets import SheetRow, write_sheet
 
 from .captions import describe
@@ -69,17 +70,14 @@ class EyeLabels:
         return cls(data["images"], data["accepted"], data["splits"], json.loads(str(data["captions"])), second)
 
     def save(self, path: Path = EYE_LABELS_PATH) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + ".partial.npz")
-        np.savez_compressed(
-            temporary,
+        atomic_savez(
+            path,
             images=self.images,
             accepted=self.accepted,
             splits=self.splits,
             captions=json.dumps(self.captions),
             second=self.second,
         )
-        temporary.replace(path)
 
     def split(self, name: str) -> EyeLabels:
         keep = self.splits == name

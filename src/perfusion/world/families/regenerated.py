@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from perfusion.files import atomic_savez
+
 from .captions import describe
 from .eye_labels import EYE_LABELS_PATH
 from .judge_data import IGNORE, _index, free_instance, instance_labels, one_object_spec
@@ -58,10 +60,8 @@ class Regenerated:
         )
 
     def save(self, path: Path = REGENERATED_PATH) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + ".partial.npz")
-        np.savez_compressed(
-            temporary,
+        atomic_savez(
+            path,
             images=self.images,
             targets=self.targets,
             regression=self.regression,
@@ -70,7 +70,6 @@ class Regenerated:
             captions=json.dumps(self.captions),
             heads=json.dumps(list(HEADS)),
         )
-        temporary.replace(path)
 
     def __len__(self) -> int:
         return len(self.images)
