@@ -4,13 +4,15 @@ For each eye-labelled generated image (the audit split first, then a random part
 reading (category, colours, pattern, accessory, shape values, pose, facing, background, position, size) is drawn
 as a scene, at 75 placements (shifts of up to 4 px, scales 0.85-1.15), and the best one compared with the image
 after a 1.2-px blur: the mean absolute error over the image, and over the drawn object's mask. A failure should
-match no drawing. Prints each score's AUC for "rejected by eye" beside the accept head's (docs/judge-families.md);
-writes work/accept-by-synthesis.png (each image beside its best drawing, the first 40).
+match no drawing. Prints each score's AUC for "rejected by eye" beside the accept head's (docs/judge-families.md),
+over all the images read and over the audit split alone: the accept head trained on the training split's labels, so
+only the audit figures compare it fairly. Writes work/accept-by-synthesis.png (each image beside its best drawing).
 
     python benchmarks/accept_by_synthesis.py [JUDGE] [--images 400]
 """
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -96,10 +98,13 @@ def main() -> None:
         "accept head": reading.probabilities["accept"][:, 1].numpy(),
     }
     for name, values in scores.items():
-        print(f"{name}: AUC {auc(values, person):.3f} on {len(index)}, {auc(values[audit], person[audit]):.3f} audit")
-    shown = min(40, len(index) - len(index) % 5)
-    pairs = [np.concatenate([images[row], drawings[row]], 1) for row in range(shown)]
+        print(
+            f"{name}: AUC {auc(values, person):.3f} on all {len(index)}, {auc(values[audit], person[audit]):.3f} on the audit"
+        )
+    pairs = [np.concatenate([images[row], drawings[row]], 1) for row in range(min(40, len(index)))]
+    pairs += [np.zeros_like(pairs[0])] * (-len(pairs) % 5)
     grid = np.concatenate([np.concatenate(pairs[i : i + 5], 1) for i in range(0, len(pairs), 5)], 0)
+    Path("work").mkdir(exist_ok=True)
     Image.fromarray(grid).save("work/accept-by-synthesis.png")
 
 

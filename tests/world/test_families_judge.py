@@ -233,10 +233,20 @@ def test_a_second_blind_labelling_sets_the_consensus_the_audit_is_scored_on(tmp_
     assert summary["agreement"] == 0.5 and summary["eye_self_agreement"] == 0.5
     assert summary["consensus"]["images"] == 2 and summary["consensus"]["false_accepts"] == 1.0
     assert summary["accept_auc"] == 0.5  # one probability for every image ranks nothing
+    with pytest.raises(SystemExit, match="kept, not overwritten"):
+        relabel(tmp_path / "a", set(), store)
     with pytest.raises(SystemExit, match="not in"):
         (tmp_path / "b").mkdir()
         np.savez_compressed(tmp_path / "b" / "images.npz", images=images[::-1] // 2, captions="[]")
         relabel(tmp_path / "b", set(), store)
+
+
+def test_rejected_numbers_that_are_not_numbers_get_one_line():
+    from perfusion.world.families.eye_labels import image_numbers
+
+    assert image_numbers("3, 17,42,") == {3, 17, 42}
+    with pytest.raises(SystemExit, match="comma-separated image numbers"):
+        image_numbers("3,x")
 
 
 def test_ranking_auc_counts_ordered_pairs_and_half_the_ties():
@@ -251,15 +261,54 @@ def test_ranking_auc_counts_ordered_pairs_and_half_the_ties():
 def test_fine_tuning_starts_from_a_judge_file_and_keeps_its_own_checkpoint(tmp_path):
     """--start-from loads a judge file's weights into a new schedule (at learning rate 0 its parameters come out
     unchanged, to fp16; normalisation statistics still move), and the run's state goes to its own checkpoint."""
-    from perfusion.world.families.train_judge import CHECKPOINT, JudgeTrainingConfig, train
+    from perfusion.world.families.train_judge import JudgeTrainingConfig, train
 
     start = tmp_path / "start.safetensors"
     torch.manual_seed(3)
     save_judge(JudgeNet(JudgeNetConfig()), start, {})
-    before = CHECKPOINT.stat().st_mtime if CHECKPOINT.exists() else None
     config = JudgeTrainingConfig(steps=1, learning_rate=0.0, warmup_steps=1, eye_labelled=0, unprompted=0)
-    checkpoint = tmp_path / "run.pt"
-    net = train(config, False, 0, tmp_path / "out.safetensors", start_from=start, checkpoint=checkpoint, log=print)
+    checkpoint, out = tmp_path / "run.pt", tmp_path / "out.safetensors"
+    net = train(config, False, 0, out, start_from=start, checkpoint=checkpoint, log=print)
     loaded = dict(Judge.load(start).net.named_parameters())
     assert all(torch.equal(value, loaded[name]) for name, value in net.named_parameters())
-    assert checkpoint.exists() and (CHECKPOINT.stat().st_mtime if CHECKPOINT.exists() else None) == before
+    assert torch.load(checkpoint, weights_only=False)["step"] == 1
+    assert Judge.load(out).metadata["start_from"] == str(start)
+
+
+def test_a_judge_run_refuses_to_overwrite_or_to_run_without_its_data(tmp_path, monkeypatch):
+    from perfusion.world.families import train_judge
+
+    config = train_judge.JudgeTrainingConfig(steps=1, eye_labelled=0, unprompted=0)
+    existing = tmp_path / "run.pt"
+    existing.write_bytes(b"state")
+    with pytest.raises(SystemExit, match="--resume"):
+        train_judge.train(config, False, 0, tmp_path / "out.safetensors", checkpoint=existing)
+    start = tmp_path / "start.safetensors"
+    with pytest.raises(SystemExit, match="overwrite the judge it starts from"):
+        train_judge.train(config, False, 0, start, start_from=start, checkpoint=tmp_path / "new.pt")
+    with pytest.raises(SystemExit, match="--start-from"):
+        train_judge.train(config, False, 0, tmp_path / "o.safetensors", start_from=start, checkpoint=tmp_path / "n.pt")
+    monkeypatch.setattr(train_judge, "REGENERATED_PATH", tmp_path / "absent.npz")
+    with pytest.raises(SystemExit, match="--regenerated 0"):
+        regenerated = train_judge.JudgeTrainingConfig(steps=1, regenerated=4)
+        train_judge.train(regenerated, False, 0, tmp_path / "o.safetensors", checkpoint=tmp_path / "n.pt")
+    assert existing.read_bytes() == b"state" and not (tmp_path / "n.pt").exists()
+
+
+def test_regenerated_rows_keep_their_labels_when_sampled():
+    """Sampled rows keep each image with its own targets and regression values (row n's image is filled with n)."""
+    from perfusion.world.families.regenerated import HEADS, Regenerated
+
+    count = 7
+    store = Regenerated(
+        images=np.repeat(np.arange(count, dtype=np.uint8), 64 * 64 * 3).reshape(count, 64, 64, 3),
+        targets=np.repeat(np.arange(count)[:, None], len(HEADS), 1),
+        regression=np.repeat(np.arange(count, dtype=np.float32)[:, None], 3, 1),
+        regression_mask=np.ones((count, 3), bool),
+        strengths=np.full(count, 0.25, np.float32),
+        captions=[""] * count,
+    )
+    images, targets, regression, _ = store.sample_rows(20, torch.Generator().manual_seed(0))
+    rows = (images[:, 0, 0, 0] * 255).round().long()
+    assert len(set(rows.tolist())) > 1
+    assert all(torch.equal(targets[head], rows) for head in HEADS) and torch.equal(regression[:, 0].long(), rows)

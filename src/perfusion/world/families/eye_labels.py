@@ -157,8 +157,16 @@ def write_numbered_sheets(images: np.ndarray, captions: list[str], out: Path, no
     return paths
 
 
-def label(collection: Path, split: str, rejected: set[int], path: Path = EYE_LABELS_PATH) -> EyeLabels:
-    """The collection's images with a person's verdicts, added to the store (refused if already there)."""
+def image_numbers(text: str) -> set[int]:
+    """Comma-separated image numbers ("3, 17,42"), or one clear line for anything else."""
+    try:
+        return {int(item) for item in text.replace(" ", "").split(",") if item}
+    except ValueError:
+        raise SystemExit(f"eye_labels: --rejected takes comma-separated image numbers, not {text!r}") from None
+
+
+def collection_images(collection: Path, rejected: set[int]) -> tuple[np.ndarray, list[str]]:
+    """A collection's 64x64 images and captions, with the rejected numbers checked against them."""
     data = np.load(collection / "images.npz")
     images, captions = data["images"], json.loads(str(data["captions"]))
     if images.ndim != 4 or images.shape[1:] != (64, 64, 3):
@@ -167,6 +175,12 @@ def label(collection: Path, split: str, rejected: set[int], path: Path = EYE_LAB
         raise SystemExit(f"eye_labels: image numbers start at 0, not {min(rejected)}")
     if max(rejected, default=-1) >= len(images):
         raise SystemExit(f"eye_labels: {collection} holds {len(images)} images, not {max(rejected) + 1}")
+    return images, captions
+
+
+def label(collection: Path, split: str, rejected: set[int], path: Path = EYE_LABELS_PATH) -> EyeLabels:
+    """The collection's images with a person's verdicts, added to the store (refused if already there)."""
+    images, captions = collection_images(collection, rejected)
     store = EyeLabels.load(path)
     stored = {image.tobytes() for image in store.images}
     if any(image.tobytes() in stored for image in images):
@@ -185,14 +199,14 @@ def label(collection: Path, split: str, rejected: set[int], path: Path = EYE_LAB
 def relabel(collection: Path, rejected: set[int], path: Path = EYE_LABELS_PATH) -> EyeLabels:
     """A second labelling of a stored collection, made blind to the first: kept beside it, so that the audit can
     be scored where the two agree (one person's eye does not agree with itself on borderline shapes)."""
-    images = np.load(collection / "images.npz")["images"]
-    if max(rejected, default=-1) >= len(images) or min(rejected, default=0) < 0:
-        raise SystemExit(f"eye_labels: {collection} holds images 0-{len(images) - 1}")
+    images, _ = collection_images(collection, rejected)
     store = EyeLabels.load(path)
     rows = {image.tobytes(): row for row, image in enumerate(store.images)}
     missing = sum(image.tobytes() not in rows for image in images)
     if missing:
         raise SystemExit(f"eye_labels: {missing} images of {collection} are not in {path}; label them first")
+    if any(store.second[rows[image.tobytes()]] != NOT_RELABELLED for image in images):
+        raise SystemExit(f"eye_labels: {collection} has a second labelling already; it is kept, not overwritten")
     for n, image in enumerate(images):
         store.second[rows[image.tobytes()]] = int(n not in rejected)
     store.save(path)
@@ -314,7 +328,7 @@ def main(argv=None) -> None:
         write_numbered_sheets(labels.images[:PER_SHEET], labels.captions, Path("work/unprompted"), [""] * PER_SHEET)
         print(f"{UNPROMPTED_PATH}: {len(labels)} images")
     elif arguments.command in ("label", "relabel"):
-        rejected = {int(item) for item in arguments.rejected.replace(" ", "").split(",") if item}
+        rejected = image_numbers(arguments.rejected)
         if arguments.command == "label":
             store = label(arguments.collection, arguments.split, rejected)
         else:

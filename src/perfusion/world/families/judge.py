@@ -81,7 +81,7 @@ class Judge:
             header = handle.metadata() or {}
         if "config" not in header or "classes" not in header:
             raise ValueError(f"{path}: not a judge file (no config/classes metadata)")
-        if json.loads(header["classes"]) != _classes():
+        if json.loads(header["classes"]) != judge_classes():
             raise ValueError(
                 f"{path}: trained for another world; retrain with python -m perfusion.world.families.train_judge"
             )
@@ -104,7 +104,8 @@ class Judge:
         )
 
 
-def _classes() -> dict:
+def judge_classes() -> dict:
+    """Every head's class names, as stored with the weights."""
     return {name: [str(value) for value in classes] for name, classes in HEAD_CLASSES.items()}
 
 
@@ -114,7 +115,7 @@ def save_judge(net: JudgeNet, path: Path, extra: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {
         "config": json.dumps(net.config.to_dict()),
-        "classes": json.dumps(_classes()),
+        "classes": json.dumps(judge_classes()),
         "extra": json.dumps(extra),
     }
     tensors = {

@@ -129,6 +129,19 @@ def instance_labels(instance: Instance, placement) -> tuple[dict[str, int], np.n
     return labels, values, known
 
 
+def one_object_labels(spec: SceneSpec) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
+    """Every head's target for a one-object scene of an object (IGNORE where a head does not apply), and its
+    regression targets with which are known."""
+    labels, values, known = instance_labels(spec.first.instance, spec.first)
+    scene = {
+        "background": _index("background", spec.background),
+        "size": _index("size", spec.size),
+        "position": _index("position", spec.position),
+        "count": 0,
+    }
+    return {**{head: IGNORE for head in HEAD_CLASSES}, **labels, **scene}, values, known
+
+
 def _negative_filter(kinds: tuple[str | None, ...], rng: random.Random):
     def replace_sprite(index, sprite):
         kind = kinds[index] if index < len(kinds) else None
@@ -159,8 +172,7 @@ def labelled_batch(rng: random.Random, recipe: BatchRecipe = BatchRecipe(), inst
     for group, instance in enumerate(instances):
         for _ in range(2):
             spec = one_object_spec(instance, rng, recipe.small)
-            labels, value, known = instance_labels(instance, spec.first)
-            add(spec, {**labels, "count": 0, "position": _index("position", spec.position)}, value, known, group)
+            add(spec, *one_object_labels(spec), group)
     nothing = np.zeros(REGRESSION_OUTPUTS, dtype=np.float32), np.zeros(REGRESSION_OUTPUTS, dtype=bool)
     for _ in range(recipe.pairs):
         first, second = rng.sample(CATEGORY_NAMES, 2)

@@ -1,8 +1,9 @@
 """Renders passed part of the way through the base model: the generator's look, with the render's ground truth.
 
-A render is noised to a random strength (0.25-0.5 of the schedule) and denoised by the base model with its own
-caption (img2img, SDEdit). The object keeps its shape, colours and place, and gains the softness, smears and
-textures of a generated image. The judge trains on these as positives with every head labelled, so that "looks
+A render is noised part of the way (0.25, 0.35 or 0.5 of the schedule, in turn batch by batch) and denoised by the
+base model with its own caption (img2img, SDEdit). The object is assumed to keep its category, shape, colours and
+place, and gains the softness, smears and textures of a generated image (docs/judge-families.md measures how much
+of the render the judge still reads at each strength). The judge trains on these as positives with every head labelled, so that "looks
 generated" stops being a reason to refuse, and its other heads learn to read generated images, not only renders.
 
     python -m perfusion.world.families.regenerated --run-dir checkpoints/families --count 2000 --first-seed 970000
@@ -24,8 +25,9 @@ from perfusion.files import atomic_savez
 
 from .captions import describe
 from .eye_labels import EYE_LABELS_PATH
-from .judge_data import IGNORE, _index, free_instance, instance_labels, one_object_spec
-from .judge_net import HEAD_CLASSES
+from .judge import judge_classes
+from .judge_data import free_instance, one_object_labels, one_object_spec
+from .judge_net import HEAD_CLASSES, REGRESSION_OUTPUTS
 from .scenes import render
 
 REGENERATED_PATH = EYE_LABELS_PATH.with_name("families_regenerated.npz")
@@ -48,8 +50,9 @@ class Regenerated:
     @classmethod
     def load(cls, path: Path = REGENERATED_PATH) -> Regenerated:
         data = np.load(path)
-        if json.loads(str(data["heads"])) != list(HEADS):
-            raise ValueError(f"{path}: collected for other judge heads; collect it again")
+        layout = {"classes": judge_classes(), "regression": REGRESSION_OUTPUTS}
+        if "layout" not in data.files or json.loads(str(data["layout"])) != layout:
+            raise ValueError(f"{path}: collected for other judge heads or classes; collect it again")
         return cls(
             data["images"],
             data["targets"],
@@ -68,7 +71,7 @@ class Regenerated:
             regression_mask=self.regression_mask,
             strengths=self.strengths,
             captions=json.dumps(self.captions),
-            heads=json.dumps(list(HEADS)),
+            layout=json.dumps({"classes": judge_classes(), "regression": REGRESSION_OUTPUTS}),
         )
 
     def __len__(self) -> int:
@@ -83,19 +86,11 @@ class Regenerated:
 
 
 def scene(seed: int):
-    """One one-object training scene of the judge's kind (never a reserved instance), its caption and labels."""
+    """One one-object training scene of the judge's kind, its caption and labels. Never a reserved instance, and no
+    stretch colours or patterns: the base model never drew those, and regenerating pulls them toward its own."""
     rng = random.Random(f"regenerated/{seed}")
-    instance = free_instance(rng)
-    spec = one_object_spec(instance, rng)
-    labels, values, known = instance_labels(instance, spec.first)
-    labels = {
-        **{head: IGNORE for head in HEADS},
-        **labels,
-        "background": _index("background", spec.background),
-        "size": _index("size", spec.size),
-        "position": _index("position", spec.position),
-        "count": 0,
-    }
+    spec = one_object_spec(free_instance(rng), rng)
+    labels, values, known = one_object_labels(spec)
     return render(spec), describe(spec, rng).text, [labels[head] for head in HEADS], values, known
 
 

@@ -32,6 +32,10 @@ from .regenerated import REGENERATED_PATH, Regenerated
 CHECKPOINT = Path("checkpoints/families-judge.pt")
 
 
+class TrainingRefused(SystemExit):
+    """A judge training run that would overwrite something or lacks its data: one line, no traceback."""
+
+
 @dataclass(frozen=True)
 class JudgeTrainingConfig:
     steps: int = 4000
@@ -152,14 +156,27 @@ def train(
     seed: int = 0,
     checkpoint: Path = CHECKPOINT,
 ) -> JudgeNet:
-    """Train from scratch, go on from CHECKPOINT (``resume``), or start a new schedule from the weights of a judge
-    file (``start_from``: fine-tuning, with a fresh optimizer and a fresh stream of batches from ``seed``)."""
+    """Train from scratch, go on from ``checkpoint`` (``resume``), or start a new schedule from the weights of a
+    judge file (``start_from``: fine-tuning, with a fresh optimizer and a fresh stream of batches from ``seed``).
+    Without ``resume`` an existing checkpoint is refused, not overwritten; so is ``out`` being ``start_from``."""
+    if not resume and checkpoint.exists():
+        raise TrainingRefused(f"{checkpoint} exists: give --resume to go on, or another --checkpoint")
+    if start_from is not None and Path(start_from).resolve() == Path(out).resolve():
+        raise TrainingRefused(f"--out {out} would overwrite the judge it starts from; write elsewhere")
+    if config.regenerated and not REGENERATED_PATH.exists():
+        raise TrainingRefused(
+            f"--regenerated {config.regenerated}: no {REGENERATED_PATH}; "
+            "collect it with python -m perfusion.world.families.regenerated, or give --regenerated 0"
+        )
     net = JudgeNet(JudgeNetConfig())
+    if start_from is not None and not (resume and checkpoint.exists()):
+        try:
+            net = Judge.load(start_from).net.train()
+        except (OSError, ValueError) as error:
+            raise TrainingRefused(f"--start-from: {error}") from None
+        log(f"judge: starting from the weights of {start_from}")
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     step = 0
-    if start_from is not None and not (resume and checkpoint.exists()):
-        net.load_state_dict(Judge.load(start_from).net.state_dict())
-        log(f"judge: starting from the weights of {start_from}")
     if resume and checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
         net.load_state_dict(state["net"])
@@ -174,8 +191,14 @@ def train(
     log(f"judge: {len(eye_labelled)} generated images labelled by eye ({int((~eye_labelled.accepted).sum())} rejected)")
     unprompted = EyeLabels.load(UNPROMPTED_PATH) if UNPROMPTED_PATH.exists() else None
     log(f"judge: {len(unprompted) if unprompted is not None else 0} empty-prompt generations, refused")
-    regenerated = Regenerated.load() if config.regenerated and REGENERATED_PATH.exists() else None
+    regenerated = Regenerated.load() if config.regenerated else None
     log(f"judge: {len(regenerated) if regenerated is not None else 0} regenerated renders, every head labelled")
+    provenance = {
+        "training": asdict(config),
+        "steps": step,
+        "start_from": str(start_from) if start_from else None,
+        "seed": seed,
+    }
     net.train()
     started, window = time.time(), []
     for batch in stream:
@@ -195,6 +218,7 @@ def train(
         loss.backward()
         optimizer.step()
         step += 1
+        provenance["steps"] = step
         window.append(parts)
         if step % 50 == 0:
             means = {name: sum(p.get(name, 0.0) for p in window) / len(window) for name in window[-1]}
@@ -208,10 +232,10 @@ def train(
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             atomic_torch_save({"net": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, checkpoint)
             net.eval()  # the weights so far are usable while training goes on
-            save_judge(net, out, {"training": asdict(config), "steps": step})
+            save_judge(net, out, provenance)
             net.train()
     net.eval()
-    save_judge(net, out, {"training": asdict(config), "steps": step})
+    save_judge(net, out, provenance)
     return net
 
 
