@@ -189,7 +189,7 @@ def test_regenerated_renders_keep_every_label_and_join_a_batch(tmp_path, tiny_pi
 
     store = collect(tiny_pipe, 3, 40, batch_size=2, log=lambda message: None)
     render, caption, labels, values, known = scene(41)
-    assert store.captions[1] == caption and store.targets[1].tolist() == labels
+    assert store.captions[1] == caption and store.targets[1].tolist() == labels and store.seeds.tolist() == [40, 41, 42]
     assert labels[HEADS.index("accept")] == 1 and labels[HEADS.index("category")] != IGNORE
     assert (store.regression[1] == values).all() and store.regression_mask[1].tolist() == known.tolist()
     assert store.images.shape == (3, 64, 64, 3) and not (store.images[1] == np.asarray(render)).all()
@@ -307,6 +307,7 @@ def test_regenerated_rows_keep_their_labels_when_sampled():
         regression_mask=np.ones((count, 3), bool),
         strengths=np.full(count, 0.25, np.float32),
         captions=[""] * count,
+        seeds=np.arange(count),
     )
     images, targets, regression, _ = store.sample_rows(20, torch.Generator().manual_seed(0))
     rows = (images[:, 0, 0, 0] * 255).round().long()

@@ -38,7 +38,8 @@ HEADS = tuple(HEAD_CLASSES)
 @dataclass
 class Regenerated:
     """Regenerated renders (N, 64, 64, 3) uint8, their head targets (N, heads; IGNORE where a head does not
-    apply), regression targets and which of them are known, the strength each was noised to and its caption."""
+    apply), regression targets and which of them are known, the strength each was noised to, its caption and the
+    seed of its scene."""
 
     images: np.ndarray
     targets: np.ndarray
@@ -46,6 +47,7 @@ class Regenerated:
     regression_mask: np.ndarray
     strengths: np.ndarray
     captions: list[str]
+    seeds: np.ndarray  # (N,) the seed of each image's scene (regenerated.scene)
 
     @classmethod
     def load(cls, path: Path = REGENERATED_PATH) -> Regenerated:
@@ -60,6 +62,7 @@ class Regenerated:
             data["regression_mask"],
             data["strengths"],
             json.loads(str(data["captions"])),
+            data["seeds"],
         )
 
     def save(self, path: Path = REGENERATED_PATH) -> None:
@@ -71,6 +74,7 @@ class Regenerated:
             regression_mask=self.regression_mask,
             strengths=self.strengths,
             captions=json.dumps(self.captions),
+            seeds=self.seeds,
             layout=json.dumps({"classes": judge_classes(), "regression": REGRESSION_OUTPUTS}),
         )
 
@@ -127,6 +131,7 @@ def collect(pipe, count: int, first_seed: int, batch_size: int = 16, log=print) 
         regression_mask=np.stack([known for *_, known in scenes]),
         strengths=np.array(strengths, dtype=np.float32),
         captions=[caption for _, caption, *_ in scenes],
+        seeds=np.arange(first_seed, first_seed + count, dtype=np.int64),
     )
 
 
