@@ -3,8 +3,9 @@
 A render is noised part of the way (0.25, 0.35 or 0.5 of the schedule, in turn batch by batch) and denoised by the
 base model with its own caption (img2img, SDEdit). The object is assumed to keep its category, shape, colours and
 place, and gains the softness, smears and textures of a generated image (docs/judge-families.md measures how much
-of the render the judge still reads at each strength). The judge trains on these as positives with every head labelled, so that "looks
-generated" stops being a reason to refuse, and its other heads learn to read generated images, not only renders.
+of the render the judge still reads at each strength). The judge trains on these as positives with every head
+labelled, so that "looks generated" stops being a reason to refuse, and its other heads learn to read generated
+images, not only renders.
 
     python -m perfusion.world.families.regenerated --run-dir checkpoints/families --count 2000 --first-seed 970000
     store = Regenerated.load()            # assets/families_regenerated.npz
@@ -35,6 +36,11 @@ STRENGTHS = (0.25, 0.35, 0.5)  # of the schedule a render is noised to, one per 
 HEADS = tuple(HEAD_CLASSES)
 
 
+def layout() -> dict:
+    """What the stored targets' indices and regression columns mean: the judge's classes and regression width."""
+    return {"classes": judge_classes(), "regression": REGRESSION_OUTPUTS}
+
+
 @dataclass
 class Regenerated:
     """Regenerated renders (N, 64, 64, 3) uint8, their head targets (N, heads; IGNORE where a head does not
@@ -52,8 +58,7 @@ class Regenerated:
     @classmethod
     def load(cls, path: Path = REGENERATED_PATH) -> Regenerated:
         data = np.load(path)
-        layout = {"classes": judge_classes(), "regression": REGRESSION_OUTPUTS}
-        if "layout" not in data.files or json.loads(str(data["layout"])) != layout:
+        if "layout" not in data.files or json.loads(str(data["layout"])) != layout():
             raise ValueError(f"{path}: collected for other judge heads or classes; collect it again")
         return cls(
             data["images"],
@@ -75,7 +80,7 @@ class Regenerated:
             strengths=self.strengths,
             captions=json.dumps(self.captions),
             seeds=self.seeds,
-            layout=json.dumps({"classes": judge_classes(), "regression": REGRESSION_OUTPUTS}),
+            layout=json.dumps(layout()),
         )
 
     def __len__(self) -> int:
