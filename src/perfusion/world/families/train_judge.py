@@ -168,13 +168,14 @@ def train(
             f"--regenerated {config.regenerated}: no {REGENERATED_PATH}; "
             "collect it with python -m perfusion.world.families.regenerated, or give --regenerated 0"
         )
-    net = JudgeNet(JudgeNetConfig())
     if start_from is not None and not (resume and checkpoint.exists()):
         try:
             net = Judge.load(start_from).net.train()
         except (OSError, ValueError) as error:
             raise TrainingRefused(f"--start-from: {error}") from None
         log(f"judge: starting from the weights of {start_from}")
+    else:
+        net = JudgeNet(JudgeNetConfig())
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     step = 0
     if resume and checkpoint.exists():
