@@ -7,7 +7,8 @@ model already draws fails for its own reasons, not the laboratory's.
 
     python benchmarks/seen_member_rates.py --model DIR --rates 3e-3 1e-2 3e-2 [--categories cat mug] [--steps 400]
 
-Writes OUT/seen-{category}-lr{rate}.png and OUT/summary.json (recognised, attribute match, alignment, seconds).
+Writes OUT/seen-{category}-lr{rate}.png and OUT/summary.json (recognised, attribute match, alignment, seconds);
+rates run earlier into the same OUT stay in its summary.
 """
 
 import argparse
@@ -38,7 +39,8 @@ def main() -> None:
     judge = Judge.load(arguments.judge)
     galleries = Galleries(judge)
     arguments.out.mkdir(parents=True, exist_ok=True)
-    summary = {}
+    summary_path = arguments.out / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}  # earlier rates are kept
     for rate in arguments.rates:
         training = {**read_recipe(arguments.model).training, "lr_values": rate}
         if arguments.steps:
@@ -46,7 +48,7 @@ def main() -> None:
         tag = f"-lr{rate:g}"
         summary[tag[1:]] = seen_member(pipe, judge, galleries, arguments.out, training, arguments.categories, tag)
         print(tag[1:], json.dumps(summary[tag[1:]]), flush=True)
-        (arguments.out / "summary.json").write_text(json.dumps(summary, indent=1))
+        summary_path.write_text(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":
