@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from perfusion.world.families import captions, scenes
+from perfusion.world.families import captions, scenes, train_judge
 from perfusion.world.families.instances import distance, evaluation_instance
 from perfusion.world.families.judge import Judge, save_judge
 from perfusion.world.families.judge_data import IGNORE, BatchRecipe, labelled_batch, neighbour
@@ -276,7 +276,6 @@ def test_fine_tuning_starts_from_a_judge_file_and_keeps_its_own_checkpoint(tmp_p
 
 
 def test_a_judge_run_refuses_to_overwrite_or_to_run_without_its_data(tmp_path, monkeypatch):
-    from perfusion.world.families import train_judge
 
     config = train_judge.JudgeTrainingConfig(steps=1, eye_labelled=0, unprompted=0)
     existing = tmp_path / "run.pt"
@@ -313,3 +312,20 @@ def test_regenerated_rows_keep_their_labels_when_sampled():
     rows = (images[:, 0, 0, 0] * 255).round().long()
     assert len(set(rows.tolist())) > 1
     assert all(torch.equal(targets[head], rows) for head in HEADS) and torch.equal(regression[:, 0].long(), rows)
+
+
+def test_a_head_weight_multiplies_that_heads_loss_and_an_unknown_head_is_refused():
+    """Same batch, same weights: with pattern=3 the pattern part is 3x (exactly, up to float rounding), others equal."""
+    batch = labelled_batch(random.Random(3), BatchRecipe(identity_instances=4, neighbours=1, pairs=2, negatives=2))
+    torch.manual_seed(0)
+    net = JudgeNet(JudgeNetConfig(widths=(8, 8, 8, 8))).eval()
+    plain = train_judge.JudgeTrainingConfig()
+    weighted = train_judge.JudgeTrainingConfig(head_weights={"pattern": 3.0})
+    _, parts = train_judge.judge_loss(net, batch, plain, batch.images)
+    _, weighted_parts = train_judge.judge_loss(net, batch, weighted, batch.images)
+    assert weighted_parts["pattern"] == pytest.approx(3 * parts["pattern"], rel=1e-5)
+    assert weighted_parts["colour"] == pytest.approx(parts["colour"], rel=1e-5)
+    with pytest.raises(ValueError, match="unknown heads shape"):
+        train_judge.JudgeTrainingConfig(head_weights={"shape": 2.0})
+    with pytest.raises(SystemExit):
+        train_judge.main(["--head-weight", "pattern:3"])

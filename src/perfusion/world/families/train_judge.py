@@ -14,7 +14,7 @@ import argparse
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -50,6 +50,15 @@ class JudgeTrainingConfig:
     eye_labelled: int = 16  # generated images labelled by eye (eye_labels, train split) added to each batch, if any
     unprompted: int = 16  # empty-prompt generations (eye_labels.collect_unprompted), refused, added to each batch
     regenerated: int = 0  # renders regenerated part of the way by the base model (regenerated.py), added to each batch
+    head_weights: dict[str, float] = field(default_factory=dict)  # a head's cross-entropy multiplied (default 1)
+
+    def __post_init__(self):
+        unknown = sorted(set(self.head_weights) - set(HEAD_CLASSES))
+        if unknown:
+            raise ValueError(f"head_weights: unknown heads {', '.join(unknown)}; heads: {', '.join(HEAD_CLASSES)}")
+        negative = sorted(name for name, weight in self.head_weights.items() if not weight >= 0)
+        if negative:
+            raise ValueError(f"head_weights: {', '.join(negative)} must be >= 0")
 
 
 def supervised_contrastive(embeddings: torch.Tensor, groups: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -71,7 +80,8 @@ def judge_loss(net: JudgeNet, batch, config: JudgeTrainingConfig, images: torch.
     for name in HEAD_CLASSES:
         target = batch.targets[name]
         if (target != IGNORE).any():
-            parts[name] = F.cross_entropy(logits[name], target, ignore_index=IGNORE)
+            weight = config.head_weights.get(name, 1.0)
+            parts[name] = weight * F.cross_entropy(logits[name], target, ignore_index=IGNORE)
     mask = batch.regression_mask
     parts["regression"] = config.regression_weight * (regression - batch.regression).abs()[mask].mean()
     parts["identity"] = config.identity_weight * supervised_contrastive(embeddings, batch.identity, config.temperature)
@@ -257,6 +267,13 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--learning-rate", type=float, default=JudgeTrainingConfig.learning_rate)
     parser.add_argument("--warmup-steps", type=int, default=JudgeTrainingConfig.warmup_steps)
+    parser.add_argument(
+        "--head-weight",
+        action="append",
+        default=[],
+        metavar="HEAD=WEIGHT",
+        help="multiply one head's loss (repeatable), e.g. pattern=3",
+    )
     parser.add_argument("--start-from", type=Path, help="a judge file whose weights start a new schedule (fine-tuning)")
     parser.add_argument("--seed", type=int, default=0, help="of the batch stream, when not resuming")
     parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT, help="where the run's state is kept")
@@ -269,19 +286,27 @@ def main(argv=None) -> None:
     )
     arguments = parser.parse_args(argv)
     torch.set_num_threads(arguments.threads)
+    try:
+        head_weights = {name: float(weight) for name, weight in (item.split("=", 1) for item in arguments.head_weight)}
+    except ValueError:
+        parser.error(f"--head-weight takes HEAD=WEIGHT, got {' '.join(arguments.head_weight)}")
+    try:
+        config = JudgeTrainingConfig(
+            steps=arguments.steps,
+            learning_rate=arguments.learning_rate,
+            warmup_steps=arguments.warmup_steps,
+            eye_labelled=arguments.eye_labelled,
+            unprompted=arguments.unprompted,
+            regenerated=arguments.regenerated,
+            head_weights=head_weights,
+        )
+    except ValueError as error:
+        parser.error(str(error))
     vae = None
     if arguments.vae.exists():
         from diffusers import AutoencoderKL
 
         vae = AutoencoderKL.from_pretrained(arguments.vae).float().eval()
-    config = JudgeTrainingConfig(
-        steps=arguments.steps,
-        learning_rate=arguments.learning_rate,
-        warmup_steps=arguments.warmup_steps,
-        eye_labelled=arguments.eye_labelled,
-        unprompted=arguments.unprompted,
-        regenerated=arguments.regenerated,
-    )
     train(
         config,
         arguments.resume,
