@@ -8,7 +8,7 @@ import torch
 
 from perfusion.world.families import captions, scenes, train_judge
 from perfusion.world.families.instances import distance, evaluation_instance
-from perfusion.world.families.judge import Judge, save_judge
+from perfusion.world.families.judge import Judge, Reading, save_judge
 from perfusion.world.families.judge_data import IGNORE, BatchRecipe, labelled_batch, neighbour
 from perfusion.world.families.judge_net import HEAD_CLASSES, JudgeNet, JudgeNetConfig
 from perfusion.world.families.train_judge import supervised_contrastive
@@ -108,7 +108,6 @@ def test_concept_prompts_state_what_they_ask_and_change_only_what_they_say():
 
 def test_alignment_reads_each_stated_property():
     from perfusion.world.families.concept_prompts import ConceptPrompt
-    from perfusion.world.families.judge import Reading
     from perfusion.world.families.scoring import alignment
 
     probabilities = {head: torch.zeros(1, len(classes)) for head, classes in HEAD_CLASSES.items()}
@@ -329,3 +328,48 @@ def test_a_head_weight_multiplies_that_heads_loss_and_an_unknown_head_is_refused
         train_judge.JudgeTrainingConfig(head_weights={"shape": 2.0})
     with pytest.raises(SystemExit):
         train_judge.main(["--head-weight", "pattern:3"])
+
+
+def _reading_of(instance, shape_values=None) -> Reading:
+    """A reading that says exactly ``instance`` (one row), with ``shape_values`` in place of its own if given."""
+    from perfusion.world.families.judge_net import PATTERN_SCALE, REGRESSION_OUTPUTS, SHAPE_SLICES
+
+    truth = {
+        "colour": instance.colour_name,
+        "second_colour": instance.second_colour_name,
+        "pattern": instance.pattern,
+        "accessory": instance.accessory is not None,
+        "category": instance.category,
+    }
+    probabilities = {
+        head: torch.nn.functional.one_hot(
+            torch.tensor([classes.index(truth[head]) if head in truth else 0]), len(classes)
+        ).float()
+        for head, classes in HEAD_CLASSES.items()
+    }
+    regression = torch.zeros(1, REGRESSION_OUTPUTS)
+    regression[0, SHAPE_SLICES[instance.category]] = torch.tensor(shape_values or instance.shape_values)
+    regression[0, PATTERN_SCALE] = instance.pattern_scale
+    return Reading(probabilities, regression, torch.zeros(1, 4))
+
+
+def test_the_stated_match_counts_only_what_the_verbal_oracle_says():
+    """Shape parameters in their middle third have no word and are left out; a worded one read in the middle third
+    is a miss; a plain instance's pattern is not stated."""
+    from dataclasses import replace
+
+    from perfusion.world.families.metrics import stated_match
+
+    instance = replace(evaluation_instance("cat", 0), pattern="plain", accessory=None)
+    values = [0.1, 0.5] + [0.9] * (len(instance.shape_values) - 2)
+    instance = replace(instance, shape_values=tuple(values))
+    names = [parameter.name for parameter in instance.family.shapes]
+    worded = {n for n, v, p in zip(names, values, instance.family.shapes) if p.words(v)}
+    assert worded == {"build", "ears", "tail", "legs"}  # cat: head and curl have no words; 0.5 has none either
+    matches = stated_match(_reading_of(instance), 0, instance)
+    assert set(matches) == {"colour"} | {f"shape:{name}" for name in worded}
+    assert all(matches.values())
+    misread = [0.5] + values[1:]  # build, "slim" at 0.1, read in the middle third
+    matches = stated_match(_reading_of(instance, misread), 0, instance)
+    assert matches["shape:build"] is False and matches["shape:tail"] is True
+    assert stated_match(_reading_of(instance), 0, instance, frozenset({"colour"})).keys().isdisjoint({"colour"})

@@ -10,6 +10,7 @@ so that recognition reads the rest of the identity, and the attribute match leav
     gallery = Gallery.build(instance, judge)
     hits = gallery.recognised(judge.read(images))            # list[bool]
     matches = attribute_match(reading, row, instance)       # {"colour": True, "shape:tail": False, ...}
+    stated = stated_match(reading, row, instance)           # only what the verbal oracle says, in its words
 """
 
 from __future__ import annotations
@@ -96,6 +97,27 @@ def attribute_match(
     shape = reading.shape(row, instance.category)
     for name, value in instance.shape.items():
         matches[f"shape:{name}"] = abs(shape[name] - value) <= SHAPE_TOLERANCE
+    return {name: hit for name, hit in matches.items() if name.split(":")[0] not in ignore and name not in ignore}
+
+
+def stated_match(
+    reading: Reading, row: int, instance: Instance, ignore: frozenset[str] = frozenset()
+) -> dict[str, bool]:
+    """Which of the attributes the verbal oracle states (controls.verbal_description) the judge reads as stated: the
+    colour's name, the pattern and its colour (patterned instances), the accessory (where the instance has one),
+    and each shape parameter that has a word for its value, read in the same third (the word, not the value: fine
+    values are never named). Attributes in ``ignore`` are left out."""
+    matches = {"colour": reading.label("colour", row) == instance.colour_name}
+    if instance.pattern != "plain":  # "plain" is left unsaid
+        matches["pattern"] = reading.label("pattern", row) == instance.pattern
+        matches["second_colour"] = reading.label("second_colour", row) == instance.second_colour_name
+    if instance.accessory is not None:
+        matches["accessory"] = bool(reading.label("accessory", row))
+    shape = reading.shape(row, instance.category)
+    for parameter in instance.family.shapes:
+        words = parameter.words(instance.shape[parameter.name])
+        if words:
+            matches[f"shape:{parameter.name}"] = parameter.words(shape[parameter.name]) == words
     return {name: hit for name, hit in matches.items() if name.split(":")[0] not in ignore and name not in ignore}
 
 

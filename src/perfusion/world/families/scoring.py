@@ -16,7 +16,7 @@ from PIL import Image
 
 from .concept_prompts import ConceptPrompt
 from .judge import Judge, Reading
-from .metrics import Gallery, attribute_match, changed
+from .metrics import Gallery, attribute_match, changed, stated_match
 from .scenes import PAIR_CENTRES
 
 FOCUS_SIDE = 40  # pixels of the 64x64 image around one object of a pair, enlarged to 64 for the identity read
@@ -52,17 +52,19 @@ def alignment(reading: Reading, row: int, prompt: ConceptPrompt, category: str) 
 class ConceptScores:
     recognised: list[bool] = field(default_factory=list)
     attribute_match: list[float] = field(default_factory=list)
+    stated_match: list[float] = field(default_factory=list)  # of the attributes the verbal oracle states
     alignment: list[float] = field(default_factory=list)
     details: list[dict] = field(default_factory=list)
 
     def extend(self, other: "ConceptScores") -> None:
-        for name in ("recognised", "attribute_match", "alignment", "details"):
+        for name in ("recognised", "attribute_match", "stated_match", "alignment", "details"):
             getattr(self, name).extend(getattr(other, name))
 
     def summary(self) -> dict[str, float]:
         return {
             "recognised": float(np.mean(self.recognised)),
             "attribute_match": float(np.mean(self.attribute_match)),
+            "stated_match": float(np.nanmean(self.stated_match)) if self.stated_match else float("nan"),
             "alignment": float(np.mean(self.alignment)),
             "images": len(self.recognised),
         }
@@ -103,6 +105,8 @@ def score_concept_images(
         aligned = alignment(whole, row, prompt, instance.category)
         scores.recognised.append(recognised[row])
         scores.attribute_match.append(float(np.mean(list(matches.values()))))
+        stated = stated_match(own, row, target, ignore)
+        scores.stated_match.append(float(np.mean(list(stated.values()))) if stated else float("nan"))
         scores.alignment.append(float(np.mean(list(aligned.values()))) if aligned else 1.0)
-        scores.details.append({"matches": matches, "alignment": aligned})
+        scores.details.append({"matches": matches, "stated": stated, "alignment": aligned})
     return scores
