@@ -2,7 +2,8 @@
 
 - renders of reserved instances (new poses and scenes) recognised against their gallery (bar >= 0.95);
 - each kind of negative (the object's colours without its shape) refused (bar >= 0.98 each);
-- the per-head accuracy on clean renders of reserved instances.
+- the per-head accuracy on clean renders of reserved instances, and how well it reads shape: the mean absolute
+  error of the shape values, and the share read in their own third (where a caption's shape word is decided).
 
     python -m perfusion.world.families.judge_check [--instances 4] [--out lab-report/judge]
 """
@@ -23,15 +24,20 @@ from .categories import CATEGORY_NAMES
 from .judge import Judge
 from .judge_data import _negative_filter, instance_labels, one_object_spec, validation_instances
 from .judge_net import HEAD_CLASSES
-from .metrics import Gallery, attribute_match, match_share
+from .metrics import Gallery, attribute_match, match_share, stated_match
 from .scenes import photos, render_with_mask
 
 RENDERS_PER_INSTANCE = 4
 NEGATIVES_PER_KIND = 100
 
 
+def third(value: float) -> int:
+    """0, 1 or 2: the third of [0, 1] a shape value falls in (a caption names only the outer two)."""
+    return 0 if value < 1 / 3 else 2 if value > 2 / 3 else 1  # as ShapeParameter.words splits it
+
+
 def check(judge: Judge, instances_per_category: int = 4, out: Path | None = None) -> dict:
-    recognised, matches, cells, head_hits = [], [], [], {}
+    recognised, matches, stated, cells, head_hits, shape_errors = [], [], [], [], {}, []
     for instance in validation_instances(instances_per_category):
         gallery = Gallery.build(instance, judge)
         shots = photos(instance, RENDERS_PER_INSTANCE, seed=99, sizes=("medium", "large"))  # not the gallery's seed 0
@@ -41,6 +47,9 @@ def check(judge: Judge, instances_per_category: int = 4, out: Path | None = None
         recognised += hits
         for row, (_, _, spec) in enumerate(shots):
             matches.append(attribute_match(reading, row, instance))
+            stated.append(stated_match(reading, row, instance))
+            read = reading.shape(row, instance.category)
+            shape_errors += [(read[name], value) for name, value in instance.shape.items()]
             labels, _, _ = instance_labels(instance, spec.first)
             for head, target in labels.items():
                 if target >= 0:
@@ -63,6 +72,9 @@ def check(judge: Judge, instances_per_category: int = 4, out: Path | None = None
     results = {
         "renders_recognised": float(np.mean(recognised)),
         "attribute_match": match_share(matches),
+        "stated_match": match_share(stated),
+        "shape_mae": float(np.mean([abs(read - value) for read, value in shape_errors])),
+        "shape_third": float(np.mean([third(read) == third(value) for read, value in shape_errors])),
         "garbage_refused": refused,
         "garbage_refused_min": min(refused.values()),
         "heads": {head: float(np.mean(hits)) for head, hits in sorted(head_hits.items())},
