@@ -373,3 +373,13 @@ def test_the_stated_match_counts_only_what_the_verbal_oracle_says():
     matches = stated_match(_reading_of(instance, misread), 0, instance)
     assert matches["shape:build"] is False and matches["shape:tail"] is True
     assert stated_match(_reading_of(instance), 0, instance, frozenset({"colour"})).keys().isdisjoint({"colour"})
+
+
+def test_a_shape_value_falls_in_the_third_its_caption_word_names():
+    from perfusion.world.families.categories import CATEGORIES
+    from perfusion.world.families.judge_check import third
+
+    build = CATEGORIES["cat"].shapes[0]
+    for value, expected in ((0.0, 0), (0.33, 0), (1 / 3, 1), (0.5, 1), (2 / 3, 1), (0.67, 2), (1.0, 2)):
+        assert third(value) == expected
+        assert bool(build.words(value)) == (expected != 1)
