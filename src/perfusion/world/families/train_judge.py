@@ -267,6 +267,7 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--learning-rate", type=float, default=JudgeTrainingConfig.learning_rate)
     parser.add_argument("--warmup-steps", type=int, default=JudgeTrainingConfig.warmup_steps)
+    parser.add_argument("--regression-weight", type=float, default=JudgeTrainingConfig.regression_weight)
     parser.add_argument(
         "--head-weight",
         action="append",
@@ -299,6 +300,7 @@ def main(argv=None) -> None:
             unprompted=arguments.unprompted,
             regenerated=arguments.regenerated,
             head_weights=head_weights,
+            regression_weight=arguments.regression_weight,
         )
     except ValueError as error:
         parser.error(str(error))
