@@ -4,10 +4,13 @@ Perfusion at its best would draw the instance itself in the base model's style. 
 without any training: each category's first seen instance is photographed (12 photos, medium or large), every
 photo is noised to a share of the schedule and denoised by the base model with its own caption (img2img, SDEdit),
 and the judge scores the result as it scores a concept's images (accepted, right category, first in the gallery of
-10). At strength 0 the images are renders (the judge's own check); as the strength grows the base model redraws
-more of the object: the recognition it keeps bounds what any recipe can show with this base model and this judge.
+10). At strength 0 the images are renders (the judge's own check); the "autoencoder" row is their round trip through
+the base model's autoencoder alone (encode, decode at the latent mean: what any image the model draws has been
+through); as the strength grows the base model redraws more of the object: the recognition it keeps bounds what any
+recipe can show with this base model and this judge.
 
     python benchmarks/recognition_ceiling.py --model DIR [--strengths 0 0.25 0.35 0.5 0.7] [--categories cat mug]
+        [--vae checkpoints/families/vae]
 
 Prints recognised and attribute match per category and strength; writes OUT/ceiling-{category}.png (a row per
 strength) and OUT/summary.json.
@@ -20,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+from diffusers import AutoencoderKL, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+from PIL import Image
 
 from perfusion.sheets import SheetRow, write_sheet
 from perfusion.world.families.captions import describe
@@ -32,6 +36,14 @@ from perfusion.world.families.sampling import sampling_defaults
 from perfusion.world.families.scenes import photos
 
 PHOTOS = 12
+
+
+@torch.no_grad()
+def round_trip(vae, images) -> list:
+    batch = torch.from_numpy(np.stack([np.asarray(image) for image in images])).permute(0, 3, 1, 2) / 127.5 - 1
+    decoded = vae.decode(vae.encode(batch).latent_dist.mean).sample
+    pixels = ((decoded + 1) * 127.5).clamp(0, 255).round().byte().permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(image) for image in pixels]
 
 
 @torch.no_grad()
@@ -54,14 +66,16 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--strengths", type=float, nargs="+", default=[0.0, 0.25, 0.35, 0.5, 0.7])
     parser.add_argument("--categories", nargs="+", default=list(CATEGORY_NAMES))
+    parser.add_argument("--vae", type=Path, help="an autoencoder folder to use instead of the model's (a new decoder)")
     parser.add_argument("--judge", type=Path, default=JUDGE_PATH)
     parser.add_argument("--out", type=Path, default=Path("work/recognition-ceiling"))
     parser.add_argument("--threads", type=int, default=1)
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
-    img2img = StableDiffusionImg2ImgPipeline.from_pipe(
-        StableDiffusionPipeline.from_pretrained(arguments.model, local_files_only=True)
-    )
+    pipe = StableDiffusionPipeline.from_pretrained(arguments.model, local_files_only=True)
+    if arguments.vae is not None:
+        pipe.vae = AutoencoderKL.from_pretrained(arguments.vae).to(pipe.vae.dtype)
+    img2img = StableDiffusionImg2ImgPipeline.from_pipe(pipe)
     img2img.set_progress_bar_config(disable=True)
     judge = Judge.load(arguments.judge)
     arguments.out.mkdir(parents=True, exist_ok=True)
@@ -73,21 +87,24 @@ def main() -> None:
         rng = random.Random(f"ceiling/{name}")
         captions = [describe(spec, rng).text for _, _, spec in shots]
         rows, summary[name] = [], {}
-        for strength in arguments.strengths:
-            images = regenerate(img2img, [image for image, _, _ in shots], captions, strength, seed=7000)
+        for strength in [arguments.strengths[0], "autoencoder", *arguments.strengths[1:]]:
+            renders = [image for image, _, _ in shots]
+            if strength == "autoencoder":
+                images = round_trip(img2img.vae, renders)
+            else:
+                images = regenerate(img2img, renders, captions, strength, seed=7000)
             reading = judge.read(images)
             hits = gallery.recognised(reading)
             matches = [np.mean(list(attribute_match(reading, row, instance).values())) for row in range(len(images))]
             stated = [np.mean(list(stated_match(reading, row, instance).values())) for row in range(len(images))]
-            summary[name][f"{strength:g}"] = {
+            key = strength if isinstance(strength, str) else f"{strength:g}"
+            summary[name][key] = {
                 "recognised": float(np.mean(hits)),
                 "attribute_match": float(np.mean(matches)),
                 "stated_match": float(np.mean(stated)),
             }
-            print(name, f"strength {strength:g}", json.dumps(summary[name][f"{strength:g}"]), flush=True)
-            rows.append(
-                SheetRow(f"strength {strength:g}", [(image, "REC" if hit else "-") for image, hit in zip(images, hits)])
-            )
+            print(name, key, json.dumps(summary[name][key]), flush=True)
+            rows.append(SheetRow(key, [(image, "REC" if hit else "-") for image, hit in zip(images, hits)]))
         write_sheet(arguments.out / f"ceiling-{name}.png", rows, title=instance.describe(), columns=PHOTOS)
         (arguments.out / "summary.json").write_text(json.dumps(summary, indent=1))
 
