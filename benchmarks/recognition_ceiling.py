@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
-from PIL import Image
 
 from perfusion.sheets import SheetRow, write_sheet
+from perfusion.world.basemodel.evaluate import autoencoded
 from perfusion.world.families.captions import describe
 from perfusion.world.families.categories import CATEGORY_NAMES
 from perfusion.world.families.instances import seen_instances
@@ -36,14 +36,6 @@ from perfusion.world.families.sampling import sampling_defaults
 from perfusion.world.families.scenes import photos
 
 PHOTOS = 12
-
-
-@torch.no_grad()
-def round_trip(vae, images) -> list:
-    batch = torch.from_numpy(np.stack([np.asarray(image) for image in images])).permute(0, 3, 1, 2) / 127.5 - 1
-    decoded = vae.decode(vae.encode(batch).latent_dist.mean).sample
-    pixels = ((decoded + 1) * 127.5).clamp(0, 255).round().byte().permute(0, 2, 3, 1).numpy()
-    return [Image.fromarray(image) for image in pixels]
 
 
 @torch.no_grad()
@@ -86,11 +78,11 @@ def main() -> None:
         shots = photos(instance, PHOTOS, seed=100)  # the gallery's references are photos from seed 0
         rng = random.Random(f"ceiling/{name}")
         captions = [describe(spec, rng).text for _, _, spec in shots]
+        renders = [image for image, _, _ in shots]
         rows, summary[name] = [], {}
         for strength in [arguments.strengths[0], "autoencoder", *arguments.strengths[1:]]:
-            renders = [image for image, _, _ in shots]
             if strength == "autoencoder":
-                images = round_trip(img2img.vae, renders)
+                images = autoencoded(img2img, renders)
             else:
                 images = regenerate(img2img, renders, captions, strength, seed=7000)
             reading = judge.read(images)

@@ -376,8 +376,7 @@ def test_the_stated_match_counts_only_what_the_verbal_oracle_says():
 
 
 def test_a_shape_value_falls_in_the_third_its_caption_word_names():
-    from perfusion.world.families.categories import CATEGORIES
-    from perfusion.world.families.judge_check import third
+    from perfusion.world.families.categories import CATEGORIES, third
 
     build = CATEGORIES["cat"].shapes[0]
     for value, expected in ((0.0, 0), (0.33, 0), (1 / 3, 1), (0.5, 1), (2 / 3, 1), (0.67, 2), (1.0, 2)):

@@ -25,6 +25,11 @@ PATTERN_WORDS = {  # caption wordings of each pattern (plain is mostly left unsa
 }
 
 
+def third(value: float) -> int:
+    """0, 1 or 2: the third of [0, 1] a shape value falls in (captions name only the outer two)."""
+    return 0 if value < 1 / 3 else 2 if value > 2 / 3 else 1
+
+
 @dataclass(frozen=True)
 class ShapeParameter:
     """A shape parameter in [0, 1]; captions name only its low or high third, each with a coarse word."""
@@ -34,7 +39,7 @@ class ShapeParameter:
     high: tuple[str, ...] = ()  # words for values above 2/3
 
     def words(self, value: float) -> tuple[str, ...]:
-        return self.low if value < 1 / 3 else self.high if value > 2 / 3 else ()
+        return (self.low, (), self.high)[third(value)]
 
 
 @dataclass(frozen=True)

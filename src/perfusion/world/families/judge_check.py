@@ -20,7 +20,7 @@ import numpy as np
 from perfusion.sheets import SheetRow, write_sheet
 from perfusion.world.negatives import KINDS
 
-from .categories import CATEGORY_NAMES
+from .categories import CATEGORY_NAMES, third
 from .judge import Judge
 from .judge_data import _negative_filter, instance_labels, one_object_spec, validation_instances
 from .judge_net import HEAD_CLASSES
@@ -29,11 +29,6 @@ from .scenes import photos, render_with_mask
 
 RENDERS_PER_INSTANCE = 4
 NEGATIVES_PER_KIND = 100
-
-
-def third(value: float) -> int:
-    """0, 1 or 2: the third of [0, 1] a shape value falls in (a caption names only the outer two)."""
-    return 0 if value < 1 / 3 else 2 if value > 2 / 3 else 1  # as ShapeParameter.words splits it
 
 
 def check(judge: Judge, instances_per_category: int = 4, out: Path | None = None) -> dict:

@@ -80,6 +80,11 @@ class Gallery:
         ]
 
 
+def without(matches: dict[str, bool], ignore: frozenset[str]) -> dict[str, bool]:
+    """The matches less those in ``ignore``, by name or by kind ("shape" leaves out every "shape:..." match)."""
+    return {name: hit for name, hit in matches.items() if name.split(":")[0] not in ignore and name not in ignore}
+
+
 def attribute_match(
     reading: Reading, row: int, instance: Instance, ignore: frozenset[str] = frozenset()
 ) -> dict[str, bool]:
@@ -97,7 +102,7 @@ def attribute_match(
     shape = reading.shape(row, instance.category)
     for name, value in instance.shape.items():
         matches[f"shape:{name}"] = abs(shape[name] - value) <= SHAPE_TOLERANCE
-    return {name: hit for name, hit in matches.items() if name.split(":")[0] not in ignore and name not in ignore}
+    return without(matches, ignore)
 
 
 def stated_match(
@@ -118,7 +123,7 @@ def stated_match(
         words = parameter.words(instance.shape[parameter.name])
         if words:
             matches[f"shape:{parameter.name}"] = parameter.words(shape[parameter.name]) == words
-    return {name: hit for name, hit in matches.items() if name.split(":")[0] not in ignore and name not in ignore}
+    return without(matches, ignore)
 
 
 def match_share(matches: list[dict[str, bool]]) -> float:
