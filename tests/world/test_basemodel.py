@@ -190,6 +190,62 @@ def test_random_crops_are_on_the_latent_grid():
     assert all(int(crop[0, 0, 0]) % 64 % 4 == 0 and int(crop[0, 0, 0]) // 64 % 64 % 4 == 0 for crop in crops)
 
 
+def test_object_weight_makes_errors_on_the_object_cost_more():
+    torch.manual_seed(0)
+    vae = models.build_vae(TINY)
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    masks = torch.zeros(2, 1, 16, 16)
+    masks[:, :, 4:12, 4:12] = 1.0
+    plain = VaeTrainingConfig(object_weight=0.0)
+    weighted = VaeTrainingConfig(object_weight=9.0)
+    with torch.no_grad():
+        reconstruction = vae.decode(vae.encode(images).latent_dist.mean).sample
+    on_object = (reconstruction - images).abs()[masks.expand_as(images) > 0].mean().item()
+    torch.manual_seed(1)
+    _, parts_plain = train.vae_loss(vae, images, plain, decoder_only=True, masks=masks)
+    torch.manual_seed(1)
+    _, parts_weighted = train.vae_loss(vae, images, weighted, decoder_only=True, masks=masks)
+    assert parts_plain["object_l1"] == pytest.approx(on_object, rel=1e-4)
+    # with weight 1 + 9 on a quarter of the pixels, the object holds 10/13 of the weighted L1
+    whole = (reconstruction - images).abs().mean().item()
+    expected = (10 * on_object + 3 * (4 * whole - on_object) / 3) / 13
+    assert parts_weighted["l1"] == pytest.approx(expected, rel=1e-4)
+    assert parts_plain["l1"] == pytest.approx(whole, rel=1e-4)
+
+
+def test_anchored_autoencoder_keeps_its_start_scale_and_reports_drift(tmp_path):
+    torch.manual_seed(0)
+    log = train.RunLog(tmp_path)
+    start = tmp_path / "start"
+    vae = models.build_vae(TINY)
+    vae.register_to_config(scaling_factor=0.5)
+    vae.save_pretrained(start / "vae")
+    source = SceneSource(
+        make_scene=Scene,
+        caption=caption,
+        vocabulary=lambda: WORDS,
+        masked=lambda seed: (Scene(seed).image, Image.new("L", (64, 64), 255)),
+    )
+    run = tmp_path / "run"
+    run.mkdir()
+    config = VaeTrainingConfig(
+        batch_size=2, max_steps=2, crop_size=0, object_weight=4.0, anchor_weight=1.0, log_every=1
+    )
+    with pytest.raises(ValueError, match="--warm-start"):
+        train.train_vae(run, source, TINY, config, False, StopAfter(10), log)
+    train.train_vae(run, source, TINY, config, False, StopAfter(10), log, warm_start=start)
+    assert train.load_exported_vae(run).config.scaling_factor == 0.5  # not re-measured: the UNet's scale holds
+    records = [line for line in (tmp_path / "log.jsonl").read_text().splitlines() if '"anchor"' in line]
+    assert records and '"object_l1"' in records[-1]
+
+
+def test_vae_training_config_refuses_negative_weights_and_off_grid_crops():
+    with pytest.raises(ValueError, match="object_weight"):
+        VaeTrainingConfig(object_weight=-1)
+    with pytest.raises(ValueError, match="crop_size"):
+        VaeTrainingConfig(crop_size=30)
+
+
 def test_training_stages_resume_and_export(tmp_path):
     torch.manual_seed(0)
     log = train.RunLog(tmp_path)

@@ -119,3 +119,11 @@ def test_colour_words_are_stated_at_about_the_chosen_rate():
         ("colour" in captions.describe(scenes.sample_spec(random.Random(seed)), rng).stated) for seed in range(600)
     ]
     assert 0.38 < np.mean(stated) < 0.56  # 0.5 of non-bare captions (bare: 6% of one-object ones)
+
+
+def test_every_object_mask_covers_the_second_object_too():
+    spec = next(s for s in (scenes.sample_spec(random.Random(seed)) for seed in range(200)) if s.second is not None)
+    _, first = scenes.render_with_mask(spec)
+    _, both = scenes.render_with_mask(spec, every_object=True)
+    first, both = np.asarray(first) > 0, np.asarray(both) > 0
+    assert (both >= first).all() and both.sum() > first.sum()  # the union adds the second object's pixels

@@ -67,6 +67,20 @@ class VaeTrainingConfig:
     max_steps: int = 1500  # the decoder can be fine-tuned later (--stage decoder) without touching the UNet
     kl_weight: float = 1e-6
     edge_weight: float = 0.5  # L1 on image gradients: keeps glyph outlines sharp
+    # An object's pixels weigh 1 + this in the loss (0: all pixels alike). Crops are mostly flat background, so
+    # without it the object, which carries identity, gets little of the loss (docs/basemodel.md).
+    object_weight: float = 0.0
+    # MSE between the encoder's mean latent and the --warm-start autoencoder's, in scaled units: a retrained
+    # autoencoder then keeps the latent space (and its scale), so the UNet trained on it stays nearly valid.
+    anchor_weight: float = 0.0
+
+    def __post_init__(self):
+        for name in ("kl_weight", "edge_weight", "object_weight", "anchor_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.crop_size and self.crop_size % 4:
+            raise ValueError(f"crop_size must be a multiple of the latent grid (4 px), got {self.crop_size}")
+
     checkpoint_minutes: float = 5.0
     log_every: int = 50
 

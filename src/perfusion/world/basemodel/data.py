@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from perfusion.training.images import images_to_tensor
@@ -30,6 +31,7 @@ class SceneSource:
     make_scene: Callable[[int], Any]  # seed -> Scene with .image (PIL 64x64 RGB), .caption, .spec
     caption: Callable[[Any, random.Random], str]  # a fresh wording of a scene's caption
     vocabulary: Callable[[], Sequence[str]]  # every word captions use
+    masked: Callable[[int], tuple[Any, Any]] | None = None  # seed -> (image, mask of its objects), where known
 
 
 def world_source(state_position: float | None = None, category_word: float | None = None) -> SceneSource:
@@ -58,7 +60,12 @@ def families_source() -> SceneSource:
     neighbourhoods never enter."""
     from perfusion.world.families import captions
 
-    return SceneSource(make_scene=captions.make_scene, caption=captions.caption, vocabulary=captions.vocabulary)
+    return SceneSource(
+        make_scene=captions.make_scene,
+        caption=captions.caption,
+        vocabulary=captions.vocabulary,
+        masked=captions.masked_scene,
+    )
 
 
 MODEL_CAPTION_COUNT = 5000
@@ -87,6 +94,15 @@ def _caption_with(spec, rng: random.Random, choice) -> str:
 
 def render_batch(source: SceneSource, seeds: Sequence[int]) -> torch.Tensor:
     return images_to_tensor([source.make_scene(int(seed)).image for seed in seeds])
+
+
+def render_masked_batch(source: SceneSource, seeds: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images in [-1, 1] and their objects' masks in [0, 1] (N x 1 x H x W)."""
+    if source.masked is None:
+        raise ValueError("this world's scenes come without object masks")
+    pairs = [source.masked(int(seed)) for seed in seeds]
+    masks = torch.stack([torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0) for _, mask in pairs])
+    return images_to_tensor([image for image, _ in pairs]), masks[:, None]
 
 
 def atomic_torch_save(obj, path: Path) -> None:

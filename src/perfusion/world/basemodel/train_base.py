@@ -53,6 +53,7 @@ from .data import (
     atomic_torch_save,
     families_source,
     render_batch,
+    render_masked_batch,
     world_source,
 )
 from .evaluate import EvaluationConfig, evaluate
@@ -143,7 +144,8 @@ def train_tokenizer(run_dir: Path, source: SceneSource, config: TokenizerConfig,
 
 
 def random_crops(images: torch.Tensor, size: int, rng: random.Random, align: int = 4) -> torch.Tensor:
-    """One random size x size crop per image, at offsets on the latent grid (multiples of `align`)."""
+    """One random size x size crop per image (all its channels: an appended mask is cropped with it), at offsets
+    on the latent grid (multiples of `align`)."""
     if not size or size >= images.shape[-1]:
         return images
     offsets = range(0, images.shape[-1] - size + 1, align)
@@ -154,9 +156,18 @@ def random_crops(images: torch.Tensor, size: int, rng: random.Random, align: int
     return torch.stack(crops)
 
 
-def vae_loss(vae: AutoencoderKL, images: torch.Tensor, config: VaeTrainingConfig, decoder_only: bool = False):
+def vae_loss(
+    vae: AutoencoderKL,
+    images: torch.Tensor,
+    config: VaeTrainingConfig,
+    decoder_only: bool = False,
+    masks: torch.Tensor | None = None,
+    anchor: tuple[AutoencoderKL, float] | None = None,
+):
     """L1 + L1 on image gradients (keeps outlines sharp) + a small KL, as SD's autoencoder minus the GAN. With
-    `decoder_only` the frozen encoder's mean latent is decoded (what the diffusion model produces)."""
+    `decoder_only` the frozen encoder's mean latent is decoded (what the diffusion model produces). With `masks`
+    (N x 1 x H x W in [0, 1]) an object's pixels weigh 1 + `config.object_weight`; with `anchor` (a frozen
+    autoencoder and its scaling factor) the mean latent is held near that autoencoder's, in scaled units."""
     if decoder_only:
         with torch.no_grad():
             posterior = vae.encode(images).latent_dist
@@ -165,16 +176,31 @@ def vae_loss(vae: AutoencoderKL, images: torch.Tensor, config: VaeTrainingConfig
         posterior = vae.encode(images).latent_dist
         latents = posterior.sample()
     reconstruction = vae.decode(latents).sample
-    l1 = (reconstruction - images).abs().mean()
-    edge = sum((reconstruction.diff(dim=d) - images.diff(dim=d)).abs().mean() for d in (2, 3))
+    weights = torch.ones_like(images[:, :1]) if masks is None else 1.0 + config.object_weight * masks
+
+    def weighted_l1(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        # sum_i w_i |a_i - b_i| / sum_i w_i, over pixels and channels
+        return ((a - b).abs() * w).sum() / (w.sum() * a.shape[1])
+
+    l1 = weighted_l1(reconstruction, images, weights)
+    edge = weighted_l1(reconstruction.diff(dim=2), images.diff(dim=2), weights[:, :, 1:]) + weighted_l1(
+        reconstruction.diff(dim=3), images.diff(dim=3), weights[:, :, :, 1:]
+    )
     kl = posterior.kl().mean()
     loss = l1 + config.edge_weight * edge + (0.0 if decoder_only else config.kl_weight * kl)
-    return loss, {
-        "l1": l1.item(),
-        "edge": edge.item(),
-        "kl": kl.item(),
-        "mse": F.mse_loss(reconstruction, images).item(),
-    }
+    parts = {"l1": l1.item(), "edge": edge.item(), "kl": kl.item(), "mse": F.mse_loss(reconstruction, images).item()}
+    if masks is not None:
+        parts["object_l1"] = ((reconstruction - images).abs() * masks).sum().item() / max(
+            masks.sum().item() * images.shape[1], 1.0
+        )
+    if anchor is not None and not decoder_only:
+        anchor_vae, factor = anchor
+        with torch.no_grad():
+            target = anchor_vae.encode(images).latent_dist.mean
+        drift = F.mse_loss(posterior.mean * factor, target * factor)
+        loss = loss + config.anchor_weight * drift
+        parts["anchor"] = drift.item()
+    return loss, parts
 
 
 @torch.no_grad()
@@ -240,6 +266,13 @@ def train_vae(
         if step >= config.max_steps:  # finished: re-exporting would overwrite a decoder fine-tuned since
             log(f"{name}: already trained ({step} steps)")
             return
+    anchor = None
+    if config.anchor_weight and not decoder_only:
+        if warm_start is None:
+            raise ValueError("--anchor-weight holds the latents near a starting autoencoder: give it with --warm-start")
+        anchor_vae = AutoencoderKL.from_pretrained(Path(warm_start) / "vae").float().eval().requires_grad_(False)
+        factor = anchor_vae.config.scaling_factor  # the anchored latent space keeps its scale, hence the UNet
+        anchor = (anchor_vae, factor)
     log(
         f"{name}: {models.parameter_count(vae) / 1e6:.2f}M parameters, {sum(p.numel() for p in trained) / 1e6:.2f}M trained"
     )
@@ -265,8 +298,12 @@ def train_vae(
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate * learning_rate_factor(step, config.warmup_steps, config.max_steps, 0.1)
         seeds = [py_rng.randint(*VAE_SEED_RANGE) for _ in range(config.batch_size)]
-        images = random_crops(render_batch(source, seeds), config.crop_size, py_rng)
-        loss, parts = vae_loss(vae, images, config, decoder_only)
+        if config.object_weight:
+            images, masks = render_masked_batch(source, seeds)
+            images, masks = random_crops(torch.cat([images, masks], 1), config.crop_size, py_rng).split([3, 1], 1)
+        else:
+            images, masks = random_crops(render_batch(source, seeds), config.crop_size, py_rng), None
+        loss, parts = vae_loss(vae, images, config, decoder_only, masks, anchor)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)

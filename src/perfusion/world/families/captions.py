@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .categories import CATEGORIES, PATTERN_WORDS
 from .palette import BACKGROUNDS, COLOURS
-from .scenes import Scene, SceneSpec, WorldSampling, render, sample_spec
+from .scenes import Scene, SceneSpec, WorldSampling, render, render_with_mask, sample_spec
 
 INTROS = ("", "", "", "a photo of", "a picture of", "an image of", "a drawing of")
 SIZE_WORDS = {"small": ("small", "tiny", "little"), "medium": ("medium-sized",), "large": ("large", "big", "huge")}
@@ -213,3 +213,8 @@ def make_scene(seed: int, sampling: WorldSampling = WorldSampling()) -> Scene:
     rng = random.Random(seed)
     spec = sample_spec(rng, sampling)
     return Scene(render(spec), caption(spec, rng), spec)
+
+
+def masked_scene(seed: int, sampling: WorldSampling = WorldSampling()):
+    """The image of training scene ``seed`` (as `make_scene`) and the mask of all its objects (L, 255 on them)."""
+    return render_with_mask(sample_spec(random.Random(seed), sampling), every_object=True)

@@ -199,9 +199,12 @@ def placed_sprite(placement: Placement, side: float) -> Image.Image:
     return sprite
 
 
-def render_with_mask(spec: SceneSpec, sprite_filter=None) -> tuple[Image.Image, Image.Image]:
-    """The 64x64 RGB scene and the first object's mask (L, 255 on the object). ``sprite_filter(index, sprite)``, if
-    given, may replace each placed sprite (the judge's negatives: an object's colours without its shape)."""
+def render_with_mask(
+    spec: SceneSpec, sprite_filter=None, every_object: bool = False
+) -> tuple[Image.Image, Image.Image]:
+    """The 64x64 RGB scene and the first object's mask (L, 255 on the object), or with ``every_object`` the mask of
+    all its objects. ``sprite_filter(index, sprite)``, if given, may replace each placed sprite (the judge's
+    negatives: an object's colours without its shape)."""
     canvas = background(spec)
     mask = Image.new("L", canvas.size, 0)
     for index, (placement, (x, y, side)) in enumerate(zip(spec.placements, object_boxes(spec))):
@@ -210,7 +213,7 @@ def render_with_mask(spec: SceneSpec, sprite_filter=None) -> tuple[Image.Image, 
             sprite = sprite_filter(index, sprite)
         corner = (round(x * SUPERSAMPLE - sprite.width / 2), round(y * SUPERSAMPLE - sprite.height / 2))
         canvas.alpha_composite(sprite, corner)
-        if index == 0:
+        if index == 0 or every_object:
             mask.paste(sprite.getchannel("A"), corner, sprite.getchannel("A"))
     return canvas.convert("RGB").reduce(SUPERSAMPLE), mask.reduce(SUPERSAMPLE)
 
