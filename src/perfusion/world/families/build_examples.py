@@ -14,10 +14,9 @@ from pathlib import Path
 
 from perfusion.files import atomic_write
 
-from .examples import example_instances
+from .examples import EXAMPLES_DIR, example_instances
 from .scenes import photos
 
-EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 PHOTOS = 5
 
 

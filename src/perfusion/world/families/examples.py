@@ -6,6 +6,10 @@ evaluation ranges never use), and training never samples within EXAMPLE_EXCLUSIO
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .instances import EXAMPLE_SEEDS, example_instances
 
-__all__ = ["EXAMPLE_SEEDS", "example_instances"]
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"  # one folder per example: photos, masks/, concept.json
+
+__all__ = ["EXAMPLES_DIR", "EXAMPLE_SEEDS", "example_instances"]

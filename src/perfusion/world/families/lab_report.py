@@ -28,44 +28,16 @@ from perfusion.world.basemodel.data import world_captions
 
 from . import base_eval, judge_check
 from .categories import CATEGORY_NAMES
-from .concept_prompts import concept_prompts
-from .controls import ORACLE_TOKEN, value_oracle, verbal_description
+from .controls import ORACLE_TOKEN, value_oracle
 from .examples import example_instances
 from .eye_labels import EyeLabels
 from .eye_labels import audit as eye_audit
 from .instances import seen_instances
 from .judge import Judge
-from .sampling import generate_images
 from .scenes import photos
-from .scoring import ConceptScores, Galleries, score_concept_images
+from .scoring import Galleries, draw_and_score
 
-SEEDS = (0, 1)
 CONCEPT_TOKEN = "<concept>"
-
-
-def score_rows(
-    pipe,
-    judge: Judge,
-    instance,
-    subject: str,
-    galleries: Galleries,
-    label: str,
-    seeds=SEEDS,
-    leave_out_changed: bool = False,
-) -> tuple[ConceptScores, SheetRow]:
-    """Draw and score the 12 concept prompts with ``subject`` as the noun ("<concept>", "cat", or the verbal
-    description, which then leaves out the attribute a prompt changes)."""
-    scores, cells = ConceptScores(), []
-    for prompt in concept_prompts(instance):
-        noun = subject
-        if leave_out_changed:
-            noun = verbal_description(instance, leave_out=frozenset(prompt.changes))
-        images = generate_images(pipe, [prompt.text(noun)], list(seeds))
-        result = score_concept_images(judge, instance, prompt, images, galleries)
-        scores.extend(result)
-        for image, hit in zip(images, result.recognised):
-            cells.append((image, f"{prompt.text('*')} {'REC' if hit else '-'}"))
-    return scores, SheetRow(label, cells)
 
 
 def controls(pipe, judge: Judge, galleries: Galleries, out: Path) -> dict:
@@ -75,12 +47,12 @@ def controls(pipe, judge: Judge, galleries: Galleries, out: Path) -> dict:
     captions = world_captions()
     for folder, instance in example_instances().items():
         rows, results[folder] = [], {}
-        prior, row = score_rows(pipe, judge, instance, instance.category, galleries, "prior")
+        prior, row = draw_and_score(pipe, judge, instance, instance.category, galleries, "prior")
         results[folder]["prior"], _ = prior.summary(), rows.append(row)
-        verbal, row = score_rows(pipe, judge, instance, "", galleries, "verbal oracle", leave_out_changed=True)
+        verbal, row = draw_and_score(pipe, judge, instance, "", galleries, "verbal oracle", leave_out_changed=True)
         results[folder]["verbal_oracle"], _ = verbal.summary(), rows.append(row)
         load_concepts(pipe, [value_oracle(pipe, instance)], captions=captions)
-        oracle, row = score_rows(pipe, judge, instance, ORACLE_TOKEN, galleries, "value oracle")
+        oracle, row = draw_and_score(pipe, judge, instance, ORACLE_TOKEN, galleries, "value oracle")
         unload_concepts(pipe, [ORACLE_TOKEN])
         results[folder]["value_oracle"], _ = oracle.summary(), rows.append(row)
         photo_row = SheetRow("the concept's photos", [(image, "") for image, _, _ in photos(instance, 5, seed=0)])
@@ -108,7 +80,7 @@ def seen_member(pipe, judge: Judge, galleries: Galleries, out: Path, training: d
         result = train_concept(pipe, images, CONCEPT_TOKEN, name, config, captions=captions, progress=False)
         seconds = time.time() - started
         load_concepts(pipe, [result.concept], captions=captions)
-        scores, row = score_rows(pipe, judge, instance, CONCEPT_TOKEN, galleries, f"Perfusion, seen {name}")
+        scores, row = draw_and_score(pipe, judge, instance, CONCEPT_TOKEN, galleries, f"Perfusion, seen {name}")
         unload_concepts(pipe, [CONCEPT_TOKEN])
         results[name] = {**scores.summary(), "training_seconds": seconds}
         photo_row = SheetRow("the photos", [(image, "") for image, _, _ in shots])

@@ -2,6 +2,7 @@
 
     scores = score_concept_images(judge, instance, prompt, images, galleries)
     scores.recognised, scores.attribute_match, scores.alignment     # one value per image
+    scores, sheet_row = draw_and_score(pipe, judge, instance, "<mycat>", galleries, "Perfusion")  # draw, then score
 
 Recognition reads the concept's side of a two-object image (a square crop around it, enlarged to 64x64), so that
 the second object does not enter the identity embedding.
@@ -14,10 +15,16 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from .concept_prompts import ConceptPrompt
+from perfusion.sheets import SheetRow
+
+from .concept_prompts import ConceptPrompt, concept_prompts
+from .controls import verbal_description
 from .judge import Judge, Reading
 from .metrics import Gallery, attribute_match, changed, stated_match
+from .sampling import generate_images
 from .scenes import PAIR_CENTRES
+
+SEEDS = (0, 1)  # the laboratory's seeds per concept prompt
 
 FOCUS_SIDE = 40  # pixels of the 64x64 image around one object of a pair, enlarged to 64 for the identity read
 
@@ -110,3 +117,29 @@ def score_concept_images(
         scores.alignment.append(float(np.mean(list(aligned.values()))) if aligned else 1.0)
         scores.details.append({"matches": matches, "stated": stated, "alignment": aligned})
     return scores
+
+
+def draw_and_score(
+    pipe,
+    judge: Judge,
+    instance,
+    subject: str,
+    galleries: Galleries,
+    label: str,
+    seeds=SEEDS,
+    leave_out_changed: bool = False,
+    prompts: list[ConceptPrompt] | None = None,
+    steps: int | None = None,
+) -> tuple[ConceptScores, SheetRow]:
+    """Draw and score the concept prompts (default: all 12) with ``subject`` as the noun ("<concept>", "cat", or
+    the verbal description, which then leaves out the attribute a prompt changes); the images as a sheet row.
+    ``steps``: sampling steps (default: the base model's)."""
+    scores, cells = ConceptScores(), []
+    for prompt in concept_prompts(instance) if prompts is None else prompts:
+        noun = verbal_description(instance, leave_out=frozenset(prompt.changes)) if leave_out_changed else subject
+        images = generate_images(pipe, [prompt.text(noun)], list(seeds), steps=steps)
+        result = score_concept_images(judge, instance, prompt, images, galleries)
+        scores.extend(result)
+        for image, hit in zip(images, result.recognised):
+            cells.append((image, f"{prompt.text('*')} {'REC' if hit else '-'}"))
+    return scores, SheetRow(label, cells)

@@ -1,0 +1,113 @@
+"""The families-laboratory demo's own logic: its settings, the prompt spread, and the composition verdict."""
+
+import pytest
+from PIL import Image
+
+from perfusion.experiments.lab_demo import LabDemoConfig, both_recognised, quick, spread
+from perfusion.world.families.examples import example_instances
+
+
+def test_spread_keeps_the_ends_and_covers_the_middle():
+    assert spread(list(range(12)), 4) == [0, 4, 7, 11]
+    assert spread(list(range(12)), 1) == [0]
+    assert spread([1, 2], 5) == [1, 2]
+
+
+def test_config_refuses_one_concept_and_a_beta_out_of_range():
+    with pytest.raises(ValueError, match="two concepts"):
+        LabDemoConfig(concepts=("mycat",))
+    with pytest.raises(ValueError, match="beta"):
+        LabDemoConfig(betas=(0.5, 1.5))
+    with pytest.raises(ValueError, match="prompts"):
+        LabDemoConfig(prompts=13)
+
+
+def test_quick_keeps_two_concepts_and_the_sweeps_ends():
+    config = quick(LabDemoConfig(concepts=("mycat", "mymug", "mydog")))
+    assert config.concepts == ("mycat", "mymug") and config.betas == (0.5, 0.9)
+    assert config.training["steps"] == 4 and config.prompts == 2
+
+
+class Reading:
+    def __init__(self, labels):
+        self.labels = labels  # one dict per image
+
+    def label(self, name, row):
+        return self.labels[row][name]
+
+
+class SideJudge:
+    """Reads whole images from a list of labels; a crop (here the name of its side) as itself."""
+
+    def __init__(self, labels):
+        self.labels = labels
+
+    def read(self, images):
+        return images[0] if isinstance(images[0], str) else Reading(self.labels)
+
+
+class SideGallery:
+    """Recognises a concept only on the side given (a stand-in for the identity read of that side's crop)."""
+
+    def __init__(self, side):
+        self.side = side
+
+    def recognised(self, side):
+        return [side == self.side]
+
+
+def test_both_concepts_must_be_found_each_on_its_own_side(monkeypatch):
+    instances = example_instances()
+    cat, mug = instances["mycat"], instances["mymug"]
+    pair = [("<mycat>", cat), ("<mymug>", mug)]
+    image = Image.new("RGB", (64, 64))
+    crops = []
+    monkeypatch.setattr("perfusion.world.families.scoring.focus", lambda image, side: crops.append(side) or side)
+    judge_labels = [
+        {"count": 2, "left": "cat", "right": "mug"},  # both there: recognised if each side is its concept's
+        {"count": 2, "left": "mug", "right": "cat"},  # both there, but the cat on the right is not recognised
+        {"count": 1, "left": "cat", "right": "cat"},  # one object
+        {"count": 2, "left": "cat", "right": "dog"},  # no mug
+    ]
+
+    galleries = {"cat": SideGallery("left"), "mug": SideGallery("right")}
+    verdicts = both_recognised(
+        SideJudge(judge_labels), lambda instance, changes: galleries[instance.category], [image] * 4, pair
+    )
+    assert verdicts == [True, False, False, False]
+    assert crops == ["left", "right", "right", "left"]  # each concept read on the side of its category
+
+
+def test_the_demo_writes_the_summary_a_script_reads_and_every_sheet(tmp_path, tiny_pipe, tiny_pipeline_dir):
+    import json
+
+    import torch
+
+    from perfusion.experiments.lab_demo import run_lab_demo
+    from perfusion.world.basemodel.data import world_captions
+    from perfusion.world.families.judge import Judge, save_judge
+    from perfusion.world.families.judge_net import JudgeNet, JudgeNetConfig
+
+    torch.manual_seed(0)
+    net = JudgeNet(JudgeNetConfig(widths=(8, 8, 16, 16), spatial_features=16, identity_features=16, embedding_dim=8))
+    save_judge(net.eval(), tmp_path / "judge.safetensors", {"steps": 0})
+    config = LabDemoConfig(
+        betas=(0.5, 0.9),
+        prompts=1,
+        seeds=(0,),
+        composition_seeds=(0,),
+        training={"steps": 2, "batch_size": 2},
+        inference_steps=2,
+    )
+    out, judge = tmp_path / "demo", Judge.load(tmp_path / "judge.safetensors")
+    captions = world_captions(count=200)
+    summary = run_lab_demo(tiny_pipe, judge, tiny_pipeline_dir, out, config, captions=captions, log=lambda line: None)
+    written = json.loads((out / "summary.json").read_text())
+    assert written["concepts"].keys() == {"<mycat>", "<mymug>"} == summary["concepts"].keys()
+    cat = written["concepts"]["<mycat>"]
+    assert [entry["beta"] for entry in cat["sweep"]] == [0.5, cat["default_beta"], 0.9]  # the default among them
+    shares = [cat["recognised"], cat["alignment"], cat["prior"]["recognised"], cat["verbal_oracle"]["alignment"]]
+    assert all(0.0 <= share <= 1.0 for share in shares) and 0.0 <= written["composition"]["both_recognised"] <= 1.0
+    for name in ("mycat.png", "mymug.png", "mycat-pareto.png", "composition.png", "report.html"):
+        assert (out / name).is_file()
+    assert "mycat.png" in (out / "report.html").read_text()
