@@ -111,3 +111,21 @@ def test_the_demo_writes_the_summary_a_script_reads_and_every_sheet(tmp_path, ti
     for name in ("mycat.png", "mymug.png", "mycat-pareto.png", "composition.png", "report.html"):
         assert (out / name).is_file()
     assert "mycat.png" in (out / "report.html").read_text()
+
+
+def test_the_demo_command_takes_a_families_model_to_the_laboratory_demo(tmp_path, tiny_pipeline_dir, capsys):
+    import json
+    import shutil
+
+    from perfusion.cli import main
+    from perfusion.world.basemodel.export import model_world
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_pipeline_dir, model)
+    assert model_world(model) == "emoji"  # a folder that does not say: the micro world, as before
+    (model / "basemodel.json").write_text(json.dumps({"world": "families"}))
+    assert model_world(model) == "families"
+    missing = tmp_path / "no-judge.safetensors"
+    code = main(["demo", "--model", str(model), "--out", str(tmp_path / "out"), "--judge", str(missing)])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1 and "no judge weights" in error[0]  # the laboratory's judge was asked for

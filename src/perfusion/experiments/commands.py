@@ -28,6 +28,7 @@ def add_commands(commands) -> None:
     demo.add_argument("--steps", type=int, default=None, help="training steps per concept")
     demo.add_argument("--quick", action="store_true", help="a smoke-test budget (minutes become seconds)")
     demo.add_argument("--force", action="store_true", help="write into an existing output folder")
+    demo.add_argument("--judge", default=None, help="families laboratory: the judge's weights (default: the shipped)")
     demo.set_defaults(run=run_demo_command)
 
 
@@ -181,9 +182,30 @@ def run_demo_command(args) -> None:
             raise ModelError(str(error)) from None
     else:
         model = args.model
+    from perfusion.world.basemodel.export import model_world
+
+    if model_world(model) == "families":
+        return run_lab_demo_command(args, Path(model), out)
     config = quick(DemoConfig()) if args.quick else DemoConfig()
     if args.steps is not None:
         config.training = TrainingConfig(**{**config.training.__dict__, "steps": args.steps})
     pipe = open_pipeline(model)
     pipe.set_progress_bar_config(disable=True)
     run_demo(pipe, out, config)
+
+
+def run_lab_demo_command(args, model: Path, out: Path) -> None:
+    """The demo on a families-laboratory model (perfusion.experiments.lab_demo)."""
+    from dataclasses import replace
+
+    from perfusion.experiments.lab_demo import LabDemoConfig, quick, run_lab_demo
+    from perfusion.pipeline.models import open_pipeline
+    from perfusion.world.families.judge import Judge
+
+    judge = Judge.load(args.judge) if args.judge else Judge.load()
+    config = quick(LabDemoConfig()) if args.quick else LabDemoConfig()
+    if args.steps is not None:
+        config = replace(config, training={**config.training, "steps": args.steps})
+    pipe = open_pipeline(model)
+    pipe.set_progress_bar_config(disable=True)
+    run_lab_demo(pipe, judge, model, out, config)

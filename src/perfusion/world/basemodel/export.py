@@ -33,9 +33,18 @@ def export(
     if out.exists():
         shutil.rmtree(out)
     models.save_pipeline(pipeline, out, dtype)
-    (out / INFO_FILE).write_text(json.dumps(info, indent=1))
+    (out / INFO_FILE).write_text(json.dumps({"world": world, **info}, indent=1))
     write_model_captions(out, world)
     return out
+
+
+def model_world(model: str | Path) -> str:
+    """The world a pipeline folder learned ("families" or "emoji", from its basemodel.json); "emoji" for the
+    folders exported before the file said (and for folders without one, which the micro-world tools assume)."""
+    path = Path(model) / INFO_FILE
+    if not path.is_file():
+        return "emoji"
+    return json.loads(path.read_text()).get("world", "emoji")
 
 
 def write_model_captions(out: Path, world: str) -> None:
