@@ -67,6 +67,7 @@ class Variant:
 # Settings for the embedded micro-world model: Perfusion's are measured (perfusion.world.lab_recipe); the baselines' are
 # starting points scaled to the model, not tuned.
 GUIDANCE_SWEEP = tuple(sorted({2.0, lab_recipe.GUIDANCE, 4.0, 6.0, 8.0}))
+SCALE_SWEEP = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 VARIANTS = (
     Variant(PERFUSION, PERFUSION, dict(lab_recipe.TRAINING), "beta", (0.5, 0.6, 0.7, 0.8, 0.9), 0.7),
     # The same without paired images (perfusion.training.pairs): what "<token> next to a <word>" training adds.
@@ -123,18 +124,11 @@ VARIANTS = (
         lab_recipe.GUIDANCE,
         "ablation",
     ),
-    # Prior-preservation class images at the base model's own guidance (7.5 gives this model's worst samples).
-    Variant(
-        "dreambooth",
-        "dreambooth",
-        dict(class_guidance=lab_recipe.GUIDANCE),
-        "guidance",
-        GUIDANCE_SWEEP,
-        lab_recipe.GUIDANCE,
-    ),
-    Variant("lora-r4", "lora", dict(rank=4), "scale", (0.25, 0.5, 0.75, 1.0), 1.0),
-    Variant("lora-r16", "lora", dict(rank=16), "scale", (0.25, 0.5, 0.75, 1.0), 1.0),
-    Variant("custom-diffusion", "custom-diffusion", {}, "scale", (0.25, 0.5, 0.75, 1.0), 1.0),
+    Variant("dreambooth", "dreambooth", {}, "guidance", GUIDANCE_SWEEP, lab_recipe.GUIDANCE),
+    # The scales go past 1.0: a method's knob may need more of it than training gave.
+    Variant("lora-r4", "lora", dict(rank=4), "scale", SCALE_SWEEP, 1.0),
+    Variant("lora-r16", "lora", dict(rank=16), "scale", SCALE_SWEEP, 1.0),
+    Variant("custom-diffusion", "custom-diffusion", {}, "scale", SCALE_SWEEP, 1.0),
 )
 # Without --variants: the methods and their ablations (the committed full runs); --quick: the methods alone, so that
 # it stays under 20 minutes on the 2 cores. Candidates run only when named.
@@ -204,7 +198,11 @@ def find_concepts(directory: Path) -> list[ConceptSpec]:
 
 
 def training_settings(variant: Variant, settings: RunSettings) -> dict:
+    """The variant's training overrides for this run; the baselines' class images (prior preservation) are made at
+    the guidance the run samples with (the model's own, not SD1.5's 7.5)."""
     overrides = dict(variant.training)
+    if variant.method != PERFUSION:
+        overrides.setdefault("class_guidance", settings.guidance)
     if settings.quick:
         overrides.update(QUICK_TRAINING if variant.method != PERFUSION else {"steps": QUICK_TRAINING["steps"]})
     if settings.steps is not None:

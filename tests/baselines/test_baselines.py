@@ -198,6 +198,16 @@ def test_the_comparison_runs_methods_and_ablations_by_default_and_only_the_metho
     assert [variant.name for variant in named] == ["perfusion-3e-3", "lora-r4"]  # names win over the mode
 
 
+def test_every_baseline_makes_its_class_images_at_the_runs_guidance_and_scales_go_past_one(benchmark_script):
+    compare = benchmark_script("compare")
+    settings = compare.RunSettings(model="m", out="o", guidance=2.5)
+    by_name = {variant.name: variant for variant in compare.VARIANTS}
+    for name in ("dreambooth", "custom-diffusion", "lora-r4", "textual-inversion"):
+        assert compare.training_settings(by_name[name], settings)["class_guidance"] == 2.5
+    assert "class_guidance" not in compare.training_settings(by_name["perfusion"], settings)
+    assert max(by_name["custom-diffusion"].sweep) > 1.0 and max(by_name["lora-r4"].sweep) > 1.0
+
+
 @pytest.mark.filterwarnings("ignore:Already found a `peft_config`")  # two LoRAs in one UNet, on purpose (composition)
 def test_the_comparison_runs_end_to_end_on_a_tiny_pipeline(tiny_pipeline_dir, tmp_path, benchmark_script):
     import json

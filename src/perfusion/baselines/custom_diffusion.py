@@ -29,7 +29,8 @@ PROJECTIONS = ("to_k", "to_v")
 @dataclass
 class CustomDiffusionConfig(BaselineConfig):
     """The paper's single-concept recipe at SD1.5 scale: 250 steps, batch 8, lr 8e-5 (1e-5 x batch), with
-    regularisation images of the class (the paper retrieved real ones; here the base model makes them)."""
+    regularisation images of the class (the paper retrieved real ones; here the base model makes them) and its
+    resize augmentation (8 rescaled copies of each image, drawn once; diffusers' script draws afresh at each use)."""
 
     steps: int = 250
     batch_size: int = 2
@@ -39,6 +40,7 @@ class CustomDiffusionConfig(BaselineConfig):
     num_class_images: int = 200
     templates: tuple[str, ...] = ("photo of a {}",)
     initializer: str = "ktn"  # a rare word whose embedding starts the modifier token (diffusers' example)
+    rescale_variants: int = 8
 
     @classmethod
     def for_small_model(cls, **overrides) -> "CustomDiffusionConfig":

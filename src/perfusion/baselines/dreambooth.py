@@ -35,8 +35,9 @@ class DreamBoothConfig(BaselineConfig):
 
     @classmethod
     def for_small_model(cls, **overrides) -> "DreamBoothConfig":
-        """Starting point for a tiny model (unverified: tune on a held-out concept): fewer steps and class
-        images, a larger rate (a few-million-parameter UNet moves less per step than SD's 860M)."""
+        """An untuned starting point for a tiny model: fewer steps and class images than SD1.5's recipe, and 10x
+        its rate (Adam's step does not depend on the network's size, so this is a guess, not a scaling): tune rate
+        and length on tuning concepts, as every method in benchmarks/compare.py."""
         return cls(**{"steps": 400, "lr": 5e-5, "num_class_images": 50, "class_inference_steps": 20, **overrides})
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from perfusion.baselines.rescale import rescaled_bank
 from perfusion.method import masked_mse
 from perfusion.pipeline.loader import embedding_frozen_state_kept
 from perfusion.pipeline.text import encode, tokenize
@@ -44,6 +45,9 @@ class BaselineConfig:
     seed: int = 0
     templates: tuple[str, ...] = ("a photo of a {}",)  # training prompts; {} is the method's phrase for the token
     use_masks: bool = False  # weight the loss by the images' masks as Perfusion does (the methods' own recipes: off)
+    # Custom Diffusion's resize augmentation (perfusion.baselines.rescale): this many rescaled copies of each image,
+    # the size said in the caption, the loss on the valid region. 0: off (the other methods' recipes).
+    rescale_variants: int = 0
     prior_preservation: bool = False  # also fit images the base model makes for the class prompt
     prior_loss_weight: float = 1.0
     class_prompt: str = "a photo of a {}"  # {} is the supercategory word
@@ -51,6 +55,13 @@ class BaselineConfig:
     class_inference_steps: int = 25
     class_guidance: float = 7.5
     mixed_precision: str = "no"  # "fp16"/"bf16" on a GPU: frozen modules cast down, trained tensors stay fp32
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "gradient_accumulation"):
+            if getattr(self, name) < 1:
+                raise BaselineError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.rescale_variants < 0:
+            raise BaselineError(f"rescale_variants must be >= 0, got {self.rescale_variants}")
 
     def settings(self) -> dict:
         return asdict(self)
@@ -146,6 +157,11 @@ class BaselineTrainer(FineTuning):
         pipe, config = self.pipe, self.config
         size = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
         self.bank = latent_bank(pipe, self.images, size, config.flip, config.use_masks)
+        self.prefixes = None  # per bank entry: words put before its caption (the resize augmentation's)
+        if config.rescale_variants:
+            self.bank, self.prefixes = rescaled_bank(
+                pipe, self.images, size, config.flip, config.rescale_variants, config.use_masks, self.generator
+            )
         self.class_bank = None
         if config.prior_preservation:  # made before ``setup``: by the base model itself
             self.class_bank = class_latent_bank(pipe, config.class_prompt.format(self.supercategory), config)
@@ -182,7 +198,11 @@ class BaselineTrainer(FineTuning):
 
     def micro_batch_loss(self) -> torch.Tensor:
         config = self.config
-        latents, masks, ids = self.sample(self.bank, config.batch_size, self.instance_prompts(config.batch_size))
+        prompts = self.instance_prompts(config.batch_size)
+        latents, masks, index = self.bank.draw(config.batch_size, self.generator)
+        if self.prefixes is not None:
+            prompts = [self.prefixes[i] + prompt for i, prompt in zip(index.tolist(), prompts)]
+        ids = tokenize(self.pipe.tokenizer, prompts)
         if self.class_bank is not None:  # DreamBooth's prior preservation: one batch, two losses
             class_prompt = config.class_prompt.format(self.supercategory)
             class_latents, class_masks, class_ids = self.sample(
