@@ -14,9 +14,13 @@ methods that can load two: Perfusion, Textual Inversion, LoRA) under --out. Perf
 mode (regional composition) unless --composition says otherwise; --compositions-only redoes just those images
 from the concept files an earlier run left in --out/artifacts.
 
-Scoring (``make_scorer``, perfusion.experiments.scoring): CLIP-I/CLIP-T with --clip PATH; else the micro
-world's judge when its weights and the concept's catalog object exist; otherwise a clearly labelled pixel
-placeholder, so the runner also works end to end on a tiny random pipeline.
+Scoring (``make_scorer``, perfusion.experiments.scoring): CLIP-I/CLIP-T with --clip PATH; else, for a families
+concept (its concept.json holds the instance), the families laboratory's judge (--judge PATH) on the concept prompts
+(DreamBench's mix): recognised, attribute match (the "fidelity" column) and alignment, with both concepts recognised
+for composition; else the micro world's judge when its weights and the concept's catalog object exist; otherwise a
+clearly labelled pixel placeholder, so the runner also works end to end on a tiny random pipeline. On a families
+model (basemodel.json says so) the default concepts are the families examples. Perfusion trains with the model
+folder's recipe (perfusion_recipe.json) under each variant's changes.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import argparse
 import csv
 import itertools
 import json
+import math
 import shlex
 import sys
 import time
@@ -37,12 +42,13 @@ import torch
 from perfusion import baselines
 from perfusion.baselines.measure import run_isolated
 from perfusion.composition.regions import MODES
-from perfusion.experiments.prompt_sets import EvalPrompt, read_prompts, world_prompts
-from perfusion.experiments.scoring import ClipScoring, Scores, WorldScorer
+from perfusion.experiments.prompt_sets import EvalPrompt, family_prompts, read_prompts, world_prompts
+from perfusion.experiments.scoring import ClipScoring, FamiliesScorer, Scores, WorldScorer
 from perfusion.experiments.trend import sweep_trends
 from perfusion.pipeline.generation import GenerationConfig, generate
 from perfusion.pipeline.loader import load_concepts
 from perfusion.pipeline.models import open_pipeline
+from perfusion.recipes import read_recipe
 from perfusion.sheets import SheetRow, prompt_cells, write_sheet
 from perfusion.training.images import load_training_images
 from perfusion.training.trainer import TrainingConfig, train_concept
@@ -57,7 +63,8 @@ class Variant:
 
     name: str
     method: str  # "perfusion" or a name in perfusion.baselines.METHOD_MODULES
-    training: dict  # overrides of the method's config (on top of ``for_small_model`` for baselines)
+    training: dict  # overrides of the method's config (on top of the model folder's recipe for Perfusion, of
+    # ``for_small_model`` for the baselines)
     knob: str  # "beta", "scale" or "guidance"
     sweep: tuple[float, ...]
     default: float  # the knob's value for the table
@@ -69,12 +76,12 @@ class Variant:
 GUIDANCE_SWEEP = tuple(sorted({2.0, lab_recipe.GUIDANCE, 4.0, 6.0, 8.0}))
 SCALE_SWEEP = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 VARIANTS = (
-    Variant(PERFUSION, PERFUSION, dict(lab_recipe.TRAINING), "beta", (0.5, 0.6, 0.7, 0.8, 0.9), 0.7),
+    Variant(PERFUSION, PERFUSION, {}, "beta", (0.5, 0.6, 0.7, 0.8, 0.9), 0.7),
     # The same without paired images (perfusion.training.pairs): what "<token> next to a <word>" training adds.
     Variant(
         "perfusion-no-pairs",
         PERFUSION,
-        dict(lab_recipe.TRAINING, pair_probability=0.0),
+        dict(pair_probability=0.0),
         "beta",
         (0.5, 0.6, 0.7, 0.8, 0.9),
         0.7,
@@ -84,7 +91,7 @@ VARIANTS = (
     Variant(
         "perfusion-3e-3",
         PERFUSION,
-        dict(lab_recipe.TRAINING, lr_values=lab_recipe.EARLIER_LR_VALUES),
+        dict(lr_values=lab_recipe.EARLIER_LR_VALUES),
         "beta",
         (0.5, 0.6, 0.7, 0.8, 0.9),
         0.7,
@@ -95,7 +102,7 @@ VARIANTS = (
     Variant(
         "perfusion-v-6e-3",
         PERFUSION,
-        dict(lab_recipe.TRAINING, lr_embedding=TrainingConfig.lr_embedding),
+        dict(lr_embedding=TrainingConfig.lr_embedding),
         "beta",
         (0.5, 0.6, 0.7, 0.8, 0.9),
         0.7,
@@ -106,7 +113,7 @@ VARIANTS = (
     Variant(
         "perfusion-pairs-only",
         PERFUSION,
-        dict(lab_recipe.TRAINING, pair_probability=1.0),
+        dict(pair_probability=1.0),
         "beta",
         (0.5, 0.6, 0.7, 0.8, 0.9),
         0.7,
@@ -135,7 +142,7 @@ VARIANTS = (
 DEFAULT_ROLES = ("method", "ablation")
 QUICK_ROLES = ("method",)
 QUICK_TRAINING = dict(steps=30, num_class_images=8, class_inference_steps=10)  # --quick: every method, same budget
-QUICK_SWEEP = 3  # --quick: knob values kept (spread over the sweep, the default among them)
+QUICK_SWEEP = 3  # --quick: knob values kept (the sweep's ends and the default)
 
 
 @dataclass
@@ -144,9 +151,13 @@ class RunSettings:
     out: str
     quick: bool = False
     steps: int | None = None  # every method's training steps (overrides the variant's)
+    # Every method's budget in training images seen (steps = images / images per step): equal steps are not equal
+    # training when Perfusion takes 16 images a step and DreamBooth 1. Overrides --steps.
+    images: int | None = None
     prompts: int = 12  # evaluation prompts per concept
     prompts_file: str | None = None  # .txt or .jsonl (perfusion.experiments.prompt_sets); default: the world's prompts
     clip: str | None = None  # a local CLIP folder: score with CLIP-I / CLIP-T instead of the world judge
+    judge: str | None = None  # families laboratory: the judge's weights (default: the shipped judge)
     images_per_prompt: int = 2
     composition_images_per_prompt: int = 8  # per composition template (two templates): 16 images per method
     inference_steps: int = 25
@@ -176,6 +187,7 @@ class ConceptSpec:
     supercategory: str
     directory: str
     object: str | None = None  # the micro world's catalog name, for the judge's identity scores
+    instance: dict | None = None  # a families-laboratory concept's instance (Instance.to_dict), for its judge
 
     @property
     def mask_dir(self) -> str | None:
@@ -189,7 +201,12 @@ def find_concepts(directory: Path) -> list[ConceptSpec]:
         meta = json.loads(meta_path.read_text())
         concepts.append(
             ConceptSpec(
-                meta_path.parent.name, meta["token"], meta["supercategory"], str(meta_path.parent), meta.get("object")
+                meta_path.parent.name,
+                meta["token"],
+                meta["supercategory"],
+                str(meta_path.parent),
+                meta.get("object"),
+                meta.get("instance"),
             )
         )
     if not concepts:
@@ -200,14 +217,30 @@ def find_concepts(directory: Path) -> list[ConceptSpec]:
 def training_settings(variant: Variant, settings: RunSettings) -> dict:
     """The variant's training overrides for this run; the baselines' class images (prior preservation) are made at
     the guidance the run samples with (the model's own, not SD1.5's 7.5)."""
-    overrides = dict(variant.training)
-    if variant.method != PERFUSION:
-        overrides.setdefault("class_guidance", settings.guidance)
+    if variant.method == PERFUSION:
+        overrides = {**read_recipe(settings.model).training, **variant.training}
+    else:
+        overrides = {"class_guidance": settings.guidance, **variant.training}
     if settings.quick:
         overrides.update(QUICK_TRAINING if variant.method != PERFUSION else {"steps": QUICK_TRAINING["steps"]})
     if settings.steps is not None:
         overrides["steps"] = settings.steps
+    if settings.images is not None:
+        overrides["steps"] = max(1, math.ceil(settings.images / images_per_step(variant, overrides)))
     return overrides
+
+
+def training_config(variant: Variant, overrides: dict):
+    """The config a variant trains with: Perfusion's TrainingConfig, or the baseline's ``for_small_model``."""
+    if variant.method == PERFUSION:
+        return TrainingConfig(**overrides)
+    return baselines.method(variant.method).CONFIG.for_small_model(**overrides)
+
+
+def images_per_step(variant: Variant, overrides: dict) -> int:
+    """Training images one optimizer step sees (micro-batch x accumulation; prior-preservation images not counted)."""
+    config = training_config(variant, overrides)
+    return config.batch_size * config.gradient_accumulation
 
 
 def chosen_variants(names: list[str] | None, quick: bool) -> list[Variant]:
@@ -218,10 +251,10 @@ def chosen_variants(names: list[str] | None, quick: bool) -> list[Variant]:
 
 
 def sweep_values(variant: Variant, quick: bool) -> list[float]:
+    """The variant's knob values; --quick: the sweep's ends and the default (QUICK_SWEEP values)."""
     values = list(variant.sweep)
     if quick and len(values) > QUICK_SWEEP:
-        picks = {values[round(i * (len(values) - 1) / (QUICK_SWEEP - 1))] for i in range(QUICK_SWEEP)}
-        values = sorted(picks | {variant.default})
+        values = sorted({values[0], variant.default, values[-1]})
     return values
 
 
@@ -249,17 +282,18 @@ def train_job(
     images = load_training_images(concept.directory, concept.mask_dir)
     if variant.method == PERFUSION:
         result = train_concept(
-            pipe, images, concept.token, concept.supercategory, TrainingConfig(**overrides), progress=False
+            pipe, images, concept.token, concept.supercategory, training_config(variant, overrides), progress=False
         )
         result.concept.save(artifact)
         seconds, steps, losses = result.seconds, result.concept.training["steps"], result.losses
     else:
         module = baselines.method(variant.method)
-        config = module.CONFIG.for_small_model(**overrides)
+        config = training_config(variant, overrides)
         result = module.train(pipe, images, concept.token, concept.supercategory, config, progress=False)
         baselines.save(result, artifact)
         seconds, steps, losses = result.seconds, result.steps, result.losses
-    return dict(seconds=seconds, steps=steps, losses=losses, size_bytes=Path(artifact).stat().st_size)
+    seen = steps * images_per_step(variant, overrides)
+    return dict(seconds=seconds, steps=steps, images_seen=seen, losses=losses, size_bytes=Path(artifact).stat().st_size)
 
 
 def train(model: str, concept: ConceptSpec, variant: Variant, settings: RunSettings, artifact: Path) -> dict:
@@ -272,10 +306,19 @@ def train(model: str, concept: ConceptSpec, variant: Variant, settings: RunSetti
 
 # -- generation --------------------------------------------------------------------------------------------------
 def evaluation_prompts(concept: ConceptSpec, settings: RunSettings) -> list[EvalPrompt]:
-    """A --prompts-file, else the micro world's standard prompts for the concept's category."""
+    """A --prompts-file; else a families concept's prompts (DreamBench's mix); else the micro world's standard
+    prompts for the concept's category."""
     if settings.prompts_file:
         return read_prompts(settings.prompts_file, concept.supercategory)[: settings.prompts]
+    if concept.instance is not None:
+        return list(family_prompts(family_instance(concept), settings.prompts))
     return world_prompts(concept.supercategory, settings.prompts, settings.seed)
+
+
+def family_instance(concept: ConceptSpec):
+    from perfusion.world.families.instances import Instance
+
+    return Instance.from_dict(concept.instance)
 
 
 def fresh_pipeline(model: str):
@@ -318,6 +361,10 @@ AXES = {  # Pareto chart axis labels per scorer
         alignment_label="text alignment (share of stated attributes)",
     ),
     "CLIP": dict(fidelity_label="CLIP-I (image-image)", alignment_label="CLIP-T (image-text, supercategory prompt)"),
+    "families judge": dict(
+        fidelity_label="recognised (judge: accepted, right category, first in its gallery)",
+        alignment_label="alignment (what the prompt states, as the judge reads it)",
+    ),
     "pixel placeholder": dict(
         fidelity_label="PLACEHOLDER fidelity (thumbnail cosine to the photos)",
         alignment_label="PLACEHOLDER alignment (thumbnail cosine to the base image)",
@@ -373,6 +420,9 @@ def make_scorer(model: str, concept: ConceptSpec, prompts: list[EvalPrompt], set
     """CLIP with --clip; else the world judge when it can score this concept; else the placeholder (noted on stderr)."""
     if settings.clip:
         return ClipScoring(settings.clip)
+    if concept.instance is not None and not settings.prompts_file:
+        instance = family_instance(concept)
+        return FamiliesScorer(instance, family_prompts(instance, settings.prompts), families_judge(settings))
     scorer, reason = world_judge([concept], prompts, concept.object)
     if scorer is not None:
         return scorer
@@ -385,6 +435,19 @@ def make_scorer(model: str, concept: ConceptSpec, prompts: list[EvalPrompt], set
         seed=settings.seed,
     )
     return PixelScorer({prompt: generate(pipe, prompt.text(concept.supercategory), config) for prompt in prompts})
+
+
+def families_judge(settings: RunSettings):
+    """The families laboratory's judge (--judge, else the shipped one), loaded once per run."""
+    from perfusion.world.families.judge import JUDGE_PATH, Judge
+
+    path = settings.judge or JUDGE_PATH
+    if path not in _JUDGES:
+        _JUDGES[path] = Judge.load(path)
+    return _JUDGES[path]
+
+
+_JUDGES: dict = {}
 
 
 def references(concept: ConceptSpec) -> list:
@@ -436,10 +499,8 @@ def composition_images(model: str, pair: tuple[ConceptSpec, ConceptSpec], varian
     return images
 
 
-def composition_success(scorer: WorldScorer | None, images, pair: tuple[ConceptSpec, ConceptSpec]) -> float:
-    """Share of images in which the judge sees exactly the two concepts' objects (NaN without a judge)."""
-    if scorer is None:
-        return float("nan")
+def composition_success(scorer: WorldScorer, images, pair: tuple[ConceptSpec, ConceptSpec]) -> float:
+    """Share of images in which the micro world's judge sees exactly the two concepts' objects."""
     wanted = sorted(concept.object for concept in pair)
     verdicts = scorer.judge.predict(scorer.fit(images))
     return sum(
@@ -447,11 +508,32 @@ def composition_success(scorer: WorldScorer | None, images, pair: tuple[ConceptS
     ) / len(verdicts)
 
 
+def composition_scorer(pairs, settings: RunSettings):
+    """(score(images, pair) -> share, the scorer's name), or (None, why not): for families concepts, both concepts
+    recognised each on its own side; for micro-world ones, the judge seeing exactly the two objects."""
+    concepts = [concept for pair in pairs for concept in pair]
+    if concepts and all(concept.instance is not None for concept in concepts):
+        from perfusion.world.families.scoring import Galleries, both_recognised
+
+        judge = families_judge(settings)
+        galleries = Galleries(judge)
+
+        def score(images, pair) -> float:
+            hits = both_recognised(judge, galleries, images, [(c.token, family_instance(c)) for c in pair])
+            return sum(hits) / len(hits)
+
+        return score, "families judge"
+    judge, reason = world_judge(concepts, []) if pairs else (None, None)
+    if judge is None:
+        return None, reason
+    return (lambda images, pair: composition_success(judge, images, pair)), judge.name
+
+
 def run_compositions(concepts: list[ConceptSpec], variants: list[Variant], settings: RunSettings) -> list[dict]:
     pairs = list(itertools.combinations(concepts, 2))[: 1 if settings.quick else None]
-    judge, reason = world_judge([concept for pair in pairs for concept in pair], []) if pairs else (None, None)
-    if judge is None and pairs:
-        print(f"note: composition is generated but not scored ({reason})", file=sys.stderr)
+    score, name = composition_scorer(pairs, settings)
+    if score is None and pairs:
+        print(f"note: composition is generated but not scored ({name})", file=sys.stderr)
     jobs = [
         (pair, variant, [artifact_path(settings, concept, variant) for concept in pair])
         for pair in pairs
@@ -469,8 +551,8 @@ def run_compositions(concepts: list[ConceptSpec], variants: list[Variant], setti
                 pair=f"{pair[0].name}+{pair[1].name}",
                 variant=variant.name,
                 images=len(images),
-                success=composition_success(judge, images, pair),
-                scorer=judge.name if judge else "none",
+                success=score(images, pair) if score else float("nan"),
+                scorer=name if score else "none",
                 composition=composition_mode(variant, settings) or "",
             )
         )
@@ -488,6 +570,7 @@ class Row:
     size_bytes: int
     train_seconds: float
     steps: int
+    images_seen: int | None  # training images through the network (steps x images per step)
     final_loss: float
     peak_rss_bytes: int | None
     peak_rss_over_load_bytes: int | None  # the training's own memory: peak minus that of only loading
@@ -524,9 +607,11 @@ MEASURING_SETTINGS = (
     "model",
     "quick",
     "steps",
+    "images",
     "prompts",
     "prompts_file",
     "clip",
+    "judge",
     "images_per_prompt",
     "composition_images_per_prompt",
     "inference_steps",
@@ -544,7 +629,7 @@ def earlier_results(settings: RunSettings) -> tuple[list[Row], list[dict]]:
     differing = [key for key in MEASURING_SETTINGS if earlier["settings"].get(key) != getattr(settings, key)]
     if differing:
         raise SystemExit(f"error: {path} was measured with other {', '.join(differing)}; run without --update")
-    rows = [Row(**{"command": earlier["settings"]["command"], **row}) for row in earlier["rows"]]
+    rows = [Row(**{"command": earlier["settings"]["command"], "images_seen": None, **row}) for row in earlier["rows"]]
     return rows, earlier["composition"]
 
 
@@ -609,6 +694,7 @@ def run(concepts: list[ConceptSpec], variants: list[Variant], settings: RunSetti
                     trained["size_bytes"],
                     trained["seconds"],
                     trained["steps"],
+                    trained.get("images_seen"),
                     trained["losses"][-1] if trained["losses"] else float("nan"),
                     peak,
                     None if peak is None or load_peak is None else peak - load_peak,
@@ -650,6 +736,7 @@ def write_outputs(rows: list[Row], compositions: list[dict], settings: RunSettin
         "size_bytes",
         "train_seconds",
         "steps",
+        "images_seen",
         "final_loss",
         "peak_rss_bytes",
         "peak_rss_over_load_bytes",
@@ -690,13 +777,14 @@ def write_outputs(rows: list[Row], compositions: list[dict], settings: RunSettin
     from perfusion.experiments.pareto import SweepPoint, pareto_plot
 
     for concept in dict.fromkeys(row.concept for row in rows):
+        scorer = next(row.scorer for row in rows if row.concept == concept)
+        shown = "recognised" if scorer == "families judge" else "fidelity"  # the families' Pareto: recognised
         points = [
-            SweepPoint(f"{row.variant} ({row.knob})", point["fidelity"], point["alignment"], point["value"])
+            SweepPoint(f"{row.variant} ({row.knob})", point[shown], point["alignment"], point["value"])
             for row in rows
             if row.concept == concept
             for point in row.sweep
         ]
-        scorer = next(row.scorer for row in rows if row.concept == concept)
         pareto_plot(points, out / f"pareto_{concept}.png", title=f"{concept}: each method's knob sweep", **AXES[scorer])
 
 
@@ -720,11 +808,15 @@ def main(argv: list[str] | None = None) -> tuple[list[Row], list[dict]]:
     )
     parser.add_argument("--concept", nargs="+", help="only these concept folder names")
     parser.add_argument("--steps", type=int, help="training steps for every method")
+    parser.add_argument(
+        "--images", type=int, help="every method's budget in training images seen (sets each one's steps)"
+    )
     parser.add_argument("--prompts", type=int, default=12, help="evaluation prompts per concept")
     parser.add_argument(
         "--prompts-file", help=".txt or .jsonl prompt file (default: the micro world's standard prompts)"
     )
     parser.add_argument("--clip", help="a local CLIP model folder: score with CLIP-I / CLIP-T (the paper's protocol)")
+    parser.add_argument("--judge", help="families laboratory: the judge's weights (default: the shipped judge)")
     parser.add_argument("--images-per-prompt", type=int, default=2)
     parser.add_argument("--inference-steps", type=int, default=25)
     parser.add_argument(
@@ -758,17 +850,21 @@ def main(argv: list[str] | None = None) -> tuple[list[Row], list[dict]]:
 
         args.model = str(default_model_path())
     if args.concepts is None:
+        from perfusion.world.basemodel.export import model_world
         from perfusion.world.examples import examples_dir
+        from perfusion.world.families.examples import EXAMPLES_DIR
 
-        args.concepts = str(examples_dir())
+        args.concepts = str(EXAMPLES_DIR if model_world(args.model) == "families" else examples_dir())
     settings = RunSettings(
         model=args.model,
         out=args.out,
         quick=args.quick,
         steps=args.steps,
+        images=args.images,
         prompts=args.prompts,
         prompts_file=args.prompts_file,
         clip=args.clip,
+        judge=args.judge,
         images_per_prompt=args.images_per_prompt,
         inference_steps=args.inference_steps,
         guidance=args.guidance,

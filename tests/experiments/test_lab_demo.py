@@ -3,8 +3,10 @@
 import pytest
 from PIL import Image
 
-from perfusion.experiments.lab_demo import LabDemoConfig, both_recognised, quick, spread
+from perfusion.experiments.lab_demo import LabDemoConfig, quick
+from perfusion.experiments.prompt_sets import spread
 from perfusion.world.families.examples import example_instances
+from perfusion.world.families.scoring import both_recognised
 
 
 def test_spread_keeps_the_ends_and_covers_the_middle():

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from perfusion.concept.format import BETA_RANGE
+from perfusion.experiments.prompt_sets import spread
 from perfusion.experiments.report import ImageRow, Section, write_report
 from perfusion.files import atomic_write
 from perfusion.sheets import SheetRow, write_sheet
@@ -75,15 +76,6 @@ def quick(config: LabDemoConfig) -> LabDemoConfig:
     )
 
 
-def spread(items: list, count: int) -> list:
-    """``count`` items evenly spread over the list (its first and last among them)."""
-    if count >= len(items):
-        return list(items)
-    if count == 1:
-        return items[:1]
-    return [items[round(index * (len(items) - 1) / (count - 1))] for index in range(count)]
-
-
 def training_config(model: Path, overrides: dict):
     from perfusion.recipes import read_recipe
     from perfusion.training.trainer import TrainingConfig
@@ -112,29 +104,11 @@ def train_example(pipe, folder: str, config, out: Path, captions, log):
     return result.concept, example_instances()[folder], [image.image for image in images], path, result.seconds
 
 
-def both_recognised(judge, galleries, images, pair) -> list[bool]:
-    """Per image: the judge sees two objects, one of each concept's category, and each side is recognised as its
-    concept (the side read as its category, cropped as in a second-object prompt)."""
-    from perfusion.world.families.scoring import focus
-
-    whole = judge.read(images)
-    hits = []
-    for row, image in enumerate(images):
-        sides = {whole.label("left", row): "left", whole.label("right", row): "right"}
-        if whole.label("count", row) != 2 or any(instance.category not in sides for _, instance in pair):
-            hits.append(False)
-            continue
-        crops = [focus(image, sides[instance.category]) for _, instance in pair]
-        hits.append(
-            all(galleries(instance, {}).recognised(judge.read([crop]))[0] for crop, (_, instance) in zip(crops, pair))
-        )
-    return hits
-
-
 def compose(pipe, judge, galleries, pair, seeds, composition: str | None, steps=None) -> tuple[float, SheetRow]:
     from perfusion import concept_settings
     from perfusion.world.families.captions import article
     from perfusion.world.families.sampling import generate_images
+    from perfusion.world.families.scoring import both_recognised
 
     texts = [template.format(*(article(token) for token, _ in pair)) for template in COMPOSITION_TEMPLATES]
     settings = {} if composition is None else {"composition": composition}

@@ -43,6 +43,23 @@ def world_prompts(supercategory: str, count: int = 12, seed: int = 0) -> list[Ev
     return [EvalPrompt(spec.text(PLACEHOLDER), spec) for spec in standard_prompts(supercategory, count, seed)]
 
 
+def spread(items: list, count: int) -> list:
+    """``count`` items evenly spread over the list (its first and last among them)."""
+    if count >= len(items):
+        return list(items)
+    if count == 1:
+        return items[:1]
+    return [items[round(index * (len(items) - 1) / (count - 1))] for index in range(count)]
+
+
+def family_prompts(instance, count: int = 12) -> dict:
+    """The families laboratory's concept prompts for an instance (DreamBench's mix, spread over its kinds), each as
+    an EvalPrompt keyed to the ConceptPrompt that says what it states and changes."""
+    from perfusion.world.families.concept_prompts import concept_prompts
+
+    return {EvalPrompt(prompt.text(PLACEHOLDER)): prompt for prompt in spread(concept_prompts(instance), count)}
+
+
 def read_prompts(path: str | Path, supercategory: str | None = None) -> list[EvalPrompt]:
     path = Path(path)
     if not path.is_file():

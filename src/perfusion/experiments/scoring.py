@@ -13,7 +13,8 @@ from perfusion.experiments.prompt_sets import EvalPrompt
 @dataclass(frozen=True)
 class Scores:
     alignment: float  # world: share of stated attributes found; CLIP: CLIP-T with the supercategory word
-    fidelity: float  # world: judge-embedding cosine to the concept images over the accepted images; CLIP: CLIP-I
+    fidelity: float  # world: judge-embedding cosine to the concept images over the accepted images; CLIP: CLIP-I;
+    # families: attribute match
     recognised: float | None = (
         None  # world only: share of images where the judge accepts an object and names the concept
     )
@@ -86,6 +87,35 @@ class WorldScorer:
             if self.object_name:
                 named.append(mean(float(recognised(output, row, self.object_name)) for row in range(len(images))))
         return Scores.from_prompts(alignment, fidelity, named, accepted)
+
+
+class FamiliesScorer:
+    """The families laboratory's judge: per prompt, the share of images recognised as the concept (accepted, right
+    category, first in its gallery), the attribute match as fidelity, and the alignment with what the prompt states
+    (perfusion.world.families.scoring). ``prompts`` maps each EvalPrompt to its ConceptPrompt (family_prompts)."""
+
+    name = "families judge"
+
+    def __init__(self, instance, prompts: dict, judge=None):
+        from perfusion.world.families.judge import Judge
+        from perfusion.world.families.scoring import Galleries
+
+        self.instance, self.prompts = instance, prompts
+        self.judge = judge or Judge.load()
+        self.galleries = Galleries(self.judge)
+
+    def score(
+        self, images_by_prompt: dict[EvalPrompt, list[Image.Image]], references: list[Image.Image], supercategory: str
+    ):
+        from perfusion.world.families.scoring import score_concept_images
+
+        alignment, fidelity, recognised = [], [], []
+        for prompt, images in images_by_prompt.items():
+            result = score_concept_images(self.judge, self.instance, self.prompts[prompt], images, self.galleries)
+            alignment.append(mean(result.alignment))
+            fidelity.append(mean(result.attribute_match))
+            recognised.append(mean([float(hit) for hit in result.recognised]))
+        return Scores.from_prompts(alignment, fidelity, recognised)
 
 
 class ClipScoring:

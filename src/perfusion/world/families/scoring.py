@@ -143,3 +143,20 @@ def draw_and_score(
         for image, hit in zip(images, result.recognised):
             cells.append((image, f"{prompt.text('*')} {'REC' if hit else '-'}"))
     return scores, SheetRow(label, cells)
+
+
+def both_recognised(judge, galleries, images, pair) -> list[bool]:
+    """Per image: the judge sees two objects, one of each concept's category, and each side is recognised as its
+    concept (the side read as its category, cropped as in a second-object prompt)."""
+    whole = judge.read(images)
+    hits = []
+    for row, image in enumerate(images):
+        sides = {whole.label("left", row): "left", whole.label("right", row): "right"}
+        if whole.label("count", row) != 2 or any(instance.category not in sides for _, instance in pair):
+            hits.append(False)
+            continue
+        crops = [focus(image, sides[instance.category]) for _, instance in pair]
+        hits.append(
+            all(galleries(instance, {}).recognised(judge.read([crop]))[0] for crop, (_, instance) in zip(crops, pair))
+        )
+    return hits
