@@ -7,8 +7,8 @@
 For every concept folder (images, optional masks/, concept.json with token, supercategory and, for the micro
 world's judge, object) and every variant: train on the same images in a fresh process (wall time, peak memory),
 save what a user would ship (its size), then on a fresh pipeline generate the evaluation prompts over the
-variant's knob sweep (Perfusion: beta; LoRA and Custom Diffusion: scale; Textual Inversion and DreamBooth:
-guidance) with the same seeds, and score fidelity and alignment. Writes results.json, table.csv (each variant at
+variant's knob sweep (Perfusion: beta; LoRA and Custom Diffusion: scale, past 1; Textual Inversion and
+DreamBooth: training length, from snapshots of one run) with the same seeds, and score fidelity and alignment. Writes results.json, table.csv (each variant at
 its default setting), sweep.csv, pareto_<concept>.png and composition.csv (two concepts in one image, for the
 methods that can load two: Perfusion, Textual Inversion, LoRA) under --out. Perfusion composes with the recipe's
 mode (regional composition) unless --composition says otherwise; --compositions-only redoes just those images
@@ -65,7 +65,7 @@ class Variant:
     method: str  # "perfusion" or a name in perfusion.baselines.METHOD_MODULES
     training: dict  # overrides of the method's config (on top of the model folder's recipe for Perfusion, of
     # ``for_small_model`` for the baselines)
-    knob: str  # "beta", "scale" or "guidance"
+    knob: str  # "beta", "scale" (LoRA, Custom Diffusion) or "steps" (fractions of the training's length)
     sweep: tuple[float, ...]
     default: float  # the knob's value for the table
     role: str = "method"  # "method": as the method comes; "ablation": one change to it; "candidate": another recipe
@@ -73,7 +73,7 @@ class Variant:
 
 # Settings for the embedded micro-world model: Perfusion's are measured (perfusion.world.lab_recipe); the baselines' are
 # starting points scaled to the model, not tuned.
-GUIDANCE_SWEEP = tuple(sorted({2.0, lab_recipe.GUIDANCE, 4.0, 6.0, 8.0}))
+LENGTH_SWEEP = (0.25, 0.5, 0.75, 1.0)  # knob "steps": fractions of the training's length (saved snapshots)
 SCALE_SWEEP = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 VARIANTS = (
     Variant(PERFUSION, PERFUSION, {}, "beta", (0.5, 0.6, 0.7, 0.8, 0.9), 0.7),
@@ -119,19 +119,19 @@ VARIANTS = (
         0.7,
         "candidate",
     ),
-    # Methods without a knob of their own sweep guidance; their default is the embedded model's (lab_recipe.GUIDANCE).
-    Variant("textual-inversion", "textual-inversion", {}, "guidance", GUIDANCE_SWEEP, lab_recipe.GUIDANCE),
+    # Textual Inversion's and DreamBooth's knob is training length: one run, its artifact kept at fractions of it.
+    Variant("textual-inversion", "textual-inversion", {}, "steps", LENGTH_SWEEP, 1.0),
     # Textual Inversion at Perfusion's learning rate for v*: how much of Perfusion's result v* alone gives.
     Variant(
         "textual-inversion-6e-3",
         "textual-inversion",
         dict(lr=TrainingConfig.lr_embedding),
-        "guidance",
-        GUIDANCE_SWEEP,
-        lab_recipe.GUIDANCE,
+        "steps",
+        LENGTH_SWEEP,
+        1.0,
         "ablation",
     ),
-    Variant("dreambooth", "dreambooth", {}, "guidance", GUIDANCE_SWEEP, lab_recipe.GUIDANCE),
+    Variant("dreambooth", "dreambooth", {}, "steps", LENGTH_SWEEP, 1.0),
     # The scales go past 1.0: a method's knob may need more of it than training gave.
     Variant("lora-r4", "lora", dict(rank=4), "scale", SCALE_SWEEP, 1.0),
     Variant("lora-r16", "lora", dict(rank=16), "scale", SCALE_SWEEP, 1.0),
@@ -161,7 +161,7 @@ class RunSettings:
     images_per_prompt: int = 2
     composition_images_per_prompt: int = 8  # per composition template (two templates): 16 images per method
     inference_steps: int = 25
-    guidance: float = lab_recipe.GUIDANCE  # for variants whose knob is not guidance (7.5 is SD1.5's)
+    guidance: float = lab_recipe.GUIDANCE  # every variant samples at it (7.5 is SD1.5's)
     seed: int = 0
     threads: int | None = None
     isolate: bool = True  # train in a fresh process (peak memory); off: in this process, no memory figure
@@ -169,6 +169,8 @@ class RunSettings:
     update: bool = False  # keep --out's earlier rows and compositions for what this run does not redo
     composition: str = lab_recipe.COMPOSITION  # how Perfusion composes two concepts: "joint" (the paper's) or "regions"
     compositions_only: bool = False  # redo the compositions from --out's artifacts; keep every row (implies update)
+    compose: bool = True  # off: no two-concept images (benchmarks/tune.py scores single concepts only)
+    tuned: str | None = None  # a tune.py result (tuned.json): each variant trains with its chosen rate and length
 
     def quickened(self) -> RunSettings:
         return replace(
@@ -214,19 +216,31 @@ def find_concepts(directory: Path) -> list[ConceptSpec]:
     return concepts
 
 
+def tuned_training(settings: RunSettings, variant: Variant) -> dict:
+    """The training changes benchmarks/tune.py chose for this variant ({} without --tuned or for an untuned one)."""
+    if not settings.tuned:
+        return {}
+    chosen = json.loads(Path(settings.tuned).read_text())["variants"]
+    return chosen.get(variant.name, {}).get("training", {})
+
+
 def training_settings(variant: Variant, settings: RunSettings) -> dict:
     """The variant's training overrides for this run; the baselines' class images (prior preservation) are made at
     the guidance the run samples with (the model's own, not SD1.5's 7.5)."""
+    tuned = tuned_training(settings, variant)
     if variant.method == PERFUSION:
-        overrides = {**read_recipe(settings.model).training, **variant.training}
+        overrides = {**read_recipe(settings.model).training, **variant.training, **tuned}
     else:
-        overrides = {"class_guidance": settings.guidance, **variant.training}
+        overrides = {"class_guidance": settings.guidance, **variant.training, **tuned}
     if settings.quick:
         overrides.update(QUICK_TRAINING if variant.method != PERFUSION else {"steps": QUICK_TRAINING["steps"]})
     if settings.steps is not None:
         overrides["steps"] = settings.steps
     if settings.images is not None:
         overrides["steps"] = max(1, math.ceil(settings.images / images_per_step(variant, overrides)))
+    if variant.knob == "steps":
+        steps = training_config(variant, overrides).steps
+        overrides["snapshot_steps"] = tuple(snapshot_steps(variant, steps, settings.quick).values())
     return overrides
 
 
@@ -254,8 +268,24 @@ def sweep_values(variant: Variant, quick: bool) -> list[float]:
     """The variant's knob values; --quick: the sweep's ends and the default (QUICK_SWEEP values)."""
     values = list(variant.sweep)
     if quick and len(values) > QUICK_SWEEP:
-        values = sorted({values[0], variant.default, values[-1]})
+        picks = {values[0], variant.default, values[-1]}
+        if len(picks) < QUICK_SWEEP:  # the default is an end: the middle value too
+            picks.add(values[len(values) // 2])
+        values = sorted(picks)
     return values
+
+
+def snapshot_steps(variant: Variant, steps: int, quick: bool) -> dict[float, int]:
+    """Knob "steps": each swept fraction of the training below 1 -> the optimizer step its snapshot is kept at."""
+    if variant.knob != "steps":
+        return {}
+    return {value: max(1, round(value * steps)) for value in sweep_values(variant, quick) if value < 1}
+
+
+def snapshot_path(artifact: Path, value: float) -> Path:
+    """The artifact as it stood at a fraction of the training (the final one at 1)."""
+    artifact = Path(artifact)
+    return artifact if value >= 1 else artifact.with_name(f"{artifact.stem}-at{value:g}{artifact.suffix}")
 
 
 # -- training (runs in a fresh process) ----------------------------------------------------------------------
@@ -291,6 +321,11 @@ def train_job(
         config = training_config(variant, overrides)
         result = module.train(pipe, images, concept.token, concept.supercategory, config, progress=False)
         baselines.save(result, artifact)
+        fractions = {step: value for value, step in snapshot_steps(variant, config.steps, quick=False).items()}
+        for step in result.snapshots:
+            baselines.save(
+                baselines.at_step(result, step), snapshot_path(artifact, fractions.get(step, step / config.steps))
+            )
         seconds, steps, losses = result.seconds, result.steps, result.losses
     seen = steps * images_per_step(variant, overrides)
     return dict(seconds=seconds, steps=steps, images_seen=seen, losses=losses, size_bytes=Path(artifact).stat().st_size)
@@ -328,20 +363,17 @@ def fresh_pipeline(model: str):
 
 
 def generate_sweep(model, concept, variant, artifact, prompts, settings) -> dict[float, dict[EvalPrompt, list]]:
-    """Images per knob value and prompt, with the same seeds for every variant."""
-    pipe = fresh_pipeline(model)
-    if variant.method == PERFUSION:
-        load_concepts(pipe, artifact)
-        to_prompt, set_strength = (lambda text: text), None
-    else:
-        handle = baselines.method(variant.method).apply(pipe, artifact)
-        to_prompt, set_strength = handle.prompt, handle.set_strength
+    """Images per knob value and prompt, with the same seeds for every variant (knob "steps": each value on a fresh
+    pipeline with that snapshot)."""
+    pipe = None
     images = {}
     for value in sweep_values(variant, settings.quick):
-        guidance = value if variant.knob == "guidance" else settings.guidance
+        if pipe is None or variant.knob == "steps":
+            path = snapshot_path(artifact, value) if variant.knob == "steps" else artifact
+            pipe, to_prompt, set_strength = personalised_pipeline(model, variant, path)
         config = GenerationConfig(
             num_inference_steps=settings.inference_steps,
-            guidance_scale=guidance,
+            guidance_scale=settings.guidance,
             num_images_per_prompt=settings.images_per_prompt,
             seed=settings.seed,
         )
@@ -352,6 +384,16 @@ def generate_sweep(model, concept, variant, artifact, prompts, settings) -> dict
             prompt: generate(pipe, to_prompt(prompt.text(concept.token)), config, settings=gate) for prompt in prompts
         }
     return images
+
+
+def personalised_pipeline(model: str, variant: Variant, artifact: Path):
+    """A fresh pipeline with the artifact applied: (pipe, prompt rewriting, strength setter or None)."""
+    pipe = fresh_pipeline(model)
+    if variant.method == PERFUSION:
+        load_concepts(pipe, artifact)
+        return pipe, (lambda text: text), None
+    handle = baselines.method(variant.method).apply(pipe, artifact)
+    return pipe, handle.prompt, handle.set_strength
 
 
 # -- scoring: the one place to plug metrics in -------------------------------------------------------------
@@ -482,10 +524,9 @@ def composition_images(model: str, pair: tuple[ConceptSpec, ConceptSpec], varian
             pipe.set_adapters(
                 [module.adapter_name(concept.token) for concept in pair], adapter_weights=[variant.default] * 2
             )
-    guidance = variant.default if variant.knob == "guidance" else settings.guidance
     config = GenerationConfig(
         num_inference_steps=settings.inference_steps,
-        guidance_scale=guidance,
+        guidance_scale=settings.guidance,
         composition=composition_mode(variant, settings),
         num_images_per_prompt=settings.composition_images_per_prompt,
         seed=settings.seed,
@@ -584,9 +625,9 @@ class Row:
         return next(point for point in self.sweep if point["value"] == self.default)
 
 
-# Which way each knob moves the images: a higher beta shuts the gate (toward the prompt), a higher LoRA or Custom
-# Diffusion scale applies more of the concept; guidance has no expected direction on the concept.
-KNOB_TOWARD_PROMPT = {"beta": 1, "scale": -1}
+# Which way each knob moves the images: a higher beta shuts the gate (toward the prompt); a higher LoRA or Custom
+# Diffusion scale, or a longer training, applies more of the concept.
+KNOB_TOWARD_PROMPT = {"beta": 1, "scale": -1, "steps": -1}
 
 
 def knob_trends(variant: Variant, sweep: list[dict]) -> list[dict]:
@@ -617,6 +658,7 @@ MEASURING_SETTINGS = (
     "inference_steps",
     "guidance",
     "seed",
+    "tuned",
 )
 
 
@@ -711,7 +753,8 @@ def run(concepts: list[ConceptSpec], variants: list[Variant], settings: RunSetti
                 flush=True,
             )
         write_outputs(merged(kept_rows, rows, row_key), kept_compositions, settings)
-    compositions = merged(kept_compositions, run_compositions(concepts, variants, settings), composition_key)
+    composed = run_compositions(concepts, variants, settings) if settings.compose else []
+    compositions = merged(kept_compositions, composed, composition_key)
     rows = merged(kept_rows, rows, row_key)
     write_outputs(rows, compositions, settings)
     return rows, compositions
@@ -808,6 +851,7 @@ def main(argv: list[str] | None = None) -> tuple[list[Row], list[dict]]:
     )
     parser.add_argument("--concept", nargs="+", help="only these concept folder names")
     parser.add_argument("--steps", type=int, help="training steps for every method")
+    parser.add_argument("--tuned", help="benchmarks/tune.py's tuned.json: each variant's chosen rate and length")
     parser.add_argument(
         "--images", type=int, help="every method's budget in training images seen (sets each one's steps)"
     )
@@ -823,7 +867,7 @@ def main(argv: list[str] | None = None) -> tuple[list[Row], list[dict]]:
         "--guidance",
         type=float,
         default=RunSettings.guidance,
-        help="guidance of the methods that sweep another knob (default: the embedded model's; SD1.5: 7.5)",
+        help="the guidance every method samples at (default: the embedded model's; SD1.5: 7.5)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads in every process (default: torch's own)")
@@ -861,6 +905,7 @@ def main(argv: list[str] | None = None) -> tuple[list[Row], list[dict]]:
         quick=args.quick,
         steps=args.steps,
         images=args.images,
+        tuned=args.tuned,
         prompts=args.prompts,
         prompts_file=args.prompts_file,
         clip=args.clip,

@@ -56,3 +56,78 @@ def test_a_budget_in_images_gives_each_method_the_steps_that_see_it(benchmark_sc
     assert custom["steps"] == 8  # 2 x 4 a step, its class images not counted
     for name, overrides in (("perfusion", perfusion), ("dreambooth", dreambooth), ("custom-diffusion", custom)):
         assert overrides["steps"] * compare.images_per_step(by_name[name], overrides) == 64
+
+
+def test_training_length_is_swept_from_snapshots_of_one_run(benchmark_script, tmp_path, tiny_pipe):
+    from perfusion import baselines
+    from perfusion.baselines import textual_inversion
+    from perfusion.training.images import TrainingImage
+
+    compare = benchmark_script("compare")
+    variant = next(variant for variant in compare.VARIANTS if variant.name == "textual-inversion")
+    assert compare.snapshot_steps(variant, 100, quick=False) == {0.25: 25, 0.5: 50, 0.75: 75}
+    assert compare.snapshot_path(tmp_path / "c-ti.safetensors", 0.5) == tmp_path / "c-ti-at0.5.safetensors"
+    assert compare.snapshot_path(tmp_path / "c-ti.safetensors", 1.0) == tmp_path / "c-ti.safetensors"
+
+    images = [TrainingImage(f"{i}.png", Image.new("RGB", (64, 64), (60 * i, 90, 200)), None) for i in range(2)]
+    config = textual_inversion.CONFIG.for_small_model(steps=3, snapshot_steps=(1, 2), lr=0.05)
+    result = textual_inversion.train(tiny_pipe, images, "<c>", "cat", config, progress=False)
+    assert sorted(result.snapshots) == [1, 2]
+    first = baselines.at_step(result, 1)
+    assert first.steps == 1 and len(first.losses) == 1
+    assert not torch.equal(first.tensors["<c>"], result.tensors["<c>"])  # the row moved after step 1
+    path = baselines.save(first, tmp_path / "c-at.safetensors")
+    assert torch.allclose(baselines.read(path, "textual-inversion")[0]["<c>"], result.snapshots[1]["<c>"])
+
+
+def test_a_snapshot_outside_the_training_is_refused():
+    import pytest
+
+    from perfusion.baselines import BaselineError, textual_inversion
+
+    with pytest.raises(BaselineError, match="snapshot step 5"):
+        textual_inversion.CONFIG(steps=3, snapshot_steps=(5,))
+
+
+def test_tuning_scores_a_rate_and_length_grid_on_tuning_concepts_and_compare_reads_its_choice(
+    benchmark_script, tmp_path, tiny_pipeline_dir
+):
+    from dataclasses import replace
+
+    from perfusion.world.families.instances import evaluation_instance
+
+    tune = benchmark_script("tune")
+    compare = tune.compare
+    concepts = tune.tuning_concepts(tmp_path / "concepts", ["cat"], 1)
+    assert [concept.name for concept in concepts] == ["tune-cat-0"]
+    assert concepts[0].instance == evaluation_instance("cat", 0).to_dict()  # a tuning seed, not an example's
+    variant = next(variant for variant in compare.VARIANTS if variant.name == "textual-inversion")
+    variant = replace(variant, training={"steps": 2, "batch_size": 1})
+    settings = compare.RunSettings(
+        model=str(tiny_pipeline_dir),
+        out=str(tmp_path / "out"),
+        prompts=1,
+        images_per_prompt=1,
+        inference_steps=2,
+        judge=tiny_judge(tmp_path / "j.safetensors"),
+        isolate=False,
+    )
+    results = tune.tune(concepts, [variant], settings, rates=(1.0, 2.0), lengths=(1.0,))
+    chosen = results["textual-inversion"]
+    assert len(chosen["grid"]) == 2 and chosen["rate"] in (1.0, 2.0)
+    base_lr = compare.training_config(variant, compare.training_settings(variant, settings)).lr
+    assert chosen["training"] == {"lr": base_lr * chosen["rate"], "steps": 2}
+    tune.write(tmp_path, results, concepts, "test")
+    tuned = replace(settings, tuned=str(tmp_path / "tuned.json"))
+    assert compare.training_settings(variant, tuned)["lr"] == base_lr * chosen["rate"]
+
+
+def test_the_choice_prefers_recognition_among_aligned_cells(benchmark_script):
+    tune = benchmark_script("tune")
+    cells = [
+        {"recognised": 0.9, "alignment": 0.5, "training": {"steps": 10}},  # draws the concept, ignores the prompt
+        {"recognised": 0.6, "alignment": 0.9, "training": {"steps": 20}},
+        {"recognised": 0.6, "alignment": 0.95, "training": {"steps": 10}},
+    ]
+    assert tune.choose(cells) is cells[2]  # aligned, and of the equally recognised the shorter
+    assert tune.choose(cells[:1]) is cells[0]  # none aligned: the best sum

@@ -25,6 +25,7 @@ METHOD_MODULES = {  # name in results -> module
 }
 _EXPORTS = {
     "save": "perfusion.baselines.artifact",
+    "at_step": "perfusion.baselines.artifact",
     "read": "perfusion.baselines.artifact",
     "Personalised": "perfusion.baselines.artifact",
     "BaselineConfig": "perfusion.baselines.training",

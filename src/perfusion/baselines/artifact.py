@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,6 +23,15 @@ def save(result: BaselineResult, path: str | Path, half: bool = False) -> Path:
     path = atomic_save_safetensors(tensors, path, {"format": "pt", "artifact": FORMAT, **result.metadata})
     result.path, result.size_bytes = path, path.stat().st_size
     return path
+
+
+def at_step(result: BaselineResult, step: int) -> BaselineResult:
+    """The result as it stood after ``step`` optimizer steps (one of its config's snapshot_steps), to ``save``."""
+    if step not in result.snapshots:
+        raise BaselineError(f"no snapshot at step {step} (kept: {sorted(result.snapshots) or 'none'})")
+    return replace(
+        result, tensors=result.snapshots[step], steps=step, losses=result.losses[:step], snapshots={}, path=None
+    )
 
 
 def read(path: str | Path, method: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

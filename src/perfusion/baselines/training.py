@@ -48,6 +48,9 @@ class BaselineConfig:
     # Custom Diffusion's resize augmentation (perfusion.baselines.rescale): this many rescaled copies of each image,
     # the size said in the caption, the loss on the valid region. 0: off (the other methods' recipes).
     rescale_variants: int = 0
+    # Also keep the artifact after these optimizer steps (BaselineResult.snapshots, artifact.at_step): training
+    # length is Textual Inversion's and DreamBooth's real knob, and one run gives its whole curve.
+    snapshot_steps: tuple[int, ...] = ()
     prior_preservation: bool = False  # also fit images the base model makes for the class prompt
     prior_loss_weight: float = 1.0
     class_prompt: str = "a photo of a {}"  # {} is the supercategory word
@@ -62,6 +65,10 @@ class BaselineConfig:
                 raise BaselineError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.rescale_variants < 0:
             raise BaselineError(f"rescale_variants must be >= 0, got {self.rescale_variants}")
+        self.snapshot_steps = tuple(self.snapshot_steps)
+        outside = [step for step in self.snapshot_steps if not 1 <= step <= self.steps]
+        if outside:
+            raise BaselineError(f"snapshot step {outside[0]} is outside the training's 1..{self.steps}")
 
     def settings(self) -> dict:
         return asdict(self)
@@ -82,6 +89,7 @@ class BaselineResult:
     losses: list[float] = field(default_factory=list)  # one per optimizer step
     path: Path | None = None  # set by ``save``
     size_bytes: int | None = None  # the saved file's size
+    snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # step -> tensors (snapshot_steps)
 
 
 def latent_bank(pipe, images: list[TrainingImage], size: int, flip: bool, use_masks: bool) -> LatentBank:
@@ -246,10 +254,13 @@ class BaselineTrainer(FineTuning):
             optimizer = torch.optim.AdamW(groups, lr=self.config.lr, weight_decay=self.config.weight_decay)
             self.optimizer = self.accelerator.prepare(optimizer)
             bar = tqdm(range(self.config.steps), desc=f"{self.method} {self.token}", disable=not progress)
-            for _ in bar:
+            snapshots = {}
+            for done in bar:
                 self.losses.append(self.step())
                 bar.set_postfix(loss=f"{self.losses[-1]:.4f}")
-            tensors = {name: tensor.detach().float().cpu().contiguous() for name, tensor in self.artifact().items()}
+                if done + 1 in self.config.snapshot_steps:
+                    snapshots[done + 1] = self.detached_artifact()
+            tensors = self.detached_artifact()
         finally:
             self.teardown()
             self.restore_pipeline()
@@ -271,7 +282,11 @@ class BaselineTrainer(FineTuning):
             time.perf_counter() - started,
             self.config.steps,
             self.losses,
+            snapshots=snapshots,
         )
+
+    def detached_artifact(self) -> dict[str, torch.Tensor]:
+        return {name: tensor.detach().float().cpu().clone().contiguous() for name, tensor in self.artifact().items()}
 
 
 class RareWordTrainer(BaselineTrainer):
