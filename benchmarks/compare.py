@@ -145,6 +145,12 @@ QUICK_TRAINING = dict(steps=30, num_class_images=8, class_inference_steps=10)  #
 QUICK_SWEEP = 3  # --quick: knob values kept (the sweep's ends and the default)
 
 
+# What every method is given, the same for all: "photos" (a user's usual case; Perfusion then reads its own attention
+# masks and trains without paired images, which need masks) or "masks" (the photos with their masks; every baseline
+# then weighs its loss by them, as Perfusion does).
+INPUTS = ("photos", "masks")
+
+
 @dataclass
 class RunSettings:
     model: str
@@ -171,6 +177,7 @@ class RunSettings:
     compositions_only: bool = False  # redo the compositions from --out's artifacts; keep every row (implies update)
     compose: bool = True  # off: no two-concept images (benchmarks/tune.py scores single concepts only)
     tuned: str | None = None  # a tune.py result (tuned.json): each variant trains with its chosen rate and length
+    inputs: str = "photos"  # what every method trains on (INPUTS)
 
     def quickened(self) -> RunSettings:
         return replace(
@@ -303,13 +310,27 @@ def load_job(model: str, concept: ConceptSpec, threads: int | None) -> None:
     load_training_images(concept.directory, concept.mask_dir)
 
 
+def training_images(concept: ConceptSpec, inputs: str) -> list:
+    """The concept's photos; with their masks only when the run's inputs are "masks" (INPUTS)."""
+    images = load_training_images(concept.directory, concept.mask_dir)
+    return images if inputs == "masks" else [replace(image, mask=None) for image in images]
+
+
 def train_job(
-    model: str, concept: ConceptSpec, variant: Variant, overrides: dict, artifact: str, threads: int | None
+    model: str,
+    concept: ConceptSpec,
+    variant: Variant,
+    overrides: dict,
+    artifact: str,
+    threads: int | None,
+    inputs: str = "photos",
 ) -> dict:
     set_threads(threads)
     pipe = open_pipeline(model, half=False)  # trained in fp32 (mixed precision is a config setting)
     pipe.set_progress_bar_config(disable=True)
-    images = load_training_images(concept.directory, concept.mask_dir)
+    images = training_images(concept, inputs)
+    if variant.method != PERFUSION:  # a baseline weighs its loss by the masks whenever it is given them
+        overrides = {**overrides, "use_masks": all(image.mask is not None for image in images)}
     if variant.method == PERFUSION:
         result = train_concept(
             pipe, images, concept.token, concept.supercategory, training_config(variant, overrides), progress=False
@@ -332,7 +353,8 @@ def train_job(
 
 
 def train(model: str, concept: ConceptSpec, variant: Variant, settings: RunSettings, artifact: Path) -> dict:
-    args = (model, concept, variant, training_settings(variant, settings), str(artifact), settings.threads)
+    overrides = training_settings(variant, settings)
+    args = (model, concept, variant, overrides, str(artifact), settings.threads, settings.inputs)
     if not settings.isolate:
         return {**train_job(*args), "peak_rss_bytes": None, "peak_gpu_bytes": None}
     measured = run_isolated(train_job, *args)
@@ -659,6 +681,7 @@ MEASURING_SETTINGS = (
     "guidance",
     "seed",
     "tuned",
+    "inputs",
 )
 
 
@@ -853,6 +876,12 @@ def main(argv: list[str] | None = None) -> tuple[list[Row], list[dict]]:
     parser.add_argument("--steps", type=int, help="training steps for every method")
     parser.add_argument("--tuned", help="benchmarks/tune.py's tuned.json: each variant's chosen rate and length")
     parser.add_argument(
+        "--inputs",
+        choices=INPUTS,
+        default="photos",
+        help="what every method trains on: the photos alone (default), or with their masks",
+    )
+    parser.add_argument(
         "--images", type=int, help="every method's budget in training images seen (sets each one's steps)"
     )
     parser.add_argument("--prompts", type=int, default=12, help="evaluation prompts per concept")
@@ -906,6 +935,7 @@ def main(argv: list[str] | None = None) -> tuple[list[Row], list[dict]]:
         steps=args.steps,
         images=args.images,
         tuned=args.tuned,
+        inputs=args.inputs,
         prompts=args.prompts,
         prompts_file=args.prompts_file,
         clip=args.clip,

@@ -131,3 +131,11 @@ def test_the_choice_prefers_recognition_among_aligned_cells(benchmark_script):
     ]
     assert tune.choose(cells) is cells[2]  # aligned, and of the equally recognised the shorter
     assert tune.choose(cells[:1]) is cells[0]  # none aligned: the best sum
+
+
+def test_every_method_gets_the_same_inputs_photos_alone_unless_masks_are_asked_for(benchmark_script):
+    compare = benchmark_script("compare")
+    cat = next(concept for concept in compare.find_concepts(EXAMPLES_DIR) if concept.name == "mycat")
+    assert compare.RunSettings(model="m", out="o").inputs == "photos"
+    assert all(image.mask is None for image in compare.training_images(cat, "photos"))
+    assert all(image.mask is not None for image in compare.training_images(cat, "masks"))
