@@ -224,7 +224,7 @@ def test_anchored_autoencoder_keeps_its_start_scale_and_reports_drift(tmp_path):
         make_scene=Scene,
         caption=caption,
         vocabulary=lambda: WORDS,
-        masked=lambda seed: (Scene(seed).image, Image.new("L", (64, 64), 255)),
+        masked=masked,
     )
     run = tmp_path / "run"
     run.mkdir()
@@ -237,6 +237,35 @@ def test_anchored_autoencoder_keeps_its_start_scale_and_reports_drift(tmp_path):
     assert train.load_exported_vae(run).config.scaling_factor == 0.5  # not re-measured: the UNet's scale holds
     records = [line for line in (tmp_path / "log.jsonl").read_text().splitlines() if '"anchor"' in line]
     assert records and '"object_l1"' in records[-1]
+
+
+def test_a_unet_goes_on_in_an_anchored_autoencoders_latents_only_when_asked(tmp_path):
+    torch.manual_seed(0)
+    log = train.RunLog(tmp_path)
+    train.train_tokenizer(tmp_path, SOURCE, TokenizerConfig(vocab_size=600), log)
+    train.train_vae(tmp_path, SOURCE, TINY, VaeTrainingConfig(batch_size=2, max_steps=1), False, StopAfter(10), log)
+    pool = lambda: LatentPool(tmp_path / "latents", train.vae_fingerprint(tmp_path), chunk_size=8)  # noqa: E731
+    pool().fill(SOURCE, train.load_exported_vae(tmp_path), train.load_exported_vae(tmp_path).config.scaling_factor, 8)
+    config = UnetTrainingConfig(batch_size=2, warmup_steps=1)
+    train.UnetTrainer(tmp_path, SOURCE, TINY, config, log).run(False, StopAfter(1))
+    start = tmp_path / "start"
+    shutil.copytree(tmp_path / "vae", start / "vae")
+    source = SceneSource(SOURCE.make_scene, SOURCE.caption, SOURCE.vocabulary, masked=masked)
+    anchored = VaeTrainingConfig(batch_size=2, max_steps=1, crop_size=0, object_weight=1.0, anchor_weight=1.0)
+    (tmp_path / "vae.ckpt").unlink()
+    train.train_vae(tmp_path, source, TINY, anchored, False, StopAfter(10), log, warm_start=start)
+    shutil.rmtree(tmp_path / "latents")
+    pool().fill(SOURCE, train.load_exported_vae(tmp_path), train.load_exported_vae(tmp_path).config.scaling_factor, 8)
+    with pytest.raises(ValueError, match="another autoencoder"):
+        train.UnetTrainer(tmp_path, SOURCE, TINY, config, log).run(True, StopAfter(1))
+    resumed = train.UnetTrainer(tmp_path, SOURCE, TINY, config, log)
+    resumed.run(True, StopAfter(1), adopt_autoencoder=True)
+    assert resumed.step == 2
+    assert torch.load(tmp_path / "unet.ckpt", weights_only=False)["vae"] == train.vae_fingerprint(tmp_path)
+
+
+def masked(seed):
+    return Scene(seed).image, Image.new("L", (64, 64), 255)
 
 
 def test_vae_training_config_refuses_negative_weights_and_off_grid_crops():

@@ -575,12 +575,27 @@ class UnetTrainer:
         return {name: value.item() for name, value in losses.items()}
 
     def run(
-        self, resume: bool, stop, on_eval=None, init_from: Path | None = None, warm_start: Path | None = None
+        self,
+        resume: bool,
+        stop,
+        on_eval=None,
+        init_from: Path | None = None,
+        warm_start: Path | None = None,
+        adopt_autoencoder: bool = False,
     ) -> None:
+        """Train to max_steps or until ``stop``. ``adopt_autoencoder``: a resumed UNet goes on in the latent space of
+        the run's current autoencoder (one retrained with --anchor-weight, near the old latents), not refused."""
         if resume and self.checkpoint_path.exists():
             state = torch.load(self.checkpoint_path, weights_only=False)
             if state["vae"] != vae_fingerprint(self.run_dir):
-                raise ValueError("unet.ckpt was trained on another autoencoder's latents")
+                if not adopt_autoencoder:
+                    raise ValueError(
+                        "unet.ckpt was trained on another autoencoder's latents (--adopt-autoencoder goes on in the "
+                        "new one's, for an autoencoder retrained with --anchor-weight)"
+                    )
+                self.log(
+                    f"unet: going on in a new autoencoder's latents ({state['vae']} -> {vae_fingerprint(self.run_dir)})"
+                )
             self.load(state)
             self.log(f"unet: resumed at step {self.step}")
         elif init_from is not None:
@@ -712,6 +727,12 @@ def main(argv=None) -> None:
         help="vae and unet stages of a new run: start from a pipeline folder's weights (the autoencoder "
         "whole; the UNet whole and the text encoder's rows for the tokens both tokenizers share)",
     )
+    parser.add_argument(
+        "--adopt-autoencoder",
+        action="store_true",
+        help="unet stage: resume on the run's new autoencoder (retrained with --anchor-weight; its latent pool "
+        "rebuilt with --stage latents) instead of refusing",
+    )
     add_config_arguments(parser, VaeTrainingConfig)
     add_config_arguments(parser, UnetTrainingConfig)
     arguments = parser.parse_args(argv)
@@ -765,6 +786,7 @@ def main(argv=None) -> None:
             on_eval=None if families else judge_scores,
             init_from=arguments.init_from,
             warm_start=arguments.warm_start,
+            adopt_autoencoder=arguments.adopt_autoencoder,
         )
 
 
