@@ -69,6 +69,7 @@ class Variant:
     sweep: tuple[float, ...]
     default: float  # the knob's value for the table
     role: str = "method"  # "method": as the method comes; "ablation": one change to it; "candidate": another recipe
+    needs_masks: bool = False  # what it changes needs the photos' masks (paired images): not run on --inputs photos
 
 
 # Settings for the embedded micro-world model: Perfusion's are measured (perfusion.world.lab_recipe); the baselines' are
@@ -86,6 +87,7 @@ VARIANTS = (
         (0.5, 0.6, 0.7, 0.8, 0.9),
         0.7,
         "ablation",
+        needs_masks=True,
     ),
     # The same with the o*_V rate the earlier (epsilon-prediction) embedded models needed, 10x below SD1.5's.
     Variant(
@@ -118,6 +120,7 @@ VARIANTS = (
         (0.5, 0.6, 0.7, 0.8, 0.9),
         0.7,
         "candidate",
+        needs_masks=True,
     ),
     # Textual Inversion's and DreamBooth's knob is training length: one run, its artifact kept at fractions of it.
     Variant("textual-inversion", "textual-inversion", {}, "steps", LENGTH_SWEEP, 1.0),
@@ -167,13 +170,14 @@ class RunSettings:
     images_per_prompt: int = 2
     composition_images_per_prompt: int = 8  # per composition template (two templates): 16 images per method
     inference_steps: int = 25
-    guidance: float = lab_recipe.GUIDANCE  # every variant samples at it (7.5 is SD1.5's)
+    guidance: float | None = None  # every variant samples at it; None: the model folder's recipe (model_generation)
     seed: int = 0
     threads: int | None = None
     isolate: bool = True  # train in a fresh process (peak memory); off: in this process, no memory figure
     command: str = ""  # the command line that produced the results (written into results.json)
     update: bool = False  # keep --out's earlier rows and compositions for what this run does not redo
-    composition: str = lab_recipe.COMPOSITION  # how Perfusion composes two concepts: "joint" (the paper's) or "regions"
+    composition: str | None = None  # how Perfusion composes two concepts: "joint" (the paper's) or "regions"; None:
+    # the model folder's recipe
     compositions_only: bool = False  # redo the compositions from --out's artifacts; keep every row (implies update)
     compose: bool = True  # off: no two-concept images (benchmarks/tune.py scores single concepts only)
     tuned: str | None = None  # a tune.py result (tuned.json): each variant trains with its chosen rate and length
@@ -202,6 +206,21 @@ class ConceptSpec:
     def mask_dir(self) -> str | None:
         masks = Path(self.directory) / "masks"
         return str(masks) if masks.is_dir() else None
+
+
+def model_generation(settings: RunSettings) -> RunSettings:
+    """The run's guidance and composition, from the model folder's recipe where not given (else the embedded
+    models' sampling guidance and regional composition)."""
+    from perfusion.world.basemodel.config import SamplingConfig
+
+    recipe = read_recipe(settings.model).generation
+    return replace(
+        settings,
+        guidance=recipe.get("guidance_scale", SamplingConfig.guidance_scale)
+        if settings.guidance is None
+        else settings.guidance,
+        composition=recipe.get("composition", "regions") if settings.composition is None else settings.composition,
+    )
 
 
 def find_concepts(directory: Path) -> list[ConceptSpec]:
@@ -324,7 +343,10 @@ def train_job(
     artifact: str,
     threads: int | None,
     inputs: str = "photos",
+    snapshots: dict[float, int] | None = None,
 ) -> dict:
+    """Train one variant on one concept and save what it ships (and, for ``snapshots``, swept fraction of the
+    training -> optimizer step, the artifact as it stood then; written as they come, their time not counted)."""
     set_threads(threads)
     pipe = open_pipeline(model, half=False)  # trained in fp32 (mixed precision is a config setting)
     pipe.set_progress_bar_config(disable=True)
@@ -338,15 +360,24 @@ def train_job(
         result.concept.save(artifact)
         seconds, steps, losses = result.seconds, result.concept.training["steps"], result.losses
     else:
+        from safetensors.torch import load_file, save_file
+
         module = baselines.method(variant.method)
         config = training_config(variant, overrides)
-        result = module.train(pipe, images, concept.token, concept.supercategory, config, progress=False)
+        kept = Path(artifact).with_suffix(".step{}.tmp")
+
+        def keep(step: int, tensors: dict) -> None:  # on disk, not in memory (DreamBooth's are whole UNets)
+            save_file(tensors, str(kept).format(step))
+
+        result = module.train(
+            pipe, images, concept.token, concept.supercategory, config, progress=False, on_snapshot=keep
+        )
         baselines.save(result, artifact)
-        fractions = {step: value for value, step in snapshot_steps(variant, config.steps, quick=False).items()}
-        for step in result.snapshots:
-            baselines.save(
-                baselines.at_step(result, step), snapshot_path(artifact, fractions.get(step, step / config.steps))
-            )
+        for value, step in (snapshots or {}).items():
+            tensors = load_file(str(kept).format(step))
+            baselines.save(baselines.snapshot_result(result, step, tensors), snapshot_path(artifact, value))
+        for step in config.snapshot_steps:
+            Path(str(kept).format(step)).unlink(missing_ok=True)
         seconds, steps, losses = result.seconds, result.steps, result.losses
     seen = steps * images_per_step(variant, overrides)
     return dict(seconds=seconds, steps=steps, images_seen=seen, losses=losses, size_bytes=Path(artifact).stat().st_size)
@@ -354,7 +385,8 @@ def train_job(
 
 def train(model: str, concept: ConceptSpec, variant: Variant, settings: RunSettings, artifact: Path) -> dict:
     overrides = training_settings(variant, settings)
-    args = (model, concept, variant, overrides, str(artifact), settings.threads, settings.inputs)
+    snapshots = snapshot_steps(variant, training_config(variant, overrides).steps, settings.quick)
+    args = (model, concept, variant, overrides, str(artifact), settings.threads, settings.inputs, snapshots)
     if not settings.isolate:
         return {**train_job(*args), "peak_rss_bytes": None, "peak_gpu_bytes": None}
     measured = run_isolated(train_job, *args)
@@ -531,6 +563,15 @@ def composition_mode(variant: Variant, settings: RunSettings) -> str | None:
     return settings.composition if variant.method == PERFUSION else None
 
 
+def pair_prompts(pair: tuple[ConceptSpec, ConceptSpec]) -> list[str]:
+    """The two-concept prompts: the families laboratory's own (its demo's) for families concepts."""
+    if all(concept.instance is not None for concept in pair):
+        from perfusion.world.families.concept_prompts import pair_texts
+
+        return pair_texts([concept.token for concept in pair])
+    return [template.format(*(concept.token for concept in pair)) for template in COMPOSITION_TEMPLATES]
+
+
 def composition_images(model: str, pair: tuple[ConceptSpec, ConceptSpec], variant: Variant, artifacts, settings):
     """Both concepts loaded at the variant's default setting; every template, the same seeds for every variant."""
     pipe = fresh_pipeline(model)
@@ -554,8 +595,7 @@ def composition_images(model: str, pair: tuple[ConceptSpec, ConceptSpec], varian
         seed=settings.seed,
     )
     images = []
-    for template in COMPOSITION_TEMPLATES:
-        prompt = template.format(*(concept.token for concept in pair))
+    for prompt in pair_prompts(pair):
         for handle in phrases:
             prompt = handle.prompt(prompt)
         images += generate(pipe, prompt, config, settings=gate)
@@ -720,6 +760,11 @@ def listed_order(key: tuple[str, str]) -> tuple[str, int]:
 
 
 def run(concepts: list[ConceptSpec], variants: list[Variant], settings: RunSettings) -> tuple[list[Row], list[dict]]:
+    settings = model_generation(settings)
+    for variant in variants:
+        if variant.needs_masks and settings.inputs != "masks":
+            print(f"note: {variant.name} needs masks (paired images): skipped on --inputs photos", file=sys.stderr)
+    variants = [variant for variant in variants if not (variant.needs_masks and settings.inputs != "masks")]
     out = Path(settings.out)
     kept_rows, kept_compositions = earlier_results(settings) if settings.update else ([], [])
     (out / "artifacts").mkdir(parents=True, exist_ok=True)
@@ -895,8 +940,8 @@ def main(argv: list[str] | None = None) -> tuple[list[Row], list[dict]]:
     parser.add_argument(
         "--guidance",
         type=float,
-        default=RunSettings.guidance,
-        help="the guidance every method samples at (default: the embedded model's; SD1.5: 7.5)",
+        default=None,
+        help="the guidance every method samples at (default: the model folder's recipe; SD1.5: 7.5)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads in every process (default: torch's own)")
@@ -909,7 +954,7 @@ def main(argv: list[str] | None = None) -> tuple[list[Row], list[dict]]:
     parser.add_argument(
         "--composition",
         choices=MODES,
-        default=RunSettings.composition,
+        default=None,
         help="how Perfusion composes two concepts (default: the recipe's)",
     )
     parser.add_argument(
@@ -951,6 +996,9 @@ def main(argv: list[str] | None = None) -> tuple[list[Row], list[dict]]:
         compositions_only=args.compositions_only,
         command=shlex.join(["python", "benchmarks/compare.py", *(sys.argv[1:] if argv is None else argv)]),
     )
+    if args.tuned and not Path(args.tuned).is_file():
+        raise SystemExit(f"error: --tuned {args.tuned}: no such file (benchmarks/tune.py writes tuned.json)")
+    settings = model_generation(settings)
     settings = settings.quickened() if settings.quick else settings
     concepts = [
         concept for concept in find_concepts(Path(args.concepts)) if not args.concept or concept.name in args.concept

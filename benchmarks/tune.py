@@ -46,12 +46,13 @@ def tuning_concepts(directory: Path, categories, per_category: int) -> list:
 
     if per_category > 100:
         raise SystemExit("error: tuning seeds are 0-99: at most 100 per category")
-    for name in categories:
-        for seed in range(per_category):
-            folder = directory / f"tune-{name}-{seed}"
-            if not (folder / "concept.json").is_file():
-                write_example(folder, folder.name, evaluation_instance(name, seed), seed=7000 + seed)
-    return compare.find_concepts(directory)
+    wanted = [f"tune-{name}-{seed}" for name in categories for seed in range(per_category)]
+    for folder_name in wanted:
+        folder = directory / folder_name
+        name, seed = folder_name.split("-")[1], int(folder_name.split("-")[2])
+        if not (folder / "concept.json").is_file():
+            write_example(folder, folder_name, evaluation_instance(name, seed), seed=7000 + seed)
+    return [concept for concept in compare.find_concepts(directory) if concept.name in wanted]  # not earlier runs'
 
 
 def grid_cells(variant, base: dict, rates, lengths) -> list[dict]:
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
         isolate=not args.no_isolate,
         command=command,
     )
+    settings = compare.model_generation(settings)  # the model folder's guidance
     variants = compare.chosen_variants(args.variants, quick=True)  # the methods themselves, unless named
     results = tune(concepts, variants, settings, args.rates, args.lengths)
     write(out, results, concepts, command)

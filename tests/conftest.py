@@ -50,3 +50,18 @@ def benchmark_script(monkeypatch):
         return module
 
     return load
+
+
+@pytest.fixture
+def tiny_judge_path(tmp_path):
+    """A families-laboratory judge file of a tiny untrained network (its verdicts are arbitrary but well-formed)."""
+    import torch
+
+    from perfusion.world.families.judge import save_judge
+    from perfusion.world.families.judge_net import JudgeNet, JudgeNetConfig
+
+    torch.manual_seed(0)
+    net = JudgeNet(JudgeNetConfig(widths=(8, 8, 16, 16), spatial_features=16, identity_features=16, embedding_dim=8))
+    path = tmp_path / "tiny-judge.safetensors"
+    save_judge(net.eval(), path, {"steps": 0})
+    return str(path)

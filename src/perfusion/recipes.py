@@ -48,6 +48,10 @@ class Recipe:
             except ValueError as error:
                 raise RecipeError(f"{part}: {error}") from None
 
+    def training_config(self, **overrides) -> TrainingConfig:
+        """TrainingConfig with this recipe's settings, ``overrides`` on top (the dataclass's defaults for the rest)."""
+        return TrainingConfig(**{**self.training, **overrides})
+
 
 def type_text(annotation) -> str:
     """A field's annotation as written ("int", "int | None", "list[str]", "Literal['no', 'fp16']")."""

@@ -6,24 +6,12 @@ from PIL import Image
 from perfusion.world.families.examples import EXAMPLES_DIR
 
 
-def tiny_judge(path):
-    from perfusion.world.families.judge import save_judge
-    from perfusion.world.families.judge_net import JudgeNet, JudgeNetConfig
-
-    torch.manual_seed(0)
-    net = JudgeNet(JudgeNetConfig(widths=(8, 8, 16, 16), spatial_features=16, identity_features=16, embedding_dim=8))
-    save_judge(net.eval(), path, {"steps": 0})
-    return str(path)
-
-
-def test_families_concepts_get_their_prompts_and_the_laboratorys_judge(benchmark_script, tmp_path):
+def test_families_concepts_get_their_prompts_and_the_laboratorys_judge(benchmark_script, tmp_path, tiny_judge_path):
     compare = benchmark_script("compare")
     concepts = {concept.name: concept for concept in compare.find_concepts(EXAMPLES_DIR)}
     cat = concepts["mycat"]
     assert cat.instance is not None and cat.supercategory == "cat"
-    settings = compare.RunSettings(
-        model="m", out=str(tmp_path), prompts=4, judge=tiny_judge(tmp_path / "j.safetensors")
-    )
+    settings = compare.RunSettings(model="m", out=str(tmp_path), prompts=4, judge=tiny_judge_path)
     prompts = compare.evaluation_prompts(cat, settings)
     assert len(prompts) == 4 and prompts[0].text("<mycat>") == "a <mycat> on a blue background"
     scorer = compare.make_scorer("m", cat, prompts, settings)
@@ -34,14 +22,25 @@ def test_families_concepts_get_their_prompts_and_the_laboratorys_judge(benchmark
     assert 0.0 <= scores.alignment <= 1.0 and 0.0 <= scores.fidelity <= 1.0
 
 
-def test_families_pairs_are_scored_by_both_concepts_recognised(benchmark_script, tmp_path):
+def test_families_pairs_are_scored_by_both_concepts_recognised(
+    benchmark_script, tmp_path, tiny_judge_path, monkeypatch
+):
     compare = benchmark_script("compare")
     concepts = {concept.name: concept for concept in compare.find_concepts(EXAMPLES_DIR)}
-    settings = compare.RunSettings(model="m", out=str(tmp_path), judge=tiny_judge(tmp_path / "j.safetensors"))
+    settings = compare.RunSettings(model="m", out=str(tmp_path), judge=tiny_judge_path)
+    asked = []
+
+    def verdicts(judge, galleries, images, pair):
+        asked.append([instance.category for _, instance in pair])
+        return [True, False, True]
+
+    monkeypatch.setattr("perfusion.world.families.scoring.both_recognised", verdicts)
     score, name = compare.composition_scorer([(concepts["mycat"], concepts["mymug"])], settings)
     assert name == "families judge"
-    share = score([Image.new("RGB", (64, 64), (200, 200, 200))] * 3, (concepts["mycat"], concepts["mymug"]))
-    assert share == 0.0  # a blank image holds neither concept
+    assert score([Image.new("RGB", (64, 64))] * 3, (concepts["mycat"], concepts["mymug"])) == 2 / 3
+    assert asked == [["cat", "mug"]]  # each concept's own instance
+    prompts = compare.pair_prompts((concepts["mycat"], concepts["mymug"]))
+    assert prompts[0] == "a photo of a <mycat> next to a <mymug>" and len(prompts) == 4  # the demo's templates
 
 
 def test_a_budget_in_images_gives_each_method_the_steps_that_see_it(benchmark_script, tmp_path):
@@ -90,7 +89,7 @@ def test_a_snapshot_outside_the_training_is_refused():
 
 
 def test_tuning_scores_a_rate_and_length_grid_on_tuning_concepts_and_compare_reads_its_choice(
-    benchmark_script, tmp_path, tiny_pipeline_dir
+    benchmark_script, tmp_path, tiny_pipeline_dir, tiny_judge_path
 ):
     from dataclasses import replace
 
@@ -109,7 +108,7 @@ def test_tuning_scores_a_rate_and_length_grid_on_tuning_concepts_and_compare_rea
         prompts=1,
         images_per_prompt=1,
         inference_steps=2,
-        judge=tiny_judge(tmp_path / "j.safetensors"),
+        judge=tiny_judge_path,
         isolate=False,
     )
     results = tune.tune(concepts, [variant], settings, rates=(1.0, 2.0), lengths=(1.0,))
@@ -139,3 +138,25 @@ def test_every_method_gets_the_same_inputs_photos_alone_unless_masks_are_asked_f
     assert compare.RunSettings(model="m", out="o").inputs == "photos"
     assert all(image.mask is None for image in compare.training_images(cat, "photos"))
     assert all(image.mask is not None for image in compare.training_images(cat, "masks"))
+
+
+def test_each_swept_length_gets_its_own_snapshot_file_and_nothing_else_is_left(
+    benchmark_script, tmp_path, tiny_pipeline_dir
+):
+    compare = benchmark_script("compare")
+    cat = next(concept for concept in compare.find_concepts(EXAMPLES_DIR) if concept.name == "mycat")
+    variant = next(variant for variant in compare.VARIANTS if variant.name == "textual-inversion")
+    artifact = tmp_path / "mycat-textual-inversion.safetensors"
+    snapshots = {0.25: 1, 0.5: 1, 0.75: 2}  # two fractions that round to one step keep a file each
+    overrides = {"steps": 3, "snapshot_steps": (1, 2), "class_guidance": 2.5}
+    trained = compare.train_job(
+        str(tiny_pipeline_dir), cat, variant, overrides, str(artifact), None, "photos", snapshots
+    )
+    assert trained["steps"] == 3 and trained["images_seen"] == 3 * compare.images_per_step(variant, overrides)
+    written = sorted(path.name for path in tmp_path.iterdir())
+    assert written == [
+        "mycat-textual-inversion-at0.25.safetensors",
+        "mycat-textual-inversion-at0.5.safetensors",
+        "mycat-textual-inversion-at0.75.safetensors",
+        "mycat-textual-inversion.safetensors",
+    ]

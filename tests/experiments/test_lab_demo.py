@@ -77,22 +77,42 @@ def test_both_concepts_must_be_found_each_on_its_own_side(monkeypatch):
         SideJudge(judge_labels), lambda instance, changes: galleries[instance.category], [image] * 4, pair
     )
     assert verdicts == [True, False, False, False]
-    assert crops == ["left", "right", "right", "left"]  # each concept read on the side of its category
+    assert crops == ["left", "right", "right"]  # each concept read on the side of its category, until one fails
 
 
-def test_the_demo_writes_the_summary_a_script_reads_and_every_sheet(tmp_path, tiny_pipe, tiny_pipeline_dir):
+def test_two_concepts_of_one_category_may_stand_either_way_round(monkeypatch):
+    from dataclasses import replace
+
+    cat = example_instances()["mycat"]
+    other = replace(cat, pattern="plain")  # a second cat concept
+    monkeypatch.setattr("perfusion.world.families.scoring.focus", lambda image, side: side)
+    judge = SideJudge([{"count": 2, "left": "cat", "right": "cat"}])
+    galleries = {cat: SideGallery("right"), other: SideGallery("left")}  # the first concept stands on the right
+    pair = [("<a>", cat), ("<b>", other)]
+    assert both_recognised(
+        judge, lambda instance, changes: galleries[instance], [Image.new("RGB", (64, 64))], pair
+    ) == [True]
+
+
+def test_the_demo_writes_the_summary_a_script_reads_and_every_sheet(
+    tmp_path, tiny_pipe, tiny_pipeline_dir, tiny_judge_path, monkeypatch
+):
     import json
-
-    import torch
 
     from perfusion.experiments.lab_demo import run_lab_demo
     from perfusion.world.basemodel.data import world_captions
-    from perfusion.world.families.judge import Judge, save_judge
-    from perfusion.world.families.judge_net import JudgeNet, JudgeNetConfig
+    from perfusion.world.families import sampling, scoring
+    from perfusion.world.families.judge import Judge
 
-    torch.manual_seed(0)
-    net = JudgeNet(JudgeNetConfig(widths=(8, 8, 16, 16), spatial_features=16, identity_features=16, embedding_dim=8))
-    save_judge(net.eval(), tmp_path / "judge.safetensors", {"steps": 0})
+    steps_used = []
+    generate = sampling.generate_images
+
+    def counted(*args, **kwargs):
+        steps_used.append(kwargs.get("steps"))
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(sampling, "generate_images", counted)  # the composition's
+    monkeypatch.setattr(scoring, "generate_images", counted)  # every scored row's
     config = LabDemoConfig(
         betas=(0.5, 0.9),
         prompts=1,
@@ -101,7 +121,7 @@ def test_the_demo_writes_the_summary_a_script_reads_and_every_sheet(tmp_path, ti
         training={"steps": 2, "batch_size": 2},
         inference_steps=2,
     )
-    out, judge = tmp_path / "demo", Judge.load(tmp_path / "judge.safetensors")
+    out, judge = tmp_path / "demo", Judge.load(tiny_judge_path)
     captions = world_captions(count=200)
     summary = run_lab_demo(tiny_pipe, judge, tiny_pipeline_dir, out, config, captions=captions, log=lambda line: None)
     written = json.loads((out / "summary.json").read_text())
@@ -113,6 +133,7 @@ def test_the_demo_writes_the_summary_a_script_reads_and_every_sheet(tmp_path, ti
     for name in ("mycat.png", "mymug.png", "mycat-pareto.png", "composition.png", "report.html"):
         assert (out / name).is_file()
     assert "mycat.png" in (out / "report.html").read_text()
+    assert steps_used and set(steps_used) == {2}  # every row, the prior included, at the demo's sampling steps
 
 
 def test_the_demo_command_takes_a_families_model_to_the_laboratory_demo(tmp_path, tiny_pipeline_dir, capsys):

@@ -1,8 +1,8 @@
 """Baselines for the comparison with Perfusion: Textual Inversion, DreamBooth, LoRA, Custom Diffusion.
 
 Every method module has the same shape: ``METHOD`` (its name), ``CONFIG`` (a dataclass of its settings with
-SD1.5 defaults and ``for_small_model``), ``train(pipe, images, token, supercategory, config, progress) ->
-BaselineResult``, ``apply(pipe, path) -> Personalised`` and ``KNOB`` (what a user turns at generation:
+SD1.5 defaults and ``for_small_model``), ``train(pipe, images, token, supercategory, config, progress,
+on_snapshot) -> BaselineResult`` (``on_snapshot(step, tensors)`` at the config's ``snapshot_steps``), ``apply(pipe, path) -> Personalised`` and ``KNOB`` (what a user turns at generation:
 "guidance", or "scale" through ``Personalised.set_strength``). ``save(result, path)`` writes any method's
 artifact. The engine never imports this package. Names are imported on first use (as in ``perfusion``), so a
 measuring worker that imports ``perfusion.baselines.measure`` stays light.
@@ -26,6 +26,7 @@ METHOD_MODULES = {  # name in results -> module
 _EXPORTS = {
     "save": "perfusion.baselines.artifact",
     "at_step": "perfusion.baselines.artifact",
+    "snapshot_result": "perfusion.baselines.artifact",
     "read": "perfusion.baselines.artifact",
     "Personalised": "perfusion.baselines.artifact",
     "BaselineConfig": "perfusion.baselines.training",

@@ -29,8 +29,14 @@ def at_step(result: BaselineResult, step: int) -> BaselineResult:
     """The result as it stood after ``step`` optimizer steps (one of its config's snapshot_steps), to ``save``."""
     if step not in result.snapshots:
         raise BaselineError(f"no snapshot at step {step} (kept: {sorted(result.snapshots) or 'none'})")
+    return snapshot_result(result, step, result.snapshots[step])
+
+
+def snapshot_result(result: BaselineResult, step: int, tensors: dict[str, torch.Tensor]) -> BaselineResult:
+    """``result`` with the tensors it had after ``step`` optimizer steps (its metadata says so)."""
+    metadata = {**result.metadata, "steps_trained": str(step)}
     return replace(
-        result, tensors=result.snapshots[step], steps=step, losses=result.losses[:step], snapshots={}, path=None
+        result, tensors=tensors, steps=step, losses=result.losses[:step], snapshots={}, path=None, metadata=metadata
     )
 
 

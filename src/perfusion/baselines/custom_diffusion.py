@@ -117,9 +117,12 @@ def train(
     supercategory: str,
     config: CustomDiffusionConfig | None = None,
     progress: bool = True,
+    on_snapshot=None,
 ) -> BaselineResult:
     """Train K/V of every cross-attention layer and ``token``; the pipeline is left as it was."""
-    return CustomDiffusionTrainer(pipe, images, token, supercategory, config or CustomDiffusionConfig()).run(progress)
+    return CustomDiffusionTrainer(pipe, images, token, supercategory, config or CustomDiffusionConfig()).run(
+        progress, on_snapshot
+    )
 
 
 def apply(pipe, path: str | Path):

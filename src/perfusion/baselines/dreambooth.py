@@ -70,9 +70,12 @@ def train(
     supercategory: str,
     config: DreamBoothConfig | None = None,
     progress: bool = True,
+    on_snapshot=None,
 ) -> BaselineResult:
     """Fine-tune a copy of the UNet; ``token`` is how the benchmark's prompts name the concept."""
-    return DreamBoothTrainer(pipe, images, token, supercategory, config or DreamBoothConfig()).run(progress)
+    return DreamBoothTrainer(pipe, images, token, supercategory, config or DreamBoothConfig()).run(
+        progress, on_snapshot
+    )
 
 
 def apply(pipe, path: str | Path):

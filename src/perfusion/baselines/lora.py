@@ -87,9 +87,10 @@ def train(
     supercategory: str,
     config: LoraBaselineConfig | None = None,
     progress: bool = True,
+    on_snapshot=None,
 ) -> BaselineResult:
     """Train a LoRA of the UNet's attention; the pipeline passed in keeps its plain layers."""
-    return LoraTrainer(pipe, images, token, supercategory, config or LoraBaselineConfig()).run(progress)
+    return LoraTrainer(pipe, images, token, supercategory, config or LoraBaselineConfig()).run(progress, on_snapshot)
 
 
 def adapter_name(token: str) -> str:

@@ -25,6 +25,8 @@ from perfusion.training.latents import LatentBank
 
 SHRINK_SHARE = 0.66  # variants drawn at or below the training size
 SMALL_WORDS, LARGE_WORDS = ("a far away ", "very small "), ("zoomed in ", "close up ")
+REDRAWS = 20  # draws of a variant before giving up on one that keeps any of the object
+ENCODE_BATCH = 8  # copies through the autoencoder at a time
 
 
 def draw_scale(size: int, rng: random.Random) -> int:
@@ -48,8 +50,8 @@ def rescaled(
     """The image at ``scale`` on a size x size canvas, and the valid region (x the object's mask, if given) on the
     latent grid (1, latent, latent)."""
     cell = size // latent_size
-    picture = square_resize(image, scale)
-    object_mask = square_resize(mask, scale) if mask is not None else None
+    picture = square_resize(image, scale, Image.BILINEAR)  # diffusers' script resizes bilinearly
+    object_mask = square_resize(mask, scale, Image.BILINEAR) if mask is not None else None
     valid = np.zeros((latent_size, latent_size), dtype=np.float32)
     if scale > size:
         top, left = rng.randint(0, scale - size), rng.randint(0, scale - size)
@@ -96,15 +98,24 @@ def rescaled_bank(
     canvases, regions, prefixes = [], [], []
     for image, mask in sources:
         for _ in range(variants):
-            scale = draw_scale(size, rng)
-            canvas, region = rescaled(image, mask, size, latent_size, scale, rng)
+            for _ in range(REDRAWS):  # a crop that misses the object leaves no loss at all: draw again
+                scale = draw_scale(size, rng)
+                canvas, region = rescaled(image, mask, size, latent_size, scale, rng)
+                if region.sum() > 0:
+                    break
+            else:
+                raise ValueError("no rescaled copy keeps any of the object: check the masks")
             canvases.append(canvas)
             regions.append(region)
             prefixes.append(caption_prefix(scale, size, rng))
-    pixels = images_to_tensor(canvases).to(pipe.vae.device, pipe.vae.dtype)
-    distribution = pipe.vae.encode(pixels).latent_dist
+    means, stds = [], []
+    for start in range(0, len(canvases), ENCODE_BATCH):  # bounded memory at SD sizes
+        pixels = images_to_tensor(canvases[start : start + ENCODE_BATCH]).to(pipe.vae.device, pipe.vae.dtype)
+        distribution = pipe.vae.encode(pixels).latent_dist
+        means.append(distribution.mean.float())
+        stds.append(distribution.std.float())
     scaling = pipe.vae.config.scaling_factor
-    means = distribution.mean.float() * scaling
-    bank = LatentBank(means, distribution.std.float() * scaling, torch.stack(regions).to(means.device))
+    means = torch.cat(means) * scaling
+    bank = LatentBank(means, torch.cat(stds) * scaling, torch.stack(regions).to(means.device))
     bank.mask_source = "rescaled" + (" x given" if use_masks else "")
     return bank, prefixes

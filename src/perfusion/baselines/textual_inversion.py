@@ -69,9 +69,12 @@ def train(
     supercategory: str,
     config: TextualInversionConfig | None = None,
     progress: bool = True,
+    on_snapshot=None,
 ) -> BaselineResult:
     """Learn ``token``'s embedding; the pipeline's weights and tokenizer are left as they were."""
-    return TextualInversionTrainer(pipe, images, token, supercategory, config or TextualInversionConfig()).run(progress)
+    return TextualInversionTrainer(pipe, images, token, supercategory, config or TextualInversionConfig()).run(
+        progress, on_snapshot
+    )
 
 
 def apply(pipe, path: str | Path):

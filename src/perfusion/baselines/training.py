@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -92,12 +93,16 @@ class BaselineResult:
     snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # step -> tensors (snapshot_steps)
 
 
+def check_masks(images: list[TrainingImage], use_masks: bool) -> None:
+    if use_masks and any(item.mask is None for item in images):
+        raise BaselineError("use_masks needs a mask (alpha channel or mask file) for every image")
+
+
 def latent_bank(pipe, images: list[TrainingImage], size: int, flip: bool, use_masks: bool) -> LatentBank:
+    check_masks(images, use_masks)
     bank = encode_images(pipe, images, size, flip)
     if use_masks:
         masks = given_masks(images, size, bank.means.shape[-1], flip)
-        if masks is None:
-            raise BaselineError("use_masks needs a mask (alpha channel or mask file) for every image")
         bank.masks, bank.mask_source = masks.to(bank.means.device), "given"
     return bank
 
@@ -164,12 +169,14 @@ class BaselineTrainer(FineTuning):
     def prepare(self) -> None:
         pipe, config = self.pipe, self.config
         size = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
-        self.bank = latent_bank(pipe, self.images, size, config.flip, config.use_masks)
         self.prefixes = None  # per bank entry: words put before its caption (the resize augmentation's)
         if config.rescale_variants:
+            check_masks(self.images, config.use_masks)
             self.bank, self.prefixes = rescaled_bank(
                 pipe, self.images, size, config.flip, config.rescale_variants, config.use_masks, self.generator
             )
+        else:
+            self.bank = latent_bank(pipe, self.images, size, config.flip, config.use_masks)
         self.class_bank = None
         if config.prior_preservation:  # made before ``setup``: by the base model itself
             self.class_bank = class_latent_bank(pipe, config.class_prompt.format(self.supercategory), config)
@@ -246,8 +253,10 @@ class BaselineTrainer(FineTuning):
         self.optimizer.zero_grad(set_to_none=True)
         return total
 
-    def run(self, progress: bool = True) -> BaselineResult:
-        started = time.perf_counter()
+    def run(self, progress: bool = True, on_snapshot: Callable[[int, dict], None] | None = None) -> BaselineResult:
+        """Train; at each of the config's snapshot_steps hand (step, tensors) to ``on_snapshot`` (e.g. to write it
+        and let it go: the time it takes is not counted), or keep them in the result's ``snapshots``."""
+        started, snapshot_seconds = time.perf_counter(), 0.0
         groups = self.setup()
         try:
             self.parameters = [parameter for group in groups for parameter in group["params"]]
@@ -259,7 +268,12 @@ class BaselineTrainer(FineTuning):
                 self.losses.append(self.step())
                 bar.set_postfix(loss=f"{self.losses[-1]:.4f}")
                 if done + 1 in self.config.snapshot_steps:
-                    snapshots[done + 1] = self.detached_artifact()
+                    if on_snapshot is None:
+                        snapshots[done + 1] = self.detached_artifact()
+                    else:
+                        handed = time.perf_counter()
+                        on_snapshot(done + 1, self.detached_artifact())
+                        snapshot_seconds += time.perf_counter() - handed
             tensors = self.detached_artifact()
         finally:
             self.teardown()
@@ -279,7 +293,7 @@ class BaselineTrainer(FineTuning):
             self.phrase,
             tensors,
             metadata,
-            time.perf_counter() - started,
+            time.perf_counter() - started - snapshot_seconds,
             self.config.steps,
             self.losses,
             snapshots=snapshots,

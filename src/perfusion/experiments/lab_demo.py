@@ -28,12 +28,6 @@ from perfusion.sheets import SheetRow, write_sheet
 
 EXAMPLES = ("mycat", "mymug")
 BETAS = (0.5, 0.6, 0.7, 0.8, 0.9)
-COMPOSITION_TEMPLATES = (
-    "a photo of {} next to {}",
-    "{} next to {} on a blue background",
-    "{} beside {} on a yellow background",
-    "a photo of {} beside {} on a white background",
-)
 
 
 @dataclass
@@ -73,15 +67,8 @@ def quick(config: LabDemoConfig) -> LabDemoConfig:
         seeds=config.seeds[:1],
         composition_seeds=config.composition_seeds[:1],
         training={**config.training, "steps": 4},
+        inference_steps=config.inference_steps,
     )
-
-
-def training_config(model: Path, overrides: dict):
-    from perfusion.recipes import read_recipe
-    from perfusion.training.trainer import TrainingConfig
-
-    settings = {**read_recipe(model).training, **overrides}
-    return TrainingConfig(**{**settings, "pair_words": tuple(settings.get("pair_words", ()))})
 
 
 def train_example(pipe, folder: str, config, out: Path, captions, log):
@@ -106,11 +93,11 @@ def train_example(pipe, folder: str, config, out: Path, captions, log):
 
 def compose(pipe, judge, galleries, pair, seeds, composition: str | None, steps=None) -> tuple[float, SheetRow]:
     from perfusion import concept_settings
-    from perfusion.world.families.captions import article
+    from perfusion.world.families.concept_prompts import pair_texts
     from perfusion.world.families.sampling import generate_images
     from perfusion.world.families.scoring import both_recognised
 
-    texts = [template.format(*(article(token) for token, _ in pair)) for template in COMPOSITION_TEMPLATES]
+    texts = pair_texts([token for token, _ in pair])
     settings = {} if composition is None else {"composition": composition}
     with concept_settings(pipe, **settings):
         images = generate_images(pipe, texts, list(seeds), steps=steps)
@@ -143,7 +130,7 @@ def run_lab_demo(
     out.mkdir(parents=True, exist_ok=True)
     captions = captions or model_captions(pipe) or world_captions()
     galleries, steps = Galleries(judge), config.inference_steps
-    training = training_config(model, config.training)
+    training = read_recipe(model).training_config(**config.training)
     trained = [train_example(pipe, folder, training, out, captions, log) for folder in config.concepts]
     load_concepts(pipe, [concept for concept, *_ in trained], captions=captions)
     summary, sections = {"concepts": {}}, []
@@ -154,7 +141,7 @@ def run_lab_demo(
         default = concept.beta if config.default_beta is None else config.default_beta
         rows = [SheetRow("the photos", [(image, "") for image in photos])]
         prior, row = draw_and_score(
-            pipe, judge, instance, instance.category, galleries, "prior", seeds, prompts=prompts
+            pipe, judge, instance, instance.category, galleries, "prior", seeds, prompts=prompts, steps=steps
         )
         rows.append(row)
         verbal, row = draw_and_score(

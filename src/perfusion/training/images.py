@@ -137,12 +137,12 @@ def load_training_images(directory: str | Path, mask_dir: str | Path | None = No
     return items
 
 
-def square_resize(image: Image.Image, size: int) -> Image.Image:
+def square_resize(image: Image.Image, size: int, resample=Image.BICUBIC) -> Image.Image:
     """Centre-crop to a square, then resize."""
     width, height = image.size
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
-    return image.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+    return image.crop((left, top, left + side, top + side)).resize((size, size), resample)
 
 
 def square_crop(image: Image.Image, size: int) -> tuple[int, int, int, int]:

@@ -36,4 +36,4 @@ COMPOSITION = _RECIPE.generation.get("composition", "regions")
 
 def training_config(**overrides) -> TrainingConfig:
     """The embedded model's training settings, with ``overrides`` on top."""
-    return TrainingConfig(**{**TRAINING, **overrides})
+    return _RECIPE.training_config(**overrides)

@@ -44,7 +44,10 @@ def model_world(model: str | Path) -> str:
     path = Path(model) / INFO_FILE
     if not path.is_file():
         return "emoji"
-    return json.loads(path.read_text()).get("world", "emoji")
+    try:
+        return json.loads(path.read_text()).get("world", "emoji")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as error:
+        raise ValueError(f"{path}: unreadable ({error}); fix or delete it") from None
 
 
 def write_model_captions(out: Path, world: str) -> None:

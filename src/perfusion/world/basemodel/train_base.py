@@ -183,8 +183,11 @@ def vae_loss(
         return ((a - b).abs() * w).sum() / (w.sum() * a.shape[1])
 
     l1 = weighted_l1(reconstruction, images, weights)
-    edge = weighted_l1(reconstruction.diff(dim=2), images.diff(dim=2), weights[:, :, 1:]) + weighted_l1(
-        reconstruction.diff(dim=3), images.diff(dim=3), weights[:, :, :, 1:]
+    # an outline pixel pair weighs as its heavier pixel, so that every side of an object's outline counts as the object
+    rows = torch.maximum(weights[:, :, 1:], weights[:, :, :-1])
+    columns = torch.maximum(weights[:, :, :, 1:], weights[:, :, :, :-1])
+    edge = weighted_l1(reconstruction.diff(dim=2), images.diff(dim=2), rows) + weighted_l1(
+        reconstruction.diff(dim=3), images.diff(dim=3), columns
     )
     kl = posterior.kl().mean()
     loss = l1 + config.edge_weight * edge + (0.0 if decoder_only else config.kl_weight * kl)

@@ -65,3 +65,17 @@ def concept_prompts(instance: Instance) -> list[ConceptPrompt]:
         ),
         ConceptPrompt("{}", prefix=adjective, stated={"pattern": pattern}, changes={"pattern": pattern}),
     ]
+
+
+# Two concepts in one prompt: {} are the concepts' noun phrases, articles included (the demo and the comparison).
+PAIR_TEMPLATES = (
+    "a photo of {} next to {}",
+    "{} next to {} on a blue background",
+    "{} beside {} on a yellow background",
+    "a photo of {} beside {} on a white background",
+)
+
+
+def pair_texts(nouns: list[str]) -> list[str]:
+    """The two-concept prompts for two nouns ("<mycat>", "<mymug>")."""
+    return [template.format(*(article(noun) for noun in nouns)) for template in PAIR_TEMPLATES]

@@ -146,17 +146,26 @@ def draw_and_score(
 
 
 def both_recognised(judge, galleries, images, pair) -> list[bool]:
-    """Per image: the judge sees two objects, one of each concept's category, and each side is recognised as its
-    concept (the side read as its category, cropped as in a second-object prompt)."""
+    """Per image: the judge sees two objects whose categories are the two concepts', and some assignment of the
+    concepts to the sides (each to a side read as its category; both ways when they share one) has each side's
+    crop, as in a second-object prompt, recognised as its concept."""
     whole = judge.read(images)
     hits = []
     for row, image in enumerate(images):
-        sides = {whole.label("left", row): "left", whole.label("right", row): "right"}
-        if whole.label("count", row) != 2 or any(instance.category not in sides for _, instance in pair):
-            hits.append(False)
-            continue
-        crops = [focus(image, sides[instance.category]) for _, instance in pair]
+        sides = {"left": whole.label("left", row), "right": whole.label("right", row)}
+        assignments = [
+            order
+            for order in (("left", "right"), ("right", "left"))
+            if all(sides[side] == instance.category for side, (_, instance) in zip(order, pair))
+        ]
         hits.append(
-            all(galleries(instance, {}).recognised(judge.read([crop]))[0] for crop, (_, instance) in zip(crops, pair))
+            whole.label("count", row) == 2
+            and any(
+                all(
+                    galleries(instance, {}).recognised(judge.read([focus(image, side)]))[0]
+                    for side, (_, instance) in zip(order, pair)
+                )
+                for order in assignments
+            )
         )
     return hits
