@@ -70,8 +70,8 @@ class LoraTrainer(RareWordTrainer):
         layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(self.pipe.unet, adapter_name=ADAPTER))
         return {f"unet.{name}": tensor for name, tensor in layers.items()}  # diffusers' key layout
 
-    def run(self, progress: bool = True) -> BaselineResult:
-        result = super().run(progress)
+    def run(self, progress: bool = True, on_snapshot=None) -> BaselineResult:
+        result = super().run(progress, on_snapshot)
         adapter = {f"unet.{key}": value for key, value in self.config.peft_config().to_dict().items()}
         result.metadata["lora_adapter_metadata"] = json.dumps(adapter, default=sorted, sort_keys=True)
         return result
