@@ -91,7 +91,10 @@ def train_example(pipe, folder: str, config, out: Path, captions, log):
     return result.concept, example_instances()[folder], [image.image for image in images], path, result.seconds
 
 
-def compose(pipe, judge, galleries, pair, seeds, composition: str | None, steps=None) -> tuple[float, SheetRow]:
+def compose(
+    pipe, judge, galleries, pair, seeds, composition: str | None, steps=None, beta: float | None = None
+) -> tuple[float, SheetRow]:
+    """Both concepts in the two-concept prompts (at ``beta``, else each file's own), scored as both recognised."""
     from perfusion import concept_settings
     from perfusion.world.families.concept_prompts import pair_texts
     from perfusion.world.families.sampling import generate_images
@@ -99,6 +102,8 @@ def compose(pipe, judge, galleries, pair, seeds, composition: str | None, steps=
 
     texts = pair_texts([token for token, _ in pair])
     settings = {} if composition is None else {"composition": composition}
+    if beta is not None:
+        settings["beta"] = beta
     with concept_settings(pipe, **settings):
         images = generate_images(pipe, texts, list(seeds), steps=steps)
     hits = both_recognised(judge, galleries, images, pair)
@@ -212,7 +217,7 @@ def run_lab_demo(
         )
     pair = [(concept.token, instance) for concept, instance, *_ in trained[:2]]
     composition = read_recipe(model).generation.get("composition")
-    rate, row = compose(pipe, judge, galleries, pair, config.composition_seeds, composition, steps)
+    rate, row = compose(pipe, judge, galleries, pair, config.composition_seeds, composition, steps, config.default_beta)
     write_sheet(
         out / "composition.png", [row], title="two concepts in one prompt", columns=len(config.composition_seeds) * 2
     )
