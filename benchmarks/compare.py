@@ -264,9 +264,6 @@ def training_settings(variant: Variant, settings: RunSettings) -> dict:
         overrides["steps"] = settings.steps
     if settings.images is not None:
         overrides["steps"] = max(1, math.ceil(settings.images / images_per_step(variant, overrides)))
-    if variant.knob == "steps":
-        steps = training_config(variant, overrides).steps
-        overrides["snapshot_steps"] = tuple(snapshot_steps(variant, steps, settings.quick).values())
     return overrides
 
 
@@ -363,7 +360,8 @@ def train_job(
         from safetensors.torch import load_file, save_file
 
         module = baselines.method(variant.method)
-        config = training_config(variant, overrides)
+        kept_steps = tuple(sorted(set((snapshots or {}).values())))  # the one source of the snapshots' steps
+        config = training_config(variant, {**overrides, "snapshot_steps": kept_steps})
         kept = Path(artifact).with_suffix(".step{}.tmp")
 
         def keep(step: int, tensors: dict) -> None:  # on disk, not in memory (DreamBooth's are whole UNets)
