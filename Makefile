@@ -44,15 +44,22 @@ benchmark: $(VENV)/.installed
 	$(PY) benchmarks/overhead.py
 
 # Train the families laboratory's base model, or continue it: every stage resumes from checkpoints/families (hours
-# on 2 CPU cores; stop it any time). The run started from the emoji model's weights (--warm-start on a fresh run
-# directory; docs/basemodel.md). Then `$(PY) -m perfusion.world.basemodel.export --world families --run-dir checkpoints/families`.
+# on 2 CPU cores; stop it any time). A new checkout has no checkpoints/ (it is not committed): the run then starts
+# from the weights committed at the end of the last training session (FAMILIES_MODEL, via --init-from: tokenizer,
+# autoencoder, UNet and text encoder; Adam's moments start afresh). The very first run started from the emoji
+# model's weights (--warm-start on a fresh run directory; docs/basemodel.md). Then
+# `$(PY) -m perfusion.world.basemodel.export --world families --run-dir checkpoints/families --out $(FAMILIES_MODEL)`.
 RUN_DIR ?= checkpoints/families
+FAMILIES_MODEL ?= src/perfusion/world/families/model
+UNET_MAX_STEPS ?= 16000  # the cosine's end (the run of 2026-12-07; a checkpoint keeps its own)
+INIT_FROM = $(if $(wildcard $(FAMILIES_MODEL)/model_index.json),--init-from $(FAMILIES_MODEL))
 basemodel: $(VENV)/.installed
-	$(PY) -m perfusion.world.basemodel.train_base --stage tokenizer --run-dir $(RUN_DIR)
-	$(PY) -m perfusion.world.basemodel.train_base --stage vae --resume --run-dir $(RUN_DIR)
+	$(PY) -m perfusion.world.basemodel.train_base --stage tokenizer --run-dir $(RUN_DIR) $(INIT_FROM)
+	$(PY) -m perfusion.world.basemodel.train_base --stage vae --resume --run-dir $(RUN_DIR) $(INIT_FROM)
 	$(PY) -m perfusion.world.basemodel.train_base --stage latents --run-dir $(RUN_DIR) --pool-size 30000
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m perfusion.world.basemodel.train_base --stage unet --resume --run-dir $(RUN_DIR) \
-	  --grounding-weight 0.3 --grounding-pixel-weight 0.1
+	  $(INIT_FROM) --grounding-weight 0.3 --grounding-pixel-weight 0.1 --high-noise-fraction 0.15 \
+	  --warmup-steps 200 --max-steps $(UNET_MAX_STEPS)
 
 # The laboratory's report: base model, judge, controls and the seen-member control (lab-report/report.html and
 # summary.json; about half an hour on 2 cores).

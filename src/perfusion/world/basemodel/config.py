@@ -85,6 +85,9 @@ class VaeTrainingConfig:
     log_every: int = 50
 
 
+MIXED_PRECISIONS = ("no", "bf16")
+
+
 @dataclass
 class UnetTrainingConfig:
     """Stage 2: UNet and text encoder jointly, on cached latents of captioned scenes."""
@@ -123,6 +126,16 @@ class UnetTrainingConfig:
     checkpoint_minutes: float = 10.0
     log_every: int = 50
     eval_every: int = 2000  # judge scores of the EMA weights on a fixed prompt set, once the judge exists
+    # "bf16": the text encoder's and the UNet's forward passes under torch.autocast in bfloat16 (fp32 weights, Adam
+    # and loss), on a CUDA GPU as on a CPU with bf16 instructions (0.8 s against 1.15 s a step of 32 on one AMD EPYC
+    # thread); "no": fp32 throughout.
+    mixed_precision: str = "no"
+
+    def __post_init__(self):
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise ValueError(
+                f"mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}, got {self.mixed_precision!r}"
+            )
 
 
 @dataclass

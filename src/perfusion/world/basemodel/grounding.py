@@ -188,7 +188,8 @@ def box_attention(maps: list[torch.Tensor], targets: GroundingTargets) -> list[t
     pairs = []
     for layer in maps:
         resolution = int(round(layer.shape[1] ** 0.5))
-        pairs.append((layer[targets.samples, :, targets.indices], targets.masks[resolution]))
+        samples, indices = targets.samples.to(layer.device), targets.indices.to(layer.device)
+        pairs.append((layer[samples, :, indices].float(), targets.masks[resolution].to(layer.device)))
     return pairs
 
 

@@ -398,11 +398,20 @@ def two_object_indices(specs: list) -> torch.Tensor:
 class UnetTrainer:
     """UNet and text encoder trained jointly on the latent pool; the EMA copies are what gets shipped."""
 
-    def __init__(self, run_dir: Path, source: SceneSource, arch: ArchitectureConfig, config: UnetTrainingConfig, log):
+    def __init__(
+        self,
+        run_dir: Path,
+        source: SceneSource,
+        arch: ArchitectureConfig,
+        config: UnetTrainingConfig,
+        log,
+        device: str | torch.device = "cpu",
+    ):
         self.run_dir, self.source, self.arch, self.config, self.log = run_dir, source, arch, config, log
+        self.device = torch.device(device)
         self.tokenizer = CLIPTokenizer.from_pretrained(run_dir / "tokenizer")
-        self.unet = models.build_unet(arch)
-        self.text_encoder = models.build_text_encoder(arch, self.tokenizer)
+        self.unet = models.build_unet(arch).to(self.device)
+        self.text_encoder = models.build_text_encoder(arch, self.tokenizer).to(self.device)
         self.scheduler = models.build_training_scheduler(arch)
         self.optimizer = torch.optim.AdamW(
             [
@@ -446,6 +455,7 @@ class UnetTrainer:
         }
 
     def load(self, state: dict) -> None:
+        """A checkpoint's state (read to the CPU: a GPU run's checkpoint resumes on a CPU and back)."""
         self.unet.load_state_dict(state["unet"])
         self.text_encoder.load_state_dict(state["text_encoder"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -453,8 +463,10 @@ class UnetTrainer:
         unet_group["base_lr"], text_group["base_lr"] = self.config.unet_learning_rate, self.config.text_learning_rate
         restore_rng_state(state["rng"], self.generator, self.py_rng)
         self.step, self.ema_start = state["step"], state.get("ema_start", 0)
-        restore_average(self.ema_unet, self.unet, state["ema_unet"], self.step - self.ema_start)
-        restore_average(self.ema_text, self.text_encoder, state["ema_text"], self.step - self.ema_start)
+        ema_unet = {name: weight.to(self.device) for name, weight in state["ema_unet"].items()}
+        ema_text = {name: weight.to(self.device) for name, weight in state["ema_text"].items()}
+        restore_average(self.ema_unet, self.unet, ema_unet, self.step - self.ema_start)
+        restore_average(self.ema_text, self.text_encoder, ema_text, self.step - self.ema_start)
         saved = saved_architecture(state["arch"])
         if (saved.prediction_type, saved.zero_terminal_snr) != (self.arch.prediction_type, self.arch.zero_terminal_snr):
             self.restart_ema()  # an average over both parameterisations would predict neither
@@ -519,7 +531,7 @@ class UnetTrainer:
             truncation=True,
             return_tensors="pt",
         ).input_ids
-        return self.text_encoder(ids)[0]
+        return self.text_encoder(ids.to(self.device))[0]
 
     def batch(self, latents: torch.Tensor, specs: list, two_objects: torch.Tensor | None = None):
         """A training batch (latents, captions, specs); ``two_objects``: two_object_indices(specs), if listed already."""
@@ -545,12 +557,14 @@ class UnetTrainer:
             config.high_noise_fraction,
             config.high_noise_from,
         )
+        latents, noise, timesteps = latents.to(self.device), noise.to(self.device), timesteps.to(self.device)
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
         prediction_type = self.scheduler.config.prediction_type
         target = self.scheduler.get_velocity(latents, noise, timesteps) if prediction_type == "v_prediction" else noise
         recording = self.attention.recording() if self.grounding else contextlib.nullcontext()
-        with recording:
-            prediction = self.unet(noisy, timesteps, self.encode_captions(captions)).sample
+        bf16 = config.mixed_precision == "bf16"
+        with recording, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            prediction = self.unet(noisy, timesteps, self.encode_captions(captions)).sample.float()
         weights = min_snr_weights(self.scheduler, timesteps, config.min_snr_gamma, prediction_type)
         diffusion = (weights * (prediction - target).pow(2).mean(dim=(1, 2, 3))).mean()
         losses = {"loss": diffusion}
@@ -589,7 +603,7 @@ class UnetTrainer:
         """Train to max_steps or until ``stop``. ``adopt_autoencoder``: a resumed UNet goes on in the latent space of
         the run's current autoencoder (one retrained with --anchor-weight, near the old latents), not refused."""
         if resume and self.checkpoint_path.exists():
-            state = torch.load(self.checkpoint_path, weights_only=False)
+            state = torch.load(self.checkpoint_path, weights_only=False, map_location="cpu")
             if state["vae"] != vae_fingerprint(self.run_dir):
                 if not adopt_autoencoder:
                     raise ValueError(
@@ -693,7 +707,7 @@ def config_from_arguments(cls, arguments: argparse.Namespace, saved: dict | None
 
 
 def saved_config(path: Path, key: str) -> dict | None:
-    return torch.load(path, weights_only=False)[key] if path.exists() else None
+    return torch.load(path, weights_only=False, map_location="cpu")[key] if path.exists() else None
 
 
 def main(argv=None) -> None:
@@ -735,6 +749,12 @@ def main(argv=None) -> None:
         action="store_true",
         help="unet stage: resume on the run's new autoencoder (retrained with --anchor-weight; its latent pool "
         "rebuilt with --stage latents) instead of refusing",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="unet stage: where the UNet and text encoder train (cuda where a GPU is at hand; with "
+        "--mixed-precision bf16 and a larger --batch-size); checkpoints resume on any device",
     )
     add_config_arguments(parser, VaeTrainingConfig)
     add_config_arguments(parser, UnetTrainingConfig)
@@ -782,7 +802,7 @@ def main(argv=None) -> None:
             arch = dataclasses.replace(arch, prediction_type="v_prediction", zero_terminal_snr=True)
         config = config_from_arguments(UnetTrainingConfig, arguments, saved)
         unet_source = source if families else world_source(config.state_position, config.category_word)
-        trainer = UnetTrainer(run_dir, unet_source, arch, config, log)
+        trainer = UnetTrainer(run_dir, unet_source, arch, config, log, device=arguments.device)
         trainer.run(
             arguments.resume,
             stop,
