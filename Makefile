@@ -59,7 +59,7 @@ basemodel: $(VENV)/.installed
 	$(PY) -m perfusion.world.basemodel.train_base --stage latents --run-dir $(RUN_DIR) --pool-size 30000
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m perfusion.world.basemodel.train_base --stage unet --resume --run-dir $(RUN_DIR) \
 	  $(INIT_FROM) --grounding-weight 0.3 --grounding-pixel-weight 0.1 --high-noise-fraction 0.15 \
-	  --warmup-steps 200 --max-steps $(UNET_MAX_STEPS)
+	  --warmup-steps 200 --max-steps $(UNET_MAX_STEPS) --mixed-precision bf16
 
 # The laboratory's report: base model, judge, controls and the seen-member control (lab-report/report.html and
 # summary.json; about half an hour on 2 cores).
