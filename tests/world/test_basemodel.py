@@ -340,6 +340,24 @@ def test_shipped_model_loads_and_generates():
     assert image.size == (64, 64)
 
 
+def test_committed_families_model_generates_and_can_start_a_new_run():
+    """The families weights a new checkout resumes from: a pipeline folder that generates, whose basemodel.json
+    holds what --init-from reads (its world, step and architecture)."""
+    import json
+
+    from perfusion.world.basemodel.config import saved_architecture
+    from perfusion.world.model_path import FAMILIES_MODEL_DIR
+
+    if not (FAMILIES_MODEL_DIR / "model_index.json").exists():
+        pytest.skip("no families weights committed yet")
+    info = json.loads((FAMILIES_MODEL_DIR / "basemodel.json").read_text())
+    assert info["world"] == "families" and info["unet_step"] > 0
+    assert saved_architecture(info["arch"]).image_size == 64
+    pipe = StableDiffusionPipeline.from_pretrained(FAMILIES_MODEL_DIR, local_files_only=True)
+    image = pipe("a cat", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64)
+
+
 def test_evaluation_scores_true_renders_perfectly():
     from perfusion.world.basemodel.evaluate import prompt_set, score
     from perfusion.world.judge import JUDGE_PATH, Judge

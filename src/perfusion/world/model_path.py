@@ -5,6 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 MODEL_DIR = Path(__file__).resolve().parent / "model"
+# The families laboratory's base model while it trains (issue 30): its EMA weights, committed at the end of each
+# training session so that a new checkout goes on from them (make basemodel: --init-from). It becomes the embedded
+# default (MODEL_DIR) once its bars hold.
+FAMILIES_MODEL_DIR = Path(__file__).resolve().parent / "families" / "model"
 
 
 def default_model_path() -> Path:
