@@ -321,9 +321,9 @@ def draw_teddy(canvas: Canvas, instance: Instance, pose: str) -> None:
     if instance.accessory is not None:  # a bow under the chin
         bow = canvas.overlay(instance.accessory)
         by = hy + head_r * 0.9
-        bow.polygon([(hx, by), (hx - 30, by - 16), (hx - 30, by + 16)], fill=255)
-        bow.polygon([(hx, by), (hx + 30, by - 16), (hx + 30, by + 16)], fill=255)
-        bow.ellipse((hx - 9, by - 9, hx + 9, by + 9), fill=255)
+        bow.polygon([(hx, by), (hx - 46, by - 25), (hx - 46, by + 25)], fill=255)
+        bow.polygon([(hx, by), (hx + 46, by - 25), (hx + 46, by + 25)], fill=255)
+        bow.ellipse((hx - 14, by - 14, hx + 14, by + 14), fill=255)
 
 
 def draw_vase(canvas: Canvas, instance: Instance, pose: str) -> None:
@@ -410,7 +410,7 @@ DRAWERS = {
 def _collar(canvas: Canvas, instance: Instance, hx: float, hy: float, head_r: float) -> None:
     if instance.accessory is not None:
         collar = canvas.overlay(instance.accessory)
-        collar.line((hx - head_r * 0.75, hy + head_r * 0.55, hx + head_r * 0.05, hy + head_r * 1.0), fill=255, width=14)
+        collar.line((hx - head_r * 0.85, hy + head_r * 0.5, hx + head_r * 0.15, hy + head_r * 1.05), fill=255, width=26)
 
 
 # ---- patterns
