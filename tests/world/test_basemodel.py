@@ -183,6 +183,13 @@ def test_learning_rate_can_stay_flat_then_cool_down():
     assert factor(100, 10, 100, 0.1, decay_from=60) == pytest.approx(0.1) == factor(500, 10, 100, 0.1, decay_from=60)
 
 
+def test_a_restart_from_weights_alone_warms_the_learning_rate_up_again():
+    factor = train.learning_rate_factor
+    assert factor(50, 10, 1000, 0.1, warmup_from=50) == pytest.approx(0.1 * factor(50, 10, 1000, 0.1))
+    assert factor(54, 10, 1000, 0.1, warmup_from=50) == pytest.approx(0.5 * factor(54, 10, 1000, 0.1))
+    assert factor(59, 10, 1000, 0.1, warmup_from=50) == factor(59, 10, 1000, 0.1)  # warmed up: the schedule's own
+
+
 def test_random_crops_are_on_the_latent_grid():
     images = torch.arange(2 * 64 * 64, dtype=torch.float32).reshape(2, 1, 64, 64)
     crops = train.random_crops(images, 32, random.Random(0))
@@ -319,11 +326,13 @@ def test_training_stages_resume_and_export(tmp_path):
     )
     continued = train.UnetTrainer(fresh, SOURCE, TINY, config, log)
     continued.initialise_from(tmp_path / "model")
-    assert continued.step == 3
+    assert continued.step == 3 and continued.warmup_from == 3  # Adam starts afresh, so the rate warms up again
+    assert train.shipped_config(tmp_path / "model")["batch_size"] == config.batch_size  # --init-from's schedule
     shipped = StableDiffusionPipeline.from_pretrained(tmp_path / "model", local_files_only=True).unet.state_dict()
     assert all(torch.equal(continued.unet.state_dict()[name], tensor) for name, tensor in shipped.items())
     continued.run(False, StopAfter(1))
     assert continued.step == 4
+    assert continued.optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * config.unet_learning_rate, rel=0.01)
     cool_down = dataclasses.replace(config, decay_from=4, max_steps=6)  # resumed with a cool-down: stops at its end
     cooled = train.UnetTrainer(fresh, SOURCE, TINY, cool_down, log)
     cooled.run(True, StopAfter(10))
@@ -340,7 +349,7 @@ def test_shipped_model_loads_and_generates():
     assert image.size == (64, 64)
 
 
-def test_committed_families_model_generates_and_can_start_a_new_run():
+def test_committed_families_model_generates_and_can_start_a_new_run(tmp_path):
     """The families weights a new checkout resumes from: a pipeline folder that generates, whose basemodel.json
     holds what --init-from reads (its world, step and architecture)."""
     import json
@@ -356,6 +365,15 @@ def test_committed_families_model_generates_and_can_start_a_new_run():
     pipe = StableDiffusionPipeline.from_pretrained(FAMILIES_MODEL_DIR, local_files_only=True)
     image = pipe("a cat", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
     assert image.size == (64, 64)
+    run_dir = tmp_path / "new-checkout"
+    run_dir.mkdir()
+    train.adopt_shipped_parts(FAMILIES_MODEL_DIR, run_dir, lambda message: None)  # what make basemodel does
+    config = from_dict(UnetTrainingConfig, train.shipped_config(FAMILIES_MODEL_DIR))
+    trainer = train.UnetTrainer(run_dir, SOURCE, saved_architecture(info["arch"]), config, lambda message: None)
+    trainer.initialise_from(FAMILIES_MODEL_DIR)
+    assert trainer.step == info["unet_step"] and trainer.warmup_from == info["unet_step"]
+    committed = pipe.unet.state_dict()
+    assert all(torch.equal(trainer.unet.state_dict()[name], weight.float()) for name, weight in committed.items())
 
 
 def test_evaluation_scores_true_renders_perfectly():
@@ -487,3 +505,26 @@ def test_a_bf16_autocast_step_reads_the_same_losses_as_fp32(tmp_path):
     assert losses["bf16"]["loss"] != losses["no"]["loss"]  # the forward pass did run in bfloat16
     for name, value in losses["no"].items():
         assert losses["bf16"][name] == pytest.approx(value, rel=0.05)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_checkpoint_resumes_on_the_cpu(tmp_path):
+    """One bf16 step on the GPU, saved; the CPU trainer loads it: same step, same weights."""
+    from perfusion.world.basemodel.data import world_source
+    from perfusion.world.model_path import MODEL_DIR
+    from perfusion.world.scenes import sample_spec
+
+    shutil.copytree(MODEL_DIR / "tokenizer", tmp_path / "tokenizer")
+    models.build_vae(TINY).save_pretrained(tmp_path / "vae")  # the checkpoint records the autoencoder's fingerprint
+    specs = [sample_spec(random.Random(0)) for _ in range(2)]
+    latents = torch.randn(2, TINY.latent_channels, models.latent_size(TINY), models.latent_size(TINY))
+    config = UnetTrainingConfig(batch_size=2, mixed_precision="bf16", grounding_weight=0.3)
+    gpu = train.UnetTrainer(tmp_path, world_source(), TINY, config, lambda message: None, device="cuda")
+    captions = [gpu.source.caption(spec, random.Random(0)) for spec in specs]
+    gpu.training_step(latents, captions, specs)
+    gpu.save()
+    cpu = train.UnetTrainer(tmp_path, world_source(), TINY, config, lambda message: None)
+    cpu.load(torch.load(tmp_path / "unet.ckpt", weights_only=False, map_location="cpu"))
+    assert cpu.step == 1
+    assert all(torch.equal(weight.cpu(), cpu.unet.state_dict()[name]) for name, weight in gpu.unet.state_dict().items())
+    cpu.training_step(latents, captions, specs)  # and goes on there

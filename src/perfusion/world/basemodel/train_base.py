@@ -102,13 +102,15 @@ class StopFlag:
         return self.signalled or time.time() > self.deadline
 
 
-def learning_rate_factor(step: int, warmup: int, horizon: int, floor: float, decay_from: int = 0) -> float:
-    """Linear warm-up, flat until `decay_from` (if later), then cosine decay to `floor` at `horizon` (flat after)."""
-    if step < warmup:
-        return (step + 1) / warmup
+def learning_rate_factor(
+    step: int, warmup: int, horizon: int, floor: float, decay_from: int = 0, warmup_from: int = 0
+) -> float:
+    """Linear warm-up over `warmup` steps from `warmup_from` (a run restarted from weights alone warms its fresh Adam
+    up again), flat until `decay_from` (if later), then cosine decay to `floor` at `horizon` (flat after)."""
+    ramp = min(1.0, (step - warmup_from + 1) / warmup) if warmup else 1.0
     start = max(warmup, decay_from)
     progress = min(1.0, max(0, step - start) / max(1, horizon - start))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return ramp * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def rng_state(generator: torch.Generator, py_rng: random.Random) -> dict:
@@ -432,6 +434,7 @@ class UnetTrainer:
         self.ema_text = moving_average(self.text_encoder, config.ema_decay)
         self.generator, self.py_rng, self.step = torch.Generator().manual_seed(0), random.Random(0), 0
         self.ema_start = 0  # the step the EMA last started from a copy of the weights
+        self.warmup_from = 0  # the step the learning rate last warmed up from (a restart from weights alone)
         self.checkpoint_path = run_dir / "unet.ckpt"
         self.grounding = (
             CaptionGrounding(self.tokenizer) if config.grounding_weight or config.grounding_pixel_weight else None
@@ -449,6 +452,7 @@ class UnetTrainer:
             "rng": rng_state(self.generator, self.py_rng),
             "step": self.step,
             "ema_start": self.ema_start,
+            "warmup_from": self.warmup_from,
             "arch": to_dict(self.arch),
             "config": to_dict(self.config),
             "vae": vae_fingerprint(self.run_dir),
@@ -463,6 +467,7 @@ class UnetTrainer:
         unet_group["base_lr"], text_group["base_lr"] = self.config.unet_learning_rate, self.config.text_learning_rate
         restore_rng_state(state["rng"], self.generator, self.py_rng)
         self.step, self.ema_start = state["step"], state.get("ema_start", 0)
+        self.warmup_from = state.get("warmup_from", 0)
         ema_unet = {name: weight.to(self.device) for name, weight in state["ema_unet"].items()}
         ema_text = {name: weight.to(self.device) for name, weight in state["ema_text"].items()}
         restore_average(self.ema_unet, self.unet, ema_unet, self.step - self.ema_start)
@@ -482,8 +487,8 @@ class UnetTrainer:
 
     def initialise_from(self, model_dir: Path) -> None:
         """Start from a shipped pipeline folder's (EMA) weights when the full checkpoint is gone: the weights and
-        the step count carry on, the optimizer state starts afresh (Adam's moments rebuild within a few hundred
-        steps)."""
+        the step count carry on, the optimizer state starts afresh, and the learning rate warms up again over
+        warmup_steps while Adam's moments rebuild."""
         model_dir = Path(model_dir)
         self.unet.load_state_dict(UNet2DConditionModel.from_pretrained(model_dir / "unet").float().state_dict())
         self.text_encoder.load_state_dict(
@@ -491,6 +496,7 @@ class UnetTrainer:
         )
         info_path = model_dir / "basemodel.json"
         self.step = json.loads(info_path.read_text())["unet_step"] if info_path.exists() else 0
+        self.warmup_from = self.step
         self.restart_ema()
         self.log(f"unet: initialised from {model_dir} at step {self.step}")
 
@@ -581,7 +587,12 @@ class UnetTrainer:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(self.unet.parameters()) + list(self.text_encoder.parameters()), 1.0)
         factor = learning_rate_factor(
-            self.step, config.warmup_steps, config.max_steps, config.min_learning_rate_ratio, config.decay_from
+            self.step,
+            config.warmup_steps,
+            config.max_steps,
+            config.min_learning_rate_ratio,
+            config.decay_from,
+            self.warmup_from,
         )
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
@@ -706,6 +717,12 @@ def config_from_arguments(cls, arguments: argparse.Namespace, saved: dict | None
     return dataclasses.replace(config, **overrides)
 
 
+def shipped_config(model_dir: Path) -> dict | None:
+    """The UNet training config a pipeline folder was exported with (its basemodel.json), if it says."""
+    path = Path(model_dir) / "basemodel.json"
+    return json.loads(path.read_text()).get("config") if path.is_file() else None
+
+
 def saved_config(path: Path, key: str) -> dict | None:
     return torch.load(path, weights_only=False, map_location="cpu")[key] if path.exists() else None
 
@@ -792,6 +809,8 @@ def main(argv=None) -> None:
     else:
         checkpoint = run_dir / "unet.ckpt"
         saved = saved_config(checkpoint, "config") if arguments.resume else None
+        if saved is None and arguments.init_from is not None and not checkpoint.exists():
+            saved = shipped_config(arguments.init_from)  # the schedule the committed weights were trained on
         if arguments.resume and checkpoint.exists():
             arch = saved_architecture(saved_config(checkpoint, "arch"))
         elif arguments.init_from is not None:
