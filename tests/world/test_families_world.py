@@ -127,3 +127,19 @@ def test_every_object_mask_covers_the_second_object_too():
     _, both = scenes.render_with_mask(spec, every_object=True)
     first, both = np.asarray(first) > 0, np.asarray(both) > 0
     assert (both >= first).all() and both.sum() > first.sum()  # the union adds the second object's pixels
+
+
+@pytest.mark.parametrize("name", sorted(CATEGORIES))
+def test_every_extreme_shape_fits_on_the_sprite_canvas(name):
+    """Shape values at every corner of the range, in every pose: nothing is cut off at the canvas's edge."""
+    import itertools
+
+    from perfusion.world.families.draw import CANVAS, draw
+    from perfusion.world.families.instances import Instance
+
+    family = CATEGORIES[name]
+    for values in itertools.product((0.0, 1.0), repeat=len(family.shapes)):
+        instance = Instance(name, values, (200, 120, 60), (40, 40, 40), "stripes", 1.0, None)
+        for pose in family.poses:
+            left, top, right, bottom = draw(instance, pose).getchannel("A").getbbox()
+            assert left > 0 and top > 0 and right < CANVAS and bottom < CANVAS, (values, pose)

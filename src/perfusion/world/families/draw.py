@@ -18,7 +18,9 @@ from PIL import Image, ImageChops, ImageDraw, ImageFilter
 from .instances import Instance
 from .palette import Colour, shade
 
-SPRITE = 256  # side of a sprite's square canvas
+SPRITE = 256  # side of the square frame the drawers' coordinates are given in
+MARGIN = 96  # the canvas reaches this far beyond the frame on every side, so that extreme shapes are not cut off
+CANVAS = SPRITE + 2 * MARGIN  # side of a sprite's image
 GROUND = 236  # y of the ground line the pets stand on
 OUTLINE_RADIUS = 3.0  # blur radius (sprite px) that grows the silhouette into its outline
 SHADING_BOTTOM = 0.80  # brightness at the sprite's bottom, as a share of the top's
@@ -33,12 +35,43 @@ HEADLIGHT = (250, 235, 150)
 INSIDE = 0.35  # an opening's brightness as a share of the body colour
 
 
+class Pen:
+    """ImageDraw on a canvas image, taking coordinates in the drawers' frame (the canvas's margin added)."""
+
+    def __init__(self, image: Image.Image):
+        self.draw = ImageDraw.Draw(image)
+
+    @staticmethod
+    def shifted(xy):
+        if len(xy) and isinstance(xy[0], (tuple, list)):
+            return [(float(x) + MARGIN, float(y) + MARGIN) for x, y in xy]
+        return [float(value) + MARGIN for value in xy]
+
+    def ellipse(self, xy, **options):
+        self.draw.ellipse(self.shifted(xy), **options)
+
+    def polygon(self, xy, **options):
+        self.draw.polygon(self.shifted(xy), **options)
+
+    def line(self, xy, **options):
+        self.draw.line(self.shifted(xy), **options)
+
+    def rectangle(self, xy, **options):
+        self.draw.rectangle(self.shifted(xy), **options)
+
+    def rounded_rectangle(self, xy, radius=0, **options):
+        self.draw.rounded_rectangle(self.shifted(xy), radius, **options)
+
+    def point(self, xy, **options):
+        self.draw.point(self.shifted(xy), **options)
+
+
 class Canvas:
     """A silhouette mask and a list of overlays, filled by a drawer."""
 
     def __init__(self):
-        self.body = Image.new("L", (SPRITE, SPRITE), 0)
-        self.pen = ImageDraw.Draw(self.body)
+        self.body = Image.new("L", (CANVAS, CANVAS), 0)
+        self.pen = Pen(self.body)
         self.overlays: list[tuple[Image.Image, Colour]] = []
         self.pattern_axis = "vertical"  # stripes across a horizontal body; "horizontal" for mugs, vases and cars
         self.pattern_box = (0, 0, SPRITE, SPRITE)  # where a band goes
@@ -59,14 +92,14 @@ class Canvas:
         for (x0, y0), (x1, y1) in zip(points, points[1:]):
             self.limb(x0, y0, x1, y1, width)
 
-    def overlay(self, colour: Colour) -> ImageDraw.ImageDraw:
+    def overlay(self, colour: Colour) -> Pen:
         """A new overlay layer of one colour; draw on the returned pen with fill=255."""
-        layer = Image.new("L", (SPRITE, SPRITE), 0)
+        layer = Image.new("L", (CANVAS, CANVAS), 0)
         self.overlays.append((layer, colour))
-        return ImageDraw.Draw(layer)
+        return Pen(layer)
 
 
-def _dot(pen: ImageDraw.ImageDraw, x, y, r):
+def _dot(pen: Pen, x, y, r):
     pen.ellipse((x - r, y - r, x + r, y + r), fill=255)
 
 
@@ -80,14 +113,14 @@ def _instance_rng(instance: Instance) -> random.Random:
 def draw_cat(canvas: Canvas, instance: Instance, pose: str) -> None:
     s = instance.shape
     fur = canvas
-    head_r = 28 + 16 * s["head"]
-    ear = 14 + 20 * s["ears"]
+    head_r = 22 + 30 * s["head"]
+    ear = 8 + 34 * s["ears"]
     tail_len = 40 + 75 * s["tail"]
     curl = -1.0 + 2.6 * s["curl"]  # how far the tail bends (radians over its length)
-    thick = 13 + 7 * s["build"]
+    thick = 10 + 14 * s["build"]
     if pose == "sitting":
         body_h = 86 + 26 * s["build"] + 22 * s["legs"]
-        body_w = 56 + 34 * s["build"]
+        body_w = 46 + 56 * s["build"]
         cx, cy = 112, GROUND - body_h / 2
         fur.ellipse(cx, cy, body_w / 2, body_h / 2)
         leg_x = cx + body_w * 0.28
@@ -98,8 +131,8 @@ def draw_cat(canvas: Canvas, instance: Instance, pose: str) -> None:
         angle = math.pi  # along the ground, backwards, then curling up
     else:
         legs = 30 + 46 * s["legs"]
-        body_h = 44 + 30 * s["build"]
-        body_w = 112 + 26 * s["build"]
+        body_h = 34 + 52 * s["build"]
+        body_w = 104 + 40 * s["build"]
         cx, cy = 112, GROUND - legs - body_h / 2 + 8
         fur.ellipse(cx, cy, body_w / 2, body_h / 2)
         for x in (cx + body_w * 0.32, cx + body_w * 0.22, cx - body_w * 0.30, cx - body_w * 0.20):
@@ -112,7 +145,7 @@ def draw_cat(canvas: Canvas, instance: Instance, pose: str) -> None:
         angle -= curl / steps
         x, y = tail[-1]
         tail.append((x + math.cos(angle) * tail_len / steps, y - math.sin(angle) * tail_len / steps))
-    fur.curve(tail, 10 + 5 * s["build"])
+    fur.curve(tail, 8 + 9 * s["build"])
     for side in (-1, 1):  # ears: triangles on the head's top
         base = hx + side * head_r * 0.45
         fur.polygon(
@@ -133,12 +166,12 @@ def draw_cat(canvas: Canvas, instance: Instance, pose: str) -> None:
 def draw_dog(canvas: Canvas, instance: Instance, pose: str) -> None:
     s = instance.shape
     head_r = 30 + 8 * s["build"]
-    snout = 14 + 34 * s["snout"]
-    thick = 15 + 9 * s["build"]
+    snout = 10 + 46 * s["snout"]
+    thick = 11 + 18 * s["build"]
     tail_len = 26 + 60 * s["tail"]
     if pose == "sitting":
         body_h = 84 + 26 * s["build"] + 22 * s["legs"]
-        body_w = 60 + 34 * s["build"]
+        body_w = 50 + 56 * s["build"]
         cx, cy = 104, GROUND - body_h / 2
         canvas.ellipse(cx, cy, body_w / 2, body_h / 2)
         leg_x = cx + body_w * 0.3
@@ -148,8 +181,8 @@ def draw_dog(canvas: Canvas, instance: Instance, pose: str) -> None:
         tail = [(cx - body_w * 0.4, GROUND - 12), (cx - body_w * 0.4 - tail_len, GROUND - 14)]
     else:
         legs = 30 + 46 * s["legs"]
-        body_h = 46 + 30 * s["build"]
-        body_w = 108 + 30 * s["build"]
+        body_h = 36 + 52 * s["build"]
+        body_w = 100 + 46 * s["build"]
         cx, cy = 104, GROUND - legs - body_h / 2 + 8
         canvas.ellipse(cx, cy, body_w / 2, body_h / 2)
         for x in (cx + body_w * 0.33, cx + body_w * 0.22, cx - body_w * 0.32, cx - body_w * 0.21):
@@ -160,8 +193,8 @@ def draw_dog(canvas: Canvas, instance: Instance, pose: str) -> None:
     canvas.curve(tail, 9 + 5 * s["build"])
     canvas.ellipse(hx, hy, head_r, head_r * 0.9)
     canvas.limb(hx + head_r * 0.4, hy + head_r * 0.2, hx + head_r * 0.4 + snout, hy + head_r * 0.28, head_r * 0.75)
-    ear_len = 22 + 26 * s["ears"]
-    ear_w = 14 + 10 * s["ears"]
+    ear_len = 14 + 44 * s["ears"]
+    ear_w = 10 + 18 * s["ears"]
     if s["floppy"] > 0.5:  # hanging ears, longer the floppier
         droop = ear_len * (0.6 + 0.8 * (s["floppy"] - 0.5))
         ears = canvas.overlay(shade(instance.colour, 0.7))
@@ -256,7 +289,7 @@ def draw_mug(canvas: Canvas, instance: Instance, pose: str) -> None:
     bottom_w = top_w * (1.0 - 0.32 * s["taper"])
     cx, bottom = 112, GROUND - 4
     top = bottom - height
-    rim = 7 + 9 * s["rim"]
+    rim = 4 + 18 * s["rim"]
     canvas.polygon(
         [(cx - top_w / 2, top), (cx + top_w / 2, top), (cx + bottom_w / 2, bottom), (cx - bottom_w / 2, bottom)]
     )
@@ -287,29 +320,31 @@ def draw_mug(canvas: Canvas, instance: Instance, pose: str) -> None:
 
 def draw_teddy(canvas: Canvas, instance: Instance, pose: str) -> None:
     s = instance.shape
-    body_w = 84 + 40 * s["build"]
-    body_h = 96 + 22 * s["build"]
+    body_w = 70 + 70 * s["build"]
+    body_h = 88 + 40 * s["build"]
     cx = 128
     cy = GROUND - 24 - body_h / 2
-    head_r = 36 + 20 * s["head"]
+    head_r = 28 + 38 * s["head"]
     hx, hy = cx, cy - body_h / 2 - head_r * 0.55
-    ear_r = 12 + 14 * s["ears"]
-    arm = 34 + 34 * s["arms"]
+    ear_r = 7 + 25 * s["ears"]
+    arm = 20 + 60 * s["arms"]
     for side in (-1, 1):
-        canvas.limb(cx + side * body_w * 0.32, GROUND - 18, cx + side * body_w * 0.48, GROUND - 10, 32 + 8 * s["build"])
+        canvas.limb(
+            cx + side * body_w * 0.32, GROUND - 18, cx + side * body_w * 0.48, GROUND - 10, 26 + 18 * s["build"]
+        )
         canvas.limb(
             cx + side * body_w * 0.38,
             cy - body_h * 0.25,
             cx + side * (body_w * 0.38 + arm * 0.6),
             cy - body_h * 0.25 + arm * 0.8,
-            24 + 6 * s["build"],
+            18 + 16 * s["build"],
         )
         canvas.ellipse(hx + side * head_r * 0.72, hy - head_r * 0.68, ear_r, ear_r)
     canvas.ellipse(cx, cy, body_w / 2, body_h / 2)
     canvas.ellipse(hx, hy, head_r, head_r * 0.95)
     light = shade(instance.colour, 1.35)
     muzzle = canvas.overlay(light)
-    m = 14 + 12 * s["muzzle"]
+    m = 9 + 22 * s["muzzle"]
     muzzle.ellipse((hx - m, hy + head_r * 0.18 - m * 0.75, hx + m, hy + head_r * 0.18 + m * 0.75), fill=255)
     inner = canvas.overlay(light)
     for side in (-1, 1):
@@ -420,27 +455,31 @@ def pattern_mask(instance: Instance, canvas: Canvas) -> Image.Image | None:
     """Where the second colour goes (L), before it is clipped to the silhouette; None for plain instances."""
     if instance.pattern == "plain":
         return None
-    mask = Image.new("L", (SPRITE, SPRITE), 0)
-    pen = ImageDraw.Draw(mask)
+    mask = Image.new("L", (CANVAS, CANVAS), 0)
+    pen = Pen(mask)
     rng = _instance_rng(instance)
     scale = instance.pattern_scale
+    low, high = -MARGIN, SPRITE + MARGIN  # the whole canvas, in the frame's coordinates
     if instance.pattern == "stripes":
         width = 22 + 18 * scale
         offset = rng.uniform(0, 2 * width)
         position = -offset
-        while position < SPRITE:
+        while position > low:  # the stripes keep their phase in the frame, and cover the margin too
+            position -= 2.2 * width
+        while position < high:
             box = (
-                (position, 0, position + width, SPRITE)
+                (position, low, position + width, high)
                 if canvas.pattern_axis == "vertical"
-                else (0, position, SPRITE, position + width)
+                else (low, position, high, position + width)
             )
             pen.rectangle(box, fill=255)
             position += 2.2 * width
     elif instance.pattern == "spots":
         radius = 12 + 11 * scale
         spacing = radius * 3.1
-        for row in range(int(SPRITE / spacing) + 2):
-            for column in range(int(SPRITE / spacing) + 2):
+        before = int(MARGIN / spacing) + 1  # rows and columns in the margin, before the frame's first
+        for row in range(-before, int(high / spacing) + 2):
+            for column in range(-before, int(high / spacing) + 2):
                 x = (column + 0.5 * (row % 2)) * spacing + rng.uniform(-0.2, 0.2) * spacing
                 y = row * spacing + rng.uniform(-0.2, 0.2) * spacing
                 pen.ellipse((x - radius, y - radius, x + radius, y + radius), fill=255)
@@ -454,7 +493,7 @@ def pattern_mask(instance: Instance, canvas: Canvas) -> Image.Image | None:
         x0, y0, x1, y1 = canvas.pattern_box
         width = 22 + 30 * scale
         middle = y0 + (y1 - y0) * rng.uniform(0.35, 0.6)
-        pen.rectangle((0, middle - width / 2, SPRITE, middle + width / 2), fill=255)
+        pen.rectangle((low, middle - width / 2, high, middle + width / 2), fill=255)
     return mask
 
 
@@ -463,8 +502,9 @@ def pattern_mask(instance: Instance, canvas: Canvas) -> Image.Image | None:
 
 def _shading() -> Image.Image:
     """A vertical ramp that multiplies the sprite's colours: unchanged at the top, SHADING_BOTTOM at the bottom."""
-    ramp = np.linspace(255, 255 * SHADING_BOTTOM, SPRITE, dtype=np.float32).astype(np.uint8)
-    return Image.fromarray(np.repeat(np.broadcast_to(ramp[:, None], (SPRITE, SPRITE))[..., None], 3, axis=2))
+    y = np.clip((np.arange(CANVAS, dtype=np.float32) - MARGIN) / (SPRITE - 1), 0.0, 1.0)  # 0 at the frame's top
+    ramp = (255 + (255 * SHADING_BOTTOM - 255) * y).astype(np.uint8)
+    return Image.fromarray(np.repeat(np.broadcast_to(ramp[:, None], (CANVAS, CANVAS))[..., None], 3, axis=2))
 
 
 _SHADE = _shading()
@@ -472,10 +512,11 @@ _OUTLINE_GAIN = [min(255, 3 * value) for value in range(256)]  # the blurred sil
 
 
 def draw(instance: Instance, pose: str = "standing") -> Image.Image:
-    """The instance facing right, as an RGBA sprite of SPRITE x SPRITE pixels (alpha: the object, outline included)."""
+    """The instance facing right, as an RGBA sprite of CANVAS x CANVAS pixels (alpha: the object, outline included;
+    the drawers' SPRITE frame sits MARGIN pixels in)."""
     canvas = Canvas()
     DRAWERS[instance.category](canvas, instance, pose if pose in instance.family.poses else "standing")
-    colours = Image.new("RGB", (SPRITE, SPRITE), tuple(instance.colour))
+    colours = Image.new("RGB", (CANVAS, CANVAS), tuple(instance.colour))
     pattern = pattern_mask(instance, canvas)
     if pattern is not None:
         colours.paste(tuple(instance.second_colour), mask=pattern)
@@ -485,7 +526,7 @@ def draw(instance: Instance, pose: str = "standing") -> Image.Image:
         cover = ImageChops.lighter(cover, layer)
     colours = ImageChops.multiply(colours, _SHADE)
     outline = cover.filter(ImageFilter.GaussianBlur(OUTLINE_RADIUS)).point(_OUTLINE_GAIN)
-    sprite = Image.new("RGB", (SPRITE, SPRITE), shade(instance.colour, 0.4))
+    sprite = Image.new("RGB", (CANVAS, CANVAS), shade(instance.colour, 0.4))
     sprite.paste(colours, mask=cover)
     sprite.putalpha(ImageChops.lighter(cover, outline))
     return sprite
