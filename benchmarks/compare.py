@@ -996,7 +996,6 @@ def main(argv: list[str] | None = None) -> tuple[list[Row], list[dict]]:
     )
     if args.tuned and not Path(args.tuned).is_file():
         raise SystemExit(f"error: --tuned {args.tuned}: no such file (benchmarks/tune.py writes tuned.json)")
-    settings = model_generation(settings)
     settings = settings.quickened() if settings.quick else settings
     concepts = [
         concept for concept in find_concepts(Path(args.concepts)) if not args.concept or concept.name in args.concept

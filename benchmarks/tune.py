@@ -46,10 +46,9 @@ def tuning_concepts(directory: Path, categories, per_category: int) -> list:
 
     if per_category > 100:
         raise SystemExit("error: tuning seeds are 0-99: at most 100 per category")
-    wanted = [f"tune-{name}-{seed}" for name in categories for seed in range(per_category)]
-    for folder_name in wanted:
+    wanted = {f"tune-{name}-{seed}": (name, seed) for name in categories for seed in range(per_category)}
+    for folder_name, (name, seed) in wanted.items():
         folder = directory / folder_name
-        name, seed = folder_name.split("-")[1], int(folder_name.split("-")[2])
         if not (folder / "concept.json").is_file():
             write_example(folder, folder_name, evaluation_instance(name, seed), seed=7000 + seed)
     return [concept for concept in compare.find_concepts(directory) if concept.name in wanted]  # not earlier runs'

@@ -479,19 +479,27 @@ def test_unet_training_config_refuses_an_unknown_mixed_precision():
         UnetTrainingConfig(mixed_precision="fp8")
 
 
-def test_a_bf16_autocast_step_reads_the_same_losses_as_fp32(tmp_path):
-    """bfloat16 forward passes (fp32 weights and loss): the first step's losses, diffusion and grounding, within 5%
-    of fp32's from the same weights, noise and timesteps, and not equal to them (bf16 did run)."""
-    from perfusion.world.basemodel.data import world_source
+def shipped_tokenizer_run(run_dir, count: int):
+    """A UNet run directory with the embedded model's tokenizer, and ``count`` scene specs of its world with random
+    latents of the tiny architecture (skipped where the tokenizer is not shipped)."""
     from perfusion.world.model_path import MODEL_DIR
     from perfusion.world.scenes import sample_spec
 
     if not (MODEL_DIR / "tokenizer").exists():
         pytest.skip("the embedded model's tokenizer is not shipped")
-    shutil.copytree(MODEL_DIR / "tokenizer", tmp_path / "tokenizer")
+    shutil.copytree(MODEL_DIR / "tokenizer", run_dir / "tokenizer")
     rng = random.Random(0)
-    specs = [sample_spec(rng) for _ in range(4)]
-    latents = torch.randn(len(specs), TINY.latent_channels, models.latent_size(TINY), models.latent_size(TINY))
+    specs = [sample_spec(rng) for _ in range(count)]
+    side = models.latent_size(TINY)
+    return specs, torch.randn(count, TINY.latent_channels, side, side)
+
+
+def test_a_bf16_autocast_step_reads_the_same_losses_as_fp32(tmp_path):
+    """bfloat16 forward passes (fp32 weights and loss): the first step's losses, diffusion and grounding, within 5%
+    of fp32's from the same weights, noise and timesteps, and not equal to them (bf16 did run)."""
+    from perfusion.world.basemodel.data import world_source
+
+    specs, latents = shipped_tokenizer_run(tmp_path, 4)
     losses = {}
     for precision in ("no", "bf16"):
         torch.manual_seed(0)
@@ -511,13 +519,9 @@ def test_a_bf16_autocast_step_reads_the_same_losses_as_fp32(tmp_path):
 def test_a_gpu_checkpoint_resumes_on_the_cpu(tmp_path):
     """One bf16 step on the GPU, saved; the CPU trainer loads it: same step, same weights."""
     from perfusion.world.basemodel.data import world_source
-    from perfusion.world.model_path import MODEL_DIR
-    from perfusion.world.scenes import sample_spec
 
-    shutil.copytree(MODEL_DIR / "tokenizer", tmp_path / "tokenizer")
+    specs, latents = shipped_tokenizer_run(tmp_path, 2)
     models.build_vae(TINY).save_pretrained(tmp_path / "vae")  # the checkpoint records the autoencoder's fingerprint
-    specs = [sample_spec(random.Random(0)) for _ in range(2)]
-    latents = torch.randn(2, TINY.latent_channels, models.latent_size(TINY), models.latent_size(TINY))
     config = UnetTrainingConfig(batch_size=2, mixed_precision="bf16", grounding_weight=0.3)
     gpu = train.UnetTrainer(tmp_path, world_source(), TINY, config, lambda message: None, device="cuda")
     captions = [gpu.source.caption(spec, random.Random(0)) for spec in specs]
