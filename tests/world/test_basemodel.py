@@ -9,6 +9,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
+from safetensors import safe_open
 from transformers import CLIPTokenizer
 
 from perfusion.concept.fingerprint import cross_attention_modules
@@ -95,6 +96,21 @@ def test_saved_fp16_pipeline_loads_as_fp32_and_generates(tokenizer_dir, tmp_path
     assert pipe.safety_checker is None and pipe.feature_extractor is None
     image = pipe("a cat", num_inference_steps=2, height=64, width=64, output_type="pil").images[0]
     assert image.size == (64, 64)
+
+
+def test_pipeline_saved_in_small_shards_loads_the_same_weights(tokenizer_dir, tmp_path):
+    pipeline = tiny_pipeline(tokenizer_dir)
+    limit = 64 * 1024  # bytes: small enough that the tiny UNet and text encoder need several shards
+    models.save_pipeline(pipeline, tmp_path / "pipe", dtype=torch.float32, max_shard_bytes=limit)
+    files = list((tmp_path / "pipe").rglob("*.safetensors"))
+    assert len(files) > 3
+    for file in files:  # a tensor larger than the limit gets a file of its own (tensors are never split)
+        with safe_open(file, "pt") as weights:
+            assert file.stat().st_size <= limit * 1.1 or len(weights.keys()) == 1, file  # 10%: the header
+    loaded = StableDiffusionPipeline.from_pretrained(tmp_path / "pipe", local_files_only=True)
+    for name in ("unet", "text_encoder", "vae"):
+        expected, got = getattr(pipeline, name).state_dict(), getattr(loaded, name).state_dict()
+        assert all(torch.equal(expected[key], got[key]) for key in expected), name
 
 
 def test_unet_has_cross_attention_at_two_resolutions():

@@ -113,11 +113,20 @@ def assemble_pipeline(vae, unet, text_encoder, tokenizer, arch: ArchitectureConf
     )
 
 
-def save_pipeline(pipeline: StableDiffusionPipeline, directory: Path, dtype: torch.dtype = torch.float16) -> Path:
-    """Write the pipeline folder (safetensors in `dtype`); it loads with from_pretrained(dir, local_files_only=True)."""
+MAX_SHARD_BYTES = 16 * 2**20  # each weights file at most 16 MiB: the size a GPU machine hands back in one piece
+
+
+def save_pipeline(
+    pipeline: StableDiffusionPipeline,
+    directory: Path,
+    dtype: torch.dtype = torch.float16,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+) -> Path:
+    """Write the pipeline folder (safetensors in `dtype`, each file at most `max_shard_bytes`, larger models in
+    indexed shards); it loads with from_pretrained(dir, local_files_only=True)."""
     directory = Path(directory)
     pipeline = pipeline.to(dtype=dtype) if dtype is not None else pipeline
-    pipeline.save_pretrained(directory, safe_serialization=True)
+    pipeline.save_pretrained(directory, safe_serialization=True, max_shard_size=max_shard_bytes)
     # transformers loads with dtype "auto" (the saved dtype) while diffusers loads in fp32: declaring fp32 in the
     # text encoder's config makes a plain from_pretrained(path) give one consistent fp32 pipeline on the CPU.
     config_path = directory / "text_encoder" / "config.json"
