@@ -19,6 +19,7 @@ from perfusion.world.families.instances import (
     seen_instances,
     stretch_instance,
 )
+from perfusion.world.families.palette import COLOURS, PATTERN_CONTRAST, colour_name, luminance, pattern_colour
 
 
 def test_a_seed_gives_the_same_scene():
@@ -143,3 +144,22 @@ def test_every_extreme_shape_fits_on_the_sprite_canvas(name):
         for pose in family.poses:
             left, top, right, bottom = draw(instance, pose).getchannel("A").getbbox()
             assert left > 0 and top > 0 and right < CANVAS and bottom < CANVAS, (values, pose)
+
+
+@pytest.mark.parametrize(
+    ("body", "second"), [("brown", "gray"), ("gray", "teal"), ("red", "brown"), ("blue", "purple"), ("pink", "gray")]
+)
+def test_a_pattern_is_drawn_apart_from_its_body_without_changing_its_name(body, second):
+    body_colour, second_colour = COLOURS[body], COLOURS[second]
+    drawn = pattern_colour(body_colour, second_colour)
+    assert colour_name(drawn) == second
+    apart = abs(luminance(drawn) - luminance(body_colour)) >= PATTERN_CONTRAST - 1e-9
+    # where the name allows no more, the pattern gets the most lightness contrast its name allows
+    assert apart or abs(luminance(drawn) - luminance(body_colour)) > abs(
+        luminance(second_colour) - luminance(body_colour)
+    )
+
+
+def test_a_pattern_whose_hue_stands_out_keeps_its_colour():
+    assert pattern_colour(COLOURS["blue"], COLOURS["orange"]) == COLOURS["orange"]
+    assert pattern_colour(COLOURS["white"], COLOURS["black"]) == COLOURS["black"]

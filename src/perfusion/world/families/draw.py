@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 from .instances import Instance
-from .palette import Colour, shade
+from .palette import Colour, pattern_colour, shade
 
 SPRITE = 256  # side of the square frame the drawers' coordinates are given in
 MARGIN = 96  # the canvas reaches this far beyond the frame on every side, so that extreme shapes are not cut off
@@ -519,7 +519,7 @@ def draw(instance: Instance, pose: str = "standing") -> Image.Image:
     colours = Image.new("RGB", (CANVAS, CANVAS), tuple(instance.colour))
     pattern = pattern_mask(instance, canvas)
     if pattern is not None:
-        colours.paste(tuple(instance.second_colour), mask=pattern)
+        colours.paste(pattern_colour(instance.colour, instance.second_colour), mask=pattern)
     cover = canvas.body
     for layer, tint in canvas.overlays:  # features on top, over the silhouette or beside it
         colours.paste(tuple(tint), mask=layer)

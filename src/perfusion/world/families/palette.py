@@ -62,3 +62,34 @@ def shade(colour: Colour, factor: float) -> Colour:
     if factor <= 1:
         return tuple(int(round(c * factor)) for c in colour)
     return tuple(int(round(c + (255 - c) * (factor - 1))) for c in colour)
+
+
+PATTERN_CONTRAST = 0.2  # a pattern's least lightness difference from the body (of 1), unless its hue sets it apart
+DISTINCT_HUE = 0.28  # colour_distance at which two colours read apart at 64 px whatever their lightness
+
+
+def luminance(colour: Colour) -> float:
+    """Relative lightness in [0, 1]: Y = (0.299 R + 0.587 G + 0.114 B) / 255 (Rec. 601 weights)."""
+    red, green, blue = colour
+    return (0.299 * red + 0.587 * green + 0.114 * blue) / 255
+
+
+def pattern_colour(body: Colour, second: Colour) -> Colour:
+    """The colour a pattern is drawn in: ``second``, made lighter or darker (never renamed) until its lightness
+    differs from the body's by PATTERN_CONTRAST, where their hues alone would not tell them apart. A gray patch on a
+    brown dog, or teal stripes on a gray bird, otherwise vanish at 64 px and in the autoencoder."""
+    if colour_distance(body, second) >= DISTINCT_HUE or abs(luminance(second) - luminance(body)) >= PATTERN_CONTRAST:
+        return second
+    name = colour_name(second)
+    lighter = luminance(second) >= luminance(body)
+    best = second
+    for direction in (lighter, not lighter):  # the way it already leans first, then the other
+        for step in range(1, 21):
+            candidate = shade(second, 1 + 0.05 * step if direction else 1 - 0.04 * step)
+            if colour_name(candidate) != name:
+                break
+            if abs(luminance(candidate) - luminance(body)) > abs(luminance(best) - luminance(body)):
+                best = candidate
+            if abs(luminance(candidate) - luminance(body)) >= PATTERN_CONTRAST:
+                return candidate
+    return best  # the most contrast its name allows
