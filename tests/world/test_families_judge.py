@@ -87,6 +87,27 @@ def test_the_value_oracle_is_W_V_of_the_attribute_words_mean_encoding(tiny_pipe)
     assert torch.isfinite(torch.from_numpy(image)).all()
 
 
+def test_the_value_oracles_gate_opens_on_average_over_the_training_templates(tiny_pipe):
+    # i* is the category's mean encoding over the contexts a trained concept's i* is tracked in, so that the
+    # similarity s(e) = i*^T C^-1 e / i*^T C^-1 i* averages exactly 1 there (C = I here); one sentence's encoding
+    # left the gate half shut in other contexts
+    from perfusion import load_concepts
+    from perfusion.pipeline.conditioning import TextConditioning
+    from perfusion.training.trainer import DEFAULT_TEMPLATES
+    from perfusion.world.families.controls import ORACLE_TOKEN, value_oracle
+
+    concept = value_oracle(tiny_pipe, evaluation_instance("cat", 1))
+    load_concepts(tiny_pipe, [concept], inverse_covariance=torch.eye(concept.concept_encoding.numel()))
+    text = TextConditioning.of(tiny_pipe)
+    ids = text.tokenize([template.format(ORACLE_TOKEN) for template in DEFAULT_TEMPLATES])
+    encodings = text.encode(ids)[ids[0] == tiny_pipe.tokenizer.convert_tokens_to_ids(ORACLE_TOKEN)]
+    target = concept.concept_encoding
+    similarity = encodings.float() @ target / target.dot(target)
+    assert len(similarity) == len(DEFAULT_TEMPLATES)
+    assert similarity.mean().item() == pytest.approx(1.0, abs=1e-4)
+    assert torch.allclose(concept.supercategory_encoding, target)  # keys locked to the same mean
+
+
 def test_concept_prompts_state_what_they_ask_and_change_only_what_they_say():
     from perfusion.world.families.concept_prompts import concept_prompts
     from perfusion.world.families.controls import verbal_description

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from perfusion.pipeline.models import UnsupportedPipelineError
-from perfusion.pipeline.text import tokenize
+from perfusion.pipeline.text import tokenize, word_positions
 
 
 @dataclass(frozen=True)
@@ -214,3 +214,10 @@ class TextConditioning:
 
     def supercategory_ids(self, word: str) -> list[int]:
         return self.towers[0].word_ids(word)
+
+    @torch.no_grad()
+    def mean_word_encoding(self, ids: list[torch.Tensor], word_ids: list[int]) -> torch.Tensor:
+        """A word's encoding (on its last token) averaged over the prompts of ``ids``, one occurrence each: the
+        i* (and i*_super) of a word over the contexts it is used in."""
+        positions = word_positions(ids[0], word_ids, last_only=True)
+        return self.encode(ids)[positions.to(self.device)].float().mean(0)

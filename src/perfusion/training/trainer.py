@@ -22,7 +22,6 @@ from perfusion.pipeline.conditioning import TextConditioning
 from perfusion.pipeline.loader import find_runtime, load_concepts, unload_concepts
 from perfusion.pipeline.plans import linear_part
 from perfusion.pipeline.settings import check_gate
-from perfusion.pipeline.text import word_positions
 from perfusion.pipeline.tokens import substitute_token_embedding
 from perfusion.training.finetune import FineTuning
 from perfusion.training.images import TrainingImage
@@ -219,11 +218,9 @@ class ConceptTrainer(FineTuning):
             chosen = [templates[i] for i in torch.randint(len(templates), (count,), generator=self.generator)]
         return self.text.tokenize([template.format(word) for template in chosen])
 
-    @torch.no_grad()
     def mean_encoding(self, ids: list[torch.Tensor], word_ids: list[int]) -> torch.Tensor:
         """The word's encoding (its last token) averaged over prompts: one prompt per template."""
-        positions = word_positions(ids[0], word_ids, last_only=True)
-        return self.text.encode(ids)[positions.to(self.device)].float().mean(0)
+        return self.text.mean_word_encoding(ids, word_ids)
 
     def initial_concept(self) -> Concept:
         pipe = self.pipe

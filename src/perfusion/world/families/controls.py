@@ -10,13 +10,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from perfusion.concept.fingerprint import cross_attention_modules
 from perfusion.concept.format import Concept
 from perfusion.pipeline.conditioning import TextConditioning
 from perfusion.pipeline.fingerprint import pipeline_fingerprint
-from perfusion.pipeline.text import word_positions
+from perfusion.training.trainer import DEFAULT_TEMPLATES
 
 from .captions import UNGROUNDED
 from .categories import PATTERN_WORDS
@@ -61,14 +63,18 @@ def attribute_encoding(pipe, instance: Instance) -> torch.Tensor:
 
 
 @torch.no_grad()
-def value_oracle(pipe, instance: Instance, token: str = ORACLE_TOKEN) -> Concept:
+def value_oracle(
+    pipe, instance: Instance, token: str = ORACLE_TOKEN, templates: Sequence[str] = DEFAULT_TEMPLATES
+) -> Concept:
     """The untrained value oracle of ``instance`` as a concept file's contents: v* the category word's embedding
     (its encoding is the category's, so the gate opens and the keys follow the category), o*_V = W_V of the
-    attribute words' mean encoding in every cross-attention layer."""
+    attribute words' mean encoding in every cross-attention layer. i* and i*_super are the category word's mean
+    encoding over ``templates``, where a trained concept's i* is tracked (the training templates): from one sentence,
+    the gate stayed half shut in other contexts (s 0.3-0.7 on the concept prompts)."""
     text = TextConditioning.of(pipe)
     category = instance.category
-    ids = text.tokenize([f"a photo of a {category}"])
-    encoding = text.encode(ids)[word_positions(ids[0], text.supercategory_ids(category), True)][0]
+    ids = text.tokenize([template.format(category) for template in templates])
+    encoding = text.mean_word_encoding(ids, text.supercategory_ids(category))
     mixture = attribute_encoding(pipe, instance)
     layers = cross_attention_modules(pipe.unet)
     embeddings = [tower.word_embeddings(category).mean(0) for tower in text.towers]

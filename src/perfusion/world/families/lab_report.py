@@ -24,6 +24,7 @@ import torch
 from perfusion.files import atomic_write
 from perfusion.recipes import read_recipe
 from perfusion.sheets import SheetRow, write_sheet
+from perfusion.training.trainer import DEFAULT_TEMPLATES
 from perfusion.world.basemodel.data import world_captions
 
 from . import base_eval, judge_check
@@ -40,7 +41,9 @@ from .scoring import Galleries, draw_and_score
 CONCEPT_TOKEN = "<concept>"
 
 
-def controls(pipe, judge: Judge, galleries: Galleries, out: Path) -> dict:
+def controls(pipe, judge: Judge, galleries: Galleries, out: Path, templates=DEFAULT_TEMPLATES) -> dict:
+    """The prior, the verbal oracle and the value oracle (its i* over ``templates``: the recipe's training templates)
+    on each shipped example."""
     from perfusion import load_concepts, unload_concepts
 
     results = {}
@@ -51,7 +54,7 @@ def controls(pipe, judge: Judge, galleries: Galleries, out: Path) -> dict:
         results[folder]["prior"], _ = prior.summary(), rows.append(row)
         verbal, row = draw_and_score(pipe, judge, instance, "", galleries, "verbal oracle", leave_out_changed=True)
         results[folder]["verbal_oracle"], _ = verbal.summary(), rows.append(row)
-        load_concepts(pipe, [value_oracle(pipe, instance)], captions=captions)
+        load_concepts(pipe, [value_oracle(pipe, instance, templates=templates)], captions=captions)
         oracle, row = draw_and_score(pipe, judge, instance, ORACLE_TOKEN, galleries, "value oracle")
         unload_concepts(pipe, [ORACLE_TOKEN])
         results[folder]["value_oracle"], _ = oracle.summary(), rows.append(row)
@@ -127,6 +130,7 @@ def main(argv=None) -> None:
     base = base_eval.evaluate(pipe, judge, 16 if quick else 64, 2, out / "base", spread_samples=16 if quick else 64)
     checked = judge_check.check(judge, 2 if arguments.quick else 4, out / "judge")
     audited = eye_audit(judge, EyeLabels.load().split("audit"), out / "judge" / "audit.png")
+    training = read_recipe(model).training
     summary = {
         "base_model": {key: base["pooled"].get(key) for key in base_eval.BARS},
         "judge": {
@@ -136,13 +140,13 @@ def main(argv=None) -> None:
             "audit_false_accepts": audited["false_accepts"] if audited else None,
             "audit_consensus": audited.get("consensus"),  # where two blind labellings agree: the bars' protocol
         },
-        "examples": controls(pipe, judge, galleries, out),
+        "examples": controls(pipe, judge, galleries, out, training.get("templates", DEFAULT_TEMPLATES)),
         "seen_member": seen_member(
             pipe,
             judge,
             galleries,
             out,
-            read_recipe(model).training,
+            training,
             ("cat", "mug") if arguments.quick else CATEGORY_NAMES,
         ),
     }
