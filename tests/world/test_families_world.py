@@ -163,3 +163,28 @@ def test_a_pattern_is_drawn_apart_from_its_body_without_changing_its_name(body, 
 def test_a_pattern_whose_hue_stands_out_keeps_its_colour():
     assert pattern_colour(COLOURS["blue"], COLOURS["orange"]) == COLOURS["orange"]
     assert pattern_colour(COLOURS["white"], COLOURS["black"]) == COLOURS["black"]
+
+
+def test_every_caption_fits_the_text_encoder_whole():
+    # two-object captions with many attributes ran past the 32 tokens and lost their ending ("... background")
+    from transformers import CLIPTokenizer
+
+    from perfusion.world.model_path import FAMILIES_MODEL_DIR
+
+    tokenizer = CLIPTokenizer.from_pretrained(FAMILIES_MODEL_DIR / "tokenizer")
+    rng = random.Random(1)
+    longest = max(len(tokenizer(captions.describe(scenes.sample_spec(rng), rng).text).input_ids) for _ in range(3000))
+    assert longest <= tokenizer.model_max_length
+
+
+def test_the_caption_token_count_is_the_tokenizers():
+    from transformers import CLIPTokenizer
+
+    from perfusion.world.model_path import FAMILIES_MODEL_DIR
+
+    tokenizer = CLIPTokenizer.from_pretrained(FAMILIES_MODEL_DIR / "tokenizer")
+    assert tokenizer.model_max_length == captions.MAX_TOKENS
+    rng = random.Random(2)
+    for _ in range(500):
+        text = captions._describe_once(scenes.sample_spec(rng), rng, captions.CaptionChoice()).text
+        assert captions.caption_tokens(text) == len(tokenizer(text).input_ids), text

@@ -29,6 +29,7 @@ PAIR_PHRASES = ("next to", "beside", "and")
 SIDE_PHRASES = {"left": "to the left of", "right": "to the right of"}
 POSE_WORDS = {"sitting": ("sitting",), "standing": ("standing",)}
 ACCESSORY_FORMS = ("with {a} {c} {thing}", "wearing {a} {c} {thing}", "with {a} {thing}")
+MAX_TOKENS = 32  # the families text encoder's length (TokenizerConfig.model_max_length)
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,22 @@ def noun_phrase(
     return " ".join([article(" ".join([*before, noun])), *after])
 
 
+def caption_tokens(text: str) -> int:
+    """The caption's length in the families tokenizer's tokens, start and end of text included: every world word is
+    one token, and so is each hyphen (exact on the world's captions; a test)."""
+    return len(re.findall(r"\w+|[^\w\s]", text)) + 2
+
+
 def describe(spec: SceneSpec, rng: random.Random, choice: CaptionChoice = CaptionChoice()) -> Caption:
-    """A caption for ``spec`` drawn with ``rng``, and what it states."""
+    """A caption for ``spec`` drawn with ``rng``, and what it states; drawn again while it is longer than the text
+    encoder's MAX_TOKENS (about 2% of captions, two-object scenes with many attributes, lost their endings)."""
+    while True:
+        caption = _describe_once(spec, rng, choice)
+        if caption_tokens(caption.text) <= MAX_TOKENS:
+            return caption
+
+
+def _describe_once(spec: SceneSpec, rng: random.Random, choice: CaptionChoice) -> Caption:
     intro = rng.choice(INTROS)
     stated: set[str] = set()
     if spec.second is None and rng.random() < choice.bare:
