@@ -51,6 +51,16 @@ def test_training_lowers_the_loss_and_moves_only_v_star_and_value_targets(tiny_p
     assert concept.training["mask"] == "given" and concept.training["steps"] == 60
 
 
+def test_value_drift_measures_how_far_o_v_left_its_start(tiny_pipe, concept_images):
+    still = TrainingConfig(steps=3, lr_values=0.0, **QUICK)
+    result = train_concept(tiny_pipe, concept_images, "<mydisc>", "cat", still, captions=CAPTIONS, progress=False)
+    assert result.value_drift == pytest.approx((1.0, 1.0), abs=1e-5)  # o*_V never moved from W_V i*_super
+    moved = TrainingConfig(steps=3, lr_values=0.5, **QUICK)  # far too high: Adam moves each coordinate ~0.5 a step
+    result = train_concept(tiny_pipe, concept_images, "<mydisc>", "cat", moved, captions=CAPTIONS, progress=False)
+    ratio, cosine = result.value_drift
+    assert ratio > 2 and cosine < 0.9
+
+
 def test_key_lock_is_fixed_from_the_first_batch(tiny_pipe, concept_images):
     config = TrainingConfig(steps=5, **QUICK)
     initial = ConceptTrainer(tiny_pipe, concept_images, "<mydisc>", "cat", config).concept.supercategory_encoding

@@ -140,6 +140,9 @@ class TrainingResult:
     losses: list[float] = field(default_factory=list)  # one per optimizer step
     seconds: float = 0.0
     held_out_loss: tuple[float, float] = (float("nan"), float("nan"))  # fixed noise and timesteps: before, after
+    # o*_V against where it started, W_V i*_super, averaged over layers: |o*_V| / |W_V i*_super| and their cosine.
+    # A ratio far above 1 at a low cosine is a value the UNet never read: noise squares (docs/method.md)
+    value_drift: tuple[float, float] = (float("nan"), float("nan"))
 
 
 class ConceptTrainer(FineTuning):
@@ -257,6 +260,10 @@ class ConceptTrainer(FineTuning):
             pipe, self.concept, captions=captions, inverse_covariance=inverse_covariance, check=False, progress=progress
         )
         self.runtime = find_runtime(pipe)
+        self.value_start = {  # W_V i*_super per layer: where o*_V starts, what value_drift compares it with
+            name: linear_part(attention.to_v, self.concept.supercategory_encoding[None])[:, 0].detach()
+            for name, attention in cross_attention_modules(pipe.unet).items()
+        }
         self.corpus = self.runtime.corpus  # recorded in the file: the C its i* was tracked against
         self.runtime.train_value_targets(self.token, self.concept.value_targets)  # the trainer's own tensors
         self.runtime.set_options(self.token, beta=self.config.train_beta, tau=self.config.train_tau)
@@ -431,19 +438,31 @@ class ConceptTrainer(FineTuning):
             )
             for step in bar:
                 self.losses.append(self.step())
-                bar.set_postfix(loss=f"{self.losses[-1]:.4f}")
+                ratio, cosine = self.value_drift()
+                bar.set_postfix(loss=f"{self.losses[-1]:.4f}", value=f"{ratio:.2f}x cos {cosine:.2f}")
                 done = step + 1
                 if checkpoint is not None and done % self.config.checkpoint_every == 0 and done < self.config.steps:
                     self.save_checkpoint(checkpoint, done)
                 if callback is not None:
                     callback(done, self.config.steps, self.losses[-1])
             loss_after = self.held_out_loss()
+            drift = self.value_drift()
         finally:
             if installed:
                 self.uninstall()
             self.restore_pipeline()
         seconds = time.perf_counter() - started
-        return TrainingResult(self.finished_concept(), self.losses, seconds, (loss_before, loss_after))
+        return TrainingResult(self.finished_concept(), self.losses, seconds, (loss_before, loss_after), drift)
+
+    @torch.no_grad()
+    def value_drift(self) -> tuple[float, float]:
+        """(mean |o*_V| / |W_V i*_super|, mean cosine of the two) over the cross-attention layers."""
+        ratios, cosines = [], []
+        for name, start in self.value_start.items():
+            value = self.concept.value_targets[name].detach().float()
+            ratios.append((value.norm() / start.float().norm()).item())
+            cosines.append(torch.nn.functional.cosine_similarity(value, start.float(), dim=0).item())
+        return sum(ratios) / len(ratios), sum(cosines) / len(cosines)
 
     def finished_concept(self) -> Concept:
         concept = self.concept

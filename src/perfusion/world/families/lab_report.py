@@ -85,7 +85,8 @@ def seen_member(pipe, judge: Judge, galleries: Galleries, out: Path, training: d
         load_concepts(pipe, [result.concept], captions=captions)
         scores, row = draw_and_score(pipe, judge, instance, CONCEPT_TOKEN, galleries, f"Perfusion, seen {name}")
         unload_concepts(pipe, [CONCEPT_TOKEN])
-        results[name] = {**scores.summary(), "training_seconds": seconds}
+        ratio, cosine = result.value_drift  # o*_V against W_V i*_super: far above 1 at a low cosine overshoots
+        results[name] = {**scores.summary(), "training_seconds": seconds, "value_ratio": ratio, "value_cosine": cosine}
         photo_row = SheetRow("the photos", [(image, "") for image, _, _ in shots])
         title = f"seen member {name}{tag}: {instance.describe()}"
         write_sheet(out / f"seen-{name}{tag}.png", [photo_row, row], title=title, columns=12)
