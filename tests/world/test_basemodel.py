@@ -14,6 +14,7 @@ from transformers import CLIPTokenizer
 
 from perfusion.concept.fingerprint import cross_attention_modules
 from perfusion.pipeline.corpus import model_captions
+from perfusion.recipes import read_recipe
 from perfusion.world.basemodel import model as models
 from perfusion.world.basemodel import train_base as train
 from perfusion.world.basemodel.config import (
@@ -321,6 +322,9 @@ def test_training_stages_resume_and_export(tmp_path):
     pipe = StableDiffusionPipeline.from_pretrained(export(tmp_path, tmp_path / "model"), local_files_only=True)
     assert pipe.scheduler.config.prediction_type == "v_prediction" and pipe.scheduler.config.rescale_betas_zero_snr
     assert model_captions(pipe) == world_captions("families")  # C from its world's captions, at its own length
+    (tmp_path / "model" / "perfusion_recipe.json").write_text('{"training": {"steps": 7}}')
+    export(tmp_path, tmp_path / "model")  # exported again over itself: the weights change, the recipe stays
+    assert read_recipe(tmp_path / "model").training == {"steps": 7}
     pipe.scheduler.set_timesteps(2)
     assert pipe.scheduler.timesteps[0] == 999  # sampling starts from pure noise
     image = pipe("a red cup on blue background", num_inference_steps=2, height=64, width=64).images[0]

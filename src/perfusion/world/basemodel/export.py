@@ -14,6 +14,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from perfusion.pipeline.corpus import MODEL_CAPTIONS
+from perfusion.recipes import RECIPE_FILE
 
 from . import model as models
 from .config import DEFAULT_RUN_DIR
@@ -27,14 +28,19 @@ INFO_FILE = "basemodel.json"  # training provenance, next to model_index.json
 def export(
     run_dir: Path, out: Path, dtype: torch.dtype = torch.float16, use_ema: bool = True, world: str = "families"
 ) -> Path:
-    """A pipeline folder of the checkpoint, with its provenance and its world's captions (the corpus for C)."""
+    """A pipeline folder of the checkpoint, with its provenance and its world's captions (the corpus for C). A
+    Perfusion recipe already in ``out`` is kept: it is tuned apart from the weights (issue 31)."""
     pipeline, info = pipeline_from_checkpoint(run_dir, use_ema)
     out = Path(out)
+    recipe = out / RECIPE_FILE
+    kept = recipe.read_bytes() if recipe.is_file() else None
     if out.exists():
         shutil.rmtree(out)
     models.save_pipeline(pipeline, out, dtype)
     (out / INFO_FILE).write_text(json.dumps({"world": world, **info}, indent=1))
     write_model_captions(out, world)
+    if kept is not None:
+        recipe.write_bytes(kept)
     return out
 
 
