@@ -403,3 +403,12 @@ def test_a_shape_value_falls_in_the_third_its_caption_word_names():
     for value, expected in ((0.0, 0), (0.33, 0), (1 / 3, 1), (0.5, 1), (2 / 3, 1), (0.67, 2), (1.0, 2)):
         assert third(value) == expected
         assert bool(build.words(value)) == (expected != 1)
+
+
+def test_the_base_models_bars_come_with_the_judges_ceiling_on_the_prompts_own_scenes():
+    # renders of exactly what each prompt asks, read by the shipped judge: the instrument must read its own world
+    from perfusion.world.families.base_eval import ceiling, prompt_set
+
+    reached = ceiling(Judge.load(), prompt_set(24))
+    assert {"category", "background"} <= set(reached) and all(0.0 <= share <= 1.0 for share in reached.values())
+    assert reached["category"] >= 0.8 and reached["background"] >= 0.9  # measured 1.00 and 1.00 (judge step 3,200)

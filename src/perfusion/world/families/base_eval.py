@@ -30,7 +30,7 @@ from .categories import CATEGORIES, CATEGORY_NAMES
 from .instances import sample_training_instance
 from .judge import Judge, Reading
 from .sampling import generate_images, sampling_defaults
-from .scenes import photos, sample_spec
+from .scenes import photos, render, sample_spec
 
 EVAL_FIRST_SEED = 800_000
 SPREAD_SAMPLES = 64
@@ -105,6 +105,13 @@ def score_image(reading: Reading, row: int, spec, caption) -> dict[str, bool]:
     return hits
 
 
+def ceiling(judge: Judge, pairs) -> dict[str, float]:
+    """The judge on renders of the prompts' own scenes, scored as the generations are: what a model that drew every
+    prompt exactly would score, so that a bar the instrument cannot read shows as such."""
+    reading = judge.read([render(spec) for spec, _ in pairs])
+    return pooled([score_image(reading, row, spec, caption) for row, (spec, caption) in enumerate(pairs)])
+
+
 def pooled(hits: list[dict[str, bool]]) -> dict[str, float]:
     """Share of hits per attribute, with every shape word pooled as "shape"."""
     groups: dict[str, list[bool]] = {}
@@ -172,6 +179,7 @@ def evaluate(
             cells.append((images[row], f"{verdict} | {caption.text}"))
     results = {
         "pooled": pooled(hits),
+        "ceiling": ceiling(judge, pairs),
         "per_category": {name: pooled(h) for name, h in sorted(by_category.items())},
         "prompts": prompts,
         "seeds": seeds,

@@ -3,7 +3,8 @@ lab-report/summary.json.
 
     python -m perfusion.world.families.lab_report [--model DIR] [--out lab-report] [--quick]
 
-- base_model: the base model's bars (base_eval), pooled over categories;
+- base_model: the base model's bars (base_eval), pooled over categories; base_model_ceiling: the same judge on
+  renders of the prompts' own scenes (what a model that drew every prompt exactly would score);
 - judge: renders of reserved instances recognised, the least-refused kind of negative (judge_check), and its
   agreement with a person on generated images it never trained on (eye_labels, the audit split; None without one);
 - examples: on each shipped example, the prior, the verbal oracle and the value oracle, 12 prompts x 2 seeds;
@@ -134,6 +135,7 @@ def main(argv=None) -> None:
     training = read_recipe(model).training
     summary = {
         "base_model": {key: base["pooled"].get(key) for key in base_eval.BARS},
+        "base_model_ceiling": {key: base["ceiling"].get(key) for key in base_eval.BARS},  # the judge on exact renders
         "judge": {
             "renders_recognised": checked["renders_recognised"],
             "garbage_refused_min": checked["garbage_refused_min"],
