@@ -347,7 +347,7 @@ def test_training_stages_resume_and_export(tmp_path):
     continued = train.UnetTrainer(fresh, SOURCE, TINY, config, log)
     continued.initialise_from(tmp_path / "model")
     assert continued.step == 3 and continued.warmup_from == 3  # Adam starts afresh, so the rate warms up again
-    assert train.shipped_config(tmp_path / "model")["batch_size"] == config.batch_size  # --init-from's schedule
+    assert train.shipped_info(tmp_path / "model")["config"]["batch_size"] == config.batch_size  # --init-from's schedule
     shipped = StableDiffusionPipeline.from_pretrained(tmp_path / "model", local_files_only=True).unet.state_dict()
     assert all(torch.equal(continued.unet.state_dict()[name], tensor) for name, tensor in shipped.items())
     continued.run(False, StopAfter(1))
@@ -388,7 +388,7 @@ def test_committed_families_model_generates_and_can_start_a_new_run(tmp_path):
     run_dir = tmp_path / "new-checkout"
     run_dir.mkdir()
     train.adopt_shipped_parts(FAMILIES_MODEL_DIR, run_dir, lambda message: None)  # what make basemodel does
-    config = from_dict(UnetTrainingConfig, train.shipped_config(FAMILIES_MODEL_DIR))
+    config = from_dict(UnetTrainingConfig, train.shipped_info(FAMILIES_MODEL_DIR)["config"])
     trainer = train.UnetTrainer(run_dir, SOURCE, saved_architecture(info["arch"]), config, lambda message: None)
     trainer.initialise_from(FAMILIES_MODEL_DIR)
     assert trainer.step == info["unet_step"] and trainer.warmup_from == info["unet_step"]

@@ -57,6 +57,7 @@ from .data import (
     world_source,
 )
 from .evaluate import EvaluationConfig, evaluate
+from .export import INFO_FILE
 from .grounding import (
     AttentionRecorder,
     CaptionGrounding,
@@ -494,8 +495,7 @@ class UnetTrainer:
         self.text_encoder.load_state_dict(
             CLIPTextModel.from_pretrained(model_dir / "text_encoder").float().state_dict()
         )
-        info_path = model_dir / "basemodel.json"
-        self.step = json.loads(info_path.read_text())["unet_step"] if info_path.exists() else 0
+        self.step = shipped_info(model_dir).get("unet_step", 0)
         self.warmup_from = self.step
         self.restart_ema()
         self.log(f"unet: initialised from {model_dir} at step {self.step}")
@@ -717,10 +717,10 @@ def config_from_arguments(cls, arguments: argparse.Namespace, saved: dict | None
     return dataclasses.replace(config, **overrides)
 
 
-def shipped_config(model_dir: Path) -> dict | None:
-    """The UNet training config a pipeline folder was exported with (its basemodel.json), if it says."""
-    path = Path(model_dir) / "basemodel.json"
-    return json.loads(path.read_text()).get("config") if path.is_file() else None
+def shipped_info(model_dir: Path) -> dict:
+    """What a pipeline folder was exported with (its basemodel.json: unet_step, arch, config); {} without one."""
+    path = Path(model_dir) / INFO_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def saved_config(path: Path, key: str) -> dict | None:
@@ -810,11 +810,11 @@ def main(argv=None) -> None:
         checkpoint = run_dir / "unet.ckpt"
         saved = saved_config(checkpoint, "config") if arguments.resume else None
         if saved is None and arguments.init_from is not None and not checkpoint.exists():
-            saved = shipped_config(arguments.init_from)  # the schedule the committed weights were trained on
+            saved = shipped_info(arguments.init_from).get("config")  # the committed weights' schedule
         if arguments.resume and checkpoint.exists():
             arch = saved_architecture(saved_config(checkpoint, "arch"))
         elif arguments.init_from is not None:
-            arch = saved_architecture(json.loads((arguments.init_from / "basemodel.json").read_text())["arch"])
+            arch = saved_architecture(shipped_info(arguments.init_from)["arch"])
         else:
             arch = ArchitectureConfig()
         if arguments.v_prediction:
