@@ -221,21 +221,23 @@ class ConceptTrainer(FineTuning):
             chosen = [templates[i] for i in torch.randint(len(templates), (count,), generator=self.generator)]
         return self.text.tokenize([template.format(word) for template in chosen])
 
-    def mean_encoding(self, ids: list[torch.Tensor], word_ids: list[int]) -> torch.Tensor:
-        """The word's encoding (its last token) averaged over prompts: one prompt per template."""
-        return self.text.mean_word_encoding(ids, word_ids)
+    @torch.no_grad()
+    def supercategory_values(self, encoding: torch.Tensor) -> dict[str, torch.Tensor]:
+        """W_V i*_super in every cross-attention layer: where o*_V starts, and what value_drift compares it with."""
+        return {
+            name: linear_part(attention.to_v, encoding[None])[:, 0]
+            for name, attention in cross_attention_modules(self.pipe.unet).items()
+        }
 
     def initial_concept(self) -> Concept:
-        pipe = self.pipe
         # v* of each text encoder starts at the mean of the supercategory word's embeddings there
         embeddings = [
             torch.nn.Parameter(tower.word_embeddings(self.supercategory).float().mean(0)) for tower in self.text.towers
         ]
         # Local key locking: i*_super is the supercategory word's encoding in the first batch of prompts.
-        supercategory_encoding = self.mean_encoding(
+        supercategory_encoding = self.text.mean_word_encoding(
             self.prompts_ids(self.supercategory), self.text.supercategory_ids(self.supercategory)
         )
-        layers = cross_attention_modules(pipe.unet)
         return Concept(
             token=self.token,
             supercategory=self.supercategory,
@@ -243,8 +245,8 @@ class ConceptTrainer(FineTuning):
             concept_encoding=supercategory_encoding,
             supercategory_encoding=supercategory_encoding,
             value_targets={  # o*_V starts at W_V i*_super
-                name: torch.nn.Parameter(linear_part(attention.to_v, supercategory_encoding[None])[:, 0])
-                for name, attention in layers.items()
+                name: torch.nn.Parameter(value)
+                for name, value in self.supercategory_values(supercategory_encoding).items()
             },
             base_fingerprint=self.fingerprint,
             beta=self.config.beta,
@@ -260,10 +262,7 @@ class ConceptTrainer(FineTuning):
             pipe, self.concept, captions=captions, inverse_covariance=inverse_covariance, check=False, progress=progress
         )
         self.runtime = find_runtime(pipe)
-        self.value_start = {  # W_V i*_super per layer: where o*_V starts, what value_drift compares it with
-            name: linear_part(attention.to_v, self.concept.supercategory_encoding[None])[:, 0].detach()
-            for name, attention in cross_attention_modules(pipe.unet).items()
-        }
+        self.value_start = self.supercategory_values(self.concept.supercategory_encoding)
         self.corpus = self.runtime.corpus  # recorded in the file: the C its i* was tracked against
         self.runtime.train_value_targets(self.token, self.concept.value_targets)  # the trainer's own tensors
         self.runtime.set_options(self.token, beta=self.config.train_beta, tau=self.config.train_tau)
@@ -274,7 +273,7 @@ class ConceptTrainer(FineTuning):
         ]
         if self.start_step == 0:
             concept_ids = self.prompts_ids(self.token)
-            self.move_concept_encoding(self.mean_encoding(concept_ids, [self.token_id]))
+            self.move_concept_encoding(self.text.mean_word_encoding(concept_ids, [self.token_id]))
         trainable = [
             {"params": self.concept.token_embeddings, "lr": self.config.lr_embedding},
             {"params": list(self.concept.value_targets.values()), "lr": self.config.lr_values},
@@ -438,8 +437,9 @@ class ConceptTrainer(FineTuning):
             )
             for step in bar:
                 self.losses.append(self.step())
-                ratio, cosine = self.value_drift()
-                bar.set_postfix(loss=f"{self.losses[-1]:.4f}", value=f"{ratio:.2f}x cos {cosine:.2f}")
+                if progress:  # the drift is shown, not used: not worked out per step when nothing shows it
+                    ratio, cosine = self.value_drift()
+                    bar.set_postfix(loss=f"{self.losses[-1]:.4f}", value=f"{ratio:.2f}x cos {cosine:.2f}")
                 done = step + 1
                 if checkpoint is not None and done % self.config.checkpoint_every == 0 and done < self.config.steps:
                     self.save_checkpoint(checkpoint, done)
