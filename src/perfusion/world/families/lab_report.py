@@ -18,6 +18,7 @@ import argparse
 import html
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -25,7 +26,6 @@ import torch
 from perfusion.files import atomic_write
 from perfusion.recipes import read_recipe
 from perfusion.sheets import SheetRow, write_sheet
-from perfusion.training.trainer import DEFAULT_TEMPLATES
 from perfusion.world.basemodel.data import world_captions
 
 from . import base_eval, judge_check
@@ -42,7 +42,7 @@ from .scoring import Galleries, draw_and_score
 CONCEPT_TOKEN = "<concept>"
 
 
-def controls(pipe, judge: Judge, galleries: Galleries, out: Path, templates=DEFAULT_TEMPLATES) -> dict:
+def controls(pipe, judge: Judge, galleries: Galleries, out: Path, templates: Sequence[str]) -> dict:
     """The prior, the verbal oracle and the value oracle (its i* over ``templates``: the recipe's training templates)
     on each shipped example."""
     from perfusion import load_concepts, unload_concepts
@@ -132,7 +132,7 @@ def main(argv=None) -> None:
     base = base_eval.evaluate(pipe, judge, 16 if quick else 64, 2, out / "base", spread_samples=16 if quick else 64)
     checked = judge_check.check(judge, 2 if arguments.quick else 4, out / "judge")
     audited = eye_audit(judge, EyeLabels.load().split("audit"), out / "judge" / "audit.png")
-    training = read_recipe(model).training
+    recipe = read_recipe(model)
     summary = {
         "base_model": {key: base["pooled"].get(key) for key in base_eval.BARS},
         "base_model_ceiling": {key: base["ceiling"].get(key) for key in base_eval.BARS},  # the judge on exact renders
@@ -143,13 +143,13 @@ def main(argv=None) -> None:
             "audit_false_accepts": audited["false_accepts"] if audited else None,
             "audit_consensus": audited.get("consensus"),  # where two blind labellings agree: the bars' protocol
         },
-        "examples": controls(pipe, judge, galleries, out, training.get("templates", DEFAULT_TEMPLATES)),
+        "examples": controls(pipe, judge, galleries, out, recipe.training_config().templates),
         "seen_member": seen_member(
             pipe,
             judge,
             galleries,
             out,
-            training,
+            recipe.training,
             ("cat", "mug") if arguments.quick else CATEGORY_NAMES,
         ),
     }

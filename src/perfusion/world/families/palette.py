@@ -78,7 +78,11 @@ def pattern_colour(body: Colour, second: Colour) -> Colour:
     """The colour a pattern is drawn in: ``second``, made lighter or darker (never renamed) until its lightness
     differs from the body's by PATTERN_CONTRAST, where their hues alone would not tell them apart. A gray patch on a
     brown dog, or teal stripes on a gray bird, otherwise vanish at 64 px and in the autoencoder."""
-    if colour_distance(body, second) >= DISTINCT_HUE or abs(luminance(second) - luminance(body)) >= PATTERN_CONTRAST:
+
+    def apart(colour: Colour) -> float:  # lightness difference from the body
+        return abs(luminance(colour) - luminance(body))
+
+    if colour_distance(body, second) >= DISTINCT_HUE or apart(second) >= PATTERN_CONTRAST:
         return second
     name = colour_name(second)
     lighter = luminance(second) >= luminance(body)
@@ -88,8 +92,7 @@ def pattern_colour(body: Colour, second: Colour) -> Colour:
             candidate = shade(second, 1 + 0.05 * step if direction else 1 - 0.04 * step)
             if colour_name(candidate) != name:
                 break
-            if abs(luminance(candidate) - luminance(body)) > abs(luminance(best) - luminance(body)):
-                best = candidate
-            if abs(luminance(candidate) - luminance(body)) >= PATTERN_CONTRAST:
+            if apart(candidate) >= PATTERN_CONTRAST:
                 return candidate
+            best = max(best, candidate, key=apart)
     return best  # the most contrast its name allows
