@@ -1,5 +1,7 @@
 """Training a concept on a tiny pipeline: what moves, what must not, resuming, masks."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
@@ -59,6 +61,45 @@ def test_value_drift_measures_how_far_o_v_left_its_start(tiny_pipe, concept_imag
     result = train_concept(tiny_pipe, concept_images, "<mydisc>", "cat", moved, captions=CAPTIONS, progress=False)
     ratio, cosine = result.value_drift
     assert ratio > 2 and cosine < 0.9
+
+
+def test_a_shared_encoding_trains_o_v_as_one_encodings_value_in_every_layer(tiny_pipe, concept_images):
+    config = TrainingConfig(steps=4, lr_values=1e-2, value_space="shared-encoding", **QUICK)
+    trainer = ConceptTrainer(tiny_pipe, concept_images, "<mydisc>", "cat", config)
+    result = trainer.run(captions=CAPTIONS, progress=False)
+    (shared,) = trainer.values.parameters.values()
+    assert not torch.allclose(shared, result.concept.supercategory_encoding)  # the encoding trained
+    for name, target in result.concept.value_targets.items():
+        expected = linear_part(tiny_pipe.unet.get_submodule(name).to_v, shared.detach()[None])[:, 0]
+        assert torch.allclose(target, expected, atol=1e-5), name  # o*_V = W_V e, the same e in each layer
+        assert not target.requires_grad
+
+
+@pytest.mark.parametrize("space", ["encoding", "shared-encoding"])
+def test_an_encoding_value_space_resumes_from_its_checkpoint(tiny_pipe, concept_images, tmp_path, space):
+    config = TrainingConfig(steps=4, checkpoint_every=2, lr_values=1e-2, value_space=space, **QUICK)
+    straight = train_concept(tiny_pipe, concept_images, "<mydisc>", "cat", config, captions=CAPTIONS, progress=False)
+    checkpoint = tmp_path / "disc.ckpt"
+    trainer = ConceptTrainer(tiny_pipe, concept_images, "<mydisc>", "cat", replace(config, steps=2))
+    trainer.run(captions=CAPTIONS, progress=False)
+    trainer.config = config
+    trainer.save_checkpoint(checkpoint, 2)  # the state after 2 of 4 steps
+    resumed = train_concept(
+        tiny_pipe,
+        concept_images,
+        "<mydisc>",
+        "cat",
+        config,
+        checkpoint=checkpoint,
+        resume=True,
+        captions=CAPTIONS,
+        progress=False,
+    )
+    for name, tensor in straight.concept.value_targets.items():
+        assert torch.allclose(resumed.concept.value_targets[name], tensor, atol=1e-6), name
+    other = TrainingConfig(steps=4, value_space="free", **QUICK)
+    with pytest.raises(TrainingError, match="value_space"):
+        train_concept(tiny_pipe, concept_images, "<mydisc>", "cat", other, checkpoint=checkpoint, resume=True)
 
 
 def test_key_lock_is_fixed_from_the_first_batch(tiny_pipe, concept_images):

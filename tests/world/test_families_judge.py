@@ -412,3 +412,15 @@ def test_the_base_models_bars_come_with_the_judges_ceiling_on_the_prompts_own_sc
     reached = ceiling(Judge.load(), prompt_set(24))
     assert {"category", "background"} <= set(reached) and all(0.0 <= share <= 1.0 for share in reached.values())
     assert reached["category"] >= 0.8 and reached["background"] >= 0.9  # measured 1.00 and 1.00 (judge step 3,200)
+
+
+def test_the_seen_member_control_reports_its_ceiling_beside_it(tmp_path, tiny_pipe):
+    # the judge on fresh renders of the seen member (its own ceiling) and the verbal oracle (the base model's)
+    from perfusion.world.families.lab_report import seen_member_ceiling
+    from perfusion.world.families.scoring import Galleries
+
+    judge = Judge.load()
+    result = seen_member_ceiling(tiny_pipe, judge, Galleries(judge), tmp_path, ["cat"])["cat"]
+    assert result["renders_recognised"] >= 0.5  # the shipped judge on 8 clean renders of a member it trained on
+    assert 0.0 <= result["verbal_oracle"]["recognised"] <= 1.0
+    assert (tmp_path / "seen-cat-ceiling.png").is_file()

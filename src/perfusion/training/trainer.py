@@ -28,6 +28,7 @@ from perfusion.training.images import TrainingImage
 from perfusion.training.latents import LatentBank, encode_images, given_masks, noised
 from perfusion.training.masks import attention_masks
 from perfusion.training.pairs import pair_caption, paired_images
+from perfusion.training.values import VALUE_SPACES, TrainedValues, ValueSpace
 
 DEFAULT_TEMPLATES = (
     "a photo of a {}",
@@ -61,6 +62,13 @@ class TrainingConfig:
     gradient_accumulation: int = field(default=4, metadata=_help("micro-batches per optimizer step"))
     lr_embedding: float = field(default=6e-3, metadata=_help("learning rate of v*, the token's input embedding"))
     lr_values: float = field(default=3e-2, metadata=_help("learning rate of o*_V, one per cross-attention layer"))
+    value_space: ValueSpace = field(
+        default="free",
+        metadata=_help(
+            "how o*_V is trained: free: a vector per layer (the paper); encoding: W_V e with a trained encoding e per "
+            "layer; shared-encoding: W_V e with one e for every layer"
+        ),
+    )
     weight_decay: float = 0.0
     train_beta: float = field(default=0.75, metadata=_help("the gate's beta while training"))
     train_tau: float = field(default=0.1, metadata=_help("the gate's tau while training"))
@@ -111,6 +119,8 @@ class TrainingConfig:
         for name in ("lr_embedding", "lr_values"):
             if not getattr(self, name) >= 0:
                 raise TrainingError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.value_space not in VALUE_SPACES:
+            raise TrainingError(f"value_space must be one of {', '.join(VALUE_SPACES)}, got {self.value_space!r}")
         if not 0.0 <= self.pair_probability <= 1.0:
             raise TrainingError(f"pair_probability must lie in [0, 1], got {self.pair_probability}")
         if self.pair_probability > 0 and not self.pair_words:
@@ -238,16 +248,19 @@ class ConceptTrainer(FineTuning):
         supercategory_encoding = self.text.mean_word_encoding(
             self.prompts_ids(self.supercategory), self.text.supercategory_ids(self.supercategory)
         )
+        # o*_V starts at W_V i*_super, trained as TrainingConfig.value_space says
+        self.values = TrainedValues(
+            self.config.value_space, cross_attention_modules(self.pipe.unet), supercategory_encoding
+        )
+        with torch.no_grad():
+            value_targets = self.values.targets()
         return Concept(
             token=self.token,
             supercategory=self.supercategory,
             token_embeddings=embeddings,
             concept_encoding=supercategory_encoding,
             supercategory_encoding=supercategory_encoding,
-            value_targets={  # o*_V starts at W_V i*_super
-                name: torch.nn.Parameter(value)
-                for name, value in self.supercategory_values(supercategory_encoding).items()
-            },
+            value_targets=value_targets,
             base_fingerprint=self.fingerprint,
             beta=self.config.beta,
             tau=self.config.tau,
@@ -276,7 +289,7 @@ class ConceptTrainer(FineTuning):
             self.move_concept_encoding(self.text.mean_word_encoding(concept_ids, [self.token_id]))
         trainable = [
             {"params": self.concept.token_embeddings, "lr": self.config.lr_embedding},
-            {"params": list(self.concept.value_targets.values()), "lr": self.config.lr_values},
+            {"params": list(self.values.parameters.values()), "lr": self.config.lr_values},
         ]
         self.optimizer = self.accelerator.prepare(torch.optim.AdamW(trainable, weight_decay=self.config.weight_decay))
 
@@ -307,8 +320,15 @@ class ConceptTrainer(FineTuning):
         ids += [self.pair_prompts_ids(paired)] if paired else []
         return noisy, timesteps, target, masks, [torch.cat(tower_ids) for tower_ids in zip(*ids)], time_ids
 
+    def refresh_values(self) -> None:
+        """o*_V from its trained tensors, handed to the edit (in place already when they are o*_V themselves)."""
+        if self.values.space != "free":
+            self.concept.value_targets = self.values.targets()
+            self.runtime.train_value_targets(self.token, self.concept.value_targets)
+
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, ids: list[torch.Tensor], time_ids=None):
         """The UNet's prediction for ``ids`` (conditioned as the pipeline conditions it), and the encodings e."""
+        self.refresh_values()
         conditions = self.text.unet_conditions(ids, self.resolution, self.weight_dtype, time_ids)
         prediction = self.pipe.unet(noisy.to(self.weight_dtype), timesteps, **conditions).sample
         return prediction, conditions["encoder_hidden_states"]
@@ -363,6 +383,7 @@ class ConceptTrainer(FineTuning):
                 "concept_encoding": self.concept.concept_encoding.detach().cpu(),
                 "supercategory_encoding": self.concept.supercategory_encoding.detach().cpu(),
                 "value_targets": {k: v.detach().cpu() for k, v in self.concept.value_targets.items()},
+                "values": self.values.state(),  # what is trained: o*_V itself, or the encodings it is W_V of
                 "optimizer": self.optimizer.state_dict(),
                 "generator": self.generator.get_state(),
                 "losses": self.losses,
@@ -388,6 +409,12 @@ class ConceptTrainer(FineTuning):
                 f"{path}: a checkpoint of a run with gate_scope {scope!r}, not {self.config.gate_scope!r} "
                 f"(resume with --gate-scope {scope})"
             )
+        space = state.get("config", {}).get("value_space", "free")
+        if space != self.config.value_space:
+            raise TrainingError(
+                f"{path}: a checkpoint of a run with value_space {space!r}, not {self.config.value_space!r} "
+                f"(resume with --value-space {space})"
+            )
         embeddings = state.get("token_embeddings") or [state["token_embedding"]]  # one, before SDXL
         if len(embeddings) != len(self.concept.token_embeddings):
             raise TrainingError(
@@ -397,8 +424,8 @@ class ConceptTrainer(FineTuning):
         with torch.no_grad():
             for vector, saved in zip(self.concept.token_embeddings, embeddings):
                 vector.copy_(saved)
-            for name, target in self.concept.value_targets.items():
-                target.copy_(state["value_targets"][name])
+            self.values.load_state(state.get("values") or state["value_targets"])  # value_targets: free, older runs
+            self.concept.value_targets = self.values.targets()
         self.concept.concept_encoding = state["concept_encoding"].to(self.device)
         self.concept.supercategory_encoding = state["supercategory_encoding"].to(self.device)
         self.generator.set_state(state["generator"])
@@ -446,6 +473,8 @@ class ConceptTrainer(FineTuning):
                 if callback is not None:
                     callback(done, self.config.steps, self.losses[-1])
             loss_after = self.held_out_loss()
+            with torch.no_grad():
+                self.refresh_values()  # o*_V of the last step, without its graph
             drift = self.value_drift()
         finally:
             if installed:
