@@ -1,14 +1,16 @@
 """The seen-member control at several value learning rates (issue 30, section 4; issue 31's first bar).
 
 Perfusion trained on 5 photos of each category's first seen instance (a member the base model saw in 5% of its
-scenes), with the model folder's recipe and o*_V's learning rate (and, optionally, the step count) replaced; each
-concept drawn on the 12 concept prompts x 2 seeds and scored by the judge. A recipe that cannot draw a member the
-model already draws fails for its own reasons, not the laboratory's.
+scenes), with the model folder's recipe and o*_V's learning rate (and, optionally, how o*_V is trained and the step count)
+replaced; each concept drawn on the 12 concept prompts x 2 seeds and scored by the judge. A recipe that cannot draw a
+member the model already draws fails for its own reasons, not the laboratory's. ``--ceiling`` first scores what
+the control can reach: fresh renders of each seen member, and the base model's verbal oracle of it.
 
-    python benchmarks/seen_member_rates.py --model DIR --rates 3e-3 1e-2 3e-2 [--categories cat mug] [--steps 400]
+    python benchmarks/seen_member_rates.py --model DIR --rates 3e-3 1e-2 3e-2 [--categories cat mug] [--steps 400] \
+        [--value-spaces free shared-encoding] [--ceiling]
 
-Writes OUT/seen-{category}-lr{rate}.png and OUT/summary.json (recognised, attribute match, alignment, seconds);
-rates run earlier into the same OUT stay in its summary.
+Writes OUT/seen-{category}-{space}-lr{rate}.png and OUT/summary.json (recognised, attribute match, alignment,
+seconds, value drift); settings run earlier into the same OUT stay in its summary.
 """
 
 import argparse
@@ -19,8 +21,9 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from perfusion.recipes import read_recipe
+from perfusion.training.values import VALUE_SPACES
 from perfusion.world.families.judge import JUDGE_PATH, Judge
-from perfusion.world.families.lab_report import seen_member
+from perfusion.world.families.lab_report import seen_member, seen_member_ceiling
 from perfusion.world.families.scoring import Galleries
 
 
@@ -30,6 +33,8 @@ def main() -> None:
     parser.add_argument("--rates", type=float, nargs="+", default=[3e-3, 1e-2, 3e-2])
     parser.add_argument("--categories", nargs="+", default=["cat", "mug"])
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the recipe's)")
+    parser.add_argument("--value-spaces", nargs="+", choices=VALUE_SPACES, default=["free"])
+    parser.add_argument("--ceiling", action="store_true", help="first: the seen members' renders and verbal oracle")
     parser.add_argument("--judge", type=Path, default=JUDGE_PATH)
     parser.add_argument("--out", type=Path, default=Path("work/seen-member-rates"))
     parser.add_argument("--threads", type=int, default=1)
@@ -41,14 +46,19 @@ def main() -> None:
     arguments.out.mkdir(parents=True, exist_ok=True)
     summary_path = arguments.out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}  # earlier rates are kept
-    for rate in arguments.rates:
-        training = {**read_recipe(arguments.model).training, "lr_values": rate}
-        if arguments.steps:
-            training["steps"] = arguments.steps
-        tag = f"-lr{rate:g}"
-        summary[tag[1:]] = seen_member(pipe, judge, galleries, arguments.out, training, arguments.categories, tag)
-        print(tag[1:], json.dumps(summary[tag[1:]]), flush=True)
+    if arguments.ceiling:
+        summary["ceiling"] = seen_member_ceiling(pipe, judge, galleries, arguments.out, arguments.categories)
+        print("ceiling", json.dumps(summary["ceiling"]), flush=True)
         summary_path.write_text(json.dumps(summary, indent=1))
+    for space in arguments.value_spaces:
+        for rate in arguments.rates:
+            training = {**read_recipe(arguments.model).training, "lr_values": rate, "value_space": space}
+            if arguments.steps:
+                training["steps"] = arguments.steps
+            tag = f"-{space}-lr{rate:g}"
+            summary[tag[1:]] = seen_member(pipe, judge, galleries, arguments.out, training, arguments.categories, tag)
+            print(tag[1:], json.dumps(summary[tag[1:]]), flush=True)
+            summary_path.write_text(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":
