@@ -424,3 +424,19 @@ def test_the_seen_member_control_reports_its_ceiling_beside_it(tmp_path, tiny_pi
     assert result["renders_recognised"] >= 0.5  # the shipped judge on 8 clean renders of a member it trained on
     assert 0.0 <= result["verbal_oracle"]["recognised"] <= 1.0
     assert (tmp_path / "seen-cat-ceiling.png").is_file()
+
+
+def test_concept_scores_report_how_near_the_concept_ranked_in_its_gallery():
+    # the identity rank says how near a miss was: renders of the concept rank it near first, renders of a random
+    # member of its gallery push it down
+    from perfusion.world.families.concept_prompts import concept_prompts
+    from perfusion.world.families.scenes import photos
+    from perfusion.world.families.scoring import Galleries, score_concept_images
+
+    judge, instance = Judge.load(), evaluation_instance("cat", 1000)
+    galleries, prompt = Galleries(judge), concept_prompts(instance)[0]  # a background, no change to the concept
+    own = score_concept_images(judge, instance, prompt, [i for i, _, _ in photos(instance, 6, seed=3)], galleries)
+    other = galleries(instance, {}).members[-1]  # one of the random members
+    theirs = score_concept_images(judge, instance, prompt, [i for i, _, _ in photos(other, 6, seed=3)], galleries)
+    assert len(own.ranks) == 6 and all(0 <= rank <= 9 for rank in own.ranks + theirs.ranks)
+    assert own.summary()["identity_rank"] < 1.0 < theirs.summary()["identity_rank"]

@@ -1,6 +1,7 @@
 """How well a base model knows the families (issue 30's bars), read by the judge on fresh prompts and seeds.
 
     python -m perfusion.world.families.base_eval --run-dir checkpoints/families [--prompts 64 --seeds 2] [--out DIR]
+        [--guidance G] [--judge PATH]
 
 Each prompt is a fresh scene's caption (seeds from EVAL_FIRST_SEED, which training never uses) that names its
 attributes more often than training captions do. An attribute word is obeyed when the judge reads it in the image:
@@ -207,6 +208,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("lab-report/base"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the base model's)")
+    parser.add_argument("--judge", type=Path, default=None, help="judge weights (default: the shipped judge)")
     arguments = parser.parse_args(argv)
     torch.set_num_threads(arguments.threads)
     if arguments.model is not None:
@@ -217,7 +220,8 @@ def main(argv=None) -> None:
         from perfusion.world.basemodel.model import pipeline_from_checkpoint
 
         pipe, _ = pipeline_from_checkpoint(arguments.run_dir or Path("checkpoints/families"))
-    results = evaluate(pipe, Judge.load(), arguments.prompts, arguments.seeds, arguments.out)
+    judge = Judge.load(arguments.judge) if arguments.judge else Judge.load()
+    results = evaluate(pipe, judge, arguments.prompts, arguments.seeds, arguments.out, guidance=arguments.guidance)
     print(json.dumps(results["pooled"], indent=1))
 
 

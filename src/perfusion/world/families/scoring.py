@@ -62,9 +62,12 @@ class ConceptScores:
     stated_match: list[float] = field(default_factory=list)  # of the attributes the verbal oracle states
     alignment: list[float] = field(default_factory=list)
     details: list[dict] = field(default_factory=list)
+    # the concept's rank in its gallery by identity alone (0: first, chance 4.5 of 0-9), accepted or not: how near a
+    # miss was, where "recognised" only says whether it was first
+    ranks: list[int] = field(default_factory=list)
 
     def extend(self, other: "ConceptScores") -> None:
-        for name in ("recognised", "attribute_match", "stated_match", "alignment", "details"):
+        for name in ("recognised", "attribute_match", "stated_match", "alignment", "details", "ranks"):
             getattr(self, name).extend(getattr(other, name))
 
     def summary(self) -> dict[str, float]:
@@ -73,6 +76,7 @@ class ConceptScores:
             "attribute_match": float(np.mean(self.attribute_match)),
             "stated_match": float(np.nanmean(self.stated_match)) if self.stated_match else float("nan"),
             "alignment": float(np.mean(self.alignment)),
+            "identity_rank": float(np.mean(self.ranks)) if self.ranks else float("nan"),
             "images": len(self.recognised),
         }
 
@@ -104,7 +108,7 @@ def score_concept_images(
         own = whole
     gallery = galleries(instance, prompt.changes)
     recognised = gallery.recognised(own)
-    scores = ConceptScores()
+    scores = ConceptScores(ranks=gallery.ranks(own))
     ignore = frozenset(prompt.changes)
     target = changed(instance, prompt.changes)
     for row in range(len(images)):
