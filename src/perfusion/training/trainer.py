@@ -20,7 +20,6 @@ from perfusion.files import atomic_torch_save
 from perfusion.method import ema_update, masked_mse
 from perfusion.pipeline.conditioning import TextConditioning
 from perfusion.pipeline.loader import find_runtime, load_concepts, unload_concepts
-from perfusion.pipeline.plans import linear_part
 from perfusion.pipeline.settings import check_gate
 from perfusion.pipeline.tokens import substitute_token_embedding
 from perfusion.training.finetune import FineTuning
@@ -234,10 +233,7 @@ class ConceptTrainer(FineTuning):
     @torch.no_grad()
     def supercategory_values(self, encoding: torch.Tensor) -> dict[str, torch.Tensor]:
         """W_V i*_super in every cross-attention layer: where o*_V starts, and what value_drift compares it with."""
-        return {
-            name: linear_part(attention.to_v, encoding[None])[:, 0]
-            for name, attention in cross_attention_modules(self.pipe.unet).items()
-        }
+        return {name: self.values.value(name, encoding) for name in self.values.attentions}
 
     def initial_concept(self) -> Concept:
         # v* of each text encoder starts at the mean of the supercategory word's embeddings there
