@@ -75,29 +75,11 @@ def test_a_shared_encoding_trains_o_v_as_one_encodings_value_in_every_layer(tiny
         assert not target.requires_grad
 
 
-@pytest.mark.parametrize("space", ["encoding", "shared-encoding"])
-def test_an_encoding_value_space_resumes_from_its_checkpoint(tiny_pipe, concept_images, tmp_path, space):
-    config = TrainingConfig(steps=4, checkpoint_every=2, lr_values=1e-2, value_space=space, **QUICK)
-    straight = train_concept(tiny_pipe, concept_images, "<mydisc>", "cat", config, captions=CAPTIONS, progress=False)
+def test_a_checkpoint_of_another_value_space_is_refused(tiny_pipe, concept_images, tmp_path):
+    config = TrainingConfig(steps=2, checkpoint_every=1, value_space="shared-encoding", **QUICK)
     checkpoint = tmp_path / "disc.ckpt"
-    trainer = ConceptTrainer(tiny_pipe, concept_images, "<mydisc>", "cat", replace(config, steps=2))
-    trainer.run(captions=CAPTIONS, progress=False)
-    trainer.config = config
-    trainer.save_checkpoint(checkpoint, 2)  # the state after 2 of 4 steps
-    resumed = train_concept(
-        tiny_pipe,
-        concept_images,
-        "<mydisc>",
-        "cat",
-        config,
-        checkpoint=checkpoint,
-        resume=True,
-        captions=CAPTIONS,
-        progress=False,
-    )
-    for name, tensor in straight.concept.value_targets.items():
-        assert torch.allclose(resumed.concept.value_targets[name], tensor, atol=1e-6), name
-    other = TrainingConfig(steps=4, value_space="free", **QUICK)
+    train_concept(tiny_pipe, concept_images, "<mydisc>", "cat", config, checkpoint=checkpoint, progress=False)
+    other = replace(config, value_space="free")
     with pytest.raises(TrainingError, match="value_space"):
         train_concept(tiny_pipe, concept_images, "<mydisc>", "cat", other, checkpoint=checkpoint, resume=True)
 
@@ -110,8 +92,11 @@ def test_key_lock_is_fixed_from_the_first_batch(tiny_pipe, concept_images):
     assert not torch.equal(result.concept.concept_encoding, initial.cpu())  # i* follows the EMA
 
 
-def test_resuming_from_a_checkpoint_gives_the_uninterrupted_result(tiny_pipe, concept_images, tmp_path, monkeypatch):
-    config = TrainingConfig(steps=6, checkpoint_every=3, **QUICK)
+@pytest.mark.parametrize("space", ["free", "encoding", "shared-encoding"])
+def test_resuming_from_a_checkpoint_gives_the_uninterrupted_result(
+    tiny_pipe, concept_images, tmp_path, monkeypatch, space
+):
+    config = TrainingConfig(steps=6, checkpoint_every=3, value_space=space, **QUICK)
     straight = train_concept(tiny_pipe, concept_images, "<mydisc>", "cat", config, captions=CAPTIONS, progress=False)
 
     checkpoint = tmp_path / "disc.safetensors.ckpt"
