@@ -27,7 +27,7 @@ from perfusion.training.images import TrainingImage
 from perfusion.training.latents import LatentBank, encode_images, given_masks, noised
 from perfusion.training.masks import attention_masks
 from perfusion.training.pairs import pair_caption, paired_images
-from perfusion.training.values import VALUE_SPACES, TrainedValues, ValueSpace
+from perfusion.training.values import TrainedValues, ValueSpace, check_value_space
 
 DEFAULT_TEMPLATES = (
     "a photo of a {}",
@@ -118,8 +118,10 @@ class TrainingConfig:
         for name in ("lr_embedding", "lr_values"):
             if not getattr(self, name) >= 0:
                 raise TrainingError(f"{name} must not be negative, got {getattr(self, name)}")
-        if self.value_space not in VALUE_SPACES:
-            raise TrainingError(f"value_space must be one of {', '.join(VALUE_SPACES)}, got {self.value_space!r}")
+        try:
+            check_value_space(self.value_space)
+        except ValueError as error:
+            raise TrainingError(str(error)) from None
         if not 0.0 <= self.pair_probability <= 1.0:
             raise TrainingError(f"pair_probability must lie in [0, 1], got {self.pair_probability}")
         if self.pair_probability > 0 and not self.pair_words:

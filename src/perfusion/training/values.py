@@ -13,23 +13,27 @@ Each encoding starts at i*_super, so every mode starts at o*_V = W_V i*_super.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
 from perfusion.pipeline.plans import linear_part
 
 ValueSpace = Literal["free", "encoding", "shared-encoding"]
-VALUE_SPACES: tuple[str, ...] = ("free", "encoding", "shared-encoding")
+VALUE_SPACES: tuple[str, ...] = get_args(ValueSpace)
 SHARED = "shared"  # the one encoding's name in shared-encoding mode
+
+
+def check_value_space(space: str) -> None:
+    if space not in VALUE_SPACES:
+        raise ValueError(f"value_space must be one of {', '.join(VALUE_SPACES)}, got {space!r}")
 
 
 class TrainedValues:
     """The trained tensors behind o*_V, and the o*_V of each layer they give."""
 
     def __init__(self, space: ValueSpace, attentions: dict[str, torch.nn.Module], supercategory: torch.Tensor):
-        if space not in VALUE_SPACES:
-            raise ValueError(f"value_space must be one of {', '.join(VALUE_SPACES)}, got {space!r}")
+        check_value_space(space)
         self.space, self.attentions = space, attentions
         start = supercategory.detach().float()
         if space == "free":
