@@ -186,3 +186,25 @@ def test_layout_reads_the_grounded_tokens_attention_and_restores_the_processors(
         0 <= share <= 1 and 0 < even < 0.2 and 0 <= held <= 1 for share, even, held in shares.values()
     )  # small box
     assert {name: type(p) for name, p in pipe.unet.attn_processors.items()} == before
+
+
+def test_the_pixel_term_can_be_kept_to_the_words_that_name_each_object():
+    from perfusion.world.families import scenes
+    from perfusion.world.model_path import FAMILIES_MODEL_DIR
+
+    tokenizer = CLIPTokenizer.from_pretrained(FAMILIES_MODEL_DIR / "tokenizer")
+    spec = scenes.sample_spec(random.Random(1))
+    first, second = spec.instances
+    caption = f"a white striped {first.category} with black spots next to a tall {second.category} on the left"
+    targets = CaptionGrounding(tokenizer).targets([spec], [caption], (16,))
+    ids = tokenizer(caption).input_ids
+    words = [tokenizer.convert_ids_to_tokens(ids[i]).removesuffix("</w>") for i in targets.indices.tolist()]
+    nouns = [tokenizer.convert_ids_to_tokens(ids[i]).removesuffix("</w>") for i in targets.only_nouns().indices]
+    assert {"white", "striped", "black", "spots", "tall"} <= set(words)
+    assert nouns == [first.category, second.category]
+    assert targets.only_nouns().masks[16].shape == (2, 256)
+
+
+def test_an_unknown_choice_of_pixel_grounded_tokens_is_refused():
+    with pytest.raises(ValueError, match="grounding_pixel_tokens"):
+        UnetTrainingConfig(grounding_pixel_tokens="adjectives")

@@ -86,6 +86,7 @@ class VaeTrainingConfig:
 
 
 MIXED_PRECISIONS = ("no", "bf16")
+PIXEL_GROUNDED_TOKENS = ("all", "nouns")
 
 
 @dataclass
@@ -122,6 +123,11 @@ class UnetTrainingConfig:
     # Weight of the pixel-level term (grounding.token_pixel_loss): the grounded tokens hold the attention of their box's
     # cells, instead of EOS and padding holding most of it everywhere.
     grounding_pixel_weight: float = 0.0
+    # Which grounded tokens the pixel term asks to hold their box's attention: "all" (the noun, every attribute word
+    # and the position word), or "nouns" (the words that name the object, as TokenCompose's L_pixel). With "all" the
+    # object's cells split their attention evenly over its words (0.23-0.29 each on "a large white striped cat", at
+    # every step), and the pattern word changed nothing in the image (docs/basemodel.md).
+    grounding_pixel_tokens: str = "all"
     pool_size: int = 20_000  # scenes whose latents are cached once (~1 min per 5,000 on 2 cores); grow it any time
     checkpoint_minutes: float = 10.0
     log_every: int = 50
@@ -135,6 +141,11 @@ class UnetTrainingConfig:
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise ValueError(
                 f"mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}, got {self.mixed_precision!r}"
+            )
+        if self.grounding_pixel_tokens not in PIXEL_GROUNDED_TOKENS:
+            raise ValueError(
+                f"grounding_pixel_tokens must be one of {', '.join(PIXEL_GROUNDED_TOKENS)}, "
+                f"got {self.grounding_pixel_tokens!r}"
             )
 
 

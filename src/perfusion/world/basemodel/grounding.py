@@ -39,9 +39,19 @@ class GroundingTargets:
     samples: torch.Tensor  # (tokens,) long
     indices: torch.Tensor  # (tokens,) long, position in the padded token sequence
     masks: dict[int, torch.Tensor]
+    nouns: torch.Tensor | None = None  # (tokens,) bool: the token belongs to a word that names its object
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def only_nouns(self) -> GroundingTargets:
+        """The targets of the tokens of naming words alone (all of them where no roles were recorded)."""
+        if self.nouns is None:
+            return self
+        keep = self.nouns
+        return GroundingTargets(
+            self.samples[keep], self.indices[keep], {r: m[keep] for r, m in self.masks.items()}, self.nouns[keep]
+        )
 
 
 def attention_resolutions(unet) -> tuple[int, ...]:
@@ -102,6 +112,17 @@ def word_objects(spec, words: list[str]) -> list[int | None]:
     return owners
 
 
+def names_object(spec, owner: int, word: str) -> bool:
+    """Whether a grounded word names its object (the noun) rather than describing it or saying where it is."""
+    if word in POSITION_WORDS:
+        return False
+    if hasattr(spec, "placements"):  # the families world: its category word and its family's words
+        from perfusion.world.families.captions import object_nouns
+
+        return word in object_nouns(spec.instances[owner])
+    return True  # the emoji world grounds only the object's name and category words
+
+
 class CaptionGrounding:
     """Maps captions to grounded token positions for one tokenizer (BOS first; each word's BPE pieces in order)."""
 
@@ -120,31 +141,40 @@ class CaptionGrounding:
     def token_objects(self, spec, caption: str) -> list[tuple[int, int]]:
         """(token index, object index) for every grounded token of the caption (truncated at the tokenizer's
         length, after BOS; EOS and padding are never grounded)."""
+        return [(token, owner) for token, owner, _ in self.token_roles(spec, caption)]
+
+    def token_roles(self, spec, caption: str) -> list[tuple[int, int, bool]]:
+        """(token index, object index, whether its word names the object) for every grounded token."""
         words = WORD_PATTERN.findall(caption.lower())
         owners = word_objects(spec, words)
         limit = self.tokenizer.model_max_length - 1  # the last position holds EOS
-        pairs, position = [], 1  # position 0 is BOS
-        for owner, count in zip(owners, self.word_token_counts(words)):
+        roles, position = [], 1  # position 0 is BOS
+        for word, owner, count in zip(words, owners, self.word_token_counts(words)):
             if owner is not None:
-                pairs += [(token, owner) for token in range(position, min(position + count, limit))]
+                noun = names_object(spec, owner, word)
+                roles += [(token, owner, noun) for token in range(position, min(position + count, limit))]
             position += count
-        return pairs
+        return roles
 
     def targets(self, specs: list, captions: list[str], resolutions: tuple[int, ...]) -> GroundingTargets:
-        samples, indices, masks = [], [], {r: [] for r in resolutions}
+        samples, indices, nouns, masks = [], [], [], {r: [] for r in resolutions}
         for sample, (spec, caption) in enumerate(zip(specs, captions)):
             if not caption:
                 continue  # dropped for classifier-free guidance
             placements = object_boxes(spec)
             boxes = {r: [box_coverage(x, y, side, r).flatten() for x, y, side in placements] for r in resolutions}
-            for token, owner in self.token_objects(spec, caption):
+            for token, owner, noun in self.token_roles(spec, caption):
                 samples.append(sample)
                 indices.append(token)
+                nouns.append(noun)
                 for r in resolutions:
                     masks[r].append(boxes[r][owner])
         stacked = {r: torch.stack(m) if m else torch.zeros(0, r * r) for r, m in masks.items()}
         return GroundingTargets(
-            torch.tensor(samples, dtype=torch.long), torch.tensor(indices, dtype=torch.long), stacked
+            torch.tensor(samples, dtype=torch.long),
+            torch.tensor(indices, dtype=torch.long),
+            stacked,
+            torch.tensor(nouns, dtype=torch.bool),
         )
 
 

@@ -190,6 +190,11 @@ ACCESSORY_THINGS = frozenset({"collar", "bow", "stripes", "spots", "patches", "b
 POSITION_WORDS = frozenset({"left", "right", "top", "bottom", "upper", "lower", "centre", "middle", "centered"})
 
 
+def object_nouns(instance) -> frozenset[str]:
+    """The words that name an instance: its category word and its family's words ("kitten", "tabby")."""
+    return frozenset({instance.category, *(word for word, _ in instance.family.family_words)})
+
+
 def word_objects(spec: SceneSpec, words: list[str]) -> list[int | None]:
     """For each word of a caption (split as CLIP's pre-tokenizer does: hyphens apart), the index of the object it
     describes, or None: every attribute word and the noun of each object's noun phrase, and position words (in a
@@ -197,7 +202,7 @@ def word_objects(spec: SceneSpec, words: list[str]) -> list[int | None]:
     owners: list[int | None] = [None] * len(words)
     start = 0
     for index, instance in enumerate(spec.instances):
-        nouns = {instance.category, *(word for word, _ in instance.family.family_words)}
+        nouns = object_nouns(instance)
         noun = next((i for i in range(start, len(words)) if words[i] in nouns), None)
         if noun is None:
             continue
