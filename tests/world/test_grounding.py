@@ -208,3 +208,32 @@ def test_the_pixel_term_can_be_kept_to_the_words_that_name_each_object():
 def test_an_unknown_choice_of_pixel_grounded_tokens_is_refused():
     with pytest.raises(ValueError, match="grounding_pixel_tokens"):
         UnetTrainingConfig(grounding_pixel_tokens="adjectives")
+
+
+def test_together_an_objects_words_may_split_its_boxs_attention_as_they_like():
+    mask = box_coverage(16.0, 16.0, 32.0, resolution=4).flatten()  # the top-left quarter
+    targets = GroundingTargets(
+        torch.tensor([0, 0]), torch.tensor([1, 2]), {4: torch.stack([mask, mask])}, objects=torch.tensor([0, 0])
+    )
+    split = torch.full((1, 16, 4), 0.05)
+    split[0, :, 1], split[0, :, 2] = 0.05 + 0.8 * mask, 0.05 + 0.05 * mask  # most of the box's attention on word 1
+    even = torch.full((1, 16, 4), 0.05)
+    even[0, :, 1] = even[0, :, 2] = 0.05 + 0.425 * mask
+    apart = float(token_pixel_loss([split], targets)), float(token_pixel_loss([even], targets))
+    joint = [float(token_pixel_loss([m], targets, together=True)) for m in (split, even)]
+    assert joint[0] == pytest.approx(joint[1], rel=0.05)  # the split is free
+    assert apart[0] > 1.2 * apart[1]  # token by token, the uneven split costs more
+    assert joint[0] < apart[0]
+
+
+def test_together_keeps_each_objects_tokens_apart_from_the_others():
+    from perfusion.world.families import scenes
+    from perfusion.world.model_path import FAMILIES_MODEL_DIR
+
+    tokenizer = CLIPTokenizer.from_pretrained(FAMILIES_MODEL_DIR / "tokenizer")
+    spec = scenes.sample_spec(random.Random(1))
+    first, second = spec.instances
+    captions = [f"a white {first.category} next to a tall {second.category}", f"a black {first.category}"]
+    targets = CaptionGrounding(tokenizer).targets([spec, spec], captions, (16,))
+    assert targets.objects.tolist() == [0, 0, 1, 1, 2, 2]
+    assert targets.only_nouns().objects.tolist() == [0, 1, 2]

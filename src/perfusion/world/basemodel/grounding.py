@@ -40,6 +40,7 @@ class GroundingTargets:
     indices: torch.Tensor  # (tokens,) long, position in the padded token sequence
     masks: dict[int, torch.Tensor]
     nouns: torch.Tensor | None = None  # (tokens,) bool: the token belongs to a word that names its object
+    objects: torch.Tensor | None = None  # (tokens,) long: one number per (sample, object), 0, 1, 2, ... in order
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -49,8 +50,9 @@ class GroundingTargets:
         if self.nouns is None:
             return self
         keep = self.nouns
+        objects = None if self.objects is None else torch.unique(self.objects[keep], return_inverse=True)[1]
         return GroundingTargets(
-            self.samples[keep], self.indices[keep], {r: m[keep] for r, m in self.masks.items()}, self.nouns[keep]
+            self.samples[keep], self.indices[keep], {r: m[keep] for r, m in self.masks.items()}, keep[keep], objects
         )
 
 
@@ -157,7 +159,8 @@ class CaptionGrounding:
         return roles
 
     def targets(self, specs: list, captions: list[str], resolutions: tuple[int, ...]) -> GroundingTargets:
-        samples, indices, nouns, masks = [], [], [], {r: [] for r in resolutions}
+        samples, indices, nouns, objects, masks = [], [], [], [], {r: [] for r in resolutions}
+        groups: dict[tuple[int, int], int] = {}
         for sample, (spec, caption) in enumerate(zip(specs, captions)):
             if not caption:
                 continue  # dropped for classifier-free guidance
@@ -167,6 +170,7 @@ class CaptionGrounding:
                 samples.append(sample)
                 indices.append(token)
                 nouns.append(noun)
+                objects.append(groups.setdefault((sample, owner), len(groups)))
                 for r in resolutions:
                     masks[r].append(boxes[r][owner])
         stacked = {r: torch.stack(m) if m else torch.zeros(0, r * r) for r, m in masks.items()}
@@ -175,6 +179,7 @@ class CaptionGrounding:
             torch.tensor(indices, dtype=torch.long),
             stacked,
             torch.tensor(nouns, dtype=torch.bool),
+            torch.tensor(objects, dtype=torch.long),
         )
 
 
@@ -223,17 +228,34 @@ def box_attention(maps: list[torch.Tensor], targets: GroundingTargets) -> list[t
     return pairs
 
 
-def token_pixel_loss(maps: list[torch.Tensor], targets: GroundingTargets) -> torch.Tensor:
+def token_pixel_loss(maps: list[torch.Tensor], targets: GroundingTargets, together: bool = False) -> torch.Tensor:
     """Mean over layers of the binary cross-entropy between each grounded token's attention and its (soft) box
     (TokenCompose's L_pixel): unlike L_token, which shapes a token's map but not its mass, this asks the token to
     hold the attention of the cells its object covers, so that its value, which knows the object and where it is,
-    writes the object there. EOS and padding otherwise take most of the attention everywhere."""
+    writes the object there. EOS and padding otherwise take most of the attention everywhere.
+
+    ``together``: each object's grounded tokens hold its box's attention together (the BCE of their summed
+    attention), so that how it is split among the object's words is left to the diffusion loss."""
     if not len(targets):
         return maps[0].new_zeros(())
-    losses = [
-        F.binary_cross_entropy(attention.clamp(1e-6, 1 - 1e-6), mask)
-        for attention, mask in box_attention(maps, targets)
-    ]
+    pairs = box_attention(maps, targets)
+    if together:
+        if targets.objects is None:
+            raise ValueError("these grounding targets do not record which object each token belongs to")
+        groups = int(targets.objects.max()) + 1
+        first = torch.full((groups,), len(targets), dtype=torch.long).scatter_reduce(
+            0, targets.objects, torch.arange(len(targets)), "amin"
+        )
+        pairs = [
+            (
+                attention.new_zeros(groups, attention.shape[1]).index_add(
+                    0, targets.objects.to(attention.device), attention
+                ),
+                mask[first],
+            )
+            for attention, mask in pairs
+        ]
+    losses = [F.binary_cross_entropy(attention.clamp(1e-6, 1 - 1e-6), mask) for attention, mask in pairs]
     return torch.stack(losses).mean()
 
 

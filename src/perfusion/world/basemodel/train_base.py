@@ -577,8 +577,9 @@ class UnetTrainer:
         if self.grounding:
             targets = self.grounding.targets(specs, captions, self.attention_resolutions)
             losses["grounding"] = token_grounding_loss(self.attention.maps, targets)
-            nouns_only = config.grounding_pixel_tokens == "nouns"
-            losses["pixel"] = token_pixel_loss(self.attention.maps, targets.only_nouns() if nouns_only else targets)
+            chosen = config.grounding_pixel_tokens
+            pixel_targets = targets.only_nouns() if chosen == "nouns" else targets
+            losses["pixel"] = token_pixel_loss(self.attention.maps, pixel_targets, together=chosen == "together")
         loss = (
             diffusion
             + config.grounding_weight * losses.get("grounding", 0.0)
