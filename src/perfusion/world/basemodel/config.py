@@ -130,6 +130,10 @@ class UnetTrainingConfig:
     # step) and a pattern adjective changed nothing in the image; with "nouns" the noun took 0.85-0.93 of it within
     # 1,600 steps and the words after it ("with black stripes") lost their effect (docs/basemodel.md).
     grounding_pixel_tokens: str = "all"
+    # Weight of the text encoder's attribute supervision (attributes.py: linear heads read each stated colour and
+    # pattern at its word and at the noun after it); 0: none. Trained jointly, the encoder had sent every pattern
+    # word to one encoding (docs/basemodel.md).
+    attribute_weight: float = 0.0
     pool_size: int = 20_000  # scenes whose latents are cached once (~1 min per 5,000 on 2 cores); grow it any time
     checkpoint_minutes: float = 10.0
     log_every: int = 50

@@ -36,6 +36,7 @@ from diffusers.training_utils import EMAModel, compute_snr
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from . import model as models
+from .attributes import AttributeSupervision
 from .config import (
     DEFAULT_RUN_DIR,
     ArchitectureConfig,
@@ -442,6 +443,10 @@ class UnetTrainer:
         )
         self.attention = AttentionRecorder(self.unet) if self.grounding else None
         self.attention_resolutions = attention_resolutions(self.unet)
+        self.attributes = None
+        if config.attribute_weight:  # its heads have their own optimizer, so that older checkpoints still resume
+            self.attributes = AttributeSupervision(self.tokenizer, arch.text_hidden_size).to(self.device)
+            self.attribute_optimizer = torch.optim.AdamW(self.attributes.parameters(), lr=config.text_learning_rate)
 
     def state(self) -> dict:
         return {
@@ -457,6 +462,14 @@ class UnetTrainer:
             "arch": to_dict(self.arch),
             "config": to_dict(self.config),
             "vae": vae_fingerprint(self.run_dir),
+            **(
+                {
+                    "attribute_heads": self.attributes.state_dict(),
+                    "attribute_optimizer": self.attribute_optimizer.state_dict(),
+                }
+                if self.attributes is not None
+                else {}
+            ),
         }
 
     def load(self, state: dict) -> None:
@@ -464,6 +477,9 @@ class UnetTrainer:
         self.unet.load_state_dict(state["unet"])
         self.text_encoder.load_state_dict(state["text_encoder"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.attributes is not None and "attribute_heads" in state:  # else the heads start afresh
+            self.attributes.load_state_dict(state["attribute_heads"])
+            self.attribute_optimizer.load_state_dict(state["attribute_optimizer"])
         unet_group, text_group = self.optimizer.param_groups  # a resumed run takes the current config's rates
         unet_group["base_lr"], text_group["base_lr"] = self.config.unet_learning_rate, self.config.text_learning_rate
         restore_rng_state(state["rng"], self.generator, self.py_rng)
@@ -570,7 +586,8 @@ class UnetTrainer:
         recording = self.attention.recording() if self.grounding else contextlib.nullcontext()
         bf16 = config.mixed_precision == "bf16"
         with recording, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-            prediction = self.unet(noisy, timesteps, self.encode_captions(captions)).sample.float()
+            states = self.encode_captions(captions)
+            prediction = self.unet(noisy, timesteps, states).sample.float()
         weights = min_snr_weights(self.scheduler, timesteps, config.min_snr_gamma, prediction_type)
         diffusion = (weights * (prediction - target).pow(2).mean(dim=(1, 2, 3))).mean()
         losses = {"loss": diffusion}
@@ -580,12 +597,17 @@ class UnetTrainer:
             chosen = config.grounding_pixel_tokens
             pixel_targets = targets.only_nouns() if chosen == "nouns" else targets
             losses["pixel"] = token_pixel_loss(self.attention.maps, pixel_targets, together=chosen == "together")
+        if self.attributes is not None:
+            losses["attributes"] = self.attributes.loss(states, specs, captions)
         loss = (
             diffusion
             + config.grounding_weight * losses.get("grounding", 0.0)
             + config.grounding_pixel_weight * losses.get("pixel", 0.0)
+            + config.attribute_weight * losses.get("attributes", 0.0)
         )
         self.optimizer.zero_grad(set_to_none=True)
+        if self.attributes is not None:
+            self.attribute_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(self.unet.parameters()) + list(self.text_encoder.parameters()), 1.0)
         factor = learning_rate_factor(
@@ -599,6 +621,8 @@ class UnetTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         self.optimizer.step()
+        if self.attributes is not None:
+            self.attribute_optimizer.step()
         self.step += 1
         self.ema_unet.step(self.unet.parameters())  # the EMA's own count of updates is self.step - self.ema_start
         self.ema_text.step(self.text_encoder.parameters())

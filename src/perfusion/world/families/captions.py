@@ -11,7 +11,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from .categories import CATEGORIES, PATTERN_WORDS
+from .categories import CATEGORIES, PATTERN_WORDS, PATTERNS
 from .palette import BACKGROUNDS, COLOURS
 from .scenes import Scene, SceneSpec, WorldSampling, render, render_with_mask, sample_spec
 
@@ -226,6 +226,32 @@ def word_objects(spec: SceneSpec, words: list[str]) -> list[int | None]:
         sides = {"left": left_object, "right": 1 - left_object}
         owners = [sides.get(word) if owner is None else owner for word, owner in zip(words, owners)]
     return owners
+
+
+# The attribute values the text encoder is taught to tell apart (UnetTrainingConfig.attribute_weight), and the caption
+# words that state each: colour names, and the pattern's adjective and noun ("striped", "stripes"; "plain", "solid").
+ATTRIBUTE_VALUES = {"colour": tuple(COLOURS), "pattern": PATTERNS}
+ATTRIBUTE_WORDS = {name: ("colour", index) for index, name in enumerate(COLOURS)} | {
+    word: ("pattern", PATTERNS.index(pattern))
+    for pattern, (adjective, phrase) in PATTERN_WORDS.items()
+    for word in (adjective, phrase.split()[-1])
+}
+
+
+def attribute_words(spec: SceneSpec, words: list[str]) -> list[tuple[int, int | None, str, int]]:
+    """(word index, index of its object's noun if the noun comes after it, attribute, value) for every word of an
+    object's noun phrase that states a colour or a pattern ("black" in "with black stripes" is the pattern's colour,
+    which the colour head reads as black all the same). The encoder is causal: only a noun after the word can carry
+    it."""
+    owners = word_objects(spec, words)
+    found = []
+    for index, (word, owner) in enumerate(zip(words, owners)):
+        if owner is None or word not in ATTRIBUTE_WORDS:
+            continue
+        nouns = object_nouns(spec.instances[owner])
+        noun = next((j for j in range(index + 1, len(words)) if owners[j] == owner and words[j] in nouns), None)
+        found.append((index, noun, *ATTRIBUTE_WORDS[word]))
+    return found
 
 
 def make_scene(seed: int, sampling: WorldSampling = WorldSampling()) -> Scene:
