@@ -10,6 +10,9 @@ named (as an adjective, "striped", and as a phrase, "with black stripes"), on th
 - read: the share of images in which the judge reads the named pattern;
 - attention: the cross-attention mass each word of the prompt receives from the image's central cells (the middle
   half of every side, where a large object lies), averaged over layers at t = 600 from the seeds' noise.
+- encodings: in "a large <word> cat on a gray background", the mean pairwise cosine of the text encoder's output at
+  the word, over the pattern words and over the colour words, and at the noun after them: a word the encoder sends
+  where its siblings go cannot be read by any UNet.
 A sheet (one row per prompt) is written beside the numbers.
 """
 
@@ -26,6 +29,7 @@ from diffusers import StableDiffusionPipeline
 from perfusion.sheets import SheetRow, write_sheet
 from perfusion.world.basemodel.grounding import AttentionRecorder
 from perfusion.world.families.judge import Judge
+from perfusion.world.families.palette import COLOURS
 from perfusion.world.families.sampling import generate_images
 
 SUBJECTS = {  # category: (body colour, pattern colour, patterns its family draws)
@@ -82,6 +86,25 @@ def attention_by_word(pipe, texts: list[str], seed: int, timestep: int = 600) ->
     return out
 
 
+@torch.no_grad()
+def encoding_cosines(pipe) -> dict[str, float]:
+    """Mean pairwise cosine of the encodings of the pattern words, of the colour words, and of the noun after each."""
+
+    def mean_cosine(vectors: torch.Tensor) -> float:
+        unit = torch.nn.functional.normalize(vectors.float(), dim=-1)
+        similarity = unit @ unit.T
+        count = len(unit)
+        return float((similarity.sum() - count) / (count * (count - 1)))
+
+    groups = {"pattern": ["plain", *ADJECTIVES.values()], "colour": list(COLOURS)}
+    result = {}
+    for name, words in groups.items():
+        states = pipe.encode_prompt([f"a large {w} cat{SUFFIX}" for w in words], "cpu", 1, False)[0]
+        result[f"{name}_words"] = mean_cosine(states[:, 3])  # BOS, "a", "large", the word
+        result[f"noun_after_{name}_words"] = mean_cosine(states[:, 4])
+    return result
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True)
@@ -121,6 +144,7 @@ def main(argv=None) -> None:
         summary[wording] = {key: float(np.mean([r[key] for r in named])) for key in ("change", "read")}
     plain = [r for r in results.values() if r["pattern"] is None]
     summary["unpatterned"] = {"read": float(np.mean([r["read"] for r in plain]))}
+    summary["encodings"] = encoding_cosines(pipe)
     arguments.out.mkdir(parents=True, exist_ok=True)
     (arguments.out / "attribute_words.json").write_text(json.dumps({"summary": summary, "prompts": results}, indent=1))
     write_sheet(

@@ -210,6 +210,12 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the base model's)")
     parser.add_argument("--judge", type=Path, default=None, help="judge weights (default: the shipped judge)")
+    parser.add_argument(
+        "--spread-samples",
+        type=int,
+        default=SPREAD_SAMPLES,
+        help='"a photo of a <category>" samples per category (the spread; fewer for a quick look)',
+    )
     arguments = parser.parse_args(argv)
     torch.set_num_threads(arguments.threads)
     if arguments.model is not None:
@@ -221,7 +227,15 @@ def main(argv=None) -> None:
 
         pipe, _ = pipeline_from_checkpoint(arguments.run_dir or Path("checkpoints/families"))
     judge = Judge.load(arguments.judge) if arguments.judge else Judge.load()
-    results = evaluate(pipe, judge, arguments.prompts, arguments.seeds, arguments.out, guidance=arguments.guidance)
+    results = evaluate(
+        pipe,
+        judge,
+        arguments.prompts,
+        arguments.seeds,
+        arguments.out,
+        guidance=arguments.guidance,
+        spread_samples=arguments.spread_samples,
+    )
     print(json.dumps(results["pooled"], indent=1))
 
 
