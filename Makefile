@@ -62,12 +62,16 @@ VAE_START = $(if $(INIT_FROM),$(INIT_FROM),--warm-start $(EMOJI_MODEL) --crop-si
 UNET_START = $(if $(wildcard $(RUN_DIR)/unet.ckpt)$(INIT_FROM),$(INIT_FROM),--warm-start $(EMOJI_MODEL) \
   --grounding-weight 0.3 --grounding-pixel-weight 0.1 --high-noise-fraction 0.15 --warmup-steps 200 --max-steps 16000 \
   --mixed-precision $(MIXED_PRECISION))
+# The grounding's pixel term on each object's words jointly, and the text encoder taught to tell attribute words apart
+# (docs/basemodel.md: the jointly trained encoder had merged the pattern words); given on every run, so that a run
+# resumed from a checkpoint or from the committed folder of an earlier setting takes them up.
+UNET_TEXT ?= --grounding-pixel-tokens together --attribute-weight 0.1
 basemodel: $(VENV)/.installed
 	$(PY) -m perfusion.world.basemodel.train_base --stage tokenizer --run-dir $(RUN_DIR) $(INIT_FROM)
 	$(PY) -m perfusion.world.basemodel.train_base --stage vae --resume --run-dir $(RUN_DIR) $(VAE_START)
 	$(PY) -m perfusion.world.basemodel.train_base --stage latents --run-dir $(RUN_DIR) --pool-size 30000
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m perfusion.world.basemodel.train_base --stage unet --resume --run-dir $(RUN_DIR) \
-	  $(UNET_START)
+	  $(UNET_START) $(UNET_TEXT)
 
 # The laboratory's report: base model, judge, controls and the seen-member control (lab-report/report.html and
 # summary.json; about half an hour on 2 cores).
