@@ -10,7 +10,7 @@ from transformers import CLIPTokenizer
 
 from perfusion.world.basemodel import model as models
 from perfusion.world.basemodel import train_base as train
-from perfusion.world.basemodel.config import ArchitectureConfig, UnetTrainingConfig
+from perfusion.world.basemodel.config import UnetTrainingConfig
 from perfusion.world.basemodel.data import world_source
 from perfusion.world.basemodel.grounding import (
     POSITION_WORDS,
@@ -26,15 +26,6 @@ from perfusion.world.catalog import world_object
 from perfusion.world.model_path import MODEL_DIR
 from perfusion.world.scenes import SceneSpec
 
-TINY = ArchitectureConfig(
-    unet_block_out_channels=(16, 16, 32),
-    unet_attention_heads=(1, 1, 2),
-    unet_norm_num_groups=8,
-    text_hidden_size=32,
-    text_intermediate_size=64,
-    text_layers=1,
-    text_heads=2,
-)
 ONE = SceneSpec(object="lovestruck cat", background="red", position="left", size="small")
 PAIR = SceneSpec(object="teacup", background="red", position="right", size="small", second_object="coffee cup")
 
@@ -105,9 +96,9 @@ def test_box_coverage_is_the_share_of_each_cell_inside_the_box():
     assert box_coverage(0.0, 32.0, 16.0, resolution=4).sum() == pytest.approx(0.5)  # half of it off the image
 
 
-def test_recording_processor_keeps_the_unet_output_and_records_normalised_maps():
+def test_recording_processor_keeps_the_unet_output_and_records_normalised_maps(tiny_architecture):
     torch.manual_seed(0)
-    unet = models.build_unet(TINY).eval()
+    unet = models.build_unet(tiny_architecture).eval()
     latents, encoding = torch.randn(2, 4, 16, 16), torch.randn(2, 7, 32)
     with torch.no_grad():
         reference = unet(latents, 10, encoding).sample
@@ -147,7 +138,9 @@ def test_pixel_loss_asks_the_token_to_hold_its_boxs_attention():
 
 
 @pytest.mark.parametrize("term", ["grounding", "pixel"])
-def test_training_step_with_grounding_moves_the_named_tokens_attention_to_their_boxes(tmp_path, term):
+def test_training_step_with_grounding_moves_the_named_tokens_attention_to_their_boxes(
+    tmp_path, term, tiny_architecture
+):
     if not (MODEL_DIR / "tokenizer").exists():
         pytest.skip("the embedded model's tokenizer is not shipped")
     shutil.copytree(MODEL_DIR / "tokenizer", tmp_path / "tokenizer")
@@ -159,7 +152,7 @@ def test_training_step_with_grounding_moves_the_named_tokens_attention_to_their_
     config = UnetTrainingConfig(
         batch_size=4, unet_learning_rate=1e-2, text_learning_rate=1e-2, warmup_steps=0, **weights
     )
-    trainer = train.UnetTrainer(tmp_path, world_source(), TINY, config, print)
+    trainer = train.UnetTrainer(tmp_path, world_source(), tiny_architecture, config, print)
     specs = [dataclasses.replace(ONE, position=p) for p in ("left", "right", "top", "bottom")]
     captions = [f"a lovestruck cat {p}" for p in ("on the left", "on the right", "at the top", "at the bottom")]
     latents = torch.randn(4, 4, 16, 16)
