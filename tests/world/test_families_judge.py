@@ -414,6 +414,22 @@ def test_the_base_models_bars_come_with_the_judges_ceiling_on_the_prompts_own_sc
     assert reached["category"] >= 0.8 and reached["background"] >= 0.9  # measured 1.00 and 1.00 (judge step 3,200)
 
 
+def test_the_base_evaluation_tells_a_pattern_adjective_from_a_pattern_phrase():
+    # a causal text encoder can carry "striped" into the noun after it, never "with stripes": the two are reported apart
+    from perfusion.world.families.base_eval import pattern_form, prompt_set
+
+    forms = {}
+    for spec, caption in prompt_set(200):
+        form = pattern_form(spec, caption)
+        if form is not None:
+            forms.setdefault(form, []).append(caption.text)
+    assert set(forms) == {"adjective", "phrase"}
+    assert all(" with " in text for text in forms["phrase"])
+    assert not any(
+        word in text.split() for text in forms["phrase"] for word in ("striped", "spotted", "patched", "banded")
+    )
+
+
 def test_the_seen_member_control_reports_its_ceiling_beside_it(tmp_path, tiny_pipe):
     # the judge on fresh renders of the seen member (its own ceiling) and the verbal oracle (the base model's)
     from perfusion.world.families.lab_report import seen_member_ceiling

@@ -27,7 +27,7 @@ import torch
 from perfusion.sheets import SheetRow, write_sheet
 
 from .captions import CaptionChoice, describe
-from .categories import CATEGORIES, CATEGORY_NAMES
+from .categories import CATEGORIES, CATEGORY_NAMES, PATTERN_WORDS
 from .instances import sample_training_instance
 from .judge import Judge, Reading
 from .sampling import generate_images, sampling_defaults
@@ -106,6 +106,15 @@ def score_image(reading: Reading, row: int, spec, caption) -> dict[str, bool]:
     return hits
 
 
+def pattern_form(spec, caption) -> str | None:
+    """How the prompt names its one object's pattern: "adjective" ("a striped cat": before the noun, so that a causal
+    text encoder can carry it into the noun) or "phrase" ("a cat with black stripes": after it); None if unnamed."""
+    if "pattern" not in caption.stated or spec.second is not None:
+        return None
+    adjectives = [word for word in PATTERN_WORDS[spec.first.instance.pattern] if not word.startswith("with ")]
+    return "adjective" if any(word in caption.text.split() for word in adjectives) else "phrase"
+
+
 def ceiling(judge: Judge, pairs) -> dict[str, float]:
     """The judge on renders of the prompts' own scenes, scored as the generations are: what a model that drew every
     prompt exactly would score, so that a bar the instrument cannot read shows as such."""
@@ -167,13 +176,18 @@ def evaluate(
     pairs = prompt_set(prompts)
     images = generate([caption.text for _, caption in pairs], list(range(seeds)))
     reading = judge.read(images)
-    hits, by_category, cells = [], {}, []
+    hits, by_category, cells, rows = [], {}, [], []
+    by_form: dict[str, list[bool]] = {}
     for index, (spec, caption) in enumerate(pairs):
         for seed in range(seeds):
             row = index * seeds + seed
             image_hits = score_image(reading, row, spec, caption)
             hits.append(image_hits)
             by_category.setdefault(spec.first.instance.category, []).append(image_hits)
+            form = pattern_form(spec, caption)
+            if form is not None:
+                by_form.setdefault(form, []).append(image_hits["pattern"])
+            rows.append({"prompt": caption.text, "seed": seed, "hits": image_hits})
             verdict = (
                 "ok" if all(image_hits.values()) else "miss " + ",".join(k for k, v in image_hits.items() if not v)
             )
@@ -182,6 +196,9 @@ def evaluate(
         "pooled": pooled(hits),
         "ceiling": ceiling(judge, pairs),
         "per_category": {name: pooled(h) for name, h in sorted(by_category.items())},
+        "pattern_by_form": {
+            form: {"obeyed": float(np.mean(v)), "images": len(v)} for form, v in sorted(by_form.items())
+        },
         "prompts": prompts,
         "seeds": seeds,
         "steps": steps,
@@ -192,6 +209,7 @@ def evaluate(
         spreads[name], drawn = spread(judge, pipe, name, generate, spread_samples)
         spread_rows.append(SheetRow(f"a photo of a {name}", [(image, "") for image in drawn[:16]]))
     results["spread"] = spreads
+    results["images"] = rows
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "base_eval.json").write_text(json.dumps(results, indent=1))
