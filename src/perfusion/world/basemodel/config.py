@@ -134,6 +134,10 @@ class UnetTrainingConfig:
     # pattern at its word and at the noun after it); 0: none. Trained jointly, the encoder had sent every pattern
     # word to one encoding (docs/basemodel.md).
     attribute_weight: float = 0.0
+    # Weight of the attribute readout through cross-attention (readout.py: the text states an object's box cells
+    # attend to must name its stated pattern and body colour); 0: none. With "together", post-noun phrases ("with
+    # black stripes") drew little attention and changed little (docs/basemodel.md).
+    readout_weight: float = 0.0
     pool_size: int = 20_000  # scenes whose latents are cached once (~1 min per 5,000 on 2 cores); grow it any time
     checkpoint_minutes: float = 10.0
     log_every: int = 50

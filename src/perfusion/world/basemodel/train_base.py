@@ -67,6 +67,7 @@ from .grounding import (
     token_pixel_loss,
 )
 from .model import pipeline_from_checkpoint
+from .readout import AttentionReadout
 from .tokenizer import build_tokenizer, words_split
 
 TOKENIZER_CAPTIONS = 5000  # captions added to the BPE corpus
@@ -441,12 +442,16 @@ class UnetTrainer:
         self.grounding = (
             CaptionGrounding(self.tokenizer) if config.grounding_weight or config.grounding_pixel_weight else None
         )
-        self.attention = AttentionRecorder(self.unet) if self.grounding else None
+        self.attention = AttentionRecorder(self.unet) if self.grounding or config.readout_weight else None
         self.attention_resolutions = attention_resolutions(self.unet)
         self.attributes = None
         if config.attribute_weight:  # its heads have their own optimizer, so that older checkpoints still resume
             self.attributes = AttributeSupervision(self.tokenizer, arch.text_hidden_size).to(self.device)
             self.attribute_optimizer = torch.optim.AdamW(self.attributes.parameters(), lr=config.text_learning_rate)
+        self.readout = None
+        if config.readout_weight:  # as the attribute heads: its own optimizer and checkpoint keys
+            self.readout = AttentionReadout(self.tokenizer, arch.text_hidden_size).to(self.device)
+            self.readout_optimizer = torch.optim.AdamW(self.readout.parameters(), lr=config.text_learning_rate)
 
     def state(self) -> dict:
         return {
@@ -470,6 +475,11 @@ class UnetTrainer:
                 if self.attributes is not None
                 else {}
             ),
+            **(
+                {"readout_heads": self.readout.state_dict(), "readout_optimizer": self.readout_optimizer.state_dict()}
+                if self.readout is not None
+                else {}
+            ),
         }
 
     def load(self, state: dict) -> None:
@@ -480,6 +490,9 @@ class UnetTrainer:
         if self.attributes is not None and "attribute_heads" in state:  # else the heads start afresh
             self.attributes.load_state_dict(state["attribute_heads"])
             self.attribute_optimizer.load_state_dict(state["attribute_optimizer"])
+        if self.readout is not None and "readout_heads" in state:
+            self.readout.load_state_dict(state["readout_heads"])
+            self.readout_optimizer.load_state_dict(state["readout_optimizer"])
         unet_group, text_group = self.optimizer.param_groups  # a resumed run takes the current config's rates
         unet_group["base_lr"], text_group["base_lr"] = self.config.unet_learning_rate, self.config.text_learning_rate
         restore_rng_state(state["rng"], self.generator, self.py_rng)
@@ -496,6 +509,15 @@ class UnetTrainer:
                 f"unet: from step {self.step} trained as {self.arch.prediction_type}, zero terminal SNR "
                 f"{self.arch.zero_terminal_snr} (was {saved.prediction_type}, {saved.zero_terminal_snr}); EMA restarted"
             )
+
+    def head_optimizers(self) -> list:
+        """The optimizers of the auxiliary heads (attribute supervision, attention readout) that are in use."""
+        heads = []
+        if self.attributes is not None:
+            heads.append(self.attribute_optimizer)
+        if self.readout is not None:
+            heads.append(self.readout_optimizer)
+        return heads
 
     def restart_ema(self) -> None:
         self.ema_unet = moving_average(self.unet, self.config.ema_decay)
@@ -583,7 +605,7 @@ class UnetTrainer:
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
         prediction_type = self.scheduler.config.prediction_type
         target = self.scheduler.get_velocity(latents, noise, timesteps) if prediction_type == "v_prediction" else noise
-        recording = self.attention.recording() if self.grounding else contextlib.nullcontext()
+        recording = self.attention.recording() if self.attention is not None else contextlib.nullcontext()
         bf16 = config.mixed_precision == "bf16"
         with recording, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             states = self.encode_captions(captions)
@@ -599,15 +621,18 @@ class UnetTrainer:
             losses["pixel"] = token_pixel_loss(self.attention.maps, pixel_targets, together=chosen == "together")
         if self.attributes is not None:
             losses["attributes"] = self.attributes.loss(states, specs, captions)
+        if self.readout is not None:
+            losses["readout"] = self.readout.loss(self.attention.maps, states, specs, captions)
         loss = (
             diffusion
             + config.grounding_weight * losses.get("grounding", 0.0)
             + config.grounding_pixel_weight * losses.get("pixel", 0.0)
             + config.attribute_weight * losses.get("attributes", 0.0)
+            + config.readout_weight * losses.get("readout", 0.0)
         )
         self.optimizer.zero_grad(set_to_none=True)
-        if self.attributes is not None:
-            self.attribute_optimizer.zero_grad(set_to_none=True)
+        for optimizer in self.head_optimizers():
+            optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(self.unet.parameters()) + list(self.text_encoder.parameters()), 1.0)
         factor = learning_rate_factor(
@@ -621,8 +646,8 @@ class UnetTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         self.optimizer.step()
-        if self.attributes is not None:
-            self.attribute_optimizer.step()
+        for optimizer in self.head_optimizers():
+            optimizer.step()
         self.step += 1
         self.ema_unet.step(self.unet.parameters())  # the EMA's own count of updates is self.step - self.ema_start
         self.ema_text.step(self.text_encoder.parameters())
