@@ -2,15 +2,11 @@
 and that training lowers it and a checkpoint keeps its heads."""
 
 import random
-import shutil
 
 import pytest
 import torch
 from transformers import CLIPTokenizer
 
-from perfusion.world.basemodel import train_base as train
-from perfusion.world.basemodel.config import UnetTrainingConfig
-from perfusion.world.basemodel.data import families_source
 from perfusion.world.basemodel.grounding import CaptionGrounding
 from perfusion.world.basemodel.readout import box_readout, readout_targets
 from perfusion.world.families import scenes
@@ -70,24 +66,11 @@ def test_the_readout_is_the_box_cells_attention_weighted_mean_of_the_objects_own
     torch.testing.assert_close(box_readout(attention, states, mask, own), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_training_lowers_the_readout_loss_and_a_checkpoint_keeps_its_heads(tmp_path, tiny_architecture):
-    for part in ("tokenizer", "vae"):  # a checkpoint records which autoencoder its latents came from
-        shutil.copytree(FAMILIES_MODEL_DIR / part, tmp_path / part)
-    torch.manual_seed(0)
-    config = UnetTrainingConfig(
-        batch_size=4, unet_learning_rate=1e-3, text_learning_rate=3e-3, warmup_steps=0, readout_weight=1.0
-    )
-    trainer = train.UnetTrainer(tmp_path, families_source(), tiny_architecture, config, print)
+def test_training_lowers_the_readout_loss_and_a_checkpoint_keeps_its_heads(train_tiny_heads):
     spec = spec_with(1)
     noun = spec.first.instance.category
     texts = [f"a {noun} with {word}" for word in ("stripes", "spots", "patches", "a band")]
-    latents = torch.randn(4, 4, 16, 16)
-    first = trainer.training_step(latents, texts, [spec] * 4)
-    for _ in range(30):
-        last = trainer.training_step(latents, texts, [spec] * 4)
+    first, last, trainer, resumed = train_tiny_heads(texts, spec, readout_weight=1.0)
     assert last["readout"] < 0.5 * first["readout"]  # cross-entropy over 5 patterns starts near log 5
-    trainer.save()
-    resumed = train.UnetTrainer(tmp_path, families_source(), tiny_architecture, config, print)
-    resumed.load(torch.load(trainer.checkpoint_path, weights_only=False))
     for name, tensor in trainer.readout.state_dict().items():
         assert torch.equal(resumed.readout.state_dict()[name], tensor)
