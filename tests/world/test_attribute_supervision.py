@@ -7,6 +7,7 @@ import torch
 from transformers import CLIPTokenizer
 
 from perfusion.world.basemodel.attributes import AttributeSupervision
+from perfusion.world.basemodel.grounding import WORD_PATTERN
 from perfusion.world.families import captions, scenes
 from perfusion.world.families.categories import PATTERNS
 from perfusion.world.families.palette import COLOURS
@@ -62,3 +63,44 @@ def test_the_heads_train_the_encoder_to_tell_pattern_words_apart(train_tiny_head
     assert last["attributes"] < 0.3 * first["attributes"]
     for name, tensor in trainer.attributes.state_dict().items():
         assert torch.equal(resumed.attributes.state_dict()[name], tensor)
+
+
+def test_shape_words_are_whole_words_of_their_object():
+    spec = one_object_spec()
+    noun = spec.first.instance.category
+    words = WORD_PATTERN.findall(f"a large long-tailed slim {noun} on a tall background")
+    found = [
+        (words[end], noun_index, captions.SHAPE_PHRASES[phrase])
+        for end, noun_index, phrase in captions.shape_words(spec, words)
+    ]
+    assert found == [("tailed", 6, "long-tailed"), ("slim", 6, "slim")]  # not "long" alone, not the background's "tall"
+
+
+def test_the_noun_is_asked_for_every_shape_word_before_it(tokenizer):
+    spec = one_object_spec()
+    noun = spec.first.instance.category
+    caption = f"a short-legged chubby {noun}"
+    samples, positions, labels = AttributeSupervision(tokenizer, 8).shape_targets([spec], [caption])
+    ids = tokenizer(caption).input_ids
+    named = {
+        tokenizer.convert_ids_to_tokens(ids[p]).removesuffix("</w>"): {
+            captions.SHAPE_PHRASES[i] for i in row.nonzero().flatten().tolist()
+        }
+        for p, row in zip(positions.tolist(), labels)
+    }
+    assert named == {"legged": {"short-legged"}, "chubby": {"short-legged", "chubby"}, noun: {"short-legged", "chubby"}}
+    assert samples.tolist() == [0, 0, 0]
+
+
+def test_a_checkpoint_from_before_the_shape_head_resumes_with_it_new(train_tiny_heads):
+    spec = one_object_spec()
+    noun = spec.first.instance.category
+    texts = [f"a {word} {noun}" for word in ("slim", "chubby", "short-legged", "long-legged")]
+    _, _, trainer, _ = train_tiny_heads(texts, spec, steps=1, attribute_weight=1.0)
+    state = torch.load(trainer.checkpoint_path, weights_only=False)
+    state["attribute_heads"] = {k: v for k, v in state["attribute_heads"].items() if not k.startswith("heads.shape.")}
+    messages = []
+    trainer.log = messages.append
+    trainer.load(state)
+    assert any("heads.shape.weight" in message for message in messages)
+    assert torch.equal(trainer.attributes.heads["colour"].weight, state["attribute_heads"]["heads.colour.weight"])

@@ -488,8 +488,11 @@ class UnetTrainer:
         self.text_encoder.load_state_dict(state["text_encoder"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.attributes is not None and "attribute_heads" in state:  # else the heads start afresh
-            self.attributes.load_state_dict(state["attribute_heads"])
-            self.attribute_optimizer.load_state_dict(state["attribute_optimizer"])
+            missing, _ = self.attributes.load_state_dict(state["attribute_heads"], strict=False)
+            if missing:  # a head added since (the shape words'): the heads' optimizer starts afresh
+                self.log(f"unet: attribute heads new since this checkpoint: {', '.join(missing)}")
+            else:
+                self.attribute_optimizer.load_state_dict(state["attribute_optimizer"])
         if self.readout is not None and "readout_heads" in state:
             self.readout.load_state_dict(state["readout_heads"])
             self.readout_optimizer.load_state_dict(state["readout_optimizer"])

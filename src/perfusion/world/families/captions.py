@@ -254,6 +254,33 @@ def attribute_words(spec: SceneSpec, words: list[str]) -> list[tuple[int, int | 
     return found
 
 
+# The shape words captions use, each as the words CLIP's pre-tokenizer splits it into ("long-tailed": long, -, tailed);
+# the same word may name different parameters in different families ("round": a fish's height, a vase's belly).
+SHAPE_PHRASES = tuple(
+    sorted({word for family in CATEGORIES.values() for shape in family.shapes for word in (*shape.low, *shape.high)})
+)
+_SHAPE_PIECES = [tuple(re.findall(r"[a-z]+|[^\sa-z]+", phrase)) for phrase in SHAPE_PHRASES]
+
+
+def shape_words(spec: SceneSpec, words: list[str]) -> list[tuple[int, int | None, int]]:
+    """(index of the shape word's last piece, index of its object's noun if the noun comes after it, index in
+    SHAPE_PHRASES) for every shape word of an object's noun phrase ("a long-tailed slim cat")."""
+    owners = word_objects(spec, words)
+    found = []
+    for start in range(len(words)):
+        for phrase, pieces in enumerate(_SHAPE_PIECES):
+            end = start + len(pieces) - 1
+            if tuple(words[start : end + 1]) != pieces or owners[end] is None:
+                continue
+            if (start > 0 and words[start - 1] == "-") or (end + 1 < len(words) and words[end + 1] == "-"):
+                continue  # a piece of a longer word: "long" in "long-tailed"
+            owner = owners[end]
+            nouns = object_nouns(spec.instances[owner])
+            noun = next((j for j in range(end + 1, len(words)) if owners[j] == owner and words[j] in nouns), None)
+            found.append((end, noun, phrase))
+    return found
+
+
 def make_scene(seed: int, sampling: WorldSampling = WorldSampling()) -> Scene:
     """The training scene of ``seed``: the same seed always gives the same image, caption and spec."""
     rng = random.Random(seed)
