@@ -12,7 +12,9 @@ named (as an adjective, "striped", and as a phrase, "with black stripes"), on th
   half of every side, where a large object lies), averaged over layers at t = 600 from the seeds' noise.
 - encodings: in "a large <word> cat on a gray background", the mean pairwise cosine of the text encoder's output at
   the word, over the pattern words and over the colour words, and at the noun after them: a word the encoder sends
-  where its siblings go cannot be read by any UNet.
+  where its siblings go cannot be read by any UNet; and for shape words, the cosine between a category's low and
+  high word for one parameter ("short-tailed", "long-tailed"), at the word's last token and at the noun after it,
+  averaged over every parameter named both ways.
 A sheet (one row per prompt) is written beside the numbers.
 """
 
@@ -27,7 +29,8 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from perfusion.sheets import SheetRow, write_sheet
-from perfusion.world.basemodel.grounding import AttentionRecorder
+from perfusion.world.basemodel.grounding import WORD_PATTERN, AttentionRecorder, CaptionGrounding
+from perfusion.world.families.categories import CATEGORIES
 from perfusion.world.families.judge import Judge
 from perfusion.world.families.palette import COLOURS
 from perfusion.world.families.sampling import generate_images
@@ -102,7 +105,30 @@ def encoding_cosines(pipe) -> dict[str, float]:
         states = pipe.encode_prompt([f"a large {w} cat{SUFFIX}" for w in words], "cpu", 1, False)[0]
         result[f"{name}_words"] = mean_cosine(states[:, 3])  # BOS, "a", "large", the word
         result[f"noun_after_{name}_words"] = mean_cosine(states[:, 4])
-    return result
+    return result | shape_cosines(pipe)
+
+
+@torch.no_grad()
+def shape_cosines(pipe) -> dict[str, float]:
+    """Cosine between the encodings after a parameter's low and high shape word, at the word's last token and at
+    the noun after it, averaged over every (category, parameter) named both ways."""
+    pieces = CaptionGrounding(pipe.tokenizer)
+    at_word, at_noun = [], []
+    for category, family in CATEGORIES.items():
+        for shape in family.shapes:
+            if not (shape.low and shape.high):
+                continue
+            texts = [f"a large {word} {category}{SUFFIX}" for word in (shape.low[0], shape.high[0])]
+            states = pipe.encode_prompt(texts, "cpu", 1, False)[0].float()
+            nouns = []
+            for text in texts:  # the noun's last token (position 0 is BOS)
+                words = WORD_PATTERN.findall(text)
+                nouns.append(sum(pieces.word_token_counts(words[: words.index(category) + 1])))
+            words_end = [noun - pieces.word_token_counts([category])[0] for noun in nouns]
+            cosine = torch.nn.functional.cosine_similarity
+            at_word.append(float(cosine(states[0, words_end[0]], states[1, words_end[1]], dim=0)))
+            at_noun.append(float(cosine(states[0, nouns[0]], states[1, nouns[1]], dim=0)))
+    return {"shape_words_low_high": float(np.mean(at_word)), "noun_after_shape_words_low_high": float(np.mean(at_noun))}
 
 
 def main(argv=None) -> None:
