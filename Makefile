@@ -62,10 +62,11 @@ VAE_START = $(if $(INIT_FROM),$(INIT_FROM),--warm-start $(EMOJI_MODEL) --crop-si
 UNET_START = $(if $(wildcard $(RUN_DIR)/unet.ckpt)$(INIT_FROM),$(INIT_FROM),--warm-start $(EMOJI_MODEL) \
   --grounding-weight 0.3 --grounding-pixel-weight 0.1 --high-noise-fraction 0.15 --warmup-steps 200 --max-steps 16000 \
   --mixed-precision $(MIXED_PRECISION))
-# The grounding's pixel term on each object's words jointly, and the text encoder taught to tell attribute words apart
-# (docs/basemodel.md: the jointly trained encoder had merged the pattern words); given on every run, so that a run
-# resumed from a checkpoint or from the committed folder of an earlier setting takes them up.
-UNET_TEXT ?= --grounding-pixel-tokens together --attribute-weight 0.1
+# The grounding's pixel term on each object's words jointly, the text encoder taught to tell attribute words apart
+# (docs/basemodel.md: the jointly trained encoder had merged the pattern and shape words), and the attention readout
+# (what an object's cells attend to must name its pattern: the words after the noun were not looked at); given on
+# every run, so that a run resumed from a checkpoint or from the committed folder of an earlier setting takes them up.
+UNET_TEXT ?= --grounding-pixel-tokens together --attribute-weight 0.1 --readout-weight 0.1
 basemodel: $(VENV)/.installed
 	$(PY) -m perfusion.world.basemodel.train_base --stage tokenizer --run-dir $(RUN_DIR) $(INIT_FROM)
 	$(PY) -m perfusion.world.basemodel.train_base --stage vae --resume --run-dir $(RUN_DIR) $(VAE_START)
