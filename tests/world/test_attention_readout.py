@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import CLIPTokenizer
 
-from perfusion.world.basemodel.grounding import CaptionGrounding
+from perfusion.world.basemodel.grounding import CaptionGrounding, object_boxes
 from perfusion.world.basemodel.readout import box_readout, readout_targets
 from perfusion.world.families import scenes
 from perfusion.world.families.categories import PATTERNS
@@ -46,8 +46,7 @@ def test_each_object_of_a_pair_is_read_in_its_own_box(grounding):
     first, second = (instance.category for instance in spec.instances)
     targets = readout_targets(grounding, [spec], [f"a spotted {first} next to a {second} with patches"])
     boxes = {t.value: t.box for t in targets if t.attribute == "pattern"}
-    assert set(boxes) == {PATTERNS.index("spots"), PATTERNS.index("patches")}
-    assert boxes[PATTERNS.index("spots")] != boxes[PATTERNS.index("patches")]
+    assert boxes == {PATTERNS.index("spots"): object_boxes(spec)[0], PATTERNS.index("patches"): object_boxes(spec)[1]}
 
 
 def test_an_empty_caption_states_nothing(grounding):
@@ -74,3 +73,20 @@ def test_training_lowers_the_readout_loss_and_a_checkpoint_keeps_its_heads(train
     assert last["readout"] < 0.5 * first["readout"]  # cross-entropy over 5 patterns starts near log 5
     for name, tensor in trainer.readout.state_dict().items():
         assert torch.equal(resumed.readout.state_dict()[name], tensor)
+
+
+def test_the_readout_loss_alone_reaches_the_unets_attention(train_tiny_heads):
+    # the states are detached; the gradient must still reach where the cross-attention looks (its queries and keys)
+    spec = spec_with(1)
+    noun = spec.first.instance.category
+    texts = [f"a {noun} with {word}" for word in ("stripes", "spots")]
+    _, _, trainer, _ = train_tiny_heads(texts, spec, steps=0, readout_weight=1.0)
+    trainer.unet.zero_grad(set_to_none=True)
+    noisy = torch.randn(2, 4, 16, 16)
+    with trainer.attention.recording():
+        states = trainer.encode_captions(texts)
+        trainer.unet(noisy, torch.tensor([500, 500]), states)
+    trainer.readout.loss(trainer.attention.maps, states, [spec] * 2, texts).backward()
+    for part in ("to_q", "to_k"):
+        grads = [getattr(m, part).weight.grad for n, m in trainer.unet.named_modules() if n.endswith("attn2")]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), part

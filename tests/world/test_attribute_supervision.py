@@ -96,11 +96,18 @@ def test_a_checkpoint_from_before_the_shape_head_resumes_with_it_new(train_tiny_
     spec = one_object_spec()
     noun = spec.first.instance.category
     texts = [f"a {word} {noun}" for word in ("slim", "chubby", "short-legged", "long-legged")]
-    _, _, trainer, _ = train_tiny_heads(texts, spec, steps=1, attribute_weight=1.0)
+    _, _, trainer, fresh = train_tiny_heads(texts, spec, steps=1, attribute_weight=1.0)
     state = torch.load(trainer.checkpoint_path, weights_only=False)
     state["attribute_heads"] = {k: v for k, v in state["attribute_heads"].items() if not k.startswith("heads.shape.")}
+    old_heads = [trainer.attributes.heads[name] for name in ("colour", "pattern")]
+    old_optimizer = torch.optim.AdamW([p for head in old_heads for p in head.parameters()])  # 4 tensors, not 6
+    state["attribute_optimizer"] = old_optimizer.state_dict()
+    with torch.no_grad():
+        fresh.attributes.heads["colour"].weight.zero_()
+    shape_before = fresh.attributes.heads["shape"].weight.clone()
     messages = []
-    trainer.log = messages.append
-    trainer.load(state)
+    fresh.log = messages.append
+    fresh.load(state)
     assert any("heads.shape.weight" in message for message in messages)
-    assert torch.equal(trainer.attributes.heads["colour"].weight, state["attribute_heads"]["heads.colour.weight"])
+    assert torch.equal(fresh.attributes.heads["colour"].weight, state["attribute_heads"]["heads.colour.weight"])
+    assert torch.equal(fresh.attributes.heads["shape"].weight, shape_before)  # kept as it was made

@@ -488,9 +488,10 @@ class UnetTrainer:
         self.text_encoder.load_state_dict(state["text_encoder"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.attributes is not None and "attribute_heads" in state:  # else the heads start afresh
-            missing, _ = self.attributes.load_state_dict(state["attribute_heads"], strict=False)
-            if missing:  # a head added since (the shape words'): the heads' optimizer starts afresh
-                self.log(f"unet: attribute heads new since this checkpoint: {', '.join(missing)}")
+            missing, unexpected = self.attributes.load_state_dict(state["attribute_heads"], strict=False)
+            if missing or unexpected:  # a head added (the shape words') or removed since: its optimizer starts afresh
+                changed = ", ".join([*missing, *unexpected])
+                self.log(f"unet: attribute heads changed since this checkpoint ({changed}); their optimizer restarts")
             else:
                 self.attribute_optimizer.load_state_dict(state["attribute_optimizer"])
         if self.readout is not None and "readout_heads" in state:

@@ -108,9 +108,12 @@ def score_image(reading: Reading, row: int, spec, caption) -> dict[str, bool]:
 
 def pattern_form(spec, caption) -> str | None:
     """How the prompt names its one object's pattern: "adjective" ("a striped cat": before the noun, so that a causal
-    text encoder can carry it into the noun) or "phrase" ("a cat with black stripes": after it); None if unnamed."""
+    text encoder can carry it into the noun), "phrase" ("a cat with black stripes": after it) or "plain" ("a solid
+    mug", always before the noun, kept apart so that the other two compare the same patterns); None if unnamed."""
     if "pattern" not in caption.stated or spec.second is not None:
         return None
+    if spec.first.instance.pattern == "plain":
+        return "plain"
     adjectives = [word for word in PATTERN_WORDS[spec.first.instance.pattern] if not word.startswith("with ")]
     return "adjective" if any(word in caption.text.split() for word in adjectives) else "phrase"
 

@@ -201,7 +201,13 @@ def word_objects(spec: SceneSpec, words: list[str]) -> list[int | None]:
     pair only in "X on the left and Y on the right")."""
     owners: list[int | None] = [None] * len(words)
     start = 0
-    for index, instance in enumerate(spec.instances):
+
+    def first_mention(index: int) -> int:  # "Y on the left and X on the right" names the second object first
+        nouns = object_nouns(spec.instances[index])
+        return next((i for i, word in enumerate(words) if word in nouns), len(words))
+
+    for index in sorted(range(len(spec.instances)), key=first_mention):
+        instance = spec.instances[index]
         nouns = object_nouns(instance)
         noun = next((i for i in range(start, len(words)) if words[i] in nouns), None)
         if noun is None:
