@@ -13,6 +13,8 @@ from perfusion.world.model_path import FAMILIES_MODEL_DIR
 def tiny_architecture() -> ArchitectureConfig:
     """The base model's three networks at a few channels each, for training steps in tests."""
     return ArchitectureConfig(
+        vae_block_out_channels=(8, 16, 16),
+        vae_norm_num_groups=4,
         unet_block_out_channels=(16, 16, 32),
         unet_attention_heads=(1, 1, 2),
         unet_norm_num_groups=8,

@@ -30,17 +30,6 @@ from perfusion.world.basemodel.export import export
 from perfusion.world.basemodel.tokenizer import build_tokenizer, words_split
 
 WORDS = "a photo of the cat kitten tabby dog cup on blue red background small large left right centre".split()
-TINY = ArchitectureConfig(
-    vae_block_out_channels=(8, 16, 16),
-    vae_norm_num_groups=4,
-    unet_block_out_channels=(16, 16, 32),
-    unet_attention_heads=(1, 1, 2),
-    unet_norm_num_groups=8,
-    text_hidden_size=32,
-    text_intermediate_size=64,
-    text_layers=1,
-    text_heads=2,
-)
 COLOURS = {"red": (220, 40, 40), "blue": (40, 60, 220)}
 
 
@@ -82,16 +71,20 @@ def test_new_concept_token_is_one_token(tokenizer_dir):
     assert ids[1] == size and len(ids) == 4
 
 
-def tiny_pipeline(tokenizer_dir) -> StableDiffusionPipeline:
+def tiny_pipeline(tokenizer_dir, architecture) -> StableDiffusionPipeline:
     torch.manual_seed(0)
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
     return models.assemble_pipeline(
-        models.build_vae(TINY), models.build_unet(TINY), models.build_text_encoder(TINY, tokenizer), tokenizer, TINY
+        models.build_vae(architecture),
+        models.build_unet(architecture),
+        models.build_text_encoder(architecture, tokenizer),
+        tokenizer,
+        architecture,
     )
 
 
-def test_saved_fp16_pipeline_loads_as_fp32_and_generates(tokenizer_dir, tmp_path):
-    models.save_pipeline(tiny_pipeline(tokenizer_dir), tmp_path / "pipe")
+def test_saved_fp16_pipeline_loads_as_fp32_and_generates(tokenizer_dir, tmp_path, tiny_architecture):
+    models.save_pipeline(tiny_pipeline(tokenizer_dir, tiny_architecture), tmp_path / "pipe")
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "pipe", local_files_only=True)
     assert {pipe.unet.dtype, pipe.text_encoder.dtype, pipe.vae.dtype} == {torch.float32}
     assert pipe.safety_checker is None and pipe.feature_extractor is None
@@ -99,8 +92,8 @@ def test_saved_fp16_pipeline_loads_as_fp32_and_generates(tokenizer_dir, tmp_path
     assert image.size == (64, 64)
 
 
-def test_pipeline_saved_in_small_shards_loads_the_same_weights(tokenizer_dir, tmp_path):
-    pipeline = tiny_pipeline(tokenizer_dir)
+def test_pipeline_saved_in_small_shards_loads_the_same_weights(tokenizer_dir, tmp_path, tiny_architecture):
+    pipeline = tiny_pipeline(tokenizer_dir, tiny_architecture)
     limit = 64 * 1024  # bytes: small enough that the tiny UNet and text encoder need several shards
     models.save_pipeline(pipeline, tmp_path / "pipe", dtype=torch.float32, max_shard_bytes=limit)
     files = list((tmp_path / "pipe").rglob("*.safetensors"))
@@ -154,13 +147,15 @@ def test_saved_config_with_a_removed_field_still_loads():
     assert from_dict(UnetTrainingConfig, saved) == UnetTrainingConfig(batch_size=8)
 
 
-def test_min_snr_weights_keep_the_noisiest_steps_under_v_prediction():
-    scheduler = models.build_training_scheduler(TINY)
+def test_min_snr_weights_keep_the_noisiest_steps_under_v_prediction(tiny_architecture):
+    scheduler = models.build_training_scheduler(tiny_architecture)
     timesteps = torch.tensor([0, 500, 999])
     v = train.min_snr_weights(scheduler, timesteps, 5.0, "v_prediction")
     assert v[0] < 0.01 and v[2] == 1.0  # low noise capped; zero SNR at t=999 keeps full weight
     eps = train.min_snr_weights(
-        models.build_training_scheduler(dataclasses.replace(TINY, prediction_type="epsilon", zero_terminal_snr=False)),
+        models.build_training_scheduler(
+            dataclasses.replace(tiny_architecture, prediction_type="epsilon", zero_terminal_snr=False)
+        ),
         timesteps,
         5.0,
         "epsilon",
@@ -214,9 +209,9 @@ def test_random_crops_are_on_the_latent_grid():
     assert all(int(crop[0, 0, 0]) % 64 % 4 == 0 and int(crop[0, 0, 0]) // 64 % 64 % 4 == 0 for crop in crops)
 
 
-def test_object_weight_makes_errors_on_the_object_cost_more():
+def test_object_weight_makes_errors_on_the_object_cost_more(tiny_architecture):
     torch.manual_seed(0)
-    vae = models.build_vae(TINY)
+    vae = models.build_vae(tiny_architecture)
     images = torch.rand(2, 3, 16, 16) * 2 - 1
     masks = torch.zeros(2, 1, 16, 16)
     masks[:, :, 4:12, 4:12] = 1.0
@@ -237,11 +232,11 @@ def test_object_weight_makes_errors_on_the_object_cost_more():
     assert parts_plain["l1"] == pytest.approx(whole, rel=1e-4)
 
 
-def test_anchored_autoencoder_keeps_its_start_scale_and_reports_drift(tmp_path):
+def test_anchored_autoencoder_keeps_its_start_scale_and_reports_drift(tmp_path, tiny_architecture):
     torch.manual_seed(0)
     log = train.RunLog(tmp_path)
     start = tmp_path / "start"
-    vae = models.build_vae(TINY)
+    vae = models.build_vae(tiny_architecture)
     vae.register_to_config(scaling_factor=0.5)
     vae.save_pretrained(start / "vae")
     source = SceneSource(
@@ -256,33 +251,35 @@ def test_anchored_autoencoder_keeps_its_start_scale_and_reports_drift(tmp_path):
         batch_size=2, max_steps=2, crop_size=0, object_weight=4.0, anchor_weight=1.0, log_every=1
     )
     with pytest.raises(ValueError, match="--warm-start"):
-        train.train_vae(run, source, TINY, config, False, StopAfter(10), log)
-    train.train_vae(run, source, TINY, config, False, StopAfter(10), log, warm_start=start)
+        train.train_vae(run, source, tiny_architecture, config, False, StopAfter(10), log)
+    train.train_vae(run, source, tiny_architecture, config, False, StopAfter(10), log, warm_start=start)
     assert train.load_exported_vae(run).config.scaling_factor == 0.5  # not re-measured: the UNet's scale holds
     records = [line for line in (tmp_path / "log.jsonl").read_text().splitlines() if '"anchor"' in line]
     assert records and '"object_l1"' in records[-1]
 
 
-def test_a_unet_goes_on_in_an_anchored_autoencoders_latents_only_when_asked(tmp_path):
+def test_a_unet_goes_on_in_an_anchored_autoencoders_latents_only_when_asked(tmp_path, tiny_architecture):
     torch.manual_seed(0)
     log = train.RunLog(tmp_path)
     train.train_tokenizer(tmp_path, SOURCE, TokenizerConfig(vocab_size=600), log)
-    train.train_vae(tmp_path, SOURCE, TINY, VaeTrainingConfig(batch_size=2, max_steps=1), False, StopAfter(10), log)
+    train.train_vae(
+        tmp_path, SOURCE, tiny_architecture, VaeTrainingConfig(batch_size=2, max_steps=1), False, StopAfter(10), log
+    )
     pool = lambda: LatentPool(tmp_path / "latents", train.vae_fingerprint(tmp_path), chunk_size=8)  # noqa: E731
     pool().fill(SOURCE, train.load_exported_vae(tmp_path), train.load_exported_vae(tmp_path).config.scaling_factor, 8)
     config = UnetTrainingConfig(batch_size=2, warmup_steps=1)
-    train.UnetTrainer(tmp_path, SOURCE, TINY, config, log).run(False, StopAfter(1))
+    train.UnetTrainer(tmp_path, SOURCE, tiny_architecture, config, log).run(False, StopAfter(1))
     start = tmp_path / "start"
     shutil.copytree(tmp_path / "vae", start / "vae")
     source = SceneSource(SOURCE.make_scene, SOURCE.caption, SOURCE.vocabulary, masked=masked)
     anchored = VaeTrainingConfig(batch_size=2, max_steps=1, crop_size=0, object_weight=1.0, anchor_weight=1.0)
     (tmp_path / "vae.ckpt").unlink()
-    train.train_vae(tmp_path, source, TINY, anchored, False, StopAfter(10), log, warm_start=start)
+    train.train_vae(tmp_path, source, tiny_architecture, anchored, False, StopAfter(10), log, warm_start=start)
     shutil.rmtree(tmp_path / "latents")
     pool().fill(SOURCE, train.load_exported_vae(tmp_path), train.load_exported_vae(tmp_path).config.scaling_factor, 8)
     with pytest.raises(ValueError, match="another autoencoder"):
-        train.UnetTrainer(tmp_path, SOURCE, TINY, config, log).run(True, StopAfter(1))
-    resumed = train.UnetTrainer(tmp_path, SOURCE, TINY, config, log)
+        train.UnetTrainer(tmp_path, SOURCE, tiny_architecture, config, log).run(True, StopAfter(1))
+    resumed = train.UnetTrainer(tmp_path, SOURCE, tiny_architecture, config, log)
     resumed.run(True, StopAfter(1), adopt_autoencoder=True)
     assert resumed.step == 2
     assert torch.load(tmp_path / "unet.ckpt", weights_only=False)["vae"] == train.vae_fingerprint(tmp_path)
@@ -299,13 +296,15 @@ def test_vae_training_config_refuses_negative_weights_and_off_grid_crops():
         VaeTrainingConfig(crop_size=30)
 
 
-def test_training_stages_resume_and_export(tmp_path):
+def test_training_stages_resume_and_export(tmp_path, tiny_architecture):
     torch.manual_seed(0)
     log = train.RunLog(tmp_path)
     train.train_tokenizer(tmp_path, SOURCE, TokenizerConfig(vocab_size=600), log)
     vae_config = VaeTrainingConfig(batch_size=4, max_steps=2)
-    train.train_vae(tmp_path, SOURCE, TINY, vae_config, False, StopAfter(10), log)
-    train.train_vae(tmp_path, SOURCE, TINY, dataclasses.replace(vae_config, max_steps=3), True, StopAfter(10), log)
+    train.train_vae(tmp_path, SOURCE, tiny_architecture, vae_config, False, StopAfter(10), log)
+    train.train_vae(
+        tmp_path, SOURCE, tiny_architecture, dataclasses.replace(vae_config, max_steps=3), True, StopAfter(10), log
+    )
     assert torch.load(tmp_path / "vae.ckpt", weights_only=False)["step"] == 3
     vae = train.load_exported_vae(tmp_path)
     LatentPool(tmp_path / "latents", train.vae_fingerprint(tmp_path), chunk_size=8).fill(
@@ -313,10 +312,12 @@ def test_training_stages_resume_and_export(tmp_path):
     )
     config = UnetTrainingConfig(batch_size=4, warmup_steps=2)
     epsilon = dataclasses.replace(
-        TINY, prediction_type="epsilon", zero_terminal_snr=False
+        tiny_architecture, prediction_type="epsilon", zero_terminal_snr=False
     )  # as the first shipped model
     train.UnetTrainer(tmp_path, SOURCE, epsilon, config, log).run(False, StopAfter(2))
-    resumed = train.UnetTrainer(tmp_path, SOURCE, TINY, config, log)  # switched to v on the zero-terminal-SNR schedule
+    resumed = train.UnetTrainer(
+        tmp_path, SOURCE, tiny_architecture, config, log
+    )  # switched to v on the zero-terminal-SNR schedule
     resumed.run(True, StopAfter(1))
     assert (resumed.step, resumed.ema_start) == (3, 2)  # the EMA restarted at the switch
     pipe = StableDiffusionPipeline.from_pretrained(export(tmp_path, tmp_path / "model"), local_files_only=True)
@@ -330,21 +331,25 @@ def test_training_stages_resume_and_export(tmp_path):
     image = pipe("a red cup on blue background", num_inference_steps=2, height=64, width=64).images[0]
     assert np.asarray(image).shape == (64, 64, 3)
     fingerprint = train.vae_fingerprint(tmp_path)
-    train.train_vae(tmp_path, SOURCE, TINY, vae_config, False, StopAfter(10), log, decoder_only=True)
+    train.train_vae(tmp_path, SOURCE, tiny_architecture, vae_config, False, StopAfter(10), log, decoder_only=True)
     assert train.vae_fingerprint(tmp_path) == fingerprint  # decoder fine-tuning keeps the latent space
-    train.UnetTrainer(tmp_path, SOURCE, TINY, config, log).run(True, StopAfter(1))  # so the UNet still resumes
+    train.UnetTrainer(tmp_path, SOURCE, tiny_architecture, config, log).run(
+        True, StopAfter(1)
+    )  # so the UNet still resumes
 
     # With the run directory lost, training continues from the shipped folder: same weights, same step.
     fresh = tmp_path / "fresh-run"
     fresh.mkdir()
     train.adopt_shipped_parts(tmp_path / "model", fresh, log)
     adopted = train.vae_fingerprint(fresh)
-    train.train_vae(fresh, SOURCE, TINY, vae_config, True, StopAfter(10), log)  # make basemodel's vae stage: a no-op
+    train.train_vae(
+        fresh, SOURCE, tiny_architecture, vae_config, True, StopAfter(10), log
+    )  # make basemodel's vae stage: a no-op
     assert not (fresh / "vae.ckpt").exists() and train.vae_fingerprint(fresh) == adopted
     LatentPool(fresh / "latents", train.vae_fingerprint(fresh), chunk_size=8).fill(
         SOURCE, train.load_exported_vae(fresh), vae.config.scaling_factor, 8
     )
-    continued = train.UnetTrainer(fresh, SOURCE, TINY, config, log)
+    continued = train.UnetTrainer(fresh, SOURCE, tiny_architecture, config, log)
     continued.initialise_from(tmp_path / "model")
     assert continued.step == 3 and continued.warmup_from == 3  # Adam starts afresh, so the rate warms up again
     assert train.shipped_info(tmp_path / "model")["config"]["batch_size"] == config.batch_size  # --init-from's schedule
@@ -354,7 +359,7 @@ def test_training_stages_resume_and_export(tmp_path):
     assert continued.step == 4
     assert continued.optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * config.unet_learning_rate, rel=0.01)
     cool_down = dataclasses.replace(config, decay_from=4, max_steps=6)  # resumed with a cool-down: stops at its end
-    cooled = train.UnetTrainer(fresh, SOURCE, TINY, cool_down, log)
+    cooled = train.UnetTrainer(fresh, SOURCE, tiny_architecture, cool_down, log)
     cooled.run(True, StopAfter(10))
     assert cooled.step == 6 and cooled.optimizer.param_groups[0]["lr"] < config.unet_learning_rate
 
@@ -408,11 +413,11 @@ def test_evaluation_scores_true_renders_perfectly():
     assert all(all(values) for values in hits.values())  # the judge is exact on renders (its reported accuracy)
 
 
-def test_autoencoder_round_trip_keeps_size_and_count(tokenizer_dir):
+def test_autoencoder_round_trip_keeps_size_and_count(tokenizer_dir, tiny_architecture):
     from perfusion.world.basemodel.evaluate import autoencoded
 
     images = [Image.new("RGB", (64, 64), colour) for colour in COLOURS.values()]
-    round_trips = autoencoded(tiny_pipeline(tokenizer_dir), images)
+    round_trips = autoencoded(tiny_pipeline(tokenizer_dir, tiny_architecture), images)
     assert len(round_trips) == 2 and all(image.size == (64, 64) and image.mode == "RGB" for image in round_trips)
 
 
@@ -472,7 +477,7 @@ def test_world_source_can_name_every_object_by_its_category():
         assert f" {world_object(spec.object).category}" in f" {text}"
 
 
-def test_unet_batches_can_draw_more_two_object_scenes(tmp_path):
+def test_unet_batches_can_draw_more_two_object_scenes(tmp_path, tiny_architecture):
     from perfusion.world.basemodel.data import world_source
     from perfusion.world.model_path import MODEL_DIR
     from perfusion.world.scenes import sample_spec
@@ -486,7 +491,7 @@ def test_unet_batches_can_draw_more_two_object_scenes(tmp_path):
     drawn = {}
     for share in (0.0, 0.75):
         config = UnetTrainingConfig(batch_size=32, two_object_share=share)
-        trainer = train.UnetTrainer(tmp_path, world_source(), TINY, config, lambda message: None)
+        trainer = train.UnetTrainer(tmp_path, world_source(), tiny_architecture, config, lambda message: None)
         batches = [trainer.batch(latents, specs)[2] for _ in range(10)]
         drawn[share] = sum(spec.second_object is not None for batch in batches for spec in batch) / 320
     pool_share = sum(spec.second_object is not None for spec in specs) / len(specs)
@@ -499,7 +504,7 @@ def test_unet_training_config_refuses_an_unknown_mixed_precision():
         UnetTrainingConfig(mixed_precision="fp8")
 
 
-def shipped_tokenizer_run(run_dir, count: int):
+def shipped_tokenizer_run(run_dir, count: int, architecture):
     """A UNet run directory with the embedded model's tokenizer, and ``count`` scene specs of its world with random
     latents of the tiny architecture (skipped where the tokenizer is not shipped)."""
     from perfusion.world.model_path import MODEL_DIR
@@ -510,23 +515,23 @@ def shipped_tokenizer_run(run_dir, count: int):
     shutil.copytree(MODEL_DIR / "tokenizer", run_dir / "tokenizer")
     rng = random.Random(0)
     specs = [sample_spec(rng) for _ in range(count)]
-    side = models.latent_size(TINY)
-    return specs, torch.randn(count, TINY.latent_channels, side, side)
+    side = models.latent_size(architecture)
+    return specs, torch.randn(count, architecture.latent_channels, side, side)
 
 
-def test_a_bf16_autocast_step_reads_the_same_losses_as_fp32(tmp_path):
+def test_a_bf16_autocast_step_reads_the_same_losses_as_fp32(tmp_path, tiny_architecture):
     """bfloat16 forward passes (fp32 weights and loss): the first step's losses, diffusion and grounding, within 5%
     of fp32's from the same weights, noise and timesteps, and not equal to them (bf16 did run)."""
     from perfusion.world.basemodel.data import world_source
 
-    specs, latents = shipped_tokenizer_run(tmp_path, 4)
+    specs, latents = shipped_tokenizer_run(tmp_path, 4, tiny_architecture)
     losses = {}
     for precision in ("no", "bf16"):
         torch.manual_seed(0)
         config = UnetTrainingConfig(
             batch_size=4, mixed_precision=precision, grounding_weight=0.3, grounding_pixel_weight=0.1
         )
-        trainer = train.UnetTrainer(tmp_path, world_source(), TINY, config, lambda message: None)
+        trainer = train.UnetTrainer(tmp_path, world_source(), tiny_architecture, config, lambda message: None)
         captions = [trainer.source.caption(spec, random.Random(index)) for index, spec in enumerate(specs)]
         losses[precision] = trainer.training_step(latents, captions, specs)
     assert set(losses["bf16"]) == {"loss", "grounding", "pixel"}
@@ -536,18 +541,20 @@ def test_a_bf16_autocast_step_reads_the_same_losses_as_fp32(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_a_gpu_checkpoint_resumes_on_the_cpu(tmp_path):
+def test_a_gpu_checkpoint_resumes_on_the_cpu(tmp_path, tiny_architecture):
     """One bf16 step on the GPU, saved; the CPU trainer loads it: same step, same weights."""
     from perfusion.world.basemodel.data import world_source
 
-    specs, latents = shipped_tokenizer_run(tmp_path, 2)
-    models.build_vae(TINY).save_pretrained(tmp_path / "vae")  # the checkpoint records the autoencoder's fingerprint
+    specs, latents = shipped_tokenizer_run(tmp_path, 2, tiny_architecture)
+    models.build_vae(tiny_architecture).save_pretrained(
+        tmp_path / "vae"
+    )  # the checkpoint records the autoencoder's fingerprint
     config = UnetTrainingConfig(batch_size=2, mixed_precision="bf16", grounding_weight=0.3)
-    gpu = train.UnetTrainer(tmp_path, world_source(), TINY, config, lambda message: None, device="cuda")
+    gpu = train.UnetTrainer(tmp_path, world_source(), tiny_architecture, config, lambda message: None, device="cuda")
     captions = [gpu.source.caption(spec, random.Random(0)) for spec in specs]
     gpu.training_step(latents, captions, specs)
     gpu.save()
-    cpu = train.UnetTrainer(tmp_path, world_source(), TINY, config, lambda message: None)
+    cpu = train.UnetTrainer(tmp_path, world_source(), tiny_architecture, config, lambda message: None)
     cpu.load(torch.load(tmp_path / "unet.ckpt", weights_only=False, map_location="cpu"))
     assert cpu.step == 1
     assert all(torch.equal(weight.cpu(), cpu.unet.state_dict()[name]) for name, weight in gpu.unet.state_dict().items())
