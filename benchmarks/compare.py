@@ -5,7 +5,8 @@
         [--composition joint|regions] [--compositions-only]
 
 For every concept folder (images, optional masks/, concept.json with token, supercategory and, for the micro
-world's judge, object) and every variant: train on the same images in a fresh process (wall time, peak memory),
+world's judge, object) and every variant: train on the same images in a fresh process (peak memory, and the
+training time with the set-up included: latents, class images),
 save what a user would ship (its size), then on a fresh pipeline generate the evaluation prompts over the
 variant's knob sweep (Perfusion: beta; LoRA and Custom Diffusion: scale, past 1; Textual Inversion and
 DreamBooth: training length, from snapshots of one run) with the same seeds, and score fidelity and alignment. Writes results.json, table.csv (each variant at

@@ -1,5 +1,7 @@
 """Baselines on a tiny pipeline: what each trains, what it leaves alone, what it ships, and how it loads back."""
 
+import time
+
 import pytest
 import torch
 
@@ -177,6 +179,24 @@ def test_prior_preservation_images_come_from_the_base_model_and_masks_are_option
     plain = load_training_images(write_concept_images(tmp_path / "plain", count=2, alpha=False))
     with pytest.raises(baselines.BaselineError, match="use_masks needs a mask"):
         DreamBoothTrainer(tiny_pipe, plain, TOKEN, SUPERCATEGORY, baselines.dreambooth.CONFIG(**QUICK, use_masks=True))
+
+
+def test_training_time_counts_the_class_images(tiny_pipe, tmp_path, monkeypatch):
+    """The set-up (class images, latents) is part of what a user waits for: a slow one shows in the seconds."""
+    from perfusion.baselines import training
+
+    made = training.class_latent_bank
+
+    def slow(*args, **kwargs):
+        time.sleep(1.0)
+        return made(*args, **kwargs)
+
+    monkeypatch.setattr(training, "class_latent_bank", slow)
+    images = load_training_images(write_concept_images(tmp_path / "disc", count=2))
+    result = baselines.dreambooth.train(
+        tiny_pipe, images, TOKEN, SUPERCATEGORY, baselines.dreambooth.CONFIG(**QUICK), progress=False
+    )
+    assert result.seconds >= 1.0
 
 
 def test_peak_memory_is_measured_in_a_fresh_process():

@@ -293,7 +293,7 @@ class BaselineTrainer(FineTuning):
             self.phrase,
             tensors,
             metadata,
-            time.perf_counter() - started - snapshot_seconds,
+            self.prepare_seconds + time.perf_counter() - started - snapshot_seconds,
             self.config.steps,
             self.losses,
             snapshots=snapshots,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from perfusion.concept.format import MAX_SUPERCATEGORY_LENGTH
@@ -49,11 +51,13 @@ class FineTuning:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.forward_process = forward_process(pipe.scheduler)  # built once: noised() runs every step
         self.losses: list[float] = []
+        started = time.perf_counter()
         try:
             self.prepare()
         except BaseException:  # a set-up that fails leaves the pipeline as it was given
             self.restore_pipeline()
             raise
+        self.prepare_seconds = time.perf_counter() - started  # counted in the training time the run reports
 
     def prepare(self) -> None:
         """A method's own set-up on the frozen pipeline (latents, masks, its starting tensors)."""

@@ -478,7 +478,7 @@ class ConceptTrainer(FineTuning):
             if installed:
                 self.uninstall()
             self.restore_pipeline()
-        seconds = time.perf_counter() - started
+        seconds = self.prepare_seconds + time.perf_counter() - started  # the set-up's latents included
         return TrainingResult(self.finished_concept(), self.losses, seconds, (loss_before, loss_after), drift)
 
     @torch.no_grad()
