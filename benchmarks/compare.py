@@ -1,7 +1,7 @@
 """Perfusion against Textual Inversion, DreamBooth, LoRA (rank 4 and 16) and Custom Diffusion, side by side.
 
     python benchmarks/compare.py --out benchmarks/results/compare [--model PATH] [--concepts DIR] [--quick]
-        [--variants perfusion lora-r4 ...] [--steps N] [--threads N] [--no-isolate] [--update]
+        [--variants perfusion lora-r4 ...] [--steps N] [--threads N] [--no-isolate] [--update | --resume]
         [--composition joint|regions] [--compositions-only]
 
 For every concept folder (images, optional masks/, concept.json with token, supercategory and, for the micro
@@ -177,6 +177,7 @@ class RunSettings:
     isolate: bool = True  # train in a fresh process (peak memory); off: in this process, no memory figure
     command: str = ""  # the command line that produced the results (written into results.json)
     update: bool = False  # keep --out's earlier rows and compositions for what this run does not redo
+    resume: bool = False  # go on where a stopped run left off: keep --out's rows and skip what they already hold
     composition: str | None = None  # how Perfusion composes two concepts: "joint" (the paper's) or "regions"; None:
     # the model folder's recipe
     compositions_only: bool = False  # redo the compositions from --out's artifacts; keep every row (implies update)
@@ -631,7 +632,10 @@ def composition_scorer(pairs, settings: RunSettings):
     return (lambda images, pair: composition_success(judge, images, pair)), judge.name
 
 
-def run_compositions(concepts: list[ConceptSpec], variants: list[Variant], settings: RunSettings) -> list[dict]:
+def run_compositions(
+    concepts: list[ConceptSpec], variants: list[Variant], settings: RunSettings, skip: frozenset | set = frozenset()
+) -> list[dict]:
+    """Each pair's two-concept images and verdict, per composable variant (but the (pair, variant) keys in ``skip``)."""
     pairs = list(itertools.combinations(concepts, 2))[: 1 if settings.quick else None]
     score, name = composition_scorer(pairs, settings)
     if score is None and pairs:
@@ -640,7 +644,7 @@ def run_compositions(concepts: list[ConceptSpec], variants: list[Variant], setti
         (pair, variant, [artifact_path(settings, concept, variant) for concept in pair])
         for pair in pairs
         for variant in variants
-        if variant.method in COMPOSABLE
+        if variant.method in COMPOSABLE and (f"{pair[0].name}+{pair[1].name}", variant.name) not in skip
     ]
     missing = [str(path) for _, _, artifacts in jobs for path in artifacts if not path.is_file()]
     if missing:  # before any image is generated
@@ -681,6 +685,7 @@ class Row:
     sweep: list[dict] = field(default_factory=list)  # {knob value, fidelity, alignment, recognised, per_prompt}
     trends: list[dict] = field(default_factory=list)  # experiments.trend over the knob (beta and scale only)
     command: str = ""  # the compare.py command line that measured this row
+    tuned: bool = False  # trained with benchmarks/tune.py's choice for its variant (--tuned)
 
     def at_default(self) -> dict:
         return next(point for point in self.sweep if point["value"] == self.default)
@@ -725,14 +730,18 @@ MEASURING_SETTINGS = (
 
 
 def earlier_results(settings: RunSettings) -> tuple[list[Row], list[dict]]:
-    """--update: the rows and compositions already in --out, each row with the command that measured it."""
+    """--update and --resume: the rows and compositions already in --out, each row with the command that measured
+    it (--resume with nothing there yet starts afresh)."""
     path = Path(settings.out) / "results.json"
+    flag = "--resume" if settings.resume else "--update"
     if not path.is_file():
+        if settings.resume:
+            return [], []
         raise SystemExit(f"error: --update needs an earlier run's {path}")
     earlier = json.loads(path.read_text())
     differing = [key for key in MEASURING_SETTINGS if earlier["settings"].get(key) != getattr(settings, key)]
     if differing:
-        raise SystemExit(f"error: {path} was measured with other {', '.join(differing)}; run without --update")
+        raise SystemExit(f"error: {path} was measured with other {', '.join(differing)}; run without {flag}")
     rows = [Row(**{"command": earlier["settings"]["command"], "images_seen": None, **row}) for row in earlier["rows"]]
     return rows, earlier["composition"]
 
@@ -765,11 +774,15 @@ def run(concepts: list[ConceptSpec], variants: list[Variant], settings: RunSetti
             print(f"note: {variant.name} needs masks (paired images): skipped on --inputs photos", file=sys.stderr)
     variants = [variant for variant in variants if not (variant.needs_masks and settings.inputs != "masks")]
     out = Path(settings.out)
-    kept_rows, kept_compositions = earlier_results(settings) if settings.update else ([], [])
+    kept_rows, kept_compositions = earlier_results(settings) if settings.update or settings.resume else ([], [])
+    done = {row_key(row) for row in kept_rows} if settings.resume else set()
     (out / "artifacts").mkdir(parents=True, exist_ok=True)
     set_threads(settings.threads)
     rows = []
     for concept in [] if settings.compositions_only else concepts:
+        to_do = [variant for variant in variants if (concept.name, variant.name) not in done]
+        if not to_do:
+            continue
         load_peak = (
             run_isolated(load_job, settings.model, concept, settings.threads).peak_rss_bytes
             if settings.isolate
@@ -777,7 +790,7 @@ def run(concepts: list[ConceptSpec], variants: list[Variant], settings: RunSetti
         )
         prompts = evaluation_prompts(concept, settings)
         scorer, photos = make_scorer(settings.model, concept, prompts, settings), references(concept)
-        for variant in variants:
+        for variant in to_do:
             started = time.perf_counter()
             artifact = artifact_path(settings, concept, variant)
             trained = train(settings.model, concept, variant, settings, artifact)
@@ -812,15 +825,17 @@ def run(concepts: list[ConceptSpec], variants: list[Variant], settings: RunSetti
                     sweep,
                     trends,
                     settings.command,
+                    bool(tuned_training(settings, variant)),
                 )
             )
+            write_outputs(merged(kept_rows, rows, row_key), kept_compositions, settings)  # a stop loses one training
             print(
                 f"{concept.name:>12} {variant.name:<18} {trained['size_bytes']:>12,d} B  train {trained['seconds']:7.1f} s  "
                 f"all {time.perf_counter() - started:7.1f} s",
                 flush=True,
             )
-        write_outputs(merged(kept_rows, rows, row_key), kept_compositions, settings)
-    composed = run_compositions(concepts, variants, settings) if settings.compose else []
+    skip = {composition_key(composition) for composition in kept_compositions} if settings.resume else set()
+    composed = run_compositions(concepts, variants, settings, skip) if settings.compose else []
     compositions = merged(kept_compositions, composed, composition_key)
     rows = merged(kept_rows, rows, row_key)
     write_outputs(rows, compositions, settings)
@@ -852,6 +867,7 @@ def write_outputs(rows: list[Row], compositions: list[dict], settings: RunSettin
         "peak_rss_over_load_bytes",
         "peak_gpu_bytes",
         "scorer",
+        "tuned",
     ]
     with open(out / "table.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -951,6 +967,11 @@ def main(argv: list[str] | None = None) -> tuple[list[Row], list[dict]]:
         help="redo only the chosen variants and concepts; keep --out's other rows (same settings only)",
     )
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on where a stopped run left off: keep --out's rows and compositions, do only what is missing",
+    )
+    parser.add_argument(
         "--composition",
         choices=MODES,
         default=None,
@@ -991,10 +1012,13 @@ def main(argv: list[str] | None = None) -> tuple[list[Row], list[dict]]:
         threads=args.threads,
         isolate=not args.no_isolate,
         update=args.update or args.compositions_only,
+        resume=args.resume,
         composition=args.composition,
         compositions_only=args.compositions_only,
         command=shlex.join(["python", "benchmarks/compare.py", *(sys.argv[1:] if argv is None else argv)]),
     )
+    if args.tuned and args.images is not None:
+        raise SystemExit("error: --tuned and --images both set the training length; give one")
     if args.tuned and not Path(args.tuned).is_file():
         raise SystemExit(f"error: --tuned {args.tuned}: no such file (benchmarks/tune.py writes tuned.json)")
     settings = settings.quickened() if settings.quick else settings

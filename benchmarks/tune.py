@@ -2,7 +2,7 @@
 
     python benchmarks/tune.py --model DIR --out DIR [--variants perfusion textual-inversion ...]
         [--categories cat dog mug teddy] [--per-category 1] [--rates 0.3 1 3] [--lengths 0.5 1 2]
-        [--prompts 6] [--images-per-prompt 2] [--judge PATH] [--threads N]
+        [--prompts 6] [--images-per-prompt 2] [--judge PATH] [--threads N] [--resume]
 
 The tuning concepts are members of the families world's reserved part drawn by tuning seeds (0-99,
 ``evaluation_instance``): never the shipped examples, never the evaluation seeds (1000 and up). Each gets 5 photos
@@ -11,7 +11,8 @@ its learning rate(s) times each --rates value and its length times each --length
 variant's default knob by the laboratory's judge on the concept prompts. A variant's choice is the cell with the most
 recognised among those whose alignment is at least ALIGNMENT_FLOOR (else the most recognised plus alignment), the
 shorter training on a tie. Writes tuned.json (read by ``compare.py --tuned``), grid.csv and each cell's compare
-output under --out.
+output under --out (cells/<variant>-rate<r>-length<l>/). --resume goes on where a stopped run left off: each cell keeps
+what its folder already holds (measured with the same settings) and does only what is missing.
 """
 
 from __future__ import annotations
@@ -81,13 +82,14 @@ def tune(concepts, variants, settings, rates, lengths) -> dict:
     for variant in variants:
         base = compare.training_settings(variant, settings)
         cells = grid_cells(variant, base, rates, lengths)
-        for index, cell in enumerate(cells):
+        for cell in cells:
             tried = replace(
                 variant,
                 training={**variant.training, **cell["training"]},
                 sweep=(variant.default,),  # scored at the default knob only
             )
-            cell_settings = replace(settings, out=str(out / "cells" / f"{variant.name}-{index:02d}"), compose=False)
+            folder = out / "cells" / f"{variant.name}-rate{cell['rate']:g}-length{cell['length']:g}"
+            cell_settings = replace(settings, out=str(folder), compose=False)
             rows, _ = compare.run(concepts, [tried], cell_settings)
             points = [row.at_default() for row in rows]
             cell["recognised"] = float(np.mean([point["recognised"] for point in points]))
@@ -133,6 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--judge", help="the laboratory's judge weights (default: the shipped judge)")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--no-isolate", action="store_true", help="train in this process")
+    parser.add_argument("--resume", action="store_true", help="keep the cells a stopped run finished; do the rest")
     args = parser.parse_args(argv)
     if any(value <= 0 for value in (*args.rates, *args.lengths)):
         raise SystemExit("error: --rates and --lengths must be positive")
@@ -150,6 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
         threads=args.threads,
         isolate=not args.no_isolate,
         command=command,
+        resume=args.resume,
     )
     settings = compare.model_generation(settings)  # the model folder's guidance
     variants = compare.chosen_variants(args.variants, quick=True)  # the methods themselves, unless named

@@ -229,7 +229,7 @@ def test_every_baseline_makes_its_class_images_at_the_runs_guidance_and_scales_g
 
 
 @pytest.mark.filterwarnings("ignore:Already found a `peft_config`")  # two LoRAs in one UNet, on purpose (composition)
-def test_the_comparison_runs_end_to_end_on_a_tiny_pipeline(tiny_pipeline_dir, tmp_path, benchmark_script):
+def test_the_comparison_runs_end_to_end_on_a_tiny_pipeline(tiny_pipeline_dir, tmp_path, benchmark_script, monkeypatch):
     import json
 
     compare = benchmark_script("compare")
@@ -324,3 +324,24 @@ def test_the_comparison_runs_end_to_end_on_a_tiny_pipeline(tiny_pipeline_dir, tm
     (out / "artifacts" / "myring-perfusion.safetensors").unlink()
     with pytest.raises(SystemExit, match="myring-perfusion.safetensors to compose"):
         compare.main(again)
+
+    # --resume does only what a stopped run left undone: here one row and one composition
+    results = json.loads((out / "results.json").read_text())
+    results["rows"] = [row for row in results["rows"] if (row["concept"], row["variant"]) != ("myring", "lora-r4")]
+    results["composition"] = [row for row in results["composition"] if row["variant"] != "lora-r4"]
+    (out / "results.json").write_text(json.dumps(results))
+    trained, train = [], compare.train
+    monkeypatch.setattr(
+        compare,
+        "train",
+        lambda model, concept, variant, *rest: (
+            trained.append((concept.name, variant.name)) or train(model, concept, variant, *rest)
+        ),
+    )
+    resumed, composed = compare.main(
+        [*redo[:-5], "--variants", "perfusion", "lora-r4", "--concept", "mydisc", "myring", "--resume"]
+    )
+    assert trained == [("myring", "lora-r4")]
+    assert [(row.concept, row.variant) for row in resumed] == [(row.concept, row.variant) for row in rows]
+    assert [row["variant"] for row in composed] == ["perfusion", "lora-r4"]
+    assert [row.tuned for row in resumed] == [False] * 4 and "tuned" in (out / "table.csv").read_text().splitlines()[0]

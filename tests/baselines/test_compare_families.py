@@ -1,5 +1,6 @@
 """benchmarks/compare.py on the families laboratory: its concepts, prompts, scorer and composition verdict."""
 
+import pytest
 import torch
 from PIL import Image
 
@@ -89,7 +90,7 @@ def test_a_snapshot_outside_the_training_is_refused():
 
 
 def test_tuning_scores_a_rate_and_length_grid_on_tuning_concepts_and_compare_reads_its_choice(
-    benchmark_script, tmp_path, tiny_pipeline_dir, tiny_judge_path
+    benchmark_script, tmp_path, tiny_pipeline_dir, tiny_judge_path, monkeypatch
 ):
     from dataclasses import replace
 
@@ -119,6 +120,11 @@ def test_tuning_scores_a_rate_and_length_grid_on_tuning_concepts_and_compare_rea
     tune.write(tmp_path, results, concepts, "test")
     tuned = replace(settings, tuned=str(tmp_path / "tuned.json"))
     assert compare.training_settings(variant, tuned)["lr"] == base_lr * chosen["rate"]
+
+    # --resume keeps every cell a stopped run finished: nothing is trained again, the same choice comes back
+    monkeypatch.setattr(compare, "train", lambda *args: pytest.fail("a finished cell was trained again"))
+    again = tune.tune(concepts, [variant], replace(settings, resume=True), rates=(1.0, 2.0), lengths=(1.0,))
+    assert again["textual-inversion"]["grid"] == chosen["grid"]
 
 
 def test_the_choice_prefers_recognition_among_aligned_cells(benchmark_script):
