@@ -753,6 +753,16 @@ def merged(earlier: list, later: list, key) -> list:
     return sorted(entries, key=lambda entry: listed_order(key(entry)))
 
 
+def current_compositions(compositions: list[dict], trained: list[Row]) -> list[dict]:
+    """The compositions not made from an artifact this run has since trained again (they measured the old one)."""
+    redone = {row_key(row) for row in trained}
+    return [
+        composition
+        for composition in compositions
+        if not any((name, composition["variant"]) in redone for name in composition["pair"].split("+"))
+    ]
+
+
 def row_key(row: Row) -> tuple[str, str]:
     return row.concept, row.variant
 
@@ -828,13 +838,21 @@ def run(concepts: list[ConceptSpec], variants: list[Variant], settings: RunSetti
                     bool(tuned_training(settings, variant)),
                 )
             )
+            kept_compositions = current_compositions(kept_compositions, rows)
             write_outputs(merged(kept_rows, rows, row_key), kept_compositions, settings)  # a stop loses one training
             print(
                 f"{concept.name:>12} {variant.name:<18} {trained['size_bytes']:>12,d} B  train {trained['seconds']:7.1f} s  "
                 f"all {time.perf_counter() - started:7.1f} s",
                 flush=True,
             )
-    skip = {composition_key(composition) for composition in kept_compositions} if settings.resume else set()
+    by_name = {variant.name: variant for variant in variants}
+    skip = {  # what --resume keeps: made with this run's artifacts and in this run's mode
+        composition_key(composition)
+        for composition in kept_compositions
+        if composition["variant"] in by_name
+        and composition.get("composition", "") == (composition_mode(by_name[composition["variant"]], settings) or "")
+    }
+    skip = skip if settings.resume else set()
     composed = run_compositions(concepts, variants, settings, skip) if settings.compose else []
     compositions = merged(kept_compositions, composed, composition_key)
     rows = merged(kept_rows, rows, row_key)
@@ -1017,6 +1035,10 @@ def main(argv: list[str] | None = None) -> tuple[list[Row], list[dict]]:
         compositions_only=args.compositions_only,
         command=shlex.join(["python", "benchmarks/compare.py", *(sys.argv[1:] if argv is None else argv)]),
     )
+    if args.resume and (args.update or args.compositions_only):
+        raise SystemExit(
+            "error: --resume goes on with a stopped run; --update and --compositions-only redo parts of one"
+        )
     if args.tuned and args.images is not None:
         raise SystemExit("error: --tuned and --images both set the training length; give one")
     if args.tuned and not Path(args.tuned).is_file():

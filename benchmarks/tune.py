@@ -91,6 +91,8 @@ def tune(concepts, variants, settings, rates, lengths) -> dict:
             folder = out / "cells" / f"{variant.name}-rate{cell['rate']:g}-length{cell['length']:g}"
             cell_settings = replace(settings, out=str(folder), compose=False)
             rows, _ = compare.run(concepts, [tried], cell_settings)
+            names = {concept.name for concept in concepts}
+            rows = [row for row in rows if row.concept in names]  # a resumed cell's folder may hold other concepts
             points = [row.at_default() for row in rows]
             cell["recognised"] = float(np.mean([point["recognised"] for point in points]))
             cell["alignment"] = float(np.mean([point["alignment"] for point in points]))

@@ -26,15 +26,20 @@ import json
 import random
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
-from diffusers import DDPMScheduler, StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline
 
+from perfusion.training.images import images_to_tensor
+from perfusion.training.latents import forward_process
+from perfusion.world.families import draw
+from perfusion.world.families.captions import article
 from perfusion.world.families.categories import CATEGORIES, PATTERN_WORDS
 from perfusion.world.families.instances import Instance
 from perfusion.world.families.palette import COLOURS
-from perfusion.world.families.scenes import WorldSampling, render_with_mask, sample_spec, with_instance
+from perfusion.world.families.scenes import WorldSampling, cropped_sprite, render_with_mask, sample_spec, with_instance
 
 FIRST_SEED = 7_000_000  # fresh scenes, outside the training pool's and the evaluations' seeds
 SAMPLING = WorldSampling(second_object=0.0, seen_share=0.0, size_weights=(0.0, 0.5, 0.5))
@@ -47,9 +52,9 @@ def contrasts(spec) -> dict[str, tuple[str, list[tuple[str, Instance]]]]:
     noun, colour = instance.category, instance.colour_name
     rows = {
         "colour": (
-            f"a photo of a {colour} {noun}",
+            f"a photo of {article(f'{colour} {noun}')}",
             [
-                (f"a photo of a {other} {noun}", replace(instance, colour=COLOURS[other]))
+                (f"a photo of {article(f'{other} {noun}')}", replace(instance, colour=COLOURS[other]))
                 for other in family.colours
                 if other != colour
             ],
@@ -60,32 +65,55 @@ def contrasts(spec) -> dict[str, tuple[str, list[tuple[str, Instance]]]]:
         others = [p for p in family.patterns if p not in ("plain", instance.pattern)]
         if others:
             rows["pattern"] = (
-                f"a photo of a {colour} {adjective} {noun}",
+                f"a photo of {article(f'{colour} {adjective} {noun}')}",
                 [
-                    (f"a photo of a {colour} {PATTERN_WORDS[other][0]} {noun}", replace(instance, pattern=other))
+                    (
+                        f"a photo of {article(f'{colour} {PATTERN_WORDS[other][0]} {noun}')}",
+                        replace(instance, pattern=other),
+                    )
                     for other in others
                 ],
             )
-    for index, shape in enumerate(family.shapes):
-        value = instance.shape[shape.name]
-        words = shape.words(value)
-        opposite = shape.high if value < 0.5 else shape.low
-        if words and opposite:
-            values = list(instance.shape_values)
-            values[index] = 5 / 6 if value < 0.5 else 1 / 6  # the middle of the opposite third
-            wrong = replace(instance, shape_values=tuple(values))
-            rows["shape"] = (
-                f"a photo of a {words[0]} {colour} {noun}",
-                [(f"a photo of a {opposite[0]} {colour} {noun}", wrong)],
-            )
-            break
+    values = instance.shape_values
+    named = [  # parameters in a named third, whose opposite third has words too
+        index
+        for index, shape in enumerate(family.shapes)
+        if shape.words(values[index]) and (shape.high if values[index] < 0.5 else shape.low)
+    ]
+    if named:
+        index = random.Random(repr(instance)).choice(named)  # one parameter per scene, not always the first
+        shape, value = family.shapes[index], values[index]
+        words, opposite = shape.words(value), shape.high if value < 0.5 else shape.low
+        changed = list(values)
+        changed[index] = 5 / 6 if value < 0.5 else 1 / 6  # the middle of the opposite third
+        rows["shape"] = (
+            f"a photo of {article(f'{words[0]} {colour} {noun}')}",
+            [
+                (
+                    f"a photo of {article(f'{opposite[0]} {colour} {noun}')}",
+                    replace(instance, shape_values=tuple(changed)),
+                )
+            ],
+        )
     return rows
 
 
 @torch.no_grad()
 def encode(pipe, image) -> torch.Tensor:
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
-    return pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
+    """The latent the base model trained on: the autoencoder's mean, scaled."""
+    return pipe.vae.encode(images_to_tensor([image])).latent_dist.mean * pipe.vae.config.scaling_factor
+
+
+def render_like(spec, instance: Instance):
+    """The scene with ``instance`` in the first object's place, its pattern laid out as the first object's is (the
+    layout is seeded by the instance, so a changed colour or shape would otherwise move the stripes too)."""
+    seeded = draw._instance_rng
+    cropped_sprite.cache_clear()
+    try:
+        with mock.patch.object(draw, "_instance_rng", lambda _: seeded(spec.first.instance)):
+            return render_with_mask(with_instance(spec, instance))[0]
+    finally:
+        cropped_sprite.cache_clear()
 
 
 @torch.no_grad()
@@ -93,7 +121,10 @@ def losses(pipe, noise_scheduler, latent, mask, texts: list[str], timestep: int,
     t = torch.full((len(texts),), timestep)
     latents = latent.expand(len(texts), -1, -1, -1)
     noisy = noise_scheduler.add_noise(latents, noise.expand_as(latents), t)
-    target = noise_scheduler.get_velocity(latents, noise.expand_as(latents), t)
+    velocity = noise_scheduler.config.prediction_type == "v_prediction"
+    target = (
+        noise_scheduler.get_velocity(latents, noise.expand_as(latents), t) if velocity else noise.expand_as(latents)
+    )
     encoding = pipe.encode_prompt(texts, "cpu", 1, False)[0]
     prediction = pipe.unet(noisy, t, encoding).sample
     return masked_mean((prediction - target) ** 2, mask).tolist()
@@ -119,7 +150,7 @@ def main() -> None:
 
     pipe = StableDiffusionPipeline.from_pretrained(args.model, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    noise_scheduler = forward_process(pipe.scheduler)
     factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
 
     excess: dict[str, dict[int, list[float]]] = {}
@@ -137,7 +168,7 @@ def main() -> None:
         cells = (cells > 0.5).float() if (cells > 0.5).any() else cells
         for kind, (good, wrongs) in contrasts(spec).items():
             bad = [text for text, _ in wrongs]
-            others = [encode(pipe, render_with_mask(with_instance(spec, other))[0]) for _, other in wrongs]
+            others = [encode(pipe, render_like(spec, other)) for _, other in wrongs]
             change.setdefault(kind, []).append(
                 float(np.mean([masked_mean((other - latent) ** 2, cells) for other in others]))
             )

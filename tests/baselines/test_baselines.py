@@ -309,7 +309,8 @@ def test_the_comparison_runs_end_to_end_on_a_tiny_pipeline(tiny_pipeline_dir, tm
     updated, kept = compare.main(redo)
     assert [(row.concept, row.variant) for row in updated] == [(row.concept, row.variant) for row in rows]
     assert [row.command.endswith("--update") for row in updated] == [False, False, True, False]
-    assert list(map(compare.composition_key, kept)) == list(map(compare.composition_key, compositions))
+    # the composition of the retrained <myring> is dropped (it measured the old artifact); the LoRA one is kept
+    assert list(map(compare.composition_key, kept)) == [("mydisc+myring", "lora-r4")]
     assert len((out / "table.csv").read_text().splitlines()) == 5
     assert json.loads((out / "results.json").read_text())["rows"][2]["command"] == updated[2].command
     with pytest.raises(SystemExit, match="other prompts"):  # rows measured on other prompts are not mixed in
@@ -325,7 +326,8 @@ def test_the_comparison_runs_end_to_end_on_a_tiny_pipeline(tiny_pipeline_dir, tm
     with pytest.raises(SystemExit, match="myring-perfusion.safetensors to compose"):
         compare.main(again)
 
-    # --resume does only what a stopped run left undone: here one row and one composition
+    # --resume does only what a stopped run left undone: here one row and the composition it is part of; Perfusion's
+    # composition is kept only in the mode it was made in
     results = json.loads((out / "results.json").read_text())
     results["rows"] = [row for row in results["rows"] if (row["concept"], row["variant"]) != ("myring", "lora-r4")]
     results["composition"] = [row for row in results["composition"] if row["variant"] != "lora-r4"]
@@ -338,10 +340,17 @@ def test_the_comparison_runs_end_to_end_on_a_tiny_pipeline(tiny_pipeline_dir, tm
             trained.append((concept.name, variant.name)) or train(model, concept, variant, *rest)
         ),
     )
-    resumed, composed = compare.main(
-        [*redo[:-5], "--variants", "perfusion", "lora-r4", "--concept", "mydisc", "myring", "--resume"]
+    composing, compose = [], compare.composition_images
+    monkeypatch.setattr(
+        compare,
+        "composition_images",
+        lambda model, pair, variant, *rest: composing.append(variant.name) or compose(model, pair, variant, *rest),
     )
-    assert trained == [("myring", "lora-r4")]
+    resume = [*redo[:-5], "--variants", "perfusion", "lora-r4", "--concept", "mydisc", "myring", "--resume"]
+    resumed, composed = compare.main([*resume, "--composition", "joint"])
+    assert trained == [("myring", "lora-r4")] and composing == ["lora-r4"]
     assert [(row.concept, row.variant) for row in resumed] == [(row.concept, row.variant) for row in rows]
     assert [row["variant"] for row in composed] == ["perfusion", "lora-r4"]
+    with pytest.raises(SystemExit, match="myring-perfusion.safetensors to compose"):  # another mode: made again
+        compare.main([*resume, "--composition", "regions"])
     assert [row.tuned for row in resumed] == [False] * 4 and "tuned" in (out / "table.csv").read_text().splitlines()[0]

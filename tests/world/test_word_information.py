@@ -1,9 +1,12 @@
-"""benchmarks/word_information.py: the captions it compares differ in one word, of the kind they test, and the\nwrong word is true of the instance rendered for it."""
+"""benchmarks/word_information.py: the captions it compares differ in one word, of the kind they test; the right word
+is true of the scene's instance, the wrong one of the instance rendered for it, which differs in that alone."""
 
 import random
 
 from perfusion.world.families.categories import CATEGORIES, PATTERN_WORDS
 from perfusion.world.families.scenes import sample_spec
+
+ATTRIBUTE_FIELDS = {"colour": {"colour"}, "pattern": {"pattern"}, "shape": {"shape_values"}}
 
 
 def describing(instance, kind: str) -> set[str]:
@@ -15,6 +18,10 @@ def describing(instance, kind: str) -> set[str]:
     return {word for shape in instance.family.shapes for word in shape.words(instance.shape[shape.name])}
 
 
+def words(caption: str) -> list[str]:
+    return [word for word in caption.split() if word not in ("a", "an")]  # the article follows the next word
+
+
 def test_each_contrast_changes_one_word_of_its_own_kind(benchmark_script):
     module = benchmark_script("word_information")
     rng = random.Random(3)
@@ -22,15 +29,19 @@ def test_each_contrast_changes_one_word_of_its_own_kind(benchmark_script):
     kinds_seen = set()
     for _ in range(200):
         spec = sample_spec(rng, module.SAMPLING)
-        family = CATEGORIES[spec.first.instance.category]
+        instance = spec.first.instance
+        family = CATEGORIES[instance.category]
         shape_words = {word for shape in family.shapes for word in (*shape.low, *shape.high)}
         allowed = {"colour": set(family.colours), "pattern": adjectives, "shape": shape_words}
         for kind, (right, wrongs) in module.contrasts(spec).items():
             kinds_seen.add(kind)
             assert wrongs
-            for wrong, instance in wrongs:
-                pairs = [(a, b) for a, b in zip(right.split(), wrong.split(), strict=True) if a != b]
+            for wrong, other in wrongs:
+                pairs = [(a, b) for a, b in zip(words(right), words(wrong), strict=True) if a != b]
                 assert len(pairs) == 1, (right, wrong)
-                assert pairs[0][1] in describing(instance, kind), (kind, wrong, instance)
-                assert pairs[0][0] in allowed[kind] and pairs[0][1] in allowed[kind], (kind, pairs)
+                said, instead = pairs[0]
+                assert said in allowed[kind] and instead in allowed[kind], (kind, pairs)
+                assert said in describing(instance, kind) and instead in describing(other, kind), (kind, right, wrong)
+                changed = {name for name in vars(instance) if getattr(instance, name) != getattr(other, name)}
+                assert changed == ATTRIBUTE_FIELDS[kind], (kind, changed)
     assert kinds_seen == {"colour", "pattern", "shape"}
