@@ -282,6 +282,13 @@ def images_per_step(variant: Variant, overrides: dict) -> int:
     return config.batch_size * config.gradient_accumulation
 
 
+def class_images_per_step(variant: Variant, overrides: dict) -> int:
+    """The base model's own class images one optimizer step also fits (prior preservation: one per concept image)."""
+    if variant.method == PERFUSION or not training_config(variant, overrides).prior_preservation:
+        return 0
+    return images_per_step(variant, overrides)
+
+
 def chosen_variants(names: list[str] | None, quick: bool) -> list[Variant]:
     """The named variants, else every one whose role the run's mode includes (in VARIANTS order)."""
     if names:
@@ -379,8 +386,11 @@ def train_job(
         for step in config.snapshot_steps:
             Path(str(kept).format(step)).unlink(missing_ok=True)
         seconds, steps, losses = result.seconds, result.steps, result.losses
-    seen = steps * images_per_step(variant, overrides)
-    return dict(seconds=seconds, steps=steps, images_seen=seen, losses=losses, size_bytes=Path(artifact).stat().st_size)
+    seen, class_seen = steps * images_per_step(variant, overrides), steps * class_images_per_step(variant, overrides)
+    size = Path(artifact).stat().st_size
+    return dict(
+        seconds=seconds, steps=steps, images_seen=seen, class_images_seen=class_seen, losses=losses, size_bytes=size
+    )
 
 
 def train(model: str, concept: ConceptSpec, variant: Variant, settings: RunSettings, artifact: Path) -> dict:
@@ -686,6 +696,7 @@ class Row:
     trends: list[dict] = field(default_factory=list)  # experiments.trend over the knob (beta and scale only)
     command: str = ""  # the compare.py command line that measured this row
     tuned: bool = False  # trained with benchmarks/tune.py's choice for its variant (--tuned)
+    class_images_seen: int | None = None  # the base model's class images it also fitted (prior preservation)
 
     def at_default(self) -> dict:
         return next(point for point in self.sweep if point["value"] == self.default)
@@ -836,6 +847,7 @@ def run(concepts: list[ConceptSpec], variants: list[Variant], settings: RunSetti
                     trends,
                     settings.command,
                     bool(tuned_training(settings, variant)),
+                    trained.get("class_images_seen"),
                 )
             )
             kept_compositions = current_compositions(kept_compositions, rows)
@@ -880,6 +892,7 @@ def write_outputs(rows: list[Row], compositions: list[dict], settings: RunSettin
         "train_seconds",
         "steps",
         "images_seen",
+        "class_images_seen",
         "final_loss",
         "peak_rss_bytes",
         "peak_rss_over_load_bytes",

@@ -56,6 +56,12 @@ def test_a_budget_in_images_gives_each_method_the_steps_that_see_it(benchmark_sc
     assert custom["steps"] == 8  # 2 x 4 a step, its class images not counted
     for name, overrides in (("perfusion", perfusion), ("dreambooth", dreambooth), ("custom-diffusion", custom)):
         assert overrides["steps"] * compare.images_per_step(by_name[name], overrides) == 64
+    # the class images are reported beside them: as many again for the methods with prior preservation
+    assert compare.class_images_per_step(by_name["custom-diffusion"], custom) == 8
+    assert compare.class_images_per_step(by_name["dreambooth"], dreambooth) == 1
+    assert compare.class_images_per_step(by_name["perfusion"], perfusion) == 0
+    lora = compare.training_settings(by_name["lora-r4"], settings)
+    assert compare.class_images_per_step(by_name["lora-r4"], lora) == 0
 
 
 def test_training_length_is_swept_from_snapshots_of_one_run(benchmark_script, tmp_path, tiny_pipe):
