@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 
-from perfusion.training.images import images_to_tensor
-from perfusion.training.latents import forward_process
+from perfusion.training.images import images_to_tensor, mask_tensor
+from perfusion.training.latents import forward_process, prediction_target
 from perfusion.world.families import draw
 from perfusion.world.families.captions import article
 from perfusion.world.families.categories import CATEGORIES, PATTERN_WORDS
@@ -117,17 +117,13 @@ def render_like(spec, instance: Instance):
 
 
 @torch.no_grad()
-def losses(pipe, noise_scheduler, latent, mask, texts: list[str], timestep: int, noise: torch.Tensor) -> list[float]:
-    t = torch.full((len(texts),), timestep)
-    latents = latent.expand(len(texts), -1, -1, -1)
-    noisy = noise_scheduler.add_noise(latents, noise.expand_as(latents), t)
-    velocity = noise_scheduler.config.prediction_type == "v_prediction"
-    target = (
-        noise_scheduler.get_velocity(latents, noise.expand_as(latents), t) if velocity else noise.expand_as(latents)
-    )
-    encoding = pipe.encode_prompt(texts, "cpu", 1, False)[0]
+def losses(pipe, noise_scheduler, latent, mask, encoding, timestep: int, noise: torch.Tensor) -> list[float]:
+    """The UNet's training loss on the ``mask``ed cells under each caption's ``encoding``, for one noising."""
+    t = torch.full((len(encoding),), timestep)
+    latents, noise = latent.expand(len(encoding), -1, -1, -1), noise.expand(len(encoding), -1, -1, -1)
+    noisy = noise_scheduler.add_noise(latents, noise, t)
     prediction = pipe.unet(noisy, t, encoding).sample
-    return masked_mean((prediction - target) ** 2, mask).tolist()
+    return masked_mean((prediction - prediction_target(noise_scheduler, latents, noise, t)) ** 2, mask).tolist()
 
 
 def masked_mean(squares: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -164,17 +160,17 @@ def main() -> None:
             continue
         image, mask = render_with_mask(spec)
         latent = encode(pipe, image)
-        cells = torch.from_numpy(np.asarray(mask.reduce(factor), dtype=np.float32) / 255)[None]
+        cells = mask_tensor(mask, image.width, image.width // factor)
         cells = (cells > 0.5).float() if (cells > 0.5).any() else cells
         for kind, (good, wrongs) in contrasts(spec).items():
-            bad = [text for text, _ in wrongs]
+            encoding = pipe.encode_prompt([good, *(text for text, _ in wrongs)], "cpu", 1, False)[0]  # once a kind
             others = [encode(pipe, render_like(spec, other)) for _, other in wrongs]
             change.setdefault(kind, []).append(
                 float(np.mean([masked_mean((other - latent) ** 2, cells) for other in others]))
             )
             for timestep in args.timesteps:
                 noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed * 1000 + timestep))
-                values = losses(pipe, noise_scheduler, latent, cells, [good, *bad], timestep, noise)
+                values = losses(pipe, noise_scheduler, latent, cells, encoding, timestep, noise)
                 right.setdefault(kind, {}).setdefault(timestep, []).append(values[0])
                 excess.setdefault(kind, {}).setdefault(timestep, []).append(100 * (np.mean(values[1:]) / values[0] - 1))
         done += 1

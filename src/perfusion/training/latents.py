@@ -74,7 +74,15 @@ def noised(scheduler: DDPMScheduler, latents: torch.Tensor, generator: torch.Gen
     noise = torch.randn(latents.shape, generator=generator).to(latents.device)
     timesteps = torch.randint(scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
     timesteps = timesteps.to(latents.device)
-    noisy = scheduler.add_noise(latents, noise, timesteps)
+    return (
+        scheduler.add_noise(latents, noise, timesteps),
+        timesteps,
+        prediction_target(scheduler, latents, noise, timesteps),
+    )
+
+
+def prediction_target(scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor):
+    """What the model predicts for ``latents`` noised with ``noise``: v = sqrt(a) eps - sqrt(1 - a) x0, or eps."""
     if scheduler.config.prediction_type == "v_prediction":
-        return noisy, timesteps, scheduler.get_velocity(latents, noise, timesteps)
-    return noisy, timesteps, noise
+        return scheduler.get_velocity(latents, noise, timesteps)
+    return noise

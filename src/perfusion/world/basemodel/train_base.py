@@ -35,6 +35,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.training_utils import EMAModel, compute_snr
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from perfusion.training.latents import prediction_target
+
 from . import model as models
 from .attributes import AttributeSupervision
 from .config import (
@@ -608,7 +610,7 @@ class UnetTrainer:
         latents, noise, timesteps = latents.to(self.device), noise.to(self.device), timesteps.to(self.device)
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
         prediction_type = self.scheduler.config.prediction_type
-        target = self.scheduler.get_velocity(latents, noise, timesteps) if prediction_type == "v_prediction" else noise
+        target = prediction_target(self.scheduler, latents, noise, timesteps)
         recording = self.attention.recording() if self.attention is not None else contextlib.nullcontext()
         bf16 = config.mixed_precision == "bf16"
         with recording, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
