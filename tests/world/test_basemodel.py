@@ -477,6 +477,24 @@ def test_world_source_can_name_every_object_by_its_category():
         assert f" {world_object(spec.object).category}" in f" {text}"
 
 
+def test_families_source_can_name_the_pattern_more_often():
+    import re
+
+    from perfusion.world.basemodel.data import families_source
+    from perfusion.world.families.scenes import sample_spec
+
+    rng = random.Random(0)
+    specs = [spec for spec in (sample_spec(rng) for _ in range(200)) if spec.instances[0].pattern != "plain"]
+    pattern_words = re.compile(r"\b(striped|stripes|spotted|spots|patched|patches|banded|band)\b")
+
+    def named(source):  # captions that name a pattern, over 3 wordings of each patterned scene
+        texts = [source.caption(spec, random.Random(i * 3 + k)) for i, spec in enumerate(specs) for k in range(3)]
+        return sum(bool(pattern_words.search(text)) for text in texts) / len(texts)
+
+    often, default = named(families_source(pattern_word=0.9)), named(families_source())
+    assert often > default + 0.3  # 0.9 against the world's 0.45 (a second object's pattern may be named too)
+
+
 def test_unet_batches_can_draw_more_two_object_scenes(tmp_path, tiny_architecture):
     from perfusion.world.basemodel.data import world_source
     from perfusion.world.model_path import MODEL_DIR

@@ -138,6 +138,12 @@ class UnetTrainingConfig:
     # attend to must name its stated pattern and body colour); 0: none. With "together", post-noun phrases ("with
     # black stripes") drew little attention and changed little (docs/basemodel.md).
     readout_weight: float = 0.0
+    # Families world: how often a training caption names the instance's pattern, and each of its shape parameters
+    # that lies in a low or high third; 0: the world's own rates (families.captions.CaptionChoice: 0.45 and 0.4).
+    # The issue allows 0.3-0.6: more captions that say the word give the UNet more pairs of word and coat to learn
+    # from (docs/basemodel.md).
+    pattern_word: float = 0.0
+    shape_word: float = 0.0
     pool_size: int = 20_000  # scenes whose latents are cached once (~1 min per 5,000 on 2 cores); grow it any time
     checkpoint_minutes: float = 10.0
     log_every: int = 50
@@ -152,6 +158,9 @@ class UnetTrainingConfig:
             raise ValueError(
                 f"mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}, got {self.mixed_precision!r}"
             )
+        for name in ("pattern_word", "shape_word"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1] (0: the world's own rate)")
         if self.grounding_pixel_tokens not in PIXEL_GROUNDED_TOKENS:
             raise ValueError(
                 f"grounding_pixel_tokens must be one of {', '.join(PIXEL_GROUNDED_TOKENS)}, "

@@ -55,14 +55,19 @@ def world_source(state_position: float | None = None, category_word: float | Non
     )
 
 
-def families_source() -> SceneSource:
+def families_source(pattern_word: float = 0.0, shape_word: float = 0.0) -> SceneSource:
     """The families world's training scenes (perfusion.world.families): reserved instances and the examples'
-    neighbourhoods never enter."""
+    neighbourhoods never enter. `pattern_word` and `shape_word`, where not 0, override how often a fresh caption
+    names the pattern and each extreme shape parameter (captions.CaptionChoice)."""
     from perfusion.world.families import captions
 
+    caption = captions.caption
+    overrides = {name: value for name, value in (("pattern", pattern_word), ("shape", shape_word)) if value}
+    if overrides:
+        caption = functools.partial(_family_caption_with, choice=captions.CaptionChoice(**overrides))
     return SceneSource(
         make_scene=captions.make_scene,
-        caption=captions.caption,
+        caption=caption,
         vocabulary=captions.vocabulary,
         masked=captions.masked_scene,
     )
@@ -88,6 +93,12 @@ def world_captions(world: str = "families", count: int = MODEL_CAPTION_COUNT, se
 
 def _caption_with(spec, rng: random.Random, choice) -> str:
     from perfusion.world.captions import describe
+
+    return describe(spec, rng, choice).text
+
+
+def _family_caption_with(spec, rng: random.Random, choice) -> str:
+    from perfusion.world.families.captions import describe
 
     return describe(spec, rng, choice).text
 

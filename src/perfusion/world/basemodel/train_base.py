@@ -877,7 +877,10 @@ def main(argv=None) -> None:
         if arguments.v_prediction:
             arch = dataclasses.replace(arch, prediction_type="v_prediction", zero_terminal_snr=True)
         config = config_from_arguments(UnetTrainingConfig, arguments, saved)
-        unet_source = source if families else world_source(config.state_position, config.category_word)
+        if families:
+            unet_source = families_source(config.pattern_word, config.shape_word)
+        else:
+            unet_source = world_source(config.state_position, config.category_word)
         trainer = UnetTrainer(run_dir, unet_source, arch, config, log, device=arguments.device)
         trainer.run(
             arguments.resume,
