@@ -423,6 +423,15 @@ def test_the_base_models_bars_come_with_the_judges_ceiling_on_the_prompts_own_sc
     assert reached["category"] >= 0.8 and reached["background"] >= 0.9  # measured 1.00 and 1.00 (judge step 3,200)
 
 
+def test_sampling_settings_are_tuned_on_prompts_the_bars_do_not_use():
+    from perfusion.world.families.base_eval import EVAL_FIRST_SEED, TUNING_FIRST_SEED, prompt_set
+
+    bars = {caption.text for _, caption in prompt_set(128)}
+    tuning = [caption.text for _, caption in prompt_set(128, TUNING_FIRST_SEED)]
+    assert TUNING_FIRST_SEED - EVAL_FIRST_SEED >= 10_000  # room for 10,000 bar prompts before the sets overlap
+    assert sum(text in bars for text in tuning) <= 2  # fresh scenes: only a bare "a photo of a cat" can repeat
+
+
 def test_the_base_evaluation_tells_a_pattern_adjective_from_a_pattern_phrase():
     # a causal text encoder can carry "striped" into the noun after it, never "with stripes": the two are reported apart
     from perfusion.world.families.base_eval import pattern_form, prompt_set

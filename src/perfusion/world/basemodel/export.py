@@ -70,7 +70,7 @@ Load with `StableDiffusionPipeline.from_pretrained(perfusion.world.default_model
 - UNet2DConditionModel {unet:.2f}M parameters, blocks {blocks}, cross-attention width {width}, 16x16x4 latents
 - CLIPTextModel {text:.2f}M parameters, CLIPTokenizer with {vocab} tokens (CLIP-format BPE)
 - AutoencoderKL {vae:.2f}M parameters, 64x64 RGB <-> 16x16x4, scaling factor {scaling:.4f}
-- {prediction} prediction, SD1.x beta schedule{rescaled}; sampler DPMSolverMultistepScheduler
+- {prediction} prediction, SD1.x beta schedule{rescaled}; sampler DPMSolverMultistepScheduler (SDE-DPM-Solver++)
 - UNet training step {step} (batch {batch}), EMA weights, fp16 files
 
 ## Measured (judge; {prompts} prompts x {seeds} seeds, 25 steps, guidance {guidance})

@@ -97,7 +97,10 @@ def build_training_scheduler(arch: ArchitectureConfig) -> DDPMScheduler:
 
 
 def build_sampling_scheduler(arch: ArchitectureConfig) -> DPMSolverMultistepScheduler:
-    return DPMSolverMultistepScheduler(**noise_schedule(arch))
+    """DPM-Solver++ (2M) in its stochastic form: on the families model (UNet step 46,000, 128 tuning prompts x 2
+    seeds) the deterministic solver drew a named pattern in 0.42 of images, the SDE form in 0.55 (0.61 at guidance
+    3.5), category and shape words alike (docs/basemodel.md). Its noise comes from the call's generator."""
+    return DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", **noise_schedule(arch))
 
 
 def assemble_pipeline(vae, unet, text_encoder, tokenizer, arch: ArchitectureConfig) -> StableDiffusionPipeline:

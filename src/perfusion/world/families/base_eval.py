@@ -34,6 +34,9 @@ from .sampling import generate_images, sampling_defaults
 from .scenes import photos, render, sample_spec
 
 EVAL_FIRST_SEED = 800_000
+# A second prompt set, with its own image seeds, for choosing sampling settings without touching the bars' prompts.
+TUNING_FIRST_SEED = 850_000
+TUNING_IMAGE_SEEDS_FROM = 100
 SPREAD_SAMPLES = 64
 NAMING = CaptionChoice(
     colour=0.7,
@@ -60,11 +63,11 @@ BARS = {
 }
 
 
-def prompt_set(count: int):
-    """(spec, caption) pairs, fixed by EVAL_FIRST_SEED."""
+def prompt_set(count: int, first_seed: int = EVAL_FIRST_SEED):
+    """(spec, caption) pairs, fixed by ``first_seed`` (the bars' EVAL_FIRST_SEED, or TUNING_FIRST_SEED)."""
     prompts = []
     for index in range(count):
-        rng = random.Random(EVAL_FIRST_SEED + index)
+        rng = random.Random(first_seed + index)
         spec = sample_spec(rng)
         prompts.append((spec, describe(spec, rng, NAMING)))
     return prompts
@@ -170,14 +173,17 @@ def evaluate(
     steps: int = 25,
     guidance: float | None = None,
     spread_samples: int = SPREAD_SAMPLES,
+    tuning: bool = False,
 ) -> dict:
+    """The bars' figures; ``tuning``: on the tuning prompts and image seeds instead (for choosing settings)."""
     steps, guidance = sampling_defaults(steps, guidance)
 
     def generate(texts, seed_list):
         return generate_images(pipe, texts, seed_list, steps, guidance)
 
-    pairs = prompt_set(prompts)
-    images = generate([caption.text for _, caption in pairs], list(range(seeds)))
+    pairs = prompt_set(prompts, TUNING_FIRST_SEED if tuning else EVAL_FIRST_SEED)
+    image_seeds = range(TUNING_IMAGE_SEEDS_FROM, TUNING_IMAGE_SEEDS_FROM + seeds) if tuning else range(seeds)
+    images = generate([caption.text for _, caption in pairs], list(image_seeds))
     reading = judge.read(images)
     hits, by_category, cells, rows = [], {}, [], []
     by_form: dict[str, list[bool]] = {}
@@ -190,7 +196,7 @@ def evaluate(
             form = pattern_form(spec, caption)
             if form is not None:
                 by_form.setdefault(form, []).append(image_hits["pattern"])
-            rows.append({"prompt": caption.text, "seed": seed, "hits": image_hits})
+            rows.append({"prompt": caption.text, "seed": image_seeds[seed], "hits": image_hits})
             verdict = (
                 "ok" if all(image_hits.values()) else "miss " + ",".join(k for k, v in image_hits.items() if not v)
             )
@@ -237,6 +243,11 @@ def main(argv=None) -> None:
         default=SPREAD_SAMPLES,
         help='"a photo of a <category>" samples per category (the spread; fewer for a quick look)',
     )
+    parser.add_argument(
+        "--tuning",
+        action="store_true",
+        help="score the tuning prompts and image seeds, not the bars' (to choose sampling settings)",
+    )
     arguments = parser.parse_args(argv)
     torch.set_num_threads(arguments.threads)
     if arguments.model is not None:
@@ -256,6 +267,7 @@ def main(argv=None) -> None:
         arguments.out,
         guidance=arguments.guidance,
         spread_samples=arguments.spread_samples,
+        tuning=arguments.tuning,
     )
     print(json.dumps(results["pooled"], indent=1))
 

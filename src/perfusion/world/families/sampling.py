@@ -7,11 +7,16 @@ import torch
 
 
 def sampling_defaults(steps: int | None, guidance: float | None) -> tuple[int, float]:
+    """``steps`` and ``guidance``, or where None the laboratory model's own: its folder's recipe's guidance (what
+    `perfusion generate` uses), else SamplingConfig's."""
+    from perfusion.recipes import read_recipe
     from perfusion.world.basemodel.config import SamplingConfig
+    from perfusion.world.model_path import FAMILIES_MODEL_DIR
 
+    own = read_recipe(FAMILIES_MODEL_DIR).generation.get("guidance_scale", SamplingConfig.guidance_scale)
     return (
         SamplingConfig.num_inference_steps if steps is None else steps,
-        SamplingConfig.guidance_scale if guidance is None else guidance,
+        own if guidance is None else guidance,
     )
 
 
