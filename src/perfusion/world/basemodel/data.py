@@ -38,7 +38,7 @@ def world_source(state_position: float | None = None, category_word: float | Non
     """The world's scenes; `state_position` and `category_word` override how often a fresh caption states the
     object's position and names an object by its category word (captions.CaptionChoice)."""
     from perfusion.world import scenes
-    from perfusion.world.captions import CaptionChoice, vocabulary
+    from perfusion.world.captions import CaptionChoice, describe, vocabulary
 
     caption = scenes.caption
     overrides = {
@@ -47,7 +47,7 @@ def world_source(state_position: float | None = None, category_word: float | Non
         if value is not None
     }
     if overrides:
-        caption = functools.partial(_caption_with, choice=CaptionChoice(**overrides))
+        caption = functools.partial(_caption_with, describe=describe, choice=CaptionChoice(**overrides))
     return SceneSource(
         make_scene=functools.partial(scenes.make_scene, include_held_out=False),
         caption=caption,
@@ -64,7 +64,9 @@ def families_source(pattern_word: float = 0.0, shape_word: float = 0.0) -> Scene
     caption = captions.caption
     overrides = {name: value for name, value in (("pattern", pattern_word), ("shape", shape_word)) if value}
     if overrides:
-        caption = functools.partial(_family_caption_with, choice=captions.CaptionChoice(**overrides))
+        caption = functools.partial(
+            _caption_with, describe=captions.describe, choice=captions.CaptionChoice(**overrides)
+        )
     return SceneSource(
         make_scene=captions.make_scene,
         caption=caption,
@@ -91,15 +93,8 @@ def world_captions(world: str = "families", count: int = MODEL_CAPTION_COUNT, se
     return [caption(sample_spec(rng), rng) for _ in range(count)]
 
 
-def _caption_with(spec, rng: random.Random, choice) -> str:
-    from perfusion.world.captions import describe
-
-    return describe(spec, rng, choice).text
-
-
-def _family_caption_with(spec, rng: random.Random, choice) -> str:
-    from perfusion.world.families.captions import describe
-
+def _caption_with(spec, rng: random.Random, describe, choice) -> str:
+    """A caption drawn with other naming rates than the world's own (a module function, so that it pickles)."""
     return describe(spec, rng, choice).text
 
 
