@@ -784,6 +784,15 @@ def saved_config(path: Path, key: str) -> dict | None:
     return torch.load(path, weights_only=False, map_location="cpu")[key] if path.exists() else None
 
 
+def scene_source(families: bool, config: UnetTrainingConfig | None = None) -> SceneSource:
+    """The world's training scenes; with the unet stage's config, captions name words at its rates."""
+    if config is None:
+        return families_source() if families else world_source()
+    if families:
+        return families_source(config.pattern_word, config.shape_word)
+    return world_source(config.state_position, config.category_word)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", required=True, choices=["tokenizer", "vae", "latents", "unet", "decoder"])
@@ -838,11 +847,10 @@ def main(argv=None) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     families = arguments.world == "families"
     log, stop = RunLog(run_dir), StopFlag(arguments.max_minutes)
-    source = families_source() if families else world_source()
     if arguments.init_from is not None:
         adopt_shipped_parts(arguments.init_from, run_dir, log)
     if arguments.stage == "tokenizer":
-        train_tokenizer(run_dir, source, TokenizerConfig(), log, force=arguments.force)
+        train_tokenizer(run_dir, scene_source(families), TokenizerConfig(), log, force=arguments.force)
     elif arguments.stage in ("vae", "decoder"):
         checkpoint = run_dir / f"{arguments.stage}.ckpt"
         saved = saved_config(checkpoint, "config") if arguments.resume else None
@@ -852,7 +860,7 @@ def main(argv=None) -> None:
         config = config_from_arguments(VaeTrainingConfig, arguments, saved)
         train_vae(
             run_dir,
-            source,
+            scene_source(families),
             arch,
             config,
             arguments.resume,
@@ -862,7 +870,7 @@ def main(argv=None) -> None:
             warm_start=arguments.warm_start,
         )
     elif arguments.stage == "latents":
-        fill_latent_pool(run_dir, source, config_from_arguments(UnetTrainingConfig, arguments), log)
+        fill_latent_pool(run_dir, scene_source(families), config_from_arguments(UnetTrainingConfig, arguments), log)
     else:
         checkpoint = run_dir / "unet.ckpt"
         saved = saved_config(checkpoint, "config") if arguments.resume else None
@@ -877,11 +885,7 @@ def main(argv=None) -> None:
         if arguments.v_prediction:
             arch = dataclasses.replace(arch, prediction_type="v_prediction", zero_terminal_snr=True)
         config = config_from_arguments(UnetTrainingConfig, arguments, saved)
-        if families:
-            unet_source = families_source(config.pattern_word, config.shape_word)
-        else:
-            unet_source = world_source(config.state_position, config.category_word)
-        trainer = UnetTrainer(run_dir, unet_source, arch, config, log, device=arguments.device)
+        trainer = UnetTrainer(run_dir, scene_source(families, config), arch, config, log, device=arguments.device)
         trainer.run(
             arguments.resume,
             stop,
