@@ -3,20 +3,29 @@ image's noise from its own seed, with the base model's sampling settings."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
-def sampling_defaults(steps: int | None, guidance: float | None) -> tuple[int, float]:
-    """``steps`` and ``guidance``, or where None the laboratory model's own: its folder's recipe's guidance (what
-    `perfusion generate` uses), else SamplingConfig's."""
+@functools.cache
+def model_guidance() -> float:
+    """The laboratory model's own guidance: its folder's recipe's (what `perfusion generate` uses), else
+    SamplingConfig's; read once."""
     from perfusion.recipes import read_recipe
     from perfusion.world.basemodel.config import SamplingConfig
     from perfusion.world.model_path import FAMILIES_MODEL_DIR
 
-    own = read_recipe(FAMILIES_MODEL_DIR).generation.get("guidance_scale", SamplingConfig.guidance_scale)
+    return read_recipe(FAMILIES_MODEL_DIR).generation.get("guidance_scale", SamplingConfig.guidance_scale)
+
+
+def sampling_defaults(steps: int | None, guidance: float | None) -> tuple[int, float]:
+    """``steps`` and ``guidance``, or where None the laboratory model's own (SamplingConfig's steps, model_guidance)."""
+    from perfusion.world.basemodel.config import SamplingConfig
+
     return (
         SamplingConfig.num_inference_steps if steps is None else steps,
-        own if guidance is None else guidance,
+        model_guidance() if guidance is None else guidance,
     )
 
 
