@@ -11,7 +11,8 @@ save what a user would ship (its size), then on a fresh pipeline generate the ev
 variant's knob sweep (Perfusion: beta; LoRA and Custom Diffusion: scale, past 1; Textual Inversion and
 DreamBooth: training length, from snapshots of one run) with the same seeds, and score fidelity and alignment. Writes results.json, table.csv (each variant at
 its default setting), sweep.csv, pareto_<concept>.png and composition.csv (two concepts in one image, for the
-methods that can load two: Perfusion, Textual Inversion, LoRA) under --out. Perfusion composes with the recipe's
+methods that can load two: Perfusion, Textual Inversion, LoRA; on families concepts also "bleeding", one concept's
+colour or pattern on the other) under --out. Perfusion composes with the recipe's
 mode (regional composition) unless --composition says otherwise; --compositions-only redoes just those images
 from the concept files an earlier run left in --out/artifacts.
 
@@ -622,24 +623,30 @@ def composition_success(scorer: WorldScorer, images, pair: tuple[ConceptSpec, Co
 
 
 def composition_scorer(pairs, settings: RunSettings):
-    """(score(images, pair) -> share, the scorer's name), or (None, why not): for families concepts, both concepts
-    recognised each on its own side; for micro-world ones, the judge seeing exactly the two objects."""
+    """(score(images, pair) -> {"success": share, ...}, the scorer's name), or (None, why not): for families
+    concepts, both concepts recognised each on its own side, and "bleeding", the share of the images where the judge
+    sees both in which one concept's colour or pattern shows on the other; for micro-world ones, the judge seeing
+    exactly the two objects."""
     concepts = [concept for pair in pairs for concept in pair]
     if concepts and all(concept.instance is not None for concept in concepts):
-        from perfusion.world.families.scoring import Galleries, both_recognised
+        from perfusion.world.families import scoring
 
         judge = families_judge(settings)
-        galleries = Galleries(judge)
+        galleries = scoring.Galleries(judge)
 
-        def score(images, pair) -> float:
-            hits = both_recognised(judge, galleries, images, [(c.token, family_instance(c)) for c in pair])
-            return sum(hits) / len(hits)
+        def score(images, pair) -> dict:
+            concepts = [(c.token, family_instance(c)) for c in pair]
+            hits = scoring.both_recognised(judge, galleries, images, concepts)
+            return {
+                "success": sum(hits) / len(hits),
+                "bleeding": scoring.bleeding_share(scoring.bleeding(judge, images, concepts)),
+            }
 
         return score, "families judge"
     judge, reason = world_judge(concepts, []) if pairs else (None, None)
     if judge is None:
         return None, reason
-    return (lambda images, pair: composition_success(judge, images, pair)), judge.name
+    return (lambda images, pair: {"success": composition_success(judge, images, pair)}), judge.name
 
 
 def run_compositions(
@@ -667,7 +674,7 @@ def run_compositions(
                 pair=f"{pair[0].name}+{pair[1].name}",
                 variant=variant.name,
                 images=len(images),
-                success=score(images, pair) if score else float("nan"),
+                **(score(images, pair) if score else {"success": float("nan")}),
                 scorer=name if score else "none",
                 composition=composition_mode(variant, settings) or "",
             )

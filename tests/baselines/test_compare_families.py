@@ -36,12 +36,14 @@ def test_families_pairs_are_scored_by_both_concepts_recognised(
         return [True, False, True]
 
     monkeypatch.setattr("perfusion.world.families.scoring.both_recognised", verdicts)
+    monkeypatch.setattr("perfusion.world.families.scoring.bleeding", lambda judge, images, pair: [True, None, False])
     score, name = compare.composition_scorer([(concepts["mycat"], concepts["mymug"])], settings)
     assert name == "families judge"
-    assert score([Image.new("RGB", (64, 64))] * 3, (concepts["mycat"], concepts["mymug"])) == 2 / 3
+    scores = score([Image.new("RGB", (64, 64))] * 3, (concepts["mycat"], concepts["mymug"]))
+    assert scores == {"success": 2 / 3, "bleeding": 1 / 2}  # bleeding of the images where both were seen
     assert asked == [["cat", "mug"]]  # each concept's own instance
     prompts = compare.pair_prompts((concepts["mycat"], concepts["mymug"]))
-    assert prompts[0] == "a photo of a <mycat> next to a <mymug>" and len(prompts) == 4  # the demo's templates
+    assert prompts[0] == "a photo of a <mycat> next to a <mymug>" and len(prompts) == 8  # the demo's templates
 
 
 def test_a_budget_in_images_gives_each_method_the_steps_that_see_it(benchmark_script, tmp_path):

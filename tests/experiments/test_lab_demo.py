@@ -6,7 +6,7 @@ from PIL import Image
 from perfusion.experiments.lab_demo import LabDemoConfig, quick
 from perfusion.experiments.prompt_sets import spread
 from perfusion.world.families.examples import example_instances
-from perfusion.world.families.scoring import both_recognised
+from perfusion.world.families.scoring import bleeding, bleeding_share, both_recognised
 
 
 def test_spread_keeps_the_ends_and_covers_the_middle():
@@ -94,6 +94,54 @@ def test_two_concepts_of_one_category_may_stand_either_way_round(monkeypatch):
     ) == [True]
 
 
+class CropJudge:
+    """Reads whole images from one list of labels and each side's crop (here the side's name) from another."""
+
+    def __init__(self, whole, crops):
+        self.whole, self.crops = whole, crops
+
+    def read(self, images):
+        if isinstance(images[0], str):
+            return Reading([self.crops[images[0]]])
+        return Reading(self.whole)
+
+
+def test_bleeding_is_one_concepts_colour_or_pattern_on_the_other(monkeypatch):
+    """The black striped cat beside the red plain mug: the mug read as black, or as striped, took from the cat; the
+    mug read as plain red and the cat as black stripes is clean; an image without the two categories is unread."""
+    instances = example_instances()
+    pair = [("<mycat>", instances["mycat"]), ("<mymug>", instances["mymug"])]
+    monkeypatch.setattr("perfusion.world.families.scoring.focus", lambda image, side: side)
+    both = {"count": 2, "left": "cat", "right": "mug"}
+    cat = {"colour": "black", "pattern": "stripes"}
+    image = [Image.new("RGB", (64, 64))]
+    cases = [
+        ({"left": cat, "right": {"colour": "red", "pattern": "plain"}}, False),
+        ({"left": cat, "right": {"colour": "black", "pattern": "plain"}}, True),  # the cat's colour on the mug
+        ({"left": cat, "right": {"colour": "red", "pattern": "stripes"}}, True),  # the cat's stripes on the mug
+        ({"left": {"colour": "black", "pattern": "plain"}, "right": {"colour": "red", "pattern": "plain"}}, False),
+    ]  # the last: the cat lost its stripes, but "plain" is nothing the mug could lend it
+    for crops, bled in cases:
+        assert bleeding(CropJudge([both], crops), image, pair) == [bled]
+    assert bleeding(CropJudge([{"count": 2, "left": "cat", "right": "dog"}], {}), image, pair) == [None]
+    assert bleeding_share([True, False, None, False]) == pytest.approx(1 / 3)
+
+
+def test_bleeding_stands_two_concepts_of_one_category_the_way_round_that_fits():
+    from types import SimpleNamespace
+
+    cat = example_instances()["mycat"]  # black, striped
+    other = SimpleNamespace(category="cat", colour_name="white", pattern="plain")  # a second cat concept
+    pair = [("<a>", cat), ("<b>", other)]
+    judge = CropJudge(
+        [{"count": 2, "left": "cat", "right": "cat"}],
+        {"left": {"colour": "white", "pattern": "plain"}, "right": {"colour": "black", "pattern": "stripes"}},
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("perfusion.world.families.scoring.focus", lambda image, side: side)
+        assert bleeding(judge, [Image.new("RGB", (64, 64))], pair) == [False]  # <b> on the left, <a> on the right
+
+
 def test_the_demo_writes_the_summary_a_script_reads_and_every_sheet(
     tmp_path, tiny_pipe, tiny_pipeline_dir, tiny_judge_path, monkeypatch
 ):
@@ -130,6 +178,8 @@ def test_the_demo_writes_the_summary_a_script_reads_and_every_sheet(
     assert [entry["beta"] for entry in cat["sweep"]] == [0.5, cat["default_beta"], 0.9]  # the default among them
     shares = [cat["recognised"], cat["alignment"], cat["prior"]["recognised"], cat["verbal_oracle"]["alignment"]]
     assert all(0.0 <= share <= 1.0 for share in shares) and 0.0 <= written["composition"]["both_recognised"] <= 1.0
+    bled = written["composition"]["bleeding"]  # nan where the judge saw the two categories in no image
+    assert bled != bled or 0.0 <= bled <= 1.0
     for name in ("mycat.png", "mymug.png", "mycat-pareto.png", "composition.png", "report.html"):
         assert (out / name).is_file()
     assert "mycat.png" in (out / "report.html").read_text()

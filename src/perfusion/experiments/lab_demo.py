@@ -9,7 +9,7 @@
 4. compose the two concepts in one prompt;
 5. write report.html with every sheet, and summary.json:
    {"concepts": {"<mycat>": {"default_beta", "recognised", "alignment", "prior": {...}, "verbal_oracle": {...},
-   "sweep": [{"beta", "recognised", "alignment"}, ...]}, ...}, "composition": {"both_recognised"}}
+   "sweep": [{"beta", "recognised", "alignment"}, ...]}, ...}, "composition": {"both_recognised", "bleeding"}}
 """
 
 from __future__ import annotations
@@ -93,12 +93,13 @@ def train_example(pipe, folder: str, config, out: Path, captions, log):
 
 def compose(
     pipe, judge, galleries, pair, seeds, composition: str | None, steps=None, beta: float | None = None
-) -> tuple[float, SheetRow]:
-    """Both concepts in the two-concept prompts (at ``beta``, else each file's own), scored as both recognised."""
+) -> tuple[dict, SheetRow]:
+    """Both concepts in the two-concept prompts (at ``beta``, else each file's own), scored as both recognised and
+    as one concept's colour or pattern on the other (bleeding, of the images where the judge sees both)."""
     from perfusion import concept_settings
     from perfusion.world.families.concept_prompts import pair_texts
     from perfusion.world.families.sampling import generate_images
-    from perfusion.world.families.scoring import both_recognised
+    from perfusion.world.families.scoring import bleeding, bleeding_share, both_recognised
 
     texts = pair_texts([token for token, _ in pair])
     settings = {} if composition is None else {"composition": composition}
@@ -107,11 +108,13 @@ def compose(
     with concept_settings(pipe, **settings):
         images = generate_images(pipe, texts, list(seeds), steps=steps)
     hits = both_recognised(judge, galleries, images, pair)
+    bled = bleeding(judge, images, pair)
     cells = [
-        (image, f"{texts[index // len(seeds)]} {'BOTH' if hit else '-'}")
-        for index, (image, hit) in enumerate(zip(images, hits))
+        (image, f"{texts[index // len(seeds)]} {'BOTH' if hit else '-'}{' BLED' if leak else ''}")
+        for index, (image, hit, leak) in enumerate(zip(images, hits, bled))
     ]
-    return sum(hits) / len(hits), SheetRow("both concepts", cells)
+    rates = {"both_recognised": sum(hits) / len(hits), "bleeding": bleeding_share(bled)}
+    return rates, SheetRow("both concepts", cells)
 
 
 def point(scores) -> dict:
@@ -217,15 +220,19 @@ def run_lab_demo(
         )
     pair = [(concept.token, instance) for concept, instance, *_ in trained[:2]]
     composition = read_recipe(model).generation.get("composition")
-    rate, row = compose(pipe, judge, galleries, pair, config.composition_seeds, composition, steps, config.default_beta)
+    rates, row = compose(
+        pipe, judge, galleries, pair, config.composition_seeds, composition, steps, config.default_beta
+    )
     write_sheet(
         out / "composition.png", [row], title="two concepts in one prompt", columns=len(config.composition_seeds) * 2
     )
-    summary["composition"] = {"both_recognised": rate, "images": len(row.cells), "mode": composition or "joint"}
+    summary["composition"] = {**rates, "images": len(row.cells), "mode": composition or "joint"}
     sections.append(
         Section(
             "Composition",
-            f"Sheet composition.png: both concepts recognised, each on its own side, in {rate:.2f} of the images.",
+            f"Sheet composition.png: both concepts recognised, each on its own side, in {rates['both_recognised']:.2f}"
+            f" of the images; one concept's colour or pattern on the other (BLED) in {rates['bleeding']:.2f} of those"
+            " where the judge sees both.",
         )
     )
     summary["seconds"] = time.perf_counter() - started

@@ -67,12 +67,17 @@ def concept_prompts(instance: Instance) -> list[ConceptPrompt]:
     ]
 
 
-# Two concepts in one prompt: {} are the concepts' noun phrases, articles included (the demo and the comparison).
+# Two concepts in one prompt, 8 as in issue 31's composition bar: {} are the concepts' noun phrases, articles
+# included (the demo and the comparison), joined as the world's captions join two objects (captions.PAIR_PHRASES).
 PAIR_TEMPLATES = (
     "a photo of {} next to {}",
     "{} next to {} on a blue background",
     "{} beside {} on a yellow background",
     "a photo of {} beside {} on a white background",
+    "{} and {}",
+    "a picture of {} and {} on a green background",
+    "{} next to {} against a pink background",
+    "an image of {} beside {} in front of a gray background",
 )
 
 

@@ -149,6 +149,17 @@ def draw_and_score(
     return scores, SheetRow(label, cells)
 
 
+def _side_orders(reading: Reading, row: int, pair) -> list[tuple[str, str]]:
+    """The ways the pair's concepts can stand on the two sides: each on a side read as its category (both ways round
+    when they share one; none when the judge does not see both categories)."""
+    sides = {"left": reading.label("left", row), "right": reading.label("right", row)}
+    return [
+        order
+        for order in (("left", "right"), ("right", "left"))
+        if all(sides[side] == instance.category for side, (_, instance) in zip(order, pair))
+    ]
+
+
 def both_recognised(judge, galleries, images, pair) -> list[bool]:
     """Per image: the judge sees two objects whose categories are the two concepts', and some assignment of the
     concepts to the sides (each to a side read as its category; both ways when they share one) has each side's
@@ -156,12 +167,6 @@ def both_recognised(judge, galleries, images, pair) -> list[bool]:
     whole = judge.read(images)
     hits = []
     for row, image in enumerate(images):
-        sides = {"left": whole.label("left", row), "right": whole.label("right", row)}
-        assignments = [
-            order
-            for order in (("left", "right"), ("right", "left"))
-            if all(sides[side] == instance.category for side, (_, instance) in zip(order, pair))
-        ]
         hits.append(
             whole.label("count", row) == 2
             and any(
@@ -169,7 +174,46 @@ def both_recognised(judge, galleries, images, pair) -> list[bool]:
                     galleries(instance, {}).recognised(judge.read([focus(image, side)]))[0]
                     for side, (_, instance) in zip(order, pair)
                 )
-                for order in assignments
+                for order in _side_orders(whole, row, pair)
             )
         )
     return hits
+
+
+def _own_looks(reading: Reading, instance) -> int:
+    """How many of the instance's colour and pattern one object's crop shows (0-2)."""
+    return (reading.label("colour", 0) == instance.colour_name) + (reading.label("pattern", 0) == instance.pattern)
+
+
+def _took_from(reading: Reading, own, other) -> bool:
+    """Whether one object's crop shows the other concept's body colour or (named) pattern where its own differs."""
+    colour = reading.label("colour", 0)
+    pattern = reading.label("pattern", 0)
+    return (colour == other.colour_name != own.colour_name) or (
+        pattern == other.pattern != own.pattern and other.pattern != "plain"
+    )
+
+
+def bleeding(judge, images, pair) -> list[bool | None]:
+    """Per image of two concepts: whether either object shows the other concept's body colour or pattern where its
+    own differs (one concept bleeding into the other), read on each side's crop; None where the judge does not see
+    the two concepts' categories on two sides, so there is nothing to read. Two concepts of one category stand the
+    way round whose sides show more of their own colour and pattern."""
+    whole = judge.read(images)
+    verdicts = []
+    for row, image in enumerate(images):
+        orders = _side_orders(whole, row, pair)
+        if whole.label("count", row) != 2 or not orders:
+            verdicts.append(None)
+            continue
+        crops = {side: judge.read([focus(image, side)]) for side in ("left", "right")}
+        order = max(orders, key=lambda order: sum(_own_looks(crops[side], c) for side, (_, c) in zip(order, pair)))
+        (first, (_, a)), (second, (_, b)) = zip(order, pair)
+        verdicts.append(_took_from(crops[first], a, b) or _took_from(crops[second], b, a))
+    return verdicts
+
+
+def bleeding_share(verdicts: list[bool | None]) -> float:
+    """The share of readable two-concept images in which one concept bled into the other (nan: none readable)."""
+    readable = [verdict for verdict in verdicts if verdict is not None]
+    return float(np.mean(readable)) if readable else float("nan")
