@@ -668,6 +668,7 @@ def run_compositions(
         raise SystemExit(f"error: no {missing[0]} to compose (--compositions-only reuses earlier artifacts)")
     results = []
     for pair, variant, artifacts in jobs:
+        started = time.perf_counter()
         images = composition_images(settings.model, pair, variant, artifacts, settings)
         results.append(
             dict(
@@ -677,6 +678,7 @@ def run_compositions(
                 **(score(images, pair) if score else {"success": float("nan")}),
                 scorer=name if score else "none",
                 composition=composition_mode(variant, settings) or "",
+                seconds=time.perf_counter() - started,
             )
         )
     return results
@@ -704,6 +706,7 @@ class Row:
     command: str = ""  # the compare.py command line that measured this row
     tuned: bool = False  # trained with benchmarks/tune.py's choice for its variant (--tuned)
     class_images_seen: int | None = None  # the base model's class images it also fitted (prior preservation)
+    seconds: float | None = None  # the row's whole cost: training, its knob sweep's images and their scoring
 
     def at_default(self) -> dict:
         return next(point for point in self.sweep if point["value"] == self.default)
@@ -855,13 +858,14 @@ def run(concepts: list[ConceptSpec], variants: list[Variant], settings: RunSetti
                     settings.command,
                     bool(tuned_training(settings, variant)),
                     trained.get("class_images_seen"),
+                    time.perf_counter() - started,
                 )
             )
             kept_compositions = current_compositions(kept_compositions, rows)
             write_outputs(merged(kept_rows, rows, row_key), kept_compositions, settings)  # a stop loses one training
             print(
                 f"{concept.name:>12} {variant.name:<18} {trained['size_bytes']:>12,d} B  train {trained['seconds']:7.1f} s  "
-                f"all {time.perf_counter() - started:7.1f} s",
+                f"all {rows[-1].seconds:7.1f} s",
                 flush=True,
             )
     by_name = {variant.name: variant for variant in variants}
@@ -879,9 +883,20 @@ def run(concepts: list[ConceptSpec], variants: list[Variant], settings: RunSetti
     return rows, compositions
 
 
+def total_seconds(rows: list[Row], compositions: list[dict]) -> float:
+    """What the comparison cost in all, summed over its rows and compositions, so that a run resumed in pieces
+    reports the whole (rows from before rows kept their time: those count 0)."""
+    return sum(row.seconds or 0.0 for row in rows) + sum(item.get("seconds", 0.0) for item in compositions)
+
+
 def write_outputs(rows: list[Row], compositions: list[dict], settings: RunSettings) -> None:
     out = Path(settings.out)
-    results = {"settings": asdict(settings), "rows": [asdict(row) for row in rows], "composition": compositions}
+    results = {
+        "settings": asdict(settings),
+        "seconds": total_seconds(rows, compositions),
+        "rows": [asdict(row) for row in rows],
+        "composition": compositions,
+    }
     (out / "results.json").write_text(json.dumps(results, indent=1))
     if compositions:
         with open(out / "composition.csv", "w", newline="") as handle:
@@ -1068,7 +1083,9 @@ def main(argv: list[str] | None = None) -> tuple[list[Row], list[dict]]:
         concept for concept in find_concepts(Path(args.concepts)) if not args.concept or concept.name in args.concept
     ]
     variants = chosen_variants(args.variants, args.quick)
-    return run(concepts, variants, settings)
+    rows, compositions = run(concepts, variants, settings)
+    print(f"the comparison cost {total_seconds(rows, compositions) / 60:.1f} min in all (results.json: seconds)")
+    return rows, compositions
 
 
 if __name__ == "__main__":

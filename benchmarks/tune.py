@@ -97,6 +97,7 @@ def tune(concepts, variants, settings, rates, lengths) -> dict:
             cell["recognised"] = float(np.mean([point["recognised"] for point in points]))
             cell["alignment"] = float(np.mean([point["alignment"] for point in points]))
             cell["train_seconds"] = float(np.mean([row.train_seconds for row in rows]))
+            cell["seconds"] = compare.total_seconds(rows, [])  # the cell's whole cost, kept across --resume
             print(
                 f"{variant.name:<22} rate x{cell['rate']:g} length x{cell['length']:g}: recognised "
                 f"{cell['recognised']:.2f}, alignment {cell['alignment']:.2f}",
@@ -107,8 +108,18 @@ def tune(concepts, variants, settings, rates, lengths) -> dict:
     return results
 
 
+def grid_seconds(results: dict) -> float:
+    """The whole grid's cost: training, images and scoring of every cell of every variant."""
+    return sum(cell.get("seconds", 0.0) for result in results.values() for cell in result["grid"])
+
+
 def write(out: Path, results: dict, concepts, command: str) -> None:
-    summary = {"command": command, "concepts": [concept.name for concept in concepts], "variants": results}
+    summary = {
+        "command": command,
+        "concepts": [concept.name for concept in concepts],
+        "seconds": grid_seconds(results),
+        "variants": results,
+    }
     (out / "tuned.json").write_text(json.dumps(summary, indent=1))
     with open(out / "grid.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -163,6 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
     write(out, results, concepts, command)
     for name, result in results.items():
         print(f"{name}: rate x{result['rate']:g}, length x{result['length']:g} -> {result['training']}")
+    print(f"the grid cost {grid_seconds(results) / 60:.1f} min in all (tuned.json: seconds)")
     return results
 
 

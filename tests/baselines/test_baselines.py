@@ -351,6 +351,9 @@ def test_the_comparison_runs_end_to_end_on_a_tiny_pipeline(tiny_pipeline_dir, tm
     assert trained == [("myring", "lora-r4")] and composing == ["lora-r4"]
     assert [(row.concept, row.variant) for row in resumed] == [(row.concept, row.variant) for row in rows]
     assert [row["variant"] for row in composed] == ["perfusion", "lora-r4"]
+    cost = json.loads((out / "results.json").read_text())["seconds"]  # the rows kept and the ones done now
+    assert cost == pytest.approx(sum(row.seconds for row in resumed) + sum(row["seconds"] for row in composed))
+    assert all(row.seconds > row.train_seconds for row in resumed)
     with pytest.raises(SystemExit, match="myring-perfusion.safetensors to compose"):  # another mode: made again
         compare.main([*resume, "--composition", "regions"])
     assert [row.tuned for row in resumed] == [False] * 4 and "tuned" in (out / "table.csv").read_text().splitlines()[0]

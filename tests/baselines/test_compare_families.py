@@ -1,5 +1,7 @@
 """benchmarks/compare.py on the families laboratory: its concepts, prompts, scorer and composition verdict."""
 
+import json
+
 import pytest
 import torch
 from PIL import Image
@@ -126,13 +128,16 @@ def test_tuning_scores_a_rate_and_length_grid_on_tuning_concepts_and_compare_rea
     base_lr = compare.training_config(variant, compare.training_settings(variant, settings)).lr
     assert chosen["training"] == {"lr": base_lr * chosen["rate"], "steps": 2}
     tune.write(tmp_path, results, concepts, "test")
+    assert all(cell["seconds"] >= cell["train_seconds"] > 0 for cell in chosen["grid"])  # training, images, scoring
+    written = json.loads((tmp_path / "tuned.json").read_text())
+    assert written["seconds"] == pytest.approx(sum(cell["seconds"] for cell in chosen["grid"]))
     tuned = replace(settings, tuned=str(tmp_path / "tuned.json"))
     assert compare.training_settings(variant, tuned)["lr"] == base_lr * chosen["rate"]
 
     # --resume keeps every cell a stopped run finished: nothing is trained again, the same choice comes back
     monkeypatch.setattr(compare, "train", lambda *args: pytest.fail("a finished cell was trained again"))
     again = tune.tune(concepts, [variant], replace(settings, resume=True), rates=(1.0, 2.0), lengths=(1.0,))
-    assert again["textual-inversion"]["grid"] == chosen["grid"]
+    assert again["textual-inversion"]["grid"] == chosen["grid"]  # its cost too: what the first run spent
 
 
 def test_the_choice_prefers_recognition_among_aligned_cells(benchmark_script):
