@@ -7,7 +7,11 @@ member the model already draws fails for its own reasons, not the laboratory's. 
 the control can reach: fresh renders of each seen member, and the base model's verbal oracle of it.
 
     python benchmarks/seen_member_rates.py --model DIR --rates 3e-3 1e-2 3e-2 [--categories cat mug] [--steps 400] \
-        [--value-spaces free shared-encoding] [--ceiling]
+        [--value-spaces free shared-encoding] [--ceiling] [--baselines dreambooth lora ...]
+
+``--baselines`` also trains those methods (their small-model settings; ``--steps`` sets their length too) on the
+same photos: a baseline that brings the member back where Perfusion does not puts the fault on the recipe; if none
+does, on the laboratory. ``--rates`` with no value skips Perfusion.
 
 Writes OUT/seen-{category}-{space}-lr{rate}.png and OUT/summary.json (recognised, attribute match, alignment,
 seconds, value drift); settings run earlier into the same OUT stay in its summary.
@@ -20,21 +24,23 @@ from pathlib import Path
 import torch
 from diffusers import StableDiffusionPipeline
 
+from perfusion.baselines import METHOD_MODULES
 from perfusion.recipes import read_recipe
 from perfusion.training.values import VALUE_SPACES
 from perfusion.world.families.judge import JUDGE_PATH, Judge
-from perfusion.world.families.lab_report import seen_member, seen_member_ceiling
+from perfusion.world.families.lab_report import seen_member, seen_member_baseline, seen_member_ceiling
 from perfusion.world.families.scoring import Galleries
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--rates", type=float, nargs="+", default=[3e-3, 1e-2, 3e-2])
+    parser.add_argument("--rates", type=float, nargs="*", default=[3e-3, 1e-2, 3e-2])
     parser.add_argument("--categories", nargs="+", default=["cat", "mug"])
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the recipe's)")
     parser.add_argument("--value-spaces", nargs="+", choices=VALUE_SPACES, default=["free"])
     parser.add_argument("--ceiling", action="store_true", help="first: the seen members' renders and verbal oracle")
+    parser.add_argument("--baselines", nargs="+", default=[], choices=sorted(METHOD_MODULES))
     parser.add_argument("--judge", type=Path, default=JUDGE_PATH)
     parser.add_argument("--out", type=Path, default=Path("work/seen-member-rates"))
     parser.add_argument("--threads", type=int, default=1)
@@ -59,6 +65,15 @@ def main() -> None:
             summary[tag[1:]] = seen_member(pipe, judge, galleries, arguments.out, training, arguments.categories, tag)
             print(tag[1:], json.dumps(summary[tag[1:]]), flush=True)
             summary_path.write_text(json.dumps(summary, indent=1))
+    for method in arguments.baselines:
+        overrides = {"steps": arguments.steps} if arguments.steps else {}
+        tag = f"-steps{arguments.steps}" if arguments.steps else ""
+        key = method + tag
+        summary[key] = seen_member_baseline(
+            pipe, judge, galleries, arguments.out, method, overrides, arguments.categories, tag
+        )
+        print(key, json.dumps(summary[key]), flush=True)
+        summary_path.write_text(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

@@ -460,6 +460,22 @@ def test_the_seen_member_control_reports_its_ceiling_beside_it(tmp_path, tiny_pi
     assert (tmp_path / "seen-cat-ceiling.png").is_file()
 
 
+def test_a_baseline_takes_the_seen_member_control_on_a_copy_of_the_pipeline(tmp_path, tiny_pipe):
+    # DreamBooth on the same photos, scored the same way; the pipeline it was given still holds the base weights
+    from perfusion.world.families.lab_report import seen_member_baseline
+    from perfusion.world.families.scoring import Galleries
+
+    judge = Judge.load()
+    before = {name: tensor.clone() for name, tensor in tiny_pipe.unet.state_dict().items()}
+    settings = {"steps": 2, "num_class_images": 2, "class_inference_steps": 2, "lr": 1e-3}
+    result = seen_member_baseline(tiny_pipe, judge, Galleries(judge), tmp_path, "dreambooth", settings, ["cat"])
+    cat = result["cat"]
+    assert cat["steps"] == 2 and cat["images"] == 24 and 0.0 <= cat["recognised"] <= 1.0
+    assert (tmp_path / "seen-cat-dreambooth.png").is_file()
+    after = tiny_pipe.unet.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+
+
 def test_concept_scores_report_how_near_the_concept_ranked_in_its_gallery():
     # the identity rank says how near a miss was: renders of the concept rank it near first, renders of a random
     # member of its gallery push it down

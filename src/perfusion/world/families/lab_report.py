@@ -95,6 +95,43 @@ def seen_member(pipe, judge: Judge, galleries: Galleries, out: Path, training: d
     return results
 
 
+def seen_member_baseline(
+    pipe, judge: Judge, galleries: Galleries, out: Path, method: str, overrides: dict, categories, tag: str = ""
+) -> dict:
+    """A baseline (a perfusion.baselines name: "dreambooth", "lora", ...) at its small-model settings with
+    ``overrides`` (class images at the model's own guidance), trained on the same 5 photos of each category's first
+    seen instance as ``seen_member`` and scored the same way. Where a baseline brings the member back and Perfusion
+    does not, the recipe is at fault; where every method fails, the laboratory is."""
+    import copy
+    import tempfile
+
+    from perfusion import baselines
+    from perfusion.training.images import TrainingImage
+
+    from .sampling import model_guidance
+
+    module = baselines.method(method)
+    results = {}
+    for name in categories:
+        instance = seen_instances(name)[0]
+        shots = photos(instance, 5, seed=0)
+        images = [TrainingImage(f"{index:02d}.png", image, mask) for index, (image, mask, _) in enumerate(shots)]
+        config = module.CONFIG.for_small_model(**{"class_guidance": model_guidance(), **overrides})
+        started = time.time()
+        result = module.train(pipe, images, CONCEPT_TOKEN, name, config, progress=False)
+        seconds = time.time() - started
+        personal = copy.deepcopy(pipe)  # a baseline changes the pipeline it is applied to
+        with tempfile.TemporaryDirectory() as folder:
+            handle = module.apply(personal, baselines.save(result, Path(folder) / "artifact.safetensors"))
+        label = f"{method}, seen {name}"
+        scores, row = draw_and_score(personal, judge, instance, handle.prompt(CONCEPT_TOKEN), galleries, label)
+        results[name] = {**scores.summary(), "training_seconds": seconds, "steps": result.steps}
+        photo_row = SheetRow("the photos", [(image, "") for image, _, _ in shots])
+        title = f"seen member {name}, {method}{tag}: {instance.describe()}"
+        write_sheet(out / f"seen-{name}-{method}{tag}.png", [photo_row, row], title=title, columns=12)
+    return results
+
+
 def seen_member_ceiling(pipe, judge: Judge, galleries: Galleries, out: Path, categories) -> dict:
     """What the seen-member control can reach, per category: fresh renders of the first seen instance recognised
     (the judge's own ceiling), and the verbal oracle on the concept prompts (the base model told every coarse word of
