@@ -460,6 +460,19 @@ def test_the_seen_member_control_reports_its_ceiling_beside_it(tmp_path, tiny_pi
     assert (tmp_path / "seen-cat-ceiling.png").is_file()
 
 
+def test_perfusion_takes_the_seen_member_control_and_leaves_the_pipeline_as_it_was(tmp_path, tiny_pipe):
+    from perfusion.pipeline.loader import loaded_tokens
+    from perfusion.world.families.lab_report import seen_member
+    from perfusion.world.families.scoring import Galleries
+
+    judge = Judge.load()
+    result = seen_member(tiny_pipe, judge, Galleries(judge), tmp_path, {"steps": 2, "batch_size": 2}, ["mug"], "-t")
+    mug = result["mug"]
+    assert mug["images"] == 24 and 0.0 <= mug["recognised"] <= 1.0 and mug["value_ratio"] > 0
+    assert (tmp_path / "seen-mug-t.png").is_file()
+    assert loaded_tokens(tiny_pipe) == []  # the concept was unloaded
+
+
 def test_a_baseline_takes_the_seen_member_control_on_a_copy_of_the_pipeline(tmp_path, tiny_pipe):
     # DreamBooth on the same photos, scored the same way; the pipeline it was given still holds the base weights
     from perfusion.world.families.lab_report import seen_member_baseline

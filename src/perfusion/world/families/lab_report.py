@@ -67,19 +67,33 @@ def controls(pipe, judge: Judge, galleries: Galleries, out: Path, templates: Seq
     return results
 
 
+def seen_photos(name: str):
+    """A category's first seen instance, its 5 training photos (image, mask, spec; seed 0) and those as training
+    images."""
+    from perfusion.training.images import TrainingImage
+
+    instance = seen_instances(name)[0]
+    shots = photos(instance, 5, seed=0)
+    images = [TrainingImage(f"{index:02d}.png", image, mask) for index, (image, mask, _) in enumerate(shots)]
+    return instance, shots, images
+
+
+def write_seen_sheet(path: Path, shots, row: SheetRow, title: str) -> None:
+    """The training photos above one method's images of the seen member."""
+    photo_row = SheetRow("the photos", [(image, "") for image, _, _ in shots])
+    write_sheet(path, [photo_row, row], title=title, columns=12)
+
+
 def seen_member(pipe, judge: Judge, galleries: Galleries, out: Path, training: dict, categories, tag: str = "") -> dict:
     """Perfusion with the ``training`` settings (TrainingConfig's fields; the model folder's recipe in the report) on
     5 photos of each category's first seen instance; a sheet per category (``seen-{name}{tag}.png``)."""
     from perfusion import load_concepts, unload_concepts
-    from perfusion.training.images import TrainingImage
     from perfusion.training.trainer import TrainingConfig, train_concept
 
     captions = world_captions()
     results = {}
     for name in categories:
-        instance = seen_instances(name)[0]
-        shots = photos(instance, 5, seed=0)
-        images = [TrainingImage(f"{index:02d}.png", image, mask) for index, (image, mask, _) in enumerate(shots)]
+        instance, shots, images = seen_photos(name)
         config = TrainingConfig(**{**training, "pair_words": tuple(training.get("pair_words", ()))})
         started = time.time()
         result = train_concept(pipe, images, CONCEPT_TOKEN, name, config, captions=captions, progress=False)
@@ -89,9 +103,7 @@ def seen_member(pipe, judge: Judge, galleries: Galleries, out: Path, training: d
         unload_concepts(pipe, [CONCEPT_TOKEN])
         ratio, cosine = result.value_drift  # o*_V against W_V i*_super: far above 1 at a low cosine overshoots
         results[name] = {**scores.summary(), "training_seconds": seconds, "value_ratio": ratio, "value_cosine": cosine}
-        photo_row = SheetRow("the photos", [(image, "") for image, _, _ in shots])
-        title = f"seen member {name}{tag}: {instance.describe()}"
-        write_sheet(out / f"seen-{name}{tag}.png", [photo_row, row], title=title, columns=12)
+        write_seen_sheet(out / f"seen-{name}{tag}.png", shots, row, f"seen member {name}{tag}: {instance.describe()}")
     return results
 
 
@@ -106,16 +118,13 @@ def seen_member_baseline(
     import tempfile
 
     from perfusion import baselines
-    from perfusion.training.images import TrainingImage
 
     from .sampling import model_guidance
 
     module = baselines.method(method)
     results = {}
     for name in categories:
-        instance = seen_instances(name)[0]
-        shots = photos(instance, 5, seed=0)
-        images = [TrainingImage(f"{index:02d}.png", image, mask) for index, (image, mask, _) in enumerate(shots)]
+        instance, shots, images = seen_photos(name)
         config = module.CONFIG.for_small_model(**{"class_guidance": model_guidance(), **overrides})
         started = time.time()
         result = module.train(pipe, images, CONCEPT_TOKEN, name, config, progress=False)
@@ -126,9 +135,8 @@ def seen_member_baseline(
         label = f"{method}, seen {name}"
         scores, row = draw_and_score(personal, judge, instance, handle.prompt(CONCEPT_TOKEN), galleries, label)
         results[name] = {**scores.summary(), "training_seconds": seconds, "steps": result.steps}
-        photo_row = SheetRow("the photos", [(image, "") for image, _, _ in shots])
         title = f"seen member {name}, {method}{tag}: {instance.describe()}"
-        write_sheet(out / f"seen-{name}-{method}{tag}.png", [photo_row, row], title=title, columns=12)
+        write_seen_sheet(out / f"seen-{name}-{method}{tag}.png", shots, row, title)
     return results
 
 
