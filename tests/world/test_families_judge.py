@@ -460,6 +460,17 @@ def test_the_seen_member_control_reports_its_ceiling_beside_it(tmp_path, tiny_pi
     assert (tmp_path / "seen-cat-ceiling.png").is_file()
 
 
+def test_the_seen_members_photos_come_with_their_masks_unless_a_user_has_photos_alone():
+    from perfusion.world.families.lab_report import seen_photos
+
+    instance, shots, images = seen_photos("cat")
+    assert instance.category == "cat" and len(shots) == len(images) == 5
+    assert all(image.mask is not None for image in images)
+    _, _, bare = seen_photos("cat", masks=False)
+    assert all(image.mask is None for image in bare)
+    assert [image.image.tobytes() for image in bare] == [image.image.tobytes() for image in images]  # same photos
+
+
 def test_perfusion_takes_the_seen_member_control_and_leaves_the_pipeline_as_it_was(tmp_path, tiny_pipe):
     from perfusion.pipeline.loader import loaded_tokens
     from perfusion.world.families.lab_report import seen_member

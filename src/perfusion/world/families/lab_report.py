@@ -67,14 +67,17 @@ def controls(pipe, judge: Judge, galleries: Galleries, out: Path, templates: Seq
     return results
 
 
-def seen_photos(name: str):
+def seen_photos(name: str, masks: bool = True):
     """A category's first seen instance, its 5 training photos (image, mask, spec; seed 0) and those as training
-    images."""
+    images (without their masks where ``masks`` is False: a user with photos alone)."""
     from perfusion.training.images import TrainingImage
 
     instance = seen_instances(name)[0]
     shots = photos(instance, 5, seed=0)
-    images = [TrainingImage(f"{index:02d}.png", image, mask) for index, (image, mask, _) in enumerate(shots)]
+    images = [
+        TrainingImage(f"{index:02d}.png", image, mask if masks else None)
+        for index, (image, mask, _) in enumerate(shots)
+    ]
     return instance, shots, images
 
 
@@ -84,16 +87,19 @@ def write_seen_sheet(path: Path, shots, row: SheetRow, title: str) -> None:
     write_sheet(path, [photo_row, row], title=title, columns=12)
 
 
-def seen_member(pipe, judge: Judge, galleries: Galleries, out: Path, training: dict, categories, tag: str = "") -> dict:
+def seen_member(
+    pipe, judge: Judge, galleries: Galleries, out: Path, training: dict, categories, tag: str = "", masks: bool = True
+) -> dict:
     """Perfusion with the ``training`` settings (TrainingConfig's fields; the model folder's recipe in the report) on
-    5 photos of each category's first seen instance; a sheet per category (``seen-{name}{tag}.png``)."""
+    5 photos of each category's first seen instance (with their masks, or without: the model's own attention masks
+    for the category word); a sheet per category (``seen-{name}{tag}.png``)."""
     from perfusion import load_concepts, unload_concepts
     from perfusion.training.trainer import TrainingConfig, train_concept
 
     captions = world_captions()
     results = {}
     for name in categories:
-        instance, shots, images = seen_photos(name)
+        instance, shots, images = seen_photos(name, masks)
         config = TrainingConfig(**{**training, "pair_words": tuple(training.get("pair_words", ()))})
         started = time.time()
         result = train_concept(pipe, images, CONCEPT_TOKEN, name, config, captions=captions, progress=False)
@@ -108,7 +114,15 @@ def seen_member(pipe, judge: Judge, galleries: Galleries, out: Path, training: d
 
 
 def seen_member_baseline(
-    pipe, judge: Judge, galleries: Galleries, out: Path, method: str, overrides: dict, categories, tag: str = ""
+    pipe,
+    judge: Judge,
+    galleries: Galleries,
+    out: Path,
+    method: str,
+    overrides: dict,
+    categories,
+    tag: str = "",
+    masks: bool = True,
 ) -> dict:
     """A baseline (a perfusion.baselines name: "dreambooth", "lora", ...) at its small-model settings with
     ``overrides`` (class images at the model's own guidance), trained on the same 5 photos of each category's first
@@ -124,7 +138,7 @@ def seen_member_baseline(
     module = baselines.method(method)
     results = {}
     for name in categories:
-        instance, shots, images = seen_photos(name)
+        instance, shots, images = seen_photos(name, masks)
         config = module.CONFIG.for_small_model(**{"class_guidance": model_guidance(), **overrides})
         started = time.time()
         result = module.train(pipe, images, CONCEPT_TOKEN, name, config, progress=False)
