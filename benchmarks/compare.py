@@ -635,11 +635,11 @@ def composition_scorer(pairs, settings: RunSettings):
         galleries = scoring.Galleries(judge)
 
         def score(images, pair) -> dict:
-            concepts = [(c.token, family_instance(c)) for c in pair]
-            hits = scoring.both_recognised(judge, galleries, images, concepts)
+            instances = [(c.token, family_instance(c)) for c in pair]
+            hits = scoring.both_recognised(judge, galleries, images, instances)
             return {
                 "success": sum(hits) / len(hits),
-                "bleeding": scoring.bleeding_share(scoring.bleeding(judge, images, concepts)),
+                "bleeding": scoring.bleeding_share(scoring.bleeding(judge, images, instances)),
             }
 
         return score, "families judge"

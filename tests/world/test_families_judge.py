@@ -492,7 +492,14 @@ def test_a_baseline_takes_the_seen_member_control_on_a_copy_of_the_pipeline(tmp_
     judge = Judge.load()
     before = {name: tensor.clone() for name, tensor in tiny_pipe.unet.state_dict().items()}
     settings = {"steps": 2, "num_class_images": 2, "class_inference_steps": 2, "lr": 1e-3}
-    result = seen_member_baseline(tiny_pipe, judge, Galleries(judge), tmp_path, "dreambooth", settings, ["cat"])
+    from perfusion.baselines import dreambooth
+    from perfusion.world.families.sampling import model_guidance
+
+    used, train = [], dreambooth.train
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dreambooth, "train", lambda *args, **kwargs: used.append(args[4]) or train(*args, **kwargs))
+        result = seen_member_baseline(tiny_pipe, judge, Galleries(judge), tmp_path, "dreambooth", settings, ["cat"])
+    assert used[0].use_masks and used[0].class_guidance == model_guidance()  # the photos' masks; the model's guidance
     cat = result["cat"]
     assert cat["steps"] == 2 and cat["images"] == 24 and 0.0 <= cat["recognised"] <= 1.0
     assert (tmp_path / "seen-cat-dreambooth.png").is_file()

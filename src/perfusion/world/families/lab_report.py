@@ -125,7 +125,7 @@ def seen_member_baseline(
     masks: bool = True,
 ) -> dict:
     """A baseline (a perfusion.baselines name: "dreambooth", "lora", ...) at its small-model settings with
-    ``overrides`` (class images at the model's own guidance), trained on the same 5 photos of each category's first
+    ``overrides`` (class images at the model's own guidance; the loss weighted by the masks where given), trained on the same 5 photos of each category's first
     seen instance as ``seen_member`` and scored the same way. Where a baseline brings the member back and Perfusion
     does not, the recipe is at fault; where every method fails, the laboratory is."""
     import copy
@@ -139,7 +139,8 @@ def seen_member_baseline(
     results = {}
     for name in categories:
         instance, shots, images = seen_photos(name, masks)
-        config = module.CONFIG.for_small_model(**{"class_guidance": model_guidance(), **overrides})
+        settings = {"class_guidance": model_guidance(), "use_masks": masks, **overrides}  # as compare.py gives them
+        config = module.CONFIG.for_small_model(**settings)
         started = time.time()
         result = module.train(pipe, images, CONCEPT_TOKEN, name, config, progress=False)
         seconds = time.time() - started
