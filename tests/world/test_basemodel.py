@@ -577,3 +577,17 @@ def test_a_gpu_checkpoint_resumes_on_the_cpu(tmp_path, tiny_architecture):
     assert cpu.step == 1
     assert all(torch.equal(weight.cpu(), cpu.unet.state_dict()[name]) for name, weight in gpu.unet.state_dict().items())
     cpu.training_step(latents, captions, specs)  # and goes on there
+
+
+def test_a_tokenizer_adopted_from_a_shipped_folder_is_kept_not_trained_again(tmp_path):
+    """A shipped pipeline folder holds only tokenizer.json (what save_pretrained writes): a run adopting it (make
+    basemodel on a new checkout, --init-from) must keep its token ids, which the text encoder's rows were trained
+    with; training a tokenizer again orders tied merges differently (a bug that scrambled 286 ids, 202 of them
+    whole words such as "dog" and "white")."""
+    from perfusion.world.model_path import FAMILIES_MODEL_DIR
+
+    train.adopt_shipped_parts(FAMILIES_MODEL_DIR, tmp_path, lambda message: None)
+    shipped = (tmp_path / "tokenizer" / "tokenizer.json").read_bytes()
+    tokenizer = train.train_tokenizer(tmp_path, SOURCE, TokenizerConfig(), lambda message: None)
+    assert (tmp_path / "tokenizer" / "tokenizer.json").read_bytes() == shipped
+    assert tokenizer.get_vocab() == CLIPTokenizer.from_pretrained(FAMILIES_MODEL_DIR / "tokenizer").get_vocab()

@@ -133,7 +133,8 @@ def restore_rng_state(state: dict, generator: torch.Generator, py_rng: random.Ra
 
 def train_tokenizer(run_dir: Path, source: SceneSource, config: TokenizerConfig, log, force: bool = False):
     directory = run_dir / "tokenizer"
-    if (directory / "vocab.json").exists() and not force:
+    saved = any((directory / name).exists() for name in ("vocab.json", "tokenizer.json"))  # ours, or a shipped one
+    if saved and not force:
         log(f"tokenizer exists at {directory} (use --force to rebuild)")
         return CLIPTokenizer.from_pretrained(directory)
     rng = random.Random(0)
